@@ -1,0 +1,919 @@
+//! The connector definition (SPEC §2): parsing from TOML or JSON, and
+//! validation that lists every problem with its path.
+//!
+//! This module owns the document's shape and its self-contained rules. It
+//! does not look at input files or SQL results: references to scopes and
+//! columns are checked by [`Connector::check_scopes`] once the SQL output is
+//! known.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Problem, Result};
+
+/// How a connector is triggered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorType {
+    /// Runs on an uploaded file.
+    Spreadsheet,
+    /// Runs on buffered webhook payloads.
+    Webhook,
+    /// Runs on a cron schedule.
+    Schedule,
+}
+
+/// Whether a connector runs live triggers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorStatus {
+    /// Incomplete; cannot run live.
+    #[default]
+    Setup,
+    /// Runs.
+    Operational,
+    /// Live triggers are queued, not run.
+    Inactive,
+}
+
+/// Input file formats (`input.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Sniffed from extension, magic bytes and content.
+    #[default]
+    Auto,
+    /// Comma (or `delimiter`) separated values.
+    Csv,
+    /// Tab separated values.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
+    /// A JSON array of objects (or one object).
+    Json,
+    /// Apache Parquet.
+    Parquet,
+    /// Excel workbook; every sheet is a table.
+    Xlsx,
+    /// Zip archive; every member is a table.
+    Zip,
+}
+
+/// How input files are read (`[input]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InputOptions {
+    /// The format, or `auto`.
+    pub format: InputFormat,
+    /// The CSV delimiter (one character); sniffed when absent.
+    pub delimiter: Option<String>,
+    /// `auto` or an encoding label (`utf-8`, `latin-1`, `windows-1252`, `utf-16`, …).
+    pub encoding: String,
+    /// Whether the first row is a header.
+    pub header: bool,
+    /// `false`: every column is text.
+    pub infer: bool,
+}
+
+impl Default for InputOptions {
+    fn default() -> Self {
+        Self {
+            format: InputFormat::Auto,
+            delimiter: None,
+            encoding: "auto".into(),
+            header: true,
+            infer: true,
+        }
+    }
+}
+
+/// Where the SQL script comes from: a file of a package, or the text itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SqlSource {
+    /// Path of the script, relative to the connector directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The script text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A parameter value; TOML/JSON scalars are accepted and seen by SQL as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Text(s) => f.write_str(s),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// `[limits]` as written; see [`Limits`] for the parsed values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsDef {
+    /// Wall-clock limit of a run, e.g. `"5m"`.
+    pub max_runtime: String,
+    /// Memory limit of the SQL engine, e.g. `"2GiB"`.
+    pub max_memory: String,
+    /// Most rows an input table or a scope may have.
+    pub max_rows: u64,
+    /// Executions of this connector at once.
+    pub max_concurrency: u32,
+    /// Fail the run when invalid/total exceeds this.
+    pub max_invalid_ratio: f64,
+}
+
+impl Default for LimitsDef {
+    fn default() -> Self {
+        Self {
+            max_runtime: "5m".into(),
+            max_memory: "2GiB".into(),
+            max_rows: 10_000_000,
+            max_concurrency: 1,
+            max_invalid_ratio: 1.0,
+        }
+    }
+}
+
+/// Parsed run limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Wall-clock limit of a run.
+    pub max_runtime: Duration,
+    /// Memory limit of the SQL engine, in bytes.
+    pub max_memory: u64,
+    /// Most rows an input table or a scope may have.
+    pub max_rows: u64,
+    /// Executions of this connector at once.
+    pub max_concurrency: u32,
+    /// Fail the run when invalid/total exceeds this.
+    pub max_invalid_ratio: f64,
+}
+
+impl LimitsDef {
+    /// Parses the limits, listing every problem.
+    pub fn parse(&self) -> std::result::Result<Limits, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let max_runtime = humantime::parse_duration(self.max_runtime.trim())
+            .map_err(|e| {
+                problems.push(Problem::new(
+                    "limits.max_runtime",
+                    format!("`{}` is not a duration like \"5m\" or \"30s\": {e}", self.max_runtime),
+                ))
+            })
+            .unwrap_or_default();
+        let max_memory = self
+            .max_memory
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                problems.push(Problem::new(
+                    "limits.max_memory",
+                    format!("`{}` is not a size like \"2GiB\": {e}", self.max_memory),
+                ))
+            })
+            .unwrap_or_default();
+        if max_runtime.is_zero() && problems.is_empty() {
+            problems.push(Problem::new("limits.max_runtime", "must be more than zero"));
+        }
+        if max_memory < 16 * 1024 * 1024 && !self.max_memory.trim().is_empty() && problems.is_empty() {
+            problems.push(Problem::new("limits.max_memory", "must be at least 16MiB"));
+        }
+        if self.max_rows == 0 {
+            problems.push(Problem::new("limits.max_rows", "must be more than zero"));
+        }
+        if self.max_concurrency == 0 {
+            problems.push(Problem::new("limits.max_concurrency", "must be more than zero"));
+        }
+        if !(0.0..=1.0).contains(&self.max_invalid_ratio) {
+            problems.push(Problem::new(
+                "limits.max_invalid_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if problems.is_empty() {
+            Ok(Limits {
+                max_runtime,
+                max_memory,
+                max_rows: self.max_rows,
+                max_concurrency: self.max_concurrency,
+                max_invalid_ratio: self.max_invalid_ratio,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// `[webhook]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDef {
+    /// How long payloads are buffered into one execution; `"0"` = one each.
+    #[serde(default = "default_batch_window")]
+    pub batch_window: String,
+    /// Name of the environment variable holding the signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+}
+
+fn default_batch_window() -> String {
+    "30s".into()
+}
+
+/// `[schedule]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleDef {
+    /// Cron expression with seconds.
+    pub cron: String,
+    /// IANA time zone of the expression.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// What a transform step does with a row its plugin cannot process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The row is rejected with the plugin's reason.
+    #[default]
+    RejectRow,
+    /// The run fails.
+    FailRun,
+}
+
+/// One `[[transforms]]` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformDef {
+    /// The scope the step runs on.
+    pub scope: String,
+    /// `name@version` or `sha256:<hex>`.
+    pub plugin: String,
+    /// Configuration handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Row-error policy.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Types of variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VariableType {
+    /// Any text.
+    String,
+    /// A number (64-bit float).
+    Number,
+    /// A boolean.
+    Boolean,
+    /// A calendar date.
+    Date,
+    /// A point in time.
+    Datetime,
+    /// A validated, normalised e-mail address.
+    Email,
+    /// A validated phone number, normalised to E.164.
+    PhoneNumber,
+    /// A UUID.
+    Uuid,
+}
+
+impl VariableType {
+    /// The wire name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VariableType::String => "string",
+            VariableType::Number => "number",
+            VariableType::Boolean => "boolean",
+            VariableType::Date => "date",
+            VariableType::Datetime => "datetime",
+            VariableType::Email => "email",
+            VariableType::PhoneNumber => "phone_number",
+            VariableType::Uuid => "uuid",
+        }
+    }
+}
+
+/// One `[[variables]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariableDef {
+    /// Variable name, unique per scope.
+    pub name: String,
+    /// The scope it is read from.
+    pub scope: String,
+    /// The output column it is read from (or `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// A literal value (or `column`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The type.
+    #[serde(rename = "type")]
+    pub kind: VariableType,
+    /// A missing value makes the row invalid.
+    #[serde(default)]
+    pub required: bool,
+    /// How text is parsed: `auto`, a strftime pattern, `unix_epoch`,
+    /// `excel_epoch` (dates); `yes_no`, `true_false`, `on_off`, `one_zero`,
+    /// `t_f` (booleans).
+    #[serde(default = "default_auto")]
+    pub input_format: String,
+    /// The value is a list split by `array_delimiter`.
+    #[serde(default)]
+    pub is_array: bool,
+    /// Separator of array elements.
+    #[serde(default = "default_array_delimiter")]
+    pub array_delimiter: String,
+    /// Region for phone numbers written without a country code (ISO 3166
+    /// alpha-2); defaults to the `default_country` parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_region: Option<String>,
+}
+
+fn default_auto() -> String {
+    "auto".into()
+}
+
+fn default_array_delimiter() -> String {
+    ",".into()
+}
+
+/// What a matching rule does when it finds no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoMatchAction {
+    /// Create a record.
+    CreateNew,
+    /// Try the next rule.
+    NextRule,
+    /// Skip the row.
+    DoNotUpload,
+}
+
+/// What a matching rule does when it finds one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SingleMatchAction {
+    /// Update that record.
+    UpdateCurrent,
+    /// Try the next rule.
+    NextRule,
+    /// Skip the row.
+    DoNotUpload,
+}
+
+/// What a matching rule does when it finds several records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultipleMatchAction {
+    /// Skip the row.
+    DoNotUpload,
+    /// Try the next rule.
+    NextRule,
+}
+
+/// One `[[loads.match]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchRule {
+    /// Object field compared.
+    pub field: String,
+    /// Variable compared with it.
+    pub variable: String,
+    /// Action on no match.
+    pub no_match: NoMatchAction,
+    /// Action on one match.
+    pub single_match: SingleMatchAction,
+    /// Action on several matches.
+    pub multiple_match: MultipleMatchAction,
+}
+
+/// How a mapped field is written over an existing value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictRule {
+    /// Always write.
+    #[default]
+    Overwrite,
+    /// Write only when the field is empty.
+    OnlyUpdateBlank,
+    /// Write unless the new value is null.
+    OverwriteExceptNull,
+}
+
+/// One `[[loads.fields]]` mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldMapping {
+    /// Object field written.
+    pub field: String,
+    /// Variables written into it (joined with a space).
+    pub variables: Vec<String>,
+    /// Conflict rule.
+    #[serde(default)]
+    pub conflict: ConflictRule,
+}
+
+/// One `[[loads]]` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadDef {
+    /// Steps run in this order.
+    pub order: u32,
+    /// The scope whose valid rows are loaded.
+    pub scope: String,
+    /// The target object.
+    pub object: String,
+    /// Variable that receives the matched/created record id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id_variable: Option<String>,
+    /// Matching rules, in order.
+    #[serde(default, rename = "match")]
+    pub matching: Vec<MatchRule>,
+    /// Field mappings.
+    #[serde(default)]
+    pub fields: Vec<FieldMapping>,
+}
+
+/// A connector definition (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connector {
+    /// `[a-z][a-z0-9_]{0,62}`, unique per workspace.
+    pub api_name: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How it is triggered.
+    #[serde(rename = "type")]
+    pub kind: ConnectorType,
+    /// Whether it runs live.
+    #[serde(default)]
+    pub status: ConnectorStatus,
+    /// How input files are read.
+    #[serde(default)]
+    pub input: InputOptions,
+    /// The SQL script.
+    #[serde(default)]
+    pub sql: SqlSource,
+    /// Parameters, visible to SQL as `meta.parameters`.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamValue>,
+    /// Run limits.
+    #[serde(default)]
+    pub limits: LimitsDef,
+    /// Webhook options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDef>,
+    /// Schedule options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleDef>,
+    /// Wasm transform steps.
+    #[serde(default)]
+    pub transforms: Vec<TransformDef>,
+    /// Typed variables.
+    #[serde(default)]
+    pub variables: Vec<VariableDef>,
+    /// Load steps.
+    #[serde(default)]
+    pub loads: Vec<LoadDef>,
+}
+
+/// Date input formats that are not strftime patterns.
+const DATE_KEYWORDS: &[&str] = &["auto", "unix_epoch", "excel_epoch"];
+/// Boolean input formats.
+pub const BOOLEAN_FORMATS: &[&str] = &["auto", "yes_no", "true_false", "on_off", "one_zero", "t_f"];
+
+impl Connector {
+    /// Parses `connector.toml` text; unknown keys and every invalid value are
+    /// reported together.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Error::InvalidConnector(vec![Problem::new("", e.to_string().trim())]))?;
+        Self::deserialize_checked(de, |e: toml::de::Error| e.to_string().trim().to_string())
+    }
+
+    /// Parses the JSON form of the document.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let connector = Self::deserialize_checked(&mut de, |e: serde_json::Error| e.to_string())?;
+        de.end()
+            .map_err(|e| Error::InvalidConnector(vec![Problem::new("", e.to_string())]))?;
+        Ok(connector)
+    }
+
+    /// Parses the JSON form from a value.
+    pub fn from_json_value(value: serde_json::Value) -> Result<Self> {
+        Self::deserialize_checked(value, |e: serde_json::Error| e.to_string())
+    }
+
+    fn deserialize_checked<'de, D, E>(de: D, message: impl Fn(E) -> String) -> Result<Self>
+    where
+        D: serde::Deserializer<'de, Error = E>,
+    {
+        let mut unknown = Vec::new();
+        let parsed: std::result::Result<Connector, E> =
+            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+        let mut problems: Vec<Problem> = unknown
+            .into_iter()
+            .map(|path| Problem::new(path, "unknown key"))
+            .collect();
+        match parsed {
+            Ok(connector) => {
+                problems.extend(connector.validate());
+                if problems.is_empty() {
+                    Ok(connector)
+                } else {
+                    Err(Error::InvalidConnector(problems))
+                }
+            }
+            Err(e) => {
+                problems.push(Problem::new("", message(e)));
+                Err(Error::InvalidConnector(problems))
+            }
+        }
+    }
+
+    /// Serialises the document as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Checks the rules that need nothing but the document itself.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !is_identifier(&self.api_name) {
+            problems.push(Problem::new(
+                "api_name",
+                format!("`{}` must match [a-z][a-z0-9_]{{0,62}}", self.api_name),
+            ));
+        }
+        if let Some(d) = &self.input.delimiter
+            && d.chars().count() != 1
+        {
+            problems.push(Problem::new("input.delimiter", "must be exactly one character"));
+        }
+        if self.input.encoding != "auto"
+            && crate::intake::encoding::lookup(&self.input.encoding).is_none()
+        {
+            problems.push(Problem::new(
+                "input.encoding",
+                format!("unknown encoding `{}`", self.input.encoding),
+            ));
+        }
+        if self.sql.file.is_some() && self.sql.text.is_some() {
+            problems.push(Problem::new("sql", "give either `file` or `text`, not both"));
+        }
+        if let Err(mut p) = self.limits.parse() {
+            problems.append(&mut p);
+        }
+        match self.kind {
+            ConnectorType::Webhook => {
+                if self.schedule.is_some() {
+                    problems.push(Problem::new("schedule", "only for type = \"schedule\""));
+                }
+                if let Some(w) = &self.webhook
+                    && humantime::parse_duration(&w.batch_window).is_err()
+                    && w.batch_window.trim() != "0"
+                {
+                    problems.push(Problem::new(
+                        "webhook.batch_window",
+                        format!("`{}` is not a duration like \"30s\"", w.batch_window),
+                    ));
+                }
+            }
+            ConnectorType::Schedule => {
+                if self.webhook.is_some() {
+                    problems.push(Problem::new("webhook", "only for type = \"webhook\""));
+                }
+                if self.schedule.is_none() {
+                    problems.push(Problem::new("schedule", "required for type = \"schedule\""));
+                }
+            }
+            ConnectorType::Spreadsheet => {
+                if self.webhook.is_some() {
+                    problems.push(Problem::new("webhook", "only for type = \"webhook\""));
+                }
+                if self.schedule.is_some() {
+                    problems.push(Problem::new("schedule", "only for type = \"schedule\""));
+                }
+            }
+        }
+        for (i, t) in self.transforms.iter().enumerate() {
+            if !is_identifier(&t.scope) {
+                problems.push(Problem::new(format!("transforms[{i}].scope"), "not a valid scope name"));
+            }
+            if !(t.plugin.starts_with("sha256:") || t.plugin.contains('@')) {
+                problems.push(Problem::new(
+                    format!("transforms[{i}].plugin"),
+                    "must be `name@version` or `sha256:<hex>`",
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, v) in self.variables.iter().enumerate() {
+            let path = |key: &str| format!("variables[{i}].{key}");
+            if !is_identifier(&v.name) {
+                problems.push(Problem::new(path("name"), format!("`{}` is not a valid name", v.name)));
+            }
+            if !names.insert((v.scope.as_str(), v.name.as_str())) {
+                problems.push(Problem::new(
+                    path("name"),
+                    format!("variable `{}` is declared twice in scope `{}`", v.name, v.scope),
+                ));
+            }
+            match (&v.column, &v.value) {
+                (None, None) => problems.push(Problem::new(path("column"), "give `column` or `value`")),
+                (Some(_), Some(_)) => {
+                    problems.push(Problem::new(path("value"), "give `column` or `value`, not both"))
+                }
+                _ => {}
+            }
+            if v.is_array && v.array_delimiter.is_empty() {
+                problems.push(Problem::new(path("array_delimiter"), "must not be empty"));
+            }
+            match v.kind {
+                VariableType::Boolean if !BOOLEAN_FORMATS.contains(&v.input_format.as_str()) => {
+                    problems.push(Problem::new(
+                        path("input_format"),
+                        format!("boolean formats are {}", BOOLEAN_FORMATS.join(", ")),
+                    ))
+                }
+                VariableType::Date | VariableType::Datetime
+                    if !DATE_KEYWORDS.contains(&v.input_format.as_str()) =>
+                {
+                    if let Err(e) = check_strftime(&v.input_format) {
+                        problems.push(Problem::new(path("input_format"), e));
+                    }
+                }
+                VariableType::Boolean | VariableType::Date | VariableType::Datetime => {}
+                _ if v.input_format != "auto" => problems.push(Problem::new(
+                    path("input_format"),
+                    format!("type {} takes no input_format", v.kind.as_str()),
+                )),
+                _ => {}
+            }
+            if let Some(region) = &v.default_region
+                && region.parse::<phonenumber::country::Id>().is_err()
+            {
+                problems.push(Problem::new(
+                    path("default_region"),
+                    format!("`{region}` is not an ISO 3166 country code"),
+                ));
+            }
+        }
+        let mut orders = HashSet::new();
+        for (i, l) in self.loads.iter().enumerate() {
+            if !orders.insert(l.order) {
+                problems.push(Problem::new(format!("loads[{i}].order"), "two load steps share this order"));
+            }
+            if !is_identifier(&l.object) {
+                problems.push(Problem::new(format!("loads[{i}].object"), "not a valid object name"));
+            }
+            let declared = |name: &str| self.variables.iter().any(|v| v.scope == l.scope && v.name == name);
+            for (j, m) in l.matching.iter().enumerate() {
+                if !declared(&m.variable) {
+                    problems.push(Problem::new(
+                        format!("loads[{i}].match[{j}].variable"),
+                        format!("no variable `{}` in scope `{}`", m.variable, l.scope),
+                    ));
+                }
+            }
+            for (j, f) in l.fields.iter().enumerate() {
+                if f.variables.is_empty() {
+                    problems.push(Problem::new(format!("loads[{i}].fields[{j}].variables"), "must not be empty"));
+                }
+                for var in &f.variables {
+                    let earlier_id = self.loads.iter().any(|o| {
+                        o.order < l.order && o.scope == l.scope && o.record_id_variable.as_deref() == Some(var)
+                    });
+                    if !declared(var) && !earlier_id {
+                        problems.push(Problem::new(
+                            format!("loads[{i}].fields[{j}].variables"),
+                            format!("no variable `{var}` in scope `{}`", l.scope),
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Checks the references of variables, transforms and loads against the
+    /// scopes the SQL script produced (scope name → column names).
+    pub fn check_scopes(&self, scopes: &HashMap<String, Vec<String>>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let known = |scope: &str| scopes.contains_key(scope);
+        let listed = || {
+            let mut names: Vec<_> = scopes.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(", ")
+        };
+        for (i, v) in self.variables.iter().enumerate() {
+            match scopes.get(&v.scope) {
+                None => problems.push(Problem::new(
+                    format!("variables[{i}].scope"),
+                    format!("the SQL script has no output scope `{}` (it has: {})", v.scope, listed()),
+                )),
+                Some(columns) => {
+                    if let Some(c) = &v.column
+                        && !self.transforms.iter().any(|t| t.scope == v.scope)
+                        && !columns.iter().any(|col| col == c)
+                    {
+                        problems.push(Problem::new(
+                            format!("variables[{i}].column"),
+                            format!(
+                                "scope `{}` has no column `{c}` (it has: {})",
+                                v.scope,
+                                columns.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, t) in self.transforms.iter().enumerate() {
+            if !known(&t.scope) {
+                problems.push(Problem::new(
+                    format!("transforms[{i}].scope"),
+                    format!("the SQL script has no output scope `{}`", t.scope),
+                ));
+            }
+        }
+        for (i, l) in self.loads.iter().enumerate() {
+            if !known(&l.scope) {
+                problems.push(Problem::new(
+                    format!("loads[{i}].scope"),
+                    format!("the SQL script has no output scope `{}`", l.scope),
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Variables of one scope, in declaration order.
+    pub fn variables_of<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a VariableDef> + 'a {
+        self.variables.iter().filter(move |v| v.scope == scope)
+    }
+}
+
+/// Whether `s` matches `[a-z][a-z0-9_]{0,62}`.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && s.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+}
+
+fn check_strftime(pattern: &str) -> std::result::Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
+        Err(format!(
+            "`{pattern}` is not a strftime pattern (or one of {})",
+            DATE_KEYWORDS.join(", ")
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Connector::from_toml(text) {
+            Err(Error::InvalidConnector(p)) => p,
+            other => panic!("expected invalid connector, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let c = Connector::from_toml(
+            r#"
+api_name = "contacts_import"
+name = "Contacts import"
+type = "spreadsheet"
+status = "operational"
+[input]
+format = "csv"
+delimiter = ";"
+[parameters]
+default_country = "US"
+retries = 3
+[limits]
+max_runtime = "10m"
+max_memory = "512MiB"
+[[variables]]
+name = "email"
+scope = "contacts"
+column = "email"
+type = "email"
+required = true
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.api_name, "contacts_import");
+        assert_eq!(c.parameters["retries"].to_string(), "3");
+        let limits = c.limits.parse().expect("limits");
+        assert_eq!(limits.max_runtime, Duration::from_secs(600));
+        assert_eq!(limits.max_memory, 512 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_invalid_values_are_all_reported_with_paths() {
+        let p = problems(
+            r#"
+api_name = "Bad Name"
+type = "spreadsheet"
+colour = "blue"
+[input]
+delimter = ";"
+[limits]
+max_runtime = "soon"
+[[variables]]
+name = "email"
+scope = "contacts"
+type = "boolean"
+input_format = "maybe"
+surprise = 1
+"#,
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "colour",
+            "input.delimter",
+            "variables.0.surprise",
+            "api_name",
+            "limits.max_runtime",
+            "variables[0].column",
+            "variables[0].input_format",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn json_form_is_the_same_document() {
+        let c = Connector::from_json(
+            r#"{"api_name":"orders","type":"spreadsheet","sql":{"text":"select 1"},"extra":true}"#,
+        );
+        let Err(Error::InvalidConnector(p)) = c else {
+            panic!("unknown key accepted")
+        };
+        assert_eq!(p[0].path, "extra");
+        let ok = Connector::from_json(r#"{"api_name":"orders","type":"spreadsheet","sql":{"text":"select 1"}}"#)
+            .expect("valid");
+        assert_eq!(ok.sql.text.as_deref(), Some("select 1"));
+    }
+
+    #[test]
+    fn scope_references_are_checked_against_sql_output() {
+        let c = Connector::from_toml(
+            r#"
+api_name = "c"
+type = "spreadsheet"
+[[variables]]
+name = "email"
+scope = "contacts"
+column = "mail"
+type = "email"
+[[variables]]
+name = "x"
+scope = "nope"
+column = "x"
+type = "string"
+"#,
+        )
+        .expect("valid");
+        let scopes = HashMap::from([("contacts".to_string(), vec!["email".to_string()])]);
+        let p = c.check_scopes(&scopes);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].path, "variables[0].column");
+        assert!(p[1].message.contains("no output scope `nope`"));
+    }
+}

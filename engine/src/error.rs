@@ -1,0 +1,258 @@
+//! Typed errors of the engine and the stable codes users see.
+//!
+//! Every failure of a run is an [`Error`] carrying the [`Stage`] it happened
+//! in and a stable [`ErrorCode`]; callers (the CLI, the server) decide what to
+//! do by the code, never by parsing messages. This module owns the mapping to
+//! the execution document's `error` object and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// A stage of the run pipeline, as named in the execution document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Reading and decoding input files into input tables.
+    Intake,
+    /// Running the connector's SQL script.
+    Sql,
+    /// Wasm transform steps.
+    Transform,
+    /// Converting scope rows into typed variables.
+    Variables,
+    /// Upserting records into objects.
+    Load,
+    /// Writing the output, report and rejected-row artifacts.
+    Report,
+}
+
+impl Stage {
+    /// The wire name of the stage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Intake => "intake",
+            Stage::Sql => "sql",
+            Stage::Transform => "transform",
+            Stage::Variables => "variables",
+            Stage::Load => "load",
+            Stage::Report => "report",
+        }
+    }
+}
+
+/// Stable, machine-readable error codes (`error.code` in the execution document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The connector definition is invalid.
+    InvalidConnector,
+    /// The input is empty, of an unknown format, or not readable at all.
+    UnreadableInput,
+    /// The SQL script does not parse or plan, or failed while running.
+    SqlError,
+    /// The SQL script uses a form Weir refuses (files, URLs, DDL outside `output`).
+    SqlNotAllowed,
+    /// A run limit (`max_runtime`, `max_memory`, `max_rows`) was exceeded.
+    LimitExceeded,
+    /// More rows were invalid than `max_invalid_ratio` allows.
+    InvalidRatioExceeded,
+    /// The run was canceled.
+    Canceled,
+    /// Reading or writing local files failed.
+    Io,
+    /// A bug in Weir; the message is safe to show but not actionable.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidConnector => "invalid_connector",
+            ErrorCode::UnreadableInput => "unreadable_input",
+            ErrorCode::SqlError => "sql_error",
+            ErrorCode::SqlNotAllowed => "sql_not_allowed",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::InvalidRatioExceeded => "invalid_ratio_exceeded",
+            ErrorCode::Canceled => "canceled",
+            ErrorCode::Io => "io_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A position in a SQL script (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: u64,
+    /// Column, from 1.
+    pub column: u64,
+}
+
+/// One problem found while validating a document: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Dotted path of the offending key, e.g. `variables[2].type`.
+    pub path: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Which run limit was exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// `limits.max_runtime`.
+    MaxRuntime,
+    /// `limits.max_memory`.
+    MaxMemory,
+    /// `limits.max_rows`.
+    MaxRows,
+}
+
+impl Limit {
+    /// The connector key of the limit.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::MaxRuntime => "max_runtime",
+            Limit::MaxMemory => "max_memory",
+            Limit::MaxRows => "max_rows",
+        }
+    }
+}
+
+/// An engine error. Each variant is a different kind of failure because
+/// callers treat them differently (a cancel is not a bug, bad input is not a
+/// limit).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connector definition is invalid; every problem is listed.
+    #[error("invalid connector: {}", join_problems(.0))]
+    InvalidConnector(Vec<Problem>),
+    /// The input cannot be read at all.
+    #[error("{message}")]
+    UnreadableInput {
+        /// What is wrong with the input, for a person.
+        message: String,
+    },
+    /// The SQL script failed to parse, plan or run.
+    #[error("{message}")]
+    Sql {
+        /// The error, without engine internals.
+        message: String,
+        /// Where in the script, when known.
+        position: Option<Position>,
+    },
+    /// The SQL script uses a refused form.
+    #[error("{message}")]
+    SqlNotAllowed {
+        /// What was refused and why.
+        message: String,
+        /// The statement's position in the script.
+        position: Option<Position>,
+    },
+    /// A run limit was exceeded.
+    #[error("limit exceeded: {}: {message}", .limit.key())]
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// Detail for a person.
+        message: String,
+    },
+    /// Too many invalid rows.
+    #[error("{invalid} of {total} rows are invalid, more than max_invalid_ratio = {max_ratio}")]
+    InvalidRatioExceeded {
+        /// Invalid rows.
+        invalid: u64,
+        /// All rows.
+        total: u64,
+        /// The configured ratio.
+        max_ratio: f64,
+    },
+    /// The run was canceled.
+    #[error("the run was canceled")]
+    Canceled,
+    /// A local file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An unexpected internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn join_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidConnector(_) => ErrorCode::InvalidConnector,
+            Error::UnreadableInput { .. } => ErrorCode::UnreadableInput,
+            Error::Sql { .. } => ErrorCode::SqlError,
+            Error::SqlNotAllowed { .. } => ErrorCode::SqlNotAllowed,
+            Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            Error::InvalidRatioExceeded { .. } => ErrorCode::InvalidRatioExceeded,
+            Error::Canceled => ErrorCode::Canceled,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The SQL position of the error, when it has one.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Error::Sql { position, .. } | Error::SqlNotAllowed { position, .. } => *position,
+            _ => None,
+        }
+    }
+
+    /// An unreadable-input error.
+    pub fn unreadable(message: impl Into<String>) -> Self {
+        Error::UnreadableInput {
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Column type inference over text values, and the builder that turns text
+//! rows into typed Arrow batches.
+//!
+//! Inference never loses information (SPEC §3.2): a column becomes a number,
+//! boolean, date or timestamp only when every sampled value survives the
+//! round trip; leading zeros, over-long digit strings and mixed values keep it
+//! text. A later value that does not parse as the column's type makes its row
+//! invalid (with the value and the expected type) instead of being coerced.
+
+use std::sync::Arc;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// The type inferred for a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// 64-bit integer.
+    Int,
+    /// 64-bit float.
+    Float,
+    /// `true`/`false`.
+    Bool,
+    /// `YYYY-MM-DD`.
+    Date,
+    /// ISO timestamp without offset.
+    Timestamp,
+    /// ISO timestamp with `Z` or an offset (stored as UTC).
+    TimestampTz,
+    /// Anything else.
+    Text,
+}
+
+impl ColumnType {
+    /// The Arrow type of the column.
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::Int => DataType::Int64,
+            ColumnType::Float => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Text => DataType::Utf8,
+        }
+    }
+
+    /// The name used in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ColumnType::Int => "an integer",
+            ColumnType::Float => "a number",
+            ColumnType::Bool => "true or false",
+            ColumnType::Date => "a date (YYYY-MM-DD)",
+            ColumnType::Timestamp | ColumnType::TimestampTz => "a timestamp (ISO 8601)",
+            ColumnType::Text => "text",
+        }
+    }
+}
+
+/// The narrowest type for one value, or `None` for text.
+fn classify(v: &str) -> ColumnType {
+    if parse_int(v).is_some() {
+        ColumnType::Int
+    } else if parse_float(v).is_some() {
+        ColumnType::Float
+    } else if parse_bool(v).is_some() {
+        ColumnType::Bool
+    } else if parse_date(v).is_some() {
+        ColumnType::Date
+    } else if parse_timestamp(v).is_some() {
+        ColumnType::Timestamp
+    } else if parse_timestamp_tz(v).is_some() {
+        ColumnType::TimestampTz
+    } else {
+        ColumnType::Text
+    }
+}
+
+/// Combines the types of two values of one column.
+fn unify(a: ColumnType, b: ColumnType) -> ColumnType {
+    use ColumnType::*;
+    match (a, b) {
+        (x, y) if x == y => x,
+        (Int, Float) | (Float, Int) => Float,
+        (Date, Timestamp) | (Timestamp, Date) => Timestamp,
+        _ => Text,
+    }
+}
+
+/// Infers one column's type from its sampled values (nulls ignored). A
+/// column with no values is text.
+pub fn infer_column<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ColumnType {
+    let mut current: Option<ColumnType> = None;
+    for v in values.into_iter().flatten() {
+        let t = classify(v);
+        current = Some(match current {
+            None => t,
+            Some(c) => unify(c, t),
+        });
+        if current == Some(ColumnType::Text) {
+            break;
+        }
+    }
+    current.unwrap_or(ColumnType::Text)
+}
+
+/// An integer that prints back exactly as written: no sign but `-`, no
+/// leading zeros, at most 18 digits.
+fn parse_int(v: &str) -> Option<i64> {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if digits.is_empty()
+        || digits.len() > 18
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+        || v == "-0"
+    {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// A decimal number: optional `-`, digits with no leading zero (but `0.x`),
+/// a fraction and/or exponent, at most 15 significant digits so that the
+/// float keeps every digit.
+fn parse_float(v: &str) -> Option<f64> {
+    let body = v.strip_prefix('-').unwrap_or(v);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = match mantissa.find('.') {
+        Some(i) => (&mantissa[..i], Some(&mantissa[i + 1..])),
+        None => (mantissa, None),
+    };
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || (int.len() > 1 && int.starts_with('0'))
+        || frac.is_some_and(|f| f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    if let Some(e) = exponent {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        if e.is_empty() || e.len() > 3 || !e.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let significant = int.trim_start_matches('0').len() + frac.map_or(0, str::len);
+    if significant > 15 {
+        return None;
+    }
+    v.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `YYYY-MM-DD`, days since the epoch.
+fn parse_date(v: &str) -> Option<i32> {
+    let b = v.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |s: &[u8]| -> Option<u32> {
+        s.iter()
+            .try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    let date = NaiveDate::from_ymd_opt(num(&b[0..4])? as i32, num(&b[5..7])?, num(&b[8..10])?)?;
+    Some(days_since_epoch(date))
+}
+
+fn days_since_epoch(date: NaiveDate) -> i32 {
+    const EPOCH_DAYS_FROM_CE: i32 = 719_163;
+    chrono::Datelike::num_days_from_ce(&date) - EPOCH_DAYS_FROM_CE
+}
+
+/// `YYYY-MM-DD[T ]HH:MM[:SS[.f]]` without offset, microseconds since epoch.
+fn parse_timestamp(v: &str) -> Option<i64> {
+    if v.len() < 16 || !v.is_char_boundary(10) {
+        return None;
+    }
+    let (date, rest) = v.split_at(10);
+    let sep = rest.as_bytes().first()?;
+    if *sep != b'T' && *sep != b' ' {
+        return None;
+    }
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let time = &rest[1..];
+    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f")
+        .or_else(|_| NaiveTime::parse_from_str(time, "%H:%M"))
+        .ok()?;
+    Some(NaiveDateTime::new(date, time).and_utc().timestamp_micros())
+}
+
+/// RFC 3339 with `Z` or an offset, microseconds since epoch (UTC).
+fn parse_timestamp_tz(v: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .or_else(|| chrono::DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%:z").ok())
+        .map(|d| d.timestamp_micros())
+}
+
+/// Why a value did not fit its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellError {
+    /// Column name.
+    pub column: String,
+    /// The value as read.
+    pub value: String,
+    /// The type the column has.
+    pub expected: ColumnType,
+}
+
+impl std::fmt::Display for CellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "column `{}`: `{}` is not {}",
+            self.column,
+            self.value,
+            self.expected.describe()
+        )
+    }
+}
+
+enum Column {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder, bool),
+    Text(StringBuilder),
+}
+
+#[derive(Clone, Copy)]
+enum Cell {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Date(i32),
+    Micros(i64),
+    Text,
+}
+
+/// Builds typed record batches from rows of text cells.
+pub struct RowBuilder {
+    schema: SchemaRef,
+    types: Vec<ColumnType>,
+    columns: Vec<Column>,
+    cells: Vec<Cell>,
+    rows: usize,
+}
+
+impl RowBuilder {
+    /// A builder for columns `names` of `types`.
+    pub fn new(names: &[String], types: &[ColumnType]) -> Self {
+        let fields: Vec<Field> = names
+            .iter()
+            .zip(types)
+            .map(|(n, t)| Field::new(n, t.data_type(), true))
+            .collect();
+        let mut b = Self {
+            schema: Arc::new(Schema::new(fields)),
+            types: types.to_vec(),
+            columns: Vec::new(),
+            cells: vec![Cell::Null; types.len()],
+            rows: 0,
+        };
+        b.columns = b.fresh_columns();
+        b
+    }
+
+    fn fresh_columns(&self) -> Vec<Column> {
+        self.types
+            .iter()
+            .map(|t| match t {
+                ColumnType::Int => Column::Int(Int64Builder::new()),
+                ColumnType::Float => Column::Float(Float64Builder::new()),
+                ColumnType::Bool => Column::Bool(BooleanBuilder::new()),
+                ColumnType::Date => Column::Date(Date32Builder::new()),
+                ColumnType::Timestamp => Column::Timestamp(TimestampMicrosecondBuilder::new(), false),
+                ColumnType::TimestampTz => Column::Timestamp(TimestampMicrosecondBuilder::new(), true),
+                ColumnType::Text => Column::Text(StringBuilder::new()),
+            })
+            .collect()
+    }
+
+    /// The schema of the batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows buffered in the current batch.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Adds a row of exactly one cell per column (`None` or `""` = null).
+    /// A value that does not parse as its column's type leaves the batch
+    /// untouched and returns why.
+    pub fn push<'a>(&mut self, cells: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), CellError> {
+        // First pass: parse every cell, so that a bad cell rejects the whole row.
+        let mut values: smallvec_like::Values<'a> = smallvec_like::Values::default();
+        for (i, cell) in cells.into_iter().enumerate() {
+            let Some(t) = self.types.get(i) else { break };
+            let v = cell.filter(|s| !s.is_empty());
+            let parsed = match (v, t) {
+                (None, _) => Some(Cell::Null),
+                (Some(_), ColumnType::Text) => Some(Cell::Text),
+                (Some(s), ColumnType::Int) => parse_int(s).map(Cell::Int),
+                (Some(s), ColumnType::Float) => parse_float(s)
+                    .or_else(|| s.parse::<f64>().ok().filter(|f| f.is_finite()))
+                    .map(Cell::Float),
+                (Some(s), ColumnType::Bool) => parse_bool(s).map(Cell::Bool),
+                (Some(s), ColumnType::Date) => parse_date(s).map(Cell::Date),
+                (Some(s), ColumnType::Timestamp) => parse_timestamp(s)
+                    .or_else(|| parse_date(s).map(|d| i64::from(d) * 86_400_000_000))
+                    .map(Cell::Micros),
+                (Some(s), ColumnType::TimestampTz) => parse_timestamp_tz(s).map(Cell::Micros),
+            };
+            match parsed {
+                Some(c) => {
+                    self.cells[i] = c;
+                    values.push(v);
+                }
+                None => {
+                    return Err(CellError {
+                        column: self.schema.field(i).name().clone(),
+                        value: v.unwrap_or_default().to_string(),
+                        expected: *t,
+                    });
+                }
+            }
+        }
+        for i in values.len()..self.types.len() {
+            self.cells[i] = Cell::Null;
+            values.push(None);
+        }
+        // Second pass: append.
+        for ((column, cell), text) in self.columns.iter_mut().zip(&self.cells).zip(values.iter()) {
+            match (column, cell) {
+                (Column::Int(b), Cell::Int(v)) => b.append_value(*v),
+                (Column::Float(b), Cell::Float(v)) => b.append_value(*v),
+                (Column::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+                (Column::Date(b), Cell::Date(v)) => b.append_value(*v),
+                (Column::Timestamp(b, _), Cell::Micros(v)) => b.append_value(*v),
+                (Column::Text(b), Cell::Text) => b.append_value(text.unwrap_or_default()),
+                (Column::Int(b), _) => b.append_null(),
+                (Column::Float(b), _) => b.append_null(),
+                (Column::Bool(b), _) => b.append_null(),
+                (Column::Date(b), _) => b.append_null(),
+                (Column::Timestamp(b, _), _) => b.append_null(),
+                (Column::Text(b), _) => b.append_null(),
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Takes the buffered rows as a batch.
+    pub fn finish(&mut self) -> RecordBatch {
+        let columns: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|c| -> ArrayRef {
+                match c {
+                    Column::Int(b) => Arc::new(b.finish()),
+                    Column::Float(b) => Arc::new(b.finish()),
+                    Column::Bool(b) => Arc::new(b.finish()),
+                    Column::Date(b) => Arc::new(b.finish()),
+                    Column::Timestamp(b, false) => Arc::new(b.finish()),
+                    Column::Timestamp(b, true) => Arc::new(b.finish().with_timezone("UTC")),
+                    Column::Text(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        let rows = std::mem::take(&mut self.rows);
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()))
+    }
+}
+
+/// A tiny inline vector of cell texts, so pushing a row allocates nothing
+/// for typical column counts.
+mod smallvec_like {
+    const INLINE: usize = 32;
+
+    #[derive(Default)]
+    pub struct Values<'a> {
+        inline: [Option<&'a str>; INLINE],
+        len: usize,
+        spill: Vec<Option<&'a str>>,
+    }
+
+    impl<'a> Values<'a> {
+        pub fn push(&mut self, v: Option<&'a str>) {
+            if self.len < INLINE {
+                self.inline[self.len] = v;
+            } else {
+                self.spill.push(v);
+            }
+            self.len += 1;
+        }
+
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn iter(&self) -> impl Iterator<Item = &Option<&'a str>> {
+            self.inline[..self.len.min(INLINE)].iter().chain(self.spill.iter())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+
+    fn infer(values: &[&str]) -> ColumnType {
+        infer_column(values.iter().map(|v| Some(*v)))
+    }
+
+    #[test]
+    fn inference_keeps_information() {
+        assert_eq!(infer(&["1", "-20", "300"]), ColumnType::Int);
+        assert_eq!(infer(&["1", "2.5"]), ColumnType::Float);
+        assert_eq!(infer(&["1.50", "1e3"]), ColumnType::Float);
+        assert_eq!(infer(&["01234", "12345"]), ColumnType::Text, "zip codes keep leading zeros");
+        assert_eq!(infer(&["0", "1"]), ColumnType::Int);
+        assert_eq!(infer(&["+4915112345678"]), ColumnType::Text, "phone numbers stay text");
+        assert_eq!(infer(&["1234567890123456789"]), ColumnType::Text, "over-long digits stay text");
+        assert_eq!(infer(&["0.1234567890123456"]), ColumnType::Text, "too many digits for a float");
+        assert_eq!(infer(&["1", "x"]), ColumnType::Text, "mixed types stay text");
+        assert_eq!(infer(&["true", "FALSE"]), ColumnType::Bool);
+        assert_eq!(infer(&["2024-02-29", "2023-12-31"]), ColumnType::Date);
+        assert_eq!(infer(&["2024-02-30"]), ColumnType::Text, "not a real date");
+        assert_eq!(infer(&["2024-02-29 10:00:00", "2024-03-01"]), ColumnType::Timestamp);
+        assert_eq!(infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00+02:00"]), ColumnType::TimestampTz);
+        assert_eq!(infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00"]), ColumnType::Text);
+        assert_eq!(infer(&["NaN"]), ColumnType::Text);
+        assert_eq!(infer_column([None, None]), ColumnType::Text);
+    }
+
+    #[test]
+    fn builder_types_values_and_rejects_bad_rows_whole() {
+        let names = vec!["id".to_string(), "amount".to_string(), "name".to_string()];
+        let mut b = RowBuilder::new(&names, &[ColumnType::Int, ColumnType::Float, ColumnType::Text]);
+        b.push([Some("1"), Some("2.5"), Some("a")]).expect("good row");
+        let err = b.push([Some("x"), Some("1"), Some("b")]).expect_err("bad row");
+        assert_eq!(err.to_string(), "column `id`: `x` is not an integer");
+        b.push([Some("3"), None]).expect("short rows are padded with nulls by the caller's choice");
+        b.push([Some(""), Some("7"), Some("")]).expect("empty is null");
+        let batch = b.finish();
+        assert_eq!(batch.num_rows(), 3);
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.value(0), 1);
+        assert_eq!(ids.value(1), 3);
+        assert!(ids.is_null(2));
+        assert_eq!(batch.column(1).as_primitive::<Float64Type>().value(2), 7.0);
+        assert_eq!(batch.column(2).as_string::<i32>().value(0), "a");
+        assert!(batch.column(2).is_null(1));
+        assert_eq!(b.finish().num_rows(), 0);
+    }
+}

@@ -1,0 +1,570 @@
+//! Streaming text tables: CSV/TSV and JSON (lines or array).
+//!
+//! A text table is re-read from its file each time DataFusion scans it, on a
+//! blocking thread that hands batches over a bounded channel, so memory stays
+//! bounded whatever the file size. Rows that cannot be read (ragged, bad
+//! quoting, invalid UTF-8, a value that does not fit its column) are sent to
+//! the reject sink with their line number, on the first scan only, and the
+//! rest of the file goes on.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::streaming::PartitionStream;
+use serde_json::Value;
+
+use super::encoding::{Detected, utf8_reader};
+use super::infer::{ColumnType, RowBuilder, infer_column};
+use super::{IntakeOptions, TableContext};
+use crate::error::{Error, Limit, Result, Stage};
+use crate::naming::normalise_headers;
+use crate::report::RejectedRow;
+
+/// The syntax of a text table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// Delimited values with this delimiter.
+    Delimited(u8),
+    /// One JSON object per line.
+    JsonLines,
+    /// A JSON array of objects, or a single object.
+    JsonArray,
+}
+
+/// What a reader does with each record: `Ok(true)` to go on.
+type Emit<'a> = dyn FnMut(Record<'_>) -> Result<bool> + 'a;
+
+/// One record as read from the file.
+enum Record<'a> {
+    /// Cells of a well-formed record.
+    Cells { line: Option<u64>, cells: Vec<Option<Cow<'a, str>>> },
+    /// A record that could not be read, and why.
+    Bad { line: Option<u64>, reason: String, raw: Vec<String> },
+}
+
+/// A text input table.
+#[derive(Debug)]
+pub struct TextTable {
+    path: PathBuf,
+    kind: TextKind,
+    detected: Detected,
+    header: bool,
+    /// Column keys as they appear in the file (JSON object keys).
+    keys: Vec<String>,
+    ctx: Arc<TableContext>,
+    schema: SchemaRef,
+    types: Vec<ColumnType>,
+    names: Vec<String>,
+    options: IntakeOptions,
+    scanned: AtomicBool,
+}
+
+impl TextTable {
+    /// Opens a text table: reads its header and a sample to infer types.
+    pub fn open(
+        path: PathBuf,
+        kind: TextKind,
+        detected: Detected,
+        options: &IntakeOptions,
+        ctx: Arc<TableContext>,
+    ) -> Result<Self> {
+        let mut table = Self {
+            path,
+            kind,
+            detected,
+            header: options.header,
+            keys: Vec::new(),
+            ctx,
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            types: Vec::new(),
+            names: Vec::new(),
+            options: options.clone(),
+            scanned: AtomicBool::new(false),
+        };
+        let (names, keys, sample) = table.sample()?;
+        if names.is_empty() {
+            return Err(Error::unreadable(format!(
+                "`{}` has no columns: the file holds no header and no data",
+                table.ctx.file_name
+            )));
+        }
+        let types: Vec<ColumnType> = (0..names.len())
+            .map(|i| {
+                if options.infer {
+                    infer_column(sample.iter().map(|row| row.get(i).and_then(|c| c.as_deref())))
+                } else {
+                    ColumnType::Text
+                }
+            })
+            .collect();
+        let builder = RowBuilder::new(&names, &types);
+        table.schema = builder.schema().clone();
+        table.types = types;
+        table.names = names;
+        table.keys = keys;
+        Ok(table)
+    }
+
+    /// The table's schema.
+    pub fn schema_ref(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        let file = File::open(&self.path).map_err(|e| Error::io(format!("opening {}", self.ctx.file_name), e))?;
+        utf8_reader(file, self.detected).map_err(|e| Error::io(format!("reading {}", self.ctx.file_name), e))
+    }
+
+    /// Column names, keys and up to `sample_rows` rows of cells.
+    #[expect(clippy::type_complexity, reason = "a private triple used once")]
+    fn sample(&self) -> Result<(Vec<String>, Vec<String>, Vec<Vec<Option<String>>>)> {
+        let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+        let limit = self.options.sample_rows;
+        match self.kind {
+            TextKind::Delimited(_) => {
+                let mut header: Option<Vec<String>> = None;
+                let mut width = 0;
+                self.scan(&[], &mut |record| {
+                    if let Record::Cells { cells, .. } = record {
+                        if header.is_none() && self.header {
+                            header = Some(cells.iter().map(|c| c.as_deref().unwrap_or("").to_string()).collect());
+                            return Ok(true);
+                        }
+                        width = width.max(cells.len());
+                        rows.push(cells.into_iter().map(|c| c.map(Cow::into_owned)).collect());
+                    }
+                    Ok(rows.len() < limit)
+                })?;
+                let raw = match header {
+                    Some(h) => h,
+                    None => (1..=width).map(|i| format!("_{i}")).collect(),
+                };
+                let names = normalise_headers(&raw);
+                rows.retain(|r| r.len() == names.len());
+                Ok((names, raw, rows))
+            }
+            TextKind::JsonLines | TextKind::JsonArray => {
+                let mut keys: Vec<String> = Vec::new();
+                let mut objects: Vec<serde_json::Map<String, Value>> = Vec::new();
+                self.scan_json(&mut |object| {
+                    for k in object.keys() {
+                        if !keys.contains(k) {
+                            keys.push(k.clone());
+                        }
+                    }
+                    objects.push(object);
+                    Ok(objects.len() < limit)
+                }, &mut |_| Ok(true))?;
+                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                for object in &objects {
+                    rows.push(json_cells(object, &index, keys.len()).into_iter().map(|c| c.map(Cow::into_owned)).collect());
+                }
+                Ok((normalise_headers(&keys), keys, rows))
+            }
+        }
+    }
+
+    /// Reads every record, calling `emit` with it.
+    fn scan(&self, keys: &[String], emit: &mut Emit<'_>) -> Result<()> {
+        match self.kind {
+            TextKind::Delimited(delimiter) => self.scan_delimited(delimiter, emit),
+            TextKind::JsonLines | TextKind::JsonArray => {
+                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                // Both callbacks below report records; they are never called
+                // at the same time, so they share `emit` through a RefCell.
+                let emit = std::cell::RefCell::new(emit);
+                let line_of_object = std::cell::Cell::new(None);
+                self.scan_json(
+                    &mut |object| {
+                        let cells = json_cells(&object, &index, keys.len());
+                        let unknown: Vec<&String> = object.keys().filter(|k| !index.contains_key(k.as_str())).collect();
+                        if !unknown.is_empty() {
+                            return (emit.borrow_mut())(Record::Bad {
+                                line: line_of_object.get(),
+                                reason: format!(
+                                    "keys not seen in the first {} objects: {}",
+                                    self.options.sample_rows,
+                                    unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                                ),
+                                raw: vec![Value::Object(object.clone()).to_string()],
+                            });
+                        }
+                        (emit.borrow_mut())(Record::Cells { line: line_of_object.get(), cells })
+                    },
+                    &mut |bad| match bad {
+                        JsonEvent::Line(l) => {
+                            line_of_object.set(Some(l));
+                            Ok(true)
+                        }
+                        JsonEvent::Bad { line, reason, raw } => (emit.borrow_mut())(Record::Bad { line, reason, raw: vec![raw] }),
+                    },
+                )
+            }
+        }
+    }
+
+    fn scan_delimited(&self, delimiter: u8, emit: &mut Emit<'_>) -> Result<()> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 20)
+            .from_reader(self.reader()?);
+        let mut record = csv::StringRecord::new();
+        loop {
+            match reader.read_record(&mut record) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
+                    let line = record.position().map(|p| p.line());
+                    let cells = record.iter().map(|s| Some(Cow::Borrowed(s))).collect();
+                    if !emit(Record::Cells { line, cells })? {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let line = e.position().map(|p| p.line());
+                    let reason = match e.kind() {
+                        csv::ErrorKind::Utf8 { err, .. } => {
+                            format!("invalid UTF-8 in field {}", err.field() + 1)
+                        }
+                        csv::ErrorKind::Io(io) => {
+                            return Err(Error::io(format!("reading {}", self.ctx.file_name), clone_io(io)));
+                        }
+                        _ => e.to_string(),
+                    };
+                    if !emit(Record::Bad { line, reason, raw: Vec::new() })? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn scan_json(
+        &self,
+        object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
+        event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
+    ) -> Result<()> {
+        let reader = self.reader()?;
+        match self.kind {
+            TextKind::JsonLines => scan_json_lines(BufReader::with_capacity(1 << 20, reader), object, event),
+            _ => scan_json_array(BufReader::with_capacity(1 << 20, reader), object, event),
+        }
+        .map_err(|e| match e {
+            JsonStop::Io(e) => Error::io(format!("reading {}", self.ctx.file_name), e),
+            JsonStop::Error(e) => e,
+        })
+    }
+
+    /// Reads the whole table, sending batches until the file ends or the
+    /// receiver is gone. Rejected rows and counts are reported when `report`.
+    fn read(&self, report: bool, send: &mut dyn FnMut(RecordBatch) -> bool) -> Result<()> {
+        let mut builder = RowBuilder::new(&self.names, &self.types);
+        let mut seen_header = !(self.header && matches!(self.kind, TextKind::Delimited(_)));
+        let mut row_number: u64 = 0;
+        let mut good: u64 = 0;
+        let width = self.names.len();
+        let names = &self.names;
+        let stats = &self.ctx.stats;
+        let batch_size = self.options.batch_size;
+        let max_rows = self.options.max_rows;
+        let cancel = &self.ctx.cancel;
+        let mut stopped = false;
+        let reject = |row_number: u64, line: Option<u64>, reason: String, values: Vec<(String, Option<String>)>| {
+            if report {
+                stats.add_invalid(1);
+                self.ctx.sink.reject(RejectedRow {
+                    stage: Stage::Intake,
+                    source: self.ctx.table.clone(),
+                    row: row_number,
+                    line,
+                    reasons: vec![match line {
+                        Some(l) => format!("line {l}: {reason}"),
+                        None => reason,
+                    }],
+                    values,
+                });
+            }
+        };
+        self.scan(&self.keys, &mut |record| {
+            if !seen_header {
+                seen_header = true;
+                return Ok(true);
+            }
+            row_number += 1;
+            match record {
+                Record::Bad { line, reason, raw } => {
+                    reject(row_number, line, reason, raw.into_iter().enumerate().map(|(i, v)| (format!("_raw{}", i + 1), Some(v))).collect());
+                }
+                Record::Cells { line, cells } => {
+                    if cells.len() != width {
+                        let values = cells
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| (names.get(i).cloned().unwrap_or_else(|| format!("_extra{}", i + 1 - width)), c.as_deref().map(str::to_string)))
+                            .collect();
+                        reject(row_number, line, format!("expected {width} fields, found {}", cells.len()), values);
+                    } else if let Err(e) = builder.push(cells.iter().map(|c| c.as_deref())) {
+                        let values = names.iter().cloned().zip(cells.iter().map(|c| c.as_deref().map(str::to_string))).collect();
+                        reject(row_number, line, e.to_string(), values);
+                    } else {
+                        good += 1;
+                        if good > max_rows {
+                            return Err(Error::LimitExceeded {
+                                limit: Limit::MaxRows,
+                                message: format!("input table `{}` has more than {max_rows} rows", self.ctx.table),
+                            });
+                        }
+                        if builder.len() >= batch_size {
+                            if cancel.is_cancelled() {
+                                return Err(Error::Canceled);
+                            }
+                            let n = builder.len() as u64;
+                            if !send(builder.finish()) {
+                                stopped = true;
+                                return Ok(false);
+                            }
+                            if report {
+                                stats.add_rows(n);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        if !stopped && !builder.is_empty() {
+            let n = builder.len() as u64;
+            if send(builder.finish()) && report {
+                stats.add_rows(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn clone_io(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
+}
+
+/// The cells of one JSON object in column order: strings as they are,
+/// numbers and booleans as written, nested values as JSON text.
+fn json_cells<'a>(object: &'a serde_json::Map<String, Value>, index: &HashMap<&str, usize>, width: usize) -> Vec<Option<Cow<'a, str>>> {
+    let mut cells = vec![None; width];
+    for (k, v) in object {
+        if let Some(&i) = index.get(k.as_str()) {
+            cells[i] = match v {
+                Value::Null => None,
+                Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+                Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+                Value::Number(n) => Some(Cow::Owned(n.to_string())),
+                nested => Some(Cow::Owned(nested.to_string())),
+            };
+        }
+    }
+    cells
+}
+
+enum JsonEvent {
+    /// The line the next object starts on.
+    Line(u64),
+    /// A line or element that is not a JSON object.
+    Bad { line: Option<u64>, reason: String, raw: String },
+}
+
+enum JsonStop {
+    Io(std::io::Error),
+    Error(Error),
+}
+
+impl From<Error> for JsonStop {
+    fn from(e: Error) -> Self {
+        JsonStop::Error(e)
+    }
+}
+
+fn scan_json_lines(
+    mut reader: impl BufRead,
+    object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
+    event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
+) -> std::result::Result<(), JsonStop> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(JsonStop::Io)?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                let go = event(JsonEvent::Bad {
+                    line: Some(line),
+                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+                    raw: String::from_utf8_lossy(&buf).trim().to_string(),
+                })?;
+                if !go {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let go = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => event(JsonEvent::Line(line))? && object(map)?,
+            Ok(other) => event(JsonEvent::Bad {
+                line: Some(line),
+                reason: format!("expected a JSON object, found {}", json_kind(&other)),
+                raw: text.to_string(),
+            })?,
+            Err(e) => event(JsonEvent::Bad {
+                line: Some(line),
+                reason: format!("invalid JSON: {e}"),
+                raw: text.to_string(),
+            })?,
+        };
+        if !go {
+            return Ok(());
+        }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Streams the elements of a top-level JSON array (or one top-level object)
+/// without holding the whole document.
+fn scan_json_array(
+    reader: impl Read,
+    object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
+    event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
+) -> std::result::Result<(), JsonStop> {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+
+    struct Elements<'a> {
+        object: &'a mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
+        event: &'a mut dyn FnMut(JsonEvent) -> Result<bool>,
+        failure: Option<Error>,
+    }
+
+    impl<'de> Visitor<'de> for &mut Elements<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON array of objects")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            let mut index = 0u64;
+            while let Some(v) = seq.next_element::<Value>()? {
+                index += 1;
+                let go = match v {
+                    Value::Object(map) => (self.object)(map),
+                    other => (self.event)(JsonEvent::Bad {
+                        line: None,
+                        reason: format!("element {index}: expected a JSON object, found {}", json_kind(&other)),
+                        raw: other.to_string(),
+                    }),
+                };
+                match go {
+                    Ok(true) => {}
+                    Ok(false) => return Err(serde::de::Error::custom(STOP)),
+                    Err(e) => {
+                        self.failure = Some(e);
+                        return Err(serde::de::Error::custom(STOP));
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<(), A::Error> {
+            let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            if let Value::Object(map) = value {
+                match (self.object)(map) {
+                    Ok(_) => {}
+                    Err(e) => self.failure = Some(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    use serde::Deserialize;
+    const STOP: &str = "\u{0}weir-stop";
+    let mut elements = Elements {
+        object,
+        event,
+        failure: None,
+    };
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let result = (&mut de).deserialize_any(&mut elements);
+    if let Some(e) = elements.failure {
+        return Err(JsonStop::Error(e));
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().starts_with(STOP) => Ok(()),
+        Err(e) if e.is_io() => Err(JsonStop::Io(std::io::Error::other(e.to_string()))),
+        Err(e) => {
+            (elements.event)(JsonEvent::Bad {
+                line: Some(e.line() as u64),
+                reason: format!("invalid JSON, the rest of the file could not be read: {e}"),
+                raw: String::new(),
+            })?;
+            Ok(())
+        }
+    }
+}
+
+impl PartitionStream for TextTable {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let tx = builder.tx();
+        let report = !self.scanned.swap(true, Ordering::SeqCst);
+        let table = TextTable {
+            path: self.path.clone(),
+            kind: self.kind,
+            detected: self.detected,
+            header: self.header,
+            keys: self.keys.clone(),
+            ctx: self.ctx.clone(),
+            schema: self.schema.clone(),
+            types: self.types.clone(),
+            names: self.names.clone(),
+            options: self.options.clone(),
+            scanned: AtomicBool::new(true),
+        };
+        builder.spawn_blocking(move || {
+            let result = table.read(report, &mut |batch| tx.blocking_send(Ok(batch)).is_ok());
+            result.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+        });
+        builder.build()
+    }
+}

@@ -1,0 +1,41 @@
+//! # Weir engine
+//!
+//! The engine runs one SmartConnector execution end to end:
+//!
+//! ```text
+//! intake → input tables → SQL script → transforms → variables → loads → report
+//! ```
+//!
+//! The same engine runs inside the server and behind `weir run`, so a dev
+//! package behaves identically on a laptop.
+//!
+//! # Layout
+//!
+//! - [`connector`]: the connector definition (SPEC §2), parsed from TOML or
+//!   JSON and validated with paths.
+//! - [`naming`]: normalisation of header and table names (SPEC §3.2).
+//! - [`intake`]: reading input files (CSV, TSV, JSON, Parquet, XLSX, ZIP),
+//!   encoding detection and type inference, as streaming input tables.
+//! - [`sql`]: the SQL stage: script splitting, the policy of what a script may
+//!   do, schemas `input`/`output`/`meta`, limits.
+//! - [`variables`]: converting scope rows into typed variables.
+//! - [`output`]: writing scope output CSVs in the format of SPEC §7.
+//! - [`report`]: `rejected.csv` and `report.xlsx`.
+//! - [`execution`]: the execution document and the status state machine.
+//! - [`package`]: loading a connector directory or dev-package zip safely.
+//! - [`pipeline`]: the run itself, wiring the stages with limits and cancel.
+//! - [`error`]: typed errors and stable codes.
+
+pub mod connector;
+pub mod error;
+pub mod execution;
+pub mod intake;
+pub mod naming;
+pub mod output;
+pub mod package;
+pub mod pipeline;
+pub mod report;
+pub mod sql;
+pub mod variables;
+
+pub use error::{Error, Result};

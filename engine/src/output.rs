@@ -1,0 +1,705 @@
+//! Scope output CSVs (SPEC §7, "Output CSVs").
+//!
+//! This module owns the on-disk text form of a scope's SQL output: a header
+//! row of column names, RFC 4180 quoting, UTF-8, null as an empty field (and
+//! a non-null empty string as `""`, so the two stay apart), dates and
+//! timestamps in ISO 8601, numbers in their shortest exact form, nested
+//! values as JSON text and binary as lower-case hex.
+//!
+//! It writes what it is given, in the order given, up to a row cap. It must
+//! not decide which rows a scope has, run SQL, or know about variables,
+//! loads or the report.
+//!
+//! # Why not `arrow_csv::Writer`
+//!
+//! The per-value formatting is Arrow's own [`ArrayFormatter`] (the same one
+//! `arrow_csv` uses), but the row loop is ours, because `arrow_csv` cannot do
+//! what the format asks: it prints floats with `ryu` (`100.0`, not `100`),
+//! refuses nested columns, writes an empty string exactly like a null, and
+//! flushes the underlying file after every batch. Writing the rows here costs
+//! the same per value and lets one 1 MiB buffer go to the file in large
+//! writes.
+
+use std::fmt::{Display, LowerExp, Write as _};
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Float64Array, LargeStringArray, StringArray, StringViewArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type, SchemaRef};
+use datafusion::arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::error::{Error, Result};
+
+/// Bytes gathered before one write to the file.
+const BUFFER_SIZE: usize = 1 << 20;
+
+/// Writes one scope's SQL output as CSV.
+///
+/// The format: a header row of column names (written at [`CsvOutput::create`],
+/// so an empty scope still gets one), RFC 4180 quoting (a field is quoted
+/// when it holds `,`, `"`, CR or LF), LF line ends, UTF-8, null as an empty
+/// field and a non-null empty string as `""`. Per type:
+///
+/// - dates `2024-01-31`; timestamps `2024-01-31T12:00:00`, with fractional
+///   seconds only when they are non-zero (`.500`, `.123456`: 3, 6 or 9
+///   digits) and `Z` or `+01:00` when the column has a time zone;
+/// - integers and decimals as they are; floats in the shortest form that
+///   reads back to the same value (`1.5`, `0.1`, `100`), with an exponent
+///   only outside `1e-6 ..< 1e21` (`1e21`, `1.5e-7`), and `NaN`, `inf`,
+///   `-inf`;
+/// - booleans `true` / `false`; binary as lower-case hex;
+/// - lists, structs and maps as compact JSON text (`[1,2]`,
+///   `{"a":1,"b":null}`).
+///
+/// Call [`CsvOutput::finish`] at the end: rows still in the buffer are lost
+/// if the writer is dropped instead.
+pub struct CsvOutput {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    columns: usize,
+    row_cap: Option<u64>,
+    rows_written: u64,
+    rows_capped: u64,
+    /// Reused text of one value.
+    text: String,
+    /// Reused JSON of one nested value.
+    json: Vec<u8>,
+}
+
+impl CsvOutput {
+    /// Creates the file at `path` (and its parent directories) and writes the
+    /// header row. `row_cap`: at most this many data rows are written
+    /// (`None` = all); the rest are counted in [`CsvOutput::rows_capped`].
+    pub fn create(path: &Path, schema: &SchemaRef, row_cap: Option<u64>) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating directory {}", parent.display()), e))?;
+        }
+        let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let mut buf = Vec::with_capacity(BUFFER_SIZE + BUFFER_SIZE / 8);
+        let columns = schema.fields().len();
+        if columns > 0 {
+            for (i, field) in schema.fields().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                push_field(&mut buf, field.name().as_bytes());
+            }
+            buf.push(b'\n');
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            buf,
+            columns,
+            row_cap,
+            rows_written: 0,
+            rows_capped: 0,
+            text: String::new(),
+            json: Vec::new(),
+        })
+    }
+
+    /// Writes the rows of `batch`, or the part of them under the row cap.
+    ///
+    /// The batch must have the columns of the schema given to
+    /// [`CsvOutput::create`], in the same order.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_columns() != self.columns {
+            return Err(Error::Internal(format!(
+                "output {}: a batch has {} columns, the scope has {}",
+                self.path.display(),
+                batch.num_columns(),
+                self.columns
+            )));
+        }
+        let available = batch.num_rows();
+        let take = match self.row_cap {
+            Some(cap) => {
+                let room = cap.saturating_sub(self.rows_written);
+                usize::try_from(room).map_or(available, |room| room.min(available))
+            }
+            None => available,
+        };
+        self.rows_capped += (available - take) as u64;
+        if take == 0 {
+            return Ok(());
+        }
+        if self.columns == 0 {
+            // Nothing to show for a row without columns; count it all the same.
+            self.rows_written += take as u64;
+            return Ok(());
+        }
+
+        let arrays: Vec<ArrayRef> = batch.columns().iter().map(plain_array).collect();
+        let fields: Vec<FieldRef> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .zip(&arrays)
+            .map(|(field, array)| Arc::new(Field::new(field.name(), array.data_type().clone(), true)))
+            .collect();
+        let nulls: Vec<Option<NullBuffer>> = arrays.iter().map(|a| a.logical_nulls()).collect();
+        let format_options = FormatOptions::new();
+        let json_options = EncoderOptions::default().with_explicit_nulls(true);
+        let mut cells = arrays
+            .iter()
+            .zip(&fields)
+            .map(|(array, field)| Cell::new(array.as_ref(), field, &format_options, &json_options))
+            .collect::<Result<Vec<_>>>()?;
+
+        for row in 0..take {
+            for (i, (cell, column_nulls)) in cells.iter_mut().zip(&nulls).enumerate() {
+                if i > 0 {
+                    self.buf.push(b',');
+                }
+                if column_nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                    continue;
+                }
+                cell.write(row, &mut self.buf, &mut self.text, &mut self.json)
+                    .map_err(|message| {
+                        Error::Internal(format!(
+                            "output {}: column `{}`, row {}: {message}",
+                            self.path.display(),
+                            fields[i].name(),
+                            self.rows_written + row as u64 + 1
+                        ))
+                    })?;
+            }
+            self.buf.push(b'\n');
+            if self.buf.len() >= BUFFER_SIZE {
+                self.flush_buffer()?;
+            }
+        }
+        self.rows_written += take as u64;
+        Ok(())
+    }
+
+    /// Data rows written so far.
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written
+    }
+
+    /// Data rows dropped by the row cap so far.
+    pub fn rows_capped(&self) -> u64 {
+        self.rows_capped
+    }
+
+    /// Writes what is buffered and closes the file.
+    pub fn finish(mut self) -> Result<()> {
+        self.flush_buffer()?;
+        self.file
+            .flush()
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    fn flush_buffer(&mut self) -> Result<()> {
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// How one column's values become text.
+enum Cell<'a> {
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    Utf8View(&'a StringViewArray),
+    Float64(&'a Float64Array),
+    Float32(&'a Float32Array),
+    /// Lists, structs, maps.
+    Json(NullableEncoder<'a>),
+    /// Everything else, with Arrow's formatter (ISO dates and times, hex
+    /// binary, exact decimals).
+    Display(ArrayFormatter<'a>),
+}
+
+impl<'a> Cell<'a> {
+    fn new(
+        array: &'a dyn Array,
+        field: &'a FieldRef,
+        format_options: &FormatOptions<'a>,
+        json_options: &'a EncoderOptions,
+    ) -> Result<Self> {
+        let display = |array: &'a dyn Array| {
+            ArrayFormatter::try_new(array, format_options)
+                .map_err(|e| Error::Internal(format!("output: column `{}` cannot be written: {e}", field.name())))
+        };
+        Ok(match array.data_type() {
+            DataType::Utf8 => Cell::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Cell::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Cell::Utf8View(array.as_string_view()),
+            DataType::Float64 => Cell::Float64(array.as_primitive::<Float64Type>()),
+            DataType::Float32 => Cell::Float32(array.as_primitive::<Float32Type>()),
+            t if t.is_nested() => match make_encoder(field, array, json_options) {
+                Ok(encoder) => Cell::Json(encoder),
+                // Unions have no JSON form; Arrow's text is better than nothing.
+                Err(_) => Cell::Display(display(array)?),
+            },
+            _ => Cell::Display(display(array)?),
+        })
+    }
+
+    /// Appends the non-null value at `row` to `out` as one CSV field.
+    fn write(
+        &mut self,
+        row: usize,
+        out: &mut Vec<u8>,
+        text: &mut String,
+        json: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        match self {
+            Cell::Utf8(a) => push_field(out, a.value(row).as_bytes()),
+            Cell::LargeUtf8(a) => push_field(out, a.value(row).as_bytes()),
+            Cell::Utf8View(a) => push_field(out, a.value(row).as_bytes()),
+            Cell::Float64(a) => {
+                text.clear();
+                write_float(text, a.value(row)).map_err(|e| e.to_string())?;
+                out.extend_from_slice(text.as_bytes());
+            }
+            Cell::Float32(a) => {
+                text.clear();
+                write_float(text, a.value(row)).map_err(|e| e.to_string())?;
+                out.extend_from_slice(text.as_bytes());
+            }
+            Cell::Json(encoder) => {
+                json.clear();
+                encoder.encode(row, json);
+                push_field(out, json);
+            }
+            Cell::Display(formatter) => {
+                text.clear();
+                formatter.value(row).write(text).map_err(|e| e.to_string())?;
+                push_field(out, text.as_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The array itself, or its plain values for a dictionary or run-end encoded
+/// column, so that every value type is formatted the same way however it is
+/// encoded.
+fn plain_array(array: &ArrayRef) -> ArrayRef {
+    let value_type = match array.data_type() {
+        DataType::Dictionary(_, value) => value.as_ref().clone(),
+        DataType::RunEndEncoded(_, values) => values.data_type().clone(),
+        _ => return Arc::clone(array),
+    };
+    // Arrow's formatter handles the encoded form too, if a cast is missing.
+    cast(array, &value_type).unwrap_or_else(|_| Arc::clone(array))
+}
+
+/// The shortest text that reads back as the same float: Rust's `Display`
+/// (shortest round-trip digits, no `.0` on whole numbers), switching to an
+/// exponent where JavaScript's `Number#toString` does (at `1e21` and below
+/// `1e-6`), so that huge and tiny values do not become hundreds of digits.
+fn write_float<F>(out: &mut String, value: F) -> std::fmt::Result
+where
+    F: Display + LowerExp + Copy + Into<f64>,
+{
+    let v: f64 = value.into();
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "inf" } else { "-inf" });
+    } else {
+        let magnitude = v.abs();
+        if magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
+            write!(out, "{value:e}")?;
+        } else {
+            write!(out, "{value}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `field` with RFC 4180 quoting: quoted when it holds a comma, a
+/// quote or a line break (inner quotes doubled), and `""` when empty so that
+/// an empty string is not read back as null.
+fn push_field(out: &mut Vec<u8>, field: &[u8]) {
+    if field.is_empty() {
+        out.extend_from_slice(b"\"\"");
+        return;
+    }
+    if !field.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.extend_from_slice(field);
+        return;
+    }
+    out.push(b'"');
+    for (i, part) in field.split(|&b| b == b'"').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(part);
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use chrono::NaiveDate;
+    use datafusion::arrow::array::{
+        BinaryArray, BooleanArray, Date32Array, DictionaryArray, Int32Array, Int64Array, ListArray, StructArray,
+        TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{Int32Type, Int64Type, Schema, TimeUnit};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    /// Writes `batches` through a [`CsvOutput`] in a nested, not yet existing
+    /// directory and returns the file's text and the two counters.
+    fn write_csv(
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        cap: Option<u64>,
+    ) -> std::result::Result<(String, u64, u64), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("out").join("output").join("scope.csv");
+        let mut output = CsvOutput::create(&path, schema, cap)?;
+        for batch in batches {
+            output.write(batch)?;
+        }
+        let (written, capped) = (output.rows_written(), output.rows_capped());
+        output.finish()?;
+        Ok((std::fs::read_to_string(&path)?, written, capped))
+    }
+
+    fn one_column(
+        name: &str,
+        array: ArrayRef,
+    ) -> std::result::Result<(SchemaRef, RecordBatch), Box<dyn std::error::Error>> {
+        let schema = Arc::new(Schema::new(vec![Field::new(name, array.data_type().clone(), true)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array])?;
+        Ok((schema, batch))
+    }
+
+    fn micros(date: (i32, u32, u32), time: (u32, u32, u32, u32)) -> std::result::Result<i64, String> {
+        NaiveDate::from_ymd_opt(date.0, date.1, date.2)
+            .and_then(|d| d.and_hms_micro_opt(time.0, time.1, time.2, time.3))
+            .map(|t| t.and_utc().timestamp_micros())
+            .ok_or_else(|| "bad test date".to_string())
+    }
+
+    #[test]
+    fn text_is_quoted_per_rfc_4180_and_null_is_an_empty_field() -> TestResult {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("plain"),
+                    Some("a,b"),
+                    Some("say \"hi\""),
+                    Some("line1\nline2"),
+                    Some("cr\rhere"),
+                    Some(""),
+                    None,
+                    Some("Zoë ✓"),
+                ])),
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    Some(2),
+                    Some(3),
+                    Some(4),
+                    Some(5),
+                    Some(6),
+                    Some(7),
+                    None,
+                ])),
+            ],
+        )?;
+        let (text, written, capped) = write_csv(&schema, &[batch], None)?;
+        assert_eq!(
+            text,
+            "name,n\n\
+             plain,1\n\
+             \"a,b\",2\n\
+             \"say \"\"hi\"\"\",3\n\
+             \"line1\nline2\",4\n\
+             \"cr\rhere\",5\n\
+             \"\",6\n\
+             ,7\n\
+             Zoë ✓,\n"
+        );
+        assert_eq!((written, capped), (8, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn header_names_are_quoted_too() -> TestResult {
+        let (schema, batch) = one_column("a,b", Arc::new(Int32Array::from(vec![1])))?;
+        let (text, _, _) = write_csv(&schema, &[batch], None)?;
+        assert_eq!(text, "\"a,b\"\n1\n");
+        Ok(())
+    }
+
+    #[test]
+    fn dates_and_timestamps_are_iso_8601() -> TestResult {
+        let days = |y, m, d| -> std::result::Result<i32, String> {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).ok_or("epoch")?;
+            let date = NaiveDate::from_ymd_opt(y, m, d).ok_or("date")?;
+            i32::try_from((date - epoch).num_days()).map_err(|e| e.to_string())
+        };
+        let noon = micros((2024, 1, 31), (12, 0, 0, 0))?;
+        let half = micros((2024, 1, 31), (12, 0, 0, 500_000))?;
+        let odd = micros((2024, 1, 31), (12, 0, 0, 123_456))?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("d", DataType::Date32, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new(
+                "utc",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "plus1",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+01:00".into())),
+                true,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Date32Array::from(vec![
+                    Some(days(2024, 1, 31)?),
+                    Some(days(1999, 12, 1)?),
+                    None,
+                    None,
+                ])),
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(noon),
+                    Some(half),
+                    Some(odd),
+                    None,
+                ])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(noon), Some(half), None, None]).with_timezone("UTC"),
+                ),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(noon), Some(half), None, None]).with_timezone("+01:00"),
+                ),
+            ],
+        )?;
+        let (text, _, _) = write_csv(&schema, &[batch], None)?;
+        // Fractional seconds appear only when non-zero, in groups of 3 digits
+        // (chrono's `AutoSi`): `.500`, not `.5`.
+        assert_eq!(
+            text,
+            "d,ts,utc,plus1\n\
+             2024-01-31,2024-01-31T12:00:00,2024-01-31T12:00:00Z,2024-01-31T13:00:00+01:00\n\
+             1999-12-01,2024-01-31T12:00:00.500,2024-01-31T12:00:00.500Z,2024-01-31T13:00:00.500+01:00\n\
+             ,2024-01-31T12:00:00.123456,,\n\
+             ,,,\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn floats_are_written_in_their_shortest_exact_form() -> TestResult {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("f64", DataType::Float64, true),
+            Field::new("f32", DataType::Float32, true),
+        ]));
+        let f64s = vec![
+            Some(1.5),
+            Some(0.1),
+            Some(100.0),
+            Some(-0.25),
+            Some(123_456.789),
+            Some(1e21),
+            Some(1.5e-7),
+            Some(0.0),
+            Some(f64::NAN),
+            Some(f64::NEG_INFINITY),
+            None,
+        ];
+        let f32s = vec![
+            Some(0.1f32),
+            Some(100.0),
+            Some(2.5),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ];
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Float64Array::from(f64s)), Arc::new(Float32Array::from(f32s))],
+        )?;
+        let (text, _, _) = write_csv(&schema, &[batch], None)?;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "f64,f32",
+                "1.5,0.1",
+                "0.1,100",
+                "100,2.5",
+                "-0.25,",
+                "123456.789,",
+                "1e21,",
+                "1.5e-7,",
+                "0,",
+                "NaN,",
+                "-inf,",
+                ",",
+            ]
+        );
+        // Every value reads back exactly.
+        for (line, expected) in lines[1..6].iter().zip([1.5, 0.1, 100.0, -0.25, 123_456.789]) {
+            let field = line.split(',').next().ok_or("field")?;
+            assert_eq!(field.parse::<f64>()?, expected);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn integers_booleans_binary_and_dictionaries() -> TestResult {
+        let dictionary: DictionaryArray<Int32Type> = vec![Some("x,y"), None, Some("z")].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, true),
+            Field::new("b", DataType::Boolean, true),
+            Field::new("bin", DataType::Binary, true),
+            Field::new("dict", dictionary.data_type().clone(), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(i64::MIN), Some(0), Some(42)])),
+                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&[0x00u8, 0xab, 0xff][..]),
+                    Some(&[][..]),
+                    None,
+                ])),
+                Arc::new(dictionary),
+            ],
+        )?;
+        let (text, _, _) = write_csv(&schema, &[batch], None)?;
+        assert_eq!(
+            text,
+            "i,b,bin,dict\n\
+             -9223372036854775808,true,00abff,\"x,y\"\n\
+             0,false,\"\",\n\
+             42,,,z\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn nested_columns_are_json_text() -> TestResult {
+        let list = ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1), Some(2), Some(3)]),
+            Some(vec![]),
+            Some(vec![Some(7), None]),
+            None,
+        ]);
+        let structs = StructArray::from(vec![
+            (
+                Arc::new(Field::new("a", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(4)])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("s", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec![Some("x"), Some("y"), None, Some("q\"")])) as ArrayRef,
+            ),
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("list", list.data_type().clone(), true),
+            Field::new("st", structs.data_type().clone(), true),
+        ]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(list), Arc::new(structs)])?;
+        let (text, _, _) = write_csv(&schema, &[batch], None)?;
+        assert_eq!(
+            text,
+            "list,st\n\
+             \"[1,2,3]\",\"{\"\"a\"\":1,\"\"s\"\":\"\"x\"\"}\"\n\
+             [],\"{\"\"a\"\":null,\"\"s\"\":\"\"y\"\"}\"\n\
+             \"[7,null]\",\"{\"\"a\"\":3,\"\"s\"\":null}\"\n\
+             ,\"{\"\"a\"\":4,\"\"s\"\":\"\"q\\\"\"\"\"}\"\n"
+        );
+        // The list field reads back as JSON.
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let first = reader.records().next().ok_or("no row")??;
+        let value: serde_json::Value = serde_json::from_str(first.get(0).ok_or("no field")?)?;
+        assert_eq!(value, serde_json::json!([1, 2, 3]));
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_scope_still_gets_its_header() -> TestResult {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let (text, written, _) = write_csv(&schema, &[], None)?;
+        assert_eq!(text, "a,b\n");
+        assert_eq!(written, 0);
+        let empty = RecordBatch::new_empty(Arc::clone(&schema));
+        let (text, written, _) = write_csv(&schema, &[empty], None)?;
+        assert_eq!(text, "a,b\n");
+        assert_eq!(written, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_row_cap_keeps_the_first_rows_and_counts_the_rest() -> TestResult {
+        let (schema, first) = one_column("n", Arc::new(Int64Array::from(vec![1, 2])))?;
+        let (_, second) = one_column("n", Arc::new(Int64Array::from(vec![3, 4])))?;
+        let (_, third) = one_column("n", Arc::new(Int64Array::from(vec![5])))?;
+        let (text, written, capped) = write_csv(&schema, &[first, second, third], Some(3))?;
+        assert_eq!(text, "n\n1\n2\n3\n");
+        assert_eq!((written, capped), (3, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_with_other_columns_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let mut output = CsvOutput::create(&dir.path().join("x.csv"), &schema, None)?;
+        let (_, batch) = one_column("a", Arc::new(Int64Array::from(vec![1])))?;
+        assert!(matches!(output.write(&batch), Err(Error::Internal(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn large_outputs_go_through_the_buffer_intact() -> TestResult {
+        let values: Vec<String> = (0..100_000).map(|i| format!("value number {i}, padded")).collect();
+        let (schema, batch) = one_column("v", Arc::new(StringArray::from(values.clone())))?;
+        let (text, written, _) = write_csv(&schema, &[batch], None)?;
+        assert_eq!(written, 100_000);
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let mut count = 0;
+        for (record, expected) in reader.records().zip(&values) {
+            assert_eq!(record?.get(0), Some(expected.as_str()));
+            count += 1;
+        }
+        assert_eq!(count, 100_000);
+        Ok(())
+    }
+}

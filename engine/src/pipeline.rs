@@ -1,0 +1,585 @@
+//! The run pipeline: one execution end to end, with limits, cancellation
+//! and live progress.
+//!
+//! ```text
+//! intake → input tables → SQL script → transforms → variables → loads → report
+//! ```
+//!
+//! The pipeline owns the order of stages, the execution document's
+//! transitions and what is written where. Each stage's logic lives in its own
+//! module; this one only wires them, so the server and `weir run` run the
+//! very same code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::{Connector, Limits};
+use crate::error::{Error, Limit, Result, Stage};
+use crate::execution::{
+    Execution, ExecutionError, ScopeCount, StageStatus, Status, StepProgress, TableCount, VariableCount,
+};
+use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
+use crate::output::CsvOutput;
+use crate::report::{RejectedRow, RejectedWriter, ReportBuilder};
+use crate::sql::{self, ExecutionMeta, Script, SessionSettings};
+use crate::variables::ScopeVariables;
+
+/// The input file of a run.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// Its name as uploaded (drives the table name and format sniffing).
+    pub name: String,
+}
+
+/// Tunables of a run that are not part of the connector.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Threads for the SQL engine.
+    pub threads: usize,
+    /// Most rows written per scope output CSV (`None`: all).
+    pub output_row_cap: Option<u64>,
+    /// Most rows per report sheet.
+    pub report_rows: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            output_row_cap: None,
+            report_rows: 100_000,
+            batch_size: 8192,
+        }
+    }
+}
+
+/// Everything one run needs.
+pub struct RunRequest {
+    /// The connector definition.
+    pub connector: Connector,
+    /// The SQL script text.
+    pub script: String,
+    /// The input file (none for schedule runs).
+    pub input: Option<InputFile>,
+    /// The execution document to drive (status `queued`).
+    pub execution: Execution,
+    /// Where artifacts go: `output/<scope>.csv`, `report.xlsx`, `rejected.csv`.
+    pub out_dir: PathBuf,
+    /// Tunables.
+    pub settings: RunSettings,
+    /// Cancels the run.
+    pub cancel: CancellationToken,
+}
+
+/// Live progress of a run: the document, and a channel observers watch.
+#[derive(Clone)]
+pub struct Progress {
+    doc: Arc<Mutex<Execution>>,
+    tx: Arc<watch::Sender<Execution>>,
+}
+
+impl Progress {
+    /// Progress starting from `execution`.
+    pub fn new(execution: Execution) -> Self {
+        let (tx, _) = watch::channel(execution.clone());
+        Self {
+            doc: Arc::new(Mutex::new(execution)),
+            tx: Arc::new(tx),
+        }
+    }
+
+    /// A receiver of every change.
+    pub fn subscribe(&self) -> watch::Receiver<Execution> {
+        self.tx.subscribe()
+    }
+
+    /// The document now.
+    pub fn snapshot(&self) -> Execution {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Execution> {
+        self.doc.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the document and notifies observers.
+    pub fn update(&self, f: impl FnOnce(&mut Execution)) {
+        let snapshot = {
+            let mut doc = self.lock();
+            f(&mut doc);
+            doc.clone()
+        };
+        self.tx.send_replace(snapshot);
+    }
+}
+
+/// Collects rejected rows into `rejected.csv` and the report.
+struct Rejects {
+    writer: Mutex<Option<RejectedWriter>>,
+    report: Mutex<ReportBuilder>,
+    failure: Mutex<Option<Error>>,
+}
+
+impl Rejects {
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl RejectSink for Rejects {
+    fn reject(&self, row: RejectedRow) {
+        Self::lock(&self.report).add_rejected(&row);
+        if let Some(w) = Self::lock(&self.writer).as_mut()
+            && let Err(e) = w.write(&row)
+        {
+            Self::lock(&self.failure).get_or_insert(e);
+        }
+    }
+}
+
+/// Runs one execution to its end and returns the final document. Never
+/// panics on bad input; every failure ends as a `failed` document with the
+/// stage and code.
+pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
+    let RunRequest {
+        connector,
+        script,
+        input,
+        execution: _,
+        out_dir,
+        settings,
+        cancel,
+    } = request;
+    progress.update(|e| {
+        let _ = e.transition(Status::Running);
+    });
+
+    let rejects = Arc::new(Rejects {
+        writer: Mutex::new(None),
+        report: Mutex::new(ReportBuilder::new(settings.report_rows)),
+        failure: Mutex::new(None),
+    });
+    let shared = Shared {
+        progress: progress.clone(),
+        rejects: rejects.clone(),
+        stage: Arc::new(Mutex::new(Stage::Intake)),
+        tables: Arc::new(Mutex::new(Vec::new())),
+    };
+
+    let outcome = match connector.limits.parse() {
+        Err(problems) => Err(Error::InvalidConnector(problems)),
+        Ok(limits) => {
+            // The work runs as its own task so that a cancel or the deadline
+            // is noticed even while the work is busy inside one poll.
+            let mut run = Run {
+                connector,
+                shared: shared.clone(),
+                out_dir: out_dir.clone(),
+                settings,
+                cancel: cancel.clone(),
+            };
+            let max_runtime = connector_max_runtime(&run.connector);
+            let mut work = tokio::spawn(async move { run.execute(&script, input.as_ref(), &limits).await });
+            let deadline = tokio::time::sleep(limits.max_runtime);
+            let outcome = tokio::select! {
+                r = &mut work => r.unwrap_or_else(|e| Err(Error::Internal(format!("the run task failed: {e}")))),
+                _ = cancel.cancelled() => Err(Error::Canceled),
+                _ = deadline => Err(Error::LimitExceeded {
+                    limit: Limit::MaxRuntime,
+                    message: format!("the run took longer than max_runtime = {max_runtime}"),
+                }),
+            };
+            work.abort();
+            outcome
+        }
+    };
+    let failed_stage = match &outcome {
+        Err(Error::UnreadableInput { .. }) => Stage::Intake,
+        _ => *lock(&shared.stage),
+    };
+    shared.refresh_tables();
+    finish(outcome, failed_stage, progress, &rejects, &out_dir).await
+}
+
+fn connector_max_runtime(connector: &Connector) -> String {
+    connector.limits.max_runtime.clone()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn finish(
+    outcome: Result<()>,
+    failed_stage: Stage,
+    progress: &Progress,
+    rejects: &Rejects,
+    out_dir: &Path,
+) -> Execution {
+    let report_error = {
+        let writer = Rejects::lock(&rejects.writer).take();
+        let mut failure = Rejects::lock(&rejects.failure).take();
+        if let Some(w) = writer
+            && let Err(e) = w.finish()
+        {
+            failure.get_or_insert(e);
+        }
+        failure
+    };
+    let outcome = match (outcome, report_error) {
+        (Ok(()), Some(e)) => Err((Stage::Report, e)),
+        (Ok(()), None) => Ok(()),
+        (Err(e), _) => Err((failed_stage, e)),
+    };
+    progress.update(|doc| match &outcome {
+        Ok(()) => {
+            doc.close_open_stages(StageStatus::Completed, StageStatus::Skipped);
+            let next = if doc.invalid_rows() > 0 {
+                Status::PartialSuccess
+            } else {
+                Status::Success
+            };
+            let _ = doc.transition(next);
+        }
+        Err((_, Error::Canceled)) => {
+            doc.close_open_stages(StageStatus::Canceled, StageStatus::Skipped);
+            if doc.status == Status::Running || doc.status == Status::Queued {
+                let _ = doc.transition(Status::Canceling);
+            }
+            let _ = doc.transition(Status::Canceled);
+        }
+        Err((stage, e)) => {
+            doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
+            doc.set_stage_status(*stage, StageStatus::Failed);
+            doc.error = Some(ExecutionError::from_error(*stage, e));
+            let _ = doc.transition(Status::Failed);
+        }
+    });
+    let doc = progress.snapshot();
+    let report = Rejects::lock(&rejects.report);
+    if let Err(e) = report.write(&doc, &out_dir.join("report.xlsx")) {
+        tracing::error!(error = %e, "writing report.xlsx failed");
+        if doc.error.is_none() {
+            drop(report);
+            progress.update(|d| {
+                d.error = Some(ExecutionError::from_error(Stage::Report, &e));
+                d.status = Status::Failed;
+            });
+        }
+    }
+    progress.snapshot()
+}
+
+/// What the run task and the code that finishes the run share.
+#[derive(Clone)]
+struct Shared {
+    progress: Progress,
+    rejects: Arc<Rejects>,
+    /// The stage running now, for the error of a run that stops.
+    stage: Arc<Mutex<Stage>>,
+    /// Live counters of the input tables.
+    tables: Arc<Mutex<Vec<(String, Arc<TableStats>)>>>,
+}
+
+impl Shared {
+    /// Copies the live intake counters into the document.
+    fn refresh_tables(&self) {
+        let tables: Vec<TableCount> = lock(&self.tables)
+            .iter()
+            .map(|(name, stats)| TableCount {
+                table: name.clone(),
+                rows: stats.rows(),
+                invalid: stats.invalid(),
+            })
+            .collect();
+        self.progress.update(|d| {
+            if let Some(StepProgress::Intake { tables: t, .. }) = d.stage_mut(Stage::Intake) {
+                *t = tables;
+            }
+        });
+    }
+}
+
+struct Run {
+    connector: Connector,
+    shared: Shared,
+    out_dir: PathBuf,
+    settings: RunSettings,
+    cancel: CancellationToken,
+}
+
+impl Run {
+    fn at(&self, stage: Stage) {
+        *lock(&self.shared.stage) = stage;
+    }
+
+    fn enter(&self, stage: Stage) {
+        self.at(stage);
+        self.shared.progress.update(|d| d.set_stage_status(stage, StageStatus::Running));
+    }
+
+    fn complete(&self, stage: Stage) {
+        self.shared.progress.update(|d| d.set_stage_status(stage, StageStatus::Completed));
+    }
+
+    async fn execute(&mut self, script_text: &str, input: Option<&InputFile>, limits: &Limits) -> Result<()> {
+        let connector = &self.connector;
+        std::fs::create_dir_all(self.out_dir.join("output"))
+            .map_err(|e| Error::io(format!("creating {}", self.out_dir.display()), e))?;
+        *Rejects::lock(&self.shared.rejects.writer) = Some(RejectedWriter::create(&self.out_dir.join("rejected.csv"))?);
+
+        self.at(Stage::Sql);
+        let script = Script::parse(script_text)?;
+        if !connector.transforms.is_empty() {
+            self.at(Stage::Transform);
+            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
+                "transforms",
+                "transform steps need the plugin runtime, which this engine build does not include yet",
+            )]));
+        }
+
+        self.enter(Stage::Intake);
+        let ctx = sql::session(&SessionSettings {
+            threads: self.settings.threads,
+            max_memory: limits.max_memory,
+            batch_size: self.settings.batch_size,
+            spill_dir: None,
+        })?;
+        let _intake = match input {
+            Some(file) => {
+                let mut options = IntakeOptions::new(&connector.input, limits)?;
+                options.batch_size = self.settings.batch_size;
+                let path = std::fs::canonicalize(&file.path)
+                    .map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;
+                let sink: Arc<dyn RejectSink> = self.shared.rejects.clone();
+                let intake = intake::open(&ctx, &path, &file.name, &options, sink, self.cancel.clone()).await?;
+                let single = intake.tables.len() == 1;
+                for t in &intake.tables {
+                    sql::register_input(&ctx, &t.name, t.provider.clone())?;
+                    if single && t.name != "data" {
+                        sql::register_input(&ctx, "data", t.provider.clone())?;
+                    }
+                    lock(&self.shared.tables).push((t.name.clone(), t.stats.clone()));
+                }
+                Some(intake)
+            }
+            None => None,
+        };
+        self.shared.refresh_tables();
+        let doc = self.shared.progress.snapshot();
+        let parameters: Vec<(String, String)> = connector
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        sql::register_meta(
+            &ctx,
+            &ExecutionMeta {
+                execution_id: doc.id.clone(),
+                connector_id: doc.connector.id.clone(),
+                connector_api_name: connector.api_name.clone(),
+                trigger_type: serde_json::to_value(doc.trigger_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                is_dry_run: doc.is_dry_run,
+                source_file_id: doc.source_file_id.clone(),
+                source_file_name: input.map(|i| i.name.clone()),
+                started_at: doc.started_at.unwrap_or_else(chrono::Utc::now),
+            },
+            &parameters,
+        )?;
+
+        // The script: intake goes on while the SQL stage streams.
+        self.enter(Stage::Sql);
+        let scopes = sql::run_script(&ctx, &script).await?;
+        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+        let mut schemas = Vec::new();
+        for scope in &scopes {
+            let table = ctx
+                .table(datafusion::common::TableReference::partial(sql::OUTPUT_SCHEMA, scope.as_str()))
+                .await
+                .map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
+            let schema = Arc::new(table.schema().as_arrow().clone());
+            columns.insert(scope.clone(), schema.fields().iter().map(|f| f.name().clone()).collect());
+            schemas.push((scope.clone(), schema));
+        }
+        self.at(Stage::Variables);
+        let problems = connector.check_scopes(&columns);
+        if !problems.is_empty() {
+            return Err(Error::InvalidConnector(problems));
+        }
+        let mut compiled = Vec::new();
+        for (scope, schema) in &schemas {
+            let defs: Vec<_> = connector
+                .variables
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| &v.scope == scope)
+                .collect();
+            let vars = ScopeVariables::compile(scope, &defs, schema, &connector.parameters)
+                .map_err(Error::InvalidConnector)?;
+            compiled.push(vars);
+            Rejects::lock(&self.shared.rejects.report).add_sheet(scope, columns[scope].clone());
+        }
+        self.shared.progress.update(|d| {
+            if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql) {
+                *s = scopes.iter().map(|n| ScopeCount { scope: n.clone(), rows: 0 }).collect();
+            }
+            if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables) {
+                *s = scopes
+                    .iter()
+                    .map(|n| VariableCount {
+                        scope: n.clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+            }
+        });
+
+        self.shared.progress.update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
+        for ((scope, schema), vars) in schemas.iter().zip(&compiled) {
+            self.at(Stage::Sql);
+            let mut stream = sql::scope_stream(&ctx, scope, &script).await?;
+            let mut csv = CsvOutput::create(
+                &self.out_dir.join("output").join(format!("{scope}.csv")),
+                schema,
+                self.settings.output_row_cap,
+            )?;
+            let mut rows = 0u64;
+            let mut last_refresh = std::time::Instant::now();
+            while let Some(batch) = stream.next().await {
+                self.at(Stage::Sql);
+                let batch = batch.map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
+                rows += batch.num_rows() as u64;
+                if rows > limits.max_rows {
+                    return Err(Error::LimitExceeded {
+                        limit: Limit::MaxRows,
+                        message: format!("scope `{scope}` has more than {} rows", limits.max_rows),
+                    });
+                }
+                self.at(Stage::Report);
+                csv.write(&batch)?;
+                self.at(Stage::Variables);
+                let (valid, invalid) = self.variables(scope, vars, &batch, rows - batch.num_rows() as u64)?;
+                self.shared.progress.update(|d| {
+                    if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql)
+                        && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
+                    {
+                        c.rows = rows;
+                    }
+                    if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
+                        && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
+                    {
+                        c.total += valid + invalid;
+                        c.valid += valid;
+                        c.invalid += invalid;
+                    }
+                });
+                if last_refresh.elapsed() > Duration::from_millis(200) {
+                    self.shared.refresh_tables();
+                    last_refresh = std::time::Instant::now();
+                }
+            }
+            self.at(Stage::Report);
+            csv.finish()?;
+        }
+        self.shared.refresh_tables();
+        self.complete(Stage::Intake);
+        self.complete(Stage::Sql);
+        self.complete(Stage::Variables);
+        self.check_invalid_ratio(limits)?;
+        Ok(())
+    }
+
+    /// Converts one batch to variables; invalid rows go to the report.
+    /// Returns (valid, invalid) row counts.
+    fn variables(&self, scope: &str, vars: &ScopeVariables, batch: &RecordBatch, first_row: u64) -> Result<(u64, u64)> {
+        let converted = vars.convert(batch);
+        let invalid = converted.valid.iter().filter(|v| !**v).count() as u64;
+        if invalid > 0 {
+            let formatters = formatters(batch)?;
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let mut issues = converted.issues.iter().peekable();
+            for (row, ok) in converted.valid.iter().enumerate() {
+                let mut reasons = Vec::new();
+                while let Some((r, issue)) = issues.peek() {
+                    if *r != row {
+                        break;
+                    }
+                    reasons.push(issue.to_string());
+                    issues.next();
+                }
+                if *ok {
+                    continue;
+                }
+                let values = names
+                    .iter()
+                    .zip(&formatters)
+                    .zip(batch.columns())
+                    .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
+                    .collect();
+                self.shared.rejects.reject(RejectedRow {
+                    stage: Stage::Variables,
+                    source: scope.to_string(),
+                    row: first_row + row as u64 + 1,
+                    line: None,
+                    reasons,
+                    values,
+                });
+            }
+        }
+        Ok((batch.num_rows() as u64 - invalid, invalid))
+    }
+
+    fn check_invalid_ratio(&self, limits: &Limits) -> Result<()> {
+        let doc = self.shared.progress.snapshot();
+        let mut checks = Vec::new();
+        for p in &doc.step_progress {
+            match p {
+                StepProgress::Intake { tables, .. } => {
+                    for t in tables {
+                        checks.push((t.invalid, t.rows + t.invalid));
+                    }
+                }
+                StepProgress::Variables { scopes, .. } => {
+                    for s in scopes {
+                        checks.push((s.invalid, s.total));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (invalid, total) in checks {
+            if total > 0 && invalid as f64 / total as f64 > limits.max_invalid_ratio {
+                return Err(Error::InvalidRatioExceeded {
+                    invalid,
+                    total,
+                    max_ratio: limits.max_invalid_ratio,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
+    let options = FormatOptions::default();
+    batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| Error::Internal(e.to_string())))
+        .collect()
+}

@@ -1,0 +1,682 @@
+//! The SQL stage (SPEC §3.3): splitting a script into statements with their
+//! positions, the policy of what a script may do, the session with schemas
+//! `input`, `output` and `meta`, and mapping DataFusion errors to engine
+//! errors with line and column.
+//!
+//! The policy is checked on the syntax tree before anything runs: a script
+//! may create views and tables in `output` (its scopes) or temporary ones in
+//! the default schema, insert into and drop those, and set an allow-listed
+//! option. It may not read files or URLs, create external tables, copy, or
+//! touch `input`/`meta`. This module does not consume scope streams; the
+//! pipeline does.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    ObjectName, ObjectNamePart, ObjectType, Set, Statement, TableFactor, TableObject, Visit, Visitor,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+
+use crate::error::{Error, Limit, Position, Result};
+
+/// Engine options a SET statement may change.
+const SETTABLE: &[&str] = &["datafusion.execution.time_zone"];
+/// Table functions a script may call.
+const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest"];
+/// The schema of scopes.
+pub const OUTPUT_SCHEMA: &str = "output";
+const CATALOG: &str = "datafusion";
+const DEFAULT_SCHEMA: &str = "public";
+
+/// One statement of a script, parsed and allowed by the policy.
+#[derive(Debug, Clone)]
+pub struct ScriptStatement {
+    /// The statement's text.
+    pub text: String,
+    /// Where it starts in the script.
+    pub start: Position,
+    /// The parsed statement.
+    pub statement: DfStatement,
+    /// The scope it creates, for `CREATE VIEW/TABLE output.<scope>`.
+    pub creates_scope: Option<String>,
+}
+
+/// A parsed, allowed script.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Statements in order.
+    pub statements: Vec<ScriptStatement>,
+}
+
+impl Script {
+    /// Splits, parses and checks `text` against the policy. Every refused
+    /// form is `sql_not_allowed` with the statement's position; syntax errors
+    /// carry the line and column in the whole script.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut statements = Vec::new();
+        for (piece, start) in split(text)? {
+            let parsed = parse_statement(&piece, start)?;
+            for statement in parsed {
+                let creates_scope = check_policy(&statement, start)?;
+                statements.push(ScriptStatement {
+                    text: piece.clone(),
+                    start,
+                    statement,
+                    creates_scope,
+                });
+            }
+        }
+        if statements.is_empty() {
+            return Err(Error::Sql {
+                message: "the SQL script is empty; create at least one scope with CREATE VIEW output.<scope> AS …".into(),
+                position: None,
+            });
+        }
+        Ok(Self { statements })
+    }
+}
+
+/// Splits a script at top-level semicolons, returning each non-empty
+/// statement's text and start position.
+fn split(script: &str) -> Result<Vec<(String, Position)>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, script)
+        .tokenize_with_location()
+        .map_err(|e| Error::Sql {
+            message: e.message.clone(),
+            position: Some(position(e.location)),
+        })?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(script.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |loc: Location| -> usize {
+        let Some(&line_start) = line_starts.get(loc.line.saturating_sub(1) as usize) else {
+            return script.len();
+        };
+        script[line_start..]
+            .char_indices()
+            .nth(loc.column.saturating_sub(1) as usize)
+            .map_or(script.len(), |(i, _)| line_start + i)
+    };
+    let mut pieces = Vec::new();
+    let mut first: Option<Location> = None;
+    for t in &tokens {
+        match &t.token {
+            Token::SemiColon => {
+                if let Some(start) = first.take() {
+                    pieces.push((script[offset(start)..offset(t.span.start)].to_string(), position(start)));
+                }
+            }
+            Token::Whitespace(_) | Token::EOF => {}
+            _ => {
+                if first.is_none() {
+                    first = Some(t.span.start);
+                }
+            }
+        }
+    }
+    if let Some(start) = first {
+        pieces.push((script[offset(start)..].to_string(), position(start)));
+    }
+    Ok(pieces)
+}
+
+fn position(loc: Location) -> Position {
+    Position {
+        line: loc.line.max(1),
+        column: loc.column.max(1),
+    }
+}
+
+/// Maps a position inside a statement to the whole script.
+fn in_script(start: Position, line: u64, column: u64) -> Position {
+    if line <= 1 {
+        Position {
+            line: start.line,
+            column: start.column + column.saturating_sub(1),
+        }
+    } else {
+        Position {
+            line: start.line + line - 1,
+            column,
+        }
+    }
+}
+
+fn parse_statement(text: &str, start: Position) -> Result<VecDeque<DfStatement>> {
+    let dialect = GenericDialect {};
+    DFParserBuilder::new(text)
+        .with_dialect(&dialect)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| {
+            let message = e.strip_backtrace();
+            let position = parse_line_column(&message)
+                .map(|(l, c)| in_script(start, l, c))
+                .or(Some(start));
+            Error::Sql {
+                message: strip_location(&message),
+                position,
+            }
+        })
+}
+
+/// Finds "Line: L, Column: C" in a parser message.
+fn parse_line_column(message: &str) -> Option<(u64, u64)> {
+    let at = message.rfind("Line: ")?;
+    let rest = &message[at + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
+}
+
+fn strip_location(message: &str) -> String {
+    let message = message.strip_prefix("SQL error: ").unwrap_or(message);
+    let message = match message.rfind(" at Line: ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    message.replace("ParserError(\"", "").replace("\")", "")
+}
+
+fn not_allowed(start: Position, message: impl Into<String>) -> Error {
+    Error::SqlNotAllowed {
+        message: message.into(),
+        position: Some(start),
+    }
+}
+
+fn parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) if i.quote_style.is_some() => i.value.clone(),
+            ObjectNamePart::Identifier(i) => i.value.to_lowercase(),
+            ObjectNamePart::Function(f) => format!("{}()", f.name.value),
+        })
+        .collect()
+}
+
+/// Where a script may create, insert into or drop: `output.<scope>` (a
+/// scope) or the default schema (temporary). Returns the scope name.
+fn writable_target(name: &ObjectName, start: Position, what: &str) -> Result<Option<String>> {
+    let p = parts(name);
+    let refuse = || {
+        not_allowed(
+            start,
+            format!(
+                "{what} `{name}` is not allowed: a script may only create objects in schema `output` (its scopes) or temporary ones without a schema"
+            ),
+        )
+    };
+    match p.as_slice() {
+        [_] => Ok(None),
+        [schema, _] if schema == DEFAULT_SCHEMA => Ok(None),
+        [schema, scope] if schema == OUTPUT_SCHEMA => Ok(Some(scope.clone())),
+        [catalog, schema, _] if catalog == CATALOG && schema == DEFAULT_SCHEMA => Ok(None),
+        [catalog, schema, scope] if catalog == CATALOG && schema == OUTPUT_SCHEMA => Ok(Some(scope.clone())),
+        _ => Err(refuse()),
+    }
+}
+
+/// Checks one statement; returns the scope it creates, if any.
+fn check_policy(statement: &DfStatement, start: Position) -> Result<Option<String>> {
+    let sql = match statement {
+        DfStatement::Statement(s) => s.as_ref(),
+        DfStatement::CreateExternalTable(_) => {
+            return Err(not_allowed(start, "CREATE EXTERNAL TABLE is not allowed: a script reads only its input tables"));
+        }
+        DfStatement::CopyTo(_) => {
+            return Err(not_allowed(start, "COPY is not allowed: a script cannot write files; create output.<scope> views instead"));
+        }
+        DfStatement::Explain(_) => return Err(not_allowed(start, "EXPLAIN is not allowed in a connector script")),
+        DfStatement::Reset(_) => return Err(not_allowed(start, "RESET is not allowed: engine options are managed by Weir")),
+    };
+    let scope = match sql {
+        Statement::CreateView(v) => writable_target(&v.name, start, "CREATE VIEW")?,
+        Statement::CreateTable(t) => writable_target(&t.name, start, "CREATE TABLE")?,
+        Statement::Insert(i) => match &i.table {
+            TableObject::TableName(name) => {
+                writable_target(name, start, "INSERT INTO")?;
+                None
+            }
+            TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
+                return Err(not_allowed(start, "INSERT INTO a table function or query is not allowed"));
+            }
+        },
+        Statement::Drop { object_type, names, .. } => {
+            if !matches!(object_type, ObjectType::Table | ObjectType::View) {
+                return Err(not_allowed(start, format!("DROP {object_type} is not allowed")));
+            }
+            for n in names {
+                writable_target(n, start, "DROP")?;
+            }
+            None
+        }
+        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+            let name = parts(variable).join(".");
+            if !SETTABLE.contains(&name.as_str()) {
+                return Err(not_allowed(
+                    start,
+                    format!("SET {name} is not allowed; a script may set only: {}", SETTABLE.join(", ")),
+                ));
+            }
+            None
+        }
+        Statement::Query(_) => {
+            return Err(not_allowed(
+                start,
+                "a bare SELECT has no effect in a connector script; create a scope with CREATE VIEW output.<scope> AS SELECT …",
+            ));
+        }
+        other => {
+            let kind = other.to_string();
+            let kind: String = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            return Err(not_allowed(
+                start,
+                format!("`{kind} …` is not allowed; a script may CREATE VIEW/TABLE, INSERT, DROP and SET time zone"),
+            ));
+        }
+    };
+    let mut policy = ReadPolicy { start, error: None };
+    let _ = sql.visit(&mut policy);
+    if let Some(e) = policy.error {
+        return Err(e);
+    }
+    Ok(scope)
+}
+
+/// Refuses relations that name files or URLs, unknown catalogs and table
+/// functions outside the allow-list.
+struct ReadPolicy {
+    start: Position,
+    error: Option<Error>,
+}
+
+impl Visitor for ReadPolicy {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        let looks_like_path = relation.0.iter().any(|p| match p {
+            ObjectNamePart::Identifier(i) => {
+                i.quote_style == Some('\'')
+                    || i.value.contains("://")
+                    || i.value.contains('/')
+                    || i.value.contains('\\')
+                    || [".csv", ".parquet", ".json", ".arrow", ".avro", ".txt"]
+                        .iter()
+                        .any(|ext| i.value.to_lowercase().ends_with(ext))
+            }
+            ObjectNamePart::Function(_) => true,
+        });
+        if looks_like_path {
+            self.error = Some(not_allowed(
+                self.start,
+                format!("reading `{relation}` is not allowed: a script cannot read files or URLs, only its input tables"),
+            ));
+            return ControlFlow::Break(());
+        }
+        let p = parts(relation);
+        if p.len() > 3 || (p.len() == 3 && p[0] != CATALOG) {
+            self.error = Some(not_allowed(self.start, format!("`{relation}` is not a table a script can read")));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table { name, args: Some(_), .. } => {
+                let fname = parts(name).join(".");
+                if !TABLE_FUNCTIONS.contains(&fname.as_str()) {
+                    self.error = Some(not_allowed(
+                        self.start,
+                        format!("the table function `{fname}` is not allowed (allowed: {})", TABLE_FUNCTIONS.join(", ")),
+                    ));
+                    return ControlFlow::Break(());
+                }
+            }
+            TableFactor::TableFunction { .. } | TableFactor::Function { .. } => {
+                self.error = Some(not_allowed(self.start, "table functions of this form are not allowed"));
+                return ControlFlow::Break(());
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What `meta.current_execution` shows.
+#[derive(Debug, Clone)]
+pub struct ExecutionMeta {
+    /// Execution id.
+    pub execution_id: String,
+    /// Connector id, when known.
+    pub connector_id: Option<String>,
+    /// Connector api_name.
+    pub connector_api_name: String,
+    /// Trigger type (wire name).
+    pub trigger_type: String,
+    /// Whether records are written.
+    pub is_dry_run: bool,
+    /// Source file id.
+    pub source_file_id: Option<String>,
+    /// Source file name.
+    pub source_file_name: Option<String>,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Session settings of one run.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Threads (DataFusion target partitions).
+    pub threads: usize,
+    /// Memory pool size in bytes; operators spill to disk beyond it.
+    pub max_memory: u64,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Directory for spill files (the OS temp dir when `None`).
+    pub spill_dir: Option<std::path::PathBuf>,
+}
+
+/// Creates the session of one run, with schemas `input`, `output`, `meta`.
+pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(settings.threads.max(1))
+        .with_batch_size(settings.batch_size)
+        .with_information_schema(false)
+        .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA);
+    config.options_mut().sql_parser.collect_spans = true;
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(settings.max_memory as usize)));
+    if let Some(dir) = &settings.spill_dir {
+        runtime = runtime.with_temp_file_path(dir.clone());
+    }
+    let runtime = runtime.build_arc().map_err(|e| Error::Internal(e.to_string()))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let catalog = ctx
+        .catalog(CATALOG)
+        .ok_or_else(|| Error::Internal("default catalog missing".into()))?;
+    for schema in ["input", OUTPUT_SCHEMA, "meta"] {
+        catalog
+            .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    Ok(ctx)
+}
+
+fn schema_of(ctx: &SessionContext, name: &str) -> Result<Arc<dyn SchemaProvider>> {
+    ctx.catalog(CATALOG)
+        .and_then(|c| c.schema(name))
+        .ok_or_else(|| Error::Internal(format!("schema {name} missing")))
+}
+
+/// Registers an input table.
+pub fn register_input(ctx: &SessionContext, name: &str, table: Arc<dyn datafusion::catalog::TableProvider>) -> Result<()> {
+    schema_of(ctx, "input")?
+        .register_table(name.to_string(), table)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Registers `meta.current_execution` and `meta.parameters`.
+pub fn register_meta(ctx: &SessionContext, meta: &ExecutionMeta, parameters: &[(String, String)]) -> Result<()> {
+    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(e.to_string());
+    let text = |v: Option<&str>| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
+    let exec_schema = Arc::new(Schema::new(vec![
+        Field::new("execution_id", DataType::Utf8, false),
+        Field::new("connector_id", DataType::Utf8, true),
+        Field::new("connector_api_name", DataType::Utf8, false),
+        Field::new("trigger_type", DataType::Utf8, false),
+        Field::new("is_dry_run", DataType::Boolean, false),
+        Field::new("source_file_id", DataType::Utf8, true),
+        Field::new("source_file_name", DataType::Utf8, true),
+        Field::new("started_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+    ]));
+    let exec = RecordBatch::try_new(
+        exec_schema.clone(),
+        vec![
+            text(Some(&meta.execution_id)),
+            text(meta.connector_id.as_deref()),
+            text(Some(&meta.connector_api_name)),
+            text(Some(&meta.trigger_type)),
+            Arc::new(BooleanArray::from(vec![meta.is_dry_run])),
+            text(meta.source_file_id.as_deref()),
+            text(meta.source_file_name.as_deref()),
+            Arc::new(TimestampMicrosecondArray::from(vec![meta.started_at.timestamp_micros()]).with_timezone("UTC")),
+        ],
+    )
+    .map_err(internal)?;
+    let param_schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+    ]));
+    let params = RecordBatch::try_new(
+        param_schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(parameters.iter().map(|(n, _)| n.as_str()))),
+            Arc::new(StringArray::from_iter_values(parameters.iter().map(|(_, v)| v.as_str()))),
+        ],
+    )
+    .map_err(internal)?;
+    let meta_schema = schema_of(ctx, "meta")?;
+    for (name, schema, batch) in [
+        ("current_execution", exec_schema, exec),
+        ("parameters", param_schema, params),
+    ] {
+        let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(|e| Error::Internal(e.to_string()))?;
+        meta_schema
+            .register_table(name.to_string(), Arc::new(table))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Runs every statement of the script, in order. Returns the scopes in the
+/// order they were created (every object left in `output`).
+pub async fn run_script(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
+    let mut created: Vec<String> = Vec::new();
+    for s in &script.statements {
+        let state = ctx.state();
+        let plan = state
+            .statement_to_plan(s.statement.clone())
+            .await
+            .map_err(|e| map_error(e, Some(s)))?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(|e| map_error(e, Some(s)))?;
+        df.collect().await.map_err(|e| map_error(e, Some(s)))?;
+        if let Some(scope) = &s.creates_scope
+            && !created.contains(scope)
+        {
+            created.push(scope.clone());
+        }
+    }
+    let output = schema_of(ctx, OUTPUT_SCHEMA)?;
+    let mut names = output.table_names();
+    names.sort();
+    let mut scopes: Vec<String> = created.into_iter().filter(|s| names.contains(s)).collect();
+    for n in names {
+        if !scopes.contains(&n) {
+            scopes.push(n);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(Error::Sql {
+            message: "the script creates no scope; add CREATE VIEW output.<scope> AS SELECT …".into(),
+            position: None,
+        });
+    }
+    Ok(scopes)
+}
+
+/// The statement that created `scope`, for positions of run-time errors.
+pub fn statement_of<'a>(script: &'a Script, scope: &str) -> Option<&'a ScriptStatement> {
+    script
+        .statements
+        .iter()
+        .rev()
+        .find(|s| s.creates_scope.as_deref() == Some(scope))
+}
+
+/// Streams the rows of one scope.
+pub async fn scope_stream(ctx: &SessionContext, scope: &str, script: &Script) -> Result<SendableRecordBatchStream> {
+    let table = datafusion::common::TableReference::partial(OUTPUT_SCHEMA, scope);
+    let df = ctx
+        .table(table)
+        .await
+        .map_err(|e| map_error(e, statement_of(script, scope)))?;
+    df.execute_stream()
+        .await
+        .map_err(|e| map_error(e, statement_of(script, scope)))
+}
+
+/// Maps a DataFusion error to an engine error: engine errors raised inside
+/// DataFusion (intake limits, cancel) come back as themselves; memory
+/// exhaustion is the memory limit; the rest are SQL errors with the best
+/// position known.
+pub fn map_error(e: DataFusionError, statement: Option<&ScriptStatement>) -> Error {
+    let span = e.diagnostic().and_then(|d| d.span);
+    match unwrap_engine(e) {
+        Ok(engine) => engine,
+        Err(e) => {
+            if let DataFusionError::ResourcesExhausted(msg) = e.find_root() {
+                return Error::LimitExceeded {
+                    limit: Limit::MaxMemory,
+                    message: format!("the SQL script needs more memory than max_memory allows: {msg}"),
+                };
+            }
+            let position = match (statement, span) {
+                (Some(s), Some(span)) if span.start.line > 0 => Some(in_script(s.start, span.start.line, span.start.column)),
+                (Some(s), _) => Some(s.start),
+                (None, _) => None,
+            };
+            let message = e.find_root().strip_backtrace();
+            Error::Sql {
+                message: clean_message(&message),
+                position,
+            }
+        }
+    }
+}
+
+fn clean_message(message: &str) -> String {
+    let mut m = message;
+    for prefix in ["Error during planning: ", "Schema error: ", "Execution error: ", "SQL error: ", "Arrow error: "] {
+        m = m.strip_prefix(prefix).unwrap_or(m);
+    }
+    m.to_string()
+}
+
+/// Digs an engine error out of DataFusion's wrappers.
+fn unwrap_engine(e: DataFusionError) -> std::result::Result<Error, DataFusionError> {
+    match e {
+        DataFusionError::External(boxed) => match boxed.downcast::<Error>() {
+            Ok(engine) => Ok(*engine),
+            Err(other) => match other.downcast::<DataFusionError>() {
+                Ok(df) => unwrap_engine(*df),
+                Err(other) => Err(DataFusionError::External(other)),
+            },
+        },
+        DataFusionError::Context(ctx, inner) => unwrap_engine(*inner).map_err(|e| DataFusionError::Context(ctx, Box::new(e))),
+        DataFusionError::Shared(shared) => match Arc::try_unwrap(shared) {
+            Ok(inner) => unwrap_engine(inner),
+            Err(shared) => Err(DataFusionError::Shared(shared)),
+        },
+        DataFusionError::ArrowError(arrow, bt) => match *arrow {
+            datafusion::arrow::error::ArrowError::ExternalError(boxed) => {
+                unwrap_engine(DataFusionError::External(boxed))
+            }
+            other => Err(DataFusionError::ArrowError(Box::new(other), bt)),
+        },
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> (String, Option<Position>) {
+        match Script::parse(sql) {
+            Err(Error::SqlNotAllowed { message, position }) => (message, position),
+            other => panic!("expected sql_not_allowed for {sql}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn splits_with_positions() {
+        let script = "-- header\nCREATE VIEW output.a AS SELECT 1 AS x;\n\n  CREATE VIEW output.b AS\n SELECT ';' AS y;;";
+        let s = Script::parse(script).expect("parses");
+        assert_eq!(s.statements.len(), 2);
+        assert_eq!(s.statements[0].start, Position { line: 2, column: 1 });
+        assert_eq!(s.statements[1].start, Position { line: 4, column: 3 });
+        assert_eq!(s.statements[1].creates_scope.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_script_positions() {
+        let script = "CREATE VIEW output.a AS SELECT 1;\nCREATE VIEW output.b AS\nSELEC x FROM y;";
+        match Script::parse(script) {
+            Err(Error::Sql { position: Some(p), .. }) => assert_eq!(p, Position { line: 3, column: 1 }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_forbidden_form_is_refused_with_its_position() {
+        let cases = [
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "COPY (SELECT 1) TO '/tmp/x.csv'",
+            "CREATE VIEW output.a AS SELECT * FROM '/etc/passwd'",
+            "CREATE VIEW output.a AS SELECT * FROM 'https://example.com/x.csv'",
+            "CREATE VIEW output.a AS SELECT * FROM \"data.csv\"",
+            "CREATE VIEW input.a AS SELECT 1",
+            "CREATE TABLE meta.x AS SELECT 1",
+            "DROP TABLE input.data",
+            "INSERT INTO input.data VALUES (1)",
+            "SET datafusion.execution.target_partitions = 64",
+            "SET datafusion.runtime.memory_limit = '100G'",
+            "RESET datafusion.execution.batch_size",
+            "CREATE SCHEMA evil",
+            "CREATE FUNCTION f() RETURNS INT RETURN 1",
+            "SELECT 1",
+            "CREATE VIEW output.a AS SELECT * FROM read_csv('x.csv')",
+            "CREATE VIEW output.a AS SELECT * FROM other_catalog.public.t",
+            "EXPLAIN SELECT 1",
+        ];
+        for sql in cases {
+            let full = format!("CREATE VIEW output.ok AS SELECT 1 AS x;\n  {sql}");
+            let (message, position) = refused(&full);
+            assert_eq!(position, Some(Position { line: 2, column: 3 }), "{sql}: {message}");
+        }
+    }
+
+    #[test]
+    fn allowed_forms() {
+        let s = Script::parse(
+            "CREATE TEMP VIEW t AS SELECT * FROM input.data;\n\
+             CREATE TABLE output.a AS SELECT * FROM t JOIN meta.parameters p ON true;\n\
+             CREATE VIEW output.b AS SELECT * FROM generate_series(1, 3);\n\
+             INSERT INTO output.a SELECT * FROM output.a;\n\
+             DROP VIEW t;\n\
+             SET datafusion.execution.time_zone = '+02:00'",
+        )
+        .expect("allowed");
+        let scopes: Vec<_> = s.statements.iter().filter_map(|s| s.creates_scope.clone()).collect();
+        assert_eq!(scopes, vec!["a", "b"]);
+    }
+}

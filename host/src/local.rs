@@ -1,0 +1,232 @@
+//! `weir run`: runs a connector package or directory on this machine with
+//! the same engine the server uses, shows progress on a terminal, and prints
+//! a summary (or the execution document with `--json`).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use weir_engine::error::Stage;
+use weir_engine::execution::{ConnectorRef, Execution, StageStatus, Status, StepProgress, TriggerType};
+use weir_engine::package::Package;
+use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
+
+use crate::cli::RunArgs;
+
+/// Runs `weir run`. The exit code is 0 for success and partial success, 1
+/// for a failed run, 130 for a canceled one.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run_async(args, threads))
+}
+
+async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
+    let package = match Package::load(&args.package) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let input = match &args.input {
+        Some(path) => Some(InputFile {
+            path: path.clone(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "input".into()),
+        }),
+        None => package.data_file.clone(),
+    };
+    let manifest_connector = package.manifest.as_ref().and_then(|m| m.get("connector"));
+    let connector_ref = ConnectorRef {
+        id: manifest_connector
+            .and_then(|c| c.get("id"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        api_name: package.connector.api_name.clone(),
+        version: manifest_connector
+            .and_then(|c| c.get("version"))
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok()),
+    };
+    let mut execution = Execution::new(
+        uuid::Uuid::now_v7().to_string(),
+        connector_ref,
+        TriggerType::Local,
+        args.dry_run,
+    );
+    execution.source_file_id = match &input {
+        Some(i) => Some(sha256_of(&i.path).with_context(|| format!("reading {}", i.path.display()))?),
+        None => None,
+    };
+    let out = args.out.clone();
+    execution.links = weir_engine::execution::Links {
+        self_: out.display().to_string(),
+        report: out.join("report.xlsx").display().to_string(),
+        rejected: out.join("rejected.csv").display().to_string(),
+        output: out.join("output").display().to_string(),
+    };
+    let progress = Progress::new(execution.clone());
+    let cancel = CancellationToken::new();
+    let request = RunRequest {
+        connector: package.connector.clone(),
+        script: package.script.clone(),
+        input,
+        execution,
+        out_dir: out.clone(),
+        settings: RunSettings {
+            threads,
+            output_row_cap: args.output_rows,
+            ..RunSettings::default()
+        },
+        cancel: cancel.clone(),
+    };
+    let show = !args.json && std::io::stderr().is_terminal();
+    let display = show.then(|| spawn_display(&progress));
+    {
+        // Ctrl-C cancels the run; the run then ends `canceled` with its report.
+        let cancel = cancel.clone();
+        if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+            tracing::warn!(error = %e, "Ctrl-C will not cancel the run");
+        }
+    }
+    let started = std::time::Instant::now();
+    let doc = pipeline::run(request, &progress).await;
+    if let Some((bar, task)) = display {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc).context("serialising the execution")?);
+    } else {
+        print_summary(&doc, started.elapsed());
+    }
+    Ok(match doc.status {
+        Status::Success | Status::PartialSuccess => ExitCode::SUCCESS,
+        Status::Canceled => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn spawn_display(progress: &Progress) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut rx = progress.subscribe();
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let line = progress_line(&rx.borrow_and_update());
+            b.set_message(line);
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    (bar, task)
+}
+
+fn progress_line(doc: &Execution) -> String {
+    let running = doc
+        .step_progress
+        .iter()
+        .find(|p| p.status() == StageStatus::Running)
+        .map(|p| p.stage().as_str())
+        .unwrap_or(doc.status.as_str());
+    let read: u64 = match doc.stage(Stage::Intake) {
+        Some(StepProgress::Intake { tables, .. }) => tables.iter().map(|t| t.rows).sum(),
+        _ => 0,
+    };
+    let out: u64 = match doc.stage(Stage::Sql) {
+        Some(StepProgress::Sql { scopes, .. }) => scopes.iter().map(|s| s.rows).sum(),
+        _ => 0,
+    };
+    format!("{running}: {read} rows read, {out} rows out")
+}
+
+fn print_summary(doc: &Execution, elapsed: Duration) {
+    println!(
+        "{}  {}  in {:.2}s{}",
+        doc.connector.api_name,
+        doc.status.as_str(),
+        elapsed.as_secs_f64(),
+        if doc.is_dry_run { "  (dry run)" } else { "" }
+    );
+    for p in &doc.step_progress {
+        let stage = p.stage().as_str();
+        let status = match p.status() {
+            StageStatus::Completed => String::new(),
+            other => format!(" [{}]", serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        };
+        let lines: Vec<String> = match p {
+            StepProgress::Intake { tables, .. } => tables
+                .iter()
+                .map(|t| format!("input.{}: {} rows, {} invalid", t.table, t.rows, t.invalid))
+                .collect(),
+            StepProgress::Sql { scopes, .. } => scopes
+                .iter()
+                .map(|s| format!("output.{}: {} rows", s.scope, s.rows))
+                .collect(),
+            StepProgress::Transform { steps, .. } => steps
+                .iter()
+                .map(|s| format!("{} {}: {} in, {} out, {} rejected", s.scope, s.plugin, s.rows_in, s.rows_out, s.rejected))
+                .collect(),
+            StepProgress::Variables { scopes, .. } => scopes
+                .iter()
+                .map(|s| format!("{}: {} rows, {} valid, {} invalid", s.scope, s.total, s.valid, s.invalid))
+                .collect(),
+            StepProgress::Load { steps, .. } => steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}. {} → {}: {} created, {} updated, {} skipped, {} failed",
+                        s.order, s.scope, s.object, s.created, s.updated, s.skipped, s.failed
+                    )
+                })
+                .collect(),
+        };
+        if lines.is_empty() {
+            println!("  {stage:<10}{status}");
+        }
+        for (i, l) in lines.iter().enumerate() {
+            let label = if i == 0 { stage } else { "" };
+            println!("  {label:<10}{l}{}", if i == 0 { status.as_str() } else { "" });
+        }
+    }
+    println!(
+        "  outputs   {}, {}, {}",
+        doc.links.output, doc.links.report, doc.links.rejected
+    );
+    if let Some(e) = &doc.error {
+        let at = match (e.line, e.column) {
+            (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+            _ => String::new(),
+        };
+        println!(
+            "error: {} failed [{}]{at}: {}",
+            e.stage.as_str(),
+            e.code.as_str(),
+            e.message
+        );
+    }
+}

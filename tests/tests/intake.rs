@@ -1,0 +1,235 @@
+//! Intake through the engine: every input format, encodings and BOMs,
+//! header rules, unreadable rows with their line numbers, unreadable files.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use weir_tests::{PASS_THROUGH, connector, run};
+
+const TYPED: &str = "CREATE VIEW output.rows AS SELECT *, arrow_typeof(id) AS id_type, arrow_typeof(zip) AS zip_type FROM input.data ORDER BY id";
+
+#[tokio::test]
+async fn csv_types_are_inferred_without_losing_information() {
+    let csv = "id,zip,amount,active,day,note\n1,01234,1.5,true,2024-01-31,x\n2,98765,2,false,2024-02-29,\n";
+    let o = run(connector(""), TYPED, "people.csv", csv.as_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(
+        o.output("rows"),
+        "id,zip,amount,active,day,note,id_type,zip_type\n\
+         1,01234,1.5,true,2024-01-31,x,Int64,Utf8\n\
+         2,98765,2,false,2024-02-29,,Int64,Utf8\n"
+    );
+}
+
+#[tokio::test]
+async fn infer_false_reads_every_column_as_text() {
+    let csv = "id,zip\n1,01234\n";
+    let o = run(connector("[input]\ninfer = false\n"), TYPED, "x.csv", csv.as_bytes()).await;
+    assert_eq!(o.output("rows"), "id,zip,id_type,zip_type\n1,01234,Utf8,Utf8\n");
+}
+
+#[tokio::test]
+async fn tsv_and_semicolon_csv_are_sniffed() {
+    let o = run(connector(""), PASS_THROUGH, "x.tsv", b"a\tb\n1\tx y\n").await;
+    assert_eq!(o.output("rows"), "a,b\n1,x y\n");
+    let o = run(connector(""), PASS_THROUGH, "x.csv", b"a;b\n1;\"x;y\"\n").await;
+    assert_eq!(o.output("rows"), "a,b\n1,x;y\n");
+    let o = run(connector("[input]\nformat = \"csv\"\ndelimiter = \"|\"\n"), PASS_THROUGH, "x.txt", b"a|b\n1|2\n").await;
+    assert_eq!(o.output("rows"), "a,b\n1,2\n");
+}
+
+#[tokio::test]
+async fn header_names_are_normalised_and_the_file_names_the_table() {
+    let csv = "\u{feff}First Name,E-mail,,2nd,first name,\nAda,a@x.io,p,q,r,s\n";
+    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT * FROM input.contacts_2024", "Contacts 2024.csv", csv.as_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("rows"), "first_name,e_mail,_1,_2nd,first_name__2,_2\nAda,a@x.io,p,q,r,s\n");
+    assert_eq!(o.json()["step_progress"][0]["tables"][0]["table"], "contacts_2024");
+}
+
+#[tokio::test]
+async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line() {
+    let mut csv = b"id,name\n1,ok\n2,too,many\n3\n4,\"fine, quoted\"\n".to_vec();
+    csv.extend_from_slice(b"5,bad\xff\xfe\n6,\"multi\nline\"\n7,last\n");
+    let o = run(connector(""), PASS_THROUGH, "x.csv", &csv).await;
+    assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
+    assert_eq!(o.output("rows"), "id,name\n1,ok\n4,\"fine, quoted\"\n6,\"multi\nline\"\n7,last\n");
+    let tables = &o.json()["step_progress"][0]["tables"][0];
+    assert_eq!(tables["rows"], 4);
+    assert_eq!(tables["invalid"], 3);
+    let rejected = o.rejected();
+    let reasons: Vec<&str> = rejected.iter().map(|r| &r[4]).collect();
+    assert!(reasons[0].starts_with("line 3: expected 2 fields, found 3"), "{reasons:?}");
+    assert!(reasons[1].starts_with("line 4: expected 2 fields, found 1"), "{reasons:?}");
+    assert!(reasons[2].starts_with("line 6: invalid UTF-8"), "{reasons:?}");
+    assert!(rejected.iter().all(|r| &r[0] == "intake"));
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_after_the_sample_makes_its_row_invalid() {
+    let mut csv = String::from("n\n");
+    for i in 0..1500 {
+        csv.push_str(&format!("{i}\n"));
+    }
+    csv.push_str("not-a-number\n");
+    let o = run(connector(""), PASS_THROUGH, "x.csv", csv.as_bytes()).await;
+    assert_eq!(o.status(), "partial_success");
+    let rejected = o.rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(&rejected[0][4], "line 1502: column `n`: `not-a-number` is not an integer");
+}
+
+#[tokio::test]
+async fn encodings_and_boms() {
+    let text = "name,city\nJosé,Zürich\nFrançoise,Besançon\n";
+    let expected = "name,city\nJosé,Zürich\nFrançoise,Besançon\n";
+    // UTF-8 with BOM: the BOM never reaches the header.
+    let mut bom = vec![0xef, 0xbb, 0xbf];
+    bom.extend_from_slice(text.as_bytes());
+    assert_eq!(run(connector(""), PASS_THROUGH, "a.csv", &bom).await.output("rows"), expected);
+    // UTF-16 LE and BE with BOM.
+    let mut le = vec![0xff, 0xfe];
+    le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    assert_eq!(run(connector(""), PASS_THROUGH, "b.csv", &le).await.output("rows"), expected);
+    let mut be = vec![0xfe, 0xff];
+    be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+    assert_eq!(run(connector(""), PASS_THROUGH, "c.csv", &be).await.output("rows"), expected);
+    // Windows-1252 without BOM, detected.
+    let (cp1252, _, _) = encoding_rs::WINDOWS_1252.encode(text);
+    assert_eq!(run(connector(""), PASS_THROUGH, "d.csv", &cp1252).await.output("rows"), expected);
+    // Latin-1 declared.
+    let o = run(connector("[input]\nencoding = \"latin-1\"\n"), PASS_THROUGH, "e.csv", &cp1252).await;
+    assert_eq!(o.output("rows"), expected);
+}
+
+#[tokio::test]
+async fn json_lines_with_nested_values_and_bad_lines() {
+    let jsonl = "{\"id\": 1, \"name\": \"a\", \"tags\": [\"x\"], \"zip\": \"01234\"}\n\
+                 \n\
+                 {\"id\": 2, \"name\": null, \"extra\": {\"k\": 1}}\n\
+                 not json\n\
+                 [1,2]\n\
+                 {\"id\": 3, \"name\": \"c\"}\n";
+    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT id, name, tags, zip, extra FROM input.data ORDER BY id", "events.jsonl", jsonl.as_bytes()).await;
+    assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
+    assert_eq!(o.output("rows"), "id,name,tags,zip,extra\n1,a,\"[\"\"x\"\"]\",01234,\n2,,,,\"{\"\"k\"\":1}\"\n3,c,,,\n");
+    let rejected = o.rejected();
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected[0][4].starts_with("line 4: invalid JSON"), "{:?}", &rejected[0][4]);
+    assert!(rejected[1][4].starts_with("line 5: expected a JSON object, found an array"));
+}
+
+#[tokio::test]
+async fn json_array_and_single_object() {
+    let json = "[{\"a\": 1, \"b\": true}, {\"a\": 2, \"b\": false}, 7]";
+    let o = run(connector(""), PASS_THROUGH, "x.json", json.as_bytes()).await;
+    assert_eq!(o.output("rows"), "a,b\n1,true\n2,false\n");
+    assert_eq!(o.rejected().len(), 1);
+    let o = run(connector(""), PASS_THROUGH, "y.json", b"{\n  \"a\": 1\n}\n").await;
+    assert_eq!(o.output("rows"), "a\n1\n");
+}
+
+fn parquet_bytes() -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("Order ID", DataType::Int64, false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("sku", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 2, 3])),
+        Arc::new(Float64Array::from(vec![Some(9.5), None, Some(1.25)])),
+        Arc::new(StringArray::from(vec!["007", "a,b", "c"])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap_or_else(|e| panic!("{e}"));
+    w.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+    w.close().unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+#[tokio::test]
+async fn parquet_columns_are_normalised() {
+    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT * FROM input.orders ORDER BY order_id", "orders.parquet", &parquet_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("rows"), "order_id,amount,sku\n1,9.5,007\n2,,\"a,b\"\n3,1.25,c\n");
+    assert_eq!(o.json()["step_progress"][0]["tables"][0]["rows"], 3);
+}
+
+fn xlsx_bytes() -> Vec<u8> {
+    use rust_xlsxwriter::{ExcelDateTime, Format, Workbook};
+    let mut wb = Workbook::new();
+    let date = Format::new().set_num_format("yyyy-mm-dd");
+    let s = wb.add_worksheet();
+    s.set_name("Q1 Sales").unwrap_or_else(|e| panic!("{e}"));
+    for (c, h) in ["Region", "Units", "Day", "Zip"].iter().enumerate() {
+        s.write_string(0, c as u16, *h).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let rows = [("North", 3.0, (2024, 1, 15), "01234"), ("South", 4.5, (2024, 2, 29), "99999")];
+    for (r, (region, units, (y, m, d), zip)) in rows.iter().enumerate() {
+        let r = r as u32 + 1;
+        s.write_string(r, 0, *region).unwrap_or_else(|e| panic!("{e}"));
+        s.write_number(r, 1, *units).unwrap_or_else(|e| panic!("{e}"));
+        let dt = ExcelDateTime::from_ymd(*y, *m, *d).unwrap_or_else(|e| panic!("{e}"));
+        s.write_datetime_with_format(r, 2, &dt, &date).unwrap_or_else(|e| panic!("{e}"));
+        s.write_string(r, 3, *zip).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let s2 = wb.add_worksheet();
+    s2.set_name("Notes").unwrap_or_else(|e| panic!("{e}"));
+    s2.write_string(0, 0, "text").unwrap_or_else(|e| panic!("{e}"));
+    s2.write_string(1, 0, "hello").unwrap_or_else(|e| panic!("{e}"));
+    wb.save_to_buffer().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn every_xlsx_sheet_is_a_table() {
+    let script = "CREATE VIEW output.sales AS SELECT *, arrow_typeof(day) AS day_type FROM input.q1_sales;\n\
+                  CREATE VIEW output.notes AS SELECT * FROM input.notes";
+    let o = run(connector(""), script, "book.xlsx", &xlsx_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("sales"), "region,units,day,zip,day_type\nNorth,3,2024-01-15,01234,Date32\nSouth,4.5,2024-02-29,99999,Date32\n");
+    assert_eq!(o.output("notes"), "text\nhello\n");
+}
+
+#[tokio::test]
+async fn every_zip_member_is_a_table() {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default();
+        z.start_file("exports/Customers.csv", opts).unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(b"id,name\n1,Ada\n2,Grace\n").unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("orders.jsonl", opts).unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(b"{\"customer\":1,\"total\":10}\n{\"customer\":1,\"total\":5}\n").unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("__MACOSX/._orders.jsonl", opts).unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(b"junk").unwrap_or_else(|e| panic!("{e}"));
+        z.finish().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let script = "CREATE VIEW output.totals AS SELECT c.name, sum(o.total) AS total FROM input.customers c JOIN input.orders o ON o.customer = c.id GROUP BY c.name";
+    let o = run(connector(""), script, "export.zip", buf.get_ref()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("totals"), "name,total\nAda,15\n");
+}
+
+#[tokio::test]
+async fn empty_and_binary_files_are_unreadable() {
+    for (name, bytes) in [
+        ("empty.csv", &b""[..]),
+        ("blank.csv", b"\n\n  \n"),
+        ("a.out", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x02\x00\x3e\x00"),
+        ("garbage.csv", &[0u8, 159, 146, 150, 0, 1, 2, 3, 4, 5][..]),
+        ("old.xls", &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1][..]),
+        ("broken.parquet", b"PAR1 this is not really parquet"),
+        ("broken.zip", b"PK\x03\x04 truncated"),
+    ] {
+        let o = run(connector(""), PASS_THROUGH, name, bytes).await;
+        assert_eq!(o.status(), "failed", "{name}");
+        let e = o.doc.error.clone().unwrap_or_else(|| panic!("{name}: no error"));
+        assert_eq!(e.code.as_str(), "unreadable_input", "{name}: {}", e.message);
+        assert_eq!(e.stage.as_str(), "intake", "{name}");
+        assert!(e.message.contains(name), "{name}: the message names the file: {}", e.message);
+    }
+}
