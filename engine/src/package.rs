@@ -147,8 +147,11 @@ pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
         if entry.is_symlink() {
             return Err(problem(&raw_name, "links are not allowed in a package"));
         }
+        let escapes = raw_name.starts_with(['/', '\\'])
+            || raw_name.contains(':')
+            || raw_name.split(['/', '\\']).any(|part| part == "..");
         let relative = match entry.enclosed_name() {
-            Some(p) if is_relative_inside(&p) => p,
+            Some(p) if !escapes && is_relative_inside(&p) => p,
             _ => return Err(problem(&raw_name, "the path leaves the package directory (absolute or `..`)")),
         };
         let target = dir.join(&relative);

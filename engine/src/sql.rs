@@ -71,8 +71,9 @@ impl Script {
         let mut statements = Vec::new();
         for (piece, start) in split(text)? {
             let parsed = parse_statement(&piece, start)?;
-            for statement in parsed {
+            for mut statement in parsed {
                 let creates_scope = check_policy(&statement, start)?;
+                forget_temporary(&mut statement);
                 statements.push(ScriptStatement {
                     text: piece.clone(),
                     start,
@@ -88,6 +89,19 @@ impl Script {
             });
         }
         Ok(Self { statements })
+    }
+}
+
+/// Every object a script creates outside `output` lives only as long as
+/// the run, so `TEMP`/`TEMPORARY` changes nothing; DataFusion refuses the
+/// keyword, so it is dropped.
+fn forget_temporary(statement: &mut DfStatement) {
+    if let DfStatement::Statement(s) = statement {
+        match s.as_mut() {
+            Statement::CreateView(v) => v.temporary = false,
+            Statement::CreateTable(t) => t.temporary = false,
+            _ => {}
+        }
     }
 }
 

@@ -616,6 +616,10 @@ fn parse_email(text: &str) -> Option<TextValue<'_>> {
 fn parse_phone(text: &str, region: Option<phonenumber::country::Id>) -> Option<String> {
     // The phonenumber crate has panicked on malformed input before (its
     // issues #32, #43); a bad cell must make a row invalid, not kill the run.
+    // A number written with `+` carries its country code; reading it "in" a
+    // region makes the phonenumber crate strip that region's national prefix
+    // from it (`+33 1 42 …` read in US loses its `1`), so it is read alone.
+    let region = if text.trim_start().starts_with('+') { None } else { region };
     std::panic::catch_unwind(|| {
         let number = phonenumber::parse(region, text).ok()?;
         phonenumber::is_valid(&number)
@@ -2535,5 +2539,18 @@ mod tests {
             c.issues[0].1.message,
             format!("`{}…` is not a number", "x".repeat(80))
         );
+    }
+}
+
+#[cfg(test)]
+mod phone_country_code {
+    use super::parse_phone;
+
+    #[test]
+    fn a_plus_number_keeps_its_country_whatever_the_default_region() {
+        let us = "US".parse::<phonenumber::country::Id>().ok();
+        assert_eq!(parse_phone("+33 1 42 68 53 00", us).as_deref(), Some("+33142685300"));
+        assert_eq!(parse_phone("+1 202 555 0143", us).as_deref(), Some("+12025550143"));
+        assert_eq!(parse_phone("(202) 555-0143", us).as_deref(), Some("+12025550143"));
     }
 }

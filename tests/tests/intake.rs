@@ -53,10 +53,10 @@ async fn header_names_are_normalised_and_the_file_names_the_table() {
 #[tokio::test]
 async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line() {
     let mut csv = b"id,name\n1,ok\n2,too,many\n3\n4,\"fine, quoted\"\n".to_vec();
-    csv.extend_from_slice(b"5,bad\xff\xfe\n6,\"multi\nline\"\n7,last\n");
+    csv.extend_from_slice(b"5,bad\xff\xfe\n6,\"multi\nline\"\n7,Zo\xc3\xab\n");
     let o = run(connector(""), PASS_THROUGH, "x.csv", &csv).await;
     assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
-    assert_eq!(o.output("rows"), "id,name\n1,ok\n4,\"fine, quoted\"\n6,\"multi\nline\"\n7,last\n");
+    assert_eq!(o.output("rows"), "id,name\n1,ok\n4,\"fine, quoted\"\n6,\"multi\nline\"\n7,Zoë\n");
     let tables = &o.json()["step_progress"][0]["tables"][0];
     assert_eq!(tables["rows"], 4);
     assert_eq!(tables["invalid"], 3);
@@ -66,6 +66,13 @@ async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line()
     assert!(reasons[1].starts_with("line 4: expected 2 fields, found 1"), "{reasons:?}");
     assert!(reasons[2].starts_with("line 6: invalid UTF-8"), "{reasons:?}");
     assert!(rejected.iter().all(|r| &r[0] == "intake"));
+
+    // Declared UTF-8: the bad bytes are a bad row even without other
+    // non-ASCII text to tell the encoding by.
+    let csv = b"id,name\n1,ok\n2,bad\xff\n3,fine\n";
+    let o = run(connector("[input]\nencoding = \"utf-8\"\n"), PASS_THROUGH, "x.csv", csv).await;
+    assert_eq!(o.output("rows"), "id,name\n1,ok\n3,fine\n");
+    assert!(o.rejected()[0][4].starts_with("line 3: invalid UTF-8 in field 2"));
 }
 
 #[tokio::test]

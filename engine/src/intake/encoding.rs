@@ -106,7 +106,7 @@ fn looks_like_utf8(sample: &[u8]) -> bool {
             }
         }
     }
-    invalid == 0 || valid_multibyte >= invalid * 4
+    invalid == 0 || (valid_multibyte > 0 && invalid <= valid_multibyte * 4)
 }
 
 /// Whether the sample is binary (not text in any encoding we read): it has

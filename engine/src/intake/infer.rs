@@ -97,7 +97,7 @@ fn unify(a: ColumnType, b: ColumnType) -> ColumnType {
 /// column with no values is text.
 pub fn infer_column<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ColumnType {
     let mut current: Option<ColumnType> = None;
-    for v in values.into_iter().flatten() {
+    for v in values.into_iter().flatten().filter(|v| !v.is_empty()) {
         let t = classify(v);
         current = Some(match current {
             None => t,
@@ -461,6 +461,7 @@ mod tests {
         assert_eq!(infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00"]), ColumnType::Text);
         assert_eq!(infer(&["NaN"]), ColumnType::Text);
         assert_eq!(infer_column([None, None]), ColumnType::Text);
+        assert_eq!(infer_column([Some("1"), Some(""), None]), ColumnType::Int, "empty is null");
     }
 
     #[test]
