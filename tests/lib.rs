@@ -24,8 +24,11 @@ impl Outcome {
 
     /// The rows of `rejected.csv` (without header), as string records.
     pub fn rejected(&self) -> Vec<csv::StringRecord> {
-        let mut r = csv::Reader::from_path(self.out.path().join("rejected.csv")).unwrap_or_else(|e| panic!("rejected.csv: {e}"));
-        r.records().map(|r| r.unwrap_or_else(|e| panic!("rejected.csv row: {e}"))).collect()
+        let mut r = csv::Reader::from_path(self.out.path().join("rejected.csv"))
+            .unwrap_or_else(|e| panic!("rejected.csv: {e}"));
+        r.records()
+            .map(|r| r.unwrap_or_else(|e| panic!("rejected.csv row: {e}")))
+            .collect()
     }
 
     /// The error code, when the run failed.
@@ -66,11 +69,25 @@ pub fn input(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
 /// Runs `script` on `file` (named `name`) with `connector`, in a dry run.
 pub async fn run(connector: Connector, script: &str, name: &str, bytes: &[u8]) -> Outcome {
     let (_dir, path) = input(name, bytes);
-    run_path(connector, script, Some(InputFile { path, name: name.to_string() }), CancellationToken::new()).await
+    run_path(
+        connector,
+        script,
+        Some(InputFile {
+            path,
+            name: name.to_string(),
+        }),
+        CancellationToken::new(),
+    )
+    .await
 }
 
 /// Runs a script on an input file (or none) with a cancellation token.
-pub async fn run_path(connector: Connector, script: &str, input: Option<InputFile>, cancel: CancellationToken) -> Outcome {
+pub async fn run_path(
+    connector: Connector,
+    script: &str,
+    input: Option<InputFile>,
+    cancel: CancellationToken,
+) -> Outcome {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let execution = Execution::new(
         "00000000-0000-7000-8000-000000000000".into(),

@@ -206,10 +206,7 @@ impl LimitsDef {
             problems.push(Problem::new("limits.max_concurrency", "must be more than zero"));
         }
         if !(0.0..=1.0).contains(&self.max_invalid_ratio) {
-            problems.push(Problem::new(
-                "limits.max_invalid_ratio",
-                "must be between 0.0 and 1.0",
-            ));
+            problems.push(Problem::new("limits.max_invalid_ratio", "must be between 0.0 and 1.0"));
         }
         if problems.is_empty() {
             Ok(Limits {
@@ -576,9 +573,7 @@ impl Connector {
         {
             problems.push(Problem::new("input.delimiter", "must be exactly one character"));
         }
-        if self.input.encoding != "auto"
-            && crate::intake::encoding::lookup(&self.input.encoding).is_none()
-        {
+        if self.input.encoding != "auto" && crate::intake::encoding::lookup(&self.input.encoding).is_none() {
             problems.push(Problem::new(
                 "input.encoding",
                 format!("unknown encoding `{}`", self.input.encoding),
@@ -647,9 +642,7 @@ impl Connector {
             }
             match (&v.column, &v.value) {
                 (None, None) => problems.push(Problem::new(path("column"), "give `column` or `value`")),
-                (Some(_), Some(_)) => {
-                    problems.push(Problem::new(path("value"), "give `column` or `value`, not both"))
-                }
+                (Some(_), Some(_)) => problems.push(Problem::new(path("value"), "give `column` or `value`, not both")),
                 _ => {}
             }
             if v.is_array && v.array_delimiter.is_empty() {
@@ -662,9 +655,7 @@ impl Connector {
                         format!("boolean formats are {}", BOOLEAN_FORMATS.join(", ")),
                     ))
                 }
-                VariableType::Date | VariableType::Datetime
-                    if !DATE_KEYWORDS.contains(&v.input_format.as_str()) =>
-                {
+                VariableType::Date | VariableType::Datetime if !DATE_KEYWORDS.contains(&v.input_format.as_str()) => {
                     if let Err(e) = check_strftime(&v.input_format) {
                         problems.push(Problem::new(path("input_format"), e));
                     }
@@ -688,7 +679,10 @@ impl Connector {
         let mut orders = HashSet::new();
         for (i, l) in self.loads.iter().enumerate() {
             if !orders.insert(l.order) {
-                problems.push(Problem::new(format!("loads[{i}].order"), "two load steps share this order"));
+                problems.push(Problem::new(
+                    format!("loads[{i}].order"),
+                    "two load steps share this order",
+                ));
             }
             if !is_identifier(&l.object) {
                 problems.push(Problem::new(format!("loads[{i}].object"), "not a valid object name"));
@@ -704,7 +698,10 @@ impl Connector {
             }
             for (j, f) in l.fields.iter().enumerate() {
                 if f.variables.is_empty() {
-                    problems.push(Problem::new(format!("loads[{i}].fields[{j}].variables"), "must not be empty"));
+                    problems.push(Problem::new(
+                        format!("loads[{i}].fields[{j}].variables"),
+                        "must not be empty",
+                    ));
                 }
                 for var in &f.variables {
                     let earlier_id = self.loads.iter().any(|o| {
@@ -736,7 +733,11 @@ impl Connector {
             match scopes.get(&v.scope) {
                 None => problems.push(Problem::new(
                     format!("variables[{i}].scope"),
-                    format!("the SQL script has no output scope `{}` (it has: {})", v.scope, listed()),
+                    format!(
+                        "the SQL script has no output scope `{}` (it has: {})",
+                        v.scope,
+                        listed()
+                    ),
                 )),
                 Some(columns) => {
                     if let Some(c) = &v.column
@@ -783,9 +784,7 @@ impl Connector {
 /// Whether `s` matches `[a-z][a-z0-9_]{0,62}`.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && s.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    matches!(chars.next(), Some('a'..='z')) && s.len() <= 63 && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
 }
 
 fn check_strftime(pattern: &str) -> std::result::Result<(), String> {

@@ -75,7 +75,10 @@ impl Package {
             (None, file) => {
                 let file = file.clone().unwrap_or_else(|| "script.sql".into());
                 if !is_relative_inside(Path::new(&file)) {
-                    return Err(problem("connector.toml: sql.file", format!("`{file}` must be a relative path inside the package")));
+                    return Err(problem(
+                        "connector.toml: sql.file",
+                        format!("`{file}` must be a relative path inside the package"),
+                    ));
                 }
                 read(&file)?
             }
@@ -115,7 +118,10 @@ fn data_file(dir: &Path) -> Result<Option<InputFile>> {
         0 => Ok(None),
         1 => {
             let path = files.remove(0);
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             Ok(Some(InputFile { path, name }))
         }
         n => Err(problem(
@@ -126,7 +132,8 @@ fn data_file(dir: &Path) -> Result<Option<InputFile>> {
 }
 
 fn is_relative_inside(path: &Path) -> bool {
-    path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    path.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Unpacks a zip into `dir` safely.
@@ -136,14 +143,20 @@ pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| problem("package", format!("`{name}` is not a readable zip: {e}")))?;
     if archive.len() > MAX_ENTRIES {
-        return Err(problem("package", format!("the package has more than {MAX_ENTRIES} entries")));
+        return Err(problem(
+            "package",
+            format!("the package has more than {MAX_ENTRIES} entries"),
+        ));
     }
     let mut total = 0u64;
     for i in 0..archive.len() {
         let mut entry = archive
             .by_index(i)
             .map_err(|e| problem("package", format!("entry {i} cannot be read: {e}")))?;
-        let raw_name = entry.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("entry {i}"));
+        let raw_name = entry
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| format!("entry {i}"));
         if entry.is_symlink() {
             return Err(problem(&raw_name, "links are not allowed in a package"));
         }
@@ -152,7 +165,12 @@ pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
             || raw_name.split(['/', '\\']).any(|part| part == "..");
         let relative = match entry.enclosed_name() {
             Some(p) if !escapes && is_relative_inside(&p) => p,
-            _ => return Err(problem(&raw_name, "the path leaves the package directory (absolute or `..`)")),
+            _ => {
+                return Err(problem(
+                    &raw_name,
+                    "the path leaves the package directory (absolute or `..`)",
+                ));
+            }
         };
         let target = dir.join(&relative);
         if entry.is_dir() {
@@ -211,9 +229,13 @@ mod tests {
     #[test]
     fn a_hand_made_directory_loads() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join("connector.toml"), "api_name = \"x\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n")
+        std::fs::write(
+            dir.path().join("connector.toml"),
+            "api_name = \"x\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("script.sql"), "CREATE VIEW output.a AS SELECT 1")
             .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join("script.sql"), "CREATE VIEW output.a AS SELECT 1").unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir(dir.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.path().join("data/in.csv"), "a\n1\n").unwrap_or_else(|e| panic!("{e}"));
         let p = Package::load(dir.path()).expect("loads");

@@ -290,8 +290,11 @@ struct Shared {
     /// The stage running now, for the error of a run that stops.
     stage: Arc<Mutex<Stage>>,
     /// Live counters of the input tables.
-    tables: Arc<Mutex<Vec<(String, Arc<TableStats>)>>>,
+    tables: Arc<Mutex<Vec<NamedStats>>>,
 }
+
+/// An input table's name and its live counters.
+type NamedStats = (String, Arc<TableStats>);
 
 impl Shared {
     /// Copies the live intake counters into the document.
@@ -327,11 +330,15 @@ impl Run {
 
     fn enter(&self, stage: Stage) {
         self.at(stage);
-        self.shared.progress.update(|d| d.set_stage_status(stage, StageStatus::Running));
+        self.shared
+            .progress
+            .update(|d| d.set_stage_status(stage, StageStatus::Running));
     }
 
     fn complete(&self, stage: Stage) {
-        self.shared.progress.update(|d| d.set_stage_status(stage, StageStatus::Completed));
+        self.shared
+            .progress
+            .update(|d| d.set_stage_status(stage, StageStatus::Completed));
     }
 
     async fn execute(&mut self, script_text: &str, input: Option<&InputFile>, limits: &Limits) -> Result<()> {
@@ -409,11 +416,17 @@ impl Run {
         let mut schemas = Vec::new();
         for scope in &scopes {
             let table = ctx
-                .table(datafusion::common::TableReference::partial(sql::OUTPUT_SCHEMA, scope.as_str()))
+                .table(datafusion::common::TableReference::partial(
+                    sql::OUTPUT_SCHEMA,
+                    scope.as_str(),
+                ))
                 .await
                 .map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
             let schema = Arc::new(table.schema().as_arrow().clone());
-            columns.insert(scope.clone(), schema.fields().iter().map(|f| f.name().clone()).collect());
+            columns.insert(
+                scope.clone(),
+                schema.fields().iter().map(|f| f.name().clone()).collect(),
+            );
             schemas.push((scope.clone(), schema));
         }
         self.at(Stage::Variables);
@@ -436,7 +449,13 @@ impl Run {
         }
         self.shared.progress.update(|d| {
             if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql) {
-                *s = scopes.iter().map(|n| ScopeCount { scope: n.clone(), rows: 0 }).collect();
+                *s = scopes
+                    .iter()
+                    .map(|n| ScopeCount {
+                        scope: n.clone(),
+                        rows: 0,
+                    })
+                    .collect();
             }
             if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables) {
                 *s = scopes
@@ -449,7 +468,9 @@ impl Run {
             }
         });
 
-        self.shared.progress.update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
+        self.shared
+            .progress
+            .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
         for ((scope, schema), vars) in schemas.iter().zip(&compiled) {
             self.at(Stage::Sql);
             let mut stream = sql::scope_stream(&ctx, scope, &script).await?;

@@ -84,7 +84,8 @@ impl Script {
         }
         if statements.is_empty() {
             return Err(Error::Sql {
-                message: "the SQL script is empty; create at least one scope with CREATE VIEW output.<scope> AS …".into(),
+                message: "the SQL script is empty; create at least one scope with CREATE VIEW output.<scope> AS …"
+                    .into(),
                 position: None,
             });
         }
@@ -253,13 +254,24 @@ fn check_policy(statement: &DfStatement, start: Position) -> Result<Option<Strin
     let sql = match statement {
         DfStatement::Statement(s) => s.as_ref(),
         DfStatement::CreateExternalTable(_) => {
-            return Err(not_allowed(start, "CREATE EXTERNAL TABLE is not allowed: a script reads only its input tables"));
+            return Err(not_allowed(
+                start,
+                "CREATE EXTERNAL TABLE is not allowed: a script reads only its input tables",
+            ));
         }
         DfStatement::CopyTo(_) => {
-            return Err(not_allowed(start, "COPY is not allowed: a script cannot write files; create output.<scope> views instead"));
+            return Err(not_allowed(
+                start,
+                "COPY is not allowed: a script cannot write files; create output.<scope> views instead",
+            ));
         }
         DfStatement::Explain(_) => return Err(not_allowed(start, "EXPLAIN is not allowed in a connector script")),
-        DfStatement::Reset(_) => return Err(not_allowed(start, "RESET is not allowed: engine options are managed by Weir")),
+        DfStatement::Reset(_) => {
+            return Err(not_allowed(
+                start,
+                "RESET is not allowed: engine options are managed by Weir",
+            ));
+        }
     };
     let scope = match sql {
         Statement::CreateView(v) => writable_target(&v.name, start, "CREATE VIEW")?,
@@ -270,7 +282,10 @@ fn check_policy(statement: &DfStatement, start: Position) -> Result<Option<Strin
                 None
             }
             TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
-                return Err(not_allowed(start, "INSERT INTO a table function or query is not allowed"));
+                return Err(not_allowed(
+                    start,
+                    "INSERT INTO a table function or query is not allowed",
+                ));
             }
         },
         Statement::Drop { object_type, names, .. } => {
@@ -287,7 +302,10 @@ fn check_policy(statement: &DfStatement, start: Position) -> Result<Option<Strin
             if !SETTABLE.contains(&name.as_str()) {
                 return Err(not_allowed(
                     start,
-                    format!("SET {name} is not allowed; a script may set only: {}", SETTABLE.join(", ")),
+                    format!(
+                        "SET {name} is not allowed; a script may set only: {}",
+                        SETTABLE.join(", ")
+                    ),
                 ));
             }
             None
@@ -341,13 +359,18 @@ impl Visitor for ReadPolicy {
         if looks_like_path {
             self.error = Some(not_allowed(
                 self.start,
-                format!("reading `{relation}` is not allowed: a script cannot read files or URLs, only its input tables"),
+                format!(
+                    "reading `{relation}` is not allowed: a script cannot read files or URLs, only its input tables"
+                ),
             ));
             return ControlFlow::Break(());
         }
         let p = parts(relation);
         if p.len() > 3 || (p.len() == 3 && p[0] != CATALOG) {
-            self.error = Some(not_allowed(self.start, format!("`{relation}` is not a table a script can read")));
+            self.error = Some(not_allowed(
+                self.start,
+                format!("`{relation}` is not a table a script can read"),
+            ));
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
@@ -355,12 +378,17 @@ impl Visitor for ReadPolicy {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         match factor {
-            TableFactor::Table { name, args: Some(_), .. } => {
+            TableFactor::Table {
+                name, args: Some(_), ..
+            } => {
                 let fname = parts(name).join(".");
                 if !TABLE_FUNCTIONS.contains(&fname.as_str()) {
                     self.error = Some(not_allowed(
                         self.start,
-                        format!("the table function `{fname}` is not allowed (allowed: {})", TABLE_FUNCTIONS.join(", ")),
+                        format!(
+                            "the table function `{fname}` is not allowed (allowed: {})",
+                            TABLE_FUNCTIONS.join(", ")
+                        ),
                     ));
                     return ControlFlow::Break(());
                 }
@@ -417,7 +445,8 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
         .with_information_schema(false)
         .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA);
     config.options_mut().sql_parser.collect_spans = true;
-    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(settings.max_memory as usize)));
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(settings.max_memory as usize)));
     if let Some(dir) = &settings.spill_dir {
         runtime = runtime.with_temp_file_path(dir.clone());
     }
@@ -441,7 +470,11 @@ fn schema_of(ctx: &SessionContext, name: &str) -> Result<Arc<dyn SchemaProvider>
 }
 
 /// Registers an input table.
-pub fn register_input(ctx: &SessionContext, name: &str, table: Arc<dyn datafusion::catalog::TableProvider>) -> Result<()> {
+pub fn register_input(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<()> {
     schema_of(ctx, "input")?
         .register_table(name.to_string(), table)
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -460,7 +493,11 @@ pub fn register_meta(ctx: &SessionContext, meta: &ExecutionMeta, parameters: &[(
         Field::new("is_dry_run", DataType::Boolean, false),
         Field::new("source_file_id", DataType::Utf8, true),
         Field::new("source_file_name", DataType::Utf8, true),
-        Field::new("started_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "started_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
     let exec = RecordBatch::try_new(
         exec_schema.clone(),
@@ -483,8 +520,12 @@ pub fn register_meta(ctx: &SessionContext, meta: &ExecutionMeta, parameters: &[(
     let params = RecordBatch::try_new(
         param_schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(parameters.iter().map(|(n, _)| n.as_str()))),
-            Arc::new(StringArray::from_iter_values(parameters.iter().map(|(_, v)| v.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                parameters.iter().map(|(n, _)| n.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                parameters.iter().map(|(_, v)| v.as_str()),
+            )),
         ],
     )
     .map_err(internal)?;
@@ -511,7 +552,10 @@ pub async fn run_script(ctx: &SessionContext, script: &Script) -> Result<Vec<Str
             .statement_to_plan(s.statement.clone())
             .await
             .map_err(|e| map_error(e, Some(s)))?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(|e| map_error(e, Some(s)))?;
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| map_error(e, Some(s)))?;
         df.collect().await.map_err(|e| map_error(e, Some(s)))?;
         if let Some(scope) = &s.creates_scope
             && !created.contains(scope)
@@ -574,7 +618,9 @@ pub fn map_error(e: DataFusionError, statement: Option<&ScriptStatement>) -> Err
                 };
             }
             let position = match (statement, span) {
-                (Some(s), Some(span)) if span.start.line > 0 => Some(in_script(s.start, span.start.line, span.start.column)),
+                (Some(s), Some(span)) if span.start.line > 0 => {
+                    Some(in_script(s.start, span.start.line, span.start.column))
+                }
                 (Some(s), _) => Some(s.start),
                 (None, _) => None,
             };
@@ -589,7 +635,13 @@ pub fn map_error(e: DataFusionError, statement: Option<&ScriptStatement>) -> Err
 
 fn clean_message(message: &str) -> String {
     let mut m = message;
-    for prefix in ["Error during planning: ", "Schema error: ", "Execution error: ", "SQL error: ", "Arrow error: "] {
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "Execution error: ",
+        "SQL error: ",
+        "Arrow error: ",
+    ] {
         m = m.strip_prefix(prefix).unwrap_or(m);
     }
     m.to_string()
@@ -605,7 +657,9 @@ fn unwrap_engine(e: DataFusionError) -> std::result::Result<Error, DataFusionErr
                 Err(other) => Err(DataFusionError::External(other)),
             },
         },
-        DataFusionError::Context(ctx, inner) => unwrap_engine(*inner).map_err(|e| DataFusionError::Context(ctx, Box::new(e))),
+        DataFusionError::Context(ctx, inner) => {
+            unwrap_engine(*inner).map_err(|e| DataFusionError::Context(ctx, Box::new(e)))
+        }
         DataFusionError::Shared(shared) => match Arc::try_unwrap(shared) {
             Ok(inner) => unwrap_engine(inner),
             Err(shared) => Err(DataFusionError::Shared(shared)),
@@ -633,7 +687,8 @@ mod tests {
 
     #[test]
     fn splits_with_positions() {
-        let script = "-- header\nCREATE VIEW output.a AS SELECT 1 AS x;\n\n  CREATE VIEW output.b AS\n SELECT ';' AS y;;";
+        let script =
+            "-- header\nCREATE VIEW output.a AS SELECT 1 AS x;\n\n  CREATE VIEW output.b AS\n SELECT ';' AS y;;";
         let s = Script::parse(script).expect("parses");
         assert_eq!(s.statements.len(), 2);
         assert_eq!(s.statements[0].start, Position { line: 2, column: 1 });

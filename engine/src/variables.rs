@@ -25,9 +25,9 @@ use std::sync::Arc;
 use chrono::format::{Item, Parsed, StrftimeItems};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Array,
-    Date32Builder, Float64Array, Float64Builder, LargeStringArray, ListBuilder, StringArray,
-    StringBuilder, StringViewArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayBuilder, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float64Array,
+    Float64Builder, LargeStringArray, ListBuilder, StringArray, StringBuilder, StringViewArray,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
@@ -141,8 +141,7 @@ impl ScopeVariables {
                         index,
                     }),
                     Err(_) => {
-                        let columns: Vec<&str> =
-                            schema.fields().iter().map(|f| f.name().as_str()).collect();
+                        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                         problems.push(Problem::new(
                             path("column"),
                             format!(
@@ -155,10 +154,7 @@ impl ScopeVariables {
                 },
                 (None, Some(value)) => Some(Source::Literal(value.clone())),
                 (Some(_), Some(_)) => {
-                    problems.push(Problem::new(
-                        path("value"),
-                        "give `column` or `value`, not both",
-                    ));
+                    problems.push(Problem::new(path("value"), "give `column` or `value`, not both"));
                     None
                 }
                 (None, None) => {
@@ -232,13 +228,7 @@ impl ScopeVariables {
             let cells = Cells::new(var, batch);
             let column = match reuse_clean_strings(var, &cells, rows, &mut issues) {
                 Some(column) => column,
-                None => with_element!(&var.parser, |el| convert_column(
-                    el,
-                    var,
-                    &cells,
-                    rows,
-                    &mut issues
-                )),
+                None => with_element!(&var.parser, |el| convert_column(el, var, &cells, rows, &mut issues)),
             };
             columns.push(column);
         }
@@ -252,21 +242,13 @@ impl ScopeVariables {
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         match RecordBatch::try_new_with_options(self.schema(), columns, &options) {
-            Ok(values) => Converted {
-                values,
-                valid,
-                issues,
-            },
+            Ok(values) => Converted { values, valid, issues },
             // Every column is built for its field's type and the batch's row
             // count, so this cannot happen; if it does, no row is loaded and
             // the report says why instead of the worker crashing.
             Err(error) => {
                 tracing::error!(scope = %self.scope, %error, "variables batch could not be assembled");
-                let variable = self
-                    .variables
-                    .first()
-                    .map(|v| v.name.clone())
-                    .unwrap_or_default();
+                let variable = self.variables.first().map(|v| v.name.clone()).unwrap_or_default();
                 let issues = (0..rows)
                     .map(|row| {
                         let issue = VariableIssue {
@@ -328,9 +310,7 @@ impl Variable {
         });
         match outcome {
             Ok(()) => None,
-            Err(Fault::Missing) if self.required => {
-                Some("the value is empty but the variable is required".into())
-            }
+            Err(Fault::Missing) if self.required => Some("the value is empty but the variable is required".into()),
             Err(Fault::Missing) => None,
             Err(Fault::Invalid { message, .. }) => Some(message),
         }
@@ -378,10 +358,7 @@ enum Fault {
     /// Null, empty or only whitespace.
     Missing,
     /// Present but not of the variable's type.
-    Invalid {
-        value: Option<String>,
-        message: String,
-    },
+    Invalid { value: Option<String>, message: String },
 }
 
 /// The parser of one variable type, with its options resolved.
@@ -396,10 +373,7 @@ enum Parser {
 
 impl Parser {
     /// The parser for `def`; an error names the offending key and says why.
-    fn new(
-        def: &VariableDef,
-        parameters: &BTreeMap<String, ParamValue>,
-    ) -> Result<Self, (&'static str, String)> {
+    fn new(def: &VariableDef, parameters: &BTreeMap<String, ParamValue>) -> Result<Self, (&'static str, String)> {
         let text = |kind| Ok(Parser::Text(TextElement { kind }));
         match def.kind {
             VariableType::String => text(TextKind::Plain),
@@ -430,18 +404,11 @@ fn phone_region(
     def: &VariableDef,
     parameters: &BTreeMap<String, ParamValue>,
 ) -> Result<Option<phonenumber::country::Id>, (&'static str, String)> {
-    let parse = |code: &str| {
-        code.trim()
-            .to_ascii_uppercase()
-            .parse::<phonenumber::country::Id>()
-    };
+    let parse = |code: &str| code.trim().to_ascii_uppercase().parse::<phonenumber::country::Id>();
     if let Some(region) = &def.default_region {
-        return parse(region.as_str()).map(Some).map_err(|_| {
-            (
-                "default_region",
-                format!("`{region}` is not an ISO 3166 country code"),
-            )
-        });
+        return parse(region.as_str())
+            .map(Some)
+            .map_err(|_| ("default_region", format!("`{region}` is not an ISO 3166 country code")));
     }
     match parameters.get("default_country") {
         None => Ok(None),
@@ -573,18 +540,17 @@ impl Element for TextElement {
     fn parse<'a>(&self, text: &'a str) -> Result<Self::Value<'a>, String> {
         match self.kind {
             TextKind::Plain => Ok(TextValue::Borrowed(text)),
-            TextKind::Email => parse_email(text)
-                .ok_or_else(|| format!("{} is not a valid e-mail address", quote(text))),
-            TextKind::Phone(region) => parse_phone(text, region).map(TextValue::Owned).ok_or_else(
-                || {
-                    let hint = if region.is_none() {
-                        " (no default region: write it with +country code or set default_region)"
-                    } else {
-                        ""
-                    };
-                    format!("{} is not a valid phone number{hint}", quote(text))
-                },
-            ),
+            TextKind::Email => {
+                parse_email(text).ok_or_else(|| format!("{} is not a valid e-mail address", quote(text)))
+            }
+            TextKind::Phone(region) => parse_phone(text, region).map(TextValue::Owned).ok_or_else(|| {
+                let hint = if region.is_none() {
+                    " (no default region: write it with +country code or set default_region)"
+                } else {
+                    ""
+                };
+                format!("{} is not a valid phone number{hint}", quote(text))
+            }),
             TextKind::Uuid => uuid::Uuid::parse_str(text)
                 .map(TextValue::Uuid)
                 .map_err(|_| format!("{} is not a UUID", quote(text))),
@@ -619,11 +585,14 @@ fn parse_phone(text: &str, region: Option<phonenumber::country::Id>) -> Option<S
     // A number written with `+` carries its country code; reading it "in" a
     // region makes the phonenumber crate strip that region's national prefix
     // from it (`+33 1 42 …` read in US loses its `1`), so it is read alone.
-    let region = if text.trim_start().starts_with('+') { None } else { region };
+    let region = if text.trim_start().starts_with('+') {
+        None
+    } else {
+        region
+    };
     std::panic::catch_unwind(|| {
         let number = phonenumber::parse(region, text).ok()?;
-        phonenumber::is_valid(&number)
-            .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
+        phonenumber::is_valid(&number).then(|| number.format().mode(phonenumber::Mode::E164).to_string())
     })
     .ok()
     .flatten()
@@ -807,13 +776,7 @@ impl Element for BooleanElement {
             .iter()
             .find(|(word, _)| word.eq_ignore_ascii_case(text))
             .map(|&(_, value)| value)
-            .ok_or_else(|| {
-                format!(
-                    "{} is not a boolean (expected {})",
-                    quote(text),
-                    self.format.expected()
-                )
-            })
+            .ok_or_else(|| format!("{} is not a boolean (expected {})", quote(text), self.format.expected()))
     }
 
     fn typed<'a>(&self, value: Typed) -> Result<Self::Value<'a>, String> {
@@ -837,10 +800,7 @@ enum DateFormat {
     /// Excel serial day numbers (1900 date system).
     ExcelEpoch,
     /// A strftime pattern, parsed once.
-    Pattern {
-        pattern: String,
-        items: Vec<Item<'static>>,
-    },
+    Pattern { pattern: String, items: Vec<Item<'static>> },
 }
 
 impl DateFormat {
@@ -857,9 +817,7 @@ impl DateFormat {
                 Err(_) => {
                     return Err((
                         "input_format",
-                        format!(
-                            "`{pattern}` is not a strftime pattern (or auto, unix_epoch, excel_epoch)"
-                        ),
+                        format!("`{pattern}` is not a strftime pattern (or auto, unix_epoch, excel_epoch)"),
                     ));
                 }
             },
@@ -955,8 +913,8 @@ impl Element for DatetimeElement {
             DateFormat::UnixEpoch => unix_micros(text),
             DateFormat::ExcelEpoch => excel_micros(text),
             DateFormat::Pattern { pattern, items } => {
-                let parsed = DateFormat::parse_pattern(items, text)
-                    .ok_or_else(|| DateFormat::mismatch(pattern, text))?;
+                let parsed =
+                    DateFormat::parse_pattern(items, text).ok_or_else(|| DateFormat::mismatch(pattern, text))?;
                 // With an offset: that instant. Without: taken as UTC. A
                 // pattern without time fields: midnight UTC.
                 if let Ok(t) = parsed.to_datetime() {
@@ -1042,11 +1000,7 @@ fn split_digits(text: &str) -> (&str, &str) {
 /// returning the date and what follows it.
 fn date_prefix(text: &str) -> Result<(NaiveDate, &str), DateError> {
     let (a, rest) = split_digits(text);
-    let Some(sep) = rest
-        .chars()
-        .next()
-        .filter(|&c| matches!(c, '-' | '/' | '.'))
-    else {
+    let Some(sep) = rest.chars().next().filter(|&c| matches!(c, '-' | '/' | '.')) else {
         return Err(DateError::NotADate);
     };
     let (b, rest) = split_digits(rest.get(1..).unwrap_or(""));
@@ -1060,11 +1014,7 @@ fn date_prefix(text: &str) -> Result<(NaiveDate, &str), DateError> {
         (1..=2, 1..=2, 4, '-' | '/') => return Err(DateError::Ambiguous(sep)),
         _ => return Err(DateError::NotADate),
     };
-    match (
-        year.parse::<i32>(),
-        month.parse::<u32>(),
-        day.parse::<u32>(),
-    ) {
+    match (year.parse::<i32>(), month.parse::<u32>(), day.parse::<u32>()) {
         (Ok(year), Ok(month), Ok(day)) => NaiveDate::from_ymd_opt(year, month, day)
             .map(|date| (date, rest))
             .ok_or(DateError::NoSuchDate),
@@ -1105,22 +1055,13 @@ fn time_and_offset(text: &str) -> Option<(NaiveTime, i32)> {
             rest = after;
         }
     }
-    let time = NaiveTime::from_hms_nano_opt(
-        hour.parse::<u32>().ok()?,
-        minute.parse::<u32>().ok()?,
-        second,
-        nano,
-    )?;
+    let time = NaiveTime::from_hms_nano_opt(hour.parse::<u32>().ok()?, minute.parse::<u32>().ok()?, second, nano)?;
     Some((time, utc_offset(rest.trim_start())?))
 }
 
 /// Seconds east of UTC of an offset suffix; empty means UTC.
 fn utc_offset(text: &str) -> Option<i32> {
-    if text.is_empty()
-        || ["z", "utc", "gmt"]
-            .iter()
-            .any(|z| text.eq_ignore_ascii_case(z))
-    {
+    if text.is_empty() || ["z", "utc", "gmt"].iter().any(|z| text.eq_ignore_ascii_case(z)) {
         return Some(0);
     }
     let sign = match text.as_bytes().first().copied()? {
@@ -1188,12 +1129,7 @@ fn unix_micros(text: &str) -> Result<i64, String> {
     };
     micros
         .filter(|&m| DateTime::from_timestamp_micros(m).is_some())
-        .ok_or_else(|| {
-            format!(
-                "{} is not a Unix timestamp (seconds since 1970-01-01 UTC)",
-                quote(text)
-            )
-        })
+        .ok_or_else(|| format!("{} is not a Unix timestamp (seconds since 1970-01-01 UTC)", quote(text)))
 }
 
 /// An Excel serial day number (1900 date system) as microseconds since the
@@ -1202,12 +1138,7 @@ fn unix_micros(text: &str) -> Result<i64, String> {
 fn excel_micros(text: &str) -> Result<i64, String> {
     let serial = plain_float(text)
         .filter(|s| (1.0..EXCEL_SERIAL_END).contains(s))
-        .ok_or_else(|| {
-            format!(
-                "{} is not an Excel serial date (a day number from 1)",
-                quote(text)
-            )
-        })?;
+        .ok_or_else(|| format!("{} is not an Excel serial date (a day number from 1)", quote(text)))?;
     let day = serial.floor();
     // Excel counts 1900 as a leap year: serial 60 is 1900-02-29, which did
     // not exist; the days before it are off by one.
@@ -1308,10 +1239,7 @@ impl<'a> Cells<'a> {
                 .map(Cells::Number),
             Parser::Boolean(_) => array.as_boolean_opt().map(Cells::Boolean),
             Parser::Date(_) => match data_type {
-                DataType::Date32 => array
-                    .as_primitive_opt::<Date32Type>()
-                    .cloned()
-                    .map(Cells::Date),
+                DataType::Date32 => array.as_primitive_opt::<Date32Type>().cloned().map(Cells::Date),
                 DataType::Date64 | DataType::Timestamp(_, _) => cast(array, &DataType::Date32)
                     .ok()
                     .and_then(|a| a.as_primitive_opt::<Date32Type>().cloned())
@@ -1336,7 +1264,7 @@ impl<'a> Cells<'a> {
     /// Row `row`; text of formatted sources is written into `buf`.
     fn cell<'s>(&'s self, row: usize, buf: &'s mut String) -> Cell<'s> {
         match self {
-            Cells::Literal(text) => Cell::Text(*text),
+            Cells::Literal(text) => Cell::Text(text),
             Cells::Broken(_) => Cell::Null,
             Cells::Utf8(a) => text_cell(a.is_null(row), || a.value(row)),
             Cells::LargeUtf8(a) => text_cell(a.is_null(row), || a.value(row)),
@@ -1369,19 +1297,11 @@ impl<'a> Cells<'a> {
 }
 
 fn text_cell<'s>(null: bool, value: impl FnOnce() -> &'s str) -> Cell<'s> {
-    if null {
-        Cell::Null
-    } else {
-        Cell::Text(value())
-    }
+    if null { Cell::Null } else { Cell::Text(value()) }
 }
 
 fn typed_cell<'s>(null: bool, value: impl FnOnce() -> Typed) -> Cell<'s> {
-    if null {
-        Cell::Null
-    } else {
-        Cell::Typed(value())
-    }
+    if null { Cell::Null } else { Cell::Typed(value()) }
 }
 
 // ---------------------------------------------------------------------------
@@ -1401,11 +1321,7 @@ fn parse_scalar<'t, E: Element>(el: &E, text: &'t str) -> Result<E::Value<'t>, F
 
 /// Parses one cell's text as a list: split, trimmed, empty elements dropped;
 /// one bad element makes the whole value invalid.
-fn parse_list<'t, E: Element>(
-    el: &E,
-    delimiter: &str,
-    text: &'t str,
-) -> Result<Vec<E::Value<'t>>, Fault> {
+fn parse_list<'t, E: Element>(el: &E, delimiter: &str, text: &'t str) -> Result<Vec<E::Value<'t>>, Fault> {
     let text = text.trim();
     let mut values = Vec::new();
     for part in text.split(delimiter) {
@@ -1561,13 +1477,8 @@ fn reuse_clean_strings(
     rows: usize,
     issues: &mut Vec<(usize, VariableIssue)>,
 ) -> Option<ArrayRef> {
-    let (
-        Parser::Text(TextElement {
-            kind: TextKind::Plain,
-        }),
-        None,
-        Cells::Utf8(strings),
-    ) = (&var.parser, &var.array_delimiter, cells)
+    let (Parser::Text(TextElement { kind: TextKind::Plain }), None, Cells::Utf8(strings)) =
+        (&var.parser, &var.array_delimiter, cells)
     else {
         return None;
     };
@@ -1594,7 +1505,6 @@ fn quote(text: &str) -> String {
 }
 
 #[cfg(test)]
-#[expect(clippy::expect_used, reason = "a failed expectation is a failed test")]
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray, TimestampSecondArray};
@@ -1635,18 +1545,11 @@ mod tests {
         batch_of(Arc::new(StringArray::from(values.to_vec())))
     }
 
-    fn compile(
-        defs: &[(usize, &VariableDef)],
-        batch: &RecordBatch,
-    ) -> Result<ScopeVariables, Vec<Problem>> {
+    fn compile(defs: &[(usize, &VariableDef)], batch: &RecordBatch) -> Result<ScopeVariables, Vec<Problem>> {
         ScopeVariables::compile(SCOPE, defs, batch.schema_ref(), &BTreeMap::new())
     }
 
-    fn convert_with(
-        def: &VariableDef,
-        batch: &RecordBatch,
-        parameters: &BTreeMap<String, ParamValue>,
-    ) -> Converted {
+    fn convert_with(def: &VariableDef, batch: &RecordBatch, parameters: &BTreeMap<String, ParamValue>) -> Converted {
         ScopeVariables::compile(SCOPE, &[(0, def)], batch.schema_ref(), parameters)
             .expect("compiles")
             .convert(batch)
@@ -1670,11 +1573,7 @@ mod tests {
     }
 
     fn numbers(c: &Converted) -> Vec<Option<f64>> {
-        c.values
-            .column(0)
-            .as_primitive::<Float64Type>()
-            .iter()
-            .collect()
+        c.values.column(0).as_primitive::<Float64Type>().iter().collect()
     }
 
     fn bools(c: &Converted) -> Vec<Option<bool>> {
@@ -1682,11 +1581,7 @@ mod tests {
     }
 
     fn dates(c: &Converted) -> Vec<Option<i32>> {
-        c.values
-            .column(0)
-            .as_primitive::<Date32Type>()
-            .iter()
-            .collect()
+        c.values.column(0).as_primitive::<Date32Type>().iter().collect()
     }
 
     fn micros(c: &Converted) -> Vec<Option<i64>> {
@@ -1718,10 +1613,7 @@ mod tests {
 
     #[test]
     fn strings_are_trimmed_and_blank_is_missing() {
-        let c = run(
-            &def("name", VariableType::String),
-            &[" Ada ", "", "   ", "Grace"],
-        );
+        let c = run(&def("name", VariableType::String), &[" Ada ", "", "   ", "Grace"]);
         assert_eq!(strings(&c), vec![s("Ada"), None, None, s("Grace")]);
         assert_eq!(c.valid, vec![true; 4]);
         assert!(c.issues.is_empty());
@@ -1737,15 +1629,9 @@ mod tests {
         };
         let c = convert(&required, &batch_of(Arc::new(source)));
         assert_eq!(strings(&c), vec![s("a"), None, s("b c")]);
-        assert_eq!(
-            c.values.column(0).as_string::<i32>().values().as_ptr(),
-            data
-        );
+        assert_eq!(c.values.column(0).as_string::<i32>().values().as_ptr(), data);
         assert_eq!(c.valid, vec![true, false, true]);
-        assert_eq!(
-            messages(&c),
-            vec![(1, "required value is missing".to_owned())]
-        );
+        assert_eq!(messages(&c), vec![(1, "required value is missing".to_owned())]);
         assert_eq!(c.issues[0].1.value, None);
     }
 
@@ -1755,11 +1641,7 @@ mod tests {
             required: true,
             ..def("name", VariableType::String)
         };
-        let batch = batch_of(Arc::new(StringArray::from(vec![
-            Some("x"),
-            Some("  "),
-            None,
-        ])));
+        let batch = batch_of(Arc::new(StringArray::from(vec![Some("x"), Some("  "), None])));
         let c = convert(&required, &batch);
         assert_eq!(c.valid, vec![true, false, false]);
         assert_eq!(
@@ -1872,8 +1754,7 @@ mod tests {
             messages(&c),
             vec![(
                 12,
-                "`maybe` is not a boolean (expected true/false, yes/no, on/off, 1/0, t/f or y/n)"
-                    .to_owned()
+                "`maybe` is not a boolean (expected true/false, yes/no, on/off, 1/0, t/f or y/n)".to_owned()
             )]
         );
     }
@@ -1888,21 +1769,11 @@ mod tests {
             ("t_f", ["T", "f"], "true", "t/f"),
         ];
         for (format, [yes, no], other, expected) in cases {
-            let c = run(
-                &with_format(VariableType::Boolean, format),
-                &[yes, no, other],
-            );
-            assert_eq!(
-                bools(&c),
-                vec![Some(true), Some(false), None],
-                "format {format}"
-            );
+            let c = run(&with_format(VariableType::Boolean, format), &[yes, no, other]);
+            assert_eq!(bools(&c), vec![Some(true), Some(false), None], "format {format}");
             assert_eq!(
                 messages(&c),
-                vec![(
-                    2,
-                    format!("`{other}` is not a boolean (expected {expected})")
-                )],
+                vec![(2, format!("`{other}` is not a boolean (expected {expected})"))],
                 "format {format}"
             );
         }
@@ -1957,11 +1828,7 @@ mod tests {
         );
         assert_eq!(m[1], (6, "`2024-02-30` is not a valid date".to_owned()));
         assert_eq!(m[2].0, 7);
-        assert!(
-            m[2].1.starts_with("`yesterday` is not a date"),
-            "{}",
-            m[2].1
-        );
+        assert!(m[2].1.starts_with("`yesterday` is not a date"), "{}", m[2].1);
         assert_eq!(m[3].0, 8);
     }
 
@@ -1974,10 +1841,7 @@ mod tests {
         assert_eq!(dates(&c), vec![Some(day(2024, 4, 3)), None]);
         assert_eq!(
             messages(&c),
-            vec![(
-                1,
-                "`2024-04-03` does not match input_format `%d/%m/%Y`".to_owned()
-            )]
+            vec![(1, "`2024-04-03` does not match input_format `%d/%m/%Y`".to_owned())]
         );
 
         let with_time = run(
@@ -2028,10 +1892,7 @@ mod tests {
         let m = messages(&c);
         assert_eq!(
             m[0],
-            (
-                2,
-                "`60` is Excel's 1900-02-29, a day that does not exist".to_owned()
-            )
+            (2, "`60` is Excel's 1900-02-29, a day that does not exist".to_owned())
         );
         assert_eq!(m[1].0, 6);
         assert_eq!(m[2].0, 7);
@@ -2068,19 +1929,12 @@ mod tests {
         let m = messages(&c);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].0, 6);
-        assert!(
-            m[1].1.starts_with("`noon` is not a date-time"),
-            "{}",
-            m[1].1
-        );
+        assert!(m[1].1.starts_with("`noon` is not a date-time"), "{}", m[1].1);
     }
 
     #[test]
     fn datetimes_from_epochs_and_patterns() {
-        let unix = run(
-            &with_format(VariableType::Datetime, "unix_epoch"),
-            &["1709251200.5"],
-        );
+        let unix = run(&with_format(VariableType::Datetime, "unix_epoch"), &["1709251200.5"]);
         assert_eq!(micros(&unix), vec![Some(1_709_251_200_500_000)]);
 
         let excel = run(
@@ -2089,10 +1943,7 @@ mod tests {
         );
         assert_eq!(
             micros(&excel),
-            vec![
-                Some(at(2024, 3, 1, 12, 0, 0)),
-                Some(at(1900, 3, 1, 6, 0, 0))
-            ]
+            vec![Some(at(2024, 3, 1, 12, 0, 0)), Some(at(1900, 3, 1, 6, 0, 0))]
         );
 
         let zoned = run(
@@ -2108,16 +1959,10 @@ mod tests {
         assert_eq!(micros(&naive), vec![Some(at(2024, 3, 1, 12, 30, 0)), None]);
         assert_eq!(
             messages(&naive),
-            vec![(
-                1,
-                "`1/3/24` does not match input_format `%d/%m/%Y %H:%M`".to_owned()
-            )]
+            vec![(1, "`1/3/24` does not match input_format `%d/%m/%Y %H:%M`".to_owned())]
         );
 
-        let date_only = run(
-            &with_format(VariableType::Datetime, "%d/%m/%Y"),
-            &["01/03/2024"],
-        );
+        let date_only = run(&with_format(VariableType::Datetime, "%d/%m/%Y"), &["01/03/2024"]);
         assert_eq!(micros(&date_only), vec![Some(at(2024, 3, 1, 0, 0, 0))]);
     }
 
@@ -2135,13 +1980,7 @@ mod tests {
         );
         assert_eq!(
             strings(&c),
-            vec![
-                s("john.doe@example.com"),
-                s("ada@example.org"),
-                None,
-                None,
-                None
-            ]
+            vec![s("john.doe@example.com"), s("ada@example.org"), None, None, None]
         );
         assert_eq!(
             c.issues[0].1.to_string(),
@@ -2157,19 +1996,8 @@ mod tests {
             default_region: s("US"),
             ..def("phone", VariableType::PhoneNumber)
         };
-        let c = run(
-            &us,
-            &[
-                "(650) 253-0000",
-                "+44 7912 345678",
-                "+44 791234567",
-                "hello",
-            ],
-        );
-        assert_eq!(
-            strings(&c),
-            vec![s("+16502530000"), s("+447912345678"), None, None]
-        );
+        let c = run(&us, &["(650) 253-0000", "+44 7912 345678", "+44 791234567", "hello"]);
+        assert_eq!(strings(&c), vec![s("+16502530000"), s("+447912345678"), None, None]);
         assert_eq!(
             messages(&c),
             vec![
@@ -2181,8 +2009,7 @@ mod tests {
 
     #[test]
     fn phones_use_the_default_country_parameter() {
-        let parameters =
-            BTreeMap::from([("default_country".to_owned(), ParamValue::Text("GB".into()))]);
+        let parameters = BTreeMap::from([("default_country".to_owned(), ParamValue::Text("GB".into()))]);
         let c = convert_with(
             &def("phone", VariableType::PhoneNumber),
             &texts(&["07912 345678"]),
@@ -2219,18 +2046,12 @@ mod tests {
         let problems = compile(&[(5, &bad_region)], &batch).expect_err("refused");
         assert_eq!(problems[0].path, "variables[5].default_region");
 
-        let parameters =
-            BTreeMap::from([("default_country".to_owned(), ParamValue::Text("ZZ".into()))]);
+        let parameters = BTreeMap::from([("default_country".to_owned(), ParamValue::Text("ZZ".into()))]);
         let plain = def("phone", VariableType::PhoneNumber);
         let problems =
-            ScopeVariables::compile(SCOPE, &[(1, &plain)], batch.schema_ref(), &parameters)
-                .expect_err("refused");
+            ScopeVariables::compile(SCOPE, &[(1, &plain)], batch.schema_ref(), &parameters).expect_err("refused");
         assert_eq!(problems[0].path, "variables[1].default_region");
-        assert!(
-            problems[0].message.contains("ZZ"),
-            "{}",
-            problems[0].message
-        );
+        assert!(problems[0].message.contains("ZZ"), "{}", problems[0].message);
     }
 
     #[test]
@@ -2246,14 +2067,8 @@ mod tests {
             ],
         );
         let id = Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_owned());
-        assert_eq!(
-            strings(&c),
-            vec![id.clone(), id.clone(), id.clone(), id, None]
-        );
-        assert_eq!(
-            messages(&c),
-            vec![(4, "`not-a-uuid` is not a UUID".to_owned())]
-        );
+        assert_eq!(strings(&c), vec![id.clone(), id.clone(), id.clone(), id, None]);
+        assert_eq!(messages(&c), vec![(4, "`not-a-uuid` is not a UUID".to_owned())]);
     }
 
     #[test]
@@ -2271,10 +2086,7 @@ mod tests {
         let list = c.values.column(0).as_list::<i32>();
         assert!(list.is_valid(0));
         assert_eq!(
-            list.value(0)
-                .as_primitive::<Float64Type>()
-                .values()
-                .to_vec(),
+            list.value(0).as_primitive::<Float64Type>().values().to_vec(),
             vec![1.0, 2.0, 3.0]
         );
         assert!(list.is_null(1) && list.is_null(2) && list.is_null(3));
@@ -2343,10 +2155,7 @@ mod tests {
             problems,
             vec![
                 Problem::new("variables[4].value", "`abc` is not a number"),
-                Problem::new(
-                    "variables[6].value",
-                    "the value is empty but the variable is required"
-                ),
+                Problem::new("variables[6].value", "the value is empty but the variable is required"),
             ]
         );
     }
@@ -2369,11 +2178,7 @@ mod tests {
 
     #[test]
     fn typed_boolean_and_date_sources() {
-        let flags = batch_of(Arc::new(BooleanArray::from(vec![
-            Some(true),
-            None,
-            Some(false),
-        ])));
+        let flags = batch_of(Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])));
         let c = convert(&def("b", VariableType::Boolean), &flags);
         assert_eq!(bools(&c), vec![Some(true), None, Some(false)]);
 
@@ -2388,8 +2193,7 @@ mod tests {
     #[test]
     fn typed_timestamp_sources() {
         // 2024-03-01T23:00:00Z, stored in a +02:00 column.
-        let zoned = TimestampMillisecondArray::from(vec![Some(1_709_334_000_000), None])
-            .with_timezone("+02:00");
+        let zoned = TimestampMillisecondArray::from(vec![Some(1_709_334_000_000), None]).with_timezone("+02:00");
         let batch = batch_of(Arc::new(zoned));
         let c = convert(&def("t", VariableType::Datetime), &batch);
         assert_eq!(micros(&c), vec![Some(at(2024, 3, 1, 23, 0, 0)), None]);
@@ -2416,21 +2220,14 @@ mod tests {
         let problems = compile(&[(3, &missing)], &batch).expect_err("refused");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, "variables[3].column");
-        assert_eq!(
-            problems[0].message,
-            "scope `contacts` has no column `nope` (it has: c)"
-        );
+        assert_eq!(problems[0].message, "scope `contacts` has no column `nope` (it has: c)");
     }
 
     #[test]
     fn a_column_gone_at_run_time_makes_rows_invalid() {
-        let vars =
-            compile(&[(0, &def("x", VariableType::String))], &texts(&["a"])).expect("compiles");
-        let other = RecordBatch::try_from_iter([(
-            "d",
-            Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
-        )])
-        .expect("batch");
+        let vars = compile(&[(0, &def("x", VariableType::String))], &texts(&["a"])).expect("compiles");
+        let other = RecordBatch::try_from_iter([("d", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef)])
+            .expect("batch");
         let c = vars.convert(&other);
         assert_eq!(c.valid, vec![false, false]);
         assert_eq!(c.issues[0].1.message, "the scope has no column `c`");
@@ -2443,10 +2240,7 @@ mod tests {
                 "name",
                 Arc::new(StringArray::from(vec![Some("a"), None, Some("b")])) as ArrayRef,
             ),
-            (
-                "n",
-                Arc::new(StringArray::from(vec!["1", "x", "oops"])) as ArrayRef,
-            ),
+            ("n", Arc::new(StringArray::from(vec!["1", "x", "oops"])) as ArrayRef),
         ])
         .expect("batch");
         let name = VariableDef {
@@ -2462,11 +2256,7 @@ mod tests {
         let c = vars.convert(&batch);
         assert_eq!(c.values.num_columns(), 2);
         assert_eq!(c.valid, vec![true, false, false]);
-        let order: Vec<(usize, &str)> = c
-            .issues
-            .iter()
-            .map(|(row, i)| (*row, i.variable.as_str()))
-            .collect();
+        let order: Vec<(usize, &str)> = c.issues.iter().map(|(row, i)| (*row, i.variable.as_str())).collect();
         assert_eq!(order, vec![(1, "name"), (1, "n"), (2, "n")]);
     }
 
@@ -2512,10 +2302,7 @@ mod tests {
     #[test]
     fn text_views_and_large_strings_are_read_too() {
         let view = StringViewArray::from(vec![Some(" Ada@Example.org "), None]);
-        let c = convert(
-            &def("email", VariableType::Email),
-            &batch_of(Arc::new(view)),
-        );
+        let c = convert(&def("email", VariableType::Email), &batch_of(Arc::new(view)));
         assert_eq!(strings(&c), vec![s("ada@example.org"), None]);
 
         let large = LargeStringArray::from(vec!["12.5"]);
@@ -2535,10 +2322,7 @@ mod tests {
         let long = "x".repeat(200);
         let c = run(&def("n", VariableType::Number), &[long.as_str()]);
         assert_eq!(c.issues[0].1.value.as_deref(), Some(long.as_str()));
-        assert_eq!(
-            c.issues[0].1.message,
-            format!("`{}…` is not a number", "x".repeat(80))
-        );
+        assert_eq!(c.issues[0].1.message, format!("`{}…` is not a number", "x".repeat(80)));
     }
 }
 

@@ -109,7 +109,10 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc).context("serialising the execution")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).context("serialising the execution")?
+        );
     } else {
         print_summary(&doc, started.elapsed());
     }
@@ -130,7 +133,10 @@ fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
 
 fn spawn_display(progress: &Progress) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut rx = progress.subscribe();
     let b = bar.clone();
@@ -176,7 +182,13 @@ fn print_summary(doc: &Execution, elapsed: Duration) {
         let stage = p.stage().as_str();
         let status = match p.status() {
             StageStatus::Completed => String::new(),
-            other => format!(" [{}]", serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+            other => format!(
+                " [{}]",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
         };
         let lines: Vec<String> = match p {
             StepProgress::Intake { tables, .. } => tables
@@ -189,11 +201,21 @@ fn print_summary(doc: &Execution, elapsed: Duration) {
                 .collect(),
             StepProgress::Transform { steps, .. } => steps
                 .iter()
-                .map(|s| format!("{} {}: {} in, {} out, {} rejected", s.scope, s.plugin, s.rows_in, s.rows_out, s.rejected))
+                .map(|s| {
+                    format!(
+                        "{} {}: {} in, {} out, {} rejected",
+                        s.scope, s.plugin, s.rows_in, s.rows_out, s.rejected
+                    )
+                })
                 .collect(),
             StepProgress::Variables { scopes, .. } => scopes
                 .iter()
-                .map(|s| format!("{}: {} rows, {} valid, {} invalid", s.scope, s.total, s.valid, s.invalid))
+                .map(|s| {
+                    format!(
+                        "{}: {} rows, {} valid, {} invalid",
+                        s.scope, s.total, s.valid, s.invalid
+                    )
+                })
                 .collect(),
             StepProgress::Load { steps, .. } => steps
                 .iter()

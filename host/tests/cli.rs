@@ -23,14 +23,23 @@ fn stdout(o: &Output) -> String {
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not the execution document: {e}\n{}\n{}", stdout(o), String::from_utf8_lossy(&o.stderr))
+        panic!(
+            "stdout is not the execution document: {e}\n{}\n{}",
+            stdout(o),
+            String::from_utf8_lossy(&o.stderr)
+        )
     })
 }
 
 #[test]
 fn the_contacts_example_runs_with_a_summary() {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&["run", "examples/contacts-import", "--out", &out.path().to_string_lossy()]);
+    let o = weir(&[
+        "run",
+        "examples/contacts-import",
+        "--out",
+        &out.path().to_string_lossy(),
+    ]);
     let text = stdout(&o);
     assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(text.starts_with("contacts_import  partial_success"), "{text}");
@@ -45,14 +54,25 @@ fn the_contacts_example_runs_with_a_summary() {
 #[test]
 fn json_prints_the_execution_document() {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&["run", "examples/orders-summary", "--out", &out.path().to_string_lossy(), "--json", "--dry-run"]);
+    let o = weir(&[
+        "run",
+        "examples/orders-summary",
+        "--out",
+        &out.path().to_string_lossy(),
+        "--json",
+        "--dry-run",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let doc = json(&o);
     assert_eq!(doc["status"], "success");
     assert_eq!(doc["trigger_type"], "local");
     assert_eq!(doc["is_dry_run"], true);
     assert_eq!(doc["connector"]["api_name"], "orders_summary");
-    assert_eq!(doc["source_file_id"].as_str().map(str::len), Some(64), "sha256 of the input");
+    assert_eq!(
+        doc["source_file_id"].as_str().map(str::len),
+        Some(64),
+        "sha256 of the input"
+    );
     let stages: Vec<&str> = doc["step_progress"]
         .as_array()
         .into_iter()
@@ -81,23 +101,44 @@ fn connector_dir(script: &str, data: Option<(&str, &[u8])>) -> tempfile::TempDir
 
 #[test]
 fn a_failed_run_exits_non_zero_with_the_error() {
-    let dir = connector_dir("CREATE VIEW output.a AS\nSELECT nope FROM input.data", Some(("x.csv", b"a\n1\n")));
+    let dir = connector_dir(
+        "CREATE VIEW output.a AS\nSELECT nope FROM input.data",
+        Some(("x.csv", b"a\n1\n")),
+    );
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&["run", &dir.path().to_string_lossy(), "--out", &out.path().to_string_lossy()]);
+    let o = weir(&[
+        "run",
+        &dir.path().to_string_lossy(),
+        "--out",
+        &out.path().to_string_lossy(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let text = stdout(&o);
-    assert!(text.contains("error: sql failed [sql_error] (line 2, column 8)"), "{text}");
+    assert!(
+        text.contains("error: sql failed [sql_error] (line 2, column 8)"),
+        "{text}"
+    );
     // The failed run still leaves its report behind.
     assert!(out.path().join("report.xlsx").exists());
 }
 
 #[test]
 fn input_overrides_data_and_zip_packages_run() {
-    let dir = connector_dir("CREATE VIEW output.a AS SELECT count(*) AS n FROM input.data", Some(("x.csv", b"a\n1\n")));
+    let dir = connector_dir(
+        "CREATE VIEW output.a AS SELECT count(*) AS n FROM input.data",
+        Some(("x.csv", b"a\n1\n")),
+    );
     let other = dir.path().join("other.csv");
     std::fs::write(&other, "a\n1\n2\n3\n").unwrap_or_else(|e| panic!("{e}"));
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&["run", &dir.path().to_string_lossy(), "--input", &other.to_string_lossy(), "--out", &out.path().to_string_lossy()]);
+    let o = weir(&[
+        "run",
+        &dir.path().to_string_lossy(),
+        "--input",
+        &other.to_string_lossy(),
+        "--out",
+        &out.path().to_string_lossy(),
+    ]);
     assert!(o.status.success(), "{}", stdout(&o));
     let csv = std::fs::read_to_string(out.path().join("output/a.csv")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(csv, "n\n3\n");
@@ -116,7 +157,13 @@ fn input_overrides_data_and_zip_packages_run() {
         z.finish().unwrap_or_else(|e| panic!("{e}"));
     }
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&["run", &zip_path.to_string_lossy(), "--out", &out.path().to_string_lossy(), "--json"]);
+    let o = weir(&[
+        "run",
+        &zip_path.to_string_lossy(),
+        "--out",
+        &out.path().to_string_lossy(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(json(&o)["step_progress"][1]["scopes"][0]["rows"], 1);
 }
@@ -124,8 +171,11 @@ fn input_overrides_data_and_zip_packages_run() {
 #[test]
 fn a_broken_package_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("connector.toml"), "api_name = \"t\"\ntype = \"spreadsheet\"\ncolour = 1\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("connector.toml"),
+        "api_name = \"t\"\ntype = \"spreadsheet\"\ncolour = 1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let o = weir(&["run", &dir.path().to_string_lossy()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

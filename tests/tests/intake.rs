@@ -37,34 +37,62 @@ async fn tsv_and_semicolon_csv_are_sniffed() {
     assert_eq!(o.output("rows"), "a,b\n1,x y\n");
     let o = run(connector(""), PASS_THROUGH, "x.csv", b"a;b\n1;\"x;y\"\n").await;
     assert_eq!(o.output("rows"), "a,b\n1,x;y\n");
-    let o = run(connector("[input]\nformat = \"csv\"\ndelimiter = \"|\"\n"), PASS_THROUGH, "x.txt", b"a|b\n1|2\n").await;
+    let o = run(
+        connector("[input]\nformat = \"csv\"\ndelimiter = \"|\"\n"),
+        PASS_THROUGH,
+        "x.txt",
+        b"a|b\n1|2\n",
+    )
+    .await;
     assert_eq!(o.output("rows"), "a,b\n1,2\n");
 }
 
 #[tokio::test]
 async fn header_names_are_normalised_and_the_file_names_the_table() {
     let csv = "\u{feff}First Name,E-mail,,2nd,first name,\nAda,a@x.io,p,q,r,s\n";
-    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT * FROM input.contacts_2024", "Contacts 2024.csv", csv.as_bytes()).await;
+    let o = run(
+        connector(""),
+        "CREATE VIEW output.rows AS SELECT * FROM input.contacts_2024",
+        "Contacts 2024.csv",
+        csv.as_bytes(),
+    )
+    .await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
-    assert_eq!(o.output("rows"), "first_name,e_mail,_1,_2nd,first_name__2,_2\nAda,a@x.io,p,q,r,s\n");
+    assert_eq!(
+        o.output("rows"),
+        "first_name,e_mail,_1,_2nd,first_name__2,_2\nAda,a@x.io,p,q,r,s\n"
+    );
     assert_eq!(o.json()["step_progress"][0]["tables"][0]["table"], "contacts_2024");
 }
 
 #[tokio::test]
 async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line() {
     let mut csv = b"id,name\n1,ok\n2,too,many\n3\n4,\"fine, quoted\"\n".to_vec();
-    csv.extend_from_slice(b"5,bad\xff\xfe\n6,\"multi\nline\"\n7,Zo\xc3\xab\n");
+    csv.extend_from_slice(b"5,bad\xff\xfe\n6,\"multi\nline\"\n7,Zo\xc3\xab\n8,\"bad\"quote,x\n");
     let o = run(connector(""), PASS_THROUGH, "x.csv", &csv).await;
     assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
-    assert_eq!(o.output("rows"), "id,name\n1,ok\n4,\"fine, quoted\"\n6,\"multi\nline\"\n7,Zoë\n");
+    assert_eq!(
+        o.output("rows"),
+        "id,name\n1,ok\n4,\"fine, quoted\"\n6,\"multi\nline\"\n7,Zoë\n"
+    );
     let tables = &o.json()["step_progress"][0]["tables"][0];
     assert_eq!(tables["rows"], 4);
-    assert_eq!(tables["invalid"], 3);
+    assert_eq!(tables["invalid"], 4);
     let rejected = o.rejected();
     let reasons: Vec<&str> = rejected.iter().map(|r| &r[4]).collect();
-    assert!(reasons[0].starts_with("line 3: expected 2 fields, found 3"), "{reasons:?}");
-    assert!(reasons[1].starts_with("line 4: expected 2 fields, found 1"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("line 3: expected 2 fields, found 3"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("line 4: expected 2 fields, found 1"),
+        "{reasons:?}"
+    );
     assert!(reasons[2].starts_with("line 6: invalid UTF-8"), "{reasons:?}");
+    assert!(
+        reasons[3].starts_with("line 10: expected 2 fields, found 3"),
+        "{reasons:?}"
+    );
     assert!(rejected.iter().all(|r| &r[0] == "intake"));
 
     // Declared UTF-8: the bad bytes are a bad row even without other
@@ -86,7 +114,10 @@ async fn a_value_of_the_wrong_type_after_the_sample_makes_its_row_invalid() {
     assert_eq!(o.status(), "partial_success");
     let rejected = o.rejected();
     assert_eq!(rejected.len(), 1);
-    assert_eq!(&rejected[0][4], "line 1502: column `n`: `not-a-number` is not an integer");
+    assert_eq!(
+        &rejected[0][4],
+        "line 1502: column `n`: `not-a-number` is not an integer"
+    );
 }
 
 #[tokio::test]
@@ -96,19 +127,37 @@ async fn encodings_and_boms() {
     // UTF-8 with BOM: the BOM never reaches the header.
     let mut bom = vec![0xef, 0xbb, 0xbf];
     bom.extend_from_slice(text.as_bytes());
-    assert_eq!(run(connector(""), PASS_THROUGH, "a.csv", &bom).await.output("rows"), expected);
+    assert_eq!(
+        run(connector(""), PASS_THROUGH, "a.csv", &bom).await.output("rows"),
+        expected
+    );
     // UTF-16 LE and BE with BOM.
     let mut le = vec![0xff, 0xfe];
     le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
-    assert_eq!(run(connector(""), PASS_THROUGH, "b.csv", &le).await.output("rows"), expected);
+    assert_eq!(
+        run(connector(""), PASS_THROUGH, "b.csv", &le).await.output("rows"),
+        expected
+    );
     let mut be = vec![0xfe, 0xff];
     be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
-    assert_eq!(run(connector(""), PASS_THROUGH, "c.csv", &be).await.output("rows"), expected);
+    assert_eq!(
+        run(connector(""), PASS_THROUGH, "c.csv", &be).await.output("rows"),
+        expected
+    );
     // Windows-1252 without BOM, detected.
     let (cp1252, _, _) = encoding_rs::WINDOWS_1252.encode(text);
-    assert_eq!(run(connector(""), PASS_THROUGH, "d.csv", &cp1252).await.output("rows"), expected);
+    assert_eq!(
+        run(connector(""), PASS_THROUGH, "d.csv", &cp1252).await.output("rows"),
+        expected
+    );
     // Latin-1 declared.
-    let o = run(connector("[input]\nencoding = \"latin-1\"\n"), PASS_THROUGH, "e.csv", &cp1252).await;
+    let o = run(
+        connector("[input]\nencoding = \"latin-1\"\n"),
+        PASS_THROUGH,
+        "e.csv",
+        &cp1252,
+    )
+    .await;
     assert_eq!(o.output("rows"), expected);
 }
 
@@ -120,12 +169,25 @@ async fn json_lines_with_nested_values_and_bad_lines() {
                  not json\n\
                  [1,2]\n\
                  {\"id\": 3, \"name\": \"c\"}\n";
-    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT id, name, tags, zip, extra FROM input.data ORDER BY id", "events.jsonl", jsonl.as_bytes()).await;
+    let o = run(
+        connector(""),
+        "CREATE VIEW output.rows AS SELECT id, name, tags, zip, extra FROM input.data ORDER BY id",
+        "events.jsonl",
+        jsonl.as_bytes(),
+    )
+    .await;
     assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
-    assert_eq!(o.output("rows"), "id,name,tags,zip,extra\n1,a,\"[\"\"x\"\"]\",01234,\n2,,,,\"{\"\"k\"\":1}\"\n3,c,,,\n");
+    assert_eq!(
+        o.output("rows"),
+        "id,name,tags,zip,extra\n1,a,\"[\"\"x\"\"]\",01234,\n2,,,,\"{\"\"k\"\":1}\"\n3,c,,,\n"
+    );
     let rejected = o.rejected();
     assert_eq!(rejected.len(), 2);
-    assert!(rejected[0][4].starts_with("line 4: invalid JSON"), "{:?}", &rejected[0][4]);
+    assert!(
+        rejected[0][4].starts_with("line 4: invalid JSON"),
+        "{:?}",
+        &rejected[0][4]
+    );
     assert!(rejected[1][4].starts_with("line 5: expected a JSON object, found an array"));
 }
 
@@ -152,7 +214,8 @@ fn parquet_bytes() -> Vec<u8> {
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
-    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap_or_else(|e| panic!("{e}"));
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap_or_else(|e| panic!("{e}"));
     w.write(&batch).unwrap_or_else(|e| panic!("{e}"));
     w.close().unwrap_or_else(|e| panic!("{e}"));
     out
@@ -160,9 +223,18 @@ fn parquet_bytes() -> Vec<u8> {
 
 #[tokio::test]
 async fn parquet_columns_are_normalised() {
-    let o = run(connector(""), "CREATE VIEW output.rows AS SELECT * FROM input.orders ORDER BY order_id", "orders.parquet", &parquet_bytes()).await;
+    let o = run(
+        connector(""),
+        "CREATE VIEW output.rows AS SELECT * FROM input.orders ORDER BY order_id",
+        "orders.parquet",
+        &parquet_bytes(),
+    )
+    .await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
-    assert_eq!(o.output("rows"), "order_id,amount,sku\n1,9.5,007\n2,,\"a,b\"\n3,1.25,c\n");
+    assert_eq!(
+        o.output("rows"),
+        "order_id,amount,sku\n1,9.5,007\n2,,\"a,b\"\n3,1.25,c\n"
+    );
     assert_eq!(o.json()["step_progress"][0]["tables"][0]["rows"], 3);
 }
 
@@ -175,13 +247,17 @@ fn xlsx_bytes() -> Vec<u8> {
     for (c, h) in ["Region", "Units", "Day", "Zip"].iter().enumerate() {
         s.write_string(0, c as u16, *h).unwrap_or_else(|e| panic!("{e}"));
     }
-    let rows = [("North", 3.0, (2024, 1, 15), "01234"), ("South", 4.5, (2024, 2, 29), "99999")];
+    let rows = [
+        ("North", 3.0, (2024, 1, 15), "01234"),
+        ("South", 4.5, (2024, 2, 29), "99999"),
+    ];
     for (r, (region, units, (y, m, d), zip)) in rows.iter().enumerate() {
         let r = r as u32 + 1;
         s.write_string(r, 0, *region).unwrap_or_else(|e| panic!("{e}"));
         s.write_number(r, 1, *units).unwrap_or_else(|e| panic!("{e}"));
         let dt = ExcelDateTime::from_ymd(*y, *m, *d).unwrap_or_else(|e| panic!("{e}"));
-        s.write_datetime_with_format(r, 2, &dt, &date).unwrap_or_else(|e| panic!("{e}"));
+        s.write_datetime_with_format(r, 2, &dt, &date)
+            .unwrap_or_else(|e| panic!("{e}"));
         s.write_string(r, 3, *zip).unwrap_or_else(|e| panic!("{e}"));
     }
     let s2 = wb.add_worksheet();
@@ -197,7 +273,10 @@ async fn every_xlsx_sheet_is_a_table() {
                   CREATE VIEW output.notes AS SELECT * FROM input.notes";
     let o = run(connector(""), script, "book.xlsx", &xlsx_bytes()).await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
-    assert_eq!(o.output("sales"), "region,units,day,zip,day_type\nNorth,3,2024-01-15,01234,Date32\nSouth,4.5,2024-02-29,99999,Date32\n");
+    assert_eq!(
+        o.output("sales"),
+        "region,units,day,zip,day_type\nNorth,3,2024-01-15,01234,Date32\nSouth,4.5,2024-02-29,99999,Date32\n"
+    );
     assert_eq!(o.output("notes"), "text\nhello\n");
 }
 
@@ -207,11 +286,15 @@ async fn every_zip_member_is_a_table() {
     {
         let mut z = zip::ZipWriter::new(&mut buf);
         let opts = zip::write::SimpleFileOptions::default();
-        z.start_file("exports/Customers.csv", opts).unwrap_or_else(|e| panic!("{e}"));
-        z.write_all(b"id,name\n1,Ada\n2,Grace\n").unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("exports/Customers.csv", opts)
+            .unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(b"id,name\n1,Ada\n2,Grace\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         z.start_file("orders.jsonl", opts).unwrap_or_else(|e| panic!("{e}"));
-        z.write_all(b"{\"customer\":1,\"total\":10}\n{\"customer\":1,\"total\":5}\n").unwrap_or_else(|e| panic!("{e}"));
-        z.start_file("__MACOSX/._orders.jsonl", opts).unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(b"{\"customer\":1,\"total\":10}\n{\"customer\":1,\"total\":5}\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("__MACOSX/._orders.jsonl", opts)
+            .unwrap_or_else(|e| panic!("{e}"));
         z.write_all(b"junk").unwrap_or_else(|e| panic!("{e}"));
         z.finish().unwrap_or_else(|e| panic!("{e}"));
     }
@@ -237,6 +320,10 @@ async fn empty_and_binary_files_are_unreadable() {
         let e = o.doc.error.clone().unwrap_or_else(|| panic!("{name}: no error"));
         assert_eq!(e.code.as_str(), "unreadable_input", "{name}: {}", e.message);
         assert_eq!(e.stage.as_str(), "intake", "{name}");
-        assert!(e.message.contains(name), "{name}: the message names the file: {}", e.message);
+        assert!(
+            e.message.contains(name),
+            "{name}: the message names the file: {}",
+            e.message
+        );
     }
 }

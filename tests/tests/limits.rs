@@ -12,7 +12,13 @@ async fn max_rows_on_an_input_table() {
     for i in 0..20_000 {
         csv.push_str(&format!("{i}\n"));
     }
-    let o = run(connector("[limits]\nmax_rows = 10000\n"), PASS_THROUGH, "x.csv", csv.as_bytes()).await;
+    let o = run(
+        connector("[limits]\nmax_rows = 10000\n"),
+        PASS_THROUGH,
+        "x.csv",
+        csv.as_bytes(),
+    )
+    .await;
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "limit_exceeded");
     assert!(e.message.contains("max_rows"), "{}", e.message);
@@ -31,18 +37,34 @@ async fn max_rows_on_a_scope() {
 async fn max_runtime_stops_a_long_query() {
     let script = "CREATE VIEW output.slow AS SELECT count(*) AS n FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 100000) b";
     let started = Instant::now();
-    let o = run(connector("[limits]\nmax_runtime = \"1s\"\n"), script, "x.csv", b"a\n1\n").await;
+    let o = run(
+        connector("[limits]\nmax_runtime = \"1s\"\n"),
+        script,
+        "x.csv",
+        b"a\n1\n",
+    )
+    .await;
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "limit_exceeded");
     assert!(e.message.contains("max_runtime"), "{}", e.message);
-    assert!(started.elapsed() < Duration::from_secs(20), "stopped promptly: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped promptly: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn max_memory_is_enforced_by_the_memory_pool() {
     // array_agg cannot spill: it must hold every value.
     let script = "CREATE VIEW output.big AS SELECT array_agg(repeat('x', 100)) AS a FROM generate_series(1, 2000000)";
-    let o = run(connector("[limits]\nmax_memory = \"16MiB\"\n"), script, "x.csv", b"a\n1\n").await;
+    let o = run(
+        connector("[limits]\nmax_memory = \"16MiB\"\n"),
+        script,
+        "x.csv",
+        b"a\n1\n",
+    )
+    .await;
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "limit_exceeded", "{}", e.message);
     assert!(e.message.contains("max_memory"), "{}", e.message);
@@ -59,7 +81,16 @@ async fn cancel_stops_a_run_promptly() {
         c.cancel();
     });
     let started = Instant::now();
-    let o = run_path(connector(""), script, Some(InputFile { path, name: "x.csv".into() }), cancel).await;
+    let o = run_path(
+        connector(""),
+        script,
+        Some(InputFile {
+            path,
+            name: "x.csv".into(),
+        }),
+        cancel,
+    )
+    .await;
     assert_eq!(o.status(), "canceled");
     assert!(o.doc.error.is_none());
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());

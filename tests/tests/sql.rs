@@ -21,7 +21,10 @@ async fn golden_scripts() {
     assert!(scripts.len() >= 5);
     let params = "[parameters]\ndefault_country = \"US\"\nthreshold = 100\n";
     for script in scripts {
-        let name = script.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let name = script
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         let sql = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("{e}"));
         let o = run(connector(params), &sql, "orders.csv", ORDERS.as_bytes()).await;
         assert_eq!(o.status(), "success", "{name}: {:?}", o.doc.error);
@@ -80,7 +83,13 @@ async fn run_time_errors_name_the_statement_of_the_scope() {
 
 #[tokio::test]
 async fn a_script_without_scopes_is_an_error() {
-    let o = run(connector(""), "CREATE TEMP VIEW t AS SELECT 1", "orders.csv", ORDERS.as_bytes()).await;
+    let o = run(
+        connector(""),
+        "CREATE TEMP VIEW t AS SELECT 1",
+        "orders.csv",
+        ORDERS.as_bytes(),
+    )
+    .await;
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "sql_error");
     assert!(e.message.contains("no scope"), "{}", e.message);
@@ -88,8 +97,18 @@ async fn a_script_without_scopes_is_an_error() {
 
 #[tokio::test]
 async fn input_tables_are_read_only() {
-    for sql in ["DROP TABLE input.data", "CREATE TABLE input.x AS SELECT 1", "INSERT INTO input.data SELECT * FROM input.data"] {
-        let o = run(connector(""), &format!("{PASS_THROUGH};\n{sql}"), "orders.csv", ORDERS.as_bytes()).await;
+    for sql in [
+        "DROP TABLE input.data",
+        "CREATE TABLE input.x AS SELECT 1",
+        "INSERT INTO input.data SELECT * FROM input.data",
+    ] {
+        let o = run(
+            connector(""),
+            &format!("{PASS_THROUGH};\n{sql}"),
+            "orders.csv",
+            ORDERS.as_bytes(),
+        )
+        .await;
         assert_eq!(o.code().as_deref(), Some("sql_not_allowed"), "{sql}");
     }
 }

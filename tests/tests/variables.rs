@@ -32,7 +32,13 @@ fn variables() -> String {
 
 #[tokio::test]
 async fn invalid_rows_are_counted_and_reported_with_reasons() {
-    let o = run(connector(&variables()), PASS_THROUGH, "contacts.csv", CONTACTS.as_bytes()).await;
+    let o = run(
+        connector(&variables()),
+        PASS_THROUGH,
+        "contacts.csv",
+        CONTACTS.as_bytes(),
+    )
+    .await;
     assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
     let doc = o.json();
     let vars = &doc["step_progress"][3];
@@ -63,14 +69,24 @@ async fn invalid_rows_are_counted_and_reported_with_reasons() {
 #[tokio::test]
 async fn the_report_has_a_summary_and_a_sheet_per_scope() {
     use calamine::Reader;
-    let o = run(connector(&variables()), PASS_THROUGH, "contacts.csv", CONTACTS.as_bytes()).await;
+    let o = run(
+        connector(&variables()),
+        PASS_THROUGH,
+        "contacts.csv",
+        CONTACTS.as_bytes(),
+    )
+    .await;
     let path = o.out.path().join("report.xlsx");
     let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&path).unwrap_or_else(|e| panic!("{e}"));
     let names = wb.sheet_names();
     assert_eq!(names.first().map(String::as_str), Some("Summary"));
     assert!(names.iter().any(|n| n == "rows"), "{names:?}");
     let sheet = wb.worksheet_range("rows").unwrap_or_else(|e| panic!("{e}"));
-    let header: Vec<String> = sheet.rows().next().map(|r| r.iter().map(|c| c.to_string()).collect()).unwrap_or_default();
+    let header: Vec<String> = sheet
+        .rows()
+        .next()
+        .map(|r| r.iter().map(|c| c.to_string()).collect())
+        .unwrap_or_default();
     assert_eq!(&header[..4], &["row", "status", "errors", "warnings"]);
     assert_eq!(sheet.height(), 4, "header + 3 invalid rows");
     let summary = wb.worksheet_range("Summary").unwrap_or_else(|e| panic!("{e}"));
@@ -91,7 +107,8 @@ async fn a_variable_of_a_missing_column_is_a_clear_error() {
 #[tokio::test]
 async fn valid_rows_give_success() {
     let csv = "email,n\nA@Example.COM,1\nb@example.org,2\n";
-    let extra = "[[variables]]\nname = \"email\"\nscope = \"rows\"\ncolumn = \"email\"\ntype = \"email\"\nrequired = true\n";
+    let extra =
+        "[[variables]]\nname = \"email\"\nscope = \"rows\"\ncolumn = \"email\"\ntype = \"email\"\nrequired = true\n";
     let o = run(connector(extra), PASS_THROUGH, "x.csv", csv.as_bytes()).await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
     assert!(o.rejected().is_empty());

@@ -127,10 +127,10 @@ pub fn is_binary(sample: &[u8]) -> bool {
 
 /// A reader that yields UTF-8 bytes: the BOM skipped, and the input
 /// transcoded unless it is UTF-8 already.
-pub fn utf8_reader<R: Read + 'static>(mut inner: R, detected: Detected) -> std::io::Result<Box<dyn Read + Send>>
-where
-    R: Send,
-{
+pub fn utf8_reader<R: Read + Send + 'static>(
+    mut inner: R,
+    detected: Detected,
+) -> std::io::Result<Box<dyn Read + Send>> {
     if detected.bom_len > 0 {
         let mut bom = vec![0u8; detected.bom_len];
         inner.read_exact(&mut bom)?;

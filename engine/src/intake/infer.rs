@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -175,8 +174,9 @@ fn parse_date(v: &str) -> Option<i32> {
         return None;
     }
     let num = |s: &[u8]| -> Option<u32> {
-        s.iter()
-            .try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+        s.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
     };
     let date = NaiveDate::from_ymd_opt(num(&b[0..4])? as i32, num(&b[5..7])?, num(&b[8..10])?)?;
     Some(days_since_epoch(date))
@@ -447,21 +447,43 @@ mod tests {
         assert_eq!(infer(&["1", "-20", "300"]), ColumnType::Int);
         assert_eq!(infer(&["1", "2.5"]), ColumnType::Float);
         assert_eq!(infer(&["1.50", "1e3"]), ColumnType::Float);
-        assert_eq!(infer(&["01234", "12345"]), ColumnType::Text, "zip codes keep leading zeros");
+        assert_eq!(
+            infer(&["01234", "12345"]),
+            ColumnType::Text,
+            "zip codes keep leading zeros"
+        );
         assert_eq!(infer(&["0", "1"]), ColumnType::Int);
         assert_eq!(infer(&["+4915112345678"]), ColumnType::Text, "phone numbers stay text");
-        assert_eq!(infer(&["1234567890123456789"]), ColumnType::Text, "over-long digits stay text");
-        assert_eq!(infer(&["0.1234567890123456"]), ColumnType::Text, "too many digits for a float");
+        assert_eq!(
+            infer(&["1234567890123456789"]),
+            ColumnType::Text,
+            "over-long digits stay text"
+        );
+        assert_eq!(
+            infer(&["0.1234567890123456"]),
+            ColumnType::Text,
+            "too many digits for a float"
+        );
         assert_eq!(infer(&["1", "x"]), ColumnType::Text, "mixed types stay text");
         assert_eq!(infer(&["true", "FALSE"]), ColumnType::Bool);
         assert_eq!(infer(&["2024-02-29", "2023-12-31"]), ColumnType::Date);
         assert_eq!(infer(&["2024-02-30"]), ColumnType::Text, "not a real date");
         assert_eq!(infer(&["2024-02-29 10:00:00", "2024-03-01"]), ColumnType::Timestamp);
-        assert_eq!(infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00+02:00"]), ColumnType::TimestampTz);
-        assert_eq!(infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00"]), ColumnType::Text);
+        assert_eq!(
+            infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00+02:00"]),
+            ColumnType::TimestampTz
+        );
+        assert_eq!(
+            infer(&["2024-02-29T10:00:00Z", "2024-02-29T10:00:00"]),
+            ColumnType::Text
+        );
         assert_eq!(infer(&["NaN"]), ColumnType::Text);
         assert_eq!(infer_column([None, None]), ColumnType::Text);
-        assert_eq!(infer_column([Some("1"), Some(""), None]), ColumnType::Int, "empty is null");
+        assert_eq!(
+            infer_column([Some("1"), Some(""), None]),
+            ColumnType::Int,
+            "empty is null"
+        );
     }
 
     #[test]
@@ -471,7 +493,8 @@ mod tests {
         b.push([Some("1"), Some("2.5"), Some("a")]).expect("good row");
         let err = b.push([Some("x"), Some("1"), Some("b")]).expect_err("bad row");
         assert_eq!(err.to_string(), "column `id`: `x` is not an integer");
-        b.push([Some("3"), None]).expect("short rows are padded with nulls by the caller's choice");
+        b.push([Some("3"), None])
+            .expect("short rows are padded with nulls by the caller's choice");
         b.push([Some(""), Some("7"), Some("")]).expect("empty is null");
         let batch = b.finish();
         assert_eq!(batch.num_rows(), 3);

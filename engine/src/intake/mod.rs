@@ -170,7 +170,11 @@ pub struct Intake {
 /// through DataFusion, which needs an async context).
 enum Found {
     Ready(InputTable),
-    Parquet { name: String, path: PathBuf, stats: Arc<TableStats> },
+    Parquet {
+        name: String,
+        path: PathBuf,
+        stats: Arc<TableStats>,
+    },
 }
 
 /// Sniffed file kinds.
@@ -269,8 +273,8 @@ fn open_file(
             let stats = ctx.stats.clone();
             let t = text::TextTable::open(path.to_path_buf(), text_kind, detected, options, ctx)?;
             let schema = t.schema_ref().clone();
-            let provider = StreamingTable::try_new(schema, vec![Arc::new(t)])
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let provider =
+                StreamingTable::try_new(schema, vec![Arc::new(t)]).map_err(|e| Error::Internal(e.to_string()))?;
             Ok(vec![Found::Ready(InputTable {
                 name: table,
                 stats,
@@ -320,7 +324,15 @@ fn open_file(
             }
             let mut found = Vec::new();
             for (member_path, member_name) in members {
-                found.extend(open_file(&member_path, &member_name, options, sink, cancel, unpacked, depth + 1)?);
+                found.extend(open_file(
+                    &member_path,
+                    &member_name,
+                    options,
+                    sink,
+                    cancel,
+                    unpacked,
+                    depth + 1,
+                )?);
             }
             Ok(found)
         }
@@ -334,12 +346,7 @@ fn sniff(sample: &[u8], file_name: &str, options: &IntakeOptions) -> Result<Kind
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())
         .unwrap_or_default();
-    let delimiter = |default: Option<u8>| {
-        options
-            .delimiter
-            .or(default)
-            .unwrap_or_else(|| sniff_delimiter(sample))
-    };
+    let delimiter = |default: Option<u8>| options.delimiter.or(default).unwrap_or_else(|| sniff_delimiter(sample));
     let explicit = match options.format {
         InputFormat::Auto => None,
         InputFormat::Csv => Some(Kind::Delimited(delimiter(None))),
@@ -358,11 +365,13 @@ fn sniff(sample: &[u8], file_name: &str, options: &IntakeOptions) -> Result<Kind
     }
     if sample.starts_with(b"PK\x03\x04") || sample.starts_with(b"PK\x05\x06") {
         let xlsx_hint = contains(sample, b"xl/") || contains(sample, b"[Content_Types].xml");
-        return Ok(if matches!(ext.as_str(), "xlsx" | "xlsm") || (ext != "zip" && xlsx_hint && contains(sample, b"xl/")) {
-            Kind::Xlsx
-        } else {
-            Kind::Zip
-        });
+        return Ok(
+            if matches!(ext.as_str(), "xlsx" | "xlsm") || (ext != "zip" && xlsx_hint && contains(sample, b"xl/")) {
+                Kind::Xlsx
+            } else {
+                Kind::Zip
+            },
+        );
     }
     if sample.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]) {
         return Err(Error::unreadable(format!(
@@ -406,10 +415,7 @@ fn sniff_delimiter(sample: &[u8]) -> u8 {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(20).collect();
     let mut best = (b',', 0usize);
     for d in [b',', b';', b'\t', b'|'] {
-        let counts: Vec<usize> = lines
-            .iter()
-            .map(|l| count_outside_quotes(l, d as char))
-            .collect();
+        let counts: Vec<usize> = lines.iter().map(|l| count_outside_quotes(l, d as char)).collect();
         let Some(&first) = counts.first() else { continue };
         if first == 0 {
             continue;
@@ -456,10 +462,15 @@ fn unzip(path: &Path, file_name: &str, dir: &Path, max_bytes: u64) -> Result<Vec
             )));
         };
         if member.is_symlink() {
-            return Err(Error::unreadable(format!("`{file_name}` has a symbolic link; it was not unpacked")));
+            return Err(Error::unreadable(format!(
+                "`{file_name}` has a symbolic link; it was not unpacked"
+            )));
         }
         let name = relative.to_string_lossy().to_string();
-        let base = relative.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let base = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if name.starts_with("__MACOSX") || base.starts_with('.') || base.is_empty() {
             continue;
         }
@@ -488,7 +499,10 @@ async fn parquet_table(
     name: &str,
     stats: &TableStats,
 ) -> Result<Arc<dyn TableProvider>> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let rows = {
         use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
         let file = File::open(path).map_err(|e| Error::io(format!("opening {file_name}"), e))?;
@@ -497,7 +511,10 @@ async fn parquet_table(
         reader.metadata().file_metadata().num_rows().max(0) as u64
     };
     stats.add_rows(rows);
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let options = ParquetReadOptions {
         file_extension: &ext,
         ..Default::default()
@@ -529,7 +546,9 @@ mod tests {
     use super::*;
 
     fn options() -> IntakeOptions {
-        let limits = crate::connector::LimitsDef::default().parse().unwrap_or_else(|_| unreachable!());
+        let limits = crate::connector::LimitsDef::default()
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
         IntakeOptions::new(&InputOptions::default(), &limits).unwrap_or_else(|_| unreachable!())
     }
 
@@ -538,11 +557,17 @@ mod tests {
         let o = options();
         assert_eq!(sniff(b"a;b;c\n1;2;3\n", "x.csv", &o).ok(), Some(Kind::Delimited(b';')));
         assert_eq!(sniff(b"a\tb\n1\t2\n", "x.txt", &o).ok(), Some(Kind::Delimited(b'\t')));
-        assert_eq!(sniff(b"a,\"b;c\"\n1,\"2;3\"\n", "x", &o).ok(), Some(Kind::Delimited(b',')));
+        assert_eq!(
+            sniff(b"a,\"b;c\"\n1,\"2;3\"\n", "x", &o).ok(),
+            Some(Kind::Delimited(b','))
+        );
         assert_eq!(sniff(b"{\"a\":1}\n{\"a\":2}\n", "x", &o).ok(), Some(Kind::JsonLines));
         assert_eq!(sniff(b"{\n \"a\": 1\n}\n", "x", &o).ok(), Some(Kind::JsonArray));
         assert_eq!(sniff(b" [{\"a\":1}]", "x.json", &o).ok(), Some(Kind::JsonArray));
         assert_eq!(sniff(b"PAR1....", "x.bin", &o).ok(), Some(Kind::Parquet));
-        assert!(matches!(sniff(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0], "x", &o), Err(Error::UnreadableInput { .. })));
+        assert!(matches!(
+            sniff(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0], "x", &o),
+            Err(Error::UnreadableInput { .. })
+        ));
     }
 }

@@ -47,9 +47,16 @@ type Emit<'a> = dyn FnMut(Record<'_>) -> Result<bool> + 'a;
 /// One record as read from the file.
 enum Record<'a> {
     /// Cells of a well-formed record.
-    Cells { line: Option<u64>, cells: Vec<Option<Cow<'a, str>>> },
+    Cells {
+        line: Option<u64>,
+        cells: Vec<Option<Cow<'a, str>>>,
+    },
     /// A record that could not be read, and why.
-    Bad { line: Option<u64>, reason: String, raw: Vec<String> },
+    Bad {
+        line: Option<u64>,
+        reason: String,
+        raw: Vec<String>,
+    },
 }
 
 /// A text input table.
@@ -156,18 +163,26 @@ impl TextTable {
             TextKind::JsonLines | TextKind::JsonArray => {
                 let mut keys: Vec<String> = Vec::new();
                 let mut objects: Vec<serde_json::Map<String, Value>> = Vec::new();
-                self.scan_json(&mut |object| {
-                    for k in object.keys() {
-                        if !keys.contains(k) {
-                            keys.push(k.clone());
+                self.scan_json(
+                    &mut |object| {
+                        for k in object.keys() {
+                            if !keys.contains(k) {
+                                keys.push(k.clone());
+                            }
                         }
-                    }
-                    objects.push(object);
-                    Ok(objects.len() < limit)
-                }, &mut |_| Ok(true))?;
+                        objects.push(object);
+                        Ok(objects.len() < limit)
+                    },
+                    &mut |_| Ok(true),
+                )?;
                 let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
                 for object in &objects {
-                    rows.push(json_cells(object, &index, keys.len()).into_iter().map(|c| c.map(Cow::into_owned)).collect());
+                    rows.push(
+                        json_cells(object, &index, keys.len())
+                            .into_iter()
+                            .map(|c| c.map(Cow::into_owned))
+                            .collect(),
+                    );
                 }
                 Ok((normalise_headers(&keys), keys, rows))
             }
@@ -199,14 +214,21 @@ impl TextTable {
                                 raw: vec![Value::Object(object.clone()).to_string()],
                             });
                         }
-                        (emit.borrow_mut())(Record::Cells { line: line_of_object.get(), cells })
+                        (emit.borrow_mut())(Record::Cells {
+                            line: line_of_object.get(),
+                            cells,
+                        })
                     },
                     &mut |bad| match bad {
                         JsonEvent::Line(l) => {
                             line_of_object.set(Some(l));
                             Ok(true)
                         }
-                        JsonEvent::Bad { line, reason, raw } => (emit.borrow_mut())(Record::Bad { line, reason, raw: vec![raw] }),
+                        JsonEvent::Bad { line, reason, raw } => (emit.borrow_mut())(Record::Bad {
+                            line,
+                            reason,
+                            raw: vec![raw],
+                        }),
                     },
                 )
             }
@@ -242,7 +264,11 @@ impl TextTable {
                         }
                         _ => e.to_string(),
                     };
-                    if !emit(Record::Bad { line, reason, raw: Vec::new() })? {
+                    if !emit(Record::Bad {
+                        line,
+                        reason,
+                        raw: Vec::new(),
+                    })? {
                         return Ok(());
                     }
                 }
@@ -304,18 +330,43 @@ impl TextTable {
             row_number += 1;
             match record {
                 Record::Bad { line, reason, raw } => {
-                    reject(row_number, line, reason, raw.into_iter().enumerate().map(|(i, v)| (format!("_raw{}", i + 1), Some(v))).collect());
+                    reject(
+                        row_number,
+                        line,
+                        reason,
+                        raw.into_iter()
+                            .enumerate()
+                            .map(|(i, v)| (format!("_raw{}", i + 1), Some(v)))
+                            .collect(),
+                    );
                 }
                 Record::Cells { line, cells } => {
                     if cells.len() != width {
                         let values = cells
                             .iter()
                             .enumerate()
-                            .map(|(i, c)| (names.get(i).cloned().unwrap_or_else(|| format!("_extra{}", i + 1 - width)), c.as_deref().map(str::to_string)))
+                            .map(|(i, c)| {
+                                (
+                                    names
+                                        .get(i)
+                                        .cloned()
+                                        .unwrap_or_else(|| format!("_extra{}", i + 1 - width)),
+                                    c.as_deref().map(str::to_string),
+                                )
+                            })
                             .collect();
-                        reject(row_number, line, format!("expected {width} fields, found {}", cells.len()), values);
+                        reject(
+                            row_number,
+                            line,
+                            format!("expected {width} fields, found {}", cells.len()),
+                            values,
+                        );
                     } else if let Err(e) = builder.push(cells.iter().map(|c| c.as_deref())) {
-                        let values = names.iter().cloned().zip(cells.iter().map(|c| c.as_deref().map(str::to_string))).collect();
+                        let values = names
+                            .iter()
+                            .cloned()
+                            .zip(cells.iter().map(|c| c.as_deref().map(str::to_string)))
+                            .collect();
                         reject(row_number, line, e.to_string(), values);
                     } else {
                         good += 1;
@@ -359,7 +410,11 @@ fn clone_io(e: &std::io::Error) -> std::io::Error {
 
 /// The cells of one JSON object in column order: strings as they are,
 /// numbers and booleans as written, nested values as JSON text.
-fn json_cells<'a>(object: &'a serde_json::Map<String, Value>, index: &HashMap<&str, usize>, width: usize) -> Vec<Option<Cow<'a, str>>> {
+fn json_cells<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    index: &HashMap<&str, usize>,
+    width: usize,
+) -> Vec<Option<Cow<'a, str>>> {
     let mut cells = vec![None; width];
     for (k, v) in object {
         if let Some(&i) = index.get(k.as_str()) {
@@ -379,7 +434,11 @@ enum JsonEvent {
     /// The line the next object starts on.
     Line(u64),
     /// A line or element that is not a JSON object.
-    Bad { line: Option<u64>, reason: String, raw: String },
+    Bad {
+        line: Option<u64>,
+        reason: String,
+        raw: String,
+    },
 }
 
 enum JsonStop {

@@ -42,7 +42,10 @@ pub fn read(
         }
         let first_row = range.start().map_or(0, |(r, _)| r as u64);
         let mut rows = range.rows().enumerate().map(|(i, cells)| {
-            (first_row + i as u64 + 1, cells.iter().map(cell_text).collect::<Vec<_>>())
+            (
+                first_row + i as u64 + 1,
+                cells.iter().map(cell_text).collect::<Vec<_>>(),
+            )
         });
         let Some((_, first)) = rows.next() else { continue };
         let (names, data): (Vec<String>, Vec<(u64, Vec<Cell>)>) = if options.header {
@@ -52,7 +55,10 @@ pub fn read(
             let width = first.len();
             let mut all = vec![(first_row + 1, first)];
             all.extend(rows);
-            (naming::normalise_headers(&(1..=width).map(|_| "").collect::<Vec<_>>()), all)
+            (
+                naming::normalise_headers(&(1..=width).map(|_| "").collect::<Vec<_>>()),
+                all,
+            )
         };
         let sample = options.sample_rows.max(data.len().min(100_000));
         let types: Vec<ColumnType> = (0..names.len())
@@ -94,7 +100,11 @@ pub fn read(
                     values: values(),
                 });
             };
-            if let Some((i, e)) = cells.iter().enumerate().find_map(|(i, c)| c.error.as_ref().map(|e| (i, e))) {
+            if let Some((i, e)) = cells
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| c.error.as_ref().map(|e| (i, e)))
+            {
                 reject(format!(
                     "column `{}` holds the spreadsheet error {e}",
                     names.get(i).map_or("?", String::as_str)
