@@ -197,12 +197,40 @@ fn parse_timestamp(v: &str) -> Option<i64> {
     if *sep != b'T' && *sep != b' ' {
         return None;
     }
-    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    let time = &rest[1..];
-    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f")
-        .or_else(|_| NaiveTime::parse_from_str(time, "%H:%M"))
-        .ok()?;
+    let date = NaiveDate::from_num_days_from_ce_opt(parse_date(date)? + 719_163)?;
+    let time = parse_time(&rest[1..])?;
     Some(NaiveDateTime::new(date, time).and_utc().timestamp_micros())
+}
+
+/// `HH:MM`, `HH:MM:SS` or `HH:MM:SS.f` (up to nanoseconds). Hand-written
+/// because timestamps are the most common typed column and a format-string
+/// parser costs several times more per value.
+fn parse_time(t: &str) -> Option<NaiveTime> {
+    let b = t.as_bytes();
+    let two = |i: usize| -> Option<u32> {
+        let (h, l) = (*b.get(i)?, *b.get(i + 1)?);
+        (h.is_ascii_digit() && l.is_ascii_digit()).then(|| u32::from(h - b'0') * 10 + u32::from(l - b'0'))
+    };
+    if b.len() < 5 || b[2] != b':' {
+        return None;
+    }
+    let (hour, minute) = (two(0)?, two(3)?);
+    if b.len() == 5 {
+        return NaiveTime::from_hms_opt(hour, minute, 0);
+    }
+    if b.len() < 8 || b[5] != b':' {
+        return None;
+    }
+    let second = two(6)?;
+    let nanos = match &b[8..] {
+        [] => 0,
+        [b'.', digits @ ..] if !digits.is_empty() && digits.len() <= 9 && digits.iter().all(u8::is_ascii_digit) => {
+            let value = digits.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+            value * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
 }
 
 /// RFC 3339 with `Z` or an offset, microseconds since epoch (UTC).
@@ -478,12 +506,30 @@ mod tests {
             ColumnType::Text
         );
         assert_eq!(infer(&["NaN"]), ColumnType::Text);
+        assert_eq!(
+            infer(&["2024-02-29 10:00", "2024-02-29T23:59:59.123456"]),
+            ColumnType::Timestamp
+        );
+        assert_eq!(infer(&["2024-02-29 24:00:00"]), ColumnType::Text, "no hour 24");
+        assert_eq!(infer(&["2024-02-29 10:00:00."]), ColumnType::Text);
         assert_eq!(infer_column([None, None]), ColumnType::Text);
         assert_eq!(
             infer_column([Some("1"), Some(""), None]),
             ColumnType::Int,
             "empty is null"
         );
+    }
+
+    #[test]
+    fn timestamps_parse_to_microseconds() {
+        assert_eq!(parse_timestamp("1970-01-01 00:00:01.5"), Some(1_500_000));
+        assert_eq!(parse_timestamp("2024-01-31T12:30"), Some(1_706_704_200_000_000));
+        assert_eq!(
+            parse_timestamp("2024-01-31T12:30:00.000001"),
+            Some(1_706_704_200_000_001)
+        );
+        assert_eq!(parse_timestamp("2024-01-31 12:3"), None);
+        assert_eq!(parse_timestamp("2024-01-31 12:30:61"), None);
     }
 
     #[test]

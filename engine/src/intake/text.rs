@@ -47,16 +47,40 @@ type Emit<'a> = dyn FnMut(Record<'_>) -> Result<bool> + 'a;
 /// One record as read from the file.
 enum Record<'a> {
     /// Cells of a well-formed record.
-    Cells {
-        line: Option<u64>,
-        cells: Vec<Option<Cow<'a, str>>>,
-    },
+    Cells { line: Option<u64>, cells: Cells<'a> },
     /// A record that could not be read, and why.
     Bad {
         line: Option<u64>,
         reason: String,
         raw: Vec<String>,
     },
+}
+
+/// The cells of one record: borrowed straight from the CSV reader (no copy
+/// per row), or built from a JSON object.
+enum Cells<'a> {
+    Csv(&'a csv::StringRecord),
+    Owned(Vec<Option<Cow<'a, str>>>),
+}
+
+impl Cells<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Cells::Csv(r) => r.len(),
+            Cells::Owned(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            Cells::Csv(r) => r.get(i),
+            Cells::Owned(v) => v.get(i).and_then(|c| c.as_deref()),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 /// A text input table.
@@ -144,11 +168,11 @@ impl TextTable {
                 self.scan(&[], &mut |record| {
                     if let Record::Cells { cells, .. } = record {
                         if header.is_none() && self.header {
-                            header = Some(cells.iter().map(|c| c.as_deref().unwrap_or("").to_string()).collect());
+                            header = Some(cells.iter().map(|c| c.unwrap_or("").to_string()).collect());
                             return Ok(true);
                         }
                         width = width.max(cells.len());
-                        rows.push(cells.into_iter().map(|c| c.map(Cow::into_owned)).collect());
+                        rows.push(cells.iter().map(|c| c.map(str::to_string)).collect());
                     }
                     Ok(rows.len() < limit)
                 })?;
@@ -216,7 +240,7 @@ impl TextTable {
                         }
                         (emit.borrow_mut())(Record::Cells {
                             line: line_of_object.get(),
-                            cells,
+                            cells: Cells::Owned(cells),
                         })
                     },
                     &mut |bad| match bad {
@@ -248,8 +272,10 @@ impl TextTable {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
                     let line = record.position().map(|p| p.line());
-                    let cells = record.iter().map(|s| Some(Cow::Borrowed(s))).collect();
-                    if !emit(Record::Cells { line, cells })? {
+                    if !emit(Record::Cells {
+                        line,
+                        cells: Cells::Csv(&record),
+                    })? {
                         return Ok(());
                     }
                 }
@@ -351,7 +377,7 @@ impl TextTable {
                                         .get(i)
                                         .cloned()
                                         .unwrap_or_else(|| format!("_extra{}", i + 1 - width)),
-                                    c.as_deref().map(str::to_string),
+                                    c.map(str::to_string),
                                 )
                             })
                             .collect();
@@ -361,11 +387,11 @@ impl TextTable {
                             format!("expected {width} fields, found {}", cells.len()),
                             values,
                         );
-                    } else if let Err(e) = builder.push(cells.iter().map(|c| c.as_deref())) {
+                    } else if let Err(e) = builder.push(cells.iter()) {
                         let values = names
                             .iter()
                             .cloned()
-                            .zip(cells.iter().map(|c| c.as_deref().map(str::to_string)))
+                            .zip(cells.iter().map(|c| c.map(str::to_string)))
                             .collect();
                         reject(row_number, line, e.to_string(), values);
                     } else {
