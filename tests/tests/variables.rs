@@ -30,15 +30,19 @@ fn variables() -> String {
     s
 }
 
-#[tokio::test]
-async fn invalid_rows_are_counted_and_reported_with_reasons() {
-    let o = run(
+async fn run_contacts() -> weir_tests::Outcome {
+    run(
         connector(&variables()),
         PASS_THROUGH,
         "contacts.csv",
         CONTACTS.as_bytes(),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn invalid_rows_are_counted_and_reported_with_reasons() {
+    let o = run_contacts().await;
     assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
     let doc = o.json();
     let vars = &doc["step_progress"][3];
@@ -69,13 +73,7 @@ async fn invalid_rows_are_counted_and_reported_with_reasons() {
 #[tokio::test]
 async fn the_report_has_a_summary_and_a_sheet_per_scope() {
     use calamine::Reader;
-    let o = run(
-        connector(&variables()),
-        PASS_THROUGH,
-        "contacts.csv",
-        CONTACTS.as_bytes(),
-    )
-    .await;
+    let o = run_contacts().await;
     let path = o.out.path().join("report.xlsx");
     let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&path).unwrap_or_else(|e| panic!("{e}"));
     let names = wb.sheet_names();
