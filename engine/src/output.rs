@@ -333,7 +333,7 @@ fn write_naive_micros(out: &mut Vec<u8>, micros: i64) -> bool {
     }
     if frac != 0 {
         out.push(b'.');
-        if frac % 1000 == 0 {
+        if frac.is_multiple_of(1000) {
             push_digits(out, frac / 1000, 3);
         } else {
             push_digits(out, frac, 6);
