@@ -228,7 +228,7 @@ fn print_summary(doc: &Execution, elapsed: Duration) {
                 .collect(),
         };
         if lines.is_empty() {
-            println!("  {stage:<10}{status}");
+            println!("  {stage:<10}{}", status.trim_start());
         }
         for (i, l) in lines.iter().enumerate() {
             let label = if i == 0 { stage } else { "" };
