@@ -153,9 +153,12 @@ fn spawn_display(progress: &Progress) -> (ProgressBar, tokio::task::JoinHandle<(
 }
 
 fn progress_line(doc: &Execution) -> String {
+    // Intake stays running while the SQL stage streams from it; show the
+    // latest stage that is running.
     let running = doc
         .step_progress
         .iter()
+        .rev()
         .find(|p| p.status() == StageStatus::Running)
         .map(|p| p.stage().as_str())
         .unwrap_or(doc.status.as_str());
