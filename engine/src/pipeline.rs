@@ -356,6 +356,14 @@ impl Run {
                 "transform steps need the plugin runtime, which this engine build does not include yet",
             )]));
         }
+        if !connector.loads.is_empty() && !self.shared.progress.snapshot().is_dry_run {
+            // Better to refuse than to end `success` having written nothing.
+            self.at(Stage::Load);
+            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
+                "loads",
+                "load steps need the record store, which this engine build does not include yet; run as a dry run",
+            )]));
+        }
 
         self.enter(Stage::Intake);
         let ctx = sql::session(&SessionSettings {

@@ -181,3 +181,38 @@ fn a_broken_package_is_a_clear_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("connector.toml: colour: unknown key"), "{err}");
 }
+
+#[test]
+fn load_steps_are_refused_outside_a_dry_run_until_records_exist() {
+    let dir = connector_dir(
+        "CREATE VIEW output.a AS SELECT a AS email FROM input.data",
+        Some(("x.csv", b"a\nx@y.io\n")),
+    );
+    let toml = "api_name = \"t\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n\
+        [[variables]]\nname = \"email\"\nscope = \"a\"\ncolumn = \"email\"\ntype = \"email\"\n\
+        [[loads]]\norder = 1\nscope = \"a\"\nobject = \"contact\"\n\
+        [[loads.fields]]\nfield = \"email\"\nvariables = [\"email\"]\n";
+    std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&[
+        "run",
+        &dir.path().to_string_lossy(),
+        "--out",
+        &out.path().to_string_lossy(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc = json(&o);
+    assert_eq!(doc["error"]["code"], "invalid_connector");
+    assert_eq!(doc["error"]["stage"], "load");
+    let o = weir(&[
+        "run",
+        &dir.path().to_string_lossy(),
+        "--out",
+        &out.path().to_string_lossy(),
+        "--json",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(json(&o)["step_progress"][4]["status"], "skipped");
+}
