@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{self, Document};
 use crate::error::{Error, Problem, Result};
 
 /// How a connector is triggered.
@@ -508,50 +509,17 @@ impl Connector {
     /// Parses `connector.toml` text; unknown keys and every invalid value are
     /// reported together.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| Error::InvalidConnector(vec![Problem::new("", e.to_string().trim())]))?;
-        Self::deserialize_checked(de, |e: toml::de::Error| e.to_string().trim().to_string())
+        document::from_toml(text).map_err(Error::InvalidConnector)
     }
 
     /// Parses the JSON form of the document.
     pub fn from_json(text: &str) -> Result<Self> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let connector = Self::deserialize_checked(&mut de, |e: serde_json::Error| e.to_string())?;
-        de.end()
-            .map_err(|e| Error::InvalidConnector(vec![Problem::new("", e.to_string())]))?;
-        Ok(connector)
+        document::from_json(text).map_err(Error::InvalidConnector)
     }
 
     /// Parses the JSON form from a value.
     pub fn from_json_value(value: serde_json::Value) -> Result<Self> {
-        Self::deserialize_checked(value, |e: serde_json::Error| e.to_string())
-    }
-
-    fn deserialize_checked<'de, D, E>(de: D, message: impl Fn(E) -> String) -> Result<Self>
-    where
-        D: serde::Deserializer<'de, Error = E>,
-    {
-        let mut unknown = Vec::new();
-        let parsed: std::result::Result<Connector, E> =
-            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-        let mut problems: Vec<Problem> = unknown
-            .into_iter()
-            .map(|path| Problem::new(path, "unknown key"))
-            .collect();
-        match parsed {
-            Ok(connector) => {
-                problems.extend(connector.validate());
-                if problems.is_empty() {
-                    Ok(connector)
-                } else {
-                    Err(Error::InvalidConnector(problems))
-                }
-            }
-            Err(e) => {
-                problems.push(Problem::new("", message(e)));
-                Err(Error::InvalidConnector(problems))
-            }
-        }
+        document::from_json_value(value).map_err(Error::InvalidConnector)
     }
 
     /// Serialises the document as TOML.
@@ -778,6 +746,12 @@ impl Connector {
     /// Variables of one scope, in declaration order.
     pub fn variables_of<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a VariableDef> + 'a {
         self.variables.iter().filter(move |v| v.scope == scope)
+    }
+}
+
+impl Document for Connector {
+    fn validate(&self) -> Vec<Problem> {
+        Connector::validate(self)
     }
 }
 

@@ -45,6 +45,8 @@ impl Stage {
 pub enum ErrorCode {
     /// The connector definition is invalid.
     InvalidConnector,
+    /// An object definition is invalid.
+    InvalidObjects,
     /// The input is empty, of an unknown format, or not readable at all.
     UnreadableInput,
     /// The SQL script does not parse or plan, or failed while running.
@@ -68,6 +70,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidConnector => "invalid_connector",
+            ErrorCode::InvalidObjects => "invalid_objects",
             ErrorCode::UnreadableInput => "unreadable_input",
             ErrorCode::SqlError => "sql_error",
             ErrorCode::SqlNotAllowed => "sql_not_allowed",
@@ -149,6 +152,9 @@ pub enum Error {
     /// The connector definition is invalid; every problem is listed.
     #[error("invalid connector: {}", join_problems(.0))]
     InvalidConnector(Vec<Problem>),
+    /// Object definitions are invalid; every problem is listed.
+    #[error("invalid objects: {}", join_problems(.0))]
+    InvalidObjects(Vec<Problem>),
     /// The input cannot be read at all.
     #[error("{message}")]
     UnreadableInput {
@@ -218,6 +224,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidConnector(_) => ErrorCode::InvalidConnector,
+            Error::InvalidObjects(_) => ErrorCode::InvalidObjects,
             Error::UnreadableInput { .. } => ErrorCode::UnreadableInput,
             Error::Sql { .. } => ErrorCode::SqlError,
             Error::SqlNotAllowed { .. } => ErrorCode::SqlNotAllowed,

@@ -13,6 +13,8 @@
 //!
 //! - [`connector`]: the connector definition (SPEC §2), parsed from TOML or
 //!   JSON and validated with paths.
+//! - [`document`]: parsing user documents with every problem reported at once.
+//! - [`objects`]: object definitions (`objects.toml`) and their checks.
 //! - [`naming`]: normalisation of header and table names (SPEC §3.2).
 //! - [`intake`]: reading input files (CSV, TSV, JSON, Parquet, XLSX, ZIP),
 //!   encoding detection and type inference, as streaming input tables.
@@ -27,10 +29,12 @@
 //! - [`error`]: typed errors and stable codes.
 
 pub mod connector;
+pub mod document;
 pub mod error;
 pub mod execution;
 pub mod intake;
 pub mod naming;
+pub mod objects;
 pub mod output;
 pub mod package;
 pub mod pipeline;

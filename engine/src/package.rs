@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::connector::Connector;
 use crate::error::{Error, Problem, Result};
+use crate::objects::Objects;
 use crate::pipeline::InputFile;
 
 /// Most bytes a package may unpack to.
@@ -29,6 +30,8 @@ pub struct Package {
     pub script: String,
     /// The input file under `data/`, when there is exactly one.
     pub data_file: Option<InputFile>,
+    /// `objects.toml`: the objects its load steps write to, when present.
+    pub objects: Option<Objects>,
     /// `manifest.json`, when the package has one.
     pub manifest: Option<serde_json::Value>,
     _unpacked: Option<tempfile::TempDir>,
@@ -89,12 +92,38 @@ impl Package {
             ),
             Err(_) => None,
         };
+        let objects = match std::fs::read_to_string(dir.join("objects.toml")) {
+            Ok(text) => {
+                let objects = Objects::from_toml(&text).map_err(|e| match e {
+                    Error::InvalidObjects(problems) => Error::InvalidObjects(
+                        problems
+                            .into_iter()
+                            .map(|p| Problem::new(format!("objects.toml: {}", p.path), p.message))
+                            .collect(),
+                    ),
+                    other => other,
+                })?;
+                let problems = objects.check_loads(&connector);
+                if !problems.is_empty() {
+                    return Err(Error::InvalidConnector(
+                        problems
+                            .into_iter()
+                            .map(|p| Problem::new(format!("connector.toml: {}", p.path), p.message))
+                            .collect(),
+                    ));
+                }
+                Some(objects)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading objects.toml", e)),
+        };
         let data_file = data_file(&dir)?;
         Ok(Self {
             dir,
             connector,
             script,
             data_file,
+            objects,
             manifest,
             _unpacked: unpacked,
         })
@@ -241,6 +270,32 @@ mod tests {
         let p = Package::load(dir.path()).expect("loads");
         assert_eq!(p.connector.api_name, "x");
         assert_eq!(p.data_file.map(|d| d.name), Some("in.csv".to_string()));
+    }
+
+    #[test]
+    fn objects_toml_is_read_and_load_steps_checked_against_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let connector = "api_name = \"x\"\ntype = \"spreadsheet\"\n\
+            [[variables]]\nname = \"email\"\nscope = \"a\"\ncolumn = \"email\"\ntype = \"email\"\n\
+            [[loads]]\norder = 1\nscope = \"a\"\nobject = \"contact\"\n\
+            [[loads.fields]]\nfield = \"mail\"\nvariables = [\"email\"]\n";
+        std::fs::write(dir.path().join("connector.toml"), connector).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("script.sql"), "CREATE VIEW output.a AS SELECT 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("objects.toml"),
+            "[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = Package::load(dir.path()).expect_err("unknown field");
+        assert!(
+            err.to_string().contains("connector.toml: loads[0].fields[0].field"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("objects.toml"), "[[objects]]\nname = \"Contact\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = Package::load(dir.path()).expect_err("bad object");
+        assert!(err.to_string().contains("objects.toml: objects[0].name"), "{err}");
     }
 
     #[test]

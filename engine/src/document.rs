@@ -1,0 +1,63 @@
+//! Parsing the documents users write (connectors, objects) from TOML or
+//! JSON, with every unknown key and every invalid value reported with its
+//! path, all at once.
+//!
+//! Unknown keys are collected while deserialising (serde_ignored) instead of
+//! stopping at the first; a document's own rules come from
+//! [`Document::validate`]. This module knows no document's shape.
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Problem;
+
+/// A document with rules of its own beyond its shape.
+pub trait Document: DeserializeOwned {
+    /// Every problem of the document, with paths.
+    fn validate(&self) -> Vec<Problem>;
+}
+
+/// Parses TOML text.
+pub fn from_toml<T: Document>(text: &str) -> Result<T, Vec<Problem>> {
+    let de = toml::Deserializer::parse(text).map_err(|e| vec![Problem::new("", e.to_string().trim())])?;
+    deserialize(de, |e: toml::de::Error| e.to_string().trim().to_string())
+}
+
+/// Parses JSON text.
+pub fn from_json<T: Document>(text: &str) -> Result<T, Vec<Problem>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let document = deserialize(&mut de, |e: serde_json::Error| e.to_string())?;
+    de.end().map_err(|e| vec![Problem::new("", e.to_string())])?;
+    Ok(document)
+}
+
+/// Parses an already parsed JSON value.
+pub fn from_json_value<T: Document>(value: serde_json::Value) -> Result<T, Vec<Problem>> {
+    deserialize(value, |e: serde_json::Error| e.to_string())
+}
+
+fn deserialize<'de, T, D, E>(de: D, message: impl Fn(E) -> String) -> Result<T, Vec<Problem>>
+where
+    T: Document,
+    D: serde::Deserializer<'de, Error = E>,
+{
+    let mut unknown = Vec::new();
+    let parsed: Result<T, E> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|path| Problem::new(path, "unknown key"))
+        .collect();
+    match parsed {
+        Ok(document) => {
+            problems.extend(document.validate());
+            if problems.is_empty() {
+                Ok(document)
+            } else {
+                Err(problems)
+            }
+        }
+        Err(e) => {
+            problems.push(Problem::new("", message(e)));
+            Err(problems)
+        }
+    }
+}
