@@ -163,7 +163,9 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         cancel,
     } = request;
     progress.update(|e| {
-        let _ = e.transition(Status::Running);
+        if let Err(err) = e.transition(Status::Running) {
+            tracing::error!(execution = %e.id, error = %err, "refused status change");
+        }
     });
 
     let rejects = Arc::new(Rejects {
@@ -243,7 +245,30 @@ async fn finish(
         (Ok(()), None) => Ok(()),
         (Err(e), _) => Err((failed_stage, e)),
     };
-    progress.update(|doc| match &outcome {
+    // The report shows the final status, so it is written from the document
+    // as it will end; only if writing it fails does the run end failed instead.
+    let mut ending = progress.snapshot();
+    conclude(&mut ending, &outcome);
+    let written = Rejects::lock(&rejects.report).write(&ending, &out_dir.join("report.xlsx"));
+    if let Err(e) = written {
+        tracing::error!(error = %e, "writing report.xlsx failed");
+        if outcome.is_ok() {
+            ending = progress.snapshot();
+            conclude(&mut ending, &Err((Stage::Report, e)));
+        }
+    }
+    progress.update(|doc| *doc = ending);
+    progress.snapshot()
+}
+
+/// Moves a running document to its terminal status for `outcome`.
+fn conclude(doc: &mut Execution, outcome: &std::result::Result<(), (Stage, Error)>) {
+    let advance = |doc: &mut Execution, next: Status| {
+        if let Err(e) = doc.transition(next) {
+            tracing::error!(execution = %doc.id, error = %e, "refused status change");
+        }
+    };
+    match outcome {
         Ok(()) => {
             doc.close_open_stages(StageStatus::Completed, StageStatus::Skipped);
             let next = if doc.invalid_rows() > 0 {
@@ -251,35 +276,22 @@ async fn finish(
             } else {
                 Status::Success
             };
-            let _ = doc.transition(next);
+            advance(doc, next);
         }
         Err((_, Error::Canceled)) => {
             doc.close_open_stages(StageStatus::Canceled, StageStatus::Skipped);
-            if doc.status == Status::Running || doc.status == Status::Queued {
-                let _ = doc.transition(Status::Canceling);
+            if matches!(doc.status, Status::Running | Status::Queued) {
+                advance(doc, Status::Canceling);
             }
-            let _ = doc.transition(Status::Canceled);
+            advance(doc, Status::Canceled);
         }
         Err((stage, e)) => {
             doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
             doc.set_stage_status(*stage, StageStatus::Failed);
             doc.error = Some(ExecutionError::from_error(*stage, e));
-            let _ = doc.transition(Status::Failed);
-        }
-    });
-    let doc = progress.snapshot();
-    let report = Rejects::lock(&rejects.report);
-    if let Err(e) = report.write(&doc, &out_dir.join("report.xlsx")) {
-        tracing::error!(error = %e, "writing report.xlsx failed");
-        if doc.error.is_none() {
-            drop(report);
-            progress.update(|d| {
-                d.error = Some(ExecutionError::from_error(Stage::Report, &e));
-                d.status = Status::Failed;
-            });
+            advance(doc, Status::Failed);
         }
     }
-    progress.snapshot()
 }
 
 /// What the run task and the code that finishes the run share.

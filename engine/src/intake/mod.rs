@@ -212,7 +212,7 @@ pub async fn open(
         match f {
             Found::Ready(t) => tables.push(t),
             Found::Parquet { name, path, stats } => {
-                let provider = parquet_table(ctx, &path, &name, &stats).await?;
+                let provider = parquet_table(ctx, &path, &stats).await?;
                 tables.push(InputTable { name, stats, provider });
             }
         }
@@ -493,12 +493,7 @@ fn unzip(path: &Path, file_name: &str, dir: &Path, max_bytes: u64) -> Result<Vec
 
 /// A Parquet file as a table, with its columns renamed to normalised names
 /// when they differ.
-async fn parquet_table(
-    ctx: &SessionContext,
-    path: &Path,
-    name: &str,
-    stats: &TableStats,
-) -> Result<Arc<dyn TableProvider>> {
+async fn parquet_table(ctx: &SessionContext, path: &Path, stats: &TableStats) -> Result<Arc<dyn TableProvider>> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -534,7 +529,6 @@ async fn parquet_table(
         .zip(&normalised)
         .map(|(r, n)| col(datafusion::common::Column::new_unqualified(r)).alias(n))
         .collect();
-    let _ = name;
     Ok(df
         .select(exprs)
         .map_err(|e| Error::Internal(e.to_string()))?
