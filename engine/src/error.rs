@@ -61,6 +61,8 @@ pub enum ErrorCode {
     Canceled,
     /// Reading or writing local files failed.
     Io,
+    /// The record store failed.
+    StoreError,
     /// A bug in Weir; the message is safe to show but not actionable.
     Internal,
 }
@@ -78,6 +80,7 @@ impl ErrorCode {
             ErrorCode::InvalidRatioExceeded => "invalid_ratio_exceeded",
             ErrorCode::Canceled => "canceled",
             ErrorCode::Io => "io_error",
+            ErrorCode::StoreError => "store_error",
             ErrorCode::Internal => "internal",
         }
     }
@@ -207,6 +210,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The record store refused or failed a read or write.
+    #[error("record store: {0}")]
+    Store(String),
     /// An unexpected internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -232,6 +238,7 @@ impl Error {
             Error::InvalidRatioExceeded { .. } => ErrorCode::InvalidRatioExceeded,
             Error::Canceled => ErrorCode::Canceled,
             Error::Io { .. } => ErrorCode::Io,
+            Error::Store(_) => ErrorCode::StoreError,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }

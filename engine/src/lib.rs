@@ -23,6 +23,7 @@
 //! - [`variables`]: converting scope rows into typed variables.
 //! - [`output`]: writing scope output CSVs in the format of SPEC §7.
 //! - [`report`]: `rejected.csv` and `report.xlsx`.
+//! - [`store`]: the record store interface and its embedded SQLite implementation.
 //! - [`execution`]: the execution document and the status state machine.
 //! - [`package`]: loading a connector directory or dev-package zip safely.
 //! - [`pipeline`]: the run itself, wiring the stages with limits and cancel.
@@ -40,6 +41,7 @@ pub mod package;
 pub mod pipeline;
 pub mod report;
 pub mod sql;
+pub mod store;
 pub mod variables;
 
 pub use error::{Error, Result};

@@ -1,0 +1,567 @@
+//! The record store (SPEC §1 "record", §3.6, §8): where load steps write
+//! records, behind a batch-oriented interface, with the embedded SQLite
+//! implementation.
+//!
+//! The interface is what load steps need and nothing more: make sure an
+//! object's table and indexes exist, find records by the values of one field
+//! for many keys at once, read records, and apply one batch of creates and
+//! updates atomically. A PostgreSQL implementation can satisfy it without
+//! changing callers. This module decides nothing about matching rules or
+//! conflicts; the load stage does.
+//!
+//! SQLite settings: WAL journal (readers never block the writer, a crash
+//! never corrupts), `synchronous = NORMAL` (a committed batch survives a
+//! process crash; only an OS crash or power loss can lose the last
+//! transactions, never corrupt the file), a busy timeout so a second
+//! process waits instead of failing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params_from_iter};
+
+use crate::error::{Error, Result};
+use crate::objects::{FieldType, ID_FIELD, NAME_FIELD, ObjectDef};
+
+/// The id of a record.
+pub type RecordId = uuid::Uuid;
+
+/// A field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// No value.
+    Null,
+    /// Text (text, email, phone number, uuid, dropdown label, relation id).
+    Text(String),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since the epoch, UTC.
+    Datetime(i64),
+}
+
+impl Value {
+    /// Null or empty text: what `only_update_blank` may overwrite.
+    pub fn is_blank(&self) -> bool {
+        match self {
+            Value::Null => true,
+            Value::Text(s) => s.is_empty(),
+            _ => false,
+        }
+    }
+
+    fn to_sql(&self) -> SqlValue {
+        match self {
+            Value::Null => SqlValue::Null,
+            Value::Text(s) => SqlValue::Text(s.clone()),
+            Value::Number(f) => SqlValue::Real(*f),
+            Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+            Value::Date(d) => SqlValue::Integer(i64::from(*d)),
+            Value::Datetime(m) => SqlValue::Integer(*m),
+        }
+    }
+
+    fn from_sql(kind: FieldType, v: SqlValue) -> Value {
+        match (kind, v) {
+            (_, SqlValue::Null) => Value::Null,
+            (FieldType::Number, SqlValue::Real(f)) => Value::Number(f),
+            (FieldType::Number, SqlValue::Integer(i)) => Value::Number(i as f64),
+            (FieldType::Boolean, SqlValue::Integer(i)) => Value::Bool(i != 0),
+            (FieldType::Date, SqlValue::Integer(i)) => Value::Date(i32::try_from(i).unwrap_or_default()),
+            (FieldType::Datetime, SqlValue::Integer(i)) => Value::Datetime(i),
+            (_, SqlValue::Text(s)) => Value::Text(s),
+            (_, SqlValue::Integer(i)) => Value::Text(i.to_string()),
+            (_, SqlValue::Real(f)) => Value::Text(f.to_string()),
+            (_, SqlValue::Blob(b)) => Value::Text(String::from_utf8_lossy(&b).into_owned()),
+        }
+    }
+}
+
+/// A key that compares the way SQLite compares stored values: numbers by
+/// value whether stored as integer or real, text exactly.
+fn key(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::Null => None,
+        SqlValue::Integer(i) => Some(format!("n:{i}")),
+        SqlValue::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(format!("n:{}", *f as i64)),
+        SqlValue::Real(f) => Some(format!("r:{}", f.to_bits())),
+        SqlValue::Text(s) => Some(format!("t:{s}")),
+        SqlValue::Blob(b) => Some(format!("b:{}", hex::encode(b))),
+    }
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Its id.
+    pub id: RecordId,
+    /// Field values by name (every declared field and `name`).
+    pub fields: BTreeMap<String, Value>,
+}
+
+/// Field values written to one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    /// The record.
+    pub id: RecordId,
+    /// The fields written, by name.
+    pub fields: Vec<(String, Value)>,
+}
+
+/// What one committed batch changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteBatch {
+    /// New records.
+    pub creates: Vec<Write>,
+    /// Changes to existing records.
+    pub updates: Vec<Write>,
+}
+
+/// Where records live.
+pub trait RecordStore: Send + Sync {
+    /// Creates the object's table, adds columns for new fields and a unique
+    /// index for each unique field. Existing records are kept.
+    fn ensure_object(&self, workspace: &str, object: &ObjectDef) -> Result<()>;
+
+    /// Adds an index on `field` (the fields matching rules look up).
+    fn ensure_index(&self, workspace: &str, object: &str, field: &str) -> Result<()>;
+
+    /// For each of `values`, the ids of the records whose `field` equals it
+    /// (none for a null value).
+    fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>>;
+
+    /// The records with these ids, in the same order (`None` when missing).
+    fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>>;
+
+    /// Applies one batch atomically: all of it or nothing.
+    fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()>;
+
+    /// How many records the object has.
+    fn count(&self, workspace: &str, object: &str) -> Result<u64>;
+}
+
+/// The embedded record store: one SQLite database file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: rusqlite::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+/// SQLite binds at most this many parameters per statement (older builds).
+const MAX_PARAMS: usize = 900;
+
+fn table(workspace: &str, object: &str) -> String {
+    format!("\"r:{}:{}\"", workspace.replace('"', ""), object.replace('"', ""))
+}
+
+fn column(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', ""))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let conn = Connection::open(path).map_err(store_error)?;
+        Self::configure(conn, true)
+    }
+
+    /// A private in-memory store (tests, dry runs).
+    pub fn in_memory() -> Result<Self> {
+        Self::configure(Connection::open_in_memory().map_err(store_error)?, false)
+    }
+
+    fn configure(conn: Connection, wal: bool) -> Result<Self> {
+        if wal {
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(store_error)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(store_error)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(store_error)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl RecordStore for SqliteStore {
+    fn ensure_object(&self, workspace: &str, object: &ObjectDef) -> Result<()> {
+        let conn = self.lock();
+        let t = table(workspace, &object.name);
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\"id\" TEXT PRIMARY KEY NOT NULL, \"name\" TEXT)"
+        ))
+        .map_err(store_error)?;
+        let mut existing = Vec::new();
+        {
+            let mut stmt = conn.prepare(&format!("PRAGMA table_info({t})")).map_err(store_error)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(1)).map_err(store_error)?;
+            for r in rows {
+                existing.push(r.map_err(store_error)?);
+            }
+        }
+        for f in &object.fields {
+            if !existing.contains(&f.name) {
+                conn.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {}", column(&f.name)))
+                    .map_err(store_error)?;
+            }
+            if f.unique {
+                let index = column(&format!("u:{workspace}:{}:{}", object.name, f.name));
+                conn.execute_batch(&format!(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {t} ({})",
+                    column(&f.name)
+                ))
+                .map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_index(&self, workspace: &str, object: &str, field: &str) -> Result<()> {
+        let index = column(&format!("i:{workspace}:{object}:{field}"));
+        self.lock()
+            .execute_batch(&format!(
+                "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
+                table(workspace, object),
+                column(field)
+            ))
+            .map_err(store_error)
+    }
+
+    fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>> {
+        let conn = self.lock();
+        let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut params = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let sql = v.to_sql();
+            if let Some(k) = key(&sql) {
+                let slots = wanted.entry(k).or_default();
+                if slots.is_empty() {
+                    params.push(sql);
+                }
+                slots.push(i);
+            }
+        }
+        let mut found: Vec<Vec<RecordId>> = vec![Vec::new(); values.len()];
+        for chunk in params.chunks(MAX_PARAMS) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT {c}, \"id\" FROM {t} WHERE {c} IN ({marks})",
+                c = column(field),
+                t = table(workspace, object)
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
+            let mut rows = stmt.query(params_from_iter(chunk.iter())).map_err(store_error)?;
+            while let Some(row) = rows.next().map_err(store_error)? {
+                let v: SqlValue = row.get(0).map_err(store_error)?;
+                let id: String = row.get(1).map_err(store_error)?;
+                let id =
+                    RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
+                if let Some(slots) = key(&v).and_then(|k| wanted.get(&k)) {
+                    for &i in slots {
+                        found[i].push(id);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>> {
+        let conn = self.lock();
+        let mut names: Vec<(String, FieldType)> = vec![(NAME_FIELD.to_string(), FieldType::Text)];
+        names.extend(
+            object
+                .fields
+                .iter()
+                .filter(|f| f.name != NAME_FIELD && f.name != ID_FIELD)
+                .map(|f| (f.name.clone(), f.kind)),
+        );
+        let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
+        let mut by_id: HashMap<RecordId, Record> = HashMap::new();
+        let id_texts: Vec<SqlValue> = ids.iter().map(|id| SqlValue::Text(id.to_string())).collect();
+        for chunk in id_texts.chunks(MAX_PARAMS) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT \"id\", {} FROM {} WHERE \"id\" IN ({marks})",
+                columns.join(", "),
+                table(workspace, &object.name)
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
+            let mut rows = stmt.query(params_from_iter(chunk.iter())).map_err(store_error)?;
+            while let Some(row) = rows.next().map_err(store_error)? {
+                let id: String = row.get(0).map_err(store_error)?;
+                let id =
+                    RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
+                let mut fields = BTreeMap::new();
+                for (i, (name, kind)) in names.iter().enumerate() {
+                    let v: SqlValue = row.get(i + 1).map_err(store_error)?;
+                    fields.insert(name.clone(), Value::from_sql(*kind, v));
+                }
+                by_id.insert(id, Record { id, fields });
+            }
+        }
+        Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+    }
+
+    fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()> {
+        let mut conn = self.lock();
+        let t = table(workspace, object);
+        let tx = conn.transaction().map_err(store_error)?;
+        for w in &batch.creates {
+            let mut cols = vec![column(ID_FIELD)];
+            cols.extend(w.fields.iter().map(|(n, _)| column(n)));
+            let marks = vec!["?"; cols.len()].join(",");
+            let sql = format!("INSERT INTO {t} ({}) VALUES ({marks})", cols.join(", "));
+            let params =
+                std::iter::once(SqlValue::Text(w.id.to_string())).chain(w.fields.iter().map(|(_, v)| v.to_sql()));
+            tx.prepare_cached(&sql)
+                .and_then(|mut s| s.execute(params_from_iter(params)))
+                .map_err(store_error)?;
+        }
+        for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
+            let sets: Vec<String> = w.fields.iter().map(|(n, _)| format!("{} = ?", column(n))).collect();
+            let sql = format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "));
+            let params = w
+                .fields
+                .iter()
+                .map(|(_, v)| v.to_sql())
+                .chain(std::iter::once(SqlValue::Text(w.id.to_string())));
+            tx.prepare_cached(&sql)
+                .and_then(|mut s| s.execute(params_from_iter(params)))
+                .map_err(store_error)?;
+        }
+        tx.commit().map_err(store_error)
+    }
+
+    fn count(&self, workspace: &str, object: &str) -> Result<u64> {
+        self.lock()
+            .query_row(&format!("SELECT count(*) FROM {}", table(workspace, object)), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::Document;
+    use crate::objects::Objects;
+
+    fn contact() -> ObjectDef {
+        let objects = Objects::from_toml(
+            r#"
+[[objects]]
+name = "contact"
+  [[objects.fields]]
+  name = "email"
+  type = "email"
+  unique = true
+  [[objects.fields]]
+  name = "score"
+  type = "number"
+  [[objects.fields]]
+  name = "vip"
+  type = "boolean"
+  [[objects.fields]]
+  name = "born"
+  type = "date"
+"#,
+        )
+        .expect("objects");
+        assert!(objects.validate().is_empty());
+        objects.objects[0].clone()
+    }
+
+    fn create(email: &str, score: f64) -> Write {
+        Write {
+            id: RecordId::now_v7(),
+            fields: vec![
+                ("name".into(), Value::Text(format!("N {email}"))),
+                ("email".into(), Value::Text(email.into())),
+                ("score".into(), Value::Number(score)),
+            ],
+        }
+    }
+
+    #[test]
+    fn create_lookup_get_update() {
+        let store = SqliteStore::in_memory().expect("store");
+        let def = contact();
+        store.ensure_object("w1", &def).expect("ensure");
+        let a = create("a@x.io", 1.0);
+        let b = create("b@x.io", 2.5);
+        store
+            .commit(
+                "w1",
+                "contact",
+                &WriteBatch {
+                    creates: vec![a.clone(), b.clone()],
+                    updates: vec![],
+                },
+            )
+            .expect("commit");
+        assert_eq!(store.count("w1", "contact").expect("count"), 2);
+        let found = store
+            .lookup(
+                "w1",
+                "contact",
+                "email",
+                &[
+                    Value::Text("b@x.io".into()),
+                    Value::Text("zz".into()),
+                    Value::Null,
+                    Value::Text("a@x.io".into()),
+                ],
+            )
+            .expect("lookup");
+        assert_eq!(found, vec![vec![b.id], vec![], vec![], vec![a.id]]);
+        // Numbers match by value whatever their stored form.
+        let by_score = store
+            .lookup("w1", "contact", "score", &[Value::Number(1.0), Value::Number(2.5)])
+            .expect("lookup");
+        assert_eq!(by_score, vec![vec![a.id], vec![b.id]]);
+
+        store
+            .commit(
+                "w1",
+                "contact",
+                &WriteBatch {
+                    creates: vec![],
+                    updates: vec![Write {
+                        id: a.id,
+                        fields: vec![("vip".into(), Value::Bool(true)), ("born".into(), Value::Date(5000))],
+                    }],
+                },
+            )
+            .expect("update");
+        let got = store.get("w1", &def, &[a.id, RecordId::now_v7()]).expect("get");
+        let rec = got[0].as_ref().expect("a exists");
+        assert_eq!(rec.fields["vip"], Value::Bool(true));
+        assert_eq!(rec.fields["born"], Value::Date(5000));
+        assert_eq!(rec.fields["score"], Value::Number(1.0));
+        assert_eq!(rec.fields["name"], Value::Text("N a@x.io".into()));
+        assert!(got[1].is_none());
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing() {
+        let store = SqliteStore::in_memory().expect("store");
+        store.ensure_object("w1", &contact()).expect("ensure");
+        let err = store
+            .commit(
+                "w1",
+                "contact",
+                &WriteBatch {
+                    creates: vec![create("same@x.io", 1.0), create("same@x.io", 2.0)],
+                    updates: vec![],
+                },
+            )
+            .expect_err("unique email");
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        assert_eq!(
+            store.count("w1", "contact").expect("count"),
+            0,
+            "nothing of the failed batch stays"
+        );
+    }
+
+    #[test]
+    fn workspaces_do_not_see_each_other() {
+        let store = SqliteStore::in_memory().expect("store");
+        let def = contact();
+        store.ensure_object("w1", &def).expect("ensure");
+        store.ensure_object("w2", &def).expect("ensure");
+        store
+            .commit(
+                "w1",
+                "contact",
+                &WriteBatch {
+                    creates: vec![create("a@x.io", 1.0)],
+                    updates: vec![],
+                },
+            )
+            .expect("commit");
+        assert_eq!(store.count("w2", "contact").expect("count"), 0);
+        let found = store
+            .lookup("w2", "contact", "email", &[Value::Text("a@x.io".into())])
+            .expect("lookup");
+        assert_eq!(found, vec![Vec::<RecordId>::new()]);
+    }
+
+    #[test]
+    fn new_fields_are_added_and_records_persist_across_opens() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("records.db");
+        let mut def = contact();
+        let a = create("a@x.io", 1.0);
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            store.ensure_object("w", &def).expect("ensure");
+            store.ensure_index("w", "contact", "score").expect("index");
+            store
+                .commit(
+                    "w",
+                    "contact",
+                    &WriteBatch {
+                        creates: vec![a.clone()],
+                        updates: vec![],
+                    },
+                )
+                .expect("commit");
+        }
+        def.fields.push(crate::objects::FieldDef {
+            name: "city".into(),
+            kind: FieldType::Text,
+            unique: false,
+            options: vec![],
+            object: None,
+        });
+        let store = SqliteStore::open(&path).expect("reopen");
+        store.ensure_object("w", &def).expect("migrate");
+        let rec = store.get("w", &def, &[a.id]).expect("get").remove(0).expect("kept");
+        assert_eq!(rec.fields["email"], Value::Text("a@x.io".into()));
+        assert_eq!(rec.fields["city"], Value::Null);
+    }
+
+    #[test]
+    fn lookups_of_many_keys_are_chunked() {
+        let store = SqliteStore::in_memory().expect("store");
+        store.ensure_object("w", &contact()).expect("ensure");
+        let creates: Vec<Write> = (0..2500).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
+        store
+            .commit(
+                "w",
+                "contact",
+                &WriteBatch {
+                    creates: creates.clone(),
+                    updates: vec![],
+                },
+            )
+            .expect("commit");
+        let keys: Vec<Value> = (0..2500).rev().map(|i| Value::Text(format!("u{i}@x.io"))).collect();
+        let found = store.lookup("w", "contact", "email", &keys).expect("lookup");
+        assert_eq!(found.len(), 2500);
+        assert_eq!(found[0], vec![creates[2499].id]);
+        assert_eq!(found[2499], vec![creates[0].id]);
+    }
+}
