@@ -23,6 +23,7 @@
 //! - [`variables`]: converting scope rows into typed variables.
 //! - [`output`]: writing scope output CSVs in the format of SPEC §7.
 //! - [`report`]: `rejected.csv` and `report.xlsx`.
+//! - [`loads`]: load steps: matching rules, conflict rules, batch commits.
 //! - [`store`]: the record store interface and its embedded SQLite implementation.
 //! - [`execution`]: the execution document and the status state machine.
 //! - [`package`]: loading a connector directory or dev-package zip safely.
@@ -34,6 +35,7 @@ pub mod document;
 pub mod error;
 pub mod execution;
 pub mod intake;
+pub mod loads;
 pub mod naming;
 pub mod objects;
 pub mod output;

@@ -1,0 +1,677 @@
+//! The load stage (SPEC §3.6): for each valid row of a scope, the matching
+//! rules of a load step decide create / update / skip, the field mappings
+//! write values by their conflict rules, and each batch is committed to the
+//! record store as one transaction.
+//!
+//! Rows that match the same key within one execution behave as if loaded
+//! one after the other: a batch keeps the records it creates and changes in
+//! memory, so a later row finds and updates them. This module decides and
+//! counts; the store writes; the pipeline feeds batches and reports.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::connector::{ConflictRule, LoadDef, MultipleMatchAction, NoMatchAction, SingleMatchAction};
+use crate::error::Result;
+use crate::objects::{FieldType, ObjectDef};
+use crate::store::{RecordId, RecordStore, Value, Write, WriteBatch};
+
+/// What happened to one row in one load step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A record was created.
+    Created(RecordId),
+    /// A record was updated (possibly with no change).
+    Updated(RecordId),
+    /// The row was not uploaded, and why.
+    Skipped(String),
+    /// The row could not be written, and why.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The record the row created or updated.
+    pub fn record(&self) -> Option<RecordId> {
+        match self {
+            Outcome::Created(id) | Outcome::Updated(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// Counts of one step, as the execution document shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Rows handled.
+    pub total: u64,
+    /// Records created.
+    pub created: u64,
+    /// Records updated.
+    pub updated: u64,
+    /// Rows skipped by a `do_not_upload` action (or no rule deciding).
+    pub skipped: u64,
+    /// Rows that failed.
+    pub failed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Outcome) {
+        self.total += 1;
+        match o {
+            Outcome::Created(_) => self.created += 1,
+            Outcome::Updated(_) => self.updated += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+            Outcome::Failed(_) => self.failed += 1,
+        }
+    }
+}
+
+/// One row's variable values, by variable name.
+pub type Row = HashMap<String, Value>;
+
+/// A load step bound to its object and store.
+pub struct LoadStep<'a> {
+    step: &'a LoadDef,
+    object: &'a ObjectDef,
+    workspace: &'a str,
+    store: &'a dyn RecordStore,
+    dry_run: bool,
+}
+
+impl<'a> LoadStep<'a> {
+    /// Prepares a step: makes sure the object's table and the indexes of
+    /// its matching fields exist (not in a dry run).
+    pub fn new(
+        step: &'a LoadDef,
+        object: &'a ObjectDef,
+        workspace: &'a str,
+        store: &'a dyn RecordStore,
+        dry_run: bool,
+    ) -> Result<Self> {
+        store.ensure_object(workspace, object)?;
+        if !dry_run {
+            for rule in &step.matching {
+                store.ensure_index(workspace, &object.name, &rule.field)?;
+            }
+        }
+        Ok(Self {
+            step,
+            object,
+            workspace,
+            store,
+            dry_run,
+        })
+    }
+
+    /// Loads one batch of rows; returns each row's outcome and commits the
+    /// batch (unless a dry run).
+    pub fn load(&self, rows: &[Row]) -> Result<Vec<Outcome>> {
+        // Every rule's keys are looked up at once, for the whole batch.
+        let mut found: Vec<Vec<Vec<RecordId>>> = Vec::with_capacity(self.step.matching.len());
+        for rule in &self.step.matching {
+            let keys: Vec<Value> = rows
+                .iter()
+                .map(|r| r.get(&rule.variable).cloned().unwrap_or(Value::Null))
+                .collect();
+            found.push(
+                self.store
+                    .lookup(self.workspace, &self.object.name, &rule.field, &keys)?,
+            );
+        }
+        let mut batch = Batch::default();
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let outcome = match self.decide(i, row, &found, &batch) {
+                Decision::Create => match self.values(row) {
+                    Ok(values) => {
+                        let id = RecordId::now_v7();
+                        batch.create(id, values, &self.step.matching, row);
+                        Outcome::Created(id)
+                    }
+                    Err(reason) => Outcome::Failed(reason),
+                },
+                Decision::Update(id) => match self.values(row) {
+                    Ok(values) => {
+                        self.update(&mut batch, id, values)?;
+                        batch.index(id, &self.step.matching, row);
+                        Outcome::Updated(id)
+                    }
+                    Err(reason) => Outcome::Failed(reason),
+                },
+                Decision::Skip(reason) => Outcome::Skipped(reason),
+            };
+            outcomes.push(outcome);
+        }
+        if !self.dry_run {
+            self.store
+                .commit(self.workspace, &self.object.name, &batch.into_write())?;
+        }
+        Ok(outcomes)
+    }
+
+    fn decide(&self, row_index: usize, row: &Row, found: &[Vec<Vec<RecordId>>], batch: &Batch) -> Decision {
+        if self.step.matching.is_empty() {
+            return Decision::Create;
+        }
+        for (r, rule) in self.step.matching.iter().enumerate() {
+            let key = row.get(&rule.variable).cloned().unwrap_or(Value::Null);
+            let mut matches: Vec<RecordId> = found[r][row_index].clone();
+            for id in batch.matching(&rule.field, &key) {
+                if !matches.contains(&id) {
+                    matches.push(id);
+                }
+            }
+            let describe = || format!("rule {} ({} = {})", r + 1, rule.field, rule.variable);
+            match matches.len() {
+                0 => match rule.no_match {
+                    NoMatchAction::CreateNew => return Decision::Create,
+                    NoMatchAction::NextRule => continue,
+                    NoMatchAction::DoNotUpload => {
+                        return Decision::Skip(format!("{}: no record matches; do_not_upload", describe()));
+                    }
+                },
+                1 => match rule.single_match {
+                    SingleMatchAction::UpdateCurrent => return Decision::Update(matches[0]),
+                    SingleMatchAction::NextRule => continue,
+                    SingleMatchAction::DoNotUpload => {
+                        return Decision::Skip(format!("{}: one record matches; do_not_upload", describe()));
+                    }
+                },
+                n => match rule.multiple_match {
+                    MultipleMatchAction::NextRule => continue,
+                    MultipleMatchAction::DoNotUpload => {
+                        return Decision::Skip(format!("{}: {n} records match; do_not_upload", describe()));
+                    }
+                },
+            }
+        }
+        Decision::Skip("no matching rule decided (every rule said next_rule)".into())
+    }
+
+    /// The mapped field values of a row, checked against the field types.
+    fn values(&self, row: &Row) -> std::result::Result<Vec<(String, Value, ConflictRule)>, String> {
+        let mut out = Vec::with_capacity(self.step.fields.len());
+        for mapping in &self.step.fields {
+            let parts: Vec<&Value> = mapping.variables.iter().filter_map(|v| row.get(v)).collect();
+            let value = match parts.as_slice() {
+                [] => Value::Null,
+                [one] => (*one).clone(),
+                many => {
+                    let texts: Vec<String> = many.iter().filter_map(|v| text_of(v)).collect();
+                    if texts.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::Text(texts.join(" "))
+                    }
+                }
+            };
+            let value = self.check(&mapping.field, value)?;
+            out.push((mapping.field.clone(), value, mapping.conflict));
+        }
+        Ok(out)
+    }
+
+    /// Dropdown values are matched by label (stored as the option's label);
+    /// relations must name a record id.
+    fn check(&self, field: &str, value: Value) -> std::result::Result<Value, String> {
+        let Some(def) = self.object.fields.iter().find(|f| f.name == field) else {
+            return Ok(value);
+        };
+        match (def.kind, &value) {
+            (_, Value::Null) => Ok(value),
+            (FieldType::Dropdown, v) => {
+                let text = text_of(v).unwrap_or_default();
+                def.options
+                    .iter()
+                    .find(|o| o.eq_ignore_ascii_case(text.trim()))
+                    .map(|o| Value::Text(o.clone()))
+                    .ok_or_else(|| format!("field {field}: `{text}` is not one of {}", def.options.join(", ")))
+            }
+            (FieldType::Relation, v) => {
+                let text = text_of(v).unwrap_or_default();
+                RecordId::parse_str(text.trim())
+                    .map(|id| Value::Text(id.to_string()))
+                    .map_err(|_| format!("field {field}: `{text}` is not a record id"))
+            }
+            _ => Ok(value),
+        }
+    }
+
+    fn update(&self, batch: &mut Batch, id: RecordId, values: Vec<(String, Value, ConflictRule)>) -> Result<()> {
+        let current = match batch.current.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let record = self.store.get(self.workspace, self.object, &[id])?.pop().flatten();
+                e.insert(record.map(|r| r.fields).unwrap_or_default())
+            }
+        };
+        let changes = batch.changes.entry(id).or_default();
+        for (field, value, rule) in values {
+            let old = current.get(&field).cloned().unwrap_or(Value::Null);
+            let write = match rule {
+                ConflictRule::Overwrite => true,
+                ConflictRule::OnlyUpdateBlank => old.is_blank(),
+                ConflictRule::OverwriteExceptNull => value != Value::Null,
+            };
+            if write && old != value {
+                current.insert(field.clone(), value.clone());
+                changes.insert(field, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Text(s) => Some(s.clone()),
+        Value::Number(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Date(d) => Some(d.to_string()),
+        Value::Datetime(m) => Some(m.to_string()),
+    }
+}
+
+enum Decision {
+    Create,
+    Update(RecordId),
+    Skip(String),
+}
+
+/// What a batch has done so far, so that later rows see it.
+#[derive(Default)]
+struct Batch {
+    /// Records created in this batch, in order.
+    created: Vec<RecordId>,
+    /// Field values of records created or touched in this batch.
+    current: HashMap<RecordId, BTreeMap<String, Value>>,
+    /// Changed fields of existing records.
+    changes: HashMap<RecordId, BTreeMap<String, Value>>,
+    /// (field, key) of records created or updated in this batch.
+    keys: HashMap<(String, String), Vec<RecordId>>,
+}
+
+impl Batch {
+    fn create(
+        &mut self,
+        id: RecordId,
+        values: Vec<(String, Value, ConflictRule)>,
+        rules: &[crate::connector::MatchRule],
+        row: &Row,
+    ) {
+        let fields: BTreeMap<String, Value> = values.into_iter().map(|(f, v, _)| (f, v)).collect();
+        self.created.push(id);
+        self.current.insert(id, fields);
+        self.index(id, rules, row);
+    }
+
+    fn index(&mut self, id: RecordId, rules: &[crate::connector::MatchRule], row: &Row) {
+        for rule in rules {
+            if let Some(k) = row.get(&rule.variable).and_then(text_key) {
+                let ids = self.keys.entry((rule.field.clone(), k)).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+
+    fn matching(&self, field: &str, key: &Value) -> Vec<RecordId> {
+        text_key(key)
+            .and_then(|k| self.keys.get(&(field.to_string(), k)))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn into_write(mut self) -> WriteBatch {
+        let creates = self
+            .created
+            .iter()
+            .map(|id| Write {
+                id: *id,
+                fields: self.current.remove(id).unwrap_or_default().into_iter().collect(),
+            })
+            .collect();
+        let updates = self
+            .changes
+            .into_iter()
+            .filter(|(id, _)| !self.created.contains(id))
+            .map(|(id, fields)| Write {
+                id,
+                fields: fields.into_iter().collect(),
+            })
+            .collect();
+        WriteBatch { creates, updates }
+    }
+}
+
+fn text_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Number(f) => Some(format!("n:{f}")),
+        other => text_of(other).map(|t| format!("t:{t}")),
+    }
+}
+
+/// Counts the outcomes of a batch.
+pub fn count(outcomes: &[Outcome]) -> Counts {
+    let mut c = Counts::default();
+    for o in outcomes {
+        c.add(o);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::Connector;
+    use crate::objects::Objects;
+    use crate::store::SqliteStore;
+
+    const OBJECTS: &str = r#"
+[[objects]]
+name = "contact"
+  [[objects.fields]]
+  name = "email"
+  type = "email"
+  unique = true
+  [[objects.fields]]
+  name = "city"
+  type = "text"
+  [[objects.fields]]
+  name = "stage"
+  type = "dropdown"
+  options = ["Lead", "Customer"]
+  [[objects.fields]]
+  name = "company"
+  type = "relation"
+  object = "contact"
+"#;
+
+    fn step(rules: &str, fields: &str) -> LoadDef {
+        let text = format!(
+            "api_name = \"c\"\ntype = \"spreadsheet\"\n\
+             [[variables]]\nname = \"email\"\nscope = \"s\"\ncolumn = \"email\"\ntype = \"email\"\n\
+             [[variables]]\nname = \"city\"\nscope = \"s\"\ncolumn = \"city\"\ntype = \"string\"\n\
+             [[variables]]\nname = \"first\"\nscope = \"s\"\ncolumn = \"first\"\ntype = \"string\"\n\
+             [[variables]]\nname = \"last\"\nscope = \"s\"\ncolumn = \"last\"\ntype = \"string\"\n\
+             [[variables]]\nname = \"stage\"\nscope = \"s\"\ncolumn = \"stage\"\ntype = \"string\"\n\
+             [[variables]]\nname = \"company\"\nscope = \"s\"\ncolumn = \"company\"\ntype = \"string\"\n\
+             [[loads]]\norder = 1\nscope = \"s\"\nobject = \"contact\"\n{rules}{fields}"
+        );
+        Connector::from_toml(&text).expect("connector").loads.remove(0)
+    }
+
+    fn rule(no: &str, single: &str, multiple: &str) -> String {
+        format!(
+            "[[loads.match]]\nfield = \"email\"\nvariable = \"email\"\nno_match = \"{no}\"\nsingle_match = \"{single}\"\nmultiple_match = \"{multiple}\"\n"
+        )
+    }
+
+    fn field(name: &str, vars: &str, conflict: &str) -> String {
+        format!("[[loads.fields]]\nfield = \"{name}\"\nvariables = [{vars}]\nconflict = \"{conflict}\"\n")
+    }
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(Value::Null, |s| Value::Text(s.into()))))
+            .collect()
+    }
+
+    fn object() -> ObjectDef {
+        Objects::from_toml(OBJECTS).expect("objects").objects.remove(0)
+    }
+
+    fn upsert() -> LoadDef {
+        step(
+            &rule("create_new", "update_current", "do_not_upload"),
+            &(field("email", "\"email\"", "overwrite") + &field("city", "\"city\"", "overwrite")),
+        )
+    }
+
+    fn city(store: &SqliteStore, id: RecordId) -> Value {
+        store.get("w", &object(), &[id]).expect("get")[0]
+            .as_ref()
+            .expect("record")
+            .fields["city"]
+            .clone()
+    }
+
+    #[test]
+    fn creates_then_updates_on_a_second_run() {
+        let store = SqliteStore::in_memory().expect("store");
+        let (obj, def) = (object(), upsert());
+        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let first = s
+            .load(&[row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))])])
+            .expect("load");
+        let Outcome::Created(id) = first[0] else {
+            panic!("{first:?}")
+        };
+        let second = s
+            .load(&[row(&[("email", Some("a@x.io")), ("city", Some("Bergen"))])])
+            .expect("load");
+        assert_eq!(second, vec![Outcome::Updated(id)]);
+        assert_eq!(store.count("w", "contact").expect("count"), 1);
+        assert_eq!(city(&store, id), Value::Text("Bergen".into()));
+    }
+
+    #[test]
+    fn duplicate_keys_in_one_batch_behave_as_if_loaded_one_after_the_other() {
+        let store = SqliteStore::in_memory().expect("store");
+        let (obj, def) = (object(), upsert());
+        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let out = s
+            .load(&[
+                row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
+                row(&[("email", Some("a@x.io")), ("city", Some("Rome"))]),
+            ])
+            .expect("load");
+        let Outcome::Created(id) = out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(out[1], Outcome::Updated(id));
+        assert_eq!(store.count("w", "contact").expect("count"), 1);
+        assert_eq!(city(&store, id), Value::Text("Rome".into()));
+    }
+
+    #[test]
+    fn every_matching_action() {
+        let store = SqliteStore::in_memory().expect("store");
+        let obj = object();
+        let seed = upsert();
+        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        s.load(&[row(&[("email", Some("a@x.io"))])]).expect("seed");
+
+        let cases = [
+            (
+                "do_not_upload",
+                "update_current",
+                "do_not_upload",
+                "new@x.io",
+                "skipped",
+            ),
+            ("create_new", "do_not_upload", "do_not_upload", "a@x.io", "skipped"),
+            ("next_rule", "update_current", "do_not_upload", "zz@x.io", "skipped"),
+            ("create_new", "next_rule", "do_not_upload", "a@x.io", "skipped"),
+            ("create_new", "update_current", "do_not_upload", "b@x.io", "created"),
+            ("create_new", "update_current", "do_not_upload", "a@x.io", "updated"),
+        ];
+        for (no, single, multiple, email, expected) in cases {
+            let def = step(&rule(no, single, multiple), &field("email", "\"email\"", "overwrite"));
+            let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+            let out = s.load(&[row(&[("email", Some(email))])]).expect("load");
+            let got = match &out[0] {
+                Outcome::Created(_) => "created",
+                Outcome::Updated(_) => "updated",
+                Outcome::Skipped(_) => "skipped",
+                Outcome::Failed(_) => "failed",
+            };
+            assert_eq!(got, expected, "{no}/{single}/{multiple} on {email}: {out:?}");
+        }
+        // A second rule takes over after next_rule.
+        let two = step(
+            &(rule("next_rule", "next_rule", "next_rule")
+                + "[[loads.match]]\nfield = \"city\"\nvariable = \"city\"\nno_match = \"create_new\"\nsingle_match = \"update_current\"\nmultiple_match = \"do_not_upload\"\n"),
+            &field("city", "\"city\"", "overwrite"),
+        );
+        let s = LoadStep::new(&two, &obj, "w", &store, false).expect("step");
+        let out = s
+            .load(&[row(&[("email", Some("q@x.io")), ("city", Some("Paris"))])])
+            .expect("load");
+        assert!(matches!(out[0], Outcome::Created(_)), "{out:?}");
+    }
+
+    #[test]
+    fn multiple_matches_follow_their_action() {
+        let store = SqliteStore::in_memory().expect("store");
+        let obj = object();
+        let by_city = |multiple: &str| {
+            step(
+                &format!(
+                    "[[loads.match]]\nfield = \"city\"\nvariable = \"city\"\nno_match = \"create_new\"\nsingle_match = \"update_current\"\nmultiple_match = \"{multiple}\"\n"
+                ),
+                &field("email", "\"email\"", "overwrite"),
+            )
+        };
+        let seed = upsert();
+        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        s.load(&[
+            row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
+            row(&[("email", Some("b@x.io")), ("city", Some("Oslo"))]),
+        ])
+        .expect("seed");
+        let def = by_city("do_not_upload");
+        let out = LoadStep::new(&def, &obj, "w", &store, false)
+            .expect("step")
+            .load(&[row(&[("city", Some("Oslo"))])])
+            .expect("load");
+        assert!(
+            matches!(&out[0], Outcome::Skipped(r) if r.contains("2 records match")),
+            "{out:?}"
+        );
+        let def = by_city("next_rule");
+        let out = LoadStep::new(&def, &obj, "w", &store, false)
+            .expect("step")
+            .load(&[row(&[("city", Some("Oslo"))])])
+            .expect("load");
+        assert!(
+            matches!(&out[0], Outcome::Skipped(r) if r.contains("every rule said next_rule")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn conflict_rules() {
+        let store = SqliteStore::in_memory().expect("store");
+        let obj = object();
+        let seed = upsert();
+        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        let out = s
+            .load(&[
+                row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
+                row(&[("email", Some("b@x.io"))]),
+            ])
+            .expect("seed");
+        let (a, b) = (out[0].record().expect("a"), out[1].record().expect("b"));
+        for (conflict, input, expect_a, expect_b) in [
+            ("only_update_blank", Some("Rome"), "Oslo", Some("Rome")),
+            ("overwrite_except_null", None, "Oslo", Some("Rome")),
+            ("overwrite_except_null", Some("Lima"), "Lima", Some("Lima")),
+            ("overwrite", None, "", None),
+        ] {
+            let def = step(
+                &rule("create_new", "update_current", "do_not_upload"),
+                &field("city", "\"city\"", conflict),
+            );
+            let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+            s.load(&[
+                row(&[("email", Some("a@x.io")), ("city", input)]),
+                row(&[("email", Some("b@x.io")), ("city", input)]),
+            ])
+            .expect("load");
+            let want_a = if expect_a.is_empty() {
+                Value::Null
+            } else {
+                Value::Text(expect_a.into())
+            };
+            assert_eq!(city(&store, a), want_a, "{conflict} {input:?}");
+            assert_eq!(
+                city(&store, b),
+                expect_b.map_or(Value::Null, |s| Value::Text(s.into())),
+                "{conflict} {input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn joined_variables_dropdown_and_relation() {
+        let store = SqliteStore::in_memory().expect("store");
+        let obj = object();
+        let def = step(
+            &rule("create_new", "update_current", "do_not_upload"),
+            &(field("email", "\"email\"", "overwrite")
+                + &field("name", "\"first\", \"last\"", "overwrite")
+                + &field("stage", "\"stage\"", "overwrite")
+                + &field("company", "\"company\"", "overwrite")),
+        );
+        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let parent = RecordId::now_v7().to_string();
+        let out = s
+            .load(&[
+                row(&[
+                    ("email", Some("a@x.io")),
+                    ("first", Some("Ada")),
+                    ("last", Some("Lovelace")),
+                    ("stage", Some("customer")),
+                    ("company", Some(&parent)),
+                ]),
+                row(&[("email", Some("b@x.io")), ("stage", Some("Prospect"))]),
+                row(&[("email", Some("c@x.io")), ("company", Some("not-an-id"))]),
+            ])
+            .expect("load");
+        let id = out[0].record().expect("created");
+        let rec = store.get("w", &obj, &[id]).expect("get")[0].clone().expect("record");
+        assert_eq!(rec.fields["name"], Value::Text("Ada Lovelace".into()));
+        assert_eq!(rec.fields["stage"], Value::Text("Customer".into()), "matched by label");
+        assert_eq!(rec.fields["company"], Value::Text(parent));
+        assert!(
+            matches!(&out[1], Outcome::Failed(r) if r.contains("`Prospect` is not one of Lead, Customer")),
+            "{out:?}"
+        );
+        assert!(
+            matches!(&out[2], Outcome::Failed(r) if r.contains("not a record id")),
+            "{out:?}"
+        );
+        assert_eq!(
+            count(&out),
+            Counts {
+                total: 3,
+                created: 1,
+                updated: 0,
+                skipped: 0,
+                failed: 2
+            }
+        );
+        assert_eq!(
+            store.count("w", "contact").expect("count"),
+            1,
+            "failed rows write nothing"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_decides_everything_and_writes_nothing() {
+        let store = SqliteStore::in_memory().expect("store");
+        let (obj, def) = (object(), upsert());
+        let s = LoadStep::new(&def, &obj, "w", &store, true).expect("step");
+        let out = s
+            .load(&[row(&[("email", Some("a@x.io"))]), row(&[("email", Some("a@x.io"))])])
+            .expect("load");
+        assert!(matches!(out[0], Outcome::Created(_)));
+        assert!(matches!(out[1], Outcome::Updated(_)));
+        assert_eq!(store.count("w", "contact").expect("count"), 0);
+    }
+}
