@@ -111,6 +111,7 @@ pub async fn run_path(
             ..RunSettings::default()
         },
         cancel,
+        records: None,
     };
     let doc = pipeline::run(request, &progress).await;
     Outcome { doc, out }

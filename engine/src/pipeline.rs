@@ -21,16 +21,21 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::LoadDef;
 use crate::connector::{Connector, Limits};
 use crate::error::{Error, Limit, Result, Stage};
+use crate::execution::LoadCount;
 use crate::execution::{
     Execution, ExecutionError, ScopeCount, StageStatus, Status, StepProgress, TableCount, VariableCount,
 };
 use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
+use crate::loads::{self, LoadStep, Outcome, Row};
+use crate::objects::Objects;
 use crate::output::CsvOutput;
 use crate::report::{RejectedRow, RejectedWriter, ReportBuilder};
 use crate::sql::{self, ExecutionMeta, Script, SessionSettings};
-use crate::variables::ScopeVariables;
+use crate::store::{RecordStore, Value};
+use crate::variables::{Converted, ScopeVariables};
 
 /// The input file of a run.
 #[derive(Debug, Clone)]
@@ -81,6 +86,19 @@ pub struct RunRequest {
     pub settings: RunSettings,
     /// Cancels the run.
     pub cancel: CancellationToken,
+    /// Where load steps write (required when the connector has load steps).
+    pub records: Option<Records>,
+}
+
+/// Where load steps write: a store, the workspace, and its objects.
+#[derive(Clone)]
+pub struct Records {
+    /// The record store.
+    pub store: Arc<dyn RecordStore>,
+    /// The workspace the records belong to.
+    pub workspace: String,
+    /// The workspace's object definitions.
+    pub objects: Objects,
 }
 
 /// Live progress of a run: the document, and a channel observers watch.
@@ -161,6 +179,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         out_dir,
         settings,
         cancel,
+        records,
     } = request;
     progress.update(|e| {
         if let Err(err) = e.transition(Status::Running) {
@@ -191,6 +210,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 out_dir: out_dir.clone(),
                 settings,
                 cancel: cancel.clone(),
+                records,
             };
             let max_runtime = connector_max_runtime(&run.connector);
             let mut work = tokio::spawn(async move { run.execute(&script, input.as_ref(), &limits).await });
@@ -333,6 +353,7 @@ struct Run {
     out_dir: PathBuf,
     settings: RunSettings,
     cancel: CancellationToken,
+    records: Option<Records>,
 }
 
 impl Run {
@@ -368,14 +389,26 @@ impl Run {
                 "transform steps need the plugin runtime, which this engine build does not include yet",
             )]));
         }
-        if !connector.loads.is_empty() && !self.shared.progress.snapshot().is_dry_run {
-            // Better to refuse than to end `success` having written nothing.
-            self.at(Stage::Load);
-            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
-                "loads",
-                "load steps need the record store, which this engine build does not include yet; run as a dry run",
-            )]));
-        }
+        let mut load_defs: Vec<&LoadDef> = connector.loads.iter().collect();
+        load_defs.sort_by_key(|l| l.order);
+        let records = match (&self.records, load_defs.is_empty()) {
+            (_, true) => None,
+            (None, false) => {
+                self.at(Stage::Load);
+                return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
+                    "loads",
+                    "the connector has load steps but the run has no record store and objects (objects.toml)",
+                )]));
+            }
+            (Some(records), false) => {
+                let problems = records.objects.check_loads(connector);
+                if !problems.is_empty() {
+                    self.at(Stage::Load);
+                    return Err(Error::InvalidConnector(problems));
+                }
+                Some(records)
+            }
+        };
 
         self.enter(Stage::Intake);
         let ctx = sql::session(&SessionSettings {
@@ -488,6 +521,33 @@ impl Run {
             }
         });
 
+        let dry_run = self.shared.progress.snapshot().is_dry_run;
+        let mut steps: Vec<(&LoadDef, LoadStep<'_>)> = Vec::new();
+        if let Some(records) = records {
+            self.at(Stage::Load);
+            for def in &load_defs {
+                let object = records
+                    .objects
+                    .get(&def.object)
+                    .ok_or_else(|| Error::Internal(format!("object {} vanished", def.object)))?;
+                let step = LoadStep::new(def, object, &records.workspace, records.store.as_ref(), dry_run)?;
+                steps.push((def, step));
+            }
+            self.shared.progress.update(|d| {
+                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load) {
+                    *s = load_defs
+                        .iter()
+                        .map(|l| LoadCount {
+                            order: l.order,
+                            scope: l.scope.clone(),
+                            object: l.object.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                }
+                d.set_stage_status(Stage::Load, StageStatus::Running);
+            });
+        }
         self.shared
             .progress
             .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
@@ -514,7 +574,14 @@ impl Run {
                 self.at(Stage::Report);
                 csv.write(&batch)?;
                 self.at(Stage::Variables);
-                let (valid, invalid) = self.variables(scope, vars, &batch, rows - batch.num_rows() as u64)?;
+                let first_row = rows - batch.num_rows() as u64;
+                let (converted, valid, invalid) = self.variables(scope, vars, &batch, first_row)?;
+                let scope_steps: Vec<&(&LoadDef, LoadStep<'_>)> =
+                    steps.iter().filter(|(d, _)| &d.scope == scope).collect();
+                if !scope_steps.is_empty() {
+                    self.at(Stage::Load);
+                    self.load(scope, &scope_steps, &batch, &converted, first_row)?;
+                }
                 self.shared.progress.update(|d| {
                     if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql)
                         && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
@@ -541,13 +608,22 @@ impl Run {
         self.complete(Stage::Intake);
         self.complete(Stage::Sql);
         self.complete(Stage::Variables);
+        if !steps.is_empty() {
+            self.complete(Stage::Load);
+        }
         self.check_invalid_ratio(limits)?;
         Ok(())
     }
 
     /// Converts one batch to variables; invalid rows go to the report.
     /// Returns (valid, invalid) row counts.
-    fn variables(&self, scope: &str, vars: &ScopeVariables, batch: &RecordBatch, first_row: u64) -> Result<(u64, u64)> {
+    fn variables(
+        &self,
+        scope: &str,
+        vars: &ScopeVariables,
+        batch: &RecordBatch,
+        first_row: u64,
+    ) -> Result<(Converted, u64, u64)> {
         let converted = vars.convert(batch);
         let invalid = converted.valid.iter().filter(|v| !**v).count() as u64;
         if invalid > 0 {
@@ -582,7 +658,90 @@ impl Run {
                 });
             }
         }
-        Ok((batch.num_rows() as u64 - invalid, invalid))
+        Ok((converted, batch.num_rows() as u64 - invalid, invalid))
+    }
+
+    /// Runs the load steps of a scope on the valid rows of one batch, in
+    /// order; a step's `record_id_variable` is visible to the later steps.
+    fn load(
+        &self,
+        scope: &str,
+        steps: &[&(&LoadDef, LoadStep<'_>)],
+        batch: &RecordBatch,
+        converted: &Converted,
+        first_row: u64,
+    ) -> Result<()> {
+        if converted.values.num_rows() != batch.num_rows() {
+            return Err(Error::Internal(
+                "variable values do not line up with the scope rows".into(),
+            ));
+        }
+        let valid_rows: Vec<usize> = converted
+            .valid
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v)
+            .map(|(i, _)| i)
+            .collect();
+        let schema = converted.values.schema();
+        let mut rows: Vec<Row> = valid_rows
+            .iter()
+            .map(|&r| {
+                schema
+                    .fields()
+                    .iter()
+                    .zip(converted.values.columns())
+                    .map(|(f, c)| (f.name().clone(), value_at(c, r)))
+                    .collect()
+            })
+            .collect();
+        let formatters = formatters(batch)?;
+        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        for (def, step) in steps {
+            let outcomes = step.load(&rows)?;
+            if let Some(var) = &def.record_id_variable {
+                for (row, o) in rows.iter_mut().zip(&outcomes) {
+                    row.insert(
+                        var.clone(),
+                        o.record().map_or(Value::Null, |id| Value::Text(id.to_string())),
+                    );
+                }
+            }
+            for (k, o) in outcomes.iter().enumerate() {
+                let reason = match o {
+                    Outcome::Skipped(r) | Outcome::Failed(r) => r,
+                    _ => continue,
+                };
+                let row = valid_rows[k];
+                let values = names
+                    .iter()
+                    .zip(&formatters)
+                    .zip(batch.columns())
+                    .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
+                    .collect();
+                self.shared.rejects.reject(RejectedRow {
+                    stage: Stage::Load,
+                    source: scope.to_string(),
+                    row: first_row + row as u64 + 1,
+                    line: None,
+                    reasons: vec![format!("load {} into {}: {reason}", def.order, def.object)],
+                    values,
+                });
+            }
+            let counts = loads::count(&outcomes);
+            self.shared.progress.update(|d| {
+                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
+                    && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
+                {
+                    c.total += counts.total;
+                    c.created += counts.created;
+                    c.updated += counts.updated;
+                    c.skipped += counts.skipped;
+                    c.failed += counts.failed;
+                }
+            });
+        }
+        Ok(())
     }
 
     fn check_invalid_ratio(&self, limits: &Limits) -> Result<()> {
@@ -623,4 +782,42 @@ fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
         .iter()
         .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| Error::Internal(e.to_string())))
         .collect()
+}
+
+/// One variable value as the store takes it.
+fn value_at(array: &datafusion::arrow::array::ArrayRef, row: usize) -> Value {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Value::Text(array.as_string::<i32>().value(row).to_string()),
+        DataType::Float64 => Value::Number(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(row)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Value::Datetime(array.as_primitive::<TimestampMicrosecondType>().value(row))
+        }
+        DataType::List(_) => {
+            let list = array.as_list::<i32>().value(row);
+            let options = FormatOptions::default();
+            let texts: Vec<String> = match ArrayFormatter::try_new(list.as_ref(), &options) {
+                Ok(f) => (0..list.len())
+                    .filter(|i| !list.is_null(*i))
+                    .map(|i| f.value(i).to_string())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if texts.is_empty() {
+                Value::Null
+            } else {
+                Value::Text(texts.join(", "))
+            }
+        }
+        _ => match ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()) {
+            Ok(f) => Value::Text(f.value(row).to_string()),
+            Err(_) => Value::Null,
+        },
+    }
 }

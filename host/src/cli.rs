@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Most rows written per scope output CSV.
     #[arg(long)]
     pub output_rows: Option<u64>,
+    /// The local record store load steps write to (default: OUT/records.db).
+    /// Running again against the same file updates the records it holds.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 /// Entry point of the binary.

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use weir_engine::error::Stage;
 use weir_engine::execution::{ConnectorRef, Execution, StageStatus, Status, StepProgress, TriggerType};
 use weir_engine::package::Package;
-use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
+use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+use weir_engine::store::{RecordStore, SqliteStore};
 
 use crate::cli::RunArgs;
 
@@ -92,6 +94,13 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
             ..RunSettings::default()
         },
         cancel: cancel.clone(),
+        records: match records(&package, &args) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
     };
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| spawn_display(&progress));
@@ -122,6 +131,27 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         _ => ExitCode::from(1),
     })
 }
+
+/// The local record store, when the connector has load steps: the
+/// package's objects.toml and a SQLite file (`--db`, default under `--out`).
+fn records(package: &Package, args: &RunArgs) -> weir_engine::Result<Option<Records>> {
+    if package.connector.loads.is_empty() {
+        return Ok(None);
+    }
+    let Some(objects) = package.objects.clone() else {
+        return Ok(None);
+    };
+    let db = args.db.clone().unwrap_or_else(|| args.out.join("records.db"));
+    let store: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&db)?);
+    Ok(Some(Records {
+        store,
+        workspace: LOCAL_WORKSPACE.into(),
+        objects,
+    }))
+}
+
+/// The workspace of records written by local runs.
+const LOCAL_WORKSPACE: &str = "local";
 
 fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;

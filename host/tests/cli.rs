@@ -183,7 +183,142 @@ fn a_broken_package_is_a_clear_error() {
 }
 
 #[test]
-fn load_steps_are_refused_outside_a_dry_run_until_records_exist() {
+fn loads_upsert_into_the_local_store_and_a_second_run_updates() {
+    let csv = "company,domain,email,name\nAcme,acme.io,ada@acme.io,Ada\nAcme,acme.io,bob@acme.io,Bob\nGlobex,globex.com,ada@acme.io,Ada L.\n";
+    let dir = connector_dir(
+        "CREATE VIEW output.people AS SELECT * FROM input.data",
+        Some(("people.csv", csv.as_bytes())),
+    );
+    let toml = r#"api_name = "people"
+type = "spreadsheet"
+[sql]
+file = "script.sql"
+[[variables]]
+name = "company"
+scope = "people"
+column = "company"
+type = "string"
+[[variables]]
+name = "domain"
+scope = "people"
+column = "domain"
+type = "string"
+[[variables]]
+name = "email"
+scope = "people"
+column = "email"
+type = "email"
+required = true
+[[variables]]
+name = "name"
+scope = "people"
+column = "name"
+type = "string"
+[[loads]]
+order = 1
+scope = "people"
+object = "company"
+record_id_variable = "company_id"
+  [[loads.match]]
+  field = "domain"
+  variable = "domain"
+  no_match = "create_new"
+  single_match = "update_current"
+  multiple_match = "do_not_upload"
+  [[loads.fields]]
+  field = "name"
+  variables = ["company"]
+  [[loads.fields]]
+  field = "domain"
+  variables = ["domain"]
+[[loads]]
+order = 2
+scope = "people"
+object = "contact"
+  [[loads.match]]
+  field = "email"
+  variable = "email"
+  no_match = "create_new"
+  single_match = "update_current"
+  multiple_match = "do_not_upload"
+  [[loads.fields]]
+  field = "email"
+  variables = ["email"]
+  [[loads.fields]]
+  field = "name"
+  variables = ["name"]
+  [[loads.fields]]
+  field = "company"
+  variables = ["company_id"]
+"#;
+    std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+    let objects = r#"[[objects]]
+name = "company"
+  [[objects.fields]]
+  name = "domain"
+  type = "text"
+  unique = true
+[[objects]]
+name = "contact"
+  [[objects.fields]]
+  name = "email"
+  type = "email"
+  unique = true
+  [[objects.fields]]
+  name = "company"
+  type = "relation"
+  object = "company"
+"#;
+    std::fs::write(dir.path().join("objects.toml"), objects).unwrap_or_else(|e| panic!("{e}"));
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = out.path().join("crm.db");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            dir.path().to_str().unwrap_or_default(),
+            "--out",
+            out.path().to_str().unwrap_or_default(),
+            "--db",
+            db.to_str().unwrap_or_default(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = weir(&args);
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        json(&o)
+    };
+    let counts = |doc: &serde_json::Value, i: usize| {
+        let s = &doc["step_progress"][4]["steps"][i];
+        (
+            s["created"].as_u64(),
+            s["updated"].as_u64(),
+            s["skipped"].as_u64(),
+            s["failed"].as_u64(),
+        )
+    };
+    // A dry run computes every outcome and writes nothing.
+    let dry = run(&["--dry-run"]);
+    assert_eq!(counts(&dry, 0), (Some(2), Some(1), Some(0), Some(0)), "{dry}");
+    assert_eq!(counts(&dry, 1), (Some(2), Some(1), Some(0), Some(0)), "{dry}");
+    // The first real run creates; rows with the same key inside the run update.
+    let first = run(&[]);
+    assert_eq!(first["status"], "success");
+    assert_eq!(counts(&first, 0), (Some(2), Some(1), Some(0), Some(0)), "{first}");
+    assert_eq!(counts(&first, 1), (Some(2), Some(1), Some(0), Some(0)), "{first}");
+    // The same input again only updates.
+    let second = run(&[]);
+    assert_eq!(counts(&second, 0), (Some(0), Some(3), Some(0), Some(0)), "{second}");
+    assert_eq!(counts(&second, 1), (Some(0), Some(3), Some(0), Some(0)), "{second}");
+    assert_eq!(second["step_progress"][4]["status"], "completed");
+}
+
+#[test]
+fn loads_without_objects_are_a_clear_error() {
     let dir = connector_dir(
         "CREATE VIEW output.a AS SELECT a AS email FROM input.data",
         Some(("x.csv", b"a\nx@y.io\n")),
@@ -205,14 +340,11 @@ fn load_steps_are_refused_outside_a_dry_run_until_records_exist() {
     let doc = json(&o);
     assert_eq!(doc["error"]["code"], "invalid_connector");
     assert_eq!(doc["error"]["stage"], "load");
-    let o = weir(&[
-        "run",
-        &dir.path().to_string_lossy(),
-        "--out",
-        &out.path().to_string_lossy(),
-        "--json",
-        "--dry-run",
-    ]);
-    assert!(o.status.success(), "{}", stdout(&o));
-    assert_eq!(json(&o)["step_progress"][4]["status"], "skipped");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("objects.toml"),
+        "{doc}"
+    );
 }
