@@ -462,6 +462,14 @@ impl Run {
             &parameters,
         )?;
 
+        if let Some(records) = &self.records {
+            for object in &records.objects.objects {
+                records.store.ensure_object(&records.workspace, object)?;
+                let batch = records.store.scan(&records.workspace, object)?;
+                sql::register_records(&ctx, &object.name, batch)?;
+            }
+        }
+
         // The script: intake goes on while the SQL stage streams.
         self.enter(Stage::Sql);
         let scopes = sql::run_script(&ctx, &script).await?;

@@ -40,6 +40,8 @@ const SETTABLE: &[&str] = &["datafusion.execution.time_zone"];
 const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest"];
 /// The schema of scopes.
 pub const OUTPUT_SCHEMA: &str = "output";
+/// The schema of the workspace's existing records (read-only).
+pub const RECORDS_SCHEMA: &str = "records";
 const CATALOG: &str = "datafusion";
 const DEFAULT_SCHEMA: &str = "public";
 
@@ -455,7 +457,7 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
     let catalog = ctx
         .catalog(CATALOG)
         .ok_or_else(|| Error::Internal("default catalog missing".into()))?;
-    for schema in ["input", OUTPUT_SCHEMA, "meta"] {
+    for schema in ["input", OUTPUT_SCHEMA, "meta", RECORDS_SCHEMA] {
         catalog
             .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -477,6 +479,16 @@ pub fn register_input(
 ) -> Result<()> {
     schema_of(ctx, "input")?
         .register_table(name.to_string(), table)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Registers `records.<object>`: a snapshot of an object's records taken
+/// when the run starts, so a script can join new input against them.
+pub fn register_records(ctx: &SessionContext, object: &str, batch: RecordBatch) -> Result<()> {
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| Error::Internal(e.to_string()))?;
+    schema_of(ctx, RECORDS_SCHEMA)?
+        .register_table(object.to_string(), Arc::new(table))
         .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
 }

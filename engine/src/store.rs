@@ -17,9 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 
@@ -144,6 +149,46 @@ pub trait RecordStore: Send + Sync {
 
     /// How many records the object has.
     fn count(&self, workspace: &str, object: &str) -> Result<u64>;
+
+    /// Every record of the object as one Arrow batch (`records.<object>` in
+    /// SQL): `id`, `name`, then the declared fields, typed by field type.
+    fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch>;
+}
+
+/// The Arrow schema of an object's records.
+pub fn arrow_schema(object: &ObjectDef) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(ID_FIELD, DataType::Utf8, false),
+        Field::new(NAME_FIELD, DataType::Utf8, true),
+    ];
+    for f in object
+        .fields
+        .iter()
+        .filter(|f| f.name != ID_FIELD && f.name != NAME_FIELD)
+    {
+        let t = match f.kind {
+            FieldType::Number => DataType::Float64,
+            FieldType::Boolean => DataType::Boolean,
+            FieldType::Date => DataType::Date32,
+            FieldType::Datetime => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            _ => DataType::Utf8,
+        };
+        fields.push(Field::new(&f.name, t, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// The declared fields of an object with `name` first (never `id`).
+fn stored_fields(object: &ObjectDef) -> Vec<(String, FieldType)> {
+    let mut names: Vec<(String, FieldType)> = vec![(NAME_FIELD.to_string(), FieldType::Text)];
+    names.extend(
+        object
+            .fields
+            .iter()
+            .filter(|f| f.name != NAME_FIELD && f.name != ID_FIELD)
+            .map(|f| (f.name.clone(), f.kind)),
+    );
+    names
 }
 
 /// The embedded record store: one SQLite database file.
@@ -286,14 +331,7 @@ impl RecordStore for SqliteStore {
 
     fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>> {
         let conn = self.lock();
-        let mut names: Vec<(String, FieldType)> = vec![(NAME_FIELD.to_string(), FieldType::Text)];
-        names.extend(
-            object
-                .fields
-                .iter()
-                .filter(|f| f.name != NAME_FIELD && f.name != ID_FIELD)
-                .map(|f| (f.name.clone(), f.kind)),
-        );
+        let names = stored_fields(object);
         let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
         let mut by_id: HashMap<RecordId, Record> = HashMap::new();
         let id_texts: Vec<SqlValue> = ids.iter().map(|id| SqlValue::Text(id.to_string())).collect();
@@ -351,6 +389,32 @@ impl RecordStore for SqliteStore {
         tx.commit().map_err(store_error)
     }
 
+    fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch> {
+        let conn = self.lock();
+        let names = stored_fields(object);
+        let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
+        let sql = format!(
+            "SELECT \"id\", {} FROM {} ORDER BY \"id\"",
+            columns.join(", "),
+            table(workspace, &object.name)
+        );
+        let mut ids = StringBuilder::new();
+        let mut builders: Vec<Builder> = names.iter().map(|(_, k)| Builder::new(*k)).collect();
+        let mut stmt = conn.prepare(&sql).map_err(store_error)?;
+        let mut rows = stmt.query([]).map_err(store_error)?;
+        while let Some(row) = rows.next().map_err(store_error)? {
+            let id: String = row.get(0).map_err(store_error)?;
+            ids.append_value(id);
+            for (i, ((_, kind), b)) in names.iter().zip(builders.iter_mut()).enumerate() {
+                let v: SqlValue = row.get(i + 1).map_err(store_error)?;
+                b.push(Value::from_sql(*kind, v));
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids.finish())];
+        arrays.extend(builders.into_iter().map(Builder::finish));
+        RecordBatch::try_new(arrow_schema(object), arrays).map_err(|e| Error::Internal(e.to_string()))
+    }
+
     fn count(&self, workspace: &str, object: &str) -> Result<u64> {
         self.lock()
             .query_row(&format!("SELECT count(*) FROM {}", table(workspace, object)), [], |r| {
@@ -358,6 +422,52 @@ impl RecordStore for SqliteStore {
             })
             .map(|n| n.max(0) as u64)
             .map_err(store_error)
+    }
+}
+
+/// Builds one Arrow column of field values.
+enum Builder {
+    Text(StringBuilder),
+    Number(Float64Builder),
+    Bool(BooleanBuilder),
+    Date(Date32Builder),
+    Datetime(TimestampMicrosecondBuilder),
+}
+
+impl Builder {
+    fn new(kind: FieldType) -> Self {
+        match kind {
+            FieldType::Number => Builder::Number(Float64Builder::new()),
+            FieldType::Boolean => Builder::Bool(BooleanBuilder::new()),
+            FieldType::Date => Builder::Date(Date32Builder::new()),
+            FieldType::Datetime => Builder::Datetime(TimestampMicrosecondBuilder::new()),
+            _ => Builder::Text(StringBuilder::new()),
+        }
+    }
+
+    fn push(&mut self, v: Value) {
+        match (self, v) {
+            (Builder::Number(b), Value::Number(f)) => b.append_value(f),
+            (Builder::Bool(b), Value::Bool(x)) => b.append_value(x),
+            (Builder::Date(b), Value::Date(d)) => b.append_value(d),
+            (Builder::Datetime(b), Value::Datetime(m)) => b.append_value(m),
+            (Builder::Text(b), Value::Text(t)) => b.append_value(t),
+            (Builder::Number(b), _) => b.append_null(),
+            (Builder::Bool(b), _) => b.append_null(),
+            (Builder::Date(b), _) => b.append_null(),
+            (Builder::Datetime(b), _) => b.append_null(),
+            (Builder::Text(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Text(mut b) => Arc::new(b.finish()),
+            Builder::Number(mut b) => Arc::new(b.finish()),
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::Date(mut b) => Arc::new(b.finish()),
+            Builder::Datetime(mut b) => Arc::new(b.finish().with_timezone("UTC")),
+        }
     }
 }
 
@@ -461,6 +571,37 @@ name = "contact"
         assert_eq!(rec.fields["score"], Value::Number(1.0));
         assert_eq!(rec.fields["name"], Value::Text("N a@x.io".into()));
         assert!(got[1].is_none());
+    }
+
+    #[test]
+    fn scan_gives_typed_arrow_columns() {
+        use datafusion::arrow::array::{Array, AsArray};
+        let store = SqliteStore::in_memory().expect("store");
+        let def = contact();
+        store.ensure_object("w", &def).expect("ensure");
+        store
+            .commit(
+                "w",
+                "contact",
+                &WriteBatch {
+                    creates: vec![create("a@x.io", 2.5)],
+                    updates: vec![],
+                },
+            )
+            .expect("commit");
+        let batch = store.scan("w", &def).expect("scan");
+        assert_eq!(batch.num_rows(), 1);
+        let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "name", "email", "score", "vip", "born"]);
+        assert_eq!(batch.column(2).as_string::<i32>().value(0), "a@x.io");
+        assert_eq!(
+            batch
+                .column(3)
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .value(0),
+            2.5
+        );
+        assert!(batch.column(4).is_null(0));
     }
 
     #[test]

@@ -185,10 +185,9 @@ fn a_broken_package_is_a_clear_error() {
 #[test]
 fn loads_upsert_into_the_local_store_and_a_second_run_updates() {
     let csv = "company,domain,email,name\nAcme,acme.io,ada@acme.io,Ada\nAcme,acme.io,bob@acme.io,Bob\nGlobex,globex.com,ada@acme.io,Ada L.\n";
-    let dir = connector_dir(
-        "CREATE VIEW output.people AS SELECT * FROM input.data",
-        Some(("people.csv", csv.as_bytes())),
-    );
+    let script = "CREATE VIEW output.people AS SELECT * FROM input.data;\n\
+        CREATE VIEW output.known AS SELECT count(r.id) AS known FROM input.data d JOIN records.contact r ON r.email = d.email";
+    let dir = connector_dir(script, Some(("people.csv", csv.as_bytes())));
     let toml = r#"api_name = "people"
 type = "spreadsheet"
 [sql]
@@ -307,6 +306,10 @@ name = "contact"
     assert_eq!(counts(&dry, 1), (Some(2), Some(1), Some(0), Some(0)), "{dry}");
     // The first real run creates; rows with the same key inside the run update.
     let first = run(&[]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("output/known.csv")).unwrap_or_else(|e| panic!("{e}")),
+        "known\n0\n"
+    );
     assert_eq!(first["status"], "success");
     assert_eq!(counts(&first, 0), (Some(2), Some(1), Some(0), Some(0)), "{first}");
     assert_eq!(counts(&first, 1), (Some(2), Some(1), Some(0), Some(0)), "{first}");
@@ -315,6 +318,12 @@ name = "contact"
     assert_eq!(counts(&second, 0), (Some(0), Some(3), Some(0), Some(0)), "{second}");
     assert_eq!(counts(&second, 1), (Some(0), Some(3), Some(0), Some(0)), "{second}");
     assert_eq!(second["step_progress"][4]["status"], "completed");
+    // records.<object> is the store as the run started: nothing before the
+    // first real run, every contact on the second.
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("output/known.csv")).unwrap_or_else(|e| panic!("{e}")),
+        "known\n3\n"
+    );
 }
 
 #[test]
