@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
-use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
+use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 
 /// The result of one run: the final document and where its outputs are.
 pub struct Outcome {
@@ -88,6 +88,19 @@ pub async fn run_path(
     input: Option<InputFile>,
     cancel: CancellationToken,
 ) -> Outcome {
+    run_with(connector, script, input, cancel, None, 8192).await
+}
+
+/// Runs a script with everything chosen: records to load into (not a dry
+/// run then) and the batch size.
+pub async fn run_with(
+    connector: Connector,
+    script: &str,
+    input: Option<InputFile>,
+    cancel: CancellationToken,
+    records: Option<Records>,
+    batch_size: usize,
+) -> Outcome {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let execution = Execution::new(
         "00000000-0000-7000-8000-000000000000".into(),
@@ -97,7 +110,7 @@ pub async fn run_path(
             version: None,
         },
         TriggerType::Local,
-        true,
+        records.is_none(),
     );
     let progress = Progress::new(execution.clone());
     let request = RunRequest {
@@ -108,10 +121,11 @@ pub async fn run_path(
         out_dir: out.path().to_path_buf(),
         settings: RunSettings {
             threads: 2,
+            batch_size,
             ..RunSettings::default()
         },
         cancel,
-        records: None,
+        records,
     };
     let doc = pipeline::run(request, &progress).await;
     Outcome { doc, out }
