@@ -357,3 +357,38 @@ fn loads_without_objects_are_a_clear_error() {
         "{doc}"
     );
 }
+
+#[test]
+fn the_crm_example_loads_then_updates() {
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        "run",
+        "examples/crm-load",
+        "--out",
+        out.path().to_str().unwrap_or_default(),
+        "--json",
+    ];
+    let first = json(&weir(&args));
+    let step = |doc: &serde_json::Value, i: usize| {
+        let s = &doc["step_progress"][4]["steps"][i];
+        [&s["created"], &s["updated"], &s["skipped"], &s["failed"]].map(|v| v.as_u64().unwrap_or(u64::MAX))
+    };
+    assert_eq!(first["status"], "partial_success", "{first}");
+    assert_eq!(step(&first, 0), [4, 4, 0, 0]);
+    assert_eq!(step(&first, 1), [6, 1, 0, 1]);
+    let second = json(&weir(&args));
+    assert_eq!(step(&second, 0), [0, 8, 0, 0]);
+    assert_eq!(step(&second, 1), [0, 7, 0, 1]);
+    let mut rejected = csv::Reader::from_path(out.path().join("rejected.csv")).unwrap_or_else(|e| panic!("{e}"));
+    let reasons: Vec<String> = rejected
+        .records()
+        .filter_map(|r| r.ok())
+        .map(|r| r[4].to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`Churned` is not one of Lead, Customer")),
+        "{reasons:?}"
+    );
+}
