@@ -118,6 +118,19 @@ impl<'a> LoadStep<'a> {
             );
         }
         let mut batch = Batch::default();
+        // Every existing record a rule found is read at once, for the
+        // conflict rules of the updates to come.
+        let mut matched: Vec<RecordId> = found.iter().flatten().flatten().copied().collect();
+        matched.sort_unstable();
+        matched.dedup();
+        if !matched.is_empty() && !self.step.fields.is_empty() {
+            for (id, record) in matched
+                .iter()
+                .zip(self.store.get(self.workspace, self.object, &matched)?)
+            {
+                batch.current.insert(*id, record.map(|r| r.fields).unwrap_or_default());
+            }
+        }
         let mut outcomes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let outcome = match self.decide(i, row, &found, &batch) {

@@ -362,27 +362,42 @@ impl RecordStore for SqliteStore {
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()> {
         let mut conn = self.lock();
         let t = table(workspace, object);
+        // Rows of a batch mostly write the same fields: build each statement
+        // once per field list, not once per row.
+        let mut sql_for: HashMap<Vec<&str>, String> = HashMap::new();
         let tx = conn.transaction().map_err(store_error)?;
         for w in &batch.creates {
-            let mut cols = vec![column(ID_FIELD)];
-            cols.extend(w.fields.iter().map(|(n, _)| column(n)));
-            let marks = vec!["?"; cols.len()].join(",");
-            let sql = format!("INSERT INTO {t} ({}) VALUES ({marks})", cols.join(", "));
+            let names: Vec<&str> = w.fields.iter().map(|(n, _)| n.as_str()).collect();
+            let sql = sql_for.entry(names).or_insert_with_key(|names| {
+                let cols: Vec<String> = std::iter::once(ID_FIELD)
+                    .chain(names.iter().copied())
+                    .map(column)
+                    .collect();
+                format!(
+                    "INSERT INTO {t} ({}) VALUES ({})",
+                    cols.join(", "),
+                    vec!["?"; cols.len()].join(",")
+                )
+            });
             let params =
                 std::iter::once(SqlValue::Text(w.id.to_string())).chain(w.fields.iter().map(|(_, v)| v.to_sql()));
-            tx.prepare_cached(&sql)
+            tx.prepare_cached(sql)
                 .and_then(|mut s| s.execute(params_from_iter(params)))
                 .map_err(store_error)?;
         }
+        let mut sql_for: HashMap<Vec<&str>, String> = HashMap::new();
         for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
-            let sets: Vec<String> = w.fields.iter().map(|(n, _)| format!("{} = ?", column(n))).collect();
-            let sql = format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "));
+            let names: Vec<&str> = w.fields.iter().map(|(n, _)| n.as_str()).collect();
+            let sql = sql_for.entry(names).or_insert_with_key(|names| {
+                let sets: Vec<String> = names.iter().map(|n| format!("{} = ?", column(n))).collect();
+                format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "))
+            });
             let params = w
                 .fields
                 .iter()
                 .map(|(_, v)| v.to_sql())
                 .chain(std::iter::once(SqlValue::Text(w.id.to_string())));
-            tx.prepare_cached(&sql)
+            tx.prepare_cached(sql)
                 .and_then(|mut s| s.execute(params_from_iter(params)))
                 .map_err(store_error)?;
         }
