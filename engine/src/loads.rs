@@ -320,7 +320,7 @@ impl Batch {
 
     fn index(&mut self, id: RecordId, rules: &[crate::connector::MatchRule], row: &Row) {
         for rule in rules {
-            if let Some(k) = row.get(&rule.variable).and_then(text_key) {
+            if let Some(k) = row.get(&rule.variable).and_then(Value::match_key) {
                 let ids = self.keys.entry((rule.field.clone(), k)).or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
@@ -330,7 +330,7 @@ impl Batch {
     }
 
     fn matching(&self, field: &str, key: &Value) -> Vec<RecordId> {
-        text_key(key)
+        key.match_key()
             .and_then(|k| self.keys.get(&(field.to_string(), k)))
             .cloned()
             .unwrap_or_default()
@@ -355,14 +355,6 @@ impl Batch {
             })
             .collect();
         WriteBatch { creates, updates }
-    }
-}
-
-fn text_key(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::Number(f) => Some(format!("n:{f}")),
-        other => text_of(other).map(|t| format!("t:{t}")),
     }
 }
 

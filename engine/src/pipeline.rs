@@ -650,12 +650,7 @@ impl Run {
                 if *ok {
                     continue;
                 }
-                let values = names
-                    .iter()
-                    .zip(&formatters)
-                    .zip(batch.columns())
-                    .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
-                    .collect();
+                let values = row_values(&names, &formatters, batch, row);
                 self.shared.rejects.reject(RejectedRow {
                     stage: Stage::Variables,
                     source: scope.to_string(),
@@ -721,12 +716,7 @@ impl Run {
                     _ => continue,
                 };
                 let row = valid_rows[k];
-                let values = names
-                    .iter()
-                    .zip(&formatters)
-                    .zip(batch.columns())
-                    .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
-                    .collect();
+                let values = row_values(&names, &formatters, batch, row);
                 self.shared.rejects.reject(RejectedRow {
                     stage: Stage::Load,
                     source: scope.to_string(),
@@ -781,6 +771,21 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// One row of a batch as (column, text) pairs, for the rejected-rows report.
+fn row_values(
+    names: &[String],
+    formatters: &[ArrayFormatter<'_>],
+    batch: &RecordBatch,
+    row: usize,
+) -> Vec<(String, Option<String>)> {
+    names
+        .iter()
+        .zip(formatters)
+        .zip(batch.columns())
+        .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
+        .collect()
 }
 
 fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {

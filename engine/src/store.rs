@@ -61,6 +61,12 @@ impl Value {
         }
     }
 
+    /// The key two values share exactly when the store finds one by the
+    /// other (numbers by value, text exactly); `None` for null.
+    pub fn match_key(&self) -> Option<String> {
+        key(&self.to_sql())
+    }
+
     fn to_sql(&self) -> SqlValue {
         match self {
             Value::Null => SqlValue::Null,
