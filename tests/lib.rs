@@ -88,18 +88,22 @@ pub async fn run_path(
     input: Option<InputFile>,
     cancel: CancellationToken,
 ) -> Outcome {
-    run_with(connector, script, input, cancel, None, 8192).await
+    let settings = RunSettings {
+        threads: 2,
+        ..RunSettings::default()
+    };
+    run_with(connector, script, input, cancel, None, settings).await
 }
 
 /// Runs a script with everything chosen: records to load into (not a dry
-/// run then) and the batch size.
+/// run then) and the run settings (threads, batch size, limits).
 pub async fn run_with(
     connector: Connector,
     script: &str,
     input: Option<InputFile>,
     cancel: CancellationToken,
     records: Option<Records>,
-    batch_size: usize,
+    settings: RunSettings,
 ) -> Outcome {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let execution = Execution::new(
@@ -119,11 +123,7 @@ pub async fn run_with(
         input,
         execution,
         out_dir: out.path().to_path_buf(),
-        settings: RunSettings {
-            threads: 2,
-            batch_size,
-            ..RunSettings::default()
-        },
+        settings,
         cancel,
         records,
     };

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use weir_engine::objects::Objects;
-use weir_engine::pipeline::{InputFile, Records};
+use weir_engine::pipeline::{InputFile, Records, RunSettings};
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_tests::{connector, input, run_with};
 
@@ -41,7 +41,8 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
         workspace: "w".into(),
         objects,
     };
-    // Batches of two rows: [1,2] [3,4] [5 fails].
+    // Batches of two rows: [1,2] [3,4] [5 fails]. One thread, so the batches
+    // reach the load in input order (more threads repartition them).
     let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,oops\n";
     let (_dir, path) = input("people.csv", csv.as_bytes());
     let script = "CREATE VIEW output.people AS SELECT email, CAST(n AS INT) AS n FROM input.data";
@@ -54,7 +55,11 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
         }),
         CancellationToken::new(),
         Some(records),
-        2,
+        RunSettings {
+            threads: 1,
+            batch_size: 2,
+            ..RunSettings::default()
+        },
     )
     .await;
     assert_eq!(o.status(), "failed");
