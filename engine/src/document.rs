@@ -41,7 +41,10 @@ where
     D: serde::Deserializer<'de, Error = E>,
 {
     let mut unknown = Vec::new();
-    let parsed: Result<T, E> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    // serde_path_to_error names where a bad value is (`fields[0].type`).
+    let parsed: Result<T, serde_path_to_error::Error<E>> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note));
     let mut problems: Vec<Problem> = unknown
         .into_iter()
         .map(|path| Problem::new(path, "unknown key"))
@@ -56,7 +59,9 @@ where
             }
         }
         Err(e) => {
-            problems.push(Problem::new("", message(e)));
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            problems.push(Problem::new(path, message(e.into_inner())));
             Err(problems)
         }
     }

@@ -63,6 +63,9 @@ pub enum ErrorCode {
     Io,
     /// The record store failed.
     StoreError,
+    /// The process running the execution stopped (crash, kill, power loss)
+    /// before it finished; what it committed stays.
+    WorkerLost,
     /// A bug in Weir; the message is safe to show but not actionable.
     Internal,
 }
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::Canceled => "canceled",
             ErrorCode::Io => "io_error",
             ErrorCode::StoreError => "store_error",
+            ErrorCode::WorkerLost => "worker_lost",
             ErrorCode::Internal => "internal",
         }
     }

@@ -89,6 +89,18 @@ pub enum TriggerType {
     Local,
 }
 
+impl TriggerType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerType::FileUpload => "file_upload",
+            TriggerType::Webhook => "webhook",
+            TriggerType::Schedule => "schedule",
+            TriggerType::Local => "local",
+        }
+    }
+}
+
 /// Status of one stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

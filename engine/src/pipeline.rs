@@ -181,8 +181,12 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         cancel,
         records,
     } = request;
+    // A server claims an execution by marking it running; a local run
+    // starts from queued.
     progress.update(|e| {
-        if let Err(err) = e.transition(Status::Running) {
+        if e.status != Status::Running
+            && let Err(err) = e.transition(Status::Running)
+        {
             tracing::error!(execution = %e.id, error = %err, "refused status change");
         }
     });
@@ -215,15 +219,21 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
             let max_runtime = connector_max_runtime(&run.connector);
             let mut work = tokio::spawn(async move { run.execute(&script, input.as_ref(), &limits).await });
             let deadline = tokio::time::sleep(limits.max_runtime);
-            let outcome = tokio::select! {
-                r = &mut work => r.unwrap_or_else(|e| Err(Error::Internal(format!("the run task failed: {e}")))),
-                _ = cancel.cancelled() => Err(Error::Canceled),
-                _ = deadline => Err(Error::LimitExceeded {
+            let (outcome, ended) = tokio::select! {
+                r = &mut work => (r.unwrap_or_else(|e| Err(Error::Internal(format!("the run task failed: {e}")))), true),
+                _ = cancel.cancelled() => (Err(Error::Canceled), false),
+                _ = deadline => (Err(Error::LimitExceeded {
                     limit: Limit::MaxRuntime,
                     message: format!("the run took longer than max_runtime = {max_runtime}"),
-                }),
+                }), false),
             };
-            work.abort();
+            if !ended {
+                // A load batch in flight commits and counts before the task
+                // reaches its next await, where the abort takes it; waiting
+                // for that makes the final counts say exactly what was written.
+                work.abort();
+                let _ = work.await;
+            }
             outcome
         }
     };
@@ -291,7 +301,11 @@ fn conclude(doc: &mut Execution, outcome: &std::result::Result<(), (Stage, Error
     match outcome {
         Ok(()) => {
             doc.close_open_stages(StageStatus::Completed, StageStatus::Skipped);
-            let next = if doc.invalid_rows() > 0 {
+            let next = if doc.status == Status::Canceling {
+                // The cancel came as the run reached its end: it stopped
+                // there, and its counts say that everything was written.
+                Status::Canceled
+            } else if doc.invalid_rows() > 0 {
                 Status::PartialSuccess
             } else {
                 Status::Success

@@ -150,6 +150,17 @@ pub trait RecordStore: Send + Sync {
     /// The records with these ids, in the same order (`None` when missing).
     fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>>;
 
+    /// A page of records, newest first: those whose fields equal every
+    /// filter, with ids below `before` (the previous page's last id).
+    fn page(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        filters: &[(String, Value)],
+        before: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>>;
+
     /// Applies one batch atomically: all of it or nothing.
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()>;
 
@@ -221,6 +232,18 @@ fn table(workspace: &str, object: &str) -> String {
 
 fn column(name: &str) -> String {
     format!("\"{}\"", name.replace('"', ""))
+}
+
+/// A record from a row of `SELECT "id", <stored fields>`.
+fn read_record(row: &rusqlite::Row<'_>, names: &[(String, FieldType)]) -> Result<Record> {
+    let id: String = row.get(0).map_err(store_error)?;
+    let id = RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
+    let mut fields = BTreeMap::new();
+    for (i, (name, kind)) in names.iter().enumerate() {
+        let v: SqlValue = row.get(i + 1).map_err(store_error)?;
+        fields.insert(name.clone(), Value::from_sql(*kind, v));
+    }
+    Ok(Record { id, fields })
 }
 
 impl SqliteStore {
@@ -351,18 +374,52 @@ impl RecordStore for SqliteStore {
             let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
             let mut rows = stmt.query(params_from_iter(chunk.iter())).map_err(store_error)?;
             while let Some(row) = rows.next().map_err(store_error)? {
-                let id: String = row.get(0).map_err(store_error)?;
-                let id =
-                    RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
-                let mut fields = BTreeMap::new();
-                for (i, (name, kind)) in names.iter().enumerate() {
-                    let v: SqlValue = row.get(i + 1).map_err(store_error)?;
-                    fields.insert(name.clone(), Value::from_sql(*kind, v));
-                }
-                by_id.insert(id, Record { id, fields });
+                let record = read_record(row, &names)?;
+                by_id.insert(record.id, record);
             }
         }
         Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+    }
+
+    fn page(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        filters: &[(String, Value)],
+        before: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let conn = self.lock();
+        let names = stored_fields(object);
+        let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        for (field, value) in filters {
+            conditions.push(format!("{} = ?", column(field)));
+            params.push(value.to_sql());
+        }
+        if let Some(before) = before {
+            conditions.push("\"id\" < ?".into());
+            params.push(SqlValue::Text(before.to_string()));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let sql = format!(
+            "SELECT \"id\", {} FROM {} {filter} ORDER BY \"id\" DESC LIMIT ?",
+            columns.join(", "),
+            table(workspace, &object.name)
+        );
+        let mut stmt = conn.prepare(&sql).map_err(store_error)?;
+        let mut rows = stmt.query(params_from_iter(params.iter())).map_err(store_error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(store_error)? {
+            out.push(read_record(row, &names)?);
+        }
+        Ok(out)
     }
 
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()> {

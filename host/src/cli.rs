@@ -21,6 +21,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a connector directory or dev package on this machine.
     Run(RunArgs),
+    /// Serve the HTTP API (with no flags: ./weir-data, 127.0.0.1:8080).
+    Serve(ServeArgs),
+    /// Manage API keys in a data directory (works while the server runs).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the version.
     Version,
 }
@@ -54,11 +59,76 @@ pub struct RunArgs {
     pub db: Option<PathBuf>,
 }
 
+/// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win
+/// over the config file, which wins over the defaults.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The data directory (state, records, files, artifacts).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `weir keys` commands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (and the workspace, when new); prints the secret once.
+    Create {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name.
+        #[arg(long)]
+        workspace: String,
+        /// admin, operator, viewer or webhook.
+        #[arg(long)]
+        role: String,
+        /// Display name.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Limit the key to these connectors (ids or api_names), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        connectors: Option<Vec<String>>,
+    },
+    /// List a workspace's keys (never their secrets).
+    List {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        /// The key's id.
+        id: String,
+    },
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs requests and executions; a local run only problems.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,tower_http=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -66,12 +136,18 @@ pub fn main() -> ExitCode {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match crate::local::run(args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Run(args) => report(crate::local::run(args)),
+        Command::Serve(args) => report(crate::serve::run(args)),
+        Command::Keys(command) => report(crate::serve::keys(command)),
+    }
+}
+
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }

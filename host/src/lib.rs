@@ -1,14 +1,17 @@
 //! # Weir host
 //!
 //! The `weir` binary and what it is made of. The engine (`weir-engine`)
-//! does the work; this crate turns it into commands (and, later, the HTTP
-//! server).
+//! does the work; this crate turns it into commands and the HTTP server.
 //!
 //! # Layout
 //!
-//! - [`cli`]: command-line parsing and the commands (`run`, `version`).
+//! - [`cli`]: command-line parsing and the commands (`run`, `serve`, `keys`, `version`).
 //! - [`local`]: `weir run`: a package or directory run on this machine, with a
 //!   progress display and a summary.
+//! - [`serve`]: `weir serve` and `weir keys`: configuration, signals, bootstrap output.
+//! - [`server`]: the HTTP API, state, auth, queue and workers.
 
 pub mod cli;
 pub mod local;
+pub mod serve;
+pub mod server;

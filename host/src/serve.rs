@@ -1,0 +1,121 @@
+//! `weir serve` and `weir keys`: the command-line side of the server —
+//! configuration layering with flags on top, the runtime, signals, and the
+//! bootstrap key printed once.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{KeysCommand, ServeArgs};
+use crate::server::auth::{self, Role};
+use crate::server::config::ServerConfig;
+use crate::server::state::Db;
+
+/// Runs `weir serve` until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = ServerConfig::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let from_env = config.bootstrap_key.is_some();
+    let settings = config.settings()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = crate::server::start(settings).await?;
+        let addr = server.local_addr().context("reading the listening address")?;
+        match (&server.bootstrap_key, from_env) {
+            (Some(_), true) => println!("created the first workspace; its admin key is the configured bootstrap key"),
+            (Some(key), false) => println!("created the first workspace; admin key (shown once): {key}"),
+            (None, _) => {}
+        }
+        println!("weir listening on http://{addr}");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        server.run(shutdown).await.context("serving")?;
+        println!("weir stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn signals(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGTERM will not stop the server gracefully");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new requests; running executions get the grace period");
+    shutdown.cancel();
+}
+
+fn open(data_dir: &std::path::Path) -> anyhow::Result<Db> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok(Db::open(&data_dir.join("state.db"))?)
+}
+
+/// Runs a `weir keys` command.
+pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Create {
+            data_dir,
+            workspace,
+            role,
+            name,
+            connectors,
+        } => {
+            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+            let db = open(&data_dir)?;
+            let key = auth::create_key(&db, &workspace, &name, role, connectors, None).map_err(anyhow::Error::msg)?;
+            println!("id: {}", key.row.id);
+            println!("workspace: {workspace}");
+            println!("role: {}", role.as_str());
+            println!("secret (shown once): {}", key.secret);
+        }
+        KeysCommand::List { data_dir, workspace } => {
+            let db = open(&data_dir)?;
+            let ws = db
+                .workspace(&workspace)?
+                .with_context(|| format!("there is no workspace `{workspace}`"))?;
+            for k in db.keys(&ws.id)? {
+                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                let limited = k.connectors.map(|c| c.join(",")).unwrap_or_else(|| "*".into());
+                println!("{}\t{}\t{}\t{}\t{}", k.id, k.role, state, limited, k.name);
+            }
+        }
+        KeysCommand::Revoke {
+            data_dir,
+            workspace,
+            id,
+        } => {
+            let db = open(&data_dir)?;
+            let ws = db
+                .workspace(&workspace)?
+                .with_context(|| format!("there is no workspace `{workspace}`"))?;
+            if !db.revoke_key(&ws.id, &id)? {
+                anyhow::bail!("workspace `{workspace}` has no key `{id}`");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

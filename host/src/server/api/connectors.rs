@@ -1,0 +1,574 @@
+//! Connectors (CRUD by id or api_name) and their SQL: the draft, publishing
+//! it after a successful dry run, and every version.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json_};
+use weir_engine::Error as EngineError;
+use weir_engine::connector::{Connector, ConnectorStatus, SqlSource};
+use weir_engine::error::Problem;
+use weir_engine::execution::{Execution, TriggerType};
+use weir_engine::objects::{ObjectDef, Objects};
+use weir_engine::sql::Script;
+
+use super::{Page, PageParams, connector_of};
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
+use crate::server::state::{ConnectorRow, SqlVersion};
+
+/// Keys a client may send back from a `GET` that are not part of the definition.
+const READ_ONLY: &[&str] = &["id", "live_version", "draft_version", "created_at", "updated_at"];
+
+/// RFC 7396 JSON merge patch.
+pub fn merge_patch(target: &mut Json_, patch: Json_) {
+    match patch {
+        Json_::Object(entries) => {
+            if !target.is_object() {
+                *target = Json_::Object(Map::new());
+            }
+            if let Json_::Object(map) = target {
+                for (k, v) in entries {
+                    if v.is_null() {
+                        map.remove(&k);
+                    } else {
+                        merge_patch(map.entry(k).or_insert(Json_::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+/// A connector as the API shows it: the definition plus its id, sample
+/// file, SQL version numbers and times.
+fn view(row: &ConnectorRow) -> ApiResult<Json_> {
+    let mut doc: Json_ = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    if let Json_::Object(map) = &mut doc {
+        map.remove("sql");
+        map.insert("id".into(), Json_::String(row.id.clone()));
+        map.insert(
+            "sample_file_id".into(),
+            row.sample_file_id.clone().map_or(Json_::Null, Json_::String),
+        );
+        map.insert("live_version".into(), row.live_version.map_or(Json_::Null, Json_::from));
+        map.insert("draft_version".into(), Json_::from(row.draft_version));
+        map.insert("created_at".into(), Json_::String(row.created_at.to_rfc3339()));
+        map.insert("updated_at".into(), Json_::String(row.updated_at.to_rfc3339()));
+    }
+    Ok(doc)
+}
+
+/// What a connector document sent by a client holds.
+struct Submitted {
+    connector: Connector,
+    sample_file_id: Option<String>,
+    draft: Option<String>,
+}
+
+fn invalid(problems: Vec<Problem>) -> ApiError {
+    ApiError::invalid("invalid_connector", "the connector is not valid", problems)
+}
+
+/// Parses a connector document and checks everything that does not need
+/// the SQL's output: the document's own rules, the sample file, the load
+/// steps against the workspace's objects, and whether it may be operational.
+fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResult<Submitted> {
+    let Json_::Object(map) = &mut doc else {
+        return Err(invalid(vec![Problem::new("", "the connector must be a JSON object")]));
+    };
+    for k in READ_ONLY {
+        map.remove(*k);
+    }
+    let sample_file_id = match map.remove("sample_file_id") {
+        None | Some(Json_::Null) => None,
+        Some(Json_::String(s)) => Some(s),
+        Some(_) => return Err(invalid(vec![Problem::new("sample_file_id", "must be a file id")])),
+    };
+    let mut connector = Connector::from_json_value(doc).map_err(|e| match e {
+        EngineError::InvalidConnector(p) => invalid(p),
+        other => ApiError::internal(other),
+    })?;
+    let mut problems = connector.validate();
+    if connector.sql.file.is_some() {
+        problems.push(Problem::new(
+            "sql.file",
+            "the API carries the script itself: use sql.text",
+        ));
+    }
+    let draft = connector.sql.text.take();
+    connector.sql = SqlSource::default();
+    if let Some(id) = &sample_file_id
+        && app.db.file(&caller.workspace_id, id)?.is_none()
+    {
+        problems.push(Problem::new("sample_file_id", format!("there is no file `{id}`")));
+    }
+    let objects = workspace_objects(app, &caller.workspace_id)?;
+    problems.extend(objects.check_loads(&connector));
+    if connector.status == ConnectorStatus::Operational && !has_live {
+        problems.push(Problem::new(
+            "status",
+            "a connector can be operational only once it has a live SQL script (publish the draft first)",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    Ok(Submitted {
+        connector,
+        sample_file_id,
+        draft,
+    })
+}
+
+/// The workspace's objects.
+pub fn workspace_objects(app: &App, workspace_id: &str) -> ApiResult<Objects> {
+    let mut objects = Vec::new();
+    for o in app.db.objects(workspace_id)? {
+        objects.push(serde_json::from_str::<ObjectDef>(&o.definition).map_err(ApiError::internal)?);
+    }
+    Ok(Objects { objects })
+}
+
+fn definition_text(connector: &Connector) -> ApiResult<String> {
+    serde_json::to_string(connector).map_err(ApiError::internal)
+}
+
+/// The workspace's connectors, newest first.
+#[utoipa::path(get, path = "/connectors", tag = "connectors", params(PageParams),
+    responses(
+        (status = 200, body = Page<Object>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<Json_>>> {
+    caller.require(Role::Viewer)?;
+    let limit = params.limit()?;
+    let rows = app
+        .db
+        .connectors(&caller.workspace_id, params.cursor.as_deref(), limit + 1)?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| caller.require_connector(&r.id, &r.api_name).is_ok())
+        .collect();
+    let page = super::page(rows, limit, |r| r.id.clone(), |r| r);
+    let mut data = Vec::new();
+    for row in &page.data {
+        data.push(view(row)?);
+    }
+    Ok(Json(Page {
+        data,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Creates a connector; `sql.text` becomes its first draft.
+#[utoipa::path(post, path = "/connectors", tag = "connectors", request_body = Object,
+    responses(
+        (status = 201, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Body(doc): Body<Json_>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    caller.require(Role::Admin)?;
+    let submitted = parse(&app, &caller, doc, false)?;
+    let draft = submitted.draft.unwrap_or_default();
+    if !draft.trim().is_empty() {
+        check_script(&draft)?;
+    }
+    let row = ConnectorRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        workspace_id: caller.workspace_id.clone(),
+        api_name: submitted.connector.api_name.clone(),
+        definition: definition_text(&submitted.connector)?,
+        sample_file_id: submitted.sample_file_id,
+        draft_version: 1,
+        live_version: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    if !app.db.insert_connector(&row, &draft)? {
+        return Err(ApiError::conflict(
+            "connector_exists",
+            format!("a connector named `{}` exists", row.api_name),
+        ));
+    }
+    let stored = app
+        .db
+        .connector(&caller.workspace_id, &row.id)?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    Ok((StatusCode::CREATED, Json(view(&stored)?)))
+}
+
+/// One connector.
+#[utoipa::path(get, path = "/connectors/{connector}", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(c): Path<String>) -> ApiResult<Json<Json_>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(view(&connector_of(&app, &caller, &c)?)?))
+}
+
+/// Changes a connector (JSON merge patch); `sql.text` replaces the draft.
+#[utoipa::path(patch, path = "/connectors/{connector}", tag = "connectors", request_body = Object,
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    Body(patch): Body<Json_>,
+) -> ApiResult<Json<Json_>> {
+    caller.require(Role::Admin)?;
+    let row = connector_of(&app, &caller, &c)?;
+    let mut doc: Json_ = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    if let Json_::Object(map) = &mut doc {
+        map.insert(
+            "sample_file_id".into(),
+            row.sample_file_id.clone().map_or(Json_::Null, Json_::String),
+        );
+    }
+    merge_patch(&mut doc, patch);
+    let submitted = parse(&app, &caller, doc, row.live_version.is_some())?;
+    if let Some(draft) = &submitted.draft {
+        check_script(draft)?;
+    }
+    let updated = ConnectorRow {
+        api_name: submitted.connector.api_name.clone(),
+        definition: definition_text(&submitted.connector)?,
+        sample_file_id: submitted.sample_file_id,
+        ..row.clone()
+    };
+    if !app.db.update_connector(&updated)? {
+        return Err(ApiError::conflict(
+            "connector_exists",
+            format!("a connector named `{}` exists", updated.api_name),
+        ));
+    }
+    if let Some(draft) = &submitted.draft {
+        app.db.save_draft(&row.id, draft)?;
+    }
+    // An inactive connector that becomes operational runs what it queued.
+    app.runs.wake();
+    let stored = app
+        .db
+        .connector(&caller.workspace_id, &row.id)?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    Ok(Json(view(&stored)?))
+}
+
+/// Deletes a connector and its SQL versions; its executions stay readable.
+#[utoipa::path(delete, path = "/connectors/{connector}", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(c): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let row = connector_of(&app, &caller, &c)?;
+    app.db.delete_connector(&row.id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A SQL version as shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SqlVersionView {
+    /// Number, from 1.
+    pub version: u32,
+    /// Script text.
+    pub text: String,
+    /// When it was saved.
+    pub created_at: DateTime<Utc>,
+    /// When it was published; `null` for the draft.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl From<SqlVersion> for SqlVersionView {
+    fn from(v: SqlVersion) -> Self {
+        Self {
+            version: v.version,
+            text: v.text,
+            created_at: v.created_at,
+            published_at: v.published_at,
+        }
+    }
+}
+
+/// The live and draft scripts of a connector.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SqlView {
+    /// The live version, if one was published.
+    pub live: Option<SqlVersionView>,
+    /// The draft.
+    pub draft: SqlVersionView,
+}
+
+fn sql_view(app: &App, row: &ConnectorRow) -> ApiResult<SqlView> {
+    let draft = app
+        .db
+        .sql_version(&row.id, row.draft_version)?
+        .ok_or_else(|| ApiError::internal("the draft version is missing"))?;
+    let live = match row.live_version {
+        Some(v) => app.db.sql_version(&row.id, v)?.map(SqlVersionView::from),
+        None => None,
+    };
+    Ok(SqlView {
+        live,
+        draft: draft.into(),
+    })
+}
+
+/// The live and draft scripts with their version numbers.
+#[utoipa::path(get, path = "/connectors/{connector}/sql", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = SqlView),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn sql(State(app): State<Arc<App>>, caller: Caller, Path(c): Path<String>) -> ApiResult<Json<SqlView>> {
+    caller.require(Role::Viewer)?;
+    let row = connector_of(&app, &caller, &c)?;
+    Ok(Json(sql_view(&app, &row)?))
+}
+
+/// A new draft script.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DraftRequest {
+    /// The script text.
+    pub text: String,
+}
+
+/// Refuses (422) a script that does not parse or uses a forbidden form,
+/// with the line and column of the problem.
+fn check_script(text: &str) -> ApiResult<()> {
+    match Script::parse(text) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let position = e.position();
+            Err(ApiError::invalid(e.code().as_str(), e.to_string(), vec![])
+                .at(position.map(|p| p.line), position.map(|p| p.column)))
+        }
+    }
+}
+
+/// Saves the draft script, refusing one that does not parse (with line and column).
+#[utoipa::path(put, path = "/connectors/{connector}/sql/draft", tag = "connectors", request_body = DraftRequest,
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = SqlView),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn save_draft(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    Body(request): Body<DraftRequest>,
+) -> ApiResult<Json<SqlView>> {
+    caller.require(Role::Admin)?;
+    let row = connector_of(&app, &caller, &c)?;
+    check_script(&request.text)?;
+    app.db.save_draft(&row.id, &request.text)?;
+    Ok(Json(sql_view(&app, &row)?))
+}
+
+/// What to publish against.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Run the check on this file instead of the sample.
+    #[serde(default)]
+    pub source_file_id: Option<String>,
+}
+
+/// Publishes the draft: runs it as a dry run on the sample file (or the
+/// given file) and makes it live only if that run does not fail.
+#[utoipa::path(post, path = "/connectors/{connector}/sql/publish", tag = "connectors", request_body = PublishRequest,
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = SqlView),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SqlView>> {
+    caller.require(Role::Admin)?;
+    let row = connector_of(&app, &caller, &c)?;
+    // The body is optional: none (or `{}`) publishes against the sample.
+    let request: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(
+                "validation_failed",
+                format!("the body must be {{\"source_file_id\": \"…\"}} or empty: {e}"),
+                vec![],
+            )
+        })?
+    };
+    let file_id = request
+        .source_file_id
+        .or_else(|| row.sample_file_id.clone())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "no_sample_file",
+                "publishing runs the draft on a file first: set the connector's sample_file_id or pass source_file_id",
+                vec![],
+            )
+        })?;
+    let file = app
+        .db
+        .file(&caller.workspace_id, &file_id)?
+        .ok_or_else(|| ApiError::invalid("no_sample_file", format!("there is no file `{file_id}`"), vec![]))?;
+    let draft = app
+        .db
+        .sql_version(&row.id, row.draft_version)?
+        .ok_or_else(|| ApiError::internal("the draft version is missing"))?;
+    check_script(&draft.text)?;
+    let doc = super::runs::start(
+        &app,
+        &caller,
+        &row,
+        super::runs::Version::Draft,
+        Some(file),
+        true,
+        TriggerType::FileUpload,
+    )?;
+    let limit = serde_json::from_str::<Connector>(&row.definition)
+        .ok()
+        .and_then(|c| c.limits.parse().ok())
+        .map_or(Duration::from_secs(300), |l| l.max_runtime);
+    let done = wait_for_end(&app, &doc.id, limit + Duration::from_secs(30)).await?;
+    if !matches!(
+        done.status,
+        weir_engine::execution::Status::Success | weir_engine::execution::Status::PartialSuccess
+    ) {
+        let e = done.error.clone();
+        let detail = e.as_ref().map_or_else(
+            || format!("the dry run of the draft ended {}", done.status.as_str()),
+            |e| format!("the dry run of the draft failed: {}", e.message),
+        );
+        let code = e.as_ref().map_or("publish_check_failed", |e| e.code.as_str());
+        return Err(ApiError::invalid(code, detail, vec![])
+            .at(e.as_ref().and_then(|e| e.line), e.as_ref().and_then(|e| e.column))
+            .with_execution(serde_json::to_value(&done).map_err(ApiError::internal)?));
+    }
+    if !app.db.publish(&row.id, draft.version)? {
+        return Err(ApiError::conflict(
+            "draft_changed",
+            "the draft changed while it was checked; publish again",
+        ));
+    }
+    let row = connector_of(&app, &caller, &row.id)?;
+    Ok(Json(sql_view(&app, &row)?))
+}
+
+/// Waits until execution `id` is terminal (or `limit` passes).
+pub async fn wait_for_end(app: &App, id: &str, limit: Duration) -> ApiResult<Execution> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let doc = match app.runs.live(id) {
+            Some(doc) => doc,
+            None => {
+                app.db
+                    .execution(id)?
+                    .ok_or_else(|| ApiError::not_found("execution"))?
+                    .document
+            }
+        };
+        if doc.status.is_terminal() {
+            return Ok(doc);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "publish_check_timeout",
+                format!("the dry run {id} did not finish in time"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every SQL version, newest first.
+#[utoipa::path(get, path = "/connectors/{connector}/sql/versions", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name")),
+    responses(
+        (status = 200, body = Vec<SqlVersionView>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn versions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+) -> ApiResult<Json<Vec<SqlVersionView>>> {
+    caller.require(Role::Viewer)?;
+    let row = connector_of(&app, &caller, &c)?;
+    Ok(Json(
+        app.db.sql_versions(&row.id)?.into_iter().map(Into::into).collect(),
+    ))
+}
+
+/// One SQL version.
+#[utoipa::path(get, path = "/connectors/{connector}/sql/versions/{n}", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name"), ("n" = u32, Path, description = "Version number")),
+    responses(
+        (status = 200, body = SqlVersionView),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn version(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((c, n)): Path<(String, u32)>,
+) -> ApiResult<Json<SqlVersionView>> {
+    caller.require(Role::Viewer)?;
+    let row = connector_of(&app, &caller, &c)?;
+    let v = app
+        .db
+        .sql_version(&row.id, n)?
+        .ok_or_else(|| ApiError::not_found("SQL version"))?;
+    Ok(Json(v.into()))
+}

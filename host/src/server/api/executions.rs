@@ -1,0 +1,335 @@
+//! Executions: list, status, logs, cancel (SPEC §6.4) and artifacts.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use weir_engine::execution::{Execution, Status};
+
+use super::{Page, PageParams, connector_of};
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
+use crate::server::queue::{self, CancelOutcome};
+use crate::server::state::{ExecutionFilter, ExecutionRow};
+
+/// Filters of an execution list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this trigger type.
+    pub trigger_type: Option<String>,
+    /// Only dry runs (`true`) or only live runs (`false`).
+    pub is_dry_run: Option<bool>,
+    /// Created at or after (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// Items per page (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A connector's executions, newest first.
+#[utoipa::path(get, path = "/connectors/{connector}/executions", tag = "executions",
+    params(("connector" = String, Path, description = "Connector id or api_name"), ListParams),
+    responses(
+        (status = 200, body = Page<Object>),
+        (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<Page<Execution>>> {
+    caller.require(Role::Viewer)?;
+    let row = connector_of(&app, &caller, &c)?;
+    let limit = PageParams {
+        limit: params.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let filter = ExecutionFilter {
+        status: params.status,
+        trigger_type: params.trigger_type,
+        is_dry_run: params.is_dry_run,
+        created_after: params.created_after,
+        created_before: params.created_before,
+    };
+    let docs = app
+        .db
+        .executions(&row.id, &filter, params.cursor.as_deref(), limit + 1)?;
+    let page = super::page(docs, limit, |d| d.id.clone(), |d| live_view(&app, d));
+    Ok(Json(page))
+}
+
+/// The freshest document: the live one while this process runs it.
+fn live_view(app: &App, stored: Execution) -> Execution {
+    app.runs.live(&stored.id).unwrap_or(stored)
+}
+
+/// The execution `id` if the caller may see it (else 404 or 403).
+fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
+    let row = app.db.execution(id)?.ok_or_else(|| ApiError::not_found("execution"))?;
+    if row.workspace_id != caller.workspace_id {
+        return Err(ApiError::not_found("execution"));
+    }
+    caller.require_connector(&row.connector_id, &row.document.connector.api_name)?;
+    Ok(row)
+}
+
+/// **Execution status**: status, step progress with live counts, error,
+/// timings, queue position and links.
+#[utoipa::path(get, path = "/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
+    caller.require(Role::Viewer)?;
+    let row = visible(&app, &caller, &id)?;
+    let mut doc = live_view(&app, row.document);
+    if doc.status == Status::Queued {
+        doc.queue_position = Some(app.db.queue_position(&doc.id)?);
+    }
+    Ok(Json(doc))
+}
+
+/// `?after=&limit=` of the log.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Lines after this position (the `next_cursor` of the previous page).
+    pub cursor: Option<u64>,
+    /// Lines per page (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// A log line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogView {
+    /// Position, from 1.
+    pub seq: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `info`, `warn` or `error`.
+    pub level: String,
+    /// The line.
+    pub message: String,
+}
+
+/// The execution's log lines, oldest first.
+#[utoipa::path(get, path = "/executions/{id}/logs", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), LogParams),
+    responses(
+        (status = 200, body = Page<LogView>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn logs(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(params): Query<LogParams>,
+) -> ApiResult<Json<Page<LogView>>> {
+    caller.require(Role::Viewer)?;
+    visible(&app, &caller, &id)?;
+    let limit = PageParams {
+        limit: params.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let lines = app.db.logs(&id, params.cursor.unwrap_or(0), limit + 1)?;
+    Ok(Json(super::page(
+        lines,
+        limit,
+        |l| l.seq.to_string(),
+        |l| LogView {
+            seq: l.seq,
+            at: l.at,
+            level: l.level,
+            message: l.message,
+        },
+    )))
+}
+
+/// **Cancel execution**: 202 with the execution, now `canceling` (or
+/// `canceled` if it was queued); again 202 when repeated; 409
+/// `execution_finished` once it has ended.
+#[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 202, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    visible(&app, &caller, &id)?;
+    match queue::cancel(&app, &id)? {
+        CancelOutcome::Accepted(doc) => Ok((StatusCode::ACCEPTED, Json(*doc)).into_response()),
+        CancelOutcome::Finished => Err(ApiError::conflict(
+            "execution_finished",
+            "the execution has already finished",
+        )),
+    }
+}
+
+/// An artifact file of a finished (or running) execution.
+async fn artifact(app: &App, caller: &Caller, id: &str, file: &str, content_type: &str) -> ApiResult<Response> {
+    visible(app, caller, id)?;
+    let path = queue::artifacts_dir(app, id).join(file);
+    if !path.exists() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_available",
+            format!("{file} is not available (the run has not written it)"),
+        ));
+    }
+    super::files::send_file(&path, file, content_type).await
+}
+
+/// The execution's input file.
+#[utoipa::path(get, path = "/executions/{id}/input", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn input(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let row = visible(&app, &caller, &id)?;
+    let Some(sha) = &row.document.source_file_id else {
+        return Err(ApiError::not_found("input file"));
+    };
+    let file = app
+        .db
+        .file(&row.workspace_id, sha)?
+        .ok_or_else(|| ApiError::not_found("input file"))?;
+    super::files::send_file(&app.files.path(sha), &file.name, &file.content_type).await
+}
+
+/// The SQL output of every scope, as `output/<scope>.csv` files in a zip.
+#[utoipa::path(get, path = "/executions/{id}/output.zip", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/zip"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn output(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let row = visible(&app, &caller, &id)?;
+    if !live_view(&app, row.document).status.is_terminal() {
+        return Err(ApiError::conflict(
+            "execution_running",
+            "output.zip is made once the execution has finished",
+        ));
+    }
+    let dir = queue::artifacts_dir(&app, &id);
+    let zip_path = dir.join("output.zip");
+    if !zip_path.exists() {
+        let output = dir.join("output");
+        if !output.is_dir() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "artifact_not_available",
+                "the run has not written any output",
+            ));
+        }
+        let (o, z) = (output.clone(), zip_path.clone());
+        tokio::task::spawn_blocking(move || zip_dir(&o, &z))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+    }
+    super::files::send_file(&zip_path, "output.zip", "application/zip").await
+}
+
+/// Zips the CSV files of `dir` into `target` (via a temporary file, so a
+/// concurrent reader never sees half a zip).
+fn zip_dir(dir: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    let parent = target.parent().unwrap_or(dir);
+    let tmp = tempfile::NamedTempFile::new_in(parent)?;
+    {
+        let mut zip = zip::ZipWriter::new(tmp.as_file());
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let name = format!("output/{}", entry.file_name().to_string_lossy());
+            zip.start_file(name, options).map_err(std::io::Error::other)?;
+            let mut file = std::fs::File::open(entry.path())?;
+            std::io::copy(&mut file, &mut zip)?;
+        }
+        zip.finish().map_err(std::io::Error::other)?.flush()?;
+    }
+    tmp.persist(target).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The run report (counts, invalid and rejected rows).
+#[utoipa::path(get, path = "/executions/{id}/report.xlsx", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn report(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    artifact(
+        &app,
+        &caller,
+        &id,
+        "report.xlsx",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    )
+    .await
+}
+
+/// The rejected and invalid rows with their reasons.
+#[utoipa::path(get, path = "/executions/{id}/rejected.csv", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = String, content_type = "text/csv"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn rejected(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    artifact(&app, &caller, &id, "rejected.csv", "text/csv; charset=utf-8").await
+}
+
+/// The exact script the run used.
+#[utoipa::path(get, path = "/executions/{id}/sql", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn sql(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let row = visible(&app, &caller, &id)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], row.script).into_response())
+}

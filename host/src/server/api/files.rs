@@ -1,0 +1,220 @@
+//! Uploaded files: a raw body with `Content-Type` and `?filename=`, or a
+//! multipart form with a `file` part. Files are stored by content hash; the
+//! hash is the file's id.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body as RawBody;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::io::ReaderStream;
+
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
+use crate::server::files::UploadError;
+use crate::server::state::FileRow;
+
+/// A stored file.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FileView {
+    /// The file's id (its sha256).
+    pub id: String,
+    /// sha256 of the content, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Name as uploaded.
+    pub name: String,
+    /// Content type as uploaded.
+    pub content_type: String,
+    /// First upload.
+    pub created_at: DateTime<Utc>,
+}
+
+impl FileView {
+    /// The view of a stored file.
+    pub fn of(row: FileRow) -> Self {
+        Self {
+            id: row.sha256.clone(),
+            sha256: row.sha256,
+            size: row.size,
+            name: row.name,
+            content_type: row.content_type,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// `?filename=` of a raw upload.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadParams {
+    /// The file's name (its extension helps format detection).
+    pub filename: Option<String>,
+}
+
+fn upload_error(e: UploadError) -> ApiError {
+    match e {
+        UploadError::TooLarge { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the upload is larger than the limit of {limit} bytes"),
+        ),
+        UploadError::Body(m) => ApiError::bad_request(format!("the upload was interrupted: {m}")),
+        UploadError::Io(e) => ApiError::internal(e),
+    }
+}
+
+/// Keeps a file name safe to show and to use as a table name source: its
+/// last path component, without control characters.
+fn clean_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    if cleaned.trim().is_empty() {
+        "upload".into()
+    } else {
+        cleaned
+    }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// Stores the file of a request: the `file` part of a multipart form, or
+/// the raw body named by `filename`.
+pub async fn receive(
+    app: &Arc<App>,
+    workspace_id: &str,
+    filename: Option<String>,
+    request: Request,
+) -> ApiResult<FileRow> {
+    let limit = app.settings.max_upload;
+    let (name, content_type, stored) = if is_multipart(request.headers()) {
+        let mut form = Multipart::from_request(request, app)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
+        loop {
+            let field = form
+                .next_field()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
+            let Some(field) = field else {
+                return Err(ApiError::bad_request("the multipart form has no `file` part"));
+            };
+            if field.name() != Some("file") {
+                continue;
+            }
+            let name = clean_name(field.file_name().or(filename.as_deref()).unwrap_or("upload"));
+            let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
+            let stored = app.files.put(field, limit).await.map_err(upload_error)?;
+            break (name, content_type, stored);
+        }
+    } else {
+        let Some(name) = filename else {
+            return Err(ApiError::bad_request(
+                "a raw upload needs ?filename= (or send a multipart form with a `file` part)",
+            ));
+        };
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let stream = request.into_body().into_data_stream();
+        let stored = app.files.put(stream, limit).await.map_err(upload_error)?;
+        (clean_name(&name), content_type, stored)
+    };
+    if stored.size == 0 {
+        return Err(ApiError::invalid(
+            "empty_file",
+            "the uploaded file is empty",
+            vec![weir_engine::error::Problem::new("file", "has no bytes")],
+        ));
+    }
+    Ok(app.db.insert_file(
+        workspace_id,
+        &FileRow {
+            sha256: stored.sha256,
+            size: stored.size,
+            name,
+            content_type,
+            created_at: Utc::now(),
+        },
+    )?)
+}
+
+/// Uploads a file: a raw body with `?filename=`, or multipart `file`.
+#[utoipa::path(post, path = "/files", tag = "files",
+    params(UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes (or multipart/form-data with a `file` part)"),
+    responses(
+        (status = 201, body = FileView),
+        (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn upload(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<UploadParams>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<FileView>)> {
+    caller.require(Role::Operator)?;
+    let row = receive(&app, &caller.workspace_id, params.filename, request).await?;
+    Ok((StatusCode::CREATED, Json(FileView::of(row))))
+}
+
+/// Streams a stored file from disk with its name and type.
+pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -> ApiResult<Response> {
+    let file = tokio::fs::File::open(path).await.map_err(ApiError::internal)?;
+    let size = file.metadata().await.map_err(ApiError::internal)?.len();
+    let mut response = RawBody::from_stream(ReaderStream::new(file)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// Downloads a file.
+#[utoipa::path(get, path = "/files/{id}/download", tag = "files",
+    params(("id" = String, Path, description = "File id (sha256)")),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let row = app
+        .db
+        .file(&caller.workspace_id, &id)?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    send_file(&app.files.path(&row.sha256), &row.name, &row.content_type).await
+}

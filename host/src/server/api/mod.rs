@@ -1,0 +1,231 @@
+//! The routes of `/api/v1` (SPEC §6.3) and the OpenAPI document built from
+//! them: every route is registered through `utoipa-axum`, which takes the
+//! path, method and schemas from the handler's `#[utoipa::path]`, so the
+//! document served at `/api/v1/openapi.json` cannot drift from the router.
+//!
+//! Handlers are thin: they check the caller's right, parse the request,
+//! call the state store or the queue, and shape the answer. Every error is
+//! an [`ApiError`] (problem+json).
+
+mod connectors;
+mod executions;
+mod files;
+mod keys;
+mod objects;
+mod runs;
+mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::App;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::metrics::RequestLabel;
+use super::state::ConnectorRow;
+
+/// Largest `?limit=` of a list.
+pub const MAX_LIMIT: usize = 500;
+/// `?limit=` when none is given.
+pub const DEFAULT_LIMIT: usize = 50;
+
+/// A page of a list, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `?limit=&cursor=` of a list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// The limit, checked.
+    pub fn limit(&self) -> ApiResult<usize> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+            Some(n) if n > MAX_LIMIT => Err(ApiError::bad_request(format!("limit must be at most {MAX_LIMIT}"))),
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+/// Builds a page from `limit + 1` fetched items.
+pub fn page<T, R>(mut rows: Vec<R>, limit: usize, cursor_of: impl Fn(&R) -> String, view: impl Fn(R) -> T) -> Page<T> {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_cursor = if more { rows.last().map(&cursor_of) } else { None };
+    Page {
+        data: rows.into_iter().map(view).collect(),
+        next_cursor,
+    }
+}
+
+/// The connector `{connector}` (id or api_name) of the caller's workspace,
+/// refusing keys limited to other connectors.
+pub fn connector_of(app: &App, caller: &Caller, id_or_name: &str) -> ApiResult<ConnectorRow> {
+    let row = app
+        .db
+        .connector(&caller.workspace_id, id_or_name)?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    caller.require_connector(&row.id, &row.api_name)?;
+    Ok(row)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Weir",
+        description = "SmartConnectors: trigger runs, watch them, cancel them, manage connectors, SQL, objects and records."
+    ),
+    modifiers(&Security),
+    security(("bearer" = []), ("api_key" = [])),
+    tags(
+        (name = "system", description = "Liveness, metrics, this document"),
+        (name = "keys", description = "API keys of the workspace"),
+        (name = "objects", description = "Objects and their records"),
+        (name = "files", description = "Uploaded files"),
+        (name = "connectors", description = "Connectors and their SQL"),
+        (name = "executions", description = "Runs: trigger, status, cancel, logs, artifacts"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-KEY"))),
+        );
+    }
+}
+
+/// The routes with their OpenAPI document.
+pub fn api() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest(
+        "/api/v1",
+        OpenApiRouter::new()
+            .routes(routes!(system::healthz))
+            .routes(routes!(system::metrics))
+            .routes(routes!(keys::list, keys::create))
+            .routes(routes!(keys::revoke))
+            .routes(routes!(objects::list, objects::create))
+            .routes(routes!(objects::get, objects::update))
+            .routes(routes!(objects::records))
+            .routes(routes!(objects::record))
+            .routes(unlimited(routes!(files::upload)))
+            .routes(routes!(files::download))
+            .routes(routes!(connectors::list, connectors::create))
+            .routes(routes!(connectors::get, connectors::update, connectors::delete))
+            .routes(routes!(connectors::sql))
+            .routes(routes!(connectors::save_draft))
+            .routes(routes!(connectors::publish))
+            .routes(routes!(connectors::versions))
+            .routes(routes!(connectors::version))
+            .routes(unlimited(routes!(runs::trigger)))
+            .routes(routes!(executions::list))
+            .routes(routes!(executions::get))
+            .routes(routes!(executions::logs))
+            .routes(routes!(executions::cancel))
+            .routes(routes!(executions::input))
+            .routes(routes!(executions::output))
+            .routes(routes!(executions::report))
+            .routes(routes!(executions::rejected))
+            .routes(routes!(executions::sql)),
+    )
+}
+
+/// Lifts the JSON body limit from an upload route: uploads are streamed
+/// to disk and limited by `max_upload` there.
+fn unlimited(
+    (schemas, paths, method_router): utoipa_axum::router::UtoipaMethodRouter<Arc<App>>,
+) -> utoipa_axum::router::UtoipaMethodRouter<Arc<App>> {
+    (schemas, paths, method_router.layer(DefaultBodyLimit::disable()))
+}
+
+/// The whole router: the API, `/api/v1/openapi.json`, limits, timeouts,
+/// request tracing and metrics.
+pub fn router(app: Arc<App>) -> Router {
+    let (router, openapi) = api().split_for_parts();
+    let openapi = Arc::new(openapi);
+    let timeout = app.settings.request_timeout;
+    let max_json = app.settings.max_json_body;
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(max_json))
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout_or_default(timeout),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+        }))
+        // Outermost: every request has an id (the client's, or a new one),
+        // logged with it and echoed in the answer.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(app)
+}
+
+fn timeout_or_default(t: Duration) -> Duration {
+    if t.is_zero() { Duration::from_secs(120) } else { t }
+}
+
+async fn count_requests(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabel { method, class })
+        .inc();
+    response
+}

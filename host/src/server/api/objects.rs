@@ -1,0 +1,308 @@
+//! Objects of the workspace and their records. Objects are defined here
+//! (admin); records are written by load steps and read here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, NaiveDate};
+use serde_json::{Map, Value as Json_};
+use weir_engine::Error as EngineError;
+use weir_engine::error::Problem;
+use weir_engine::objects::{FieldType, ObjectDef};
+use weir_engine::store::{Record, RecordId, Value};
+
+use super::{DEFAULT_LIMIT, MAX_LIMIT, Page};
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
+
+/// Parses and validates an object definition, checking relation targets
+/// against the workspace's objects.
+fn parse_object(app: &App, workspace_id: &str, value: Json_) -> ApiResult<ObjectDef> {
+    let def = ObjectDef::from_json(&value.to_string()).map_err(|e| match e {
+        EngineError::InvalidObjects(problems) => {
+            ApiError::invalid("invalid_object", "the object definition is not valid", problems)
+        }
+        other => ApiError::internal(other),
+    })?;
+    let known: Vec<String> = app
+        .db
+        .objects(workspace_id)?
+        .iter()
+        .filter_map(|o| serde_json::from_str::<ObjectDef>(&o.definition).ok())
+        .map(|o| o.name)
+        .collect();
+    let problems: Vec<Problem> = def
+        .fields
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let target = f.object.as_deref()?;
+            (target != def.name && !known.iter().any(|k| k == target))
+                .then(|| Problem::new(format!("fields[{i}].object"), format!("there is no object `{target}`")))
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_object",
+            "the object definition is not valid",
+            problems,
+        ));
+    }
+    Ok(def)
+}
+
+fn object_json(def: &ObjectDef) -> ApiResult<Json_> {
+    serde_json::to_value(def).map_err(ApiError::internal)
+}
+
+fn load_object(app: &App, caller: &Caller, name: &str) -> ApiResult<ObjectDef> {
+    let row = app
+        .db
+        .object(&caller.workspace_id, name)?
+        .ok_or_else(|| ApiError::not_found("object"))?;
+    serde_json::from_str(&row.definition).map_err(ApiError::internal)
+}
+
+/// The workspace's objects.
+#[utoipa::path(get, path = "/objects", tag = "objects",
+    responses(
+        (status = 200, body = Vec<Object>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Json_>>> {
+    caller.require(Role::Viewer)?;
+    let mut out = Vec::new();
+    for row in app.db.objects(&caller.workspace_id)? {
+        out.push(serde_json::from_str(&row.definition).map_err(ApiError::internal)?);
+    }
+    Ok(Json(out))
+}
+
+/// Defines an object (SPEC §2: name, label, typed fields).
+#[utoipa::path(post, path = "/objects", tag = "objects", request_body = Object,
+    responses(
+        (status = 201, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Body(body): Body<Json_>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    caller.require(Role::Admin)?;
+    let def = parse_object(&app, &caller.workspace_id, body)?;
+    let text = serde_json::to_string(&def).map_err(ApiError::internal)?;
+    if !app.db.insert_object(&caller.workspace_id, &def.name, &text)? {
+        return Err(ApiError::conflict(
+            "object_exists",
+            format!("an object named `{}` exists", def.name),
+        ));
+    }
+    app.records
+        .ensure_object(&caller.workspace_id, &def)
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(object_json(&def)?)))
+}
+
+/// One object.
+#[utoipa::path(get, path = "/objects/{object}", tag = "objects",
+    params(("object" = String, Path, description = "Object name")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Json_>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(object_json(&load_object(&app, &caller, &name)?)?))
+}
+
+/// Changes an object (JSON merge patch). Fields may be added and labels
+/// changed; a field's type cannot change and fields cannot be removed,
+/// because records hold values of them.
+#[utoipa::path(patch, path = "/objects/{object}", tag = "objects", request_body = Object,
+    params(("object" = String, Path, description = "Object name")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Body(patch): Body<Json_>,
+) -> ApiResult<Json<Json_>> {
+    caller.require(Role::Admin)?;
+    let current = load_object(&app, &caller, &name)?;
+    let mut doc = object_json(&current)?;
+    super::connectors::merge_patch(&mut doc, patch);
+    let def = parse_object(&app, &caller.workspace_id, doc)?;
+    let mut problems = Vec::new();
+    if def.name != current.name {
+        problems.push(Problem::new("name", "an object cannot be renamed"));
+    }
+    for old in &current.fields {
+        match def.fields.iter().position(|f| f.name == old.name) {
+            None => problems.push(Problem::new(
+                "fields",
+                format!("field `{}` cannot be removed; records hold its values", old.name),
+            )),
+            Some(i) if def.fields[i].kind != old.kind => problems.push(Problem::new(
+                format!("fields[{i}].type"),
+                format!("field `{}` cannot change its type", old.name),
+            )),
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_object",
+            "the change is not allowed",
+            problems,
+        ));
+    }
+    let text = serde_json::to_string(&def).map_err(ApiError::internal)?;
+    app.records
+        .ensure_object(&caller.workspace_id, &def)
+        .map_err(ApiError::internal)?;
+    app.db.update_object(&caller.workspace_id, &name, &text)?;
+    Ok(Json(object_json(&def)?))
+}
+
+/// A stored value as JSON.
+fn value_json(v: &Value) -> Json_ {
+    match v {
+        Value::Null => Json_::Null,
+        Value::Text(s) => Json_::String(s.clone()),
+        Value::Number(n) => serde_json::Number::from_f64(*n).map_or(Json_::Null, Json_::Number),
+        Value::Bool(b) => Json_::Bool(*b),
+        Value::Date(days) => {
+            NaiveDate::from_num_days_from_ce_opt(days + 719_163).map_or(Json_::Null, |d| Json_::String(d.to_string()))
+        }
+        Value::Datetime(us) => DateTime::from_timestamp_micros(*us).map_or(Json_::Null, |t| {
+            Json_::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }),
+    }
+}
+
+fn record_json(record: &Record) -> Json_ {
+    let mut map = Map::new();
+    map.insert("id".into(), Json_::String(record.id.to_string()));
+    for (k, v) in &record.fields {
+        map.insert(k.clone(), value_json(v));
+    }
+    Json_::Object(map)
+}
+
+/// A filter value from the query string, typed by the field.
+fn filter_value(kind: FieldType, text: &str) -> Option<Value> {
+    match kind {
+        FieldType::Number => text.parse().ok().map(Value::Number),
+        FieldType::Boolean => text.parse().ok().map(Value::Bool),
+        FieldType::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .map(|d| Value::Date(d.num_days_from_ce() - 719_163)),
+        FieldType::Datetime => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| Value::Datetime(t.timestamp_micros())),
+        _ => Some(Value::Text(text.to_string())),
+    }
+}
+
+use chrono::Datelike;
+
+/// The object's records, newest first; every query parameter other than
+/// `limit` and `cursor` filters a field by equality.
+#[utoipa::path(get, path = "/objects/{object}/records", tag = "objects",
+    params(
+        ("object" = String, Path, description = "Object name"),
+        ("limit" = Option<usize>, Query, description = "Records per page (default 50, at most 500)"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, body = Page<Object>),
+        (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn records(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(mut query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Page<Json_>>> {
+    caller.require(Role::Viewer)?;
+    let object = load_object(&app, &caller, &name)?;
+    let limit = match query.remove("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}"))),
+        },
+    };
+    let before = match query.remove("cursor") {
+        None => None,
+        Some(c) => Some(RecordId::parse_str(&c).map_err(|_| ApiError::bad_request("the cursor is not valid"))?),
+    };
+    let mut filters = Vec::new();
+    let mut fields: Vec<_> = query.into_iter().collect();
+    fields.sort();
+    for (field, text) in fields {
+        let Some(kind) = object.field_type(&field) else {
+            return Err(ApiError::bad_request(format!("object `{name}` has no field `{field}`")));
+        };
+        let Some(value) = filter_value(kind, &text) else {
+            return Err(ApiError::bad_request(format!(
+                "`{text}` is not a value of field `{field}`"
+            )));
+        };
+        filters.push((field, value));
+    }
+    let rows = app
+        .records
+        .page(&caller.workspace_id, &object, &filters, before, limit + 1)
+        .map_err(ApiError::internal)?;
+    Ok(Json(super::page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        |r| record_json(&r),
+    )))
+}
+
+/// One record.
+#[utoipa::path(get, path = "/objects/{object}/records/{id}", tag = "objects",
+    params(("object" = String, Path, description = "Object name"), ("id" = String, Path, description = "Record id")),
+    responses(
+        (status = 200, body = Object),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn record(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Json<Json_>> {
+    caller.require(Role::Viewer)?;
+    let object = load_object(&app, &caller, &name)?;
+    let id = RecordId::parse_str(&id).map_err(|_| ApiError::not_found("record"))?;
+    let found = app
+        .records
+        .get(&caller.workspace_id, &object, &[id])
+        .map_err(ApiError::internal)?;
+    match found.into_iter().next().flatten() {
+        Some(r) => Ok(Json(record_json(&r))),
+        None => Err(ApiError::not_found("record")),
+    }
+}

@@ -1,0 +1,203 @@
+//! **Trigger run** (SPEC §6.3): a file upload (multipart `file`, or a raw
+//! body with `?filename=`) or a stored file (`{"source_file_id": …}`)
+//! becomes a queued execution of the connector's live script (a dry run
+//! without a live script runs the draft).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::to_bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
+
+use super::connector_of;
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
+use crate::server::queue;
+use crate::server::state::{ConnectorRow, ExecutionRow, FileRow};
+
+/// Which script a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The live script (the draft for a dry run when nothing is live).
+    Live,
+    /// The draft.
+    Draft,
+}
+
+/// `?dry_run=&filename=` of a trigger.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TriggerParams {
+    /// Do everything except writing records.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The name of a raw-body upload.
+    pub filename: Option<String>,
+}
+
+/// A run on a stored file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    source_file_id: String,
+}
+
+/// Links of an execution's document.
+pub fn links(id: &str) -> Links {
+    let base = format!("/api/v1/executions/{id}");
+    Links {
+        report: format!("{base}/report.xlsx"),
+        rejected: format!("{base}/rejected.csv"),
+        output: format!("{base}/output.zip"),
+        self_: base,
+    }
+}
+
+/// Creates and queues an execution of `row` on `file`.
+pub fn start(
+    app: &App,
+    caller: &Caller,
+    row: &ConnectorRow,
+    version: Version,
+    file: Option<FileRow>,
+    dry_run: bool,
+    trigger: TriggerType,
+) -> ApiResult<Execution> {
+    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    if !dry_run {
+        if connector.status == ConnectorStatus::Setup {
+            return Err(ApiError::conflict(
+                "connector_not_operational",
+                "the connector is in setup; only dry runs are possible until it is operational",
+            ));
+        }
+        if trigger == TriggerType::FileUpload && connector.kind != ConnectorType::Spreadsheet {
+            return Err(ApiError::conflict(
+                "wrong_connector_type",
+                "only spreadsheet connectors run on uploaded files (dry runs excepted)",
+            ));
+        }
+    }
+    let number = match (version, row.live_version) {
+        (Version::Live, Some(live)) => live,
+        (Version::Live, None) if dry_run => row.draft_version,
+        (Version::Live, None) => {
+            return Err(ApiError::conflict(
+                "no_live_script",
+                "the connector has no live SQL script; publish the draft first",
+            ));
+        }
+        (Version::Draft, _) => row.draft_version,
+    };
+    let script = app
+        .db
+        .sql_version(&row.id, number)?
+        .ok_or_else(|| ApiError::internal("a SQL version is missing"))?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut doc = Execution::new(
+        id.clone(),
+        ConnectorRef {
+            id: Some(row.id.clone()),
+            api_name: row.api_name.clone(),
+            version: Some(number),
+        },
+        trigger,
+        dry_run,
+    );
+    doc.source_file_id = file.as_ref().map(|f| f.sha256.clone());
+    doc.links = links(&id);
+    let execution = ExecutionRow {
+        workspace_id: caller.workspace_id.clone(),
+        connector_id: row.id.clone(),
+        definition: row.definition.clone(),
+        script: script.text,
+        input_name: file.map(|f| f.name),
+        document: doc.clone(),
+    };
+    queue::enqueue(app, &execution)?;
+    doc.queue_position = Some(app.db.queue_position(&id)?);
+    Ok(doc)
+}
+
+/// 202 with the execution and its `Location`.
+pub fn accepted(doc: &Execution) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(doc)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&doc.links.self_) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+fn is_json(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Triggers a run: multipart `file`, a raw body with `?filename=`, or JSON
+/// `{"source_file_id": …}`. Answers 202 with the queued execution.
+#[utoipa::path(post, path = "/connectors/{connector}/runs", tag = "executions",
+    params(("connector" = String, Path, description = "Connector id or api_name"), TriggerParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The input file's bytes with ?filename=, or multipart/form-data with a `file` part, or application/json {\"source_file_id\": \"…\"}"),
+    responses(
+        (status = 202, body = Object, description = "The queued execution", headers(("Location" = String, description = "The execution"))),
+        (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn trigger(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    Query(params): Query<TriggerParams>,
+    request: Request,
+) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let row = connector_of(&app, &caller, &c)?;
+    let file = if is_json(&request) && params.filename.is_none() {
+        let bytes = to_bytes(request.into_body(), app.settings.max_json_body)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+        let source: SourceFile = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid(
+                "validation_failed",
+                format!("a JSON body names a stored file as {{\"source_file_id\": \"…\"}}: {e}"),
+                vec![],
+            )
+        })?;
+        app.db
+            .file(&caller.workspace_id, &source.source_file_id)?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "unknown_file",
+                    format!("there is no file `{}`", source.source_file_id),
+                    vec![],
+                )
+            })?
+    } else {
+        super::files::receive(&app, &caller.workspace_id, params.filename, request).await?
+    };
+    let doc = start(
+        &app,
+        &caller,
+        &row,
+        Version::Live,
+        Some(file),
+        params.dry_run,
+        TriggerType::FileUpload,
+    )?;
+    Ok(accepted(&doc))
+}

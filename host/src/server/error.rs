@@ -1,0 +1,216 @@
+//! The one error type of the HTTP API: every failure becomes an RFC 9457
+//! `application/problem+json` body with a stable `code`. Internal errors are
+//! logged with their detail and answered with a generic message, so nothing
+//! about the server's insides leaks to a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use weir_engine::error::Problem;
+
+use super::state::StateError;
+
+/// A problem with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Where, e.g. `loads[0].match[1].field`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProblemDocument {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened, for a person.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Validation problems, each with its path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// SQL line of the problem, for script errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// SQL column of the problem, for script errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+    /// The execution behind the problem (a failed publish dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<serde_json::Value>,
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    // Boxed: handlers return `Result<_, ApiError>` everywhere, and the
+    // success path should not pay for the size of the problem document.
+    doc: Box<ProblemDocument>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `detail`.
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            doc: Box::new(ProblemDocument {
+                kind: format!("https://weir.dev/problems/{code}"),
+                title: status.canonical_reason().unwrap_or("Error").to_string(),
+                status: status.as_u16(),
+                detail: detail.into(),
+                code: code.to_string(),
+                errors: Vec::new(),
+                line: None,
+                column: None,
+                execution: None,
+            }),
+        }
+    }
+
+    /// 401.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// 404 for `what` (also the answer for another workspace's resources).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// 409 with `code`.
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    /// 422 with `code` and every problem with its path.
+    pub fn invalid(code: &str, detail: impl Into<String>, problems: Vec<Problem>) -> Self {
+        let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail);
+        e.doc.errors = problems
+            .into_iter()
+            .map(|p| FieldError {
+                path: p.path,
+                message: p.message,
+            })
+            .collect();
+        e
+    }
+
+    /// 500; `detail` is logged, not answered.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle this request; the error is in its log",
+        )
+    }
+
+    /// Adds a SQL position.
+    pub fn at(mut self, line: Option<u64>, column: Option<u64>) -> Self {
+        self.doc.line = line;
+        self.doc.column = column;
+        self
+    }
+
+    /// Adds the execution behind the problem.
+    pub fn with_execution(mut self, execution: serde_json::Value) -> Self {
+        self.doc.execution = Some(execution);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &str {
+        &self.doc.code
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(*self.doc)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection as R;
+        match r {
+            R::JsonDataError(e) => ApiError::invalid(
+                "validation_failed",
+                "the request body does not have the expected shape",
+                vec![Problem::new("body", e.body_text())],
+            ),
+            R::JsonSyntaxError(e) => ApiError::bad_request(format!("the body is not valid JSON: {}", e.body_text())),
+            R::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ),
+            R::BytesRejection(e) => ApiError::new(e.status(), "body_unreadable", e.body_text()),
+            other => ApiError::bad_request(other.body_text()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request(format!("bad query string: {}", r.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::bad_request(format!("bad path: {}", r.body_text()))
+    }
+}
+
+/// A JSON body whose rejections are problem+json.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Body<T>(pub T);
+
+/// A query string whose rejections are problem+json.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// Path parameters whose rejections are problem+json.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);

@@ -1,0 +1,167 @@
+//! `weir serve`: the HTTP API over the engine (SPEC §6, §8).
+//!
+//! [`start`] opens the data directory (state database, record store, file
+//! store), resolves what a previous process left running, bootstraps the
+//! first workspace and admin key, and starts the dispatcher; [`Server::run`]
+//! serves until a shutdown signal and then drains running executions.
+//!
+//! # Layout
+//!
+//! - [`config`]: layered configuration (defaults → file → `WEIR_*` env).
+//! - [`state`]: the state database and its migrations.
+//! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
+//! - [`files`]: the content-addressed file store.
+//! - [`queue`]: queue, workers, cancel, restart recovery, shutdown drain.
+//! - [`api`]: the routes, problem+json errors and the OpenAPI document.
+//! - [`metrics`]: Prometheus counters.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod metrics;
+pub mod queue;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use weir_engine::store::{RecordStore, SqliteStore};
+
+use self::config::Settings;
+use self::files::FileStore;
+use self::state::Db;
+
+/// Everything the handlers and workers share.
+pub struct App {
+    /// The state database.
+    pub db: Db,
+    /// Uploaded files.
+    pub files: FileStore,
+    /// Records of every workspace.
+    pub records: Arc<dyn RecordStore>,
+    /// Configuration.
+    pub settings: Settings,
+    /// Running executions and the dispatcher's wake-up.
+    pub runs: queue::Runs,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+}
+
+/// A started server: listening, with its dispatcher running.
+pub struct Server {
+    /// The shared state.
+    pub app: Arc<App>,
+    listener: TcpListener,
+    /// The bootstrap admin key, when this start created it.
+    pub bootstrap_key: Option<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The record store failed.
+    #[error("record store: {0}")]
+    Records(#[from] weir_engine::Error),
+    /// Bootstrap failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+    /// The address cannot be listened on.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the data directory, recovers, bootstraps, binds the listener and
+/// starts the dispatcher.
+pub async fn start(settings: Settings) -> Result<Server, StartError> {
+    let dir = settings.config.data_dir.clone();
+    let data_dir_error = |source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
+    let db = Db::open(&dir.join("state.db"))?;
+    let files = FileStore::open(&dir).map_err(data_dir_error)?;
+    let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
+    let bootstrap_key = bootstrap(&db, &settings)?;
+    let app = Arc::new(App {
+        db,
+        files,
+        records,
+        runs: queue::Runs::default(),
+        metrics: metrics::Metrics::new(),
+        settings,
+    });
+    let recovered = queue::recover(&app)?;
+    if recovered > 0 {
+        tracing::warn!(
+            executions = recovered,
+            "resolved executions a previous process left running"
+        );
+    }
+    let addr = app.settings.config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    tokio::spawn(queue::dispatch(app.clone()));
+    Ok(Server {
+        app,
+        listener,
+        bootstrap_key,
+    })
+}
+
+/// Creates the first workspace and admin key when the state is empty.
+fn bootstrap(db: &Db, settings: &Settings) -> Result<Option<String>, StartError> {
+    if !db.is_empty()? {
+        return Ok(None);
+    }
+    let key = auth::create_key(
+        db,
+        &settings.config.bootstrap_workspace,
+        "bootstrap admin",
+        auth::Role::Admin,
+        None,
+        settings.config.bootstrap_key.clone(),
+    )
+    .map_err(StartError::Bootstrap)?;
+    Ok(Some(key.secret))
+}
+
+impl Server {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting, lets running
+    /// executions finish within the grace period, and cancels the rest.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let router = api::router(self.app.clone());
+        let stop = shutdown.clone();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
+        queue::drain(&self.app, self.app.settings.shutdown_grace).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,424 @@
+//! Executions from trigger to terminal status: the queue, the worker pool,
+//! cancel, and recovery after a restart.
+//!
+//! The state database is the queue: a trigger stores a `queued` execution
+//! (with the connector definition and script it will run) and wakes the
+//! dispatcher. The dispatcher claims queued executions oldest first while
+//! a worker is free, skipping those whose connector is not operational
+//! (dry runs always run) or already runs `max_concurrency` executions.
+//! Claiming is a conditional update (`queued → running`), so a cancel and a
+//! claim never both win.
+//!
+//! While a run runs, its live document is in memory (status reads come from
+//! there) and a persister task writes it to the database as it changes, with
+//! a log line for every stage that starts or ends. The persister is the only
+//! writer of a running execution's document, so the final document is never
+//! overwritten by a late progress write.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use weir_engine::connector::{Connector, ConnectorStatus};
+use weir_engine::error::{ErrorCode, Stage};
+use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status};
+use weir_engine::objects::{ObjectDef, Objects};
+use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+
+use super::App;
+use super::state::{ExecutionRow, StateError};
+
+/// A running execution, as the process knows it.
+struct Running {
+    connector_id: String,
+    cancel: CancellationToken,
+    progress: Progress,
+}
+
+/// The executions this process runs, and the signal that wakes the dispatcher.
+#[derive(Default)]
+pub struct Runs {
+    running: Mutex<HashMap<String, Running>>,
+    wake: Notify,
+    /// Set at shutdown: nothing new is claimed.
+    draining: CancellationToken,
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The execution is canceled or canceling; its document now.
+    Accepted(Box<Execution>),
+    /// It had already finished.
+    Finished,
+}
+
+impl Runs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The live document of a running execution.
+    pub fn live(&self, id: &str) -> Option<Execution> {
+        self.lock().get(id).map(|r| r.progress.snapshot())
+    }
+
+    /// How many executions run now.
+    pub fn running_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Wakes the dispatcher (a new execution, a connector that became operational).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Stores a new queued execution and wakes the dispatcher.
+pub fn enqueue(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
+    app.db.insert_execution(row)?;
+    app.db.append_log(&row.document.id, "info", "queued")?;
+    app.metrics.executions_created.inc();
+    app.runs.wake();
+    Ok(())
+}
+
+/// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`
+/// at once; a running one becomes `canceling` and its run is told to stop.
+pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
+    // The map lock is held across the check so that a claim (which takes
+    // it too) cannot slip between reading `queued` and canceling.
+    let running = app.runs.lock();
+    if let Some(run) = running.get(id) {
+        if run.progress.snapshot().status.is_terminal() {
+            // Ended; the worker is storing its final document.
+            return Ok(CancelOutcome::Finished);
+        }
+        run.progress.update(|doc| {
+            if matches!(doc.status, Status::Queued | Status::Running) {
+                let _ = doc.transition(Status::Canceling);
+            }
+        });
+        run.cancel.cancel();
+        return Ok(CancelOutcome::Accepted(Box::new(run.progress.snapshot())));
+    }
+    let Some(row) = app.db.execution(id)? else {
+        return Ok(CancelOutcome::Finished);
+    };
+    let mut doc = row.document;
+    match doc.status {
+        Status::Queued => {
+            let _ = doc.transition(Status::Canceled);
+            doc.close_open_stages(StageStatus::Skipped, StageStatus::Skipped);
+            if app.db.save_document(&doc, Some(Status::Queued))? {
+                drop(running);
+                app.db.append_log(id, "info", "canceled while queued")?;
+                app.metrics.finished(doc.status);
+            }
+            Ok(CancelOutcome::Accepted(Box::new(doc)))
+        }
+        // Canceling but not running here: a previous process was stopping
+        // it; recovery resolves it. Repeating the cancel is accepted.
+        Status::Running | Status::Canceling => Ok(CancelOutcome::Accepted(Box::new(doc))),
+        _ => Ok(CancelOutcome::Finished),
+    }
+}
+
+/// Resolves what a previous process left: `running` executions failed with
+/// `worker_lost` (what they committed stays), `canceling` ones canceled.
+/// Queued ones are left for the dispatcher.
+pub fn recover(app: &App) -> Result<usize, StateError> {
+    let mut n = 0;
+    for mut doc in app.db.executions_in(&[Status::Running, Status::Canceling])? {
+        let from = doc.status;
+        let stage = doc
+            .step_progress
+            .iter()
+            .rev()
+            .find(|p| p.status() == StageStatus::Running)
+            .map_or(Stage::Intake, |p| p.stage());
+        if from == Status::Canceling {
+            doc.close_open_stages(StageStatus::Canceled, StageStatus::Skipped);
+            let _ = doc.transition(Status::Canceled);
+        } else {
+            doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
+            doc.error = Some(ExecutionError {
+                stage,
+                code: ErrorCode::WorkerLost,
+                message: "the server stopped while this execution ran; records it committed before that stay".into(),
+                line: None,
+                column: None,
+                plugin: None,
+            });
+            let _ = doc.transition(Status::Failed);
+        }
+        if app.db.save_document(&doc, Some(from))? {
+            app.db.append_log(
+                &doc.id,
+                "error",
+                &format!("resolved after a restart: {}", doc.status.as_str()),
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Claims and starts queued executions until shutdown.
+pub async fn dispatch(app: Arc<App>) {
+    loop {
+        if app.runs.draining.is_cancelled() {
+            return;
+        }
+        if let Err(e) = claim_and_start(&app) {
+            tracing::error!(error = %e, "claiming queued executions failed");
+        }
+        tokio::select! {
+            _ = app.runs.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = app.runs.draining.cancelled() => return,
+        }
+    }
+}
+
+/// Stops claiming, lets running executions go on for `grace`, then cancels
+/// them and waits until their final documents are stored.
+pub async fn drain(app: &App, grace: Duration) {
+    app.runs.draining.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
+    while app.runs.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tokens: Vec<_> = app.runs.lock().values().map(|r| r.cancel.clone()).collect();
+    if !tokens.is_empty() {
+        tracing::warn!(runs = tokens.len(), "shutdown grace over; canceling running executions");
+    }
+    for t in tokens {
+        t.cancel();
+    }
+    let hard = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.runs.running_count() > 0 && tokio::time::Instant::now() < hard {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn claim_and_start(app: &Arc<App>) -> Result<(), StateError> {
+    let workers = app.settings.config.workers;
+    for (id, connector_id, is_dry_run) in app.db.queued()? {
+        let mut running = app.runs.lock();
+        if running.len() >= workers {
+            return Ok(());
+        }
+        let Some(row) = app.db.execution(&id)? else { continue };
+        let snapshot: Connector = match serde_json::from_str(&row.definition) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(running);
+                fail_to_start(
+                    app,
+                    row.document,
+                    &format!("its connector definition does not parse: {e}"),
+                )?;
+                continue;
+            }
+        };
+        // The connector as it is now decides whether live runs may start
+        // (an inactive connector holds them); a deleted one runs its snapshot.
+        let current: Option<Connector> = app
+            .db
+            .connector_by_id(&connector_id)?
+            .and_then(|c| serde_json::from_str(&c.definition).ok());
+        let status = current.as_ref().map_or(snapshot.status, |c| c.status);
+        if !is_dry_run && status != ConnectorStatus::Operational {
+            continue;
+        }
+        let max = current
+            .as_ref()
+            .map_or(snapshot.limits.max_concurrency, |c| c.limits.max_concurrency)
+            .max(1);
+        let busy = running.values().filter(|r| r.connector_id == connector_id).count();
+        if busy >= max as usize {
+            continue;
+        }
+        let mut row = row;
+        if row.document.transition(Status::Running).is_err()
+            || !app.db.save_document(&row.document, Some(Status::Queued))?
+        {
+            continue;
+        }
+        let progress = Progress::new(row.document.clone());
+        let cancel = CancellationToken::new();
+        running.insert(
+            id.clone(),
+            Running {
+                connector_id: connector_id.clone(),
+                cancel: cancel.clone(),
+                progress: progress.clone(),
+            },
+        );
+        drop(running);
+        let app = app.clone();
+        let span = tracing::info_span!("execution", id = %id, connector = %connector_id);
+        tokio::spawn(
+            async move {
+                tracing::info!("started");
+                work(&app, row, snapshot, progress, cancel).await;
+                app.runs.lock().remove(&id);
+                app.runs.wake();
+            }
+            .instrument(span),
+        );
+    }
+    Ok(())
+}
+
+/// Ends a queued execution that cannot start as `failed`.
+fn fail_to_start(app: &App, mut doc: Execution, why: &str) -> Result<(), StateError> {
+    doc.error = Some(ExecutionError {
+        stage: Stage::Intake,
+        code: ErrorCode::InvalidConnector,
+        message: why.to_string(),
+        line: None,
+        column: None,
+        plugin: None,
+    });
+    doc.close_open_stages(StageStatus::Skipped, StageStatus::Skipped);
+    let _ = doc.transition(Status::Failed);
+    if app.db.save_document(&doc, Some(Status::Queued))? {
+        app.db.append_log(&doc.id, "error", why)?;
+    }
+    Ok(())
+}
+
+/// Where an execution's artifacts live.
+pub fn artifacts_dir(app: &App, id: &str) -> PathBuf {
+    app.settings.config.data_dir.join("executions").join(id)
+}
+
+async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress: Progress, cancel: CancellationToken) {
+    let id = row.document.id.clone();
+    let persister = tokio::spawn(persist(app.clone(), progress.clone()));
+    let records = match records_for(app, &row.workspace_id, &connector) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(execution = %id, error = %e, "loading the workspace's objects failed");
+            None
+        }
+    };
+    let input = match (&row.document.source_file_id, &row.input_name) {
+        (Some(sha), name) => Some(InputFile {
+            path: app.files.path(sha),
+            name: name.clone().unwrap_or_else(|| "input".into()),
+        }),
+        (None, _) => None,
+    };
+    let request = RunRequest {
+        connector,
+        script: row.script,
+        input,
+        execution: row.document,
+        out_dir: artifacts_dir(app, &id),
+        settings: RunSettings {
+            threads: app.settings.config.threads_per_run,
+            ..RunSettings::default()
+        },
+        cancel,
+        records,
+    };
+    let started = std::time::Instant::now();
+    let doc = pipeline::run(request, &progress).await;
+    app.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
+    // The persister writes the terminal document and then ends.
+    if let Err(e) = persister.await {
+        tracing::error!(execution = %id, error = %e, "the persister task failed");
+        if let Err(e) = app.db.save_document(&doc, None) {
+            tracing::error!(execution = %id, error = %e, "storing the final document failed");
+        }
+    }
+    app.metrics.finished(doc.status);
+    tracing::info!(status = doc.status.as_str(), "finished");
+}
+
+/// The record store and the workspace's objects, when the connector loads.
+fn records_for(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<Records>, StateError> {
+    if connector.loads.is_empty() {
+        return Ok(None);
+    }
+    let mut objects = Vec::new();
+    for o in app.db.objects(workspace_id)? {
+        objects.push(serde_json::from_str::<ObjectDef>(&o.definition)?);
+    }
+    Ok(Some(Records {
+        store: app.records.clone(),
+        workspace: workspace_id.to_string(),
+        objects: Objects { objects },
+    }))
+}
+
+/// Writes the live document to the database as it changes (at most every
+/// 100 ms, and always the terminal one), with a log line per stage change.
+async fn persist(app: Arc<App>, progress: Progress) {
+    let mut rx = progress.subscribe();
+    let mut last_stages: Vec<StageStatus> = Vec::new();
+    let mut last_status = None;
+    loop {
+        let doc = rx.borrow_and_update().clone();
+        for line in changes(&doc, &mut last_stages, &mut last_status) {
+            if let Err(e) = app.db.append_log(&doc.id, line.0, &line.1) {
+                tracing::error!(execution = %doc.id, error = %e, "writing a log line failed");
+            }
+        }
+        if let Err(e) = app.db.save_document(&doc, None) {
+            tracing::error!(execution = %doc.id, error = %e, "storing progress failed");
+        }
+        if doc.status.is_terminal() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // The run dropped its progress without a terminal document.
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Log lines for what changed since the last look.
+fn changes(
+    doc: &Execution,
+    last_stages: &mut Vec<StageStatus>,
+    last_status: &mut Option<Status>,
+) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    let stages: Vec<StageStatus> = doc.step_progress.iter().map(|p| p.status()).collect();
+    for (i, p) in doc.step_progress.iter().enumerate() {
+        let now = stages[i];
+        if last_stages.get(i) != Some(&now) && now != StageStatus::Pending {
+            let word = serde_json::to_value(now)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string));
+            lines.push(("info", format!("{}: {}", p.stage().as_str(), word.unwrap_or_default())));
+        }
+    }
+    *last_stages = stages;
+    if *last_status != Some(doc.status) {
+        *last_status = Some(doc.status);
+        match (&doc.error, doc.status) {
+            (Some(e), _) => lines.push((
+                "error",
+                format!(
+                    "{}: {} ({}): {}",
+                    doc.status.as_str(),
+                    e.stage.as_str(),
+                    e.code.as_str(),
+                    e.message
+                ),
+            )),
+            (None, status) => lines.push(("info", format!("status: {}", status.as_str()))),
+        }
+    }
+    lines
+}

@@ -1,0 +1,982 @@
+//! The server's state store: workspaces, hashed API keys, objects, files,
+//! connectors with every SQL version, executions with their documents and
+//! logs. One SQLite database (`state.db`) in the data directory, in WAL mode
+//! so readers never wait for the writer and `weir keys` works while the
+//! server runs.
+//!
+//! Schema changes are numbered migrations applied in order and recorded in
+//! `PRAGMA user_version`; a database newer than this binary is refused.
+//!
+//! This module owns SQL text and row shapes. It does not decide who may do
+//! what (that is [`super::auth`]) nor how executions move (that is
+//! [`super::queue`]); status changes it writes are checked by the caller.
+//!
+//! Calls are synchronous: every statement here is a point lookup or a short
+//! indexed range on a local file, well under a millisecond, so a thread hop
+//! per request would cost more than it saves.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use weir_engine::execution::{Execution, Status};
+
+/// A state store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document did not parse.
+    #[error("state database holds a document that does not parse: {0}")]
+    Document(#[from] serde_json::Error),
+    /// The database was written by a newer Weir.
+    #[error("the state database is at schema version {found}; this weir knows up to {known}")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this binary knows.
+        known: i64,
+    },
+}
+
+/// Result of state operations.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE workspaces (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    connectors    TEXT,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    created_at    TEXT NOT NULL,
+    revoked_at    TEXT
+);
+CREATE TABLE objects (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    name         TEXT NOT NULL,
+    definition   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, name)
+);
+CREATE TABLE files (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    sha256       TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, sha256)
+);
+CREATE TABLE connectors (
+    id             TEXT PRIMARY KEY,
+    workspace_id   TEXT NOT NULL REFERENCES workspaces(id),
+    api_name       TEXT NOT NULL,
+    definition     TEXT NOT NULL,
+    sample_file_id TEXT,
+    draft_version  INTEGER NOT NULL,
+    live_version   INTEGER,
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL,
+    UNIQUE (workspace_id, api_name)
+);
+CREATE TABLE sql_versions (
+    connector_id TEXT NOT NULL REFERENCES connectors(id) ON DELETE CASCADE,
+    version      INTEGER NOT NULL,
+    text         TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    published_at TEXT,
+    PRIMARY KEY (connector_id, version)
+);
+CREATE TABLE executions (
+    id             TEXT PRIMARY KEY,
+    workspace_id   TEXT NOT NULL REFERENCES workspaces(id),
+    connector_id   TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    trigger_type   TEXT NOT NULL,
+    is_dry_run     INTEGER NOT NULL,
+    source_file_id TEXT,
+    input_name     TEXT,
+    definition     TEXT NOT NULL,
+    script         TEXT NOT NULL,
+    document       TEXT NOT NULL,
+    created_at     TEXT NOT NULL
+);
+CREATE INDEX executions_by_connector ON executions (connector_id, id);
+CREATE INDEX executions_by_status ON executions (status, id);
+CREATE TABLE execution_logs (
+    execution_id TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    at           TEXT NOT NULL,
+    level        TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+);
+"#];
+
+/// A workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Its id.
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+}
+
+/// An API key as stored (the secret only as its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    /// Key id.
+    pub id: String,
+    /// Workspace.
+    pub workspace_id: String,
+    /// Display name.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// Connectors (ids or api_names) the key is limited to.
+    pub connectors: Option<Vec<String>>,
+    /// sha256 of the secret, hex.
+    pub secret_sha256: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An object definition as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRow {
+    /// The definition (JSON of `ObjectDef`).
+    pub definition: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An uploaded file (content lives in the file store under its sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// sha256 of the content, hex; also the file's id.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Name as uploaded.
+    pub name: String,
+    /// Content type as uploaded.
+    pub content_type: String,
+    /// First upload.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A connector as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorRow {
+    /// Id (UUID).
+    pub id: String,
+    /// Workspace.
+    pub workspace_id: String,
+    /// `api_name`.
+    pub api_name: String,
+    /// The definition (JSON of `Connector`, without SQL text).
+    pub definition: String,
+    /// The sample file.
+    pub sample_file_id: Option<String>,
+    /// The draft SQL version.
+    pub draft_version: u32,
+    /// The live SQL version.
+    pub live_version: Option<u32>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One SQL version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlVersion {
+    /// Number, from 1.
+    pub version: u32,
+    /// Script text.
+    pub text: String,
+    /// When it was saved.
+    pub created_at: DateTime<Utc>,
+    /// When it was published (`None` for the draft).
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// An execution as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionRow {
+    /// Workspace.
+    pub workspace_id: String,
+    /// Connector id.
+    pub connector_id: String,
+    /// The connector definition the run uses (JSON).
+    pub definition: String,
+    /// The exact script the run uses.
+    pub script: String,
+    /// The input's name as uploaded.
+    pub input_name: Option<String>,
+    /// The document.
+    pub document: Execution,
+}
+
+/// An execution row before its document is parsed.
+struct RawExecution {
+    workspace_id: String,
+    connector_id: String,
+    definition: String,
+    script: String,
+    input_name: Option<String>,
+    document: String,
+}
+
+/// Filters of an execution list.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this trigger type.
+    pub trigger_type: Option<String>,
+    /// Only dry runs, or only live ones.
+    pub is_dry_run: Option<bool>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// A log line of an execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Position, from 1.
+    pub seq: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `info`, `warn`, `error`.
+    pub level: String,
+    /// The line.
+    pub message: String,
+}
+
+/// The state database.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+fn time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).map_or_else(|_| DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
+}
+
+impl Db {
+    /// Opens (creating when missing) the database and applies migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        // WAL: readers do not block the writer; NORMAL sync is durable across
+        // process crashes (only an OS crash can lose the last transactions).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let db = Self { conn: Mutex::new(conn) };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StateError::TooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // ----- workspaces -------------------------------------------------------
+
+    /// The workspace called `name`, created when new.
+    pub fn workspace_named(&self, name: &str) -> Result<Workspace> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO workspaces (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![uuid::Uuid::now_v7().to_string(), name, now()],
+        )?;
+        Ok(
+            conn.query_row("SELECT id, name FROM workspaces WHERE name = ?1", [name], |r| {
+                Ok(Workspace {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })?,
+        )
+    }
+
+    /// The workspace with this id or name.
+    pub fn workspace(&self, id_or_name: &str) -> Result<Option<Workspace>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name FROM workspaces WHERE id = ?1 OR name = ?1",
+                [id_or_name],
+                |r| {
+                    Ok(Workspace {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Whether any workspace exists.
+    pub fn is_empty(&self) -> Result<bool> {
+        let n: i64 = self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM workspaces", [], |r| r.get(0))?;
+        Ok(n == 0)
+    }
+
+    // ----- keys -------------------------------------------------------------
+
+    /// Stores a key.
+    pub fn insert_key(&self, key: &KeyRow) -> Result<()> {
+        let connectors = key.connectors.as_ref().map(serde_json::to_string).transpose()?;
+        self.lock().execute(
+            "INSERT INTO api_keys (id, workspace_id, name, role, connectors, secret_sha256, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                key.id,
+                key.workspace_id,
+                key.name,
+                key.role,
+                connectors,
+                key.secret_sha256,
+                key.created_at.to_rfc3339()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+        let connectors: Option<String> = r.get(4)?;
+        Ok(KeyRow {
+            id: r.get(0)?,
+            workspace_id: r.get(1)?,
+            name: r.get(2)?,
+            role: r.get(3)?,
+            connectors: connectors.and_then(|c| serde_json::from_str(&c).ok()),
+            secret_sha256: r.get(5)?,
+            created_at: time(&r.get::<_, String>(6)?),
+            revoked_at: r.get::<_, Option<String>>(7)?.map(|t| time(&t)),
+        })
+    }
+
+    const KEY_COLUMNS: &str = "id, workspace_id, name, role, connectors, secret_sha256, created_at, revoked_at";
+
+    /// The key whose secret hashes to `sha256`.
+    pub fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {} FROM api_keys WHERE secret_sha256 = ?1", Self::KEY_COLUMNS),
+                [sha256],
+                Self::key_row,
+            )
+            .optional()?)
+    }
+
+    /// The workspace's keys, newest first.
+    pub fn keys(&self, workspace_id: &str) -> Result<Vec<KeyRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM api_keys WHERE workspace_id = ?1 ORDER BY id DESC",
+            Self::KEY_COLUMNS
+        ))?;
+        let rows = stmt.query_map([workspace_id], Self::key_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revokes a key of the workspace; false when there is no such key.
+    pub fn revoke_key(&self, workspace_id: &str, id: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE workspace_id = ?1 AND id = ?2",
+            params![workspace_id, id, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    // ----- objects ----------------------------------------------------------
+
+    /// The workspace's object definitions (JSON), by name.
+    pub fn objects(&self, workspace_id: &str) -> Result<Vec<ObjectRow>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT definition, created_at, updated_at FROM objects WHERE workspace_id = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([workspace_id], Self::object_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn object_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectRow> {
+        Ok(ObjectRow {
+            definition: r.get(0)?,
+            created_at: time(&r.get::<_, String>(1)?),
+            updated_at: time(&r.get::<_, String>(2)?),
+        })
+    }
+
+    /// One object definition.
+    pub fn object(&self, workspace_id: &str, name: &str) -> Result<Option<ObjectRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT definition, created_at, updated_at FROM objects WHERE workspace_id = ?1 AND name = ?2",
+                [workspace_id, name],
+                Self::object_row,
+            )
+            .optional()?)
+    }
+
+    /// Creates an object; false when one of that name exists.
+    pub fn insert_object(&self, workspace_id: &str, name: &str, definition: &str) -> Result<bool> {
+        let n = self.lock().execute(
+            "INSERT INTO objects (workspace_id, name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT DO NOTHING",
+            params![workspace_id, name, definition, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Replaces an object's definition.
+    pub fn update_object(&self, workspace_id: &str, name: &str, definition: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE objects SET definition = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND name = ?2",
+            params![workspace_id, name, definition, now()],
+        )?;
+        Ok(())
+    }
+
+    // ----- files ------------------------------------------------------------
+
+    /// Records an uploaded file; an earlier upload of the same content keeps
+    /// its name and type. Returns the stored row.
+    pub fn insert_file(&self, workspace_id: &str, file: &FileRow) -> Result<FileRow> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO files (workspace_id, sha256, size, name, content_type, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+            params![
+                workspace_id,
+                file.sha256,
+                file.size as i64,
+                file.name,
+                file.content_type,
+                file.created_at.to_rfc3339()
+            ],
+        )?;
+        drop(conn);
+        self.file(workspace_id, &file.sha256)?
+            .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// A file of the workspace.
+    pub fn file(&self, workspace_id: &str, sha256: &str) -> Result<Option<FileRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT sha256, size, name, content_type, created_at FROM files WHERE workspace_id = ?1 AND sha256 = ?2",
+                [workspace_id, sha256],
+                |r| {
+                    Ok(FileRow {
+                        sha256: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        name: r.get(2)?,
+                        content_type: r.get(3)?,
+                        created_at: time(&r.get::<_, String>(4)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    // ----- connectors -------------------------------------------------------
+
+    const CONNECTOR_COLUMNS: &str =
+        "id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at, updated_at";
+
+    fn connector_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectorRow> {
+        Ok(ConnectorRow {
+            id: r.get(0)?,
+            workspace_id: r.get(1)?,
+            api_name: r.get(2)?,
+            definition: r.get(3)?,
+            sample_file_id: r.get(4)?,
+            draft_version: r.get(5)?,
+            live_version: r.get(6)?,
+            created_at: time(&r.get::<_, String>(7)?),
+            updated_at: time(&r.get::<_, String>(8)?),
+        })
+    }
+
+    /// Creates a connector with its first draft; false when the api_name is taken.
+    pub fn insert_connector(&self, row: &ConnectorRow, draft: &str) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO connectors (id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, NULL, ?6, ?6) ON CONFLICT DO NOTHING",
+            params![row.id, row.workspace_id, row.api_name, row.definition, row.sample_file_id, now()],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO sql_versions (connector_id, version, text, created_at) VALUES (?1, 1, ?2, ?3)",
+            params![row.id, draft, now()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The connector with this id or api_name in the workspace.
+    pub fn connector(&self, workspace_id: &str, id_or_name: &str) -> Result<Option<ConnectorRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!(
+                    "SELECT {} FROM connectors WHERE workspace_id = ?1 AND (id = ?2 OR api_name = ?2)",
+                    Self::CONNECTOR_COLUMNS
+                ),
+                [workspace_id, id_or_name],
+                Self::connector_row,
+            )
+            .optional()?)
+    }
+
+    /// The connector with this id, in any workspace (workers use it).
+    pub fn connector_by_id(&self, id: &str) -> Result<Option<ConnectorRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {} FROM connectors WHERE id = ?1", Self::CONNECTOR_COLUMNS),
+                [id],
+                Self::connector_row,
+            )
+            .optional()?)
+    }
+
+    /// A page of the workspace's connectors, newest first, after `cursor`.
+    pub fn connectors(&self, workspace_id: &str, cursor: Option<&str>, limit: usize) -> Result<Vec<ConnectorRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM connectors WHERE workspace_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+            Self::CONNECTOR_COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![workspace_id, cursor, limit as i64], Self::connector_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Saves a connector's definition, api_name and sample file; false when
+    /// the new api_name is taken.
+    pub fn update_connector(&self, row: &ConnectorRow) -> Result<bool> {
+        let r = self.lock().execute(
+            "UPDATE connectors SET api_name = ?2, definition = ?3, sample_file_id = ?4, updated_at = ?5 WHERE id = ?1",
+            params![row.id, row.api_name, row.definition, row.sample_file_id, now()],
+        );
+        match r {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a connector and its SQL versions (its executions stay).
+    pub fn delete_connector(&self, id: &str) -> Result<()> {
+        self.lock().execute("DELETE FROM connectors WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Replaces the draft's text.
+    pub fn save_draft(&self, connector_id: &str, text: &str) -> Result<u32> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let draft: u32 = tx.query_row(
+            "SELECT draft_version FROM connectors WHERE id = ?1",
+            [connector_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE sql_versions SET text = ?3, created_at = ?4 WHERE connector_id = ?1 AND version = ?2",
+            params![connector_id, draft, text, now()],
+        )?;
+        tx.execute(
+            "UPDATE connectors SET updated_at = ?2 WHERE id = ?1",
+            params![connector_id, now()],
+        )?;
+        tx.commit()?;
+        Ok(draft)
+    }
+
+    /// Makes draft `version` live and starts a new draft with the same
+    /// text; refused (false) when the draft moved on meanwhile.
+    pub fn publish(&self, connector_id: &str, version: u32) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE connectors SET live_version = draft_version, draft_version = draft_version + 1, updated_at = ?3
+             WHERE id = ?1 AND draft_version = ?2",
+            params![connector_id, version, now()],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE sql_versions SET published_at = ?3 WHERE connector_id = ?1 AND version = ?2",
+            params![connector_id, version, now()],
+        )?;
+        tx.execute(
+            "INSERT INTO sql_versions (connector_id, version, text, created_at)
+             SELECT connector_id, version + 1, text, ?3 FROM sql_versions WHERE connector_id = ?1 AND version = ?2",
+            params![connector_id, version, now()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every SQL version of a connector, newest first.
+    pub fn sql_versions(&self, connector_id: &str) -> Result<Vec<SqlVersion>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT version, text, created_at, published_at FROM sql_versions WHERE connector_id = ?1 ORDER BY version DESC",
+        )?;
+        let rows = stmt.query_map([connector_id], Self::sql_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn sql_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SqlVersion> {
+        Ok(SqlVersion {
+            version: r.get(0)?,
+            text: r.get(1)?,
+            created_at: time(&r.get::<_, String>(2)?),
+            published_at: r.get::<_, Option<String>>(3)?.map(|t| time(&t)),
+        })
+    }
+
+    /// One SQL version.
+    pub fn sql_version(&self, connector_id: &str, version: u32) -> Result<Option<SqlVersion>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT version, text, created_at, published_at FROM sql_versions WHERE connector_id = ?1 AND version = ?2",
+                params![connector_id, version],
+                Self::sql_row,
+            )
+            .optional()?)
+    }
+
+    // ----- executions -------------------------------------------------------
+
+    /// Stores a new execution.
+    pub fn insert_execution(&self, row: &ExecutionRow) -> Result<()> {
+        let d = &row.document;
+        self.lock().execute(
+            "INSERT INTO executions (id, workspace_id, connector_id, status, trigger_type, is_dry_run, source_file_id,
+                                     input_name, definition, script, document, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                d.id,
+                row.workspace_id,
+                row.connector_id,
+                d.status.as_str(),
+                d.trigger_type.as_str(),
+                d.is_dry_run,
+                d.source_file_id,
+                row.input_name,
+                row.definition,
+                row.script,
+                serde_json::to_string(d)?,
+                d.created_at.to_rfc3339(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Saves an execution's document; with `from`, only while the stored
+    /// status is still `from` (false otherwise).
+    pub fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
+            params![
+                doc.id,
+                doc.status.as_str(),
+                serde_json::to_string(doc)?,
+                from.map(Status::as_str)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    const EXECUTION_COLUMNS: &str = "workspace_id, connector_id, definition, script, input_name, document";
+
+    fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawExecution> {
+        Ok(RawExecution {
+            workspace_id: r.get(0)?,
+            connector_id: r.get(1)?,
+            definition: r.get(2)?,
+            script: r.get(3)?,
+            input_name: r.get(4)?,
+            document: r.get(5)?,
+        })
+    }
+
+    /// An execution by id (any workspace; callers check tenancy).
+    pub fn execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
+        let found = self
+            .lock()
+            .query_row(
+                &format!("SELECT {} FROM executions WHERE id = ?1", Self::EXECUTION_COLUMNS),
+                [id],
+                Self::execution_row,
+            )
+            .optional()?;
+        found
+            .map(|raw| {
+                Ok(ExecutionRow {
+                    document: serde_json::from_str(&raw.document)?,
+                    workspace_id: raw.workspace_id,
+                    connector_id: raw.connector_id,
+                    definition: raw.definition,
+                    script: raw.script,
+                    input_name: raw.input_name,
+                })
+            })
+            .transpose()
+    }
+
+    /// A page of a connector's executions, newest first, after `cursor`.
+    pub fn executions(
+        &self,
+        connector_id: &str,
+        filter: &ExecutionFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT document FROM executions
+             WHERE connector_id = ?1 AND (?2 IS NULL OR id < ?2)
+               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger_type = ?4)
+               AND (?5 IS NULL OR is_dry_run = ?5)
+               AND (?6 IS NULL OR created_at >= ?6) AND (?7 IS NULL OR created_at < ?7)
+             ORDER BY id DESC LIMIT ?8",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                connector_id,
+                cursor,
+                filter.status,
+                filter.trigger_type,
+                filter.is_dry_run,
+                filter.created_after.map(|t| t.to_rfc3339()),
+                filter.created_before.map(|t| t.to_rfc3339()),
+                limit as i64
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        let mut out = Vec::new();
+        for doc in rows {
+            out.push(serde_json::from_str(&doc?)?);
+        }
+        Ok(out)
+    }
+
+    /// Queued executions, oldest first: (id, connector id, is dry run).
+    pub fn queued(&self) -> Result<Vec<(String, String, bool)>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT id, connector_id, is_dry_run FROM executions WHERE status = 'queued' ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many queued executions are ahead of `id`.
+    pub fn queue_position(&self, id: &str) -> Result<u64> {
+        let n: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND id < ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Executions in any of `statuses` (recovery after a restart).
+    pub fn executions_in(&self, statuses: &[Status]) -> Result<Vec<Execution>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT document FROM executions WHERE status = ?1 ORDER BY id")?;
+        let mut out = Vec::new();
+        for status in statuses {
+            for doc in stmt.query_map([status.as_str()], |r| r.get::<_, String>(0))? {
+                out.push(serde_json::from_str(&doc?)?);
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- logs -------------------------------------------------------------
+
+    /// Appends a log line to an execution.
+    pub fn append_log(&self, execution_id: &str, level: &str, message: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO execution_logs (execution_id, seq, at, level, message)
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM execution_logs WHERE execution_id = ?1",
+            params![execution_id, now(), level, message],
+        )?;
+        Ok(())
+    }
+
+    /// Log lines after `after`, at most `limit`.
+    pub fn logs(&self, execution_id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, level, message FROM execution_logs WHERE execution_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![execution_id, after as i64, limit as i64], |r| {
+            Ok(LogLine {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: time(&r.get::<_, String>(1)?),
+                level: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_engine::execution::{ConnectorRef, TriggerType};
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+        (dir, db)
+    }
+
+    #[test]
+    fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let (dir, db) = db();
+        drop(db);
+        let path = dir.path().join("state.db");
+        assert!(Db::open(&path).is_ok(), "reopening applies nothing twice");
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        conn.pragma_update(None, "user_version", 99)
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(conn);
+        assert!(matches!(Db::open(&path), Err(StateError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn publishing_keeps_every_version_and_starts_a_new_draft() {
+        let (_dir, db) = db();
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
+        let row = ConnectorRow {
+            id: "c1".into(),
+            workspace_id: ws.id.clone(),
+            api_name: "orders".into(),
+            definition: "{}".into(),
+            sample_file_id: None,
+            draft_version: 1,
+            live_version: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert_eq!(db.insert_connector(&row, "v1").ok(), Some(true));
+        assert_eq!(db.insert_connector(&row, "v1").ok(), Some(false), "api_name is unique");
+        assert_eq!(db.publish("c1", 1).ok(), Some(true));
+        assert_eq!(
+            db.publish("c1", 1).ok(),
+            Some(false),
+            "a stale draft is not published twice"
+        );
+        assert_eq!(db.save_draft("c1", "v2").ok(), Some(2));
+        let c = db.connector(&ws.id, "orders").ok().flatten();
+        assert_eq!(c.map(|c| (c.live_version, c.draft_version)), Some((Some(1), 2)));
+        let versions = db.sql_versions("c1").unwrap_or_default();
+        let texts: Vec<_> = versions.iter().map(|v| (v.version, v.text.as_str())).collect();
+        assert_eq!(texts, vec![(2, "v2"), (1, "v1")]);
+    }
+
+    #[test]
+    fn a_conditional_save_does_not_overwrite_a_status_that_moved_on() {
+        let (_dir, db) = db();
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
+        let doc = Execution::new(
+            "e1".into(),
+            ConnectorRef {
+                id: Some("c1".into()),
+                api_name: "orders".into(),
+                version: Some(1),
+            },
+            TriggerType::FileUpload,
+            false,
+        );
+        let row = ExecutionRow {
+            workspace_id: ws.id,
+            connector_id: "c1".into(),
+            definition: "{}".into(),
+            script: String::new(),
+            input_name: None,
+            document: doc.clone(),
+        };
+        db.insert_execution(&row).unwrap_or_else(|e| panic!("{e}"));
+        let mut canceled = doc.clone();
+        canceled.transition(Status::Canceled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_document(&canceled, Some(Status::Queued)).ok(), Some(true));
+        let mut running = doc;
+        running.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_document(&running, Some(Status::Queued)).ok(), Some(false));
+        let stored = db.execution("e1").ok().flatten().map(|r| r.document.status);
+        assert_eq!(stored, Some(Status::Canceled));
+    }
+
+    #[test]
+    fn log_lines_are_numbered_per_execution() {
+        let (_dir, db) = db();
+        for m in ["a", "b", "c"] {
+            db.append_log("e1", "info", m).unwrap_or_else(|e| panic!("{e}"));
+        }
+        db.append_log("e2", "info", "x").unwrap_or_else(|e| panic!("{e}"));
+        let lines = db.logs("e1", 1, 10).unwrap_or_default();
+        let got: Vec<_> = lines.iter().map(|l| (l.seq, l.message.as_str())).collect();
+        assert_eq!(got, vec![(2, "b"), (3, "c")]);
+    }
+}

@@ -1,0 +1,207 @@
+//! `weir serve` as a process: killed mid-run and started again on the same
+//! data directory, and stopped gracefully with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weir_host::server::state::Db;
+
+const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
+
+/// A server process and its base URL.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("WEIR_BOOTSTRAP_KEY", ADMIN)
+        .env("WEIR_WORKERS", "1")
+        .env("WEIR_THREADS_PER_RUN", "1")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting weir serve: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("weir serve ended before listening"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(addr) = line.strip_prefix("weir listening on ") {
+            break format!("{addr}/api/v1");
+        }
+    };
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process { child, base }
+}
+
+async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(ADMIN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let response = r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}?filename=x.csv"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn status_of(base: &str, id: &str) -> Value {
+    call(base, reqwest::Method::GET, &format!("/executions/{id}"), None)
+        .await
+        .1
+}
+
+async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc = status_of(base, id).await;
+        if done(doc["status"].as_str().unwrap_or_default()) {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "stuck: {doc}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An operational connector whose script runs for minutes. Publishing
+/// would run it, so the test makes version 1 live in the state database
+/// directly (the server allows a second writer).
+async fn slow(base: &str, data_dir: &Path) {
+    let sql = "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3";
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(json!({"api_name": "slow", "type": "spreadsheet", "sql": {"text": sql}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let db = Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    let id = b["id"].as_str().unwrap_or_default();
+    assert_eq!(db.publish(id, 1).ok(), Some(true));
+    let (s, b) = call(
+        base,
+        reqwest::Method::PATCH,
+        "/connectors/slow",
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// An operational connector that runs in a moment.
+async fn quick(base: &str) {
+    let (_, file) = upload(base, "/files", b"a\n1\n").await;
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(
+            json!({"api_name": "quick", "type": "spreadsheet", "sample_file_id": file["id"],
+                    "sql": {"text": "CREATE VIEW output.a AS SELECT * FROM input.data"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors/quick/sql/publish",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::PATCH,
+        "/connectors/quick",
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_its_running_execution_and_runs_the_queued_one_after_restart() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut first = serve(dir.path(), &[]);
+    slow(&first.base, dir.path()).await;
+    quick(&first.base).await;
+    let (_, running) = upload(&first.base, "/connectors/slow/runs", b"a\n1\n").await;
+    let running = running["id"].as_str().unwrap_or_default().to_string();
+    wait(&first.base, &running, |s| s == "running").await;
+    // One worker: this one waits behind the slow run.
+    let (_, queued) = upload(&first.base, "/connectors/quick/runs", b"a\n2\n").await;
+    let queued = queued["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(status_of(&first.base, &queued).await["status"], "queued");
+
+    first.child.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = first.child.wait();
+
+    let mut second = serve(dir.path(), &[]);
+    let lost = status_of(&second.base, &running).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    assert!(lost["ended_at"].is_string());
+    let ran = wait(&second.base, &queued, |s| s == "success").await;
+    assert_eq!(ran["step_progress"][1]["scopes"][0]["rows"], 1, "{ran}");
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_what_is_still_running_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut p = serve(dir.path(), &[("WEIR_SHUTDOWN_GRACE", "500ms")]);
+    slow(&p.base, dir.path()).await;
+    let (_, run) = upload(&p.base, "/connectors/slow/runs", b"a\n1\n").await;
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    wait(&p.base, &id, |s| s == "running").await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = p.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    let doc = db.execution(&id).ok().flatten().map(|r| r.document);
+    assert_eq!(
+        doc.map(|d| d.status.as_str()),
+        Some("canceled"),
+        "a graceful stop cancels the run and stores that"
+    );
+}

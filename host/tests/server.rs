@@ -1,0 +1,1068 @@
+//! The HTTP API over real HTTP: a server on 127.0.0.1:0 with a fresh data
+//! directory per test, driven with reqwest as an integrator would.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use weir_host::server::auth::{self, Role};
+use weir_host::server::config::ServerConfig;
+use weir_host::server::{self, App};
+
+const ADMIN: &str = "weir_test_bootstrap_admin_key_0123456789abcdef";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Server {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        workers: 4,
+        threads_per_run: 1,
+        bootstrap_key: Some(ADMIN.into()),
+        ..ServerConfig::default()
+    };
+    edit(&mut config);
+    let settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
+    let server = server::start(settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = server.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let app = server.app.clone();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        server.run(stop).await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    Server {
+        base: format!("http://{addr}/api/v1"),
+        client: reqwest::Client::new(),
+        app,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+/// An answer: status, headers' content type, and the body as JSON (or text).
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    location: Option<String>,
+    body: Value,
+    bytes: Vec<u8>,
+}
+
+impl Server {
+    async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))).await
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Answer {
+        self.send(Method::GET, path, Some(key), None).await
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> Answer {
+        self.send(Method::POST, path, Some(key), Some(body)).await
+    }
+
+    async fn upload(&self, path: &str, key: &str, name: &str, bytes: &[u8]) -> Answer {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let request = self
+            .client
+            .post(format!("{}{path}{sep}filename={name}", self.base))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body(bytes.to_vec());
+        answer(request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))).await
+    }
+
+    /// A key of `role` in workspace `workspace` (created when new).
+    fn key(&self, workspace: &str, role: Role, connectors: Option<Vec<String>>) -> String {
+        auth::create_key(&self.app.db, workspace, "test", role, connectors, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .secret
+    }
+
+    async fn wait_status(&self, id: &str, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = self.get(&format!("/executions/{id}"), ADMIN).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            let status = a.body["status"].as_str().unwrap_or_default().to_string();
+            if done(&status) {
+                return a.body;
+            }
+            assert!(Instant::now() < deadline, "execution stuck: {}", a.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_end(&self, id: &str) -> Value {
+        self.wait_status(id, |s| {
+            matches!(s, "success" | "partial_success" | "failed" | "canceled")
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let location = header("location");
+    let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        content_type,
+        location,
+        body,
+        bytes,
+    }
+}
+
+fn assert_problem(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert_eq!(a.content_type, "application/problem+json", "{}", a.body);
+    assert_eq!(a.body["code"], code, "{}", a.body);
+    assert_eq!(a.body["status"], status.as_u16());
+    assert!(a.body["title"].is_string() && a.body["detail"].is_string() && a.body["type"].is_string());
+}
+
+const CONTACT: &str = r#"{"name": "contact", "label": "Contact", "fields": [
+    {"name": "email", "type": "email", "unique": true},
+    {"name": "city", "type": "text"}
+]}"#;
+
+const CONTACTS_CSV: &[u8] = b"Email,City\nada@example.com,London\nalan@example.com,Wilmslow\nnot-an-email,Nowhere\n";
+
+const IMPORT_SQL: &str = "CREATE VIEW output.people AS SELECT email, city FROM input.data";
+
+fn importer(status: &str) -> Value {
+    json!({
+        "api_name": "contacts_import",
+        "name": "Contacts import",
+        "type": "spreadsheet",
+        "status": status,
+        "sql": {"text": IMPORT_SQL},
+        "variables": [
+            {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
+            {"name": "city", "scope": "people", "column": "city", "type": "string"}
+        ],
+        "loads": [{
+            "order": 1, "scope": "people", "object": "contact",
+            "match": [{"field": "email", "variable": "email", "no_match": "create_new",
+                       "single_match": "update_current", "multiple_match": "do_not_upload"}],
+            "fields": [{"field": "email", "variables": ["email"]}, {"field": "city", "variables": ["city"]}]
+        }]
+    })
+}
+
+/// An operational connector with a published script: object, sample,
+/// connector, publish, status.
+async fn operational_importer(s: &Server) -> Value {
+    let o = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    let f = s.upload("/files", ADMIN, "contacts.csv", CONTACTS_CSV).await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
+    let mut doc = importer("setup");
+    doc["sample_file_id"] = f.body["id"].clone();
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let p = s
+        .post("/connectors/contacts_import/sql/publish", ADMIN, json!({}))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let patched = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"status": "operational"})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    patched.body
+}
+
+/// A connector whose script runs for a long time (for cancel tests).
+async fn slow_connector(s: &Server, api_name: &str, status: &str) {
+    let doc = json!({
+        "api_name": api_name, "type": "spreadsheet", "status": "setup",
+        "sql": {"text": "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3"},
+    });
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    if status != "setup" {
+        // Publishing would run the slow script; make it live directly.
+        let row = s
+            .app
+            .db
+            .connector(&workspace_id(s), api_name)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("connector"));
+        assert_eq!(s.app.db.publish(&row.id, 1).ok(), Some(true));
+        let p = s
+            .send(
+                Method::PATCH,
+                &format!("/connectors/{api_name}"),
+                Some(ADMIN),
+                Some(json!({"status": status})),
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    }
+}
+
+fn workspace_id(s: &Server) -> String {
+    s.app
+        .db
+        .workspace("default")
+        .ok()
+        .flatten()
+        .map(|w| w.id)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openapi_document() {
+    let s = start().await;
+    let h = s.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let doc = s.send(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(
+        doc.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc.body["openapi"]
+    );
+    let paths = doc.body["paths"].as_object().cloned().unwrap_or_default();
+    let expected = [
+        ("get", "/api/v1/healthz"),
+        ("get", "/api/v1/metrics"),
+        ("get", "/api/v1/keys"),
+        ("post", "/api/v1/keys"),
+        ("delete", "/api/v1/keys/{id}"),
+        ("get", "/api/v1/objects"),
+        ("post", "/api/v1/objects"),
+        ("get", "/api/v1/objects/{object}"),
+        ("patch", "/api/v1/objects/{object}"),
+        ("get", "/api/v1/objects/{object}/records"),
+        ("get", "/api/v1/objects/{object}/records/{id}"),
+        ("post", "/api/v1/files"),
+        ("get", "/api/v1/files/{id}/download"),
+        ("get", "/api/v1/connectors"),
+        ("post", "/api/v1/connectors"),
+        ("get", "/api/v1/connectors/{connector}"),
+        ("patch", "/api/v1/connectors/{connector}"),
+        ("delete", "/api/v1/connectors/{connector}"),
+        ("get", "/api/v1/connectors/{connector}/sql"),
+        ("put", "/api/v1/connectors/{connector}/sql/draft"),
+        ("post", "/api/v1/connectors/{connector}/sql/publish"),
+        ("get", "/api/v1/connectors/{connector}/sql/versions"),
+        ("get", "/api/v1/connectors/{connector}/sql/versions/{n}"),
+        ("post", "/api/v1/connectors/{connector}/runs"),
+        ("get", "/api/v1/connectors/{connector}/executions"),
+        ("get", "/api/v1/executions/{id}"),
+        ("get", "/api/v1/executions/{id}/logs"),
+        ("post", "/api/v1/executions/{id}/cancel"),
+        ("get", "/api/v1/executions/{id}/input"),
+        ("get", "/api/v1/executions/{id}/output.zip"),
+        ("get", "/api/v1/executions/{id}/report.xlsx"),
+        ("get", "/api/v1/executions/{id}/rejected.csv"),
+        ("get", "/api/v1/executions/{id}/sql"),
+    ];
+    for (method, path) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is not in the document"
+        );
+    }
+    // Every documented operation answers 401 without a key, except healthz.
+    let mut checked = 0;
+    for (path, ops) in &paths {
+        for method in ops
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let concrete = path
+                .replace("/api/v1", "")
+                .replace("{connector}", "c")
+                .replace("{object}", "o")
+                .replace("{id}", "i")
+                .replace("{n}", "1");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap_or(Method::GET);
+            let a = s.send(m, &concrete, None, None).await;
+            if path.ends_with("/healthz") {
+                assert_eq!(a.status, StatusCode::OK);
+            } else {
+                assert_problem(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, expected.len() - 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_limit_what_a_key_can_do() {
+    let s = start().await;
+    let viewer = s.key("default", Role::Viewer, None);
+    let operator = s.key("default", Role::Operator, None);
+    let webhook = s.key("default", Role::Webhook, Some(vec!["contacts_import".into()]));
+    operational_importer(&s).await;
+
+    // Viewers read, and cannot change or trigger.
+    assert_eq!(
+        s.get("/connectors/contacts_import", &viewer).await.status,
+        StatusCode::OK
+    );
+    let a = s.post("/connectors", &viewer, importer("setup")).await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    let a = s
+        .upload("/connectors/contacts_import/runs", &viewer, "c.csv", CONTACTS_CSV)
+        .await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    // Operators trigger but do not manage keys or connectors.
+    let a = s
+        .upload("/connectors/contacts_import/runs", &operator, "c.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let a = s.get("/keys", &operator).await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    let a = s
+        .send(Method::DELETE, "/connectors/contacts_import", Some(&operator), None)
+        .await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    // Webhook keys reach nothing but webhooks.
+    let a = s.get("/connectors/contacts_import", &webhook).await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    // X-API-KEY works like a bearer token; a wrong key is 401.
+    let a = s
+        .client
+        .get(format!("{}/connectors", s.base))
+        .header("X-API-KEY", &viewer)
+        .send()
+        .await
+        .map(|r| r.status());
+    assert_eq!(a.ok(), Some(StatusCode::OK));
+    let a = s.get("/connectors", "weir_not_a_key").await;
+    assert_problem(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_shown_once_listed_without_secrets_and_revoked_at_once() {
+    let s = start().await;
+    let created = s.post("/keys", ADMIN, json!({"name": "ci", "role": "operator"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["secret"].as_str().unwrap_or_default().to_string();
+    let id = created.body["id"].as_str().unwrap_or_default().to_string();
+    assert!(secret.starts_with("weir_"));
+    assert_eq!(s.get("/connectors", &secret).await.status, StatusCode::OK);
+    let listed = s.get("/keys", ADMIN).await;
+    assert!(
+        !listed.body.to_string().contains(&secret),
+        "a listing never shows a secret"
+    );
+    assert!(
+        listed
+            .body
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["id"] == id.as_str()))
+    );
+    let bad = s
+        .post("/keys", ADMIN, json!({"name": "hooks", "role": "webhook"}))
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(bad.body["errors"][0]["path"], "connectors");
+    let r = s.send(Method::DELETE, &format!("/keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_problem(
+        &s.get("/connectors", &secret).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let r = s.send(Method::DELETE, "/keys/nope", Some(ADMIN), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspace_sees_nothing_of_this_one() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let sample = s.upload("/files", ADMIN, "s.csv", b"a\n1\n").await;
+    let file_id = sample.body["id"].as_str().unwrap_or_default().to_string();
+    let other = s.key("globex", Role::Admin, None);
+    for path in [
+        "/connectors/contacts_import".to_string(),
+        "/connectors/contacts_import/sql".to_string(),
+        "/connectors/contacts_import/executions".to_string(),
+        format!("/executions/{id}"),
+        format!("/executions/{id}/logs"),
+        format!("/executions/{id}/sql"),
+        format!("/files/{file_id}/download"),
+        "/objects/contact".to_string(),
+        "/objects/contact/records".to_string(),
+    ] {
+        assert_problem(&s.get(&path, &other).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    let a = s.post(&format!("/executions/{id}/cancel"), &other, json!({})).await;
+    assert_problem(&a, StatusCode::NOT_FOUND, "not_found");
+    let listed = s.get("/connectors", &other).await;
+    assert_eq!(listed.body["data"], json!([]));
+    // The same api_name is free in the other workspace.
+    let mut doc = importer("setup");
+    doc["loads"] = json!([]);
+    doc["variables"] = json!([]);
+    assert_eq!(s.post("/connectors", &other, doc).await.status, StatusCode::CREATED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_validated_with_paths_and_only_grow() {
+    let s = start().await;
+    let bad = s
+        .post(
+            "/objects",
+            ADMIN,
+            json!({"name": "Bad Name", "fields": [{"name": "x", "type": "colour"}, {"name": "c", "type": "relation", "object": "nope"}]}),
+        )
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_object");
+    let paths: Vec<String> = bad.body["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|e| e["path"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        paths.iter().any(|p| p.starts_with("fields[0]")),
+        "{paths:?} {}",
+        bad.body
+    );
+    let ok = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let again = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_problem(&again, StatusCode::CONFLICT, "object_exists");
+    let grown = s
+        .send(
+            Method::PATCH,
+            "/objects/contact",
+            Some(ADMIN),
+            Some(json!({"fields": [{"name": "email", "type": "email", "unique": true}, {"name": "city", "type": "text"}, {"name": "score", "type": "number"}]})),
+        )
+        .await;
+    assert_eq!(grown.status, StatusCode::OK, "{}", grown.body);
+    assert_eq!(grown.body["fields"][2]["name"], "score");
+    let retyped = s
+        .send(
+            Method::PATCH,
+            "/objects/contact",
+            Some(ADMIN),
+            Some(json!({"fields": [{"name": "email", "type": "text"}]})),
+        )
+        .await;
+    assert_problem(&retyped, StatusCode::UNPROCESSABLE_ENTITY, "invalid_object");
+    assert_eq!(s.get("/objects", ADMIN).await.body.as_array().map(Vec::len), Some(1));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_upload_raw_or_multipart_and_download_byte_for_byte() {
+    let s = start_with(|c| c.max_upload = "64B".into()).await;
+    let raw = s.upload("/files", ADMIN, "a.csv", b"x,y\n1,2\n").await;
+    assert_eq!(raw.status, StatusCode::CREATED, "{}", raw.body);
+    assert_eq!(raw.body["size"], 8);
+    assert_eq!(raw.body["name"], "a.csv");
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"x,y\n3,4\n".to_vec())
+            .file_name("../../b.csv")
+            .mime_str("text/csv")
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let multipart = answer(
+        s.client
+            .post(format!("{}/files", s.base))
+            .bearer_auth(ADMIN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(multipart.status, StatusCode::CREATED, "{}", multipart.body);
+    assert_eq!(multipart.body["name"], "b.csv", "path parts of a file name are dropped");
+    let id = multipart.body["id"].as_str().unwrap_or_default();
+    let down = s.get(&format!("/files/{id}/download"), ADMIN).await;
+    assert_eq!(down.bytes, b"x,y\n3,4\n");
+    let big = s.upload("/files", ADMIN, "big.csv", &[b'a'; 65]).await;
+    assert_problem(&big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    let empty = s.upload("/files", ADMIN, "e.csv", b"").await;
+    assert_problem(&empty, StatusCode::UNPROCESSABLE_ENTITY, "empty_file");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_are_validated_addressed_by_id_or_name_and_patched() {
+    let s = start().await;
+    let bad = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "x", "type": "spreadsheet", "colour": "red", "loads": [{"order": 1, "scope": "s", "object": "nope", "match": [], "fields": []}]}),
+        )
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    let text = bad.body["errors"].to_string();
+    assert!(text.contains("colour"), "unknown keys are named: {text}");
+    let operational = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "x", "type": "spreadsheet", "status": "operational"}),
+        )
+        .await;
+    assert_problem(&operational, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    assert_eq!(operational.body["errors"][0]["path"], "status");
+    let bad_sql = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "x", "type": "spreadsheet", "sql": {"text": "CREATE VIEW output.a AS\nSELECT * FROM read_csv('/etc/passwd')"}}),
+        )
+        .await;
+    assert_problem(&bad_sql, StatusCode::UNPROCESSABLE_ENTITY, "sql_not_allowed");
+    assert_eq!(
+        (bad_sql.body["line"].as_u64(), bad_sql.body["column"].as_u64()),
+        (Some(1), Some(1)),
+        "the statement's position"
+    );
+
+    let created = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "orders", "type": "spreadsheet"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(created.body["draft_version"], 1);
+    assert_eq!(created.body["live_version"], Value::Null);
+    let by_id = s.get(&format!("/connectors/{id}"), ADMIN).await;
+    let by_name = s.get("/connectors/orders", ADMIN).await;
+    assert_eq!(by_id.body, by_name.body);
+    let dup = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "orders", "type": "spreadsheet"}),
+        )
+        .await;
+    assert_problem(&dup, StatusCode::CONFLICT, "connector_exists");
+    // A GET document can be sent back as a patch.
+    let mut back = by_id.body.clone();
+    back["name"] = json!("Orders");
+    let patched = s
+        .send(Method::PATCH, &format!("/connectors/{id}"), Some(ADMIN), Some(back))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["name"], "Orders");
+    for n in 0..3 {
+        let c = s
+            .post(
+                "/connectors",
+                ADMIN,
+                json!({"api_name": format!("c{n}"), "type": "spreadsheet"}),
+            )
+            .await;
+        assert_eq!(c.status, StatusCode::CREATED);
+    }
+    let page1 = s.get("/connectors?limit=3", ADMIN).await;
+    assert_eq!(page1.body["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(page1.body["data"][0]["api_name"], "c2", "newest first");
+    let cursor = page1.body["next_cursor"].as_str().unwrap_or_default().to_string();
+    let page2 = s.get(&format!("/connectors?limit=3&cursor={cursor}"), ADMIN).await;
+    assert_eq!(page2.body["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page2.body["next_cursor"], Value::Null);
+    assert_problem(
+        &s.get("/connectors?limit=501", ADMIN).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let gone = s.send(Method::DELETE, "/connectors/orders", Some(ADMIN), None).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    assert_problem(
+        &s.get(&format!("/connectors/{id}"), ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
+    let s = start().await;
+    let f = s
+        .upload("/files", ADMIN, "orders.csv", b"id,amount\n1,10\n2,20\n")
+        .await;
+    let c = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "orders", "type": "spreadsheet", "sql": {"text": "CREATE VIEW output.o AS SELECT id FROM input.data"}}),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let none = s.post("/connectors/orders/sql/publish", ADMIN, json!({})).await;
+    assert_problem(&none, StatusCode::UNPROCESSABLE_ENTITY, "no_sample_file");
+
+    let syntax = s
+        .send(
+            Method::PUT,
+            "/connectors/orders/sql/draft",
+            Some(ADMIN),
+            Some(json!({"text": "CREATE VIEW output.o AS\nSELEC id FROM input.data"})),
+        )
+        .await;
+    assert_problem(&syntax, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
+    assert_eq!(syntax.body["line"], 2, "{}", syntax.body);
+
+    // A draft that parses but fails on the sample is not published.
+    let failing = s
+        .send(
+            Method::PUT,
+            "/connectors/orders/sql/draft",
+            Some(ADMIN),
+            Some(json!({"text": "CREATE VIEW output.o AS SELECT no_such_column FROM input.data"})),
+        )
+        .await;
+    assert_eq!(failing.status, StatusCode::OK, "{}", failing.body);
+    let file_id = f.body["id"].clone();
+    let refused = s
+        .post(
+            "/connectors/orders/sql/publish",
+            ADMIN,
+            json!({"source_file_id": file_id}),
+        )
+        .await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
+    assert_eq!(refused.body["execution"]["status"], "failed");
+    assert_eq!(refused.body["execution"]["is_dry_run"], true);
+    assert_eq!(s.get("/connectors/orders/sql", ADMIN).await.body["live"], Value::Null);
+
+    let good = "CREATE VIEW output.o AS SELECT id, amount * 2 AS double FROM input.data";
+    s.send(
+        Method::PUT,
+        "/connectors/orders/sql/draft",
+        Some(ADMIN),
+        Some(json!({ "text": good })),
+    )
+    .await;
+    let published = s
+        .post(
+            "/connectors/orders/sql/publish",
+            ADMIN,
+            json!({"source_file_id": file_id}),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.body);
+    assert_eq!(published.body["live"]["version"], 1);
+    assert_eq!(published.body["live"]["text"], good);
+    assert_eq!(published.body["draft"]["version"], 2);
+    let versions = s.get("/connectors/orders/sql/versions", ADMIN).await;
+    assert_eq!(versions.body.as_array().map(Vec::len), Some(2));
+    let v1 = s.get("/connectors/orders/sql/versions/1", ADMIN).await;
+    assert_eq!(v1.body["text"], good);
+    assert_problem(
+        &s.get("/connectors/orders/sql/versions/9", ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_run_loads_records_and_serves_its_artifacts() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        run.location.as_deref(),
+        Some(format!("/api/v1/executions/{id}").as_str())
+    );
+    assert_eq!(run.body["trigger_type"], "file_upload");
+    assert_eq!(run.body["connector"]["version"], 1);
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "partial_success", "{done}");
+    let load = &done["step_progress"][4]["steps"][0];
+    assert_eq!(
+        (load["created"].as_u64(), load["total"].as_u64()),
+        (Some(2), Some(2)),
+        "{done}"
+    );
+    assert_eq!(done["step_progress"][3]["scopes"][0]["invalid"], 1);
+
+    let records = s.get("/objects/contact/records?city=London", ADMIN).await;
+    assert_eq!(
+        records.body["data"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        records.body
+    );
+    assert_eq!(records.body["data"][0]["email"], "ada@example.com");
+    let rid = records.body["data"][0]["id"].as_str().unwrap_or_default().to_string();
+    let one = s.get(&format!("/objects/contact/records/{rid}"), ADMIN).await;
+    assert_eq!(one.body["city"], "London");
+
+    assert_eq!(
+        s.get(&format!("/executions/{id}/input"), ADMIN).await.bytes,
+        CONTACTS_CSV
+    );
+    assert_eq!(
+        s.get(&format!("/executions/{id}/sql"), ADMIN).await.bytes,
+        IMPORT_SQL.as_bytes()
+    );
+    let report = s.get(&format!("/executions/{id}/report.xlsx"), ADMIN).await;
+    assert!(report.bytes.starts_with(b"PK"), "report.xlsx is a zip");
+    let rejected = s.get(&format!("/executions/{id}/rejected.csv"), ADMIN).await;
+    assert!(String::from_utf8_lossy(&rejected.bytes).contains("not-an-email"));
+    let output = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(output.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut csv = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("output/people.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut csv,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        csv.starts_with("email,city\n") && csv.contains("ada@example.com,London"),
+        "{csv}"
+    );
+    let logs = s.get(&format!("/executions/{id}/logs"), ADMIN).await;
+    let lines = logs.body["data"].to_string();
+    assert!(lines.contains("queued") && lines.contains("partial_success"), "{lines}");
+
+    // The same file again updates instead of duplicating.
+    let again = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    let again = s.wait_end(again.body["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(again["step_progress"][4]["steps"][0]["updated"], 2, "{again}");
+    let all = s.get("/objects/contact/records", ADMIN).await;
+    assert_eq!(all.body["data"].as_array().map(Vec::len), Some(2));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_follow_the_connector_status_and_dry_runs_write_nothing() {
+    let s = start().await;
+    operational_importer(&s).await;
+    s.send(
+        Method::PATCH,
+        "/connectors/contacts_import",
+        Some(ADMIN),
+        Some(json!({"status": "setup"})),
+    )
+    .await;
+    let live = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+        .await;
+    assert_problem(&live, StatusCode::CONFLICT, "connector_not_operational");
+    let dry = s
+        .upload(
+            "/connectors/contacts_import/runs?dry_run=true",
+            ADMIN,
+            "c.csv",
+            CONTACTS_CSV,
+        )
+        .await;
+    assert_eq!(dry.status, StatusCode::ACCEPTED, "{}", dry.body);
+    let dry = s.wait_end(dry.body["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(dry["is_dry_run"], true);
+    assert_eq!(
+        dry["step_progress"][4]["steps"][0]["created"], 2,
+        "a dry run computes outcomes: {dry}"
+    );
+    let records = s.get("/objects/contact/records", ADMIN).await;
+    assert_eq!(records.body["data"], json!([]), "a dry run writes nothing");
+
+    // Inactive: accepted and held in the queue until operational again.
+    s.send(
+        Method::PATCH,
+        "/connectors/contacts_import",
+        Some(ADMIN),
+        Some(json!({"status": "inactive"})),
+    )
+    .await;
+    let held = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(held.status, StatusCode::ACCEPTED);
+    let id = held.body["id"].as_str().unwrap_or_default().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = s.get(&format!("/executions/{id}"), ADMIN).await;
+    assert_eq!(still.body["status"], "queued");
+    assert_eq!(still.body["queue_position"], 0);
+    s.send(
+        Method::PATCH,
+        "/connectors/contacts_import",
+        Some(ADMIN),
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    let ran = s.wait_end(&id).await;
+    assert_eq!(ran["status"], "partial_success", "{ran}");
+
+    // Runs on a stored file, and the list with filters.
+    let file = s.upload("/files", ADMIN, "c.csv", CONTACTS_CSV).await;
+    let by_ref = s
+        .post(
+            "/connectors/contacts_import/runs",
+            ADMIN,
+            json!({"source_file_id": file.body["id"]}),
+        )
+        .await;
+    assert_eq!(by_ref.status, StatusCode::ACCEPTED, "{}", by_ref.body);
+    s.wait_end(by_ref.body["id"].as_str().unwrap_or_default()).await;
+    let missing = s
+        .post(
+            "/connectors/contacts_import/runs",
+            ADMIN,
+            json!({"source_file_id": "nope"}),
+        )
+        .await;
+    assert_problem(&missing, StatusCode::UNPROCESSABLE_ENTITY, "unknown_file");
+    let dry_list = s
+        .get("/connectors/contacts_import/executions?is_dry_run=true", ADMIN)
+        .await;
+    // The publish check and the explicit dry run.
+    assert_eq!(
+        dry_list.body["data"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        dry_list.body
+    );
+    let live_list = s
+        .get("/connectors/contacts_import/executions?is_dry_run=false&limit=1", ADMIN)
+        .await;
+    assert_eq!(live_list.body["data"][0]["id"], by_ref.body["id"], "newest first");
+    assert!(live_list.body["next_cursor"].is_string());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_follows_the_contract_in_every_state() {
+    let s = start().await;
+    slow_connector(&s, "slow", "operational").await;
+    // Running in SQL: 202 with canceling, then canceled; again 202.
+    let run = s.upload("/connectors/slow/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    s.wait_status(&id, |st| st == "running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED, "{}", c.body);
+    assert_eq!(c.body["status"], "canceling");
+    let twice = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(twice.status, StatusCode::ACCEPTED);
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "canceled", "{done}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(done["step_progress"][1]["status"], "canceled", "{done}");
+    // Finished: 409.
+    let late = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_problem(&late, StatusCode::CONFLICT, "execution_finished");
+    // Queued (inactive connector): canceled at once.
+    slow_connector(&s, "held", "inactive").await;
+    let queued = s.upload("/connectors/held/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let qid = queued.body["id"].as_str().unwrap_or_default().to_string();
+    let c = s.post(&format!("/executions/{qid}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED);
+    assert_eq!(c.body["status"], "canceled");
+    let stored = s.get(&format!("/executions/{qid}"), ADMIN).await;
+    assert_eq!(stored.body["status"], "canceled");
+    let viewer = s.key("default", Role::Viewer, None);
+    let c = s.post(&format!("/executions/{qid}/cancel"), &viewer, json!({})).await;
+    assert_problem(&c, StatusCode::FORBIDDEN, "forbidden");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_load_keeps_exactly_what_was_committed() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let mut csv = String::from("email,city\n");
+    for i in 0..120_000 {
+        csv.push_str(&format!("user{i}@example.com,City {}\n", i % 97));
+    }
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "many.csv", csv.as_bytes())
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc = s.get(&format!("/executions/{id}"), ADMIN).await.body;
+        let created = doc["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
+        if created > 0 {
+            break;
+        }
+        assert!(
+            doc["status"] == "running" || doc["status"] == "queued",
+            "the run ended before its load could be canceled: {doc}"
+        );
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED);
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "canceled", "{done}");
+    let created = done["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
+    assert!(created > 0 && created < 120_000, "{done}");
+    let stored = s
+        .app
+        .records
+        .count(&workspace_id(&s), "contact")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stored, created, "the counts say exactly what was written");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_holds_runs_of_one_connector_in_the_queue() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let run = s
+            .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+            .await;
+        assert_eq!(run.status, StatusCode::ACCEPTED);
+        ids.push(run.body["id"].as_str().unwrap_or_default().to_string());
+    }
+    let mut spans = Vec::new();
+    for id in &ids {
+        let done = s.wait_end(id).await;
+        assert_eq!(done["status"], "partial_success");
+        let t = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        spans.push((t("started_at"), t("ended_at")));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two runs of a max_concurrency = 1 connector overlapped: {pair:?}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_problem_documents() {
+    let s = start().await;
+    let unknown = s.get("/nowhere", ADMIN).await;
+    assert_problem(&unknown, StatusCode::NOT_FOUND, "not_found");
+    let not_json = answer(
+        s.client
+            .post(format!("{}/connectors", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body("{nope")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&not_json, StatusCode::BAD_REQUEST, "bad_request");
+    let no_type = answer(
+        s.client
+            .post(format!("{}/keys", s.base))
+            .bearer_auth(ADMIN)
+            .body("{}")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let no_name = s.upload("/files", ADMIN, "", b"a\n").await;
+    assert_eq!(
+        no_name.status,
+        StatusCode::CREATED,
+        "an empty name falls back to a default"
+    );
+    let raw_no_name = answer(
+        s.client
+            .post(format!("{}/files", s.base))
+            .bearer_auth(ADMIN)
+            .body("a\n1\n")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&raw_no_name, StatusCode::BAD_REQUEST, "bad_request");
+    let metrics = s.get("/metrics", ADMIN).await;
+    assert!(String::from_utf8_lossy(&metrics.bytes).contains("weir_http_requests_total"));
+    s.stop().await;
+}
