@@ -382,7 +382,13 @@ async fn persist(app: Arc<App>, progress: Progress) {
             // The run dropped its progress without a terminal document.
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Coalesce progress writes, but store a terminal status at once:
+        // that is what a cancel or a poller waits for.
+        let mut end = rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = end.wait_for(|d| d.status.is_terminal()) => {}
+        }
     }
 }
 

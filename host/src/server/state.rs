@@ -402,14 +402,12 @@ impl Db {
 
     /// The key whose secret hashes to `sha256`.
     pub fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRow>> {
-        Ok(self
-            .lock()
-            .query_row(
-                &format!("SELECT {} FROM api_keys WHERE secret_sha256 = ?1", Self::KEY_COLUMNS),
-                [sha256],
-                Self::key_row,
-            )
-            .optional()?)
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM api_keys WHERE secret_sha256 = ?1",
+            Self::KEY_COLUMNS
+        ))?;
+        Ok(stmt.query_row([sha256], Self::key_row).optional()?)
     }
 
     /// The workspace's keys, newest first.
@@ -732,15 +730,16 @@ impl Db {
     /// Saves an execution's document; with `from`, only while the stored
     /// status is still `from` (false otherwise).
     pub fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
-        let n = self.lock().execute(
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
             "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
-            params![
-                doc.id,
-                doc.status.as_str(),
-                serde_json::to_string(doc)?,
-                from.map(Status::as_str)
-            ],
         )?;
+        let n = stmt.execute(params![
+            doc.id,
+            doc.status.as_str(),
+            serde_json::to_string(doc)?,
+            from.map(Status::as_str)
+        ])?;
         Ok(n > 0)
     }
 
@@ -759,14 +758,14 @@ impl Db {
 
     /// An execution by id (any workspace; callers check tenancy).
     pub fn execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
-        let found = self
-            .lock()
-            .query_row(
-                &format!("SELECT {} FROM executions WHERE id = ?1", Self::EXECUTION_COLUMNS),
-                [id],
-                Self::execution_row,
-            )
-            .optional()?;
+        let found = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} FROM executions WHERE id = ?1",
+                Self::EXECUTION_COLUMNS
+            ))?;
+            stmt.query_row([id], Self::execution_row).optional()?
+        };
         found
             .map(|raw| {
                 Ok(ExecutionRow {
@@ -829,11 +828,9 @@ impl Db {
 
     /// How many queued executions are ahead of `id`.
     pub fn queue_position(&self, id: &str) -> Result<u64> {
-        let n: i64 = self.lock().query_row(
-            "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND id < ?1",
-            [id],
-            |r| r.get(0),
-        )?;
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM executions WHERE status = 'queued' AND id < ?1")?;
+        let n: i64 = stmt.query_row([id], |r| r.get(0))?;
         Ok(n as u64)
     }
 
@@ -854,11 +851,12 @@ impl Db {
 
     /// Appends a log line to an execution.
     pub fn append_log(&self, execution_id: &str, level: &str, message: &str) -> Result<()> {
-        self.lock().execute(
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
             "INSERT INTO execution_logs (execution_id, seq, at, level, message)
              SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM execution_logs WHERE execution_id = ?1",
-            params![execution_id, now(), level, message],
         )?;
+        stmt.execute(params![execution_id, now(), level, message])?;
         Ok(())
     }
 
