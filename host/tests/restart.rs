@@ -183,8 +183,9 @@ async fn sigterm_cancels_what_is_still_running_after_the_grace_period() {
     let (_, run) = upload(&p.base, "/connectors/slow/runs", b"a\n1\n").await;
     let id = run["id"].as_str().unwrap_or_default().to_string();
     wait(&p.base, &id, |s| s == "running").await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
+    // The shell's own `kill`, so no extra package is needed.
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", p.child.id())])
         .status()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(killed.success());
