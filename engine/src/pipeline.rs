@@ -57,6 +57,8 @@ pub struct RunSettings {
     pub report_rows: usize,
     /// Rows per batch.
     pub batch_size: usize,
+    /// Rows per load commit (a batch is loaded in chunks of this many rows).
+    pub load_batch_size: usize,
 }
 
 impl Default for RunSettings {
@@ -66,6 +68,7 @@ impl Default for RunSettings {
             output_row_cap: None,
             report_rows: 100_000,
             batch_size: 8192,
+            load_batch_size: 2048,
         }
     }
 }
@@ -637,6 +640,18 @@ impl Run {
         Ok(())
     }
 
+    /// Sends one row of a scope to the rejected rows and the report.
+    fn reject(&self, stage: Stage, scope: &str, row: u64, reasons: Vec<String>, values: Vec<(String, Option<String>)>) {
+        self.shared.rejects.reject(RejectedRow {
+            stage,
+            source: scope.to_string(),
+            row,
+            line: None,
+            reasons,
+            values,
+        });
+    }
+
     /// Converts one batch to variables; invalid rows go to the report.
     /// Returns (valid, invalid) row counts.
     fn variables(
@@ -665,14 +680,7 @@ impl Run {
                     continue;
                 }
                 let values = row_values(&names, &formatters, batch, row);
-                self.shared.rejects.reject(RejectedRow {
-                    stage: Stage::Variables,
-                    source: scope.to_string(),
-                    row: first_row + row as u64 + 1,
-                    line: None,
-                    reasons,
-                    values,
-                });
+                self.reject(Stage::Variables, scope, first_row + row as u64 + 1, reasons, values);
             }
         }
         Ok((converted, batch.num_rows() as u64 - invalid, invalid))
@@ -714,44 +722,48 @@ impl Run {
             .collect();
         let formatters = formatters(batch)?;
         let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        for (def, step) in steps {
-            let outcomes = step.load(&rows)?;
-            if let Some(var) = &def.record_id_variable {
-                for (row, o) in rows.iter_mut().zip(&outcomes) {
-                    row.insert(
-                        var.clone(),
-                        o.record().map_or(Value::Null, |id| Value::Text(id.to_string())),
-                    );
-                }
+        // Rows are loaded and committed in chunks of `load_batch_size`: a
+        // cancel is honoured between chunks, so it waits for at most one
+        // chunk's commit, and the counts move with every commit.
+        let chunk = self.settings.load_batch_size.max(1);
+        for start in (0..rows.len()).step_by(chunk) {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Canceled);
             }
-            for (k, o) in outcomes.iter().enumerate() {
-                let reason = match o {
-                    Outcome::Skipped(r) | Outcome::Failed(r) => r,
-                    _ => continue,
-                };
-                let row = valid_rows[k];
-                let values = row_values(&names, &formatters, batch, row);
-                self.shared.rejects.reject(RejectedRow {
-                    stage: Stage::Load,
-                    source: scope.to_string(),
-                    row: first_row + row as u64 + 1,
-                    line: None,
-                    reasons: vec![format!("load {} into {}: {reason}", def.order, def.object)],
-                    values,
+            let end = (start + chunk).min(rows.len());
+            for (def, step) in steps {
+                let outcomes = step.load(&rows[start..end])?;
+                if let Some(var) = &def.record_id_variable {
+                    for (row, o) in rows[start..end].iter_mut().zip(&outcomes) {
+                        row.insert(
+                            var.clone(),
+                            o.record().map_or(Value::Null, |id| Value::Text(id.to_string())),
+                        );
+                    }
+                }
+                for (k, o) in outcomes.iter().enumerate() {
+                    let reason = match o {
+                        Outcome::Skipped(r) | Outcome::Failed(r) => r,
+                        _ => continue,
+                    };
+                    let row = valid_rows[start + k];
+                    let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
+                    let values = row_values(&names, &formatters, batch, row);
+                    self.reject(Stage::Load, scope, first_row + row as u64 + 1, reasons, values);
+                }
+                let counts = loads::count(&outcomes);
+                self.shared.progress.update(|d| {
+                    if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
+                        && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
+                    {
+                        c.total += counts.total;
+                        c.created += counts.created;
+                        c.updated += counts.updated;
+                        c.skipped += counts.skipped;
+                        c.failed += counts.failed;
+                    }
                 });
             }
-            let counts = loads::count(&outcomes);
-            self.shared.progress.update(|d| {
-                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
-                    && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
-                {
-                    c.total += counts.total;
-                    c.created += counts.created;
-                    c.updated += counts.updated;
-                    c.skipped += counts.skipped;
-                    c.failed += counts.failed;
-                }
-            });
         }
         Ok(())
     }

@@ -91,6 +91,7 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         settings: RunSettings {
             threads,
             output_row_cap: args.output_rows,
+            load_batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
             ..RunSettings::default()
         },
         cancel: cancel.clone(),

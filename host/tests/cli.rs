@@ -392,3 +392,53 @@ fn the_crm_example_loads_then_updates() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn keys_are_created_listed_and_revoked_in_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = dir.path().to_string_lossy().to_string();
+    let created = weir(&[
+        "keys",
+        "create",
+        "--data-dir",
+        &data,
+        "--workspace",
+        "acme",
+        "--role",
+        "operator",
+        "--name",
+        "ci",
+    ]);
+    let text = stdout(&created);
+    assert!(created.status.success(), "{text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (id, secret) = (field("id:"), field("secret (shown once):"));
+    assert!(secret.starts_with("weir_"), "{text}");
+    let listed = stdout(&weir(&["keys", "list", "--data-dir", &data, "--workspace", "acme"]));
+    assert!(listed.contains(&id) && listed.contains("operator\tactive"), "{listed}");
+    assert!(!listed.contains(&secret), "a listing never shows the secret");
+    let revoked = weir(&["keys", "revoke", "--data-dir", &data, "--workspace", "acme", &id]);
+    assert!(revoked.status.success());
+    let listed = stdout(&weir(&["keys", "list", "--data-dir", &data, "--workspace", "acme"]));
+    assert!(listed.contains("operator\trevoked"), "{listed}");
+    let bad = weir(&[
+        "keys",
+        "create",
+        "--data-dir",
+        &data,
+        "--workspace",
+        "acme",
+        "--role",
+        "root",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role `root`"));
+    let nobody = weir(&["keys", "list", "--data-dir", &data, "--workspace", "nope"]);
+    assert_eq!(nobody.status.code(), Some(2));
+}

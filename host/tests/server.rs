@@ -1066,3 +1066,36 @@ async fn bad_requests_get_problem_documents() {
     assert!(String::from_utf8_lossy(&metrics.bytes).contains("weir_http_requests_total"));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_upload_fails_its_run_and_keeps_the_file() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "data.bin", &binary)
+        .await;
+    assert_eq!(
+        run.status,
+        StatusCode::ACCEPTED,
+        "a file is accepted before it is read: {}",
+        run.body
+    );
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "unreadable_input", "{done}");
+    assert_eq!(done["error"]["stage"], "intake", "{done}");
+    assert_eq!(
+        s.get(&format!("/executions/{id}/input"), ADMIN).await.bytes,
+        binary,
+        "nothing accepted is lost"
+    );
+    let logs = s.get(&format!("/executions/{id}/logs"), ADMIN).await;
+    assert!(
+        logs.body["data"].to_string().contains("unreadable_input"),
+        "{}",
+        logs.body
+    );
+    s.stop().await;
+}

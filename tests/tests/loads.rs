@@ -1,11 +1,15 @@
-//! Load steps through the engine: what a failing run keeps.
+//! Load steps through the engine: what a failing run keeps, and commits
+//! of the configured size.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::record_batch::RecordBatch;
 
 use tokio_util::sync::CancellationToken;
+use weir_engine::objects::ObjectDef;
 use weir_engine::objects::Objects;
 use weir_engine::pipeline::{InputFile, Records, RunSettings};
-use weir_engine::store::{RecordStore, SqliteStore};
+use weir_engine::store::{Record, RecordId, RecordStore, SqliteStore, Value, WriteBatch};
 use weir_tests::{connector, input, run_with};
 
 const LOAD: &str = r#"
@@ -29,24 +33,25 @@ object = "contact"
   variables = ["email"]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
+/// Runs `script` over `csv` (as people.csv) with the LOAD connector, loading
+/// into `store` (workspace `w`, one `contact` object with a unique email).
+async fn load_people(
+    store: Arc<dyn RecordStore>,
+    csv: &str,
+    script: &str,
+    settings: RunSettings,
+) -> weir_tests::Outcome {
     let objects = Objects::from_toml(
         "[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\nunique = true\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let store: Arc<dyn RecordStore> = Arc::new(SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")));
     let records = Records {
-        store: store.clone(),
+        store,
         workspace: "w".into(),
         objects,
     };
-    // Batches of two rows: [1,2] [3,4] [5 fails]. One thread, so the batches
-    // reach the load in input order (more threads repartition them).
-    let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,oops\n";
     let (_dir, path) = input("people.csv", csv.as_bytes());
-    let script = "CREATE VIEW output.people AS SELECT email, CAST(n AS INT) AS n FROM input.data";
-    let o = run_with(
+    run_with(
         connector(LOAD),
         script,
         Some(InputFile {
@@ -55,13 +60,24 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
         }),
         CancellationToken::new(),
         Some(records),
-        RunSettings {
-            threads: 1,
-            batch_size: 2,
-            ..RunSettings::default()
-        },
+        settings,
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
+    let store: Arc<dyn RecordStore> = Arc::new(SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")));
+    // Batches of two rows: [1,2] [3,4] [5 fails]. One thread, so the batches
+    // reach the load in input order (more threads repartition them).
+    let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,oops\n";
+    let script = "CREATE VIEW output.people AS SELECT email, CAST(n AS INT) AS n FROM input.data";
+    let settings = RunSettings {
+        threads: 1,
+        batch_size: 2,
+        ..RunSettings::default()
+    };
+    let o = load_people(store.clone(), csv, script, settings).await;
     assert_eq!(o.status(), "failed");
     assert_eq!(o.code().as_deref(), Some("sql_error"), "{:?}", o.doc.error);
     let doc = o.json();
@@ -71,4 +87,79 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
         4,
         "the committed batches stay"
     );
+}
+
+/// A store that records the size of every commit and passes everything on.
+struct Recording {
+    inner: SqliteStore,
+    commits: Mutex<Vec<usize>>,
+}
+
+impl RecordStore for Recording {
+    fn ensure_object(&self, workspace: &str, object: &ObjectDef) -> weir_engine::Result<()> {
+        self.inner.ensure_object(workspace, object)
+    }
+    fn ensure_index(&self, workspace: &str, object: &str, field: &str) -> weir_engine::Result<()> {
+        self.inner.ensure_index(workspace, object, field)
+    }
+    fn lookup(
+        &self,
+        workspace: &str,
+        object: &str,
+        field: &str,
+        values: &[Value],
+    ) -> weir_engine::Result<Vec<Vec<RecordId>>> {
+        self.inner.lookup(workspace, object, field, values)
+    }
+    fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> weir_engine::Result<Vec<Option<Record>>> {
+        self.inner.get(workspace, object, ids)
+    }
+    fn page(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        filters: &[(String, Value)],
+        before: Option<RecordId>,
+        limit: usize,
+    ) -> weir_engine::Result<Vec<Record>> {
+        self.inner.page(workspace, object, filters, before, limit)
+    }
+    fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> weir_engine::Result<()> {
+        self.commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(batch.creates.len() + batch.updates.len());
+        self.inner.commit(workspace, object, batch)
+    }
+    fn count(&self, workspace: &str, object: &str) -> weir_engine::Result<u64> {
+        self.inner.count(workspace, object)
+    }
+    fn scan(&self, workspace: &str, object: &ObjectDef) -> weir_engine::Result<RecordBatch> {
+        self.inner.scan(workspace, object)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_committed_in_chunks_of_the_load_batch_size() {
+    let store = Arc::new(Recording {
+        inner: SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")),
+        commits: Mutex::new(Vec::new()),
+    });
+    let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,5\n";
+    let script = "CREATE VIEW output.people AS SELECT email, n FROM input.data";
+    let settings = RunSettings {
+        threads: 1,
+        load_batch_size: 2,
+        ..RunSettings::default()
+    };
+    let o = load_people(store.clone(), csv, script, settings).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    // One SQL batch of five rows, loaded and committed two rows at a time.
+    let commits = store
+        .commits
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert_eq!(commits, vec![2, 2, 1]);
+    assert_eq!(o.json()["step_progress"][4]["steps"][0]["created"], 5);
 }
