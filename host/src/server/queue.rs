@@ -26,7 +26,6 @@ use tracing::Instrument;
 use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
 use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status};
-use weir_engine::objects::{ObjectDef, Objects};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 
 use super::App;
@@ -348,14 +347,10 @@ fn records_for(app: &App, workspace_id: &str, connector: &Connector) -> Result<O
     if connector.loads.is_empty() {
         return Ok(None);
     }
-    let mut objects = Vec::new();
-    for o in app.db.objects(workspace_id)? {
-        objects.push(serde_json::from_str::<ObjectDef>(&o.definition)?);
-    }
     Ok(Some(Records {
         store: app.records.clone(),
         workspace: workspace_id.to_string(),
-        objects: Objects { objects },
+        objects: app.db.object_defs(workspace_id)?,
     }))
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use weir_engine::execution::{Execution, Status};
+use weir_engine::objects::Objects;
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -447,6 +448,15 @@ impl Db {
             created_at: time(&r.get::<_, String>(1)?),
             updated_at: time(&r.get::<_, String>(2)?),
         })
+    }
+
+    /// The workspace's object definitions, parsed (what load steps write to).
+    pub fn object_defs(&self, workspace_id: &str) -> Result<Objects> {
+        let mut objects = Vec::new();
+        for o in self.objects(workspace_id)? {
+            objects.push(serde_json::from_str(&o.definition)?);
+        }
+        Ok(Objects { objects })
     }
 
     /// One object definition.

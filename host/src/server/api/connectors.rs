@@ -14,7 +14,6 @@ use weir_engine::Error as EngineError;
 use weir_engine::connector::{Connector, ConnectorStatus, SqlSource};
 use weir_engine::error::Problem;
 use weir_engine::execution::{Execution, TriggerType};
-use weir_engine::objects::{ObjectDef, Objects};
 use weir_engine::sql::Script;
 
 use super::{Page, PageParams, connector_of};
@@ -110,7 +109,7 @@ fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResul
     {
         problems.push(Problem::new("sample_file_id", format!("there is no file `{id}`")));
     }
-    let objects = workspace_objects(app, &caller.workspace_id)?;
+    let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
     if connector.status == ConnectorStatus::Operational && !has_live {
         problems.push(Problem::new(
@@ -126,15 +125,6 @@ fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResul
         sample_file_id,
         draft,
     })
-}
-
-/// The workspace's objects.
-pub fn workspace_objects(app: &App, workspace_id: &str) -> ApiResult<Objects> {
-    let mut objects = Vec::new();
-    for o in app.db.objects(workspace_id)? {
-        objects.push(serde_json::from_str::<ObjectDef>(&o.definition).map_err(ApiError::internal)?);
-    }
-    Ok(Objects { objects })
 }
 
 fn definition_text(connector: &Connector) -> ApiResult<String> {

@@ -30,9 +30,9 @@ fn parse_object(app: &App, workspace_id: &str, value: Json_) -> ApiResult<Object
     })?;
     let known: Vec<String> = app
         .db
-        .objects(workspace_id)?
-        .iter()
-        .filter_map(|o| serde_json::from_str::<ObjectDef>(&o.definition).ok())
+        .object_defs(workspace_id)?
+        .objects
+        .into_iter()
         .map(|o| o.name)
         .collect();
     let problems: Vec<Problem> = def
