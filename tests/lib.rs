@@ -2,11 +2,15 @@
 //! public API on a file and read back what it wrote.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+use weir_engine::plugin::{PluginRuntime, PluginSettings};
+use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::transform::{PluginDir, Plugins};
 
 /// The result of one run: the final document and where its outputs are.
 pub struct Outcome {
@@ -14,6 +18,55 @@ pub struct Outcome {
     pub doc: Execution,
     /// The output directory (kept alive with the outcome).
     pub out: tempfile::TempDir,
+    /// The run's log lines, as `level: message`.
+    pub logs: Vec<String>,
+}
+
+/// Collects a run's log lines.
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl RunLog for Lines {
+    fn line(&self, level: LogLevel, message: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!("{}: {message}", level.as_str()));
+    }
+}
+
+/// The component built from plugin crate `name` of `plugins/` (built by
+/// this crate's build script).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    Path::new(env!("WEIR_PLUGINS")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A package `plugins/` directory holding the given plugin crates as
+/// `<name>@0.1.0.wasm`.
+pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for name in names {
+        let from = plugin_wasm(name);
+        std::fs::copy(&from, dir.path().join(format!("{name}@0.1.0.wasm")))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    }
+    dir
+}
+
+/// One plugin runtime per test process, as a server has one per process.
+pub fn plugin_runtime() -> Arc<PluginRuntime> {
+    static RUNTIME: OnceLock<Arc<PluginRuntime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Arc::new(PluginRuntime::new(PluginSettings::default()).unwrap_or_else(|e| panic!("{e}"))))
+        .clone()
+}
+
+/// Plugins from `dir` on the shared runtime.
+pub fn plugins_from(dir: &Path) -> Plugins {
+    Plugins {
+        runtime: plugin_runtime(),
+        source: Arc::new(PluginDir::new(dir)),
+    }
 }
 
 impl Outcome {
@@ -105,6 +158,48 @@ pub async fn run_with(
     records: Option<Records>,
     settings: RunSettings,
 ) -> Outcome {
+    run_full(Run {
+        connector,
+        script: script.to_string(),
+        input,
+        cancel,
+        records,
+        plugins: None,
+        settings,
+    })
+    .await
+}
+
+/// Everything a test run can be given.
+pub struct Run {
+    /// The connector.
+    pub connector: Connector,
+    /// The SQL script.
+    pub script: String,
+    /// The input file.
+    pub input: Option<InputFile>,
+    /// Cancels the run.
+    pub cancel: CancellationToken,
+    /// Where loads write (none: a dry run).
+    pub records: Option<Records>,
+    /// The plugin runtime and source.
+    pub plugins: Option<Plugins>,
+    /// Tunables.
+    pub settings: RunSettings,
+}
+
+/// Runs with everything chosen; the outcome carries the run's log lines.
+pub async fn run_full(run: Run) -> Outcome {
+    let Run {
+        connector,
+        script,
+        input,
+        cancel,
+        records,
+        plugins,
+        settings,
+    } = run;
+    let lines = Arc::new(Lines::default());
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let execution = Execution::new(
         "00000000-0000-7000-8000-000000000000".into(),
@@ -119,16 +214,19 @@ pub async fn run_with(
     let progress = Progress::new(execution.clone());
     let request = RunRequest {
         connector,
-        script: script.to_string(),
+        script,
         input,
         execution,
         out_dir: out.path().to_path_buf(),
         settings,
         cancel,
         records,
+        plugins,
+        log: lines.clone(),
     };
     let doc = pipeline::run(request, &progress).await;
-    Outcome { doc, out }
+    let logs = std::mem::take(&mut *lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    Outcome { doc, out, logs }
 }
 
 /// The script that passes the input through as scope `rows`.

@@ -278,6 +278,70 @@ pub struct TransformDef {
     pub on_error: OnError,
 }
 
+/// What a `[[transforms]]` step's `plugin` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef {
+    /// `name@version`: a plugin published under a name.
+    Named {
+        /// Lower-case letters, digits, `-` and `_`.
+        name: String,
+        /// A version such as `0.1.0` (letters, digits, `.`, `-`, `+`).
+        version: String,
+    },
+    /// `sha256:<hex>`: the exact component by content.
+    Sha256(String),
+}
+
+impl PluginRef {
+    /// Parses a reference; the error says what form is expected. The forms
+    /// allowed can never name a path outside a plugin directory.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(hex) = text.strip_prefix("sha256:") {
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Ok(PluginRef::Sha256(hex.to_string()));
+            }
+            return Err("`sha256:` must be followed by 64 lower-case hex digits".into());
+        }
+        let Some((name, version)) = text.split_once('@') else {
+            return Err(format!("`{text}` must be `name@version` or `sha256:<hex>`"));
+        };
+        let name_ok = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(format!(
+                "plugin name `{name}` must be lower-case letters, digits, `-` and `_`"
+            ));
+        }
+        let version_ok = version.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+');
+        if !version_ok {
+            return Err(format!(
+                "plugin version `{version}` must be letters, digits, `.`, `-` and `+`"
+            ));
+        }
+        Ok(PluginRef::Named {
+            name: name.to_string(),
+            version: version.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginRef::Named { name, version } => write!(f, "{name}@{version}"),
+            PluginRef::Sha256(hex) => write!(f, "sha256:{hex}"),
+        }
+    }
+}
+
 /// Types of variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -589,11 +653,8 @@ impl Connector {
             if !is_identifier(&t.scope) {
                 problems.push(Problem::new(format!("transforms[{i}].scope"), "not a valid scope name"));
             }
-            if !(t.plugin.starts_with("sha256:") || t.plugin.contains('@')) {
-                problems.push(Problem::new(
-                    format!("transforms[{i}].plugin"),
-                    "must be `name@version` or `sha256:<hex>`",
-                ));
+            if let Err(message) = PluginRef::parse(&t.plugin) {
+                problems.push(Problem::new(format!("transforms[{i}].plugin"), message));
             }
         }
         let mut names = HashSet::new();
@@ -781,6 +842,32 @@ mod tests {
         match Connector::from_toml(text) {
             Err(Error::InvalidConnector(p)) => p,
             other => panic!("expected invalid connector, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plugin_references_cannot_name_paths() {
+        assert_eq!(
+            PluginRef::parse("phone-normalize@0.1.0"),
+            Ok(PluginRef::Named {
+                name: "phone-normalize".into(),
+                version: "0.1.0".into()
+            })
+        );
+        let hex = "ab".repeat(32);
+        assert_eq!(PluginRef::parse(&format!("sha256:{hex}")), Ok(PluginRef::Sha256(hex)));
+        for bad in [
+            "phone",
+            "../x@1",
+            "x@../../etc",
+            "x@1/2",
+            "X@1",
+            "@1",
+            "x@",
+            "sha256:abc",
+            "sha256:../etc",
+        ] {
+            assert!(PluginRef::parse(bad).is_err(), "{bad} was accepted");
         }
     }
 

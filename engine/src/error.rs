@@ -63,6 +63,15 @@ pub enum ErrorCode {
     Io,
     /// The record store failed.
     StoreError,
+    /// A transform plugin trapped (panic, abort, stack overflow, memory
+    /// limit), reported failure, or refused a row under `on_error = fail_run`.
+    PluginTrap,
+    /// A transform plugin broke the contract: malformed Arrow, a schema
+    /// other than the one `init` declared, a row index out of range, output
+    /// over the size limit, or a file that is not a `weir:transform` component.
+    PluginProtocol,
+    /// A transform plugin refused its step's `config`.
+    InvalidConfig,
     /// The process running the execution stopped (crash, kill, power loss)
     /// before it finished; what it committed stays.
     WorkerLost,
@@ -84,6 +93,9 @@ impl ErrorCode {
             ErrorCode::Canceled => "canceled",
             ErrorCode::Io => "io_error",
             ErrorCode::StoreError => "store_error",
+            ErrorCode::PluginTrap => "plugin_trap",
+            ErrorCode::PluginProtocol => "plugin_protocol",
+            ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::WorkerLost => "worker_lost",
             ErrorCode::Internal => "internal",
         }
@@ -151,6 +163,18 @@ impl Limit {
     }
 }
 
+/// How a transform plugin failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginFailure {
+    /// It trapped, panicked, ran out of memory or reported failure.
+    Trap,
+    /// It broke the `weir:transform` contract.
+    Protocol,
+    /// It refused its config.
+    InvalidConfig,
+}
+
 /// An engine error. Each variant is a different kind of failure because
 /// callers treat them differently (a cancel is not a bug, bad input is not a
 /// limit).
@@ -214,6 +238,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A transform plugin failed; the plugin and step are named.
+    #[error("{}plugin {plugin}: {message}", .step.as_ref().map(|s| format!("{s}: ")).unwrap_or_default())]
+    Plugin {
+        /// How it failed.
+        failure: PluginFailure,
+        /// The plugin reference (`name@version` or `sha256:…`).
+        plugin: String,
+        /// The step, e.g. `transforms[0] on contacts`, once it has one.
+        step: Option<String>,
+        /// What happened, with the plugin's own words when it had any.
+        message: String,
+    },
     /// The record store refused or failed a read or write.
     #[error("record store: {0}")]
     Store(String),
@@ -242,6 +278,11 @@ impl Error {
             Error::InvalidRatioExceeded { .. } => ErrorCode::InvalidRatioExceeded,
             Error::Canceled => ErrorCode::Canceled,
             Error::Io { .. } => ErrorCode::Io,
+            Error::Plugin { failure, .. } => match failure {
+                PluginFailure::Trap => ErrorCode::PluginTrap,
+                PluginFailure::Protocol => ErrorCode::PluginProtocol,
+                PluginFailure::InvalidConfig => ErrorCode::InvalidConfig,
+            },
             Error::Store(_) => ErrorCode::StoreError,
             Error::Internal(_) => ErrorCode::Internal,
         }
@@ -251,6 +292,14 @@ impl Error {
     pub fn position(&self) -> Option<Position> {
         match self {
             Error::Sql { position, .. } | Error::SqlNotAllowed { position, .. } => *position,
+            _ => None,
+        }
+    }
+
+    /// The plugin an error is about, if any.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            Error::Plugin { plugin, .. } => Some(plugin),
             _ => None,
         }
     }

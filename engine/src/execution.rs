@@ -293,7 +293,7 @@ impl ExecutionError {
             message: error.to_string(),
             line: position.map(|p| p.line),
             column: position.map(|p| p.column),
-            plugin: None,
+            plugin: error.plugin().map(str::to_string),
         }
     }
 }

@@ -20,6 +20,10 @@
 //!   encoding detection and type inference, as streaming input tables.
 //! - [`sql`]: the SQL stage: script splitting, the policy of what a script may
 //!   do, schemas `input`/`output`/`meta`, limits.
+//! - [`plugin`]: the sandboxed Wasm plugin runtime (wasmtime components,
+//!   limits, epoch interruption, log capture).
+//! - [`transform`]: the transform stage: a scope's plugin steps on every batch.
+//! - [`runlog`]: the execution log plugins and stages write to.
 //! - [`variables`]: converting scope rows into typed variables.
 //! - [`output`]: writing scope output CSVs in the format of SPEC §7.
 //! - [`report`]: `rejected.csv` and `report.xlsx`.
@@ -41,9 +45,12 @@ pub mod objects;
 pub mod output;
 pub mod package;
 pub mod pipeline;
+pub mod plugin;
 pub mod report;
+pub mod runlog;
 pub mod sql;
 pub mod store;
+pub mod transform;
 pub mod variables;
 
 pub use error::{Error, Result};

@@ -10,10 +10,10 @@
 //! module; this one only wires them, so the server and `weir run` run the
 //! very same code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -24,17 +24,19 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::LoadDef;
 use crate::connector::{Connector, Limits};
 use crate::error::{Error, Limit, Result, Stage};
-use crate::execution::LoadCount;
 use crate::execution::{
     Execution, ExecutionError, ScopeCount, StageStatus, Status, StepProgress, TableCount, VariableCount,
 };
+use crate::execution::{LoadCount, TransformCount};
 use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
 use crate::loads::{self, LoadStep, Outcome, Row};
 use crate::objects::Objects;
 use crate::output::CsvOutput;
 use crate::report::{RejectedRow, RejectedWriter, ReportBuilder};
+use crate::runlog::RunLog;
 use crate::sql::{self, ExecutionMeta, Script, SessionSettings};
 use crate::store::{RecordStore, Value};
+use crate::transform::{Chain, Plugins, StageContext};
 use crate::variables::{Converted, ScopeVariables};
 
 /// The input file of a run.
@@ -91,6 +93,11 @@ pub struct RunRequest {
     pub cancel: CancellationToken,
     /// Where load steps write (required when the connector has load steps).
     pub records: Option<Records>,
+    /// The plugin runtime and where plugins come from (required when the
+    /// connector has transform steps).
+    pub plugins: Option<Plugins>,
+    /// The execution log (plugin output, notable events).
+    pub log: Arc<dyn RunLog>,
 }
 
 /// Where load steps write: a store, the workspace, and its objects.
@@ -183,6 +190,8 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         settings,
         cancel,
         records,
+        plugins,
+        log,
     } = request;
     // A server claims an execution by marking it running; a local run
     // starts from queued.
@@ -218,6 +227,10 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 settings,
                 cancel: cancel.clone(),
                 records,
+                plugins,
+                log,
+                deadline: Instant::now() + limits.max_runtime,
+                transform_counts: Mutex::new(BTreeMap::new()),
             };
             let max_runtime = connector_max_runtime(&run.connector);
             let mut work = tokio::spawn(async move { run.execute(&script, input.as_ref(), &limits).await });
@@ -371,6 +384,12 @@ struct Run {
     settings: RunSettings,
     cancel: CancellationToken,
     records: Option<Records>,
+    plugins: Option<Plugins>,
+    log: Arc<dyn RunLog>,
+    /// When `max_runtime` runs out; plugins are interrupted there.
+    deadline: Instant,
+    /// Counts of every transform step, by its index in the connector.
+    transform_counts: Mutex<BTreeMap<usize, TransformCount>>,
 }
 
 impl Run {
@@ -399,11 +418,11 @@ impl Run {
 
         self.at(Stage::Sql);
         let script = Script::parse(script_text)?;
-        if !connector.transforms.is_empty() {
+        if !connector.transforms.is_empty() && self.plugins.is_none() {
             self.at(Stage::Transform);
             return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
                 "transforms",
-                "transform steps need the plugin runtime, which this engine build does not include yet",
+                "the connector has transform steps but the run has no plugin runtime",
             )]));
         }
         let mut load_defs: Vec<&LoadDef> = connector.loads.iter().collect();
@@ -491,7 +510,10 @@ impl Run {
         self.enter(Stage::Sql);
         let scopes = sql::run_script(&ctx, &script).await?;
         let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+        // Per scope: the SQL output schema and the schema after its transforms.
         let mut schemas = Vec::new();
+        let mut chains: HashMap<String, Chain> = HashMap::new();
+        let stage = self.stage_context();
         for scope in &scopes {
             let table = ctx
                 .table(datafusion::common::TableReference::partial(
@@ -500,12 +522,21 @@ impl Run {
                 ))
                 .await
                 .map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
-            let schema = Arc::new(table.schema().as_arrow().clone());
+            let sql_schema = Arc::new(table.schema().as_arrow().clone());
+            let mut schema = sql_schema.clone();
+            if let Some(plugins) = &self.plugins {
+                self.enter(Stage::Transform);
+                if let Some((chain, out)) = Chain::open(plugins, connector, scope, sql_schema.clone(), &stage).await? {
+                    schema = out;
+                    self.transform_counts(&chain);
+                    chains.insert(scope.clone(), chain);
+                }
+            }
             columns.insert(
                 scope.clone(),
                 schema.fields().iter().map(|f| f.name().clone()).collect(),
             );
-            schemas.push((scope.clone(), schema));
+            schemas.push((scope.clone(), sql_schema, schema));
         }
         self.at(Stage::Variables);
         let problems = connector.check_scopes(&columns);
@@ -513,7 +544,7 @@ impl Run {
             return Err(Error::InvalidConnector(problems));
         }
         let mut compiled = Vec::new();
-        for (scope, schema) in &schemas {
+        for (scope, _, schema) in &schemas {
             let defs: Vec<_> = connector
                 .variables
                 .iter()
@@ -576,15 +607,18 @@ impl Run {
         self.shared
             .progress
             .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
-        for ((scope, schema), vars) in schemas.iter().zip(&compiled) {
+        for ((scope, sql_schema, _), vars) in schemas.iter().zip(&compiled) {
             self.at(Stage::Sql);
             let mut stream = sql::scope_stream(&ctx, scope, &script).await?;
             let mut csv = CsvOutput::create(
                 &self.out_dir.join("output").join(format!("{scope}.csv")),
-                schema,
+                sql_schema,
                 self.settings.output_row_cap,
             )?;
+            let scope_steps: Vec<&(&LoadDef, LoadStep<'_>)> = steps.iter().filter(|(d, _)| &d.scope == scope).collect();
+            let mut chain = chains.remove(scope);
             let mut rows = 0u64;
+            let mut consumed = 0u64;
             let mut last_refresh = std::time::Instant::now();
             while let Some(batch) = stream.next().await {
                 self.at(Stage::Sql);
@@ -598,32 +632,36 @@ impl Run {
                 }
                 self.at(Stage::Report);
                 csv.write(&batch)?;
-                self.at(Stage::Variables);
-                let first_row = rows - batch.num_rows() as u64;
-                let (converted, valid, invalid) = self.variables(scope, vars, &batch, first_row)?;
-                let scope_steps: Vec<&(&LoadDef, LoadStep<'_>)> =
-                    steps.iter().filter(|(d, _)| &d.scope == scope).collect();
-                if !scope_steps.is_empty() {
-                    self.at(Stage::Load);
-                    self.load(scope, &scope_steps, &batch, &converted, first_row)?;
-                }
                 self.shared.progress.update(|d| {
                     if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql)
                         && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
                     {
                         c.rows = rows;
                     }
-                    if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
-                        && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
-                    {
-                        c.total += valid + invalid;
-                        c.valid += valid;
-                        c.invalid += invalid;
-                    }
                 });
+                let batches = match chain.as_mut() {
+                    Some(chain) => {
+                        self.at(Stage::Transform);
+                        let out = chain.process(batch, &stage).await?;
+                        self.transform_counts(chain);
+                        out
+                    }
+                    None => vec![batch],
+                };
+                for batch in batches {
+                    self.consume(scope, vars, &scope_steps, &batch, &mut consumed)?;
+                }
                 if last_refresh.elapsed() > Duration::from_millis(200) {
                     self.shared.refresh_tables();
                     last_refresh = std::time::Instant::now();
+                }
+            }
+            if let Some(chain) = chain.as_mut() {
+                self.at(Stage::Transform);
+                let last = chain.finish(&stage).await?;
+                self.transform_counts(chain);
+                for batch in last {
+                    self.consume(scope, vars, &scope_steps, &batch, &mut consumed)?;
                 }
             }
             self.at(Stage::Report);
@@ -632,12 +670,71 @@ impl Run {
         self.shared.refresh_tables();
         self.complete(Stage::Intake);
         self.complete(Stage::Sql);
+        if !connector.transforms.is_empty() {
+            self.complete(Stage::Transform);
+        }
         self.complete(Stage::Variables);
         if !steps.is_empty() {
             self.complete(Stage::Load);
         }
         self.check_invalid_ratio(limits)?;
         Ok(())
+    }
+
+    /// Converts and loads one batch of a scope's final rows (after its
+    /// transforms); `consumed` counts the scope's rows so far.
+    fn consume(
+        &self,
+        scope: &str,
+        vars: &ScopeVariables,
+        steps: &[&(&LoadDef, LoadStep<'_>)],
+        batch: &RecordBatch,
+        consumed: &mut u64,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.at(Stage::Variables);
+        let first_row = *consumed;
+        *consumed += batch.num_rows() as u64;
+        let (converted, valid, invalid) = self.variables(scope, vars, batch, first_row)?;
+        if !steps.is_empty() {
+            self.at(Stage::Load);
+            self.load(scope, steps, batch, &converted, first_row)?;
+        }
+        self.shared.progress.update(|d| {
+            if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
+                && let Some(c) = s.iter_mut().find(|c| c.scope == scope)
+            {
+                c.total += valid + invalid;
+                c.valid += valid;
+                c.invalid += invalid;
+            }
+        });
+        Ok(())
+    }
+
+    fn stage_context(&self) -> StageContext {
+        StageContext {
+            cancel: self.cancel.clone(),
+            deadline: Some(self.deadline),
+            log: self.log.clone(),
+            rejects: self.shared.rejects.clone(),
+        }
+    }
+
+    /// Puts a chain's counts into the document, all steps in connector order.
+    fn transform_counts(&self, chain: &Chain) {
+        let steps: Vec<TransformCount> = {
+            let mut counts = lock(&self.transform_counts);
+            counts.extend(chain.counts());
+            counts.values().cloned().collect()
+        };
+        self.shared.progress.update(|d| {
+            if let Some(StepProgress::Transform { steps: s, .. }) = d.stage_mut(Stage::Transform) {
+                *s = steps;
+            }
+        });
     }
 
     /// Sends one row of a scope to the rejected rows and the report.

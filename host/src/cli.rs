@@ -26,8 +26,18 @@ pub enum Command {
     /// Manage API keys in a data directory (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Work with Wasm transform plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Print the version.
     Version,
+}
+
+/// `weir plugin` commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check a component against the weir:transform world and run it on a file.
+    Check(crate::plugin::CheckArgs),
 }
 
 /// Arguments of `weir run`.
@@ -143,6 +153,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => report(crate::local::run(args)),
         Command::Serve(args) => report(crate::serve::run(args)),
         Command::Keys(command) => report(crate::serve::keys(command)),
+        Command::Plugin(PluginCommand::Check(args)) => report(crate::plugin::check(args)),
     }
 }
 

@@ -5,13 +5,15 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command-line parsing and the commands (`run`, `serve`, `keys`, `version`).
+//! - [`cli`]: command-line parsing and the commands (`run`, `serve`, `keys`, `plugin`, `version`).
 //! - [`local`]: `weir run`: a package or directory run on this machine, with a
 //!   progress display and a summary.
+//! - [`plugin`]: `weir plugin check`: a component validated and run on a file.
 //! - [`serve`]: `weir serve` and `weir keys`: configuration, signals, bootstrap output.
 //! - [`server`]: the HTTP API, state, auth, queue and workers.
 
 pub mod cli;
 pub mod local;
+pub mod plugin;
 pub mod serve;
 pub mod server;

@@ -14,7 +14,10 @@ use weir_engine::error::Stage;
 use weir_engine::execution::{ConnectorRef, Execution, StageStatus, Status, StepProgress, TriggerType};
 use weir_engine::package::Package;
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+use weir_engine::plugin::{PluginRuntime, PluginSettings};
+use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::store::{RecordStore, SqliteStore};
+use weir_engine::transform::{PluginDir, Plugins};
 
 use crate::cli::RunArgs;
 
@@ -102,6 +105,14 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         },
+        plugins: match plugins(&package) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        log: Arc::new(StderrLog),
     };
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| spawn_display(&progress));
@@ -131,6 +142,31 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         Status::Canceled => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// The plugin runtime and the package's `plugins/` directory, when the
+/// connector has transform steps.
+fn plugins(package: &Package) -> weir_engine::Result<Option<Plugins>> {
+    if package.connector.transforms.is_empty() {
+        return Ok(None);
+    }
+    let runtime = PluginRuntime::new(PluginSettings {
+        cache_dir: crate::plugin::cache_dir(),
+        ..PluginSettings::default()
+    })?;
+    Ok(Some(Plugins {
+        runtime: Arc::new(runtime),
+        source: Arc::new(PluginDir::new(package.dir.join("plugins"))),
+    }))
+}
+
+/// Execution log lines of a local run go to stderr.
+struct StderrLog;
+
+impl RunLog for StderrLog {
+    fn line(&self, level: LogLevel, message: &str) {
+        eprintln!("{}: {message}", level.as_str());
+    }
 }
 
 /// The local record store, when the connector has load steps: the

@@ -442,3 +442,107 @@ fn keys_are_created_listed_and_revoked_in_a_data_directory() {
     let nobody = weir(&["keys", "list", "--data-dir", &data, "--workspace", "nope"]);
     assert_eq!(nobody.status.code(), Some(2));
 }
+
+#[test]
+fn plugin_check_validates_a_component_and_runs_it_on_a_file() {
+    let (dir, csv) = {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let csv = dir.path().join("people.csv");
+        std::fs::write(&csv, "id,phone\n1,(202) 555-0143\n2,12\n3,+44 20 7946 0958\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, csv)
+    };
+    let wasm = weir_tests::plugin_wasm("phone-normalize");
+    let wasm_arg = wasm.display().to_string();
+    let csv_arg = csv.display().to_string();
+    let o = weir(&[
+        "plugin",
+        "check",
+        &wasm_arg,
+        "--input",
+        &csv_arg,
+        "--config",
+        r#"{"column":"phone"}"#,
+    ]);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("rows       3 in, 2 out, 1 refused"), "{text}");
+    assert!(
+        text.contains("+12025550143") && text.contains("+442079460958"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refused row 2: `12` is not a valid phone number"),
+        "{text}"
+    );
+    assert!(text.contains("ok         implements weir:transform@0.1.0"), "{text}");
+
+    // A config the plugin refuses, as JSON: exit 1 with the code.
+    let o = weir(&[
+        "plugin",
+        "check",
+        &wasm_arg,
+        "--input",
+        &csv_arg,
+        "--config",
+        r#"{"column":"nope"}"#,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let summary = json(&o);
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(invalid_config)"),
+        "{summary}"
+    );
+    assert!(summary["instantiate_ms"].as_f64().is_some(), "{summary}");
+
+    // Not a component: refused with the reason.
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"not wasm").unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&["plugin", "check", &fake.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("not a WebAssembly component"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_package_with_a_plugin_runs_it_from_its_plugins_directory() {
+    let dir = connector_dir(
+        "CREATE VIEW output.people AS SELECT * FROM input.data",
+        Some(("people.csv", b"id,country\n1,US\n2,DE\n3,US\n")),
+    );
+    let mut toml = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("connector.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    writeln!(
+        toml,
+        "[[transforms]]\nscope = \"people\"\nplugin = \"row-filter@0.1.0\"\nconfig = {{ column = \"country\", op = \"eq\", value = \"US\" }}"
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(dir.path().join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        weir_tests::plugin_wasm("row-filter"),
+        dir.path().join("plugins").join("row-filter@0.1.0.wasm"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&[
+        "run",
+        &dir.path().display().to_string(),
+        "--out",
+        &out.path().display().to_string(),
+        "--json",
+    ]);
+    let doc = json(&o);
+    assert_eq!(doc["status"], "success", "{doc}");
+    let step = &doc["step_progress"][2]["steps"][0];
+    assert_eq!(step["plugin"], "row-filter@0.1.0");
+    assert_eq!(
+        (step["rows_in"].as_u64(), step["rows_out"].as_u64()),
+        (Some(3), Some(2)),
+        "{doc}"
+    );
+}
