@@ -285,6 +285,8 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/objects/{object}/records/{id}"),
         ("post", "/api/v1/files"),
         ("get", "/api/v1/files/{id}/download"),
+        ("post", "/api/v1/plugins"),
+        ("get", "/api/v1/plugins"),
         ("get", "/api/v1/connectors"),
         ("post", "/api/v1/connectors"),
         ("get", "/api/v1/connectors/{connector}"),
@@ -1097,5 +1099,156 @@ async fn an_unreadable_upload_fails_its_run_and_keeps_the_file() {
         "{}",
         logs.body
     );
+    s.stop().await;
+}
+
+impl Server {
+    async fn publish_plugin(&self, key: &str, name: &str, version: &str, bytes: &[u8]) -> Answer {
+        let request = self
+            .client
+            .post(format!("{}/plugins?name={name}&version={version}", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/wasm")
+            .body(bytes.to_vec());
+        answer(request.send().await.unwrap_or_else(|e| panic!("publish: {e}"))).await
+    }
+}
+
+fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(weir_tests::plugin_wasm(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() {
+    let s = start().await;
+    let identity = plugin_bytes("identity");
+    let first = s.publish_plugin(ADMIN, "identity", "0.1.0", &identity).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["reference"], "identity@0.1.0");
+    assert_eq!(first.body["size"].as_u64(), Some(identity.len() as u64));
+    let again = s.publish_plugin(ADMIN, "identity", "0.1.0", &identity).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["sha256"], first.body["sha256"]);
+    let other = s
+        .publish_plugin(ADMIN, "identity", "0.1.0", &plugin_bytes("row-filter"))
+        .await;
+    assert_problem(&other, StatusCode::CONFLICT, "plugin_version_exists");
+    let garbage = s.publish_plugin(ADMIN, "junk", "0.1.0", b"\0asm\x01\0\0\0 nope").await;
+    assert_problem(&garbage, StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin");
+    let bad_name = s.publish_plugin(ADMIN, "Bad..Name", "0.1.0", &identity).await;
+    assert_problem(&bad_name, StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin");
+    let operator = s.key("default", Role::Operator, None);
+    let refused = s.publish_plugin(&operator, "identity", "0.2.0", &identity).await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
+    let list = s.get("/plugins", &operator).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let names: Vec<&str> = list
+        .body
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["reference"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec!["identity@0.1.0"]);
+    let elsewhere = s.key("other", Role::Admin, None);
+    let theirs = s.get("/plugins", &elsewhere).await;
+    assert_eq!(theirs.body, json!([]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one() {
+    let s = start().await;
+    for name in ["phone-normalize", "hostile"] {
+        let p = s.publish_plugin(ADMIN, name, "0.1.0", &plugin_bytes(name)).await;
+        assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    }
+    // A connector whose scope goes through the phone normaliser.
+    let o = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    let f = s.upload("/files", ADMIN, "contacts.csv", CONTACTS_CSV).await;
+    let mut doc = importer("setup");
+    doc["sample_file_id"] = f.body["id"].clone();
+    doc["sql"]["text"] =
+        json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
+    doc["transforms"] = json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let p = s
+        .post("/connectors/contacts_import/sql/publish", ADMIN, json!({}))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let patched = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"status": "operational"})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_ne!(done["status"], "failed", "{done}");
+    let transform = &done["step_progress"][2];
+    assert_eq!(transform["status"], "completed", "{done}");
+    assert_eq!(transform["steps"][0]["plugin"], "phone-normalize@0.1.0");
+    assert!(
+        transform["steps"][0]["rows_out"].as_u64().unwrap_or_default() > 0,
+        "{done}"
+    );
+
+    // A looping plugin: the cancel interrupts it.
+    let looping = json!({
+        "api_name": "looping", "type": "spreadsheet", "status": "setup",
+        "sql": {"text": "CREATE VIEW output.people AS SELECT * FROM input.data"},
+        "transforms": [{"scope": "people", "plugin": "hostile@0.1.0", "config": {"mode": "loop"}}],
+    });
+    let c = s.post("/connectors", ADMIN, looping).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let row = s
+        .app
+        .db
+        .connector(&workspace_id(&s), "looping")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("connector"));
+    assert_eq!(s.app.db.publish(&row.id, 1).ok(), Some(true));
+    let p = s
+        .send(
+            Method::PATCH,
+            "/connectors/looping",
+            Some(ADMIN),
+            Some(json!({"status": "operational"})),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let run = s.upload("/connectors/looping/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let running = s.wait_status(&id, |st| st == "running").await;
+    assert_eq!(running["status"], "running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED, "{}", c.body);
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "canceled", "{done}");
+    assert_eq!(done["step_progress"][2]["status"], "canceled", "{done}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the cancel took {:?}",
+        asked.elapsed()
+    );
+
+    // The server is healthy: the good connector runs again.
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_ne!(done["status"], "failed", "{done}");
     s.stop().await;
 }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::store::{RecordStore, SqliteStore};
 
 use self::config::Settings;
@@ -49,6 +50,8 @@ pub struct App {
     pub runs: queue::Runs,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// The Wasm plugin runtime every run shares.
+    pub plugins: Arc<PluginRuntime>,
 }
 
 /// A started server: listening, with its dispatcher running.
@@ -77,6 +80,9 @@ pub enum StartError {
     /// The record store failed.
     #[error("record store: {0}")]
     Records(#[from] weir_engine::Error),
+    /// The plugin runtime could not start.
+    #[error("plugin runtime: {0}")]
+    Plugins(String),
     /// Bootstrap failed.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
@@ -103,7 +109,15 @@ pub async fn start(settings: Settings) -> Result<Server, StartError> {
     let files = FileStore::open(&dir).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     let bootstrap_key = bootstrap(&db, &settings)?;
+    let plugins = Arc::new(
+        PluginRuntime::new(PluginSettings {
+            cache_dir: Some(dir.join("plugin-cache")),
+            ..PluginSettings::default()
+        })
+        .map_err(|e| StartError::Plugins(e.to_string()))?,
+    );
     let app = Arc::new(App {
+        plugins,
         db,
         files,
         records,

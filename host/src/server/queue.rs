@@ -27,8 +27,11 @@ use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
 use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::transform::Plugins;
 
 use super::App;
+use super::api::plugins::WorkspacePlugins;
 use super::state::{ExecutionRow, StateError};
 
 /// A running execution, as the process knows it.
@@ -293,6 +296,20 @@ fn fail_to_start(app: &App, mut doc: Execution, why: &str) -> Result<(), StateEr
     Ok(())
 }
 
+/// A run's log lines, stored with the execution (`GET /executions/{id}/logs`).
+struct ExecutionLog {
+    app: Arc<App>,
+    execution_id: String,
+}
+
+impl RunLog for ExecutionLog {
+    fn line(&self, level: LogLevel, message: &str) {
+        if let Err(e) = self.app.db.append_log(&self.execution_id, level.as_str(), message) {
+            tracing::error!(execution = %self.execution_id, error = %e, "storing a log line failed");
+        }
+    }
+}
+
 /// Where an execution's artifacts live.
 pub fn artifacts_dir(app: &App, id: &str) -> PathBuf {
     app.settings.config.data_dir.join("executions").join(id)
@@ -327,6 +344,17 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         },
         cancel,
         records,
+        plugins: Some(Plugins {
+            runtime: app.plugins.clone(),
+            source: Arc::new(WorkspacePlugins {
+                app: app.clone(),
+                workspace_id: row.workspace_id.clone(),
+            }),
+        }),
+        log: Arc::new(ExecutionLog {
+            app: app.clone(),
+            execution_id: id.clone(),
+        }),
     };
     let started = std::time::Instant::now();
     let doc = pipeline::run(request, &progress).await;

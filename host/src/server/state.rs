@@ -46,7 +46,8 @@ pub enum StateError {
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// Migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workspaces (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -123,7 +124,35 @@ CREATE TABLE execution_logs (
     message      TEXT NOT NULL,
     PRIMARY KEY (execution_id, seq)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE plugins (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    name         TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, name, version)
+);
+CREATE INDEX plugins_by_sha ON plugins (workspace_id, sha256);
+"#,
+];
+
+/// A published plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRow {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// sha256 of the component (its file id).
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was published.
+    pub created_at: DateTime<Utc>,
+}
 
 /// A workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -529,6 +558,77 @@ impl Db {
                         created_at: time(&r.get::<_, String>(4)?),
                     })
                 },
+            )
+            .optional()?)
+    }
+
+    // ----- plugins ----------------------------------------------------------
+
+    fn plugin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRow> {
+        Ok(PluginRow {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            sha256: r.get(2)?,
+            size: r.get::<_, i64>(3)? as u64,
+            created_at: time(&r.get::<_, String>(4)?),
+        })
+    }
+
+    /// Publishes `name@version`. A version is immutable: publishing it again
+    /// with the same content returns the stored row (`false`), with other
+    /// content is refused with the stored row.
+    pub fn insert_plugin(&self, workspace_id: &str, plugin: &PluginRow) -> Result<(PluginRow, bool)> {
+        let conn = self.lock();
+        let inserted = conn.execute(
+            "INSERT INTO plugins (workspace_id, name, version, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+            params![
+                workspace_id,
+                plugin.name,
+                plugin.version,
+                plugin.sha256,
+                plugin.size as i64,
+                plugin.created_at.to_rfc3339()
+            ],
+        )? == 1;
+        let stored = conn.query_row(
+            "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
+            [workspace_id, &plugin.name, &plugin.version],
+            Self::plugin_row,
+        )?;
+        Ok((stored, inserted))
+    }
+
+    /// The workspace's plugins, by name and version.
+    pub fn plugins(&self, workspace_id: &str) -> Result<Vec<PluginRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 ORDER BY name, version",
+        )?;
+        let rows = stmt.query_map([workspace_id], Self::plugin_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// A published plugin by `name@version`.
+    pub fn plugin(&self, workspace_id: &str, name: &str, version: &str) -> Result<Option<PluginRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
+                [workspace_id, name, version],
+                Self::plugin_row,
+            )
+            .optional()?)
+    }
+
+    /// A published plugin by content.
+    pub fn plugin_by_sha(&self, workspace_id: &str, sha256: &str) -> Result<Option<PluginRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND sha256 = ?2 LIMIT 1",
+                [workspace_id, sha256],
+                Self::plugin_row,
             )
             .optional()?)
     }

@@ -58,7 +58,8 @@ pub struct UploadParams {
     pub filename: Option<String>,
 }
 
-fn upload_error(e: UploadError) -> ApiError {
+/// The API error of a failed upload.
+pub fn upload_error(e: UploadError) -> ApiError {
     match e {
         UploadError::TooLarge { limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,6 +12,7 @@ mod executions;
 mod files;
 mod keys;
 mod objects;
+pub mod plugins;
 mod runs;
 mod system;
 
@@ -110,6 +111,7 @@ pub fn connector_of(app: &App, caller: &Caller, id_or_name: &str) -> ApiResult<C
         (name = "objects", description = "Objects and their records"),
         (name = "files", description = "Uploaded files"),
         (name = "connectors", description = "Connectors and their SQL"),
+        (name = "plugins", description = "Wasm transform plugins published as name@version"),
         (name = "executions", description = "Runs: trigger, status, cancel, logs, artifacts"),
     )
 )]
@@ -146,6 +148,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(objects::record))
             .routes(unlimited(routes!(files::upload)))
             .routes(routes!(files::download))
+            .routes(unlimited(routes!(plugins::publish, plugins::list)))
             .routes(routes!(connectors::list, connectors::create))
             .routes(routes!(connectors::get, connectors::update, connectors::delete))
             .routes(routes!(connectors::sql))

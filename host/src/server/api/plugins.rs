@@ -1,0 +1,165 @@
+//! Plugins of the workspace: Wasm transform components published as
+//! `name@version` (SPEC §5). A published version is immutable; its file is
+//! stored by content hash with the uploaded files. A component is compiled
+//! and checked against the `weir:transform` world before it is accepted, so
+//! a run never meets a plugin that cannot load.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use weir_engine::connector::PluginRef;
+use weir_engine::error::Problem;
+use weir_engine::transform::PluginSource;
+
+use crate::server::App;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, ProblemDocument, Query};
+use crate::server::state::PluginRow;
+
+/// A published plugin.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginView {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// `name@version`, as `connector.toml` references it.
+    pub reference: String,
+    /// sha256 of the component, hex (`sha256:<hex>` references it too).
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was published.
+    pub created_at: DateTime<Utc>,
+}
+
+impl PluginView {
+    fn of(row: PluginRow) -> Self {
+        Self {
+            reference: format!("{}@{}", row.name, row.version),
+            name: row.name,
+            version: row.version,
+            sha256: row.sha256,
+            size: row.size,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// `?name=&version=` of a publish.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PublishParams {
+    /// Lower-case letters, digits, `-` and `_`.
+    pub name: String,
+    /// Letters, digits, `.`, `-` and `+`, e.g. `0.1.0`.
+    pub version: String,
+}
+
+/// Publishes a component (raw body) as `name@version`.
+#[utoipa::path(post, path = "/plugins", tag = "plugins",
+    params(PublishParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
+    responses(
+        (status = 201, body = PluginView, description = "Published"),
+        (status = 200, body = PluginView, description = "Already published with the same content"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json", description = "The version exists with other content"),
+        (status = 413, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json", description = "Not a weir:transform component, or a bad name or version"),
+    ))]
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<PublishParams>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<PluginView>)> {
+    caller.require(Role::Admin)?;
+    let reference = format!("{}@{}", params.name, params.version);
+    if let Err(message) = PluginRef::parse(&reference) {
+        return Err(ApiError::invalid(
+            "invalid_plugin",
+            "the plugin's name or version is not valid",
+            vec![Problem::new("name@version", message)],
+        ));
+    }
+    let stream = request.into_body().into_data_stream();
+    let stored = app
+        .files
+        .put(stream, app.settings.max_upload)
+        .await
+        .map_err(super::files::upload_error)?;
+    let wasm = tokio::fs::read(app.files.path(&stored.sha256))
+        .await
+        .map_err(ApiError::internal)?;
+    let runtime = app.plugins.clone();
+    let label = reference.clone();
+    let checked = tokio::task::spawn_blocking(move || runtime.load(&label, &wasm))
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(e) = checked {
+        return Err(ApiError::invalid(
+            "invalid_plugin",
+            "the file is not a component Weir can run as a transform step",
+            vec![Problem::new("body", e.to_string())],
+        ));
+    }
+    let row = PluginRow {
+        name: params.name,
+        version: params.version,
+        sha256: stored.sha256,
+        size: stored.size,
+        created_at: Utc::now(),
+    };
+    let (stored_row, inserted) = app.db.insert_plugin(&caller.workspace_id, &row)?;
+    if stored_row.sha256 != row.sha256 {
+        return Err(ApiError::conflict(
+            "plugin_version_exists",
+            format!("{reference} is already published with other content; publish a new version"),
+        ));
+    }
+    let status = if inserted { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(PluginView::of(stored_row))))
+}
+
+/// The workspace's plugins.
+#[utoipa::path(get, path = "/plugins", tag = "plugins",
+    responses(
+        (status = 200, body = Vec<PluginView>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<PluginView>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(
+        app.db
+            .plugins(&caller.workspace_id)?
+            .into_iter()
+            .map(PluginView::of)
+            .collect(),
+    ))
+}
+
+/// A workspace's published plugins, as runs find them.
+pub struct WorkspacePlugins {
+    /// The server.
+    pub app: Arc<App>,
+    /// The workspace.
+    pub workspace_id: String,
+}
+
+impl PluginSource for WorkspacePlugins {
+    fn fetch(&self, plugin: &PluginRef) -> Result<Vec<u8>, String> {
+        let row = match plugin {
+            PluginRef::Named { name, version } => self.app.db.plugin(&self.workspace_id, name, version),
+            PluginRef::Sha256(hex) => self.app.db.plugin_by_sha(&self.workspace_id, hex),
+        }
+        .map_err(|e| format!("looking up the plugin: {e}"))?
+        .ok_or_else(|| format!("no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"))?;
+        std::fs::read(self.app.files.path(&row.sha256)).map_err(|e| format!("reading plugin {plugin}: {e}"))
+    }
+}
