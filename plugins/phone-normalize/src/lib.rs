@@ -93,7 +93,11 @@ impl Transform for PhoneNormalize {
                 out.push(None);
                 continue;
             };
-            match phonenumber::parse(Some(self.region), raw) {
+            // A number written with `+` carries its country code; parsing it
+            // "in" a region makes the phonenumber crate strip that region's
+            // national prefix from it (`+33 1 42 …` read in US loses its `1`).
+            let region = if raw.starts_with('+') { None } else { Some(self.region) };
+            match phonenumber::parse(region, raw) {
                 Ok(number) if phonenumber::is_valid(&number) => {
                     out.push(Some(number.format().mode(phonenumber::Mode::E164).to_string()));
                 }
