@@ -67,7 +67,7 @@ max_rows    = 1_000_000_000
     if with_plugin:
         toml += '\n[[transforms]]\nscope = "result"\nplugin = "identity@0.1.0"\n'
         (directory / "plugins").mkdir(exist_ok=True)
-        shutil.copy(wasm("identity"), directory / "plugins" / "identity@0.1.0.wasm")
+        shutil.copy(wasm("identity"), directory / "plugins" / "identity-0.1.0.wasm")
     (directory / "connector.toml").write_text(toml)
     return directory
 

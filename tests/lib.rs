@@ -42,12 +42,12 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
 }
 
 /// A package `plugins/` directory holding the given plugin crates as
-/// `<name>@0.1.0.wasm`.
+/// `<name>-0.1.0.wasm`.
 pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for name in names {
         let from = plugin_wasm(name);
-        std::fs::copy(&from, dir.path().join(format!("{name}@0.1.0.wasm")))
+        std::fs::copy(&from, dir.path().join(format!("{name}-0.1.0.wasm")))
             .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
     }
     dir

@@ -34,7 +34,8 @@ pub trait PluginSource: Send + Sync {
 }
 
 /// The `plugins/` directory of a package: `name@version` is the file
-/// `<name>@<version>.wasm`, `sha256:<hex>` any `.wasm` file with that content.
+/// `<name>-<version>.wasm` (or `<name>@<version>.wasm`), `sha256:<hex>` any
+/// `.wasm` file with that content.
 #[derive(Debug, Clone)]
 pub struct PluginDir {
     dir: PathBuf,
@@ -69,10 +70,18 @@ impl PluginSource for PluginDir {
         };
         match plugin {
             PluginRef::Named { name, version } => {
-                let path = self.dir.join(format!("{name}@{version}.wasm"));
-                std::fs::read(&path).map_err(|e| match e.kind() {
+                // SPEC §7 names the file `<name>-<version>.wasm`; the
+                // reference's own spelling is accepted too.
+                let path = self.dir.join(format!("{name}-{version}.wasm"));
+                let alternative = self.dir.join(format!("{name}@{version}.wasm"));
+                let found = if !path.exists() && alternative.exists() {
+                    &alternative
+                } else {
+                    &path
+                };
+                std::fs::read(found).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => format!("no plugin file {} in the package", shown(&path)),
-                    _ => format!("reading {}: {e}", shown(&path)),
+                    _ => format!("reading {}: {e}", shown(found)),
                 })
             }
             PluginRef::Sha256(hex) => {

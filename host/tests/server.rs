@@ -1109,6 +1109,9 @@ impl Server {
             .post(format!("{}/plugins?name={name}&version={version}", self.base))
             .bearer_auth(key)
             .header("content-type", "application/wasm")
+            // A refused publish is answered before its body is read, and
+            // the server then closes the connection; never pool it.
+            .header("connection", "close")
             .body(bytes.to_vec());
         answer(request.send().await.unwrap_or_else(|e| panic!("publish: {e}"))).await
     }
@@ -1125,6 +1128,7 @@ async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() 
     let first = s.publish_plugin(ADMIN, "identity", "0.1.0", &identity).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
     assert_eq!(first.body["reference"], "identity@0.1.0");
+    assert_eq!(first.body["id"], first.body["sha256"]);
     assert_eq!(first.body["size"].as_u64(), Some(identity.len() as u64));
     let again = s.publish_plugin(ADMIN, "identity", "0.1.0", &identity).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);

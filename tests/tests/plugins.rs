@@ -344,10 +344,10 @@ async fn a_missing_plugin_or_a_file_that_is_no_component_is_refused_clearly() {
     .await;
     assert_eq!(missing.error()["code"], "invalid_connector");
     let message = missing.error()["message"].as_str().unwrap_or_default().to_string();
-    assert!(message.contains("plugins/phone-normalize@9.9.9.wasm"), "{message}");
+    assert!(message.contains("plugins/phone-normalize-9.9.9.wasm"), "{message}");
 
     let dir = plugin_dir(&[]);
-    std::fs::write(dir.path().join("fake@0.1.0.wasm"), b"\0asm not really").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("fake-0.1.0.wasm"), b"\0asm not really").unwrap_or_else(|e| panic!("{e}"));
     let (_input, path) = input("people.csv", PEOPLE.as_bytes());
     let outcome = run_full(Run {
         connector: connector("[[transforms]]\nscope = \"people\"\nplugin = \"fake@0.1.0\"\n"),

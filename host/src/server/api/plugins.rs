@@ -23,6 +23,8 @@ use crate::server::state::PluginRow;
 /// A published plugin.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PluginView {
+    /// Its id: the sha256 of the component (plugins are content-addressed).
+    pub id: String,
     /// Its name.
     pub name: String,
     /// Its version.
@@ -40,6 +42,7 @@ pub struct PluginView {
 impl PluginView {
     fn of(row: PluginRow) -> Self {
         Self {
+            id: row.sha256.clone(),
             reference: format!("{}@{}", row.name, row.version),
             name: row.name,
             version: row.version,
