@@ -9,6 +9,8 @@ fn weir(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .current_dir(repo())
+        // Compiled plugins are cached here, not in the user's cache.
+        .env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"))
         .output()
         .unwrap_or_else(|e| panic!("running weir: {e}"))
 }
@@ -509,6 +511,8 @@ fn plugin_check_validates_a_component_and_runs_it_on_a_file() {
 
 #[test]
 fn a_package_with_a_plugin_runs_it_from_its_plugins_directory() {
+    // The file is named as the reference spells it (`name@version.wasm`);
+    // the engine tests use the package form `name-version.wasm`.
     let dir = connector_dir(
         "CREATE VIEW output.people AS SELECT * FROM input.data",
         Some(("people.csv", b"id,country\n1,US\n2,DE\n3,US\n")),
@@ -545,4 +549,57 @@ fn a_package_with_a_plugin_runs_it_from_its_plugins_directory() {
         (Some(3), Some(2)),
         "{doc}"
     );
+}
+
+#[test]
+fn the_plugins_example_normalises_phones_and_drops_the_duplicate() {
+    // The example's plugins are built, not committed: copy the example and
+    // put the components built for this commit where it expects them.
+    let example = repo().join("examples").join("contacts-plugins");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for file in ["connector.toml", "script.sql", "data/contacts_export.csv"] {
+        let to = dir.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(example.join(file), &to).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    std::fs::create_dir(dir.path().join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    for (name, file) in [
+        ("phone-normalize", "phone-normalize-0.1.0.wasm"),
+        ("dedupe", "dedupe-0.1.0.wasm"),
+    ] {
+        std::fs::copy(weir_tests::plugin_wasm(name), dir.path().join("plugins").join(file))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&[
+        "run",
+        &dir.path().display().to_string(),
+        "--out",
+        &out.path().display().to_string(),
+        "--json",
+    ]);
+    let doc = json(&o);
+    assert_eq!(doc["status"], "partial_success", "{doc}");
+    let steps = &doc["step_progress"][2]["steps"];
+    let counts = |i: usize| {
+        (
+            steps[i]["rows_in"].as_u64(),
+            steps[i]["rows_out"].as_u64(),
+            steps[i]["rejected"].as_u64(),
+        )
+    };
+    assert_eq!(counts(0), (Some(31), Some(29), Some(2)), "{doc}");
+    assert_eq!(counts(1), (Some(29), Some(28), Some(0)), "{doc}");
+    let variables = &doc["step_progress"][3]["scopes"][0];
+    assert_eq!(
+        (variables["valid"].as_u64(), variables["invalid"].as_u64()),
+        (Some(25), Some(3)),
+        "{doc}"
+    );
+    let rejected = std::fs::read_to_string(out.path().join("rejected.csv")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        rejected.contains("`call after 5pm` is not a valid phone number"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("`12345` is not a valid phone number"), "{rejected}");
 }
