@@ -156,6 +156,7 @@ impl PluginRuntime {
             .map_err(|e| Error::Internal(format!("linking WASI: {e:#}")))?;
         Transformer::add_to_linker::<_, HasSelf<_>>(&mut linker, |guest| guest)
             .map_err(|e| Error::Internal(format!("linking the host interface: {e:#}")))?;
+        forbid_waiting(&mut linker).map_err(|e| Error::Internal(format!("linking the clock: {e:#}")))?;
         let ticker = Ticker::start(&engine, settings.tick)?;
         Ok(Self {
             engine,
@@ -194,7 +195,6 @@ impl PluginRuntime {
         let pre = TransformerPre::new(pre)
             .map_err(|e| refused(format!("does not implement weir:transform/transform@0.1.0: {e:#}")))?;
         let plugin = Arc::new(Plugin {
-            label: label.to_string(),
             sha256: sha256.clone(),
             pre,
         });
@@ -224,6 +224,7 @@ impl PluginRuntime {
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit: self.settings.memory_limit,
+                used: 0,
                 exceeded: false,
             },
             log: log.clone(),
@@ -245,10 +246,13 @@ impl PluginRuntime {
         let mut instance = StepInstance {
             store,
             bindings: None,
-            plugin: plugin.label.clone(),
+            // The reference the step used: the same bytes may be published
+            // under other names elsewhere.
+            plugin: step.plugin.clone(),
             step: step.name.clone(),
             output_schema: None,
             max_output_bytes: self.settings.max_output_bytes,
+            max_message: self.settings.max_log_line,
             memory_limit: self.settings.memory_limit,
             log,
             broken: false,
@@ -261,13 +265,39 @@ impl PluginRuntime {
     }
 }
 
+/// A guest may not wait on a clock. A wait happens inside the host, where
+/// epoch interruption cannot reach, so a plugin sleeping for an hour would
+/// hold its thread past any cancel or deadline. With no files, sockets or
+/// stdin, clock subscriptions are the only things a guest could wait on;
+/// they trap instead (reading the clock stays allowed).
+fn forbid_waiting(linker: &mut Linker<Guest>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> { Err(NoWaiting.into()) },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> { Err(NoWaiting.into()) },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A guest tried to sleep or wait on a clock.
+#[derive(Debug, thiserror::Error)]
+#[error("plugins may not sleep or wait on a clock")]
+struct NoWaiting;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A compiled plugin, ready to instantiate.
 pub struct Plugin {
-    label: String,
     sha256: String,
     pre: TransformerPre<Guest>,
 }
@@ -309,24 +339,43 @@ enum Interrupt {
 #[error("memory limit exceeded")]
 struct MemoryExceeded;
 
+/// Limits what one instance may allocate: the sum of all its linear
+/// memories (a component may hold several core modules, each with its own),
+/// a few core instances, memories and tables, and table sizes.
 struct MemoryLimiter {
     limit: u64,
+    /// Bytes of linear memory the instance holds now, over all memories.
+    used: u64,
     exceeded: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grown = self.used + (desired as u64).saturating_sub(current as u64);
+        if grown > self.limit {
             // A trap rather than a failed grow: a guest's allocator would
             // abort anyway, and the trap says why.
             self.exceeded = true;
             return Err(MemoryExceeded.into());
         }
+        self.used = grown;
         Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
     }
 }
 
@@ -378,6 +427,8 @@ pub struct StepInstance {
     step: String,
     output_schema: Option<SchemaRef>,
     max_output_bytes: usize,
+    /// Longest refusal message kept.
+    max_message: usize,
     memory_limit: u64,
     log: Arc<StepLog>,
     /// Set once a call trapped or was interrupted: the instance's state is
@@ -423,6 +474,12 @@ impl StepInstance {
         let result = bindings.weir_transform_transform().call_finish(&mut self.store);
         let output = self.settle(result)?;
         self.log.close();
+        if output.as_ref().is_some_and(|o| !o.rejected.is_empty()) {
+            return Err(self.error(
+                PluginFailure::Protocol,
+                "refused rows in finish, where there is no input batch to refuse them from".into(),
+            ));
+        }
         output.map(|o| self.output(o, 0)).transpose()
     }
 
@@ -473,7 +530,9 @@ impl StepInstance {
                 },
             };
         }
-        let what = if self.store.data().limiter.exceeded || error.downcast_ref::<MemoryExceeded>().is_some() {
+        let what = if error.downcast_ref::<NoWaiting>().is_some() {
+            "the plugin tried to sleep or wait on a clock, which plugins may not do".to_string()
+        } else if self.store.data().limiter.exceeded || error.downcast_ref::<MemoryExceeded>().is_some() {
             format!(
                 "the plugin tried to use more than its memory limit of {}",
                 bytesize::ByteSize::b(self.memory_limit).display().iec()
@@ -499,6 +558,7 @@ impl StepInstance {
 
     fn decode(&self, bytes: &[u8]) -> Result<(SchemaRef, Option<RecordBatch>)> {
         let bad = |e: String| self.error(PluginFailure::Protocol, format!("returned malformed Arrow IPC: {e}"));
+        uncompressed(bytes).map_err(bad)?;
         let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| bad(e.to_string()))?;
         let schema = reader.schema();
         let batch = reader.next().transpose().map_err(|e| bad(e.to_string()))?;
@@ -525,7 +585,15 @@ impl StepInstance {
             .output_schema
             .clone()
             .ok_or_else(|| self.error(PluginFailure::Protocol, "was called before init".into()))?;
-        if schema.fields() != expected.fields() {
+        // Names and types must be the declared ones; nullability is
+        // checked against the values when the batch is rebuilt below.
+        let shape = |s: &Schema| -> Vec<(String, datafusion::arrow::datatypes::DataType)> {
+            s.fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect()
+        };
+        if shape(&schema) != shape(&expected) {
             return Err(self.error(
                 PluginFailure::Protocol,
                 format!(
@@ -536,21 +604,32 @@ impl StepInstance {
             ));
         }
         let batch = match batch {
-            Some(b) => b
-                .with_schema(expected.clone())
-                .map_err(|e| self.error(PluginFailure::Protocol, e.to_string()))?,
+            Some(b) => RecordBatch::try_new(expected.clone(), b.columns().to_vec()).map_err(|e| {
+                self.error(
+                    PluginFailure::Protocol,
+                    format!("returned a batch that does not fit its schema: {e}"),
+                )
+            })?,
             None => RecordBatch::new_empty(expected),
         };
         let mut rejected = Vec::with_capacity(output.rejected.len());
+        let mut seen = vec![false; input_rows];
         for r in output.rejected {
             let row = r.row as usize;
-            if row >= input_rows {
-                return Err(self.error(
-                    PluginFailure::Protocol,
-                    format!("rejected row {row}, but the batch it was given has {input_rows} rows"),
-                ));
+            match seen.get_mut(row) {
+                None => {
+                    return Err(self.error(
+                        PluginFailure::Protocol,
+                        format!("rejected row {row}, but the batch it was given has {input_rows} rows"),
+                    ));
+                }
+                Some(true) => {
+                    return Err(self.error(PluginFailure::Protocol, format!("rejected row {row} twice")));
+                }
+                Some(seen) => *seen = true,
             }
-            rejected.push((row, r.message));
+            let message = cut(&r.message, self.max_message).to_string();
+            rejected.push((row, message));
         }
         Ok(Processed { batch, rejected })
     }
@@ -560,6 +639,43 @@ impl Drop for StepInstance {
     fn drop(&mut self) {
         self.log.close();
     }
+}
+
+/// Refuses compressed IPC buffers: their declared uncompressed length is
+/// the guest's word, and decoding would allocate it up front.
+fn uncompressed(bytes: &[u8]) -> std::result::Result<(), String> {
+    let word = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let (mut len_at, mut len) = (at, word(at));
+        if len == Some(0xFFFF_FFFF) {
+            len_at = at + 4;
+            len = word(len_at);
+        }
+        let Some(len) = len.map(|l| l as usize) else { break };
+        if len == 0 {
+            break;
+        }
+        let start = len_at + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or("a message runs past the end")?;
+        let message = datafusion::arrow::ipc::root_as_message(&bytes[start..end]).map_err(|e| e.to_string())?;
+        if message
+            .header_as_record_batch()
+            .is_some_and(|b| b.compression().is_some())
+        {
+            return Err("compressed buffers are not accepted".into());
+        }
+        let body = usize::try_from(message.bodyLength()).map_err(|_| "a negative body length")?;
+        at = end.checked_add(body).ok_or("a body length out of range")?;
+    }
+    Ok(())
 }
 
 fn describe(schema: &Schema) -> String {
@@ -842,6 +958,33 @@ mod tests {
             ..PluginSettings::default()
         };
         (lines.clone(), StepLog::new(&step, &settings))
+    }
+
+    #[test]
+    fn compressed_ipc_is_refused_before_it_is_decoded() {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field};
+        use datafusion::arrow::ipc::CompressionType;
+        use datafusion::arrow::ipc::writer::IpcWriteOptions;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let encode = |options: IpcWriteOptions| {
+            let mut w =
+                StreamWriter::try_new_with_options(Vec::new(), &schema, options).unwrap_or_else(|e| panic!("{e}"));
+            w.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+            w.finish().unwrap_or_else(|e| panic!("{e}"));
+            w.into_inner().unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(uncompressed(&encode(IpcWriteOptions::default())), Ok(()));
+        let lz4 = IpcWriteOptions::default()
+            .try_with_compression(Some(CompressionType::LZ4_FRAME))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            uncompressed(&encode(lz4)),
+            Err("compressed buffers are not accepted".to_string())
+        );
+        assert!(uncompressed(b"\xff\xff\xff\xff\x10\0\0\0short").is_err());
     }
 
     #[test]

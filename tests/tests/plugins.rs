@@ -448,6 +448,8 @@ async fn malformed_arrow_a_wrong_schema_and_a_bad_row_index_are_protocol_errors(
     assert_failed(&ran, "plugin_protocol", &["surprise Int64", "init declared"]);
     let ran = hostile("bad_row_index", "process", "", "").await;
     assert_failed(&ran, "plugin_protocol", &["rejected row 4294967295", "has 4 rows"]);
+    let ran = hostile("double_reject", "process", "", "").await;
+    assert_failed(&ran, "plugin_protocol", &["rejected row 0 twice"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,6 +504,18 @@ async fn a_stdout_flood_is_capped_in_the_log_and_the_run_goes_on() {
         plugin_lines[1000].contains("1099000 more lines of plugin output were dropped"),
         "{}",
         plugin_lines[1000]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_may_not_sleep_where_no_interrupt_could_reach_it() {
+    let started = Instant::now();
+    let ran = hostile("sleep", "process", "", "").await;
+    assert_failed(&ran, "plugin_trap", &["sleep or wait on a clock"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
     );
 }
 

@@ -3,8 +3,8 @@
 //! helpers) so that it can also break the protocol.
 //!
 //! Config: `mode` (what to do) and `phase` (`init` or `process`, the
-//! default). Modes: `loop`, `memory`, `recursion`, `panic`, `trap`,
-//! `stdout_flood`, `bad_arrow`, `bad_row_index`, `wrong_schema`, `files`,
+//! default). Modes: `loop`, `sleep`, `memory`, `recursion`, `panic`, `trap`,
+//! `stdout_flood`, `bad_arrow`, `bad_row_index`, `double_reject`, `wrong_schema`, `files`,
 //! `network` (with `address`, `host:port`), `none` (behaves).
 
 use std::cell::RefCell;
@@ -81,6 +81,10 @@ fn misbehave(config: &Config, batch: &[u8]) -> Result<Output, Error> {
             rejected: Vec::new(),
         }),
         "panic" => panic!("the hostile plugin panics on purpose"),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(pass())
+        }
         "trap" => core::arch::wasm32::unreachable(),
         "stdout_flood" => {
             let line = "x".repeat(99);
@@ -103,6 +107,19 @@ fn misbehave(config: &Config, batch: &[u8]) -> Result<Output, Error> {
                 row: u32::MAX,
                 message: "no such row".into(),
             }],
+        }),
+        "double_reject" => Ok(Output {
+            batch: batch.to_vec(),
+            rejected: vec![
+                RowError {
+                    row: 0,
+                    message: "once".into(),
+                },
+                RowError {
+                    row: 0,
+                    message: "twice".into(),
+                },
+            ],
         }),
         "wrong_schema" => {
             use weir_plugin::arrow_array::{Int64Array, RecordBatch};
