@@ -229,7 +229,8 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 records,
                 plugins,
                 log,
-                deadline: Instant::now() + limits.max_runtime,
+                // A max_runtime too far out to represent is no deadline.
+                deadline: Instant::now().checked_add(limits.max_runtime),
                 transform_counts: Mutex::new(BTreeMap::new()),
             };
             let max_runtime = connector_max_runtime(&run.connector);
@@ -387,7 +388,7 @@ struct Run {
     plugins: Option<Plugins>,
     log: Arc<dyn RunLog>,
     /// When `max_runtime` runs out; plugins are interrupted there.
-    deadline: Instant,
+    deadline: Option<Instant>,
     /// Counts of every transform step, by its index in the connector.
     transform_counts: Mutex<BTreeMap<usize, TransformCount>>,
 }
@@ -524,7 +525,9 @@ impl Run {
                 .map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
             let sql_schema = Arc::new(table.schema().as_arrow().clone());
             let mut schema = sql_schema.clone();
-            if let Some(plugins) = &self.plugins {
+            if let Some(plugins) = &self.plugins
+                && connector.transforms.iter().any(|t| &t.scope == scope)
+            {
                 self.enter(Stage::Transform);
                 if let Some((chain, out)) = Chain::open(plugins, connector, scope, sql_schema.clone(), &stage).await? {
                     schema = out;
@@ -717,7 +720,7 @@ impl Run {
     fn stage_context(&self) -> StageContext {
         StageContext {
             cancel: self.cancel.clone(),
-            deadline: Some(self.deadline),
+            deadline: self.deadline,
             log: self.log.clone(),
             rejects: self.shared.rejects.clone(),
         }

@@ -757,6 +757,8 @@ async fn a_triggered_run_loads_records_and_serves_its_artifacts() {
         "{done}"
     );
     assert_eq!(done["step_progress"][3]["scopes"][0]["invalid"], 1);
+    // No transform steps: the stage is skipped, not completed.
+    assert_eq!(done["step_progress"][2]["status"], "skipped", "{done}");
 
     let records = s.get("/objects/contact/records?city=London", ADMIN).await;
     assert_eq!(
