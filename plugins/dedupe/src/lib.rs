@@ -8,11 +8,10 @@
 
 use std::collections::HashMap;
 
-use weir_plugin::arrow_array::{Array, RecordBatch, StringArray};
-use weir_plugin::arrow_cast::cast;
-use weir_plugin::arrow_schema::{DataType, SchemaRef};
+use weir_plugin::arrow_array::{Array, RecordBatch};
+use weir_plugin::arrow_schema::SchemaRef;
 use weir_plugin::arrow_select::interleave::interleave_record_batch;
-use weir_plugin::{Error, Output, Transform, column_index, log};
+use weir_plugin::{Error, Output, Transform, column_index, log, text};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,13 +86,7 @@ impl Transform for Dedupe {
         let columns = self
             .keys
             .iter()
-            .map(|&k| {
-                let text = cast(batch.column(k), &DataType::Utf8)?;
-                text.as_any()
-                    .downcast_ref::<StringArray>()
-                    .cloned()
-                    .ok_or_else(|| Error::failed("cast to text did not give text"))
-            })
+            .map(|&k| text(batch.column(k)))
             .collect::<Result<Vec<_>, Error>>()?;
         for row in 0..batch.num_rows() {
             let key: Vec<Option<String>> = columns

@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use phonenumber::country::Id;
 use weir_plugin::arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
-use weir_plugin::arrow_cast::cast;
 use weir_plugin::arrow_schema::{DataType, Field, Schema, SchemaRef};
 use weir_plugin::arrow_select::filter::filter_record_batch;
-use weir_plugin::{Error, Output, Rejected, Transform, column_index};
+use weir_plugin::{Error, Output, Rejected, Transform, column_index, text};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,11 +80,7 @@ impl Transform for PhoneNormalize {
     }
 
     fn process(&mut self, batch: RecordBatch) -> Result<Output, Error> {
-        let text = cast(batch.column(self.column), &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::failed("cast to text did not give text"))?;
+        let text = text(batch.column(self.column))?;
         let mut rejected = Vec::new();
         let mut out: Vec<Option<String>> = Vec::with_capacity(text.len());
         for (row, value) in text.iter().enumerate() {

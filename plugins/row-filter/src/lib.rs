@@ -6,12 +6,12 @@
 //! matches only `is_null`. With `reject = true` the dropped rows are refused
 //! with the reason instead of dropped silently.
 
-use weir_plugin::arrow_array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray};
+use weir_plugin::arrow_array::{Array, BooleanArray, Float64Array, RecordBatch};
 use weir_plugin::arrow_cast::cast;
 use weir_plugin::arrow_schema::{DataType, SchemaRef};
 use weir_plugin::arrow_select::filter::filter_record_batch;
 use weir_plugin::serde_json::Value;
-use weir_plugin::{Error, Output, Rejected, Transform, column_index};
+use weir_plugin::{Error, Output, Rejected, Transform, column_index, text};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +109,7 @@ impl Transform for RowFilter {
                     .map(|v| v.is_some_and(|v| self.compare(v.partial_cmp(n))))
                     .collect()
             }
-            Operand::Text(t) => texts(column)?
+            Operand::Text(t) => text(column)?
                 .iter()
                 .map(|v| {
                     v.is_some_and(|v| match self.op {
@@ -119,7 +119,7 @@ impl Transform for RowFilter {
                     })
                 })
                 .collect(),
-            Operand::Texts(list) => texts(column)?
+            Operand::Texts(list) => text(column)?
                 .iter()
                 .map(|v| v.is_some_and(|v| list.iter().any(|t| t == v)))
                 .collect(),
@@ -154,14 +154,6 @@ impl RowFilter {
             _ => false,
         }
     }
-}
-
-fn texts(column: &dyn Array) -> Result<StringArray, Error> {
-    let text = cast(column, &DataType::Utf8)?;
-    text.as_any()
-        .downcast_ref::<StringArray>()
-        .cloned()
-        .ok_or_else(|| Error::failed("cast to text did not give text"))
 }
 
 fn text_of(value: &Value) -> String {

@@ -322,6 +322,16 @@ pub fn column_index(schema: &Schema, name: &str) -> Result<usize, Error> {
     })
 }
 
+/// A column as text (any type cast to `Utf8`; nulls stay null), the form
+/// most steps that look at values want.
+pub fn text(column: &dyn arrow_array::Array) -> Result<arrow_array::StringArray, Error> {
+    let text = arrow_cast::cast(column, &arrow_schema::DataType::Utf8)?;
+    text.as_any()
+        .downcast_ref::<arrow_array::StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::failed("a cast to text did not give text"))
+}
+
 /// A schema shared as the [`Transform::schema`] of a step.
 pub fn shared(schema: Schema) -> SchemaRef {
     Arc::new(schema)
