@@ -2,14 +2,14 @@
 //! public API on a file and read back what it wrote.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
-use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::runlog::Collect;
 use weir_engine::transform::{PluginDir, Plugins};
 
 /// The result of one run: the final document and where its outputs are.
@@ -20,19 +20,6 @@ pub struct Outcome {
     pub out: tempfile::TempDir,
     /// The run's log lines, as `level: message`.
     pub logs: Vec<String>,
-}
-
-/// Collects a run's log lines.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-impl RunLog for Lines {
-    fn line(&self, level: LogLevel, message: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(format!("{}: {message}", level.as_str()));
-    }
 }
 
 /// The component built from plugin crate `name` of `plugins/` (built by
@@ -199,7 +186,7 @@ pub async fn run_full(run: Run) -> Outcome {
         plugins,
         settings,
     } = run;
-    let lines = Arc::new(Lines::default());
+    let lines = Arc::new(Collect::default());
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let execution = Execution::new(
         "00000000-0000-7000-8000-000000000000".into(),
@@ -225,7 +212,7 @@ pub async fn run_full(run: Run) -> Outcome {
         log: lines.clone(),
     };
     let doc = pipeline::run(request, &progress).await;
-    let logs = std::mem::take(&mut *lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let logs = lines.take();
     Outcome { doc, out, logs }
 }
 

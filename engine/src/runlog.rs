@@ -44,6 +44,27 @@ impl RunLog for Discard {
     fn line(&self, _level: LogLevel, _message: &str) {}
 }
 
+/// Keeps every line as `level: message`, for callers that show the lines
+/// after the run (`weir plugin check`, tests).
+#[derive(Debug, Default)]
+pub struct Collect(std::sync::Mutex<Vec<String>>);
+
+impl Collect {
+    /// The lines so far, leaving none behind.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl RunLog for Collect {
+    fn line(&self, level: LogLevel, message: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!("{}: {message}", level.as_str()));
+    }
+}
+
 /// A log that drops everything, for runs nobody watches.
 pub fn discard() -> Arc<dyn RunLog> {
     Arc::new(Discard)

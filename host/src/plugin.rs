@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -18,7 +18,7 @@ use weir_engine::connector::{InputOptions, LimitsDef};
 use weir_engine::intake::{self, IntakeOptions, RejectSink};
 use weir_engine::plugin::{PluginRuntime, PluginSettings, StepInfo};
 use weir_engine::report::RejectedRow;
-use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::runlog::{Collect, RunLog};
 use weir_engine::sql::{self, SessionSettings};
 
 /// Arguments of `weir plugin check`.
@@ -64,19 +64,6 @@ struct Refused {
     message: String,
 }
 
-/// Collects the plugin's log lines.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-impl RunLog for Lines {
-    fn line(&self, level: LogLevel, message: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(format!("{}: {message}", level.as_str()));
-    }
-}
-
 /// Input rows the intake could not read are shown, not hidden.
 struct Unread;
 
@@ -108,12 +95,12 @@ async fn check_async(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(read_input(path, args.batch_size).await?),
         None => None,
     };
-    let lines = Arc::new(Lines::default());
+    let lines = Arc::new(Collect::default());
     let log: Arc<dyn RunLog> = lines.clone();
     let (mut summary, output) = tokio::task::spawn_blocking(move || exercise(&wasm, &label, &config, batches, log))
         .await
         .context("the check failed")?;
-    summary.logs = std::mem::take(&mut *lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    summary.logs = lines.take();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
