@@ -32,7 +32,7 @@ use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
 use crate::loads::{self, LoadStep, Outcome, Row};
 use crate::objects::Objects;
 use crate::output::CsvOutput;
-use crate::report::{RejectedRow, RejectedWriter, ReportBuilder};
+use crate::report::{RejectedRow, RejectedWriter, ReportBuilder, RowValues};
 use crate::runlog::RunLog;
 use crate::sql::{self, ExecutionMeta, Script, SessionSettings};
 use crate::store::{RecordStore, Value};
@@ -764,8 +764,7 @@ impl Run {
         let converted = vars.convert(batch);
         let invalid = converted.valid.iter().filter(|v| !**v).count() as u64;
         if invalid > 0 {
-            let formatters = formatters(batch)?;
-            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let values = RowValues::new(batch)?;
             let mut issues = converted.issues.iter().peekable();
             for (row, ok) in converted.valid.iter().enumerate() {
                 let mut reasons = Vec::new();
@@ -779,8 +778,13 @@ impl Run {
                 if *ok {
                     continue;
                 }
-                let values = row_values(&names, &formatters, batch, row);
-                self.reject(Stage::Variables, scope, first_row + row as u64 + 1, reasons, values);
+                self.reject(
+                    Stage::Variables,
+                    scope,
+                    first_row + row as u64 + 1,
+                    reasons,
+                    values.row(row),
+                );
             }
         }
         Ok((converted, batch.num_rows() as u64 - invalid, invalid))
@@ -820,8 +824,7 @@ impl Run {
                     .collect()
             })
             .collect();
-        let formatters = formatters(batch)?;
-        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let values = RowValues::new(batch)?;
         // Rows are loaded and committed in chunks of `load_batch_size`: a
         // cancel is honoured between chunks, so it waits for at most one
         // chunk's commit, and the counts move with every commit.
@@ -848,8 +851,7 @@ impl Run {
                     };
                     let row = valid_rows[start + k];
                     let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
-                    let values = row_values(&names, &formatters, batch, row);
-                    self.reject(Stage::Load, scope, first_row + row as u64 + 1, reasons, values);
+                    self.reject(Stage::Load, scope, first_row + row as u64 + 1, reasons, values.row(row));
                 }
                 let counts = loads::count(&outcomes);
                 self.shared.progress.update(|d| {
@@ -897,30 +899,6 @@ impl Run {
         }
         Ok(())
     }
-}
-
-/// One row of a batch as (column, text) pairs, for the rejected-rows report.
-fn row_values(
-    names: &[String],
-    formatters: &[ArrayFormatter<'_>],
-    batch: &RecordBatch,
-    row: usize,
-) -> Vec<(String, Option<String>)> {
-    names
-        .iter()
-        .zip(formatters)
-        .zip(batch.columns())
-        .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
-        .collect()
-}
-
-fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
-    let options = FormatOptions::default();
-    batch
-        .columns()
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| Error::Internal(e.to_string())))
-        .collect()
 }
 
 /// One variable value as the store takes it.

@@ -17,6 +17,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use rust_xlsxwriter::{ColNum, Format, RowNum, Workbook, Worksheet, XlsxError};
 use serde::Serialize;
 
@@ -79,6 +81,42 @@ impl RejectedRow {
             Stage::Load => "skipped",
             Stage::Sql | Stage::Report => "failed",
         }
+    }
+}
+
+/// The values of a batch's rows as a report shows them (column name →
+/// text, null as `None`), for rows that are rejected.
+pub(crate) struct RowValues<'a> {
+    batch: &'a RecordBatch,
+    names: Vec<String>,
+    formatters: Vec<ArrayFormatter<'a>>,
+}
+
+impl<'a> RowValues<'a> {
+    /// Formatters for every column of `batch`.
+    pub(crate) fn new(batch: &'a RecordBatch) -> Result<Self> {
+        let options = FormatOptions::default();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| Error::Internal(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        let names = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        Ok(Self {
+            batch,
+            names,
+            formatters,
+        })
+    }
+
+    /// The values of row `row`.
+    pub(crate) fn row(&self, row: usize) -> Vec<(String, Option<String>)> {
+        self.names
+            .iter()
+            .zip(&self.formatters)
+            .zip(self.batch.columns())
+            .map(|((n, f), c)| (n.clone(), (!c.is_null(row)).then(|| f.value(row).to_string())))
+            .collect()
     }
 }
 

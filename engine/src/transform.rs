@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +23,7 @@ use crate::error::{Error, PluginFailure, Problem, Result, Stage};
 use crate::execution::TransformCount;
 use crate::intake::RejectSink;
 use crate::plugin::{PluginRuntime, StepInfo, StepInstance};
-use crate::report::RejectedRow;
+use crate::report::{RejectedRow, RowValues};
 use crate::runlog::RunLog;
 
 /// Finds the component a step's `plugin` names.
@@ -325,29 +324,15 @@ fn refuse(
             ),
         });
     }
-    let options = FormatOptions::default();
-    let formatters = batch
-        .columns()
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let schema = batch.schema();
+    let values = RowValues::new(batch)?;
     for (row, message) in rejected {
-        let values = schema
-            .fields()
-            .iter()
-            .zip(&formatters)
-            .zip(batch.columns())
-            .map(|((f, fmt), c)| (f.name().clone(), (!c.is_null(row)).then(|| fmt.value(row).to_string())))
-            .collect();
         rejects.reject(RejectedRow {
             stage: Stage::Transform,
             source: scope.to_string(),
             row: first_row + row as u64 + 1,
             line: None,
             reasons: vec![format!("{} ({}): {message}", step.name, step.plugin)],
-            values,
+            values: values.row(row),
         });
     }
     Ok(())
