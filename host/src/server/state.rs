@@ -564,6 +564,8 @@ impl Db {
 
     // ----- plugins ----------------------------------------------------------
 
+    const PLUGIN_COLUMNS: &str = "name, version, sha256, size, created_at";
+
     fn plugin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRow> {
         Ok(PluginRow {
             name: r.get(0)?,
@@ -591,20 +593,21 @@ impl Db {
                 plugin.created_at.to_rfc3339()
             ],
         )? == 1;
-        let stored = conn.query_row(
-            "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
-            [workspace_id, &plugin.name, &plugin.version],
-            Self::plugin_row,
-        )?;
+        drop(conn);
+        // A row is never deleted, so the one just written or found is there.
+        let stored = self
+            .plugin(workspace_id, &plugin.name, &plugin.version)?
+            .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
         Ok((stored, inserted))
     }
 
     /// The workspace's plugins, by name and version.
     pub fn plugins(&self, workspace_id: &str) -> Result<Vec<PluginRow>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 ORDER BY name, version",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM plugins WHERE workspace_id = ?1 ORDER BY name, version",
+            Self::PLUGIN_COLUMNS
+        ))?;
         let rows = stmt.query_map([workspace_id], Self::plugin_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -614,7 +617,10 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
+                &format!(
+                    "SELECT {} FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
+                    Self::PLUGIN_COLUMNS
+                ),
                 [workspace_id, name, version],
                 Self::plugin_row,
             )
@@ -626,7 +632,10 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT name, version, sha256, size, created_at FROM plugins WHERE workspace_id = ?1 AND sha256 = ?2 LIMIT 1",
+                &format!(
+                    "SELECT {} FROM plugins WHERE workspace_id = ?1 AND sha256 = ?2 LIMIT 1",
+                    Self::PLUGIN_COLUMNS
+                ),
                 [workspace_id, sha256],
                 Self::plugin_row,
             )
