@@ -185,6 +185,16 @@ def drain_queue(api: Api, db: Path) -> None:
     con.close()
 
 
+def timed_cancel(api: Api, con: sqlite3.Connection, ex: str) -> float:
+    """Cancels `ex`; milliseconds until `canceled` is stored in the state database."""
+    t = time.perf_counter()
+    status, _ = api.call("POST", f"/executions/{ex}/cancel")
+    assert status == 202, status
+    while con.execute("SELECT status FROM executions WHERE id = ?", (ex,)).fetchone()[0] != "canceled":
+        time.sleep(0.0005)
+    return (time.perf_counter() - t) * 1000
+
+
 def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes) -> list[float]:
     con = sqlite3.connect(db)
     out = []
@@ -205,12 +215,7 @@ def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes) -> list[f
                 if d["status"] not in ("queued", "running"):
                     raise SystemExit(f"the load run ended before it could be canceled: {d}")
                 time.sleep(0.001)
-        t = time.perf_counter()
-        status, _ = api.call("POST", f"/executions/{ex}/cancel")
-        assert status == 202, status
-        while con.execute("SELECT status FROM executions WHERE id = ?", (ex,)).fetchone()[0] != "canceled":
-            time.sleep(0.0005)
-        out.append((time.perf_counter() - t) * 1000)
+        out.append(timed_cancel(api, con, ex))
     con.close()
     return out
 

@@ -138,12 +138,7 @@ def cancel_latency(weir: Path, n: int) -> dict:
                     raise SystemExit(f"the looping run ended before the cancel: {d}")
                 time.sleep(0.002)
             time.sleep(0.05)  # inside the guest's loop
-            t = time.perf_counter()
-            status, _ = api.call("POST", f"/executions/{ex}/cancel")
-            assert status == 202, status
-            while con.execute("SELECT status FROM executions WHERE id = ?", (ex,)).fetchone()[0] != "canceled":
-                time.sleep(0.0005)
-            out.append((time.perf_counter() - t) * 1000)
+            out.append(apibench.timed_cancel(api, con, ex))
         con.close()
     finally:
         proc.terminate()

@@ -445,6 +445,29 @@ fn keys_are_created_listed_and_revoked_in_a_data_directory() {
     assert_eq!(nobody.status.code(), Some(2));
 }
 
+/// Copies plugin crates' components into `package/plugins/` under the
+/// given file names.
+fn install_plugins(package: &Path, plugins: &[(&str, &str)]) {
+    std::fs::create_dir_all(package.join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    for (name, file) in plugins {
+        std::fs::copy(weir_tests::plugin_wasm(name), package.join("plugins").join(file))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+/// `weir run PACKAGE --json` into a fresh output directory.
+fn run_json(package: &Path) -> (serde_json::Value, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&[
+        "run",
+        &package.display().to_string(),
+        "--out",
+        &out.path().display().to_string(),
+        "--json",
+    ]);
+    (json(&o), out)
+}
+
 #[test]
 fn plugin_check_validates_a_component_and_runs_it_on_a_file() {
     let (dir, csv) = {
@@ -526,21 +549,8 @@ fn a_package_with_a_plugin_runs_it_from_its_plugins_directory() {
         "[[transforms]]\nscope = \"people\"\nplugin = \"row-filter@0.1.0\"\nconfig = {{ column = \"country\", op = \"eq\", value = \"US\" }}"
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::create_dir(dir.path().join("plugins")).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::copy(
-        weir_tests::plugin_wasm("row-filter"),
-        dir.path().join("plugins").join("row-filter@0.1.0.wasm"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&[
-        "run",
-        &dir.path().display().to_string(),
-        "--out",
-        &out.path().display().to_string(),
-        "--json",
-    ]);
-    let doc = json(&o);
+    install_plugins(dir.path(), &[("row-filter", "row-filter@0.1.0.wasm")]);
+    let (doc, _out) = run_json(dir.path());
     assert_eq!(doc["status"], "success", "{doc}");
     let step = &doc["step_progress"][2]["steps"][0];
     assert_eq!(step["plugin"], "row-filter@0.1.0");
@@ -562,23 +572,14 @@ fn the_plugins_example_normalises_phones_and_drops_the_duplicate() {
         std::fs::create_dir_all(to.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
         std::fs::copy(example.join(file), &to).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
-    std::fs::create_dir(dir.path().join("plugins")).unwrap_or_else(|e| panic!("{e}"));
-    for (name, file) in [
-        ("phone-normalize", "phone-normalize-0.1.0.wasm"),
-        ("dedupe", "dedupe-0.1.0.wasm"),
-    ] {
-        std::fs::copy(weir_tests::plugin_wasm(name), dir.path().join("plugins").join(file))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = weir(&[
-        "run",
-        &dir.path().display().to_string(),
-        "--out",
-        &out.path().display().to_string(),
-        "--json",
-    ]);
-    let doc = json(&o);
+    install_plugins(
+        dir.path(),
+        &[
+            ("phone-normalize", "phone-normalize-0.1.0.wasm"),
+            ("dedupe", "dedupe-0.1.0.wasm"),
+        ],
+    );
+    let (doc, out) = run_json(dir.path());
     assert_eq!(doc["status"], "partial_success", "{doc}");
     let steps = &doc["step_progress"][2]["steps"];
     let counts = |i: usize| {

@@ -192,6 +192,11 @@ fn importer(status: &str) -> Value {
 /// An operational connector with a published script: object, sample,
 /// connector, publish, status.
 async fn operational_importer(s: &Server) -> Value {
+    operational_importer_with(s, |_| {}).await
+}
+
+/// [`operational_importer`] with its definition changed by `edit` first.
+async fn operational_importer_with(s: &Server, edit: impl FnOnce(&mut Value)) -> Value {
     let o = s
         .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
         .await;
@@ -200,6 +205,7 @@ async fn operational_importer(s: &Server) -> Value {
     assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
     let mut doc = importer("setup");
     doc["sample_file_id"] = f.body["id"].clone();
+    edit(&mut doc);
     let c = s.post("/connectors", ADMIN, doc).await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
     let p = s
@@ -1168,31 +1174,13 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
         assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
     }
     // A connector whose scope goes through the phone normaliser.
-    let o = s
-        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
-        .await;
-    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
-    let f = s.upload("/files", ADMIN, "contacts.csv", CONTACTS_CSV).await;
-    let mut doc = importer("setup");
-    doc["sample_file_id"] = f.body["id"].clone();
-    doc["sql"]["text"] =
-        json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
-    doc["transforms"] = json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
-    let c = s.post("/connectors", ADMIN, doc).await;
-    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
-    let p = s
-        .post("/connectors/contacts_import/sql/publish", ADMIN, json!({}))
-        .await;
-    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
-    let patched = s
-        .send(
-            Method::PATCH,
-            "/connectors/contacts_import",
-            Some(ADMIN),
-            Some(json!({"status": "operational"})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    operational_importer_with(&s, |doc| {
+        doc["sql"]["text"] =
+            json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
+        doc["transforms"] =
+            json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
+    })
+    .await;
     let run = s
         .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
         .await;
