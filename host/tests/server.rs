@@ -230,14 +230,21 @@ async fn slow_connector(s: &Server, api_name: &str, status: &str) {
         "api_name": api_name, "type": "spreadsheet", "status": "setup",
         "sql": {"text": "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3"},
     });
+    live_without_dry_run(s, doc, status).await;
+}
+
+/// Creates the connector `doc` and, unless `status` is `setup`, makes its
+/// script live without the publishing dry run (which would not end for a
+/// script or plugin that never ends) and sets `status`.
+async fn live_without_dry_run(s: &Server, doc: Value, status: &str) {
+    let api_name = doc["api_name"].as_str().unwrap_or_default().to_string();
     let c = s.post("/connectors", ADMIN, doc).await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
     if status != "setup" {
-        // Publishing would run the slow script; make it live directly.
         let row = s
             .app
             .db
-            .connector(&workspace_id(s), api_name)
+            .connector(&workspace_id(s), &api_name)
             .ok()
             .flatten()
             .unwrap_or_else(|| panic!("connector"));
@@ -1201,25 +1208,7 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
         "sql": {"text": "CREATE VIEW output.people AS SELECT * FROM input.data"},
         "transforms": [{"scope": "people", "plugin": "hostile@0.1.0", "config": {"mode": "loop"}}],
     });
-    let c = s.post("/connectors", ADMIN, looping).await;
-    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
-    let row = s
-        .app
-        .db
-        .connector(&workspace_id(&s), "looping")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("connector"));
-    assert_eq!(s.app.db.publish(&row.id, 1).ok(), Some(true));
-    let p = s
-        .send(
-            Method::PATCH,
-            "/connectors/looping",
-            Some(ADMIN),
-            Some(json!({"status": "operational"})),
-        )
-        .await;
-    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    live_without_dry_run(&s, looping, "operational").await;
     let run = s.upload("/connectors/looping/runs", ADMIN, "x.csv", b"a\n1\n").await;
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
     let running = s.wait_status(&id, |st| st == "running").await;
