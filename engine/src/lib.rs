@@ -18,6 +18,7 @@
 //! - [`naming`]: normalisation of header and table names (SPEC §3.2).
 //! - [`intake`]: reading input files (CSV, TSV, JSON, Parquet, XLSX, ZIP),
 //!   encoding detection and type inference, as streaming input tables.
+//! - [`check`]: checking a script against a sample before it runs.
 //! - [`sql`]: the SQL stage: script splitting, the policy of what a script may
 //!   do, schemas `input`/`output`/`meta`, limits.
 //! - [`plugin`]: the sandboxed Wasm plugin runtime (wasmtime components,
@@ -34,6 +35,7 @@
 //! - [`pipeline`]: the run itself, wiring the stages with limits and cancel.
 //! - [`error`]: typed errors and stable codes.
 
+pub mod check;
 pub mod connector;
 pub mod document;
 pub mod error;

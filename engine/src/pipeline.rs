@@ -462,14 +462,13 @@ impl Run {
                     .map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;
                 let sink: Arc<dyn RejectSink> = self.shared.rejects.clone();
                 let intake = intake::open(&ctx, &path, &file.name, &options, sink, self.cancel.clone()).await?;
-                let single = intake.tables.len() == 1;
-                for t in &intake.tables {
-                    sql::register_input(&ctx, &t.name, t.provider.clone())?;
-                    if single && t.name != "data" {
-                        sql::register_input(&ctx, "data", t.provider.clone())?;
-                    }
-                    lock(&self.shared.tables).push((t.name.clone(), t.stats.clone()));
-                }
+                let tables: Vec<_> = intake
+                    .tables
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.provider.clone()))
+                    .collect();
+                sql::register_inputs(&ctx, &tables)?;
+                lock(&self.shared.tables).extend(intake.tables.iter().map(|t| (t.name.clone(), t.stats.clone())));
                 Some(intake)
             }
             None => None,

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -471,15 +471,24 @@ fn schema_of(ctx: &SessionContext, name: &str) -> Result<Arc<dyn SchemaProvider>
         .ok_or_else(|| Error::Internal(format!("schema {name} missing")))
 }
 
-/// Registers an input table.
-pub fn register_input(
-    ctx: &SessionContext,
-    name: &str,
-    table: Arc<dyn datafusion::catalog::TableProvider>,
-) -> Result<()> {
-    schema_of(ctx, "input")?
-        .register_table(name.to_string(), table)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+/// Registers the input tables of a file; a file with one table is also
+/// `input.data`.
+pub fn register_inputs(ctx: &SessionContext, tables: &[(&str, Arc<dyn TableProvider>)]) -> Result<()> {
+    let input = schema_of(ctx, "input")?;
+    let register = |name: &str, table: &Arc<dyn TableProvider>| {
+        input
+            .register_table(name.to_string(), table.clone())
+            .map(|_| ())
+            .map_err(|e| Error::Internal(e.to_string()))
+    };
+    for (name, table) in tables {
+        register(name, table)?;
+    }
+    if let [(name, table)] = tables
+        && *name != "data"
+    {
+        register("data", table)?;
+    }
     Ok(())
 }
 

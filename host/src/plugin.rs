@@ -136,7 +136,7 @@ async fn read_input(path: &Path, batch_size: usize) -> anyhow::Result<Vec<Record
         .tables
         .first()
         .ok_or_else(|| anyhow::anyhow!("{} has no table", path.display()))?;
-    sql::register_input(&ctx, &table.name, table.provider.clone())?;
+    sql::register_inputs(&ctx, &[(table.name.as_str(), table.provider.clone())])?;
     let frame = ctx
         .table(datafusion::common::TableReference::partial(
             "input",

@@ -681,28 +681,115 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     let none = s.post("/connectors/orders/sql/publish", ADMIN, json!({})).await;
     assert_problem(&none, StatusCode::UNPROCESSABLE_ENTITY, "no_sample_file");
 
+    // A script that does not parse is refused with its position, and kept
+    // as the draft.
+    let broken = "CREATE VIEW output.o AS\nSELEC id FROM input.data";
     let syntax = s
         .send(
             Method::PUT,
             "/connectors/orders/sql/draft",
             Some(ADMIN),
-            Some(json!({"text": "CREATE VIEW output.o AS\nSELEC id FROM input.data"})),
+            Some(json!({ "text": broken })),
         )
         .await;
     assert_problem(&syntax, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
     assert_eq!(syntax.body["line"], 2, "{}", syntax.body);
+    assert_eq!(syntax.body["draft_version"], 1, "{}", syntax.body);
+    assert_eq!(
+        s.get("/connectors/orders/sql", ADMIN).await.body["draft"]["text"],
+        broken
+    );
 
-    // A draft that parses but fails on the sample is not published.
-    let failing = s
+    // Without a sample the input's columns are unknown: only the parse counts.
+    let unknown_column = "CREATE VIEW output.o AS\n  SELECT id,\n    no_such_column\n  FROM input.data";
+    let unplanned = s
         .send(
             Method::PUT,
             "/connectors/orders/sql/draft",
             Some(ADMIN),
-            Some(json!({"text": "CREATE VIEW output.o AS SELECT no_such_column FROM input.data"})),
+            Some(json!({ "text": unknown_column })),
         )
         .await;
-    assert_eq!(failing.status, StatusCode::OK, "{}", failing.body);
+    assert_eq!(unplanned.status, StatusCode::OK, "{}", unplanned.body);
+
+    // With a sample the draft is planned against its columns: refused with
+    // the position of the unknown column, kept as the draft.
     let file_id = f.body["id"].clone();
+    let patched = s
+        .send(
+            Method::PATCH,
+            "/connectors/orders",
+            Some(ADMIN),
+            Some(json!({ "sample_file_id": file_id })),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let planned = s
+        .send(
+            Method::PUT,
+            "/connectors/orders/sql/draft",
+            Some(ADMIN),
+            Some(json!({ "text": unknown_column })),
+        )
+        .await;
+    assert_problem(&planned, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
+    assert!(
+        planned.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no_such_column")),
+        "{}",
+        planned.body
+    );
+    assert_eq!(
+        (planned.body["line"].clone(), planned.body["column"].clone()),
+        (json!(3), json!(5)),
+        "{}",
+        planned.body
+    );
+    assert_eq!(planned.body["draft_version"], 1, "{}", planned.body);
+    assert_eq!(
+        s.get("/connectors/orders/sql", ADMIN).await.body["draft"]["text"],
+        unknown_column
+    );
+    // Types are planned too, and tables that do not exist.
+    for (text, needle) in [
+        (
+            "CREATE VIEW output.o AS SELECT id FROM input.nothing_here",
+            "nothing_here",
+        ),
+        (
+            "CREATE VIEW output.o AS SELECT id + true AS x FROM input.data",
+            "Boolean",
+        ),
+        (
+            "CREATE TABLE t AS SELECT id FROM input.data;\nCREATE VIEW output.o AS SELECT amount FROM t",
+            "amount",
+        ),
+    ] {
+        let refused = s
+            .send(
+                Method::PUT,
+                "/connectors/orders/sql/draft",
+                Some(ADMIN),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
+        assert!(
+            refused.body["detail"].as_str().is_some_and(|d| d.contains(needle)),
+            "{text}: {}",
+            refused.body
+        );
+    }
+
+    // A draft that fails its check is not published.
+    s.send(
+        Method::PUT,
+        "/connectors/orders/sql/draft",
+        Some(ADMIN),
+        Some(json!({ "text": unknown_column })),
+    )
+    .await;
     let refused = s
         .post(
             "/connectors/orders/sql/publish",
@@ -716,13 +803,15 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     assert_eq!(s.get("/connectors/orders/sql", ADMIN).await.body["live"], Value::Null);
 
     let good = "CREATE VIEW output.o AS SELECT id, amount * 2 AS double FROM input.data";
-    s.send(
-        Method::PUT,
-        "/connectors/orders/sql/draft",
-        Some(ADMIN),
-        Some(json!({ "text": good })),
-    )
-    .await;
+    let saved = s
+        .send(
+            Method::PUT,
+            "/connectors/orders/sql/draft",
+            Some(ADMIN),
+            Some(json!({ "text": good })),
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.body);
     let published = s
         .post(
             "/connectors/orders/sql/publish",

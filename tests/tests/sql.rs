@@ -112,3 +112,64 @@ async fn input_tables_are_read_only() {
         assert_eq!(o.code().as_deref(), Some("sql_not_allowed"), "{sql}");
     }
 }
+
+/// The check a draft gets on save: planned against the sample's columns and
+/// the objects' records, without reading the sample's rows.
+#[tokio::test]
+async fn scripts_are_planned_against_a_sample_without_reading_its_rows() {
+    use weir_engine::check;
+    use weir_engine::objects::Objects;
+    use weir_engine::pipeline::InputFile;
+
+    let (_dir, path) = weir_tests::input("orders.csv", ORDERS.as_bytes());
+    let sample = InputFile {
+        path,
+        name: "orders.csv".into(),
+    };
+    let params = connector("[parameters]\ndefault_country = \"US\"\nthreshold = 100\n");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    for entry in std::fs::read_dir(&golden).unwrap_or_else(|e| panic!("{e}")) {
+        let script =
+            std::fs::read_to_string(entry.unwrap_or_else(|e| panic!("{e}")).path()).unwrap_or_else(|e| panic!("{e}"));
+        check::script(&params, &script, Some(&sample), None)
+            .await
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+    }
+
+    let unknown = "CREATE VIEW output.o AS\n  SELECT order_id,\n    no_such_column\n  FROM input.data";
+    let e = check::script(&connector(""), unknown, Some(&sample), None)
+        .await
+        .expect_err("an unknown column is refused");
+    assert_eq!(e.code().as_str(), "sql_error");
+    assert!(e.to_string().contains("no_such_column"), "{e}");
+    let at = e.position().map(|p| (p.line, p.column));
+    assert_eq!(at, Some((3, 5)), "{e}");
+    // Without a sample only the parse counts.
+    check::script(&connector(""), unknown, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // `records.<object>` is known when the objects are given.
+    let joins = "CREATE VIEW output.o AS SELECT d.order_id, c.id AS contact FROM input.data d \
+                 LEFT JOIN records.contact c ON c.email = d.customer";
+    let objects =
+        Objects::from_toml("[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+    check::script(&connector(""), joins, Some(&sample), Some(&objects))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = check::script(&connector(""), joins, Some(&sample), None)
+        .await
+        .expect_err("records.contact is unknown without objects");
+    assert!(e.to_string().contains("contact"), "{e}");
+
+    // Rows are not read: a value that only fails when cast passes the check
+    // and fails the run.
+    let cast =
+        "CREATE TABLE t AS SELECT CAST(customer AS INT) AS n FROM input.data;\nCREATE VIEW output.o AS SELECT n FROM t";
+    check::script(&connector(""), cast, Some(&sample), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let o = run(connector(""), cast, "orders.csv", ORDERS.as_bytes()).await;
+    assert_eq!(o.status(), "failed");
+}

@@ -45,6 +45,10 @@ pub struct ProblemDocument {
     /// The execution behind the problem (a failed publish dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution: Option<serde_json::Value>,
+    /// The draft version a refused script was kept as (it stays the draft;
+    /// publishing refuses it until it is fixed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_version: Option<u32>,
 }
 
 /// An error answered to a client.
@@ -71,6 +75,7 @@ impl ApiError {
                 line: None,
                 column: None,
                 execution: None,
+                draft_version: None,
             }),
         }
     }
@@ -133,6 +138,12 @@ impl ApiError {
     /// Adds the execution behind the problem.
     pub fn with_execution(mut self, execution: serde_json::Value) -> Self {
         self.doc.execution = Some(execution);
+        self
+    }
+
+    /// Says which draft version kept the refused script.
+    pub fn with_draft_version(mut self, version: u32) -> Self {
+        self.doc.draft_version = Some(version);
         self
     }
 

@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json_};
 use weir_engine::Error as EngineError;
+use weir_engine::check;
 use weir_engine::connector::{Connector, ConnectorStatus, SqlSource};
 use weir_engine::error::Problem;
 use weir_engine::execution::{Execution, TriggerType};
+use weir_engine::pipeline::InputFile;
 use weir_engine::sql::Script;
 
 use super::{Page, PageParams, connector_of};
@@ -363,17 +365,12 @@ pub struct DraftRequest {
 /// Refuses (422) a script that does not parse or uses a forbidden form,
 /// with the line and column of the problem.
 fn check_script(text: &str) -> ApiResult<()> {
-    match Script::parse(text) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let position = e.position();
-            Err(ApiError::invalid(e.code().as_str(), e.to_string(), vec![])
-                .at(position.map(|p| p.line), position.map(|p| p.column)))
-        }
-    }
+    Script::parse(text).map(|_| ()).map_err(refused_script)
 }
 
-/// Saves the draft script, refusing one that does not parse (with line and column).
+/// Saves the draft script, then checks it: parsed, and planned against the
+/// connector's sample file when it has one. A refused script is still kept
+/// as the draft (SPEC §4) and answered 422 with its line and column.
 #[utoipa::path(put, path = "/connectors/{connector}/sql/draft", tag = "connectors", request_body = DraftRequest,
     params(("connector" = String, Path, description = "Connector id or api_name")),
     responses(
@@ -381,7 +378,8 @@ fn check_script(text: &str) -> ApiResult<()> {
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "The script does not parse or plan; it was kept as the draft (`draft_version`)",
+            body = ProblemDocument, content_type = "application/problem+json"),
     ))]
 pub async fn save_draft(
     State(app): State<Arc<App>>,
@@ -391,9 +389,49 @@ pub async fn save_draft(
 ) -> ApiResult<Json<SqlView>> {
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
-    check_script(&request.text)?;
-    app.db.save_draft(&row.id, &request.text)?;
+    let version = app.db.save_draft(&row.id, &request.text)?;
+    check_draft(&app, &caller, &row, &request.text)
+        .await
+        .map_err(|e| e.with_draft_version(version))?;
     Ok(Json(sql_view(&app, &row)?))
+}
+
+/// Plans `text` against the connector's sample file, with the workspace's
+/// objects when the connector loads records (as a run would see them).
+/// Without a sample only the parse is checked.
+async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str) -> ApiResult<()> {
+    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let sample = match &row.sample_file_id {
+        Some(id) => app.db.file(&caller.workspace_id, id)?.map(|f| InputFile {
+            path: app.files.path(&f.sha256),
+            name: f.name,
+        }),
+        None => None,
+    };
+    let objects = if connector.loads.is_empty() {
+        None
+    } else {
+        Some(app.db.object_defs(&caller.workspace_id)?)
+    };
+    check::script(&connector, text, sample.as_ref(), objects.as_ref())
+        .await
+        .map_err(refused_script)
+}
+
+/// A script the engine refused, as a 422 with its position; failures that
+/// are not the script's (the server's own I/O) stay internal.
+fn refused_script(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Internal(_) | EngineError::Io { .. } => ApiError::internal(e),
+        EngineError::InvalidConnector(problems) => {
+            ApiError::invalid("invalid_connector", "the connector definition is invalid", problems)
+        }
+        e => {
+            let position = e.position();
+            ApiError::invalid(e.code().as_str(), e.to_string(), vec![])
+                .at(position.map(|p| p.line), position.map(|p| p.column))
+        }
+    }
 }
 
 /// What to publish against.
