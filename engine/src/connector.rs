@@ -15,7 +15,7 @@ use crate::document::{self, Document};
 use crate::error::{Error, Problem, Result};
 
 /// How a connector is triggered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorType {
     /// Runs on an uploaded file.
@@ -27,7 +27,7 @@ pub enum ConnectorType {
 }
 
 /// Whether a connector runs live triggers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorStatus {
     /// Incomplete; cannot run live.
@@ -40,7 +40,7 @@ pub enum ConnectorStatus {
 }
 
 /// Input file formats (`input.format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     /// Sniffed from extension, magic bytes and content.
@@ -63,7 +63,7 @@ pub enum InputFormat {
 }
 
 /// How input files are read (`[input]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct InputOptions {
     /// The format, or `auto`.
@@ -91,7 +91,7 @@ impl Default for InputOptions {
 }
 
 /// Where the SQL script comes from: a file of a package, or the text itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct SqlSource {
     /// Path of the script, relative to the connector directory.
@@ -102,8 +102,15 @@ pub struct SqlSource {
     pub text: Option<String>,
 }
 
+impl SqlSource {
+    /// Neither a file nor a text.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none() && self.text.is_none()
+    }
+}
+
 /// A parameter value; TOML/JSON scalars are accepted and seen by SQL as text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ParamValue {
     /// A string.
@@ -128,7 +135,7 @@ impl std::fmt::Display for ParamValue {
 }
 
 /// `[limits]` as written; see [`Limits`] for the parsed values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct LimitsDef {
     /// Wall-clock limit of a run, e.g. `"5m"`.
@@ -224,7 +231,7 @@ impl LimitsDef {
 }
 
 /// `[webhook]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookDef {
     /// How long payloads are buffered into one execution; `"0"` = one each.
     #[serde(default = "default_batch_window")]
@@ -239,7 +246,7 @@ fn default_batch_window() -> String {
 }
 
 /// `[schedule]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleDef {
     /// Cron expression with seconds.
     pub cron: String,
@@ -253,7 +260,7 @@ fn default_timezone() -> String {
 }
 
 /// What a transform step does with a row its plugin cannot process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// The row is rejected with the plugin's reason.
@@ -264,7 +271,7 @@ pub enum OnError {
 }
 
 /// One `[[transforms]]` step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransformDef {
     /// The scope the step runs on.
     pub scope: String,
@@ -343,7 +350,7 @@ impl std::fmt::Display for PluginRef {
 }
 
 /// Types of variables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VariableType {
     /// Any text.
@@ -381,7 +388,7 @@ impl VariableType {
 }
 
 /// One `[[variables]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VariableDef {
     /// Variable name, unique per scope.
     pub name: String,
@@ -425,7 +432,7 @@ fn default_array_delimiter() -> String {
 }
 
 /// What a matching rule does when it finds no record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoMatchAction {
     /// Create a record.
@@ -437,7 +444,7 @@ pub enum NoMatchAction {
 }
 
 /// What a matching rule does when it finds one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SingleMatchAction {
     /// Update that record.
@@ -449,7 +456,7 @@ pub enum SingleMatchAction {
 }
 
 /// What a matching rule does when it finds several records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MultipleMatchAction {
     /// Skip the row.
@@ -459,7 +466,7 @@ pub enum MultipleMatchAction {
 }
 
 /// One `[[loads.match]]` rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MatchRule {
     /// Object field compared.
     pub field: String,
@@ -474,7 +481,7 @@ pub struct MatchRule {
 }
 
 /// How a mapped field is written over an existing value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictRule {
     /// Always write.
@@ -487,7 +494,7 @@ pub enum ConflictRule {
 }
 
 /// One `[[loads.fields]]` mapping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldMapping {
     /// Object field written.
     pub field: String,
@@ -499,7 +506,7 @@ pub struct FieldMapping {
 }
 
 /// One `[[loads]]` step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadDef {
     /// Steps run in this order.
     pub order: u32,
@@ -519,7 +526,7 @@ pub struct LoadDef {
 }
 
 /// A connector definition (SPEC §2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connector {
     /// `[a-z][a-z0-9_]{0,62}`, unique per workspace.
     pub api_name: String,
@@ -539,7 +546,7 @@ pub struct Connector {
     #[serde(default)]
     pub input: InputOptions,
     /// The SQL script.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "SqlSource::is_empty")]
     pub sql: SqlSource,
     /// Parameters, visible to SQL as `meta.parameters`.
     #[serde(default)]

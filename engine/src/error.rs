@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A stage of the run pipeline, as named in the execution document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Reading and decoding input files into input tables.
@@ -40,7 +40,7 @@ impl Stage {
 }
 
 /// Stable, machine-readable error codes (`error.code` in the execution document).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The connector definition is invalid.

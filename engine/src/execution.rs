@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorCode, Stage};
 
 /// Status of an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for a worker.
@@ -76,7 +76,7 @@ impl Status {
 }
 
 /// How an execution was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerType {
     /// A file upload.
@@ -102,7 +102,7 @@ impl TriggerType {
 }
 
 /// Status of one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     /// Not started.
@@ -120,7 +120,7 @@ pub enum StageStatus {
 }
 
 /// Rows read from one input table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TableCount {
     /// Table name (without the `input.` schema).
     pub table: String,
@@ -131,7 +131,7 @@ pub struct TableCount {
 }
 
 /// Rows produced by one scope of the SQL script.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScopeCount {
     /// Scope name.
     pub scope: String,
@@ -140,7 +140,7 @@ pub struct ScopeCount {
 }
 
 /// Counts of one transform step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransformCount {
     /// Scope.
     pub scope: String,
@@ -155,7 +155,7 @@ pub struct TransformCount {
 }
 
 /// Counts of the variables stage for one scope.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VariableCount {
     /// Scope.
     pub scope: String,
@@ -168,7 +168,7 @@ pub struct VariableCount {
 }
 
 /// Counts of one load step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadCount {
     /// Step order.
     pub order: u32,
@@ -189,7 +189,7 @@ pub struct LoadCount {
 }
 
 /// Progress of one stage, tagged by `stage`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum StepProgress {
     /// Intake.
@@ -264,7 +264,7 @@ impl StepProgress {
 }
 
 /// The `error` object of a failed execution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionError {
     /// Stage that failed.
     pub stage: Stage,
@@ -299,7 +299,7 @@ impl ExecutionError {
 }
 
 /// The connector an execution ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectorRef {
     /// Connector id (UUID), or `null` for a hand-made local directory.
     pub id: Option<String>,
@@ -310,7 +310,7 @@ pub struct ConnectorRef {
 }
 
 /// Links to the execution and its artifacts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Links {
     /// The execution itself.
     #[serde(rename = "self")]
@@ -324,7 +324,7 @@ pub struct Links {
 }
 
 /// The execution document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
     /// Execution id (UUID).
     pub id: String,

@@ -15,7 +15,7 @@ use crate::document::{self, Document};
 use crate::error::{Error, Problem, Result};
 
 /// Types of object fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
     /// Any text.
@@ -41,7 +41,7 @@ pub enum FieldType {
 }
 
 /// One field of an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldDef {
     /// `[a-z][a-z0-9_]{0,62}`, unique in the object.
     pub name: String,
@@ -60,7 +60,7 @@ pub struct FieldDef {
 }
 
 /// An object definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectDef {
     /// `[a-z][a-z0-9_]{0,62}`, unique in the workspace.
     pub name: String,

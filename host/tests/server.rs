@@ -1324,3 +1324,188 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
     assert_ne!(done["status"], "failed", "{done}");
     s.stop().await;
 }
+
+/// Checks `doc` against an OpenAPI 3.1 schema of `api`: types, enums,
+/// required properties, no undeclared ones, and everything nested. Enough of
+/// JSON Schema for what the document generates ($ref, allOf, oneOf, type,
+/// enum, properties, required, items, additionalProperties).
+fn conforms(api: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(api, schema);
+    if let Some(all) = schema["allOf"].as_array() {
+        // A flattened struct: each part declares some of the properties.
+        let mut merged = json!({"type": "object", "properties": {}, "required": []});
+        for part in all {
+            let part = resolve(api, part);
+            for (k, v) in part["properties"].as_object().into_iter().flatten() {
+                merged["properties"][k] = v.clone();
+            }
+            for r in part["required"].as_array().into_iter().flatten() {
+                if let Some(list) = merged["required"].as_array_mut() {
+                    list.push(r.clone());
+                }
+            }
+        }
+        return conforms(api, &merged, doc, at);
+    }
+    if let Some(branches) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        let errors: Vec<String> = branches
+            .iter()
+            .filter_map(|b| conforms(api, b, doc, at).err())
+            .collect();
+        return if errors.len() < branches.len() {
+            Ok(())
+        } else {
+            Err(format!("{at}: matches no branch: {}", errors.join(" | ")))
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let kind = match doc {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let allowed = types.is_empty() || types.contains(&kind) || (kind == "integer" && types.contains(&"number"));
+    if !allowed {
+        return Err(format!("{at}: {kind} where the schema says {types:?}"));
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(doc)
+    {
+        return Err(format!("{at}: {doc} is not one of {values:?}"));
+    }
+    match doc {
+        Value::Object(map) => {
+            for r in schema["required"].as_array().into_iter().flatten() {
+                let r = r.as_str().unwrap_or_default();
+                if !map.contains_key(r) {
+                    return Err(format!("{at}: required `{r}` is missing"));
+                }
+            }
+            let declared = schema["properties"].as_object();
+            for (k, v) in map {
+                match (declared.and_then(|d| d.get(k)), &schema["additionalProperties"]) {
+                    (Some(s), _) => conforms(api, s, v, &format!("{at}.{k}"))?,
+                    (None, extra) if extra.is_object() => conforms(api, extra, v, &format!("{at}.{k}"))?,
+                    (None, _) if declared.is_some() => return Err(format!("{at}: `{k}` is not in the schema")),
+                    (None, _) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                conforms(api, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn resolve<'a>(api: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        Some(name) => resolve(api, &api["components"]["schemas"][name]),
+        None => schema,
+    }
+}
+
+/// The schema of the `status` answer of `method path` in the document.
+fn response_schema<'a>(api: &'a Value, method: &str, path: &str, status: &str) -> &'a Value {
+    &api["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_the_schemas_of_the_openapi_document() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let api = s.send(Method::GET, "/openapi.json", None, None).await.body;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "partial_success", "{done}");
+    let checks = [
+        ("post", "/api/v1/connectors/{connector}/runs", "202", run.body.clone()),
+        ("get", "/api/v1/executions/{id}", "200", done),
+        (
+            "get",
+            "/api/v1/connectors/{connector}/executions",
+            "200",
+            s.get("/connectors/contacts_import/executions", ADMIN).await.body,
+        ),
+        (
+            "get",
+            "/api/v1/connectors/{connector}",
+            "200",
+            s.get("/connectors/contacts_import", ADMIN).await.body,
+        ),
+        (
+            "get",
+            "/api/v1/connectors",
+            "200",
+            s.get("/connectors", ADMIN).await.body,
+        ),
+        (
+            "get",
+            "/api/v1/objects/{object}",
+            "200",
+            s.get("/objects/contact", ADMIN).await.body,
+        ),
+        ("get", "/api/v1/objects", "200", s.get("/objects", ADMIN).await.body),
+        (
+            "get",
+            "/api/v1/connectors/{connector}/sql",
+            "200",
+            s.get("/connectors/contacts_import/sql", ADMIN).await.body,
+        ),
+    ];
+    for (method, path, status, doc) in &checks {
+        let schema = response_schema(&api, method, path, status);
+        assert!(schema.is_object(), "{method} {path} {status} has no JSON schema");
+        // A typed schema, not a free-form object.
+        assert!(
+            !resolve(&api, schema)
+                .as_object()
+                .is_some_and(|o| o.is_empty() || o.keys().all(|k| k == "type")),
+            "{method} {path} is documented as a free-form object: {schema}"
+        );
+        if let Err(e) = conforms(&api, schema, doc, "$") {
+            panic!("{method} {path} {status}: {e}\n{doc}");
+        }
+    }
+    // The checker itself refuses what does not match.
+    let mut wrong = checks[1].3.clone();
+    wrong["status"] = json!("exploded");
+    assert!(
+        conforms(
+            &api,
+            response_schema(&api, "get", "/api/v1/executions/{id}", "200"),
+            &wrong,
+            "$"
+        )
+        .is_err()
+    );
+    let mut extra = checks[3].3.clone();
+    extra["surprise"] = json!(1);
+    assert!(
+        conforms(
+            &api,
+            response_schema(&api, "get", "/api/v1/connectors/{connector}", "200"),
+            &extra,
+            "$"
+        )
+        .is_err()
+    );
+    s.stop().await;
+}

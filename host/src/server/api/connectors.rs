@@ -48,23 +48,52 @@ pub fn merge_patch(target: &mut Json_, patch: Json_) {
     }
 }
 
-/// A connector as the API shows it: the definition plus its id, sample
-/// file, SQL version numbers and times.
-fn view(row: &ConnectorRow) -> ApiResult<Json_> {
-    let mut doc: Json_ = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-    if let Json_::Object(map) = &mut doc {
-        map.remove("sql");
-        map.insert("id".into(), Json_::String(row.id.clone()));
-        map.insert(
-            "sample_file_id".into(),
-            row.sample_file_id.clone().map_or(Json_::Null, Json_::String),
-        );
-        map.insert("live_version".into(), row.live_version.map_or(Json_::Null, Json_::from));
-        map.insert("draft_version".into(), Json_::from(row.draft_version));
-        map.insert("created_at".into(), Json_::String(row.created_at.to_rfc3339()));
-        map.insert("updated_at".into(), Json_::String(row.updated_at.to_rfc3339()));
-    }
-    Ok(doc)
+/// A connector as the API shows it: its definition (SPEC §2; the script is
+/// under `/sql`) with its id, sample file, SQL version numbers and times.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectorView {
+    /// The definition.
+    #[serde(flatten)]
+    pub definition: Connector,
+    /// Id (UUID).
+    pub id: String,
+    /// The file drafts are planned and published against.
+    pub sample_file_id: Option<String>,
+    /// The live SQL version; `null` until the first publish.
+    pub live_version: Option<u32>,
+    /// The draft SQL version.
+    pub draft_version: u32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A connector as a client sends it: the definition (SPEC §2) with
+/// `sql.text` as its draft script, and the id of its sample file. The keys a
+/// `GET` adds (`id`, versions, times) may be sent back and are ignored.
+// Only describes the body: `parse` reads it as JSON so that every problem
+// is reported with its path.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ConnectorRequest {
+    /// The definition.
+    #[serde(flatten)]
+    definition: Connector,
+    /// The file drafts are planned and published against.
+    sample_file_id: Option<String>,
+}
+
+fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
+    Ok(ConnectorView {
+        definition: serde_json::from_str(&row.definition).map_err(ApiError::internal)?,
+        id: row.id.clone(),
+        sample_file_id: row.sample_file_id.clone(),
+        live_version: row.live_version,
+        draft_version: row.draft_version,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 /// What a connector document sent by a client holds.
@@ -136,14 +165,14 @@ fn definition_text(connector: &Connector) -> ApiResult<String> {
 /// The workspace's connectors, newest first.
 #[utoipa::path(get, path = "/connectors", tag = "connectors", params(PageParams),
     responses(
-        (status = 200, body = Page<Object>),
+        (status = 200, body = Page<ConnectorView>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     Query(params): Query<PageParams>,
-) -> ApiResult<Json<Page<Json_>>> {
+) -> ApiResult<Json<Page<ConnectorView>>> {
     caller.require(Role::Viewer)?;
     let limit = params.limit()?;
     let rows = app
@@ -165,9 +194,9 @@ pub async fn list(
 }
 
 /// Creates a connector; `sql.text` becomes its first draft.
-#[utoipa::path(post, path = "/connectors", tag = "connectors", request_body = Object,
+#[utoipa::path(post, path = "/connectors", tag = "connectors", request_body = ConnectorRequest,
     responses(
-        (status = 201, body = Object),
+        (status = 201, body = ConnectorView),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
@@ -177,7 +206,7 @@ pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
     Body(doc): Body<Json_>,
-) -> ApiResult<(StatusCode, Json<Json_>)> {
+) -> ApiResult<(StatusCode, Json<ConnectorView>)> {
     caller.require(Role::Admin)?;
     let submitted = parse(&app, &caller, doc, false)?;
     let draft = submitted.draft.unwrap_or_default();
@@ -212,20 +241,22 @@ pub async fn create(
 #[utoipa::path(get, path = "/connectors/{connector}", tag = "connectors",
     params(("connector" = String, Path, description = "Connector id or api_name")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = ConnectorView),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(c): Path<String>) -> ApiResult<Json<Json_>> {
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(c): Path<String>) -> ApiResult<Json<ConnectorView>> {
     caller.require(Role::Viewer)?;
     Ok(Json(view(&connector_of(&app, &caller, &c)?)?))
 }
 
 /// Changes a connector (JSON merge patch); `sql.text` replaces the draft.
-#[utoipa::path(patch, path = "/connectors/{connector}", tag = "connectors", request_body = Object,
+#[utoipa::path(patch, path = "/connectors/{connector}", tag = "connectors",
+    request_body(content = ConnectorRequest, content_type = "application/merge-patch+json",
+        description = "A JSON merge patch (RFC 7396) of the connector; `application/json` is accepted too"),
     params(("connector" = String, Path, description = "Connector id or api_name")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = ConnectorView),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
@@ -237,7 +268,7 @@ pub async fn update(
     caller: Caller,
     Path(c): Path<String>,
     Body(patch): Body<Json_>,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<ConnectorView>> {
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
     let mut doc: Json_ = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;

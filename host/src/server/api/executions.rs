@@ -42,7 +42,7 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/connectors/{connector}/executions", tag = "executions",
     params(("connector" = String, Path, description = "Connector id or api_name"), ListParams),
     responses(
-        (status = 200, body = Page<Object>),
+        (status = 200, body = Page<Execution>),
         (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
@@ -94,7 +94,7 @@ fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
 #[utoipa::path(get, path = "/executions/{id}", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = Execution),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
@@ -172,7 +172,7 @@ pub async fn logs(
 #[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
-        (status = 202, body = Object),
+        (status = 202, body = Execution),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),

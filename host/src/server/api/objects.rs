@@ -70,11 +70,11 @@ fn load_object(app: &App, caller: &Caller, name: &str) -> ApiResult<ObjectDef> {
 /// The workspace's objects.
 #[utoipa::path(get, path = "/objects", tag = "objects",
     responses(
-        (status = 200, body = Vec<Object>),
+        (status = 200, body = Vec<ObjectDef>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Json_>>> {
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<ObjectDef>>> {
     caller.require(Role::Viewer)?;
     let mut out = Vec::new();
     for row in app.db.objects(&caller.workspace_id)? {
@@ -84,9 +84,9 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json
 }
 
 /// Defines an object (SPEC §2: name, label, typed fields).
-#[utoipa::path(post, path = "/objects", tag = "objects", request_body = Object,
+#[utoipa::path(post, path = "/objects", tag = "objects", request_body = ObjectDef,
     responses(
-        (status = 201, body = Object),
+        (status = 201, body = ObjectDef),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
@@ -96,7 +96,7 @@ pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
     Body(body): Body<Json_>,
-) -> ApiResult<(StatusCode, Json<Json_>)> {
+) -> ApiResult<(StatusCode, Json<ObjectDef>)> {
     caller.require(Role::Admin)?;
     let def = parse_object(&app, &caller.workspace_id, body)?;
     let text = serde_json::to_string(&def).map_err(ApiError::internal)?;
@@ -109,29 +109,31 @@ pub async fn create(
     app.records
         .ensure_object(&caller.workspace_id, &def)
         .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(object_json(&def)?)))
+    Ok((StatusCode::CREATED, Json(def)))
 }
 
 /// One object.
 #[utoipa::path(get, path = "/objects/{object}", tag = "objects",
     params(("object" = String, Path, description = "Object name")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = ObjectDef),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Json_>> {
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<ObjectDef>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(object_json(&load_object(&app, &caller, &name)?)?))
+    Ok(Json(load_object(&app, &caller, &name)?))
 }
 
 /// Changes an object (JSON merge patch). Fields may be added and labels
 /// changed; a field's type cannot change and fields cannot be removed,
 /// because records hold values of them.
-#[utoipa::path(patch, path = "/objects/{object}", tag = "objects", request_body = Object,
+#[utoipa::path(patch, path = "/objects/{object}", tag = "objects",
+    request_body(content = ObjectDef, content_type = "application/merge-patch+json",
+        description = "A JSON merge patch (RFC 7396) of the object; `application/json` is accepted too"),
     params(("object" = String, Path, description = "Object name")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = ObjectDef),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
@@ -142,7 +144,7 @@ pub async fn update(
     caller: Caller,
     Path(name): Path<String>,
     Body(patch): Body<Json_>,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<ObjectDef>> {
     caller.require(Role::Admin)?;
     let current = load_object(&app, &caller, &name)?;
     let mut doc = object_json(&current)?;
@@ -177,7 +179,7 @@ pub async fn update(
         .ensure_object(&caller.workspace_id, &def)
         .map_err(ApiError::internal)?;
     app.db.update_object(&caller.workspace_id, &name, &text)?;
-    Ok(Json(object_json(&def)?))
+    Ok(Json(def))
 }
 
 /// A stored value as JSON.

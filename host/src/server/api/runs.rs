@@ -149,7 +149,7 @@ fn is_json(request: &Request) -> bool {
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The input file's bytes with ?filename=, or multipart/form-data with a `file` part, or application/json {\"source_file_id\": \"…\"}"),
     responses(
-        (status = 202, body = Object, description = "The queued execution", headers(("Location" = String, description = "The execution"))),
+        (status = 202, body = Execution, description = "The queued execution", headers(("Location" = String, description = "The execution"))),
         (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
