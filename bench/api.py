@@ -7,7 +7,9 @@
    client threads (triggers/s accepted, p50/p99 of the 202);
 3. cancel latency: the time from `POST /executions/{id}/cancel` to the
    `canceled` status being persisted in the state database, over N runs
-   canceled while in the SQL stage and N canceled while in the load stage.
+   canceled in each stage: intake (a workbook being read), SQL and load.
+   (The transform stage is measured by `plugin.py`; variables are converted
+   batch by batch between loads, so the load case covers them.)
 
 The server is the `weir` binary (`--weir`, else built), started on a fresh
 data directory. Targets (issue): status >= 10k req/s with p99 <= 10 ms,
@@ -30,6 +32,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import zipfile
+from io import BytesIO
 from pathlib import Path
 
 import harness
@@ -195,11 +199,57 @@ def timed_cancel(api: Api, con: sqlite3.Connection, ex: str) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes) -> list[float]:
+def workbook(rows: int) -> bytes:
+    """An XLSX file with one sheet of `email,city` rows (inline strings)."""
+    def row(r: int, values: tuple[str, str]) -> str:
+        cells = "".join(f'<c r="{col}{r}" t="inlineStr"><is><t>{v}</t></is></c>' for col, v in zip("AB", values))
+        return f'<row r="{r}">{cells}</row>'
+    body = row(1, ("email", "city")) + "".join(row(i + 2, (f"u{i}@example.com", f"C{i % 50}")) for i in range(rows))
+    sheet = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+             '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+             f"<sheetData>{body}</sheetData></worksheet>")
+    ns = "http://schemas.openxmlformats.org"
+    parts = {
+        "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<Types xmlns="{ns}/package/2006/content-types">'
+        f'<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+        f'<Default Extension="xml" ContentType="application/xml"/>'
+        f'<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+        f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
+        "</Types>",
+        "_rels/.rels": f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{ns}/package/2006/relationships">'
+        f'<Relationship Id="rId1" Type="{ns}/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/>'
+        "</Relationships>",
+        "xl/workbook.xml": f'<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="{ns}/spreadsheetml/2006/main" '
+        f'xmlns:r="{ns}/officeDocument/2006/relationships"><sheets><sheet name="people" sheetId="1" r:id="rId1"/></sheets></workbook>',
+        "xl/_rels/workbook.xml.rels": f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{ns}/package/2006/relationships">'
+        f'<Relationship Id="rId1" Type="{ns}/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/>'
+        "</Relationships>",
+        "xl/worksheets/sheet1.xml": sheet,
+    }
+    out = BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, text in parts.items():
+            z.writestr(name, text)
+    return out.getvalue()
+
+
+def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes, book: bytes) -> list[float]:
     con = sqlite3.connect(db)
     out = []
     for _ in range(n):
-        if stage == "sql":
+        if stage == "intake":
+            _, doc = api.call("POST", "/connectors/small/runs?filename=big.xlsx", book,
+                              "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+            ex = doc["id"]
+            while True:
+                _, d = api.call("GET", f"/executions/{ex}")
+                if d["status"] == "running" and d["step_progress"][0]["status"] == "running":
+                    break
+                if d["status"] not in ("queued", "running"):
+                    raise SystemExit(f"the run left intake before it could be canceled: {d}")
+                time.sleep(0.001)
+        elif stage == "sql":
             _, doc = api.call("POST", "/connectors/slow/runs?filename=x.csv", b"a\n1\n", "text/csv")
             ex = doc["id"]
             d = wait_status(api, ex, {"running"})
@@ -245,9 +295,10 @@ def main() -> None:
               f"p99 {triggers['p99_ms']:.1f} ms, errors {triggers['errors']}")
         drain_queue(api, db)
         big = ("email,city\n" + "".join(f"u{i}@example.com,C{i % 50}\n" for i in range(300_000))).encode()
+        book = workbook(300_000)
         results = {"status": status, "triggers": triggers}
-        for stage in ("sql", "load"):
-            lat = cancel_latency(api, db, stage, args.cancels, big)
+        for stage in ("intake", "sql", "load"):
+            lat = cancel_latency(api, db, stage, args.cancels, big, book)
             results[f"cancel_{stage}"] = {"n": len(lat), "p50_ms": statistics.median(lat),
                                           "p99_ms": percentile(lat, 99), "max_ms": max(lat)}
             print(f"cancel in {stage}: p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms "
