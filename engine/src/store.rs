@@ -107,6 +107,57 @@ fn key(v: &SqlValue) -> Option<String> {
     }
 }
 
+impl rusqlite::ToSql for Value {
+    /// Binds without copying text.
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Number(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Value::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
+            Value::Date(d) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*d))),
+            Value::Datetime(m) => ToSqlOutput::Borrowed(ValueRef::Integer(*m)),
+        })
+    }
+}
+
+/// The statement for the field list of the row at hand, prepared again
+/// only when the list differs from the previous row's.
+struct Statements<'t, F> {
+    sql_for: F,
+    names: Vec<String>,
+    statement: Option<rusqlite::CachedStatement<'t>>,
+}
+
+impl<'t, F: Fn(&[&str]) -> String> Statements<'t, F> {
+    fn new(sql_for: F) -> Self {
+        Self {
+            sql_for,
+            names: Vec::new(),
+            statement: None,
+        }
+    }
+
+    fn get(
+        &mut self,
+        tx: &'t rusqlite::Transaction<'_>,
+        fields: &[(String, Value)],
+    ) -> Result<&mut rusqlite::CachedStatement<'t>> {
+        let same = self.statement.is_some()
+            && self.names.len() == fields.len()
+            && self.names.iter().zip(fields).all(|(a, (b, _))| a == b);
+        if !same {
+            let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+            self.statement = Some(tx.prepare_cached(&(self.sql_for)(&names)).map_err(store_error)?);
+            self.names = fields.iter().map(|(n, _)| n.clone()).collect();
+        }
+        self.statement
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no statement prepared".into()))
+    }
+}
+
 /// A record as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -226,8 +277,13 @@ fn store_error(e: rusqlite::Error) -> Error {
 /// SQLite binds at most this many parameters per statement (older builds).
 const MAX_PARAMS: usize = 900;
 
+/// The SQLite table of an object, unquoted.
+fn table_name(workspace: &str, object: &str) -> String {
+    format!("r:{}:{}", workspace.replace('"', ""), object.replace('"', ""))
+}
+
 fn table(workspace: &str, object: &str) -> String {
-    format!("\"r:{}:{}\"", workspace.replace('"', ""), object.replace('"', ""))
+    format!("\"{}\"", table_name(workspace, object))
 }
 
 fn column(name: &str) -> String {
@@ -309,14 +365,27 @@ impl RecordStore for SqliteStore {
     }
 
     fn ensure_index(&self, workspace: &str, object: &str, field: &str) -> Result<()> {
+        let conn = self.lock();
+        // An index led by the field (a unique field has one) serves the
+        // lookups already; a second one would only cost every write.
+        let covered: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l, pragma_index_info(l.name) AS i \
+                 WHERE i.seqno = 0 AND i.name = ?2)",
+                rusqlite::params![table_name(workspace, object), field],
+                |r| r.get(0),
+            )
+            .map_err(store_error)?;
+        if covered {
+            return Ok(());
+        }
         let index = column(&format!("i:{workspace}:{object}:{field}"));
-        self.lock()
-            .execute_batch(&format!(
-                "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
-                table(workspace, object),
-                column(field)
-            ))
-            .map_err(store_error)
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
+            table(workspace, object),
+            column(field)
+        ))
+        .map_err(store_error)
     }
 
     fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>> {
@@ -425,13 +494,11 @@ impl RecordStore for SqliteStore {
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()> {
         let mut conn = self.lock();
         let t = table(workspace, object);
-        // Rows of a batch mostly write the same fields: build each statement
-        // once per field list, not once per row.
-        let mut sql_for: HashMap<Vec<&str>, String> = HashMap::new();
         let tx = conn.transaction().map_err(store_error)?;
-        for w in &batch.creates {
-            let names: Vec<&str> = w.fields.iter().map(|(n, _)| n.as_str()).collect();
-            let sql = sql_for.entry(names).or_insert_with_key(|names| {
+        {
+            // Rows of a batch mostly write the same fields: a statement is
+            // prepared again only when the field list changes.
+            let mut creates = Statements::new(|names: &[&str]| {
                 let cols: Vec<String> = std::iter::once(ID_FIELD)
                     .chain(names.iter().copied())
                     .map(column)
@@ -442,27 +509,31 @@ impl RecordStore for SqliteStore {
                     vec!["?"; cols.len()].join(",")
                 )
             });
-            let params =
-                std::iter::once(SqlValue::Text(w.id.to_string())).chain(w.fields.iter().map(|(_, v)| v.to_sql()));
-            tx.prepare_cached(sql)
-                .and_then(|mut s| s.execute(params_from_iter(params)))
-                .map_err(store_error)?;
-        }
-        let mut sql_for: HashMap<Vec<&str>, String> = HashMap::new();
-        for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
-            let names: Vec<&str> = w.fields.iter().map(|(n, _)| n.as_str()).collect();
-            let sql = sql_for.entry(names).or_insert_with_key(|names| {
+            let mut id_text = uuid::Uuid::encode_buffer();
+            for w in &batch.creates {
+                let id: &str = w.id.hyphenated().encode_lower(&mut id_text);
+                let params = std::iter::once(&id as &dyn rusqlite::ToSql).chain(w.fields.iter().map(|(_, v)| v as _));
+                creates
+                    .get(&tx, &w.fields)?
+                    .execute(rusqlite::params_from_iter(params))
+                    .map_err(store_error)?;
+            }
+            let mut updates = Statements::new(|names: &[&str]| {
                 let sets: Vec<String> = names.iter().map(|n| format!("{} = ?", column(n))).collect();
                 format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "))
             });
-            let params = w
-                .fields
-                .iter()
-                .map(|(_, v)| v.to_sql())
-                .chain(std::iter::once(SqlValue::Text(w.id.to_string())));
-            tx.prepare_cached(sql)
-                .and_then(|mut s| s.execute(params_from_iter(params)))
-                .map_err(store_error)?;
+            for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
+                let id: &str = w.id.hyphenated().encode_lower(&mut id_text);
+                let params = w
+                    .fields
+                    .iter()
+                    .map(|(_, v)| v as &dyn rusqlite::ToSql)
+                    .chain(std::iter::once(&id as _));
+                updates
+                    .get(&tx, &w.fields)?
+                    .execute(rusqlite::params_from_iter(params))
+                    .map_err(store_error)?;
+            }
         }
         tx.commit().map_err(store_error)
     }
@@ -680,6 +751,27 @@ name = "contact"
             2.5
         );
         assert!(batch.column(4).is_null(0));
+    }
+
+    #[test]
+    fn matching_on_a_unique_field_adds_no_second_index() {
+        let store = SqliteStore::in_memory().expect("store");
+        store.ensure_object("w", &contact()).expect("ensure");
+        for field in ["email", "score", "score"] {
+            store.ensure_index("w", "contact", field).expect("index");
+        }
+        let led_by = |field: &str| -> i64 {
+            store
+                .lock()
+                .query_row(
+                    "SELECT count(*) FROM pragma_index_list('r:w:contact') AS l, pragma_index_info(l.name) AS i \
+                     WHERE i.seqno = 0 AND i.name = ?1",
+                    [field],
+                    |r| r.get(0),
+                )
+                .expect("indexes")
+        };
+        assert_eq!((led_by("email"), led_by("score")), (1, 1));
     }
 
     #[test]
