@@ -9,12 +9,12 @@
 //! counts; the store writes; the pipeline feeds batches and reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::connector::{ConflictRule, LoadDef, MultipleMatchAction, NoMatchAction, SingleMatchAction};
 use crate::error::Result;
 use crate::objects::{FieldType, ObjectDef};
-use crate::store::{RecordId, RecordStore, Value, Write, WriteBatch};
+use crate::store::{MatchKey, RecordId, RecordStore, Value, Write, WriteBatch};
 
 /// What happened to one row in one load step.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +66,45 @@ impl Counts {
     }
 }
 
-/// One row's variable values, by variable name.
-pub type Row = HashMap<String, Value>;
+/// One row's variable values, by variable name. The names are shared by
+/// every row of a batch; a row holds only its values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    names: Arc<Vec<String>>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    /// A row of `values`, one per name in `names`.
+    pub fn new(names: Arc<Vec<String>>, values: Vec<Value>) -> Self {
+        debug_assert_eq!(names.len(), values.len());
+        Self { names, values }
+    }
+
+    /// The value of variable `name`. A row has a few variables: a scan
+    /// of their names is cheaper than hashing.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.names.iter().position(|n| n == name).map(|i| &self.values[i])
+    }
+
+    /// Sets variable `name` (a record id variable, for the steps after).
+    pub fn set(&mut self, name: &str, value: Value) {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => self.values[i] = value,
+            None => {
+                Arc::make_mut(&mut self.names).push(name.to_string());
+                self.values.push(value);
+            }
+        }
+    }
+}
+
+impl FromIterator<(String, Value)> for Row {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(pairs: I) -> Self {
+        let (names, values): (Vec<String>, Vec<Value>) = pairs.into_iter().unzip();
+        Self::new(Arc::new(names), values)
+    }
+}
 
 /// A load step bound to its object and store.
 pub struct LoadStep<'a> {
@@ -173,11 +210,10 @@ impl<'a> LoadStep<'a> {
             return Decision::Create;
         }
         for (r, rule) in self.step.matching.iter().enumerate() {
-            let key = row.get(&rule.variable).cloned().unwrap_or(Value::Null);
             let mut matches: Vec<RecordId> = found[r][row_index].clone();
-            for id in batch.matching(&rule.field, &key) {
-                if !matches.contains(&id) {
-                    matches.push(id);
+            for id in batch.matching(r, row.get(&rule.variable)) {
+                if !matches.contains(id) {
+                    matches.push(*id);
                 }
             }
             let describe = || format!("rule {} ({} = {})", r + 1, rule.field, rule.variable);
@@ -211,12 +247,10 @@ impl<'a> LoadStep<'a> {
     fn values(&self, row: &Row) -> std::result::Result<Vec<(String, Value, ConflictRule)>, String> {
         let mut out = Vec::with_capacity(self.step.fields.len());
         for mapping in &self.step.fields {
-            let parts: Vec<&Value> = mapping.variables.iter().filter_map(|v| row.get(v)).collect();
-            let value = match parts.as_slice() {
-                [] => Value::Null,
-                [one] => (*one).clone(),
+            let value = match mapping.variables.as_slice() {
+                [one] => row.get(one).cloned().unwrap_or(Value::Null),
                 many => {
-                    let texts: Vec<String> = many.iter().filter_map(|v| text_of(v)).collect();
+                    let texts: Vec<String> = many.iter().filter_map(|v| row.get(v).and_then(text_of)).collect();
                     if texts.is_empty() {
                         Value::Null
                     } else {
@@ -339,8 +373,8 @@ struct Batch {
     changes: HashMap<RecordId, BTreeMap<String, Value>>,
     /// Records with changes, in the order they were first changed.
     changed: Vec<RecordId>,
-    /// (field, key) of records created or updated in this batch.
-    keys: HashMap<(String, String), Vec<RecordId>>,
+    /// (rule, key) of records created or updated in this batch.
+    keys: HashMap<(usize, MatchKey), Vec<RecordId>>,
 }
 
 impl Batch {
@@ -358,9 +392,9 @@ impl Batch {
     }
 
     fn index(&mut self, id: RecordId, rules: &[crate::connector::MatchRule], row: &Row) {
-        for rule in rules {
+        for (r, rule) in rules.iter().enumerate() {
             if let Some(k) = row.get(&rule.variable).and_then(Value::match_key) {
-                let ids = self.keys.entry((rule.field.clone(), k)).or_default();
+                let ids = self.keys.entry((r, k)).or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
                 }
@@ -368,11 +402,11 @@ impl Batch {
         }
     }
 
-    fn matching(&self, field: &str, key: &Value) -> Vec<RecordId> {
-        key.match_key()
-            .and_then(|k| self.keys.get(&(field.to_string(), k)))
-            .cloned()
-            .unwrap_or_default()
+    /// Records of this batch whose rule-`rule` key equals `key`'s.
+    fn matching(&self, rule: usize, key: Option<&Value>) -> &[RecordId] {
+        key.and_then(Value::match_key)
+            .and_then(|k| self.keys.get(&(rule, k)))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn into_write(mut self) -> WriteBatch {

@@ -811,16 +811,25 @@ impl Run {
             .filter(|(_, v)| **v)
             .map(|(i, _)| i)
             .collect();
+        // Every row shares the variable names, with a slot for each record
+        // id variable the steps fill in.
         let schema = converted.values.schema();
+        let mut names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        for (def, _) in steps {
+            if let Some(var) = &def.record_id_variable
+                && !names.contains(var)
+            {
+                names.push(var.clone());
+            }
+        }
+        let names = Arc::new(names);
+        let columns = converted.values.columns();
         let mut rows: Vec<Row> = valid_rows
             .iter()
             .map(|&r| {
-                schema
-                    .fields()
-                    .iter()
-                    .zip(converted.values.columns())
-                    .map(|(f, c)| (f.name().clone(), value_at(c, r)))
-                    .collect()
+                let mut values: Vec<Value> = columns.iter().map(|c| value_at(c, r)).collect();
+                values.resize(names.len(), Value::Null);
+                Row::new(names.clone(), values)
             })
             .collect();
         let values = RowValues::new(batch)?;
@@ -837,10 +846,7 @@ impl Run {
                 let outcomes = step.load(&rows[start..end])?;
                 if let Some(var) = &def.record_id_variable {
                     for (row, o) in rows[start..end].iter_mut().zip(&outcomes) {
-                        row.insert(
-                            var.clone(),
-                            o.record().map_or(Value::Null, |id| Value::Text(id.to_string())),
-                        );
+                        row.set(var, o.record().map_or(Value::Null, |id| Value::Text(id.to_string())));
                     }
                 }
                 for (k, o) in outcomes.iter().enumerate() {

@@ -63,8 +63,15 @@ impl Value {
 
     /// The key two values share exactly when the store finds one by the
     /// other (numbers by value, text exactly); `None` for null.
-    pub fn match_key(&self) -> Option<String> {
-        key(&self.to_sql())
+    pub fn match_key(&self) -> Option<MatchKey> {
+        match self {
+            Value::Null => None,
+            Value::Text(s) => Some(MatchKey::Text(s.clone())),
+            Value::Number(f) => Some(MatchKey::real(*f)),
+            Value::Bool(b) => Some(MatchKey::Int(i64::from(*b))),
+            Value::Date(d) => Some(MatchKey::Int(i64::from(*d))),
+            Value::Datetime(m) => Some(MatchKey::Int(*m)),
+        }
     }
 
     fn to_sql(&self) -> SqlValue {
@@ -96,14 +103,35 @@ impl Value {
 
 /// A key that compares the way SQLite compares stored values: numbers by
 /// value whether stored as integer or real, text exactly.
-fn key(v: &SqlValue) -> Option<String> {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MatchKey {
+    /// An integer, or a real with an integral value.
+    Int(i64),
+    /// Any other real, by its bits.
+    Real(u64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl MatchKey {
+    fn real(f: f64) -> Self {
+        if f.fract() == 0.0 && f.abs() < 9.0e15 {
+            MatchKey::Int(f as i64)
+        } else {
+            MatchKey::Real(f.to_bits())
+        }
+    }
+}
+
+fn key(v: &SqlValue) -> Option<MatchKey> {
     match v {
         SqlValue::Null => None,
-        SqlValue::Integer(i) => Some(format!("n:{i}")),
-        SqlValue::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(format!("n:{}", *f as i64)),
-        SqlValue::Real(f) => Some(format!("r:{}", f.to_bits())),
-        SqlValue::Text(s) => Some(format!("t:{s}")),
-        SqlValue::Blob(b) => Some(format!("b:{}", hex::encode(b))),
+        SqlValue::Integer(i) => Some(MatchKey::Int(*i)),
+        SqlValue::Real(f) => Some(MatchKey::real(*f)),
+        SqlValue::Text(s) => Some(MatchKey::Text(s.clone())),
+        SqlValue::Blob(b) => Some(MatchKey::Blob(b.clone())),
     }
 }
 
@@ -390,14 +418,13 @@ impl RecordStore for SqliteStore {
 
     fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>> {
         let conn = self.lock();
-        let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut params = Vec::new();
+        let mut wanted: HashMap<MatchKey, Vec<usize>> = HashMap::new();
+        let mut params: Vec<&Value> = Vec::new();
         for (i, v) in values.iter().enumerate() {
-            let sql = v.to_sql();
-            if let Some(k) = key(&sql) {
+            if let Some(k) = v.match_key() {
                 let slots = wanted.entry(k).or_default();
                 if slots.is_empty() {
-                    params.push(sql);
+                    params.push(v);
                 }
                 slots.push(i);
             }
