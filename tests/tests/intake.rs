@@ -327,3 +327,70 @@ async fn empty_and_binary_files_are_unreadable() {
         );
     }
 }
+
+/// A cancel stops a large workbook while it is being parsed, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_reading_a_large_workbook() {
+    use std::time::{Duration, Instant};
+    use tokio_util::sync::CancellationToken;
+    use weir_engine::connector::{InputOptions, LimitsDef};
+    use weir_engine::intake::{self, IntakeOptions, RejectSink};
+    use weir_engine::report::RejectedRow;
+    use weir_engine::sql::{self, SessionSettings};
+
+    struct Ignore;
+    impl RejectSink for Ignore {
+        fn reject(&self, _row: RejectedRow) {}
+    }
+
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let s = wb.add_worksheet();
+    for r in 0..150_000u32 {
+        for c in 0..3u16 {
+            s.write_string(r, c, format!("r{r}c{c}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let bytes = wb.save_to_buffer().unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, path) = weir_tests::input("big.xlsx", &bytes);
+    let limits = LimitsDef::default().parse().unwrap_or_else(|e| panic!("{e:?}"));
+    let options = IntakeOptions::new(&InputOptions::default(), &limits).unwrap_or_else(|e| panic!("{e}"));
+    let read = |cancel: CancellationToken| {
+        let (path, options) = (path.clone(), options.clone());
+        async move {
+            let ctx = sql::session(&SessionSettings {
+                threads: 1,
+                max_memory: 1 << 30,
+                batch_size: 8192,
+                spill_dir: None,
+            })?;
+            intake::open(&ctx, &path, "big.xlsx", &options, Arc::new(Ignore), cancel)
+                .await
+                .map(|i| i.tables.len())
+        }
+    };
+
+    let started = Instant::now();
+    assert_eq!(read(CancellationToken::new()).await.ok(), Some(1));
+    let whole = started.elapsed();
+
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let after = (whole / 20).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        trigger.cancel();
+    });
+    let started = Instant::now();
+    let outcome = read(cancel).await;
+    let canceled = started.elapsed();
+    assert!(
+        matches!(outcome, Err(weir_engine::Error::Canceled)),
+        "{:?}",
+        outcome.map(|_| ())
+    );
+    assert!(
+        canceled < whole / 2,
+        "the cancel came after {after:?} but the read went on for {canceled:?} of {whole:?}"
+    );
+}

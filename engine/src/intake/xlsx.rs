@@ -4,18 +4,63 @@
 //! the same inference as CSV, so a sheet and its CSV export give the same
 //! table.
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use calamine::{Data, Reader};
+use calamine::{Data, DataRef, Range, Reader, Sheets, XlsxError};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use tokio_util::sync::CancellationToken;
 
 use super::infer::{ColumnType, RowBuilder, infer_column};
 use super::{IntakeOptions, TableContext, TableStats};
 use crate::error::{Error, Limit, Result, Stage};
 use crate::naming;
 use crate::report::RejectedRow;
+
+/// How many cells (or rows) are read between looks at the run's cancel.
+const CANCEL_EVERY: usize = 4096;
+
+/// The cells of one sheet. An XLSX sheet is read cell by cell so that a
+/// cancel stops the reading (a large sheet takes seconds to parse); other
+/// workbook kinds are read whole. The outer error is the cancel.
+fn sheet_range(
+    workbook: &mut Sheets<BufReader<File>>,
+    sheet: &str,
+    cancel: &CancellationToken,
+) -> Result<std::result::Result<Range<Data>, String>> {
+    if cancel.is_cancelled() {
+        return Err(Error::Canceled);
+    }
+    let Sheets::Xlsx(xlsx) = workbook else {
+        return Ok(workbook.worksheet_range(sheet).map_err(|e| e.to_string()));
+    };
+    let mut reader = match xlsx.worksheet_cells_reader(sheet) {
+        Ok(reader) => reader,
+        Err(XlsxError::NotAWorksheet(_)) => return Ok(Ok(Range::default())),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let mut cells = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        match reader.next_cell() {
+            Ok(Some(cell)) => {
+                seen += 1;
+                if seen.is_multiple_of(CANCEL_EVERY) && cancel.is_cancelled() {
+                    return Err(Error::Canceled);
+                }
+                if !matches!(cell.get_value(), DataRef::Empty) {
+                    let position = cell.get_position();
+                    cells.push(calamine::Cell::new(position, Data::from(cell.get_value().clone())));
+                }
+            }
+            Ok(None) => return Ok(Ok(Range::from_sparse(cells))),
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+}
 
 /// A sheet read into batches: name, counters, schema, batches.
 pub type Sheet = (String, Arc<TableStats>, SchemaRef, Vec<RecordBatch>);
@@ -33,13 +78,9 @@ pub fn read(
     let table_names = naming::dedupe(names.iter().map(|n| table_name(n)).collect());
     let mut sheets = Vec::new();
     for (sheet, table) in names.iter().zip(table_names) {
-        let range = workbook
-            .worksheet_range(sheet)
-            .map_err(|e| Error::unreadable(format!("`{file_name}`: sheet `{sheet}` cannot be read: {e}")))?;
         let ctx = context(&table);
-        if ctx.cancel.is_cancelled() {
-            return Err(Error::Canceled);
-        }
+        let range = sheet_range(&mut workbook, sheet, &ctx.cancel)?
+            .map_err(|e| Error::unreadable(format!("`{file_name}`: sheet `{sheet}` cannot be read: {e}")))?;
         let first_row = range.start().map_or(0, |(r, _)| r as u64);
         let mut rows = range.rows().enumerate().map(|(i, cells)| {
             (
@@ -78,6 +119,9 @@ pub fn read(
         let mut batches = Vec::new();
         let mut good = 0u64;
         for (row_number, (line, cells)) in data.iter().enumerate() {
+            if row_number.is_multiple_of(CANCEL_EVERY) && ctx.cancel.is_cancelled() {
+                return Err(Error::Canceled);
+            }
             let row_number = row_number as u64 + 1;
             if cells.iter().all(|c| c.text.is_none() && c.error.is_none()) {
                 continue;
