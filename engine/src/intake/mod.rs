@@ -318,7 +318,7 @@ fn open_file(
                     p
                 }
             };
-            let members = unzip(path, file_name, &dir, options.max_unpacked_bytes)?;
+            let members = unzip(path, file_name, &dir, options.max_unpacked_bytes, cancel)?;
             if members.is_empty() {
                 return Err(Error::unreadable(format!("`{file_name}` holds no files")));
             }
@@ -443,7 +443,29 @@ fn count_outside_quotes(line: &str, d: char) -> usize {
 
 /// Unpacks every file member of a ZIP into `dir`, refusing unsafe names and
 /// anything that would unpack past `max_bytes` (zip bombs).
-fn unzip(path: &Path, file_name: &str, dir: &Path, max_bytes: u64) -> Result<Vec<(PathBuf, String)>> {
+/// A reader that fails once the run is canceled, so that unpacking a large
+/// member stops with the run.
+struct Cancelable<'a, R> {
+    inner: R,
+    cancel: &'a CancellationToken,
+}
+
+impl<R: Read> Read for Cancelable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("canceled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn unzip(
+    path: &Path,
+    file_name: &str,
+    dir: &Path,
+    max_bytes: u64,
+    cancel: &CancellationToken,
+) -> Result<Vec<(PathBuf, String)>> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {file_name}"), e))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::unreadable(format!("`{file_name}` is not a readable ZIP archive: {e}")))?;
@@ -477,8 +499,17 @@ fn unzip(path: &Path, file_name: &str, dir: &Path, max_bytes: u64) -> Result<Vec
         let target = dir.join(format!("{i}-{}", base.replace(['/', '\\'], "_")));
         let mut out = File::create(&target).map_err(|e| Error::io(format!("unpacking {name}"), e))?;
         let budget = max_bytes.saturating_sub(total);
-        let written = std::io::copy(&mut (&mut member).take(budget + 1), &mut out)
-            .map_err(|e| Error::unreadable(format!("`{file_name}`: member `{name}` cannot be unpacked: {e}")))?;
+        let mut reader = Cancelable {
+            inner: (&mut member).take(budget + 1),
+            cancel,
+        };
+        let written = std::io::copy(&mut reader, &mut out).map_err(|e| {
+            if cancel.is_cancelled() {
+                Error::Canceled
+            } else {
+                Error::unreadable(format!("`{file_name}`: member `{name}` cannot be unpacked: {e}"))
+            }
+        })?;
         total += written;
         if total > max_bytes {
             return Err(Error::LimitExceeded {
