@@ -67,6 +67,9 @@ pub struct PluginSettings {
     /// Where compiled components are cached across processes; `None` keeps
     /// them in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Most compiled components kept in memory; the least recently used
+    /// one is dropped beyond it (and found again in the disk cache).
+    pub max_compiled: usize,
 }
 
 impl Default for PluginSettings {
@@ -78,6 +81,7 @@ impl Default for PluginSettings {
             max_log_line: 2048,
             tick: Duration::from_millis(5),
             cache_dir: None,
+            max_compiled: 64,
         }
     }
 }
@@ -87,9 +91,41 @@ impl Default for PluginSettings {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<Guest>,
-    compiled: Mutex<HashMap<String, Arc<Plugin>>>,
+    compiled: Mutex<Compiled>,
     settings: PluginSettings,
     _ticker: Ticker,
+}
+
+/// Compiled components by content hash, least recently used first. Running
+/// instances hold their component, so dropping one here never stops a run.
+#[derive(Default)]
+struct Compiled {
+    by_sha256: HashMap<String, Arc<Plugin>>,
+    recency: VecDeque<String>,
+}
+
+impl Compiled {
+    fn get(&mut self, sha256: &str) -> Option<Arc<Plugin>> {
+        let plugin = self.by_sha256.get(sha256)?.clone();
+        self.touch(sha256);
+        Some(plugin)
+    }
+
+    fn insert(&mut self, plugin: Arc<Plugin>, most: usize) {
+        let sha256 = plugin.sha256.clone();
+        self.by_sha256.insert(sha256.clone(), plugin);
+        self.touch(&sha256);
+        while self.recency.len() > most.max(1) {
+            if let Some(oldest) = self.recency.pop_front() {
+                self.by_sha256.remove(&oldest);
+            }
+        }
+    }
+
+    fn touch(&mut self, sha256: &str) {
+        self.recency.retain(|s| s != sha256);
+        self.recency.push_back(sha256.to_string());
+    }
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -161,7 +197,7 @@ impl PluginRuntime {
         Ok(Self {
             engine,
             linker,
-            compiled: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(Compiled::default()),
             settings,
             _ticker: ticker,
         })
@@ -178,7 +214,7 @@ impl PluginRuntime {
     pub fn load(&self, label: &str, wasm: &[u8]) -> Result<Arc<Plugin>> {
         let sha256 = hex::encode(Sha256::digest(wasm));
         if let Some(plugin) = lock(&self.compiled).get(&sha256) {
-            return Ok(plugin.clone());
+            return Ok(plugin);
         }
         let refused = |message: String| Error::Plugin {
             failure: PluginFailure::Protocol,
@@ -194,11 +230,8 @@ impl PluginRuntime {
             .map_err(|e| refused(format!("imports what Weir does not provide: {e:#}")))?;
         let pre = TransformerPre::new(pre)
             .map_err(|e| refused(format!("does not implement weir:transform/transform@0.1.0: {e:#}")))?;
-        let plugin = Arc::new(Plugin {
-            sha256: sha256.clone(),
-            pre,
-        });
-        lock(&self.compiled).insert(sha256, plugin.clone());
+        let plugin = Arc::new(Plugin { sha256, pre });
+        lock(&self.compiled).insert(plugin.clone(), self.settings.max_compiled);
         Ok(plugin)
     }
 

@@ -581,3 +581,37 @@ async fn a_plugin_is_found_by_its_content_hash() {
     assert_eq!(ran.outcome.status(), "success", "{:#}", ran.outcome.json());
     assert_eq!(ran.column("id"), some(&["1", "2", "3", "4"]));
 }
+
+/// The in-memory compile cache keeps the most recently used components up
+/// to its size and drops the oldest; a dropped one compiles again.
+#[test]
+fn the_compile_cache_keeps_the_most_recently_used_components() {
+    use std::sync::Arc;
+    use weir_engine::plugin::{PluginRuntime, PluginSettings};
+    let runtime = PluginRuntime::new(PluginSettings {
+        max_compiled: 2,
+        ..PluginSettings::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Three different components that compile quickly: the small one with
+    // a custom section of its own appended (id 0, size, name).
+    let base = std::fs::read(weir_tests::plugin_wasm("hostile")).unwrap_or_else(|e| panic!("{e}"));
+    let variant = |name: &[u8; 6]| {
+        let mut bytes = base.clone();
+        bytes.extend([0u8, 7, 6]);
+        bytes.extend(name);
+        bytes
+    };
+    let (a, b, c) = (variant(b"cache1"), variant(b"cache2"), variant(b"cache3"));
+    let load = |bytes: &[u8]| runtime.load("p", bytes).unwrap_or_else(|e| panic!("{e}"));
+    let first_a = load(&a);
+    let first_b = load(&b);
+    assert!(Arc::ptr_eq(&first_a, &load(&a)), "a cached component is reused");
+    // `a` was used last: a third component drops `b`, not `a`.
+    load(&c);
+    assert!(Arc::ptr_eq(&first_a, &load(&a)));
+    assert!(
+        !Arc::ptr_eq(&first_b, &load(&b)),
+        "`b` was the oldest and compiled again"
+    );
+}
