@@ -150,6 +150,30 @@ impl rusqlite::ToSql for Value {
     }
 }
 
+/// Whether two writes name the same fields in the same order.
+fn same_fields(a: &[(String, Value)], b: &[(String, Value)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((x, _), (y, _))| x == y)
+}
+
+/// A record id as the text it is stored as, bound without an allocation.
+struct IdText([u8; 36]);
+
+impl IdText {
+    fn of(id: RecordId) -> Self {
+        let mut text = [0u8; 36];
+        id.hyphenated().encode_lower(&mut text);
+        Self(text)
+    }
+}
+
+impl rusqlite::ToSql for IdText {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(
+            &self.0,
+        )))
+    }
+}
+
 /// The statement for the field list of the row at hand, prepared again
 /// only when the list differs from the previous row's.
 struct Statements<'t, F> {
@@ -523,26 +547,34 @@ impl RecordStore for SqliteStore {
         let t = table(workspace, object);
         let tx = conn.transaction().map_err(store_error)?;
         {
-            // Rows of a batch mostly write the same fields: a statement is
-            // prepared again only when the field list changes.
-            let mut creates = Statements::new(|names: &[&str]| {
+            // Creates that write the same fields go in multi-row INSERTs: a
+            // statement per row costs SQLite far more than a row of VALUES.
+            let mut rest = &batch.creates[..];
+            while let Some(first) = rest.first() {
+                let per = (MAX_PARAMS / (first.fields.len() + 1)).max(1);
+                let n = rest
+                    .iter()
+                    .take(per)
+                    .take_while(|w| same_fields(&w.fields, &first.fields))
+                    .count();
+                let (run, after) = rest.split_at(n);
+                rest = after;
+                let ids: Vec<IdText> = run.iter().map(|w| IdText::of(w.id)).collect();
                 let cols: Vec<String> = std::iter::once(ID_FIELD)
-                    .chain(names.iter().copied())
+                    .chain(first.fields.iter().map(|(n, _)| n.as_str()))
                     .map(column)
                     .collect();
-                format!(
-                    "INSERT INTO {t} ({}) VALUES ({})",
+                let row = format!("({})", vec!["?"; cols.len()].join(","));
+                let sql = format!(
+                    "INSERT INTO {t} ({}) VALUES {}",
                     cols.join(", "),
-                    vec!["?"; cols.len()].join(",")
-                )
-            });
-            let mut id_text = uuid::Uuid::encode_buffer();
-            for w in &batch.creates {
-                let id: &str = w.id.hyphenated().encode_lower(&mut id_text);
-                let params = std::iter::once(&id as &dyn rusqlite::ToSql).chain(w.fields.iter().map(|(_, v)| v as _));
-                creates
-                    .get(&tx, &w.fields)?
-                    .execute(rusqlite::params_from_iter(params))
+                    vec![row; n].join(",")
+                );
+                let params = run.iter().zip(&ids).flat_map(|(w, id)| {
+                    std::iter::once(id as &dyn rusqlite::ToSql).chain(w.fields.iter().map(|(_, v)| v as _))
+                });
+                tx.prepare_cached(&sql)
+                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
                     .map_err(store_error)?;
             }
             let mut updates = Statements::new(|names: &[&str]| {
@@ -550,7 +582,7 @@ impl RecordStore for SqliteStore {
                 format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "))
             });
             for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
-                let id: &str = w.id.hyphenated().encode_lower(&mut id_text);
+                let id = IdText::of(w.id);
                 let params = w
                     .fields
                     .iter()
@@ -799,6 +831,39 @@ name = "contact"
                 .expect("indexes")
         };
         assert_eq!((led_by("email"), led_by("score")), (1, 1));
+    }
+
+    #[test]
+    fn creates_with_differing_fields_in_one_batch_are_all_written() {
+        let store = SqliteStore::in_memory().expect("store");
+        let def = contact();
+        store.ensure_object("w", &def).expect("ensure");
+        // More rows than one INSERT takes, with a different field list
+        // every seventh row, so runs split both ways.
+        let creates: Vec<Write> = (0..1000)
+            .map(|i| {
+                let mut w = create(&format!("u{i}@x.io"), f64::from(i));
+                if i % 7 == 0 {
+                    w.fields.push(("vip".into(), Value::Bool(true)));
+                }
+                w
+            })
+            .collect();
+        let batch = WriteBatch {
+            creates: creates.clone(),
+            updates: vec![],
+        };
+        store.commit("w", "contact", &batch).expect("commit");
+        assert_eq!(store.count("w", "contact").expect("count"), 1000);
+        let ids: Vec<RecordId> = creates.iter().map(|w| w.id).collect();
+        let got = store.get("w", &def, &ids).expect("get");
+        for (i, (w, rec)) in creates.iter().zip(got).enumerate() {
+            let rec = rec.unwrap_or_else(|| panic!("record {i} missing"));
+            assert_eq!(rec.fields["score"], Value::Number(i as f64));
+            assert_eq!(rec.fields["email"], w.fields[1].1);
+            let vip = if i % 7 == 0 { Value::Bool(true) } else { Value::Null };
+            assert_eq!(rec.fields["vip"], vip, "record {i}");
+        }
     }
 
     #[test]
