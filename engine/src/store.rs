@@ -25,7 +25,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use rusqlite::types::Value as SqlValue;
+use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, params_from_iter};
 
 use crate::error::{Error, Result};
@@ -64,24 +65,18 @@ impl Value {
     /// The key two values share exactly when the store finds one by the
     /// other (numbers by value, text exactly); `None` for null.
     pub fn match_key(&self) -> Option<MatchKey> {
-        match self {
-            Value::Null => None,
-            Value::Text(s) => Some(MatchKey::Text(s.clone())),
-            Value::Number(f) => Some(MatchKey::real(*f)),
-            Value::Bool(b) => Some(MatchKey::Int(i64::from(*b))),
-            Value::Date(d) => Some(MatchKey::Int(i64::from(*d))),
-            Value::Datetime(m) => Some(MatchKey::Int(*m)),
-        }
+        key(self.as_sql())
     }
 
-    fn to_sql(&self) -> SqlValue {
+    /// The value as SQLite stores it.
+    fn as_sql(&self) -> ValueRef<'_> {
         match self {
-            Value::Null => SqlValue::Null,
-            Value::Text(s) => SqlValue::Text(s.clone()),
-            Value::Number(f) => SqlValue::Real(*f),
-            Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
-            Value::Date(d) => SqlValue::Integer(i64::from(*d)),
-            Value::Datetime(m) => SqlValue::Integer(*m),
+            Value::Null => ValueRef::Null,
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Number(f) => ValueRef::Real(*f),
+            Value::Bool(b) => ValueRef::Integer(i64::from(*b)),
+            Value::Date(d) => ValueRef::Integer(i64::from(*d)),
+            Value::Datetime(m) => ValueRef::Integer(*m),
         }
     }
 
@@ -125,28 +120,21 @@ impl MatchKey {
     }
 }
 
-fn key(v: &SqlValue) -> Option<MatchKey> {
+/// The match key of a value as SQLite holds it (bound or read back).
+fn key(v: ValueRef<'_>) -> Option<MatchKey> {
     match v {
-        SqlValue::Null => None,
-        SqlValue::Integer(i) => Some(MatchKey::Int(*i)),
-        SqlValue::Real(f) => Some(MatchKey::real(*f)),
-        SqlValue::Text(s) => Some(MatchKey::Text(s.clone())),
-        SqlValue::Blob(b) => Some(MatchKey::Blob(b.clone())),
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(MatchKey::Int(i)),
+        ValueRef::Real(f) => Some(MatchKey::real(f)),
+        ValueRef::Text(t) => Some(MatchKey::Text(String::from_utf8_lossy(t).into_owned())),
+        ValueRef::Blob(b) => Some(MatchKey::Blob(b.to_vec())),
     }
 }
 
-impl rusqlite::ToSql for Value {
+impl ToSql for Value {
     /// Binds without copying text.
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        Ok(match self {
-            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Value::Number(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
-            Value::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
-            Value::Date(d) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*d))),
-            Value::Datetime(m) => ToSqlOutput::Borrowed(ValueRef::Integer(*m)),
-        })
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(self.as_sql()))
     }
 }
 
@@ -166,11 +154,9 @@ impl IdText {
     }
 }
 
-impl rusqlite::ToSql for IdText {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(
-            &self.0,
-        )))
+impl ToSql for IdText {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(&self.0)))
     }
 }
 
@@ -464,11 +450,11 @@ impl RecordStore for SqliteStore {
             let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
             let mut rows = stmt.query(params_from_iter(chunk.iter())).map_err(store_error)?;
             while let Some(row) = rows.next().map_err(store_error)? {
-                let v: SqlValue = row.get(0).map_err(store_error)?;
+                let v = row.get_ref(0).map_err(store_error)?;
                 let id: String = row.get(1).map_err(store_error)?;
                 let id =
                     RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
-                if let Some(slots) = key(&v).and_then(|k| wanted.get(&k)) {
+                if let Some(slots) = key(v).and_then(|k| wanted.get(&k)) {
                     for &i in slots {
                         found[i].push(id);
                     }
@@ -513,28 +499,30 @@ impl RecordStore for SqliteStore {
         let names = stored_fields(object);
         let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
         let mut conditions = Vec::new();
-        let mut params = Vec::new();
+        let mut params: Vec<&dyn ToSql> = Vec::new();
         for (field, value) in filters {
             conditions.push(format!("{} = ?", column(field)));
-            params.push(value.to_sql());
+            params.push(value);
         }
-        if let Some(before) = before {
+        let before = before.map(IdText::of);
+        if let Some(before) = &before {
             conditions.push("\"id\" < ?".into());
-            params.push(SqlValue::Text(before.to_string()));
+            params.push(before);
         }
         let filter = if conditions.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        params.push(&limit);
         let sql = format!(
             "SELECT \"id\", {} FROM {} {filter} ORDER BY \"id\" DESC LIMIT ?",
             columns.join(", "),
             table(workspace, &object.name)
         );
         let mut stmt = conn.prepare(&sql).map_err(store_error)?;
-        let mut rows = stmt.query(params_from_iter(params.iter())).map_err(store_error)?;
+        let mut rows = stmt.query(params_from_iter(params)).map_err(store_error)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(store_error)? {
             out.push(read_record(row, &names)?);
@@ -570,9 +558,10 @@ impl RecordStore for SqliteStore {
                     cols.join(", "),
                     vec![row; n].join(",")
                 );
-                let params = run.iter().zip(&ids).flat_map(|(w, id)| {
-                    std::iter::once(id as &dyn rusqlite::ToSql).chain(w.fields.iter().map(|(_, v)| v as _))
-                });
+                let params = run
+                    .iter()
+                    .zip(&ids)
+                    .flat_map(|(w, id)| std::iter::once(id as &dyn ToSql).chain(w.fields.iter().map(|(_, v)| v as _)));
                 tx.prepare_cached(&sql)
                     .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
                     .map_err(store_error)?;
@@ -586,7 +575,7 @@ impl RecordStore for SqliteStore {
                 let params = w
                     .fields
                     .iter()
-                    .map(|(_, v)| v as &dyn rusqlite::ToSql)
+                    .map(|(_, v)| v as &dyn ToSql)
                     .chain(std::iter::once(&id as _));
                 updates
                     .get(&tx, &w.fields)?
