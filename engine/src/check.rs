@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::Connector;
 use crate::error::{Error, Result};
+use crate::execution::TriggerType;
 use crate::intake::{self, IntakeOptions, RejectSink};
 use crate::objects::Objects;
 use crate::pipeline::InputFile;
@@ -77,24 +78,19 @@ pub async fn script(
         tables.push((t.name.as_str(), empty(t.provider.schema())?));
     }
     sql::register_inputs(&ctx, &tables)?;
-    let parameters: Vec<(String, String)> = connector
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
     sql::register_meta(
         &ctx,
         &ExecutionMeta {
             execution_id: String::new(),
             connector_id: None,
             connector_api_name: connector.api_name.clone(),
-            trigger_type: "file_upload".into(),
+            trigger_type: TriggerType::FileUpload.as_str().into(),
             is_dry_run: true,
             source_file_id: None,
             source_file_name: Some(sample.name.clone()),
             started_at: chrono::Utc::now(),
         },
-        &parameters,
+        &connector.parameters,
     )?;
     for object in objects.map_or(&[][..], |o| &o.objects) {
         let schema = store::arrow_schema(object);

@@ -475,27 +475,19 @@ impl Run {
         };
         self.shared.refresh_tables();
         let doc = self.shared.progress.snapshot();
-        let parameters: Vec<(String, String)> = connector
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect();
         sql::register_meta(
             &ctx,
             &ExecutionMeta {
                 execution_id: doc.id.clone(),
                 connector_id: doc.connector.id.clone(),
                 connector_api_name: connector.api_name.clone(),
-                trigger_type: serde_json::to_value(doc.trigger_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                trigger_type: doc.trigger_type.as_str().to_string(),
                 is_dry_run: doc.is_dry_run,
                 source_file_id: doc.source_file_id.clone(),
                 source_file_name: input.map(|i| i.name.clone()),
                 started_at: doc.started_at.unwrap_or_else(chrono::Utc::now),
             },
-            &parameters,
+            &connector.parameters,
         )?;
 
         if let Some(records) = &self.records {

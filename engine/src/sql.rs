@@ -10,7 +10,7 @@
 //! touch `input`/`meta`. This module does not consume scope streams; the
 //! pipeline does.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
+use crate::connector::ParamValue;
 use crate::error::{Error, Limit, Position, Result};
 
 /// Engine options a SET statement may change.
@@ -503,7 +504,11 @@ pub fn register_records(ctx: &SessionContext, object: &str, batch: RecordBatch) 
 }
 
 /// Registers `meta.current_execution` and `meta.parameters`.
-pub fn register_meta(ctx: &SessionContext, meta: &ExecutionMeta, parameters: &[(String, String)]) -> Result<()> {
+pub fn register_meta(
+    ctx: &SessionContext,
+    meta: &ExecutionMeta,
+    parameters: &BTreeMap<String, ParamValue>,
+) -> Result<()> {
     let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(e.to_string());
     let text = |v: Option<&str>| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
     let exec_schema = Arc::new(Schema::new(vec![
@@ -541,11 +546,9 @@ pub fn register_meta(ctx: &SessionContext, meta: &ExecutionMeta, parameters: &[(
     let params = RecordBatch::try_new(
         param_schema.clone(),
         vec![
+            Arc::new(StringArray::from_iter_values(parameters.keys())),
             Arc::new(StringArray::from_iter_values(
-                parameters.iter().map(|(n, _)| n.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                parameters.iter().map(|(_, v)| v.as_str()),
+                parameters.values().map(ParamValue::to_string),
             )),
         ],
     )
