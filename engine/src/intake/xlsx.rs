@@ -25,41 +25,41 @@ const CANCEL_EVERY: usize = 4096;
 
 /// The cells of one sheet. An XLSX sheet is read cell by cell so that a
 /// cancel stops the reading (a large sheet takes seconds to parse); other
-/// workbook kinds are read whole. The outer error is the cancel.
+/// workbook kinds are read whole.
 fn sheet_range(
     workbook: &mut Sheets<BufReader<File>>,
+    file_name: &str,
     sheet: &str,
     cancel: &CancellationToken,
-) -> Result<std::result::Result<Range<Data>, String>> {
+) -> Result<Range<Data>> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| Error::unreadable(format!("`{file_name}`: sheet `{sheet}` cannot be read: {e}"));
     if cancel.is_cancelled() {
         return Err(Error::Canceled);
     }
     let Sheets::Xlsx(xlsx) = workbook else {
-        return Ok(workbook.worksheet_range(sheet).map_err(|e| e.to_string()));
+        return workbook.worksheet_range(sheet).map_err(|e| unreadable(&e));
     };
     let mut reader = match xlsx.worksheet_cells_reader(sheet) {
         Ok(reader) => reader,
-        Err(XlsxError::NotAWorksheet(_)) => return Ok(Ok(Range::default())),
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(XlsxError::NotAWorksheet(_)) => return Ok(Range::default()),
+        Err(e) => return Err(unreadable(&e)),
     };
     let mut cells = Vec::new();
     let mut seen = 0usize;
-    loop {
-        match reader.next_cell() {
-            Ok(Some(cell)) => {
-                seen += 1;
-                if seen.is_multiple_of(CANCEL_EVERY) && cancel.is_cancelled() {
-                    return Err(Error::Canceled);
-                }
-                if !matches!(cell.get_value(), DataRef::Empty) {
-                    let position = cell.get_position();
-                    cells.push(calamine::Cell::new(position, Data::from(cell.get_value().clone())));
-                }
-            }
-            Ok(None) => return Ok(Ok(Range::from_sparse(cells))),
-            Err(e) => return Ok(Err(e.to_string())),
+    while let Some(cell) = reader.next_cell().map_err(|e| unreadable(&e))? {
+        seen += 1;
+        if seen.is_multiple_of(CANCEL_EVERY) && cancel.is_cancelled() {
+            return Err(Error::Canceled);
+        }
+        if !matches!(cell.get_value(), DataRef::Empty) {
+            cells.push(calamine::Cell::new(
+                cell.get_position(),
+                Data::from(cell.get_value().clone()),
+            ));
         }
     }
+    Ok(Range::from_sparse(cells))
 }
 
 /// A sheet read into batches: name, counters, schema, batches.
@@ -79,8 +79,7 @@ pub fn read(
     let mut sheets = Vec::new();
     for (sheet, table) in names.iter().zip(table_names) {
         let ctx = context(&table);
-        let range = sheet_range(&mut workbook, sheet, &ctx.cancel)?
-            .map_err(|e| Error::unreadable(format!("`{file_name}`: sheet `{sheet}` cannot be read: {e}")))?;
+        let range = sheet_range(&mut workbook, file_name, sheet, &ctx.cancel)?;
         let first_row = range.start().map_or(0, |(r, _)| r as u64);
         let mut rows = range.rows().enumerate().map(|(i, cells)| {
             (
