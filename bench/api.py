@@ -189,6 +189,17 @@ def drain_queue(api: Api, db: Path) -> None:
     con.close()
 
 
+def wait_in_stage(api: Api, ex: str, stage: int) -> None:
+    """Waits until execution `ex` is running in `step_progress[stage]`."""
+    while True:
+        _, d = api.call("GET", f"/executions/{ex}")
+        if d["status"] == "running" and d["step_progress"][stage]["status"] == "running":
+            return
+        if d["status"] not in ("queued", "running"):
+            raise SystemExit(f"the run left stage {stage} before it could be canceled: {d}")
+        time.sleep(0.001)
+
+
 def timed_cancel(api: Api, con: sqlite3.Connection, ex: str) -> float:
     """Cancels `ex`; milliseconds until `canceled` is stored in the state database."""
     t = time.perf_counter()
@@ -242,13 +253,7 @@ def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes, book: byt
             _, doc = api.call("POST", "/connectors/small/runs?filename=big.xlsx", book,
                               "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
             ex = doc["id"]
-            while True:
-                _, d = api.call("GET", f"/executions/{ex}")
-                if d["status"] == "running" and d["step_progress"][0]["status"] == "running":
-                    break
-                if d["status"] not in ("queued", "running"):
-                    raise SystemExit(f"the run left intake before it could be canceled: {d}")
-                time.sleep(0.001)
+            wait_in_stage(api, ex, 0)
         elif stage == "sql":
             _, doc = api.call("POST", "/connectors/slow/runs?filename=x.csv", b"a\n1\n", "text/csv")
             ex = doc["id"]

@@ -130,13 +130,7 @@ def cancel_latency(weir: Path, n: int) -> dict:
         for _ in range(n):
             _, d = api.call("POST", "/connectors/looping/runs?filename=x.csv", b"a\n1\n", "text/csv")
             ex = d["id"]
-            while True:
-                _, d = api.call("GET", f"/executions/{ex}")
-                if d["status"] == "running" and d["step_progress"][2]["status"] == "running":
-                    break
-                if d["status"] not in ("queued", "running"):
-                    raise SystemExit(f"the looping run ended before the cancel: {d}")
-                time.sleep(0.002)
+            apibench.wait_in_stage(api, ex, 2)
             time.sleep(0.05)  # inside the guest's loop
             out.append(apibench.timed_cancel(api, con, ex))
         con.close()

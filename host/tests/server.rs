@@ -664,6 +664,17 @@ async fn connectors_are_validated_addressed_by_id_or_name_and_patched() {
     s.stop().await;
 }
 
+/// Saves `text` as the draft of connector `orders`.
+async fn put_draft(s: &Server, text: &str) -> Answer {
+    s.send(
+        Method::PUT,
+        "/connectors/orders/sql/draft",
+        Some(ADMIN),
+        Some(json!({ "text": text })),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     let s = start().await;
@@ -684,14 +695,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     // A script that does not parse is refused with its position, and kept
     // as the draft.
     let broken = "CREATE VIEW output.o AS\nSELEC id FROM input.data";
-    let syntax = s
-        .send(
-            Method::PUT,
-            "/connectors/orders/sql/draft",
-            Some(ADMIN),
-            Some(json!({ "text": broken })),
-        )
-        .await;
+    let syntax = put_draft(&s, broken).await;
     assert_problem(&syntax, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
     assert_eq!(syntax.body["line"], 2, "{}", syntax.body);
     assert_eq!(syntax.body["draft_version"], 1, "{}", syntax.body);
@@ -702,14 +706,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
 
     // Without a sample the input's columns are unknown: only the parse counts.
     let unknown_column = "CREATE VIEW output.o AS\n  SELECT id,\n    no_such_column\n  FROM input.data";
-    let unplanned = s
-        .send(
-            Method::PUT,
-            "/connectors/orders/sql/draft",
-            Some(ADMIN),
-            Some(json!({ "text": unknown_column })),
-        )
-        .await;
+    let unplanned = put_draft(&s, unknown_column).await;
     assert_eq!(unplanned.status, StatusCode::OK, "{}", unplanned.body);
 
     // With a sample the draft is planned against its columns: refused with
@@ -724,14 +721,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
         )
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
-    let planned = s
-        .send(
-            Method::PUT,
-            "/connectors/orders/sql/draft",
-            Some(ADMIN),
-            Some(json!({ "text": unknown_column })),
-        )
-        .await;
+    let planned = put_draft(&s, unknown_column).await;
     assert_problem(&planned, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
     assert!(
         planned.body["detail"]
@@ -766,14 +756,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
             "amount",
         ),
     ] {
-        let refused = s
-            .send(
-                Method::PUT,
-                "/connectors/orders/sql/draft",
-                Some(ADMIN),
-                Some(json!({ "text": text })),
-            )
-            .await;
+        let refused = put_draft(&s, text).await;
         assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
         assert!(
             refused.body["detail"].as_str().is_some_and(|d| d.contains(needle)),
@@ -783,13 +766,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     }
 
     // A draft that fails its check is not published.
-    s.send(
-        Method::PUT,
-        "/connectors/orders/sql/draft",
-        Some(ADMIN),
-        Some(json!({ "text": unknown_column })),
-    )
-    .await;
+    put_draft(&s, unknown_column).await;
     let refused = s
         .post(
             "/connectors/orders/sql/publish",
@@ -803,14 +780,7 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     assert_eq!(s.get("/connectors/orders/sql", ADMIN).await.body["live"], Value::Null);
 
     let good = "CREATE VIEW output.o AS SELECT id, amount * 2 AS double FROM input.data";
-    let saved = s
-        .send(
-            Method::PUT,
-            "/connectors/orders/sql/draft",
-            Some(ADMIN),
-            Some(json!({ "text": good })),
-        )
-        .await;
+    let saved = put_draft(&s, good).await;
     assert_eq!(saved.status, StatusCode::OK, "{}", saved.body);
     let published = s
         .post(
