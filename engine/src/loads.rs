@@ -8,13 +8,15 @@
 //! memory, so a later row finds and updates them. This module decides and
 //! counts; the store writes; the pipeline feeds batches and reports.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+
+use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::connector::{ConflictRule, LoadDef, MultipleMatchAction, NoMatchAction, SingleMatchAction};
 use crate::error::Result;
 use crate::objects::{FieldType, ObjectDef};
-use crate::store::{MatchKey, RecordId, RecordStore, Value, Write, WriteBatch};
+use crate::store::{Found, MatchKey, RecordId, RecordStore, Value, Write, WriteBatch};
 
 /// What happened to one row in one load step.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +117,9 @@ pub struct LoadStep<'a> {
     dry_run: bool,
     /// The last id created, so the next batch's ids sort after it.
     last_id: Mutex<Option<RecordId>>,
+    /// The fields the step writes, in mapping order: a record's values
+    /// are held by position in it.
+    fields: Vec<String>,
 }
 
 impl<'a> LoadStep<'a> {
@@ -140,37 +145,40 @@ impl<'a> LoadStep<'a> {
             store,
             dry_run,
             last_id: Mutex::new(None),
+            fields: step.fields.iter().map(|m| m.field.clone()).collect(),
         })
     }
 
     /// Loads one batch of rows; returns each row's outcome and commits the
     /// batch (unless a dry run).
     pub fn load(&self, rows: &[Row]) -> Result<Vec<Outcome>> {
-        // Every rule's keys are looked up at once, for the whole batch.
+        let mut batch = Batch::with_capacity(rows.len());
+        // Every rule's keys are looked up at once, for the whole batch, with
+        // the mapped fields of the records found, for the conflict rules of
+        // the updates to come.
         let mut found: Vec<Vec<Vec<RecordId>>> = Vec::with_capacity(self.step.matching.len());
         for rule in &self.step.matching {
             let keys: Vec<Value> = rows
                 .iter()
                 .map(|r| r.get(&rule.variable).cloned().unwrap_or(Value::Null))
                 .collect();
+            let records = self
+                .store
+                .lookup(self.workspace, self.object, &rule.field, &keys, &self.fields)?;
             found.push(
-                self.store
-                    .lookup(self.workspace, &self.object.name, &rule.field, &keys)?,
+                records
+                    .into_iter()
+                    .map(|records| {
+                        records
+                            .into_iter()
+                            .map(|Found { id, values }| {
+                                batch.current.entry(id).or_insert(values);
+                                id
+                            })
+                            .collect()
+                    })
+                    .collect(),
             );
-        }
-        let mut batch = Batch::default();
-        // Every existing record a rule found is read at once, for the
-        // conflict rules of the updates to come.
-        let mut matched: Vec<RecordId> = found.iter().flatten().flatten().copied().collect();
-        matched.sort_unstable();
-        matched.dedup();
-        if !matched.is_empty() && !self.step.fields.is_empty() {
-            for (id, record) in matched
-                .iter()
-                .zip(self.store.get(self.workspace, self.object, &matched)?)
-            {
-                batch.current.insert(*id, record.map(|r| r.fields).unwrap_or_default());
-            }
         }
         let mut last_id = self.last_id.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids = Ids::after(*last_id);
@@ -200,7 +208,7 @@ impl<'a> LoadStep<'a> {
         }
         if !self.dry_run {
             self.store
-                .commit(self.workspace, &self.object.name, &batch.into_write())?;
+                .commit(self.workspace, &self.object.name, &batch.into_write(&self.fields))?;
         }
         Ok(outcomes)
     }
@@ -243,8 +251,9 @@ impl<'a> LoadStep<'a> {
         Decision::Skip("no matching rule decided (every rule said next_rule)".into())
     }
 
-    /// The mapped field values of a row, checked against the field types.
-    fn values(&self, row: &Row) -> std::result::Result<Vec<(String, Value, ConflictRule)>, String> {
+    /// The mapped field values of a row, in mapping order, checked against
+    /// the field types.
+    fn values(&self, row: &Row) -> std::result::Result<Vec<Value>, String> {
         let mut out = Vec::with_capacity(self.step.fields.len());
         for mapping in &self.step.fields {
             let value = match mapping.variables.as_slice() {
@@ -258,8 +267,7 @@ impl<'a> LoadStep<'a> {
                     }
                 }
             };
-            let value = self.check(&mapping.field, value)?;
-            out.push((mapping.field.clone(), value, mapping.conflict));
+            out.push(self.check(&mapping.field, value)?);
         }
         Ok(out)
     }
@@ -290,28 +298,33 @@ impl<'a> LoadStep<'a> {
         }
     }
 
-    fn update(&self, batch: &mut Batch, id: RecordId, values: Vec<(String, Value, ConflictRule)>) -> Result<()> {
+    fn update(&self, batch: &mut Batch, id: RecordId, values: Vec<Value>) -> Result<()> {
         let current = match batch.current.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let record = self.store.get(self.workspace, self.object, &[id])?.pop().flatten();
-                e.insert(record.map(|r| r.fields).unwrap_or_default())
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let mut record = self.store.get(self.workspace, self.object, &[id])?.pop().flatten();
+                let values = self
+                    .fields
+                    .iter()
+                    .map(|f| record.as_mut().and_then(|r| r.fields.remove(f)).unwrap_or(Value::Null))
+                    .collect();
+                e.insert(values)
             }
         };
         let changes = batch.changes.entry(id).or_insert_with(|| {
             batch.changed.push(id);
-            BTreeMap::new()
+            vec![false; values.len()]
         });
-        for (field, value, rule) in values {
-            let old = current.get(&field).cloned().unwrap_or(Value::Null);
-            let write = match rule {
+        for (k, (value, mapping)) in values.into_iter().zip(&self.step.fields).enumerate() {
+            let old = &current[k];
+            let write = match mapping.conflict {
                 ConflictRule::Overwrite => true,
                 ConflictRule::OnlyUpdateBlank => old.is_blank(),
                 ConflictRule::OverwriteExceptNull => value != Value::Null,
             };
-            if write && old != value {
-                current.insert(field.clone(), value.clone());
-                changes.insert(field, value);
+            if write && *old != value {
+                current[k] = value;
+                changes[k] = true;
             }
         }
         Ok(())
@@ -362,15 +375,15 @@ enum Decision {
     Skip(String),
 }
 
-/// What a batch has done so far, so that later rows see it.
-#[derive(Default)]
+/// What a batch has done so far, so that later rows see it. A record's
+/// values are those of the step's mapped fields, by mapping position.
 struct Batch {
     /// Records created in this batch, in order.
     created: Vec<RecordId>,
-    /// Field values of records created or touched in this batch.
-    current: HashMap<RecordId, BTreeMap<String, Value>>,
-    /// Changed fields of existing records.
-    changes: HashMap<RecordId, BTreeMap<String, Value>>,
+    /// Mapped field values of records found, created or touched.
+    current: HashMap<RecordId, Vec<Value>>,
+    /// Which mapped fields of existing records changed.
+    changes: HashMap<RecordId, Vec<bool>>,
     /// Records with changes, in the order they were first changed.
     changed: Vec<RecordId>,
     /// (rule, key) of records created or updated in this batch.
@@ -378,16 +391,19 @@ struct Batch {
 }
 
 impl Batch {
-    fn create(
-        &mut self,
-        id: RecordId,
-        values: Vec<(String, Value, ConflictRule)>,
-        rules: &[crate::connector::MatchRule],
-        row: &Row,
-    ) {
-        let fields: BTreeMap<String, Value> = values.into_iter().map(|(f, v, _)| (f, v)).collect();
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            created: Vec::with_capacity(rows),
+            current: HashMap::with_capacity_and_hasher(rows, Default::default()),
+            changes: HashMap::default(),
+            changed: Vec::new(),
+            keys: HashMap::with_capacity_and_hasher(rows, Default::default()),
+        }
+    }
+
+    fn create(&mut self, id: RecordId, values: Vec<Value>, rules: &[crate::connector::MatchRule], row: &Row) {
         self.created.push(id);
-        self.current.insert(id, fields);
+        self.current.insert(id, values);
         self.index(id, rules, row);
     }
 
@@ -409,13 +425,19 @@ impl Batch {
             .map_or(&[], Vec::as_slice)
     }
 
-    fn into_write(mut self) -> WriteBatch {
+    fn into_write(mut self, fields: &[String]) -> WriteBatch {
         let creates = self
             .created
             .iter()
             .map(|id| Write {
                 id: *id,
-                fields: self.current.remove(id).unwrap_or_default().into_iter().collect(),
+                values: self
+                    .current
+                    .remove(id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
             })
             .collect();
         // Updates in the order of their rows, not hash order: neighbouring
@@ -425,13 +447,27 @@ impl Batch {
             .changed
             .iter()
             .filter(|id| !created.contains(*id))
-            .filter_map(|id| self.changes.remove(id).map(|fields| (*id, fields)))
-            .map(|(id, fields)| Write {
-                id,
-                fields: fields.into_iter().collect(),
+            .filter_map(|id| {
+                let changes = self.changes.remove(id)?;
+                if !changes.contains(&true) {
+                    return None;
+                }
+                let values = self.current.remove(id)?;
+                Some(Write {
+                    id: *id,
+                    values: values
+                        .into_iter()
+                        .zip(changes)
+                        .map(|(v, changed)| changed.then_some(v))
+                        .collect(),
+                })
             })
             .collect();
-        WriteBatch { creates, updates }
+        WriteBatch {
+            fields: fields.to_vec(),
+            creates,
+            updates,
+        }
     }
 }
 

@@ -234,6 +234,13 @@ impl Objects {
                 }
             }
             for (j, f) in load.fields.iter().enumerate() {
+                if load.fields[..j].iter().any(|earlier| earlier.field == f.field) {
+                    problems.push(Problem::new(
+                        format!("loads[{i}].fields[{j}].field"),
+                        format!("field `{}` is mapped twice; join the variables in one mapping", f.field),
+                    ));
+                    continue;
+                }
                 match object.field_type(&f.field) {
                     None => problems.push(Problem::new(
                         format!("loads[{i}].fields[{j}].field"),
@@ -368,6 +375,9 @@ object = "contact"
   [[loads.fields]]
   field = "id"
   variables = ["email"]
+  [[loads.fields]]
+  field = "email"
+  variables = ["email"]
 [[loads]]
 order = 2
 scope = "s"
@@ -379,9 +389,15 @@ object = "person"
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["loads[0].match[0].field", "loads[0].fields[1].field", "loads[1].object"],
+            [
+                "loads[0].match[0].field",
+                "loads[0].fields[1].field",
+                "loads[0].fields[2].field",
+                "loads[1].object"
+            ],
             "{p:?}"
         );
+        assert!(p[2].message.contains("mapped twice"), "{p:?}");
     }
 
     #[test]

@@ -138,9 +138,48 @@ impl ToSql for Value {
     }
 }
 
-/// Whether two writes name the same fields in the same order.
-fn same_fields(a: &[(String, Value)], b: &[(String, Value)]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|((x, _), (y, _))| x == y)
+/// Consecutive writes that write the same fields, each run small enough
+/// for one statement of `per_row + 1` parameters a row (the id and the
+/// written values): a statement per row costs SQLite far more than a row
+/// of VALUES. Yields the positions of the written fields and the run.
+fn runs(writes: &[Write]) -> impl Iterator<Item = (Vec<usize>, &[Write])> {
+    let mut rest = writes;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let written = first.written();
+        let per = (MAX_PARAMS / (written.len() + 1)).max(1);
+        let n = rest
+            .iter()
+            .take(per)
+            .take_while(|w| {
+                w.values.len() == first.values.len()
+                    && w.values
+                        .iter()
+                        .zip(&first.values)
+                        .all(|(a, b)| a.is_some() == b.is_some())
+            })
+            .count();
+        let (run, after) = rest.split_at(n);
+        rest = after;
+        Some((written, run))
+    })
+}
+
+static NULL: Value = Value::Null;
+
+/// Runs `sql` with each write's id and `written` values as its parameters.
+fn execute(tx: &rusqlite::Transaction<'_>, sql: &str, run: &[Write], written: &[usize]) -> Result<()> {
+    let ids: Vec<IdText> = run.iter().map(|w| IdText::of(w.id)).collect();
+    let params = run.iter().zip(&ids).flat_map(|(w, id)| {
+        std::iter::once(id as &dyn ToSql).chain(written.iter().map(|&i| match &w.values[i] {
+            Some(v) => v as &dyn ToSql,
+            None => &NULL as &dyn ToSql,
+        }))
+    });
+    tx.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params_from_iter(params)))
+        .map(|_| ())
+        .map_err(store_error)
 }
 
 /// A record id as the text it is stored as, bound without an allocation.
@@ -160,40 +199,13 @@ impl ToSql for IdText {
     }
 }
 
-/// The statement for the field list of the row at hand, prepared again
-/// only when the list differs from the previous row's.
-struct Statements<'t, F> {
-    sql_for: F,
-    names: Vec<String>,
-    statement: Option<rusqlite::CachedStatement<'t>>,
-}
-
-impl<'t, F: Fn(&[&str]) -> String> Statements<'t, F> {
-    fn new(sql_for: F) -> Self {
-        Self {
-            sql_for,
-            names: Vec::new(),
-            statement: None,
-        }
-    }
-
-    fn get(
-        &mut self,
-        tx: &'t rusqlite::Transaction<'_>,
-        fields: &[(String, Value)],
-    ) -> Result<&mut rusqlite::CachedStatement<'t>> {
-        let same = self.statement.is_some()
-            && self.names.len() == fields.len()
-            && self.names.iter().zip(fields).all(|(a, (b, _))| a == b);
-        if !same {
-            let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-            self.statement = Some(tx.prepare_cached(&(self.sql_for)(&names)).map_err(store_error)?);
-            self.names = fields.iter().map(|(n, _)| n.clone()).collect();
-        }
-        self.statement
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no statement prepared".into()))
-    }
+/// A record a lookup found: its id and the values of the fields asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Its id.
+    pub id: RecordId,
+    /// The values of the fields read, in the order asked.
+    pub values: Vec<Value>,
 }
 
 /// A record as stored.
@@ -205,18 +217,33 @@ pub struct Record {
     pub fields: BTreeMap<String, Value>,
 }
 
-/// Field values written to one record.
+/// Field values written to one record: one per field of its batch, `None`
+/// for a field the write leaves as it is (null in a new record).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     /// The record.
     pub id: RecordId,
-    /// The fields written, by name.
-    pub fields: Vec<(String, Value)>,
+    /// A value per field of the batch.
+    pub values: Vec<Option<Value>>,
 }
 
-/// What one committed batch changes.
+impl Write {
+    /// The positions of the fields it writes.
+    fn written(&self) -> Vec<usize> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|_| i))
+            .collect()
+    }
+}
+
+/// What one committed batch changes. The field names are given once; each
+/// write holds only values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteBatch {
+    /// The fields the writes give values for.
+    pub fields: Vec<String>,
     /// New records.
     pub creates: Vec<Write>,
     /// Changes to existing records.
@@ -232,9 +259,16 @@ pub trait RecordStore: Send + Sync {
     /// Adds an index on `field` (the fields matching rules look up).
     fn ensure_index(&self, workspace: &str, object: &str, field: &str) -> Result<()>;
 
-    /// For each of `values`, the ids of the records whose `field` equals it
-    /// (none for a null value).
-    fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>>;
+    /// For each of `values`, the records whose `field` equals it (none for
+    /// a null value), with the values of the fields in `read`.
+    fn lookup(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        field: &str,
+        values: &[Value],
+        read: &[String],
+    ) -> Result<Vec<Vec<Found>>>;
 
     /// The records with these ids, in the same order (`None` when missing).
     fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>>;
@@ -299,7 +333,91 @@ fn stored_fields(object: &ObjectDef) -> Vec<(String, FieldType)> {
 
 /// The embedded record store: one SQLite database file.
 pub struct SqliteStore {
+    /// Checkpoints a file's WAL in the background (none in memory). Dropped
+    /// first, so the writer's connection closes last and copies the rest.
+    checkpoints: Option<Checkpointer>,
     conn: Mutex<Connection>,
+}
+
+/// Copies the WAL into the database file on a thread of its own, so a
+/// load goes on while the copy and its syncs (a second in every ten of a
+/// large load, when SQLite checkpointed inside commits) run beside it.
+///
+/// Checkpoints are passive: they never block the writer. A WAL that keeps
+/// growing while commits follow each other (it restarts only once fully
+/// copied) is bounded by the writer, which checkpoints and truncates it
+/// itself past `wal_limit`.
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    wal: std::path::PathBuf,
+    wal_limit: u64,
+}
+
+impl Checkpointer {
+    /// Pause between two checkpoints while commits go on.
+    const PAUSE: Duration = Duration::from_millis(100);
+
+    fn start(path: &Path, wal_limit: u64) -> Result<Self> {
+        let conn = Connection::open(path).map_err(store_error)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("weir-checkpoint".into())
+            .spawn(move || {
+                let mut due = woken.recv().is_ok();
+                while due {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!("checkpointing the record store: {e}");
+                    }
+                    // Commits during the pause make the next checkpoint due;
+                    // the store's drop ends the thread at once.
+                    let until = std::time::Instant::now() + Self::PAUSE;
+                    let mut woken_since = false;
+                    loop {
+                        match woken.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                            Ok(()) => woken_since = true,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    due = woken_since || woken.recv().is_ok();
+                }
+            })
+            .map_err(|e| Error::io("starting the record store's checkpoint thread", e))?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok(Self {
+            wake: Some(wake),
+            thread: Some(thread),
+            wal: wal.into(),
+            wal_limit,
+        })
+    }
+
+    /// After a commit: wakes the thread, or checkpoints and truncates the
+    /// WAL on the writer's connection when it has outgrown the limit.
+    fn committed(&self, conn: &Connection) -> Result<()> {
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size > self.wal_limit {
+            return conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(store_error);
+        }
+        if let Some(wake) = &self.wake {
+            // A full channel means a checkpoint is already due.
+            let _ = wake.try_send(());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -315,6 +433,9 @@ fn store_error(e: rusqlite::Error) -> Error {
 /// SQLite binds at most this many parameters per statement (older builds).
 const MAX_PARAMS: usize = 900;
 
+/// The WAL size past which the writer checkpoints and truncates it itself.
+const WAL_LIMIT: u64 = 256 * 1024 * 1024;
+
 /// The SQLite table of an object, unquoted.
 fn table_name(workspace: &str, object: &str) -> String {
     format!("r:{}:{}", workspace.replace('"', ""), object.replace('"', ""))
@@ -328,10 +449,19 @@ fn column(name: &str) -> String {
     format!("\"{}\"", name.replace('"', ""))
 }
 
+/// The record id in column `i` of a row.
+fn read_id(row: &rusqlite::Row<'_>, i: usize) -> Result<RecordId> {
+    let text = row
+        .get_ref(i)
+        .map_err(store_error)?
+        .as_bytes()
+        .map_err(|e| Error::Store(e.to_string()))?;
+    RecordId::try_parse_ascii(text).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))
+}
+
 /// A record from a row of `SELECT "id", <stored fields>`.
 fn read_record(row: &rusqlite::Row<'_>, names: &[(String, FieldType)]) -> Result<Record> {
-    let id: String = row.get(0).map_err(store_error)?;
-    let id = RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
+    let id = read_id(row, 0)?;
     let mut fields = BTreeMap::new();
     for (i, (name, kind)) in names.iter().enumerate() {
         let v: SqlValue = row.get(i + 1).map_err(store_error)?;
@@ -346,8 +476,14 @@ impl SqliteStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
         }
+        Self::open_with_wal_limit(path, WAL_LIMIT)
+    }
+
+    fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<Self> {
         let conn = Connection::open(path).map_err(store_error)?;
-        Self::configure(conn, true)
+        let mut store = Self::configure(conn, true)?;
+        store.checkpoints = Some(Checkpointer::start(path, wal_limit)?);
+        Ok(store)
     }
 
     /// A private in-memory store (tests, dry runs).
@@ -360,8 +496,13 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(store_error)?;
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(store_error)?;
+        // The checkpoint thread copies the WAL, not the commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(store_error)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(store_error)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            checkpoints: None,
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -426,9 +567,16 @@ impl RecordStore for SqliteStore {
         .map_err(store_error)
     }
 
-    fn lookup(&self, workspace: &str, object: &str, field: &str, values: &[Value]) -> Result<Vec<Vec<RecordId>>> {
+    fn lookup(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        field: &str,
+        values: &[Value],
+        read: &[String],
+    ) -> Result<Vec<Vec<Found>>> {
         let conn = self.lock();
-        let mut wanted: HashMap<MatchKey, Vec<usize>> = HashMap::new();
+        let mut wanted: foldhash::HashMap<MatchKey, Vec<usize>> = foldhash::HashMap::default();
         let mut params: Vec<&Value> = Vec::new();
         for (i, v) in values.iter().enumerate() {
             if let Some(k) = v.match_key() {
@@ -439,25 +587,36 @@ impl RecordStore for SqliteStore {
                 slots.push(i);
             }
         }
-        let mut found: Vec<Vec<RecordId>> = vec![Vec::new(); values.len()];
+        let kinds: Vec<FieldType> = read
+            .iter()
+            .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
+            .collect();
+        let columns: String = read.iter().map(|f| format!(", {}", column(f))).collect();
+        let mut found: Vec<Vec<Found>> = vec![Vec::new(); values.len()];
         for chunk in params.chunks(MAX_PARAMS) {
             let marks = vec!["?"; chunk.len()].join(",");
             let sql = format!(
-                "SELECT {c}, \"id\" FROM {t} WHERE {c} IN ({marks})",
+                "SELECT {c}, \"id\"{columns} FROM {t} WHERE {c} IN ({marks})",
                 c = column(field),
-                t = table(workspace, object)
+                t = table(workspace, &object.name)
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
             let mut rows = stmt.query(params_from_iter(chunk.iter())).map_err(store_error)?;
             while let Some(row) = rows.next().map_err(store_error)? {
-                let v = row.get_ref(0).map_err(store_error)?;
-                let id: String = row.get(1).map_err(store_error)?;
-                let id =
-                    RecordId::parse_str(&id).map_err(|e| Error::Store(format!("a stored id is not a UUID: {e}")))?;
-                if let Some(slots) = key(v).and_then(|k| wanted.get(&k)) {
-                    for &i in slots {
-                        found[i].push(id);
+                let Some(slots) = key(row.get_ref(0).map_err(store_error)?).and_then(|k| wanted.get(&k)) else {
+                    continue;
+                };
+                let id = read_id(row, 1)?;
+                let mut values = Vec::with_capacity(kinds.len());
+                for (i, kind) in kinds.iter().enumerate() {
+                    values.push(Value::from_sql(*kind, row.get(i + 2).map_err(store_error)?));
+                }
+                let record = Found { id, values };
+                if let Some((&last, others)) = slots.split_last() {
+                    for &i in others {
+                        found[i].push(record.clone());
                     }
+                    found[last].push(record);
                 }
             }
         }
@@ -533,57 +692,44 @@ impl RecordStore for SqliteStore {
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()> {
         let mut conn = self.lock();
         let t = table(workspace, object);
+        let columns: Vec<String> = batch.fields.iter().map(|f| column(f)).collect();
         let tx = conn.transaction().map_err(store_error)?;
-        {
-            // Creates that write the same fields go in multi-row INSERTs: a
-            // statement per row costs SQLite far more than a row of VALUES.
-            let mut rest = &batch.creates[..];
-            while let Some(first) = rest.first() {
-                let per = (MAX_PARAMS / (first.fields.len() + 1)).max(1);
-                let n = rest
-                    .iter()
-                    .take(per)
-                    .take_while(|w| same_fields(&w.fields, &first.fields))
-                    .count();
-                let (run, after) = rest.split_at(n);
-                rest = after;
-                let ids: Vec<IdText> = run.iter().map(|w| IdText::of(w.id)).collect();
-                let cols: Vec<String> = std::iter::once(ID_FIELD)
-                    .chain(first.fields.iter().map(|(n, _)| n.as_str()))
-                    .map(column)
-                    .collect();
-                let row = format!("({})", vec!["?"; cols.len()].join(","));
-                let sql = format!(
-                    "INSERT INTO {t} ({}) VALUES {}",
-                    cols.join(", "),
-                    vec![row; n].join(",")
-                );
-                let params = run
-                    .iter()
-                    .zip(&ids)
-                    .flat_map(|(w, id)| std::iter::once(id as &dyn ToSql).chain(w.fields.iter().map(|(_, v)| v as _)));
-                tx.prepare_cached(&sql)
-                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
-                    .map_err(store_error)?;
-            }
-            let mut updates = Statements::new(|names: &[&str]| {
-                let sets: Vec<String> = names.iter().map(|n| format!("{} = ?", column(n))).collect();
-                format!("UPDATE {t} SET {} WHERE \"id\" = ?", sets.join(", "))
-            });
-            for w in batch.updates.iter().filter(|w| !w.fields.is_empty()) {
-                let id = IdText::of(w.id);
-                let params = w
-                    .fields
-                    .iter()
-                    .map(|(_, v)| v as &dyn ToSql)
-                    .chain(std::iter::once(&id as _));
-                updates
-                    .get(&tx, &w.fields)?
-                    .execute(rusqlite::params_from_iter(params))
-                    .map_err(store_error)?;
-            }
+        for (written, run) in runs(&batch.creates) {
+            let cols: Vec<&str> = std::iter::once("\"id\"")
+                .chain(written.iter().map(|&i| columns[i].as_str()))
+                .collect();
+            let row = format!("({})", vec!["?"; cols.len()].join(","));
+            let sql = format!(
+                "INSERT INTO {t} ({}) VALUES {}",
+                cols.join(", "),
+                vec![row; run.len()].join(",")
+            );
+            execute(&tx, &sql, run, &written)?;
         }
-        tx.commit().map_err(store_error)
+        for (written, run) in runs(&batch.updates) {
+            if written.is_empty() {
+                continue;
+            }
+            // One statement per run: the changed values join the table by
+            // id from a VALUES list (`column1` is the id).
+            let sets: Vec<String> = written
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| format!("{} = v.column{}", columns[i], k + 2))
+                .collect();
+            let row = format!("({})", vec!["?"; written.len() + 1].join(","));
+            let sql = format!(
+                "UPDATE {t} SET {} FROM (VALUES {}) AS v WHERE {t}.\"id\" = v.column1",
+                sets.join(", "),
+                vec![row; run.len()].join(",")
+            );
+            execute(&tx, &sql, run, &written)?;
+        }
+        tx.commit().map_err(store_error)?;
+        match &self.checkpoints {
+            Some(c) => c.committed(&conn),
+            None => Ok(()),
+        }
     }
 
     fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch> {
@@ -699,15 +845,35 @@ name = "contact"
         objects.objects[0].clone()
     }
 
+    /// The fields `create` writes.
+    fn fields() -> Vec<String> {
+        ["name", "email", "score"].map(String::from).to_vec()
+    }
+
     fn create(email: &str, score: f64) -> Write {
         Write {
             id: RecordId::now_v7(),
-            fields: vec![
-                ("name".into(), Value::Text(format!("N {email}"))),
-                ("email".into(), Value::Text(email.into())),
-                ("score".into(), Value::Number(score)),
+            values: vec![
+                Some(Value::Text(format!("N {email}"))),
+                Some(Value::Text(email.into())),
+                Some(Value::Number(score)),
             ],
         }
+    }
+
+    fn creates(writes: Vec<Write>) -> WriteBatch {
+        WriteBatch {
+            fields: fields(),
+            creates: writes,
+            updates: vec![],
+        }
+    }
+
+    fn ids(found: Vec<Vec<Found>>) -> Vec<Vec<RecordId>> {
+        found
+            .into_iter()
+            .map(|f| f.into_iter().map(|r| r.id).collect())
+            .collect()
     }
 
     #[test]
@@ -718,46 +884,64 @@ name = "contact"
         let a = create("a@x.io", 1.0);
         let b = create("b@x.io", 2.5);
         store
-            .commit(
-                "w1",
-                "contact",
-                &WriteBatch {
-                    creates: vec![a.clone(), b.clone()],
-                    updates: vec![],
-                },
-            )
+            .commit("w1", "contact", &creates(vec![a.clone(), b.clone()]))
             .expect("commit");
         assert_eq!(store.count("w1", "contact").expect("count"), 2);
         let found = store
             .lookup(
                 "w1",
-                "contact",
+                &def,
                 "email",
                 &[
                     Value::Text("b@x.io".into()),
                     Value::Text("zz".into()),
                     Value::Null,
                     Value::Text("a@x.io".into()),
+                    Value::Text("b@x.io".into()),
                 ],
+                &["score".into(), "name".into()],
             )
             .expect("lookup");
-        assert_eq!(found, vec![vec![b.id], vec![], vec![], vec![a.id]]);
+        let b_found = Found {
+            id: b.id,
+            values: vec![Value::Number(2.5), Value::Text("N b@x.io".into())],
+        };
+        let a_found = Found {
+            id: a.id,
+            values: vec![Value::Number(1.0), Value::Text("N a@x.io".into())],
+        };
+        // Every row with a key gets the record, repeated keys included.
+        assert_eq!(
+            found,
+            vec![vec![b_found.clone()], vec![], vec![], vec![a_found], vec![b_found]]
+        );
         // Numbers match by value whatever their stored form.
         let by_score = store
-            .lookup("w1", "contact", "score", &[Value::Number(1.0), Value::Number(2.5)])
+            .lookup("w1", &def, "score", &[Value::Number(1.0), Value::Number(2.5)], &[])
             .expect("lookup");
-        assert_eq!(by_score, vec![vec![a.id], vec![b.id]]);
+        assert_eq!(ids(by_score), vec![vec![a.id], vec![b.id]]);
 
         store
             .commit(
                 "w1",
                 "contact",
                 &WriteBatch {
+                    fields: vec!["vip".into(), "born".into(), "score".into()],
                     creates: vec![],
-                    updates: vec![Write {
-                        id: a.id,
-                        fields: vec![("vip".into(), Value::Bool(true)), ("born".into(), Value::Date(5000))],
-                    }],
+                    updates: vec![
+                        Write {
+                            id: a.id,
+                            values: vec![Some(Value::Bool(true)), Some(Value::Date(5000)), None],
+                        },
+                        Write {
+                            id: b.id,
+                            values: vec![None, None, Some(Value::Number(7.0))],
+                        },
+                        Write {
+                            id: RecordId::now_v7(),
+                            values: vec![None, None, None],
+                        },
+                    ],
                 },
             )
             .expect("update");
@@ -768,6 +952,15 @@ name = "contact"
         assert_eq!(rec.fields["score"], Value::Number(1.0));
         assert_eq!(rec.fields["name"], Value::Text("N a@x.io".into()));
         assert!(got[1].is_none());
+        let b = store
+            .get("w1", &def, &[b.id])
+            .expect("get")
+            .remove(0)
+            .expect("b exists");
+        assert_eq!(
+            (&b.fields["score"], &b.fields["vip"]),
+            (&Value::Number(7.0), &Value::Null)
+        );
     }
 
     #[test]
@@ -777,14 +970,7 @@ name = "contact"
         let def = contact();
         store.ensure_object("w", &def).expect("ensure");
         store
-            .commit(
-                "w",
-                "contact",
-                &WriteBatch {
-                    creates: vec![create("a@x.io", 2.5)],
-                    updates: vec![],
-                },
-            )
+            .commit("w", "contact", &creates(vec![create("a@x.io", 2.5)]))
             .expect("commit");
         let batch = store.scan("w", &def).expect("scan");
         assert_eq!(batch.num_rows(), 1);
@@ -827,29 +1013,25 @@ name = "contact"
         let store = SqliteStore::in_memory().expect("store");
         let def = contact();
         store.ensure_object("w", &def).expect("ensure");
-        // More rows than one INSERT takes, with a different field list
-        // every seventh row, so runs split both ways.
-        let creates: Vec<Write> = (0..1000)
+        // More rows than one INSERT takes, writing `vip` only every
+        // seventh row, so runs split both ways.
+        let writes: Vec<Write> = (0..1000)
             .map(|i| {
                 let mut w = create(&format!("u{i}@x.io"), f64::from(i));
-                if i % 7 == 0 {
-                    w.fields.push(("vip".into(), Value::Bool(true)));
-                }
+                w.values.push((i % 7 == 0).then_some(Value::Bool(true)));
                 w
             })
             .collect();
-        let batch = WriteBatch {
-            creates: creates.clone(),
-            updates: vec![],
-        };
+        let mut batch = creates(writes.clone());
+        batch.fields.push("vip".into());
         store.commit("w", "contact", &batch).expect("commit");
         assert_eq!(store.count("w", "contact").expect("count"), 1000);
-        let ids: Vec<RecordId> = creates.iter().map(|w| w.id).collect();
+        let ids: Vec<RecordId> = writes.iter().map(|w| w.id).collect();
         let got = store.get("w", &def, &ids).expect("get");
-        for (i, (w, rec)) in creates.iter().zip(got).enumerate() {
+        for (i, (w, rec)) in writes.iter().zip(got).enumerate() {
             let rec = rec.unwrap_or_else(|| panic!("record {i} missing"));
             assert_eq!(rec.fields["score"], Value::Number(i as f64));
-            assert_eq!(rec.fields["email"], w.fields[1].1);
+            assert_eq!(Some(&rec.fields["email"]), w.values[1].as_ref());
             let vip = if i % 7 == 0 { Value::Bool(true) } else { Value::Null };
             assert_eq!(rec.fields["vip"], vip, "record {i}");
         }
@@ -863,10 +1045,7 @@ name = "contact"
             .commit(
                 "w1",
                 "contact",
-                &WriteBatch {
-                    creates: vec![create("same@x.io", 1.0), create("same@x.io", 2.0)],
-                    updates: vec![],
-                },
+                &creates(vec![create("same@x.io", 1.0), create("same@x.io", 2.0)]),
             )
             .expect_err("unique email");
         assert!(err.to_string().contains("UNIQUE"), "{err}");
@@ -884,20 +1063,13 @@ name = "contact"
         store.ensure_object("w1", &def).expect("ensure");
         store.ensure_object("w2", &def).expect("ensure");
         store
-            .commit(
-                "w1",
-                "contact",
-                &WriteBatch {
-                    creates: vec![create("a@x.io", 1.0)],
-                    updates: vec![],
-                },
-            )
+            .commit("w1", "contact", &creates(vec![create("a@x.io", 1.0)]))
             .expect("commit");
         assert_eq!(store.count("w2", "contact").expect("count"), 0);
         let found = store
-            .lookup("w2", "contact", "email", &[Value::Text("a@x.io".into())])
+            .lookup("w2", &def, "email", &[Value::Text("a@x.io".into())], &[])
             .expect("lookup");
-        assert_eq!(found, vec![Vec::<RecordId>::new()]);
+        assert_eq!(found, vec![Vec::<Found>::new()]);
     }
 
     #[test]
@@ -910,16 +1082,7 @@ name = "contact"
             let store = SqliteStore::open(&path).expect("open");
             store.ensure_object("w", &def).expect("ensure");
             store.ensure_index("w", "contact", "score").expect("index");
-            store
-                .commit(
-                    "w",
-                    "contact",
-                    &WriteBatch {
-                        creates: vec![a.clone()],
-                        updates: vec![],
-                    },
-                )
-                .expect("commit");
+            store.commit("w", "contact", &creates(vec![a.clone()])).expect("commit");
         }
         def.fields.push(crate::objects::FieldDef {
             name: "city".into(),
@@ -939,21 +1102,43 @@ name = "contact"
     fn lookups_of_many_keys_are_chunked() {
         let store = SqliteStore::in_memory().expect("store");
         store.ensure_object("w", &contact()).expect("ensure");
-        let creates: Vec<Write> = (0..2500).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
-        store
-            .commit(
-                "w",
-                "contact",
-                &WriteBatch {
-                    creates: creates.clone(),
-                    updates: vec![],
-                },
-            )
-            .expect("commit");
+        let writes: Vec<Write> = (0..2500).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
+        store.commit("w", "contact", &creates(writes.clone())).expect("commit");
         let keys: Vec<Value> = (0..2500).rev().map(|i| Value::Text(format!("u{i}@x.io"))).collect();
-        let found = store.lookup("w", "contact", "email", &keys).expect("lookup");
+        let found = ids(store.lookup("w", &contact(), "email", &keys, &[]).expect("lookup"));
         assert_eq!(found.len(), 2500);
-        assert_eq!(found[0], vec![creates[2499].id]);
-        assert_eq!(found[2499], vec![creates[0].id]);
+        assert_eq!(found[0], vec![writes[2499].id]);
+        assert_eq!(found[2499], vec![writes[0].id]);
+    }
+
+    #[test]
+    fn the_wal_is_copied_in_the_background_and_kept_under_its_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("records.db");
+        let wal = dir.path().join("records.db-wal");
+        let limit = 256 * 1024;
+        let store = SqliteStore::open_with_wal_limit(&path, limit).expect("open");
+        let def = contact();
+        store.ensure_object("w", &def).expect("ensure");
+        let file_at_start = std::fs::metadata(&path).expect("db").len();
+        for batch in 0..40 {
+            let writes = (0..200)
+                .map(|i| create(&format!("u{batch}-{i}@x.io"), f64::from(i)))
+                .collect();
+            store.commit("w", "contact", &creates(writes)).expect("commit");
+            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            assert!(size <= limit, "after batch {batch} the WAL is {size} bytes");
+        }
+        // The database file fills while the store is open: the thread, not a
+        // close, copied the WAL into it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).expect("db").len() <= file_at_start {
+            assert!(std::time::Instant::now() < deadline, "nothing was checkpointed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(store.count("w", "contact").expect("count"), 8000);
+        drop(store);
+        let reopened = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(reopened.count("w", "contact").expect("count"), 8000);
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::objects::ObjectDef;
 use weir_engine::objects::Objects;
 use weir_engine::pipeline::{InputFile, Records, RunSettings};
-use weir_engine::store::{Record, RecordId, RecordStore, SqliteStore, Value, WriteBatch};
+use weir_engine::store::{Found, Record, RecordId, RecordStore, SqliteStore, Value, WriteBatch};
 use weir_tests::{connector, input, run_with};
 
 const LOAD: &str = r#"
@@ -89,10 +89,29 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
     );
 }
 
-/// A store that records the size of every commit and passes everything on.
+/// A store that records the size of every commit and the objects scanned,
+/// and passes everything on.
 struct Recording {
     inner: SqliteStore,
     commits: Mutex<Vec<usize>>,
+    scans: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn new() -> Self {
+        Self {
+            inner: SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")),
+            commits: Mutex::default(),
+            scans: Mutex::default(),
+        }
+    }
+
+    fn scans(&self) -> Vec<String> {
+        self.scans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl RecordStore for Recording {
@@ -105,11 +124,12 @@ impl RecordStore for Recording {
     fn lookup(
         &self,
         workspace: &str,
-        object: &str,
+        object: &ObjectDef,
         field: &str,
         values: &[Value],
-    ) -> weir_engine::Result<Vec<Vec<RecordId>>> {
-        self.inner.lookup(workspace, object, field, values)
+        read: &[String],
+    ) -> weir_engine::Result<Vec<Vec<Found>>> {
+        self.inner.lookup(workspace, object, field, values, read)
     }
     fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> weir_engine::Result<Vec<Option<Record>>> {
         self.inner.get(workspace, object, ids)
@@ -135,16 +155,17 @@ impl RecordStore for Recording {
         self.inner.count(workspace, object)
     }
     fn scan(&self, workspace: &str, object: &ObjectDef) -> weir_engine::Result<RecordBatch> {
+        self.scans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(object.name.clone());
         self.inner.scan(workspace, object)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_are_committed_in_chunks_of_the_load_batch_size() {
-    let store = Arc::new(Recording {
-        inner: SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")),
-        commits: Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(Recording::new());
     let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,5\n";
     let script = "CREATE VIEW output.people AS SELECT email, n FROM input.data";
     let settings = RunSettings {
@@ -162,4 +183,26 @@ async fn rows_are_committed_in_chunks_of_the_load_batch_size() {
         .clone();
     assert_eq!(commits, vec![2, 2, 1]);
     assert_eq!(o.json()["step_progress"][4]["steps"][0]["created"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_records_a_script_reads_are_scanned() {
+    let store = Arc::new(Recording::new());
+    let csv = "email\na@x.io\nb@x.io\n";
+    let plain = "CREATE VIEW output.people AS SELECT email FROM input.data";
+    let o = load_people(store.clone(), csv, plain, RunSettings::default()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert!(store.scans().is_empty(), "a script without records.* reads no records");
+
+    // A script joining its input against what is loaded snapshots that object.
+    let joins = "CREATE VIEW output.people AS SELECT d.email FROM input.data d \
+                 LEFT JOIN records.contact c ON c.email = d.email WHERE c.id IS NULL";
+    let o = load_people(store.clone(), "email\na@x.io\nc@x.io\n", joins, RunSettings::default()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(store.scans(), ["contact"]);
+    let doc = o.json();
+    assert_eq!(
+        doc["step_progress"][4]["steps"][0]["created"], 1,
+        "only c@x.io is new: {doc}"
+    );
 }
