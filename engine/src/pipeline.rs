@@ -491,8 +491,14 @@ impl Run {
         )?;
 
         if let Some(records) = &self.records {
+            // Reading every record of an object costs a whole table scan;
+            // only the objects the script reads are snapshotted.
+            let read = sql::records_read(&ctx, &script)?;
             for object in &records.objects.objects {
                 records.store.ensure_object(&records.workspace, object)?;
+                if !read.contains(&object.name) {
+                    continue;
+                }
                 let batch = records.store.scan(&records.workspace, object)?;
                 sql::register_records(&ctx, &object.name, batch)?;
             }

@@ -493,6 +493,24 @@ pub fn register_inputs(ctx: &SessionContext, tables: &[(&str, Arc<dyn TableProvi
     Ok(())
 }
 
+/// The objects whose records the script reads (`records.<object>`), so a
+/// run reads only those from the store.
+pub fn records_read(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
+    let state = ctx.state();
+    let mut objects = Vec::new();
+    for s in &script.statements {
+        let references = state
+            .resolve_table_references(&s.statement)
+            .map_err(|e| map_error(e, Some(s)))?;
+        for r in references {
+            if r.schema() == Some(RECORDS_SCHEMA) && !objects.iter().any(|o| o == r.table()) {
+                objects.push(r.table().to_string());
+            }
+        }
+    }
+    Ok(objects)
+}
+
 /// Registers `records.<object>`: a snapshot of an object's records taken
 /// when the run starts, so a script can join new input against them.
 pub fn register_records(ctx: &SessionContext, object: &str, batch: RecordBatch) -> Result<()> {
