@@ -13,7 +13,8 @@
 //! never corrupts), `synchronous = NORMAL` (a committed batch survives a
 //! process crash; only an OS crash or power loss can lose the last
 //! transactions, never corrupt the file), a busy timeout so a second
-//! process waits instead of failing.
+//! process waits instead of failing, and checkpoints on a thread of their
+//! own instead of inside commits (see `Checkpointer`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
