@@ -350,6 +350,9 @@ pub struct SqliteStore {
 /// itself past `wal_limit`.
 struct Checkpointer {
     wake: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Held while a checkpoint runs: SQLite refuses a second checkpoint
+    /// at once, so the writer's own waits for the thread's to end.
+    running: Arc<Mutex<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     wal: std::path::PathBuf,
     wal_limit: u64,
@@ -362,13 +365,18 @@ impl Checkpointer {
     fn start(path: &Path, wal_limit: u64) -> Result<Self> {
         let conn = Connection::open(path).map_err(store_error)?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let running = Arc::new(Mutex::new(()));
+        let held = running.clone();
         let thread = std::thread::Builder::new()
             .name("weir-checkpoint".into())
             .spawn(move || {
                 let mut due = woken.recv().is_ok();
                 while due {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!("checkpointing the record store: {e}");
+                    {
+                        let _running = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                            tracing::warn!("checkpointing the record store: {e}");
+                        }
                     }
                     // Commits during the pause make the next checkpoint due;
                     // the store's drop ends the thread at once.
@@ -389,6 +397,7 @@ impl Checkpointer {
         wal.push("-wal");
         Ok(Self {
             wake: Some(wake),
+            running,
             thread: Some(thread),
             wal: wal.into(),
             wal_limit,
@@ -400,6 +409,9 @@ impl Checkpointer {
     fn committed(&self, conn: &Connection) -> Result<()> {
         let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
         if size > self.wal_limit {
+            // Another process's checkpoint can still refuse this one; the
+            // next commit tries again.
+            let _running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             return conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(store_error);
