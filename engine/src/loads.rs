@@ -9,9 +9,9 @@
 //! counts; the store writes; the pipeline feeds batches and reports.
 
 use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 
 use crate::connector::{ConflictRule, LoadDef, MultipleMatchAction, NoMatchAction, SingleMatchAction};
 use crate::error::Result;
