@@ -108,12 +108,13 @@ impl FromIterator<(String, Value)> for Row {
     }
 }
 
-/// A load step bound to its object and store.
-pub struct LoadStep<'a> {
-    step: &'a LoadDef,
-    object: &'a ObjectDef,
-    workspace: &'a str,
-    store: &'a dyn RecordStore,
+/// A load step bound to its object and store. It owns what it needs, so a
+/// run can load on a thread of its own.
+pub struct LoadStep {
+    step: LoadDef,
+    object: ObjectDef,
+    workspace: String,
+    store: Arc<dyn RecordStore>,
     dry_run: bool,
     /// The last id created, so the next batch's ids sort after it.
     last_id: Mutex<Option<RecordId>>,
@@ -122,36 +123,52 @@ pub struct LoadStep<'a> {
     fields: Vec<String>,
 }
 
-impl<'a> LoadStep<'a> {
+impl LoadStep {
     /// Prepares a step: makes sure the object's table and the indexes of
     /// its matching fields exist (not in a dry run).
     pub fn new(
-        step: &'a LoadDef,
-        object: &'a ObjectDef,
-        workspace: &'a str,
-        store: &'a dyn RecordStore,
+        step: LoadDef,
+        object: ObjectDef,
+        workspace: &str,
+        store: Arc<dyn RecordStore>,
         dry_run: bool,
     ) -> Result<Self> {
-        store.ensure_object(workspace, object)?;
+        store.ensure_object(workspace, &object)?;
         if !dry_run {
             for rule in &step.matching {
                 store.ensure_index(workspace, &object.name, &rule.field)?;
             }
         }
+        let fields = step.fields.iter().map(|m| m.field.clone()).collect();
         Ok(Self {
             step,
             object,
-            workspace,
+            workspace: workspace.to_string(),
             store,
             dry_run,
             last_id: Mutex::new(None),
-            fields: step.fields.iter().map(|m| m.field.clone()).collect(),
+            fields,
         })
+    }
+
+    /// The step's definition.
+    pub fn def(&self) -> &LoadDef {
+        &self.step
     }
 
     /// Loads one batch of rows; returns each row's outcome and commits the
     /// batch (unless a dry run).
     pub fn load(&self, rows: &[Row]) -> Result<Vec<Outcome>> {
+        let decided = self.decide(rows, None)?;
+        self.commit(&decided)?;
+        Ok(decided.outcomes)
+    }
+
+    /// Decides each row of a batch, and what the batch writes, without
+    /// writing it. `previous` is the batch decided before this one, which
+    /// may still be committing: this one sees its records as if committed.
+    pub fn decide(&self, rows: &[Row], previous: Option<&Decided>) -> Result<Decided> {
+        let previous = previous.map(|p| &p.batch);
         let mut batch = Batch::with_capacity(rows.len());
         // Every rule's keys are looked up at once, for the whole batch, with
         // the mapped fields of the records found, for the conflict rules of
@@ -164,7 +181,7 @@ impl<'a> LoadStep<'a> {
                 .collect();
             let records = self
                 .store
-                .lookup(self.workspace, self.object, &rule.field, &keys, &self.fields)?;
+                .lookup(&self.workspace, &self.object, &rule.field, &keys, &self.fields)?;
             found.push(
                 records
                     .into_iter()
@@ -172,7 +189,11 @@ impl<'a> LoadStep<'a> {
                         records
                             .into_iter()
                             .map(|Found { id, values }| {
-                                batch.current.entry(id).or_insert(values);
+                                // The previous batch's values are newer than
+                                // the store's, until it commits.
+                                batch.current.entry(id).or_insert_with(|| {
+                                    previous.and_then(|p| p.current.get(&id)).cloned().unwrap_or(values)
+                                });
                                 id
                             })
                             .collect()
@@ -184,7 +205,7 @@ impl<'a> LoadStep<'a> {
         let mut ids = Ids::after(*last_id);
         let mut outcomes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let outcome = match self.decide(i, row, &found, &batch) {
+            let outcome = match self.decide_row(i, row, &found, &batch, previous) {
                 Decision::Create => match self.values(row) {
                     Ok(values) => {
                         let id = ids.next();
@@ -196,7 +217,7 @@ impl<'a> LoadStep<'a> {
                 },
                 Decision::Update(id) => match self.values(row) {
                     Ok(values) => {
-                        self.update(&mut batch, id, values)?;
+                        self.update(&mut batch, id, values, previous)?;
                         batch.index(id, &self.step.matching, row);
                         Outcome::Updated(id)
                     }
@@ -206,20 +227,38 @@ impl<'a> LoadStep<'a> {
             };
             outcomes.push(outcome);
         }
-        if !self.dry_run {
-            self.store
-                .commit(self.workspace, &self.object.name, &batch.into_write(&self.fields))?;
-        }
-        Ok(outcomes)
+        let write = if self.dry_run {
+            WriteBatch::default()
+        } else {
+            batch.write(&self.fields)
+        };
+        Ok(Decided { outcomes, batch, write })
     }
 
-    fn decide(&self, row_index: usize, row: &Row, found: &[Vec<Vec<RecordId>>], batch: &Batch) -> Decision {
+    /// Writes a decided batch as one transaction (nothing in a dry run).
+    pub fn commit(&self, decided: &Decided) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        self.store.commit(&self.workspace, &self.object.name, &decided.write)
+    }
+
+    fn decide_row(
+        &self,
+        row_index: usize,
+        row: &Row,
+        found: &[Vec<Vec<RecordId>>],
+        batch: &Batch,
+        previous: Option<&Batch>,
+    ) -> Decision {
         if self.step.matching.is_empty() {
             return Decision::Create;
         }
         for (r, rule) in self.step.matching.iter().enumerate() {
             let mut matches: Vec<RecordId> = found[r][row_index].clone();
-            for id in batch.matching(r, row.get(&rule.variable)) {
+            let key = row.get(&rule.variable);
+            let earlier = previous.map_or(&[][..], |p| p.matching(r, key));
+            for id in earlier.iter().chain(batch.matching(r, key)) {
                 if !matches.contains(id) {
                     matches.push(*id);
                 }
@@ -298,16 +337,22 @@ impl<'a> LoadStep<'a> {
         }
     }
 
-    fn update(&self, batch: &mut Batch, id: RecordId, values: Vec<Value>) -> Result<()> {
+    fn update(&self, batch: &mut Batch, id: RecordId, values: Vec<Value>, previous: Option<&Batch>) -> Result<()> {
         let current = match batch.current.entry(id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let mut record = self.store.get(self.workspace, self.object, &[id])?.pop().flatten();
-                let values = self
-                    .fields
-                    .iter()
-                    .map(|f| record.as_mut().and_then(|r| r.fields.remove(f)).unwrap_or(Value::Null))
-                    .collect();
+                // The previous batch may have created or changed the record
+                // and still be committing.
+                let values = match previous.and_then(|p| p.current.get(&id)) {
+                    Some(values) => values.clone(),
+                    None => {
+                        let mut record = self.store.get(&self.workspace, &self.object, &[id])?.pop().flatten();
+                        self.fields
+                            .iter()
+                            .map(|f| record.as_mut().and_then(|r| r.fields.remove(f)).unwrap_or(Value::Null))
+                            .collect()
+                    }
+                };
                 e.insert(values)
             }
         };
@@ -375,6 +420,21 @@ enum Decision {
     Skip(String),
 }
 
+/// A batch of rows decided by a load step: each row's outcome, and what
+/// the batch writes.
+pub struct Decided {
+    outcomes: Vec<Outcome>,
+    batch: Batch,
+    write: WriteBatch,
+}
+
+impl Decided {
+    /// Each row's outcome, in row order.
+    pub fn outcomes(&self) -> &[Outcome] {
+        &self.outcomes
+    }
+}
+
 /// What a batch has done so far, so that later rows see it. A record's
 /// values are those of the step's mapped fields, by mapping position.
 struct Batch {
@@ -425,7 +485,9 @@ impl Batch {
             .map_or(&[], Vec::as_slice)
     }
 
-    fn into_write(mut self, fields: &[String]) -> WriteBatch {
+    /// What the batch writes: its creates, and the changed fields of the
+    /// records it updates.
+    fn write(&self, fields: &[String]) -> WriteBatch {
         let creates = self
             .created
             .iter()
@@ -433,11 +495,9 @@ impl Batch {
                 id: *id,
                 values: self
                     .current
-                    .remove(id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
+                    .get(id)
+                    .map(|values| values.iter().cloned().map(Some).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         // Updates in the order of their rows, not hash order: neighbouring
@@ -448,17 +508,17 @@ impl Batch {
             .iter()
             .filter(|id| !created.contains(*id))
             .filter_map(|id| {
-                let changes = self.changes.remove(id)?;
+                let changes = self.changes.get(id)?;
                 if !changes.contains(&true) {
                     return None;
                 }
-                let values = self.current.remove(id)?;
+                let values = self.current.get(id)?;
                 Some(Write {
                     id: *id,
                     values: values
-                        .into_iter()
+                        .iter()
                         .zip(changes)
-                        .map(|(v, changed)| changed.then_some(v))
+                        .map(|(v, changed)| changed.then(|| v.clone()))
                         .collect(),
                 })
             })
@@ -559,9 +619,9 @@ name = "contact"
 
     #[test]
     fn creates_then_updates_on_a_second_run() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let (obj, def) = (object(), upsert());
-        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let first = s
             .load(&[row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))])])
             .expect("load");
@@ -578,9 +638,9 @@ name = "contact"
 
     #[test]
     fn created_ids_are_v7_and_in_creation_order_across_batches() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let (obj, def) = (object(), upsert());
-        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let mut ids = Vec::new();
         for b in 0..3 {
             let emails: Vec<String> = (0..50).map(|i| format!("u{b}-{i}@x.io")).collect();
@@ -595,9 +655,9 @@ name = "contact"
 
     #[test]
     fn duplicate_keys_in_one_batch_behave_as_if_loaded_one_after_the_other() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let (obj, def) = (object(), upsert());
-        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let out = s
             .load(&[
                 row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
@@ -613,11 +673,51 @@ name = "contact"
     }
 
     #[test]
+    fn a_batch_sees_the_records_of_the_batch_before_it_while_that_one_commits() {
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        let (obj, def) = (object(), upsert());
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
+        s.load(&[row(&[("email", Some("b@x.io")), ("city", Some("Oslo"))])])
+            .expect("seed");
+        let first = s
+            .decide(
+                &[
+                    row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
+                    row(&[("email", Some("b@x.io")), ("city", Some("Rome"))]),
+                ],
+                None,
+            )
+            .expect("first");
+        let [Outcome::Created(a), Outcome::Updated(b)] = first.outcomes() else {
+            panic!("{:?}", first.outcomes())
+        };
+        // Nothing of the first batch is in the store yet.
+        assert_eq!(store.count("w", "contact").expect("count"), 1);
+        let second = s
+            .decide(
+                &[
+                    row(&[("email", Some("a@x.io")), ("city", Some("Lima"))]),
+                    row(&[("email", Some("b@x.io")), ("city", Some("Rome"))]),
+                ],
+                Some(&first),
+            )
+            .expect("second");
+        assert_eq!(second.outcomes(), [Outcome::Updated(*a), Outcome::Updated(*b)]);
+        s.commit(&first).expect("commit first");
+        s.commit(&second).expect("commit second");
+        assert_eq!(store.count("w", "contact").expect("count"), 2);
+        assert_eq!(city(&store, *a), Value::Text("Lima".into()));
+        // b's city was Rome as of the first batch: the second changes nothing.
+        assert_eq!(city(&store, *b), Value::Text("Rome".into()));
+        assert!(second.write.updates.iter().all(|w| w.id != *b), "{:?}", second.write);
+    }
+
+    #[test]
     fn every_matching_action() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let obj = object();
         let seed = upsert();
-        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(seed.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         s.load(&[row(&[("email", Some("a@x.io"))])]).expect("seed");
 
         let cases = [
@@ -636,7 +736,7 @@ name = "contact"
         ];
         for (no, single, multiple, email, expected) in cases {
             let def = step(&rule(no, single, multiple), &field("email", "\"email\"", "overwrite"));
-            let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+            let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
             let out = s.load(&[row(&[("email", Some(email))])]).expect("load");
             let got = match &out[0] {
                 Outcome::Created(_) => "created",
@@ -652,7 +752,7 @@ name = "contact"
                 + "[[loads.match]]\nfield = \"city\"\nvariable = \"city\"\nno_match = \"create_new\"\nsingle_match = \"update_current\"\nmultiple_match = \"do_not_upload\"\n"),
             &field("city", "\"city\"", "overwrite"),
         );
-        let s = LoadStep::new(&two, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(two.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let out = s
             .load(&[row(&[("email", Some("q@x.io")), ("city", Some("Paris"))])])
             .expect("load");
@@ -661,7 +761,7 @@ name = "contact"
 
     #[test]
     fn multiple_matches_follow_their_action() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let obj = object();
         let by_city = |multiple: &str| {
             step(
@@ -672,14 +772,14 @@ name = "contact"
             )
         };
         let seed = upsert();
-        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(seed.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         s.load(&[
             row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
             row(&[("email", Some("b@x.io")), ("city", Some("Oslo"))]),
         ])
         .expect("seed");
         let def = by_city("do_not_upload");
-        let out = LoadStep::new(&def, &obj, "w", &store, false)
+        let out = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false)
             .expect("step")
             .load(&[row(&[("city", Some("Oslo"))])])
             .expect("load");
@@ -688,7 +788,7 @@ name = "contact"
             "{out:?}"
         );
         let def = by_city("next_rule");
-        let out = LoadStep::new(&def, &obj, "w", &store, false)
+        let out = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false)
             .expect("step")
             .load(&[row(&[("city", Some("Oslo"))])])
             .expect("load");
@@ -700,10 +800,10 @@ name = "contact"
 
     #[test]
     fn conflict_rules() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let obj = object();
         let seed = upsert();
-        let s = LoadStep::new(&seed, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(seed.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let out = s
             .load(&[
                 row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
@@ -721,7 +821,7 @@ name = "contact"
                 &rule("create_new", "update_current", "do_not_upload"),
                 &field("city", "\"city\"", conflict),
             );
-            let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+            let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
             s.load(&[
                 row(&[("email", Some("a@x.io")), ("city", input)]),
                 row(&[("email", Some("b@x.io")), ("city", input)]),
@@ -743,7 +843,7 @@ name = "contact"
 
     #[test]
     fn joined_variables_dropdown_and_relation() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let obj = object();
         let def = step(
             &rule("create_new", "update_current", "do_not_upload"),
@@ -752,7 +852,7 @@ name = "contact"
                 + &field("stage", "\"stage\"", "overwrite")
                 + &field("company", "\"company\"", "overwrite")),
         );
-        let s = LoadStep::new(&def, &obj, "w", &store, false).expect("step");
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), false).expect("step");
         let parent = RecordId::now_v7().to_string();
         let out = s
             .load(&[
@@ -799,9 +899,9 @@ name = "contact"
 
     #[test]
     fn a_dry_run_decides_everything_and_writes_nothing() {
-        let store = SqliteStore::in_memory().expect("store");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
         let (obj, def) = (object(), upsert());
-        let s = LoadStep::new(&def, &obj, "w", &store, true).expect("step");
+        let s = LoadStep::new(def.clone(), obj.clone(), "w", store.clone(), true).expect("step");
         let out = s
             .load(&[row(&[("email", Some("a@x.io"))]), row(&[("email", Some("a@x.io"))])])
             .expect("load");

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::LoadDef;
@@ -29,12 +31,12 @@ use crate::execution::{
 };
 use crate::execution::{LoadCount, TransformCount};
 use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
-use crate::loads::{self, LoadStep, Outcome, Row};
+use crate::loads::{self, Decided, LoadStep, Outcome, Row};
 use crate::objects::Objects;
 use crate::output::CsvOutput;
 use crate::report::{RejectedRow, RejectedWriter, ReportBuilder, RowValues};
 use crate::runlog::RunLog;
-use crate::sql::{self, ExecutionMeta, Script, SessionSettings};
+use crate::sql::{self, ExecutionMeta, Script, ScriptStatement, SessionSettings};
 use crate::store::{RecordStore, Value};
 use crate::transform::{Chain, Plugins, StageContext};
 use crate::variables::{Converted, ScopeVariables};
@@ -213,6 +215,8 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         rejects: rejects.clone(),
         stage: Arc::new(Mutex::new(Stage::Intake)),
         tables: Arc::new(Mutex::new(Vec::new())),
+        halt: cancel.child_token(),
+        loading: Arc::new(Mutex::new(None)),
     };
 
     let outcome = match connector.limits.parse() {
@@ -245,11 +249,16 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 }), false),
             };
             if !ended {
-                // A load batch in flight commits and counts before the task
-                // reaches its next await, where the abort takes it; waiting
-                // for that makes the final counts say exactly what was written.
+                // The loader stops after the commit in flight, which counts;
+                // waiting for it makes the final counts say exactly what
+                // was written.
+                shared.halt.cancel();
                 work.abort();
                 let _ = work.await;
+                let loading = lock(&shared.loading).clone();
+                if let Some(loading) = loading {
+                    loading.cancelled().await;
+                }
             }
             outcome
         }
@@ -354,6 +363,12 @@ struct Shared {
     stage: Arc<Mutex<Stage>>,
     /// Live counters of the input tables.
     tables: Arc<Mutex<Vec<NamedStats>>>,
+    /// Stops the loader between commits: fires on cancel and at the
+    /// deadline.
+    halt: CancellationToken,
+    /// Fires when the current scope's loader has ended, its last commit
+    /// counted.
+    loading: Arc<Mutex<Option<CancellationToken>>>,
 }
 
 /// An input table's name and its live counters.
@@ -578,7 +593,7 @@ impl Run {
         });
 
         let dry_run = self.shared.progress.snapshot().is_dry_run;
-        let mut steps: Vec<(&LoadDef, LoadStep<'_>)> = Vec::new();
+        let mut steps: Vec<Arc<LoadStep>> = Vec::new();
         if let Some(records) = records {
             self.at(Stage::Load);
             for def in &load_defs {
@@ -586,8 +601,14 @@ impl Run {
                     .objects
                     .get(&def.object)
                     .ok_or_else(|| Error::Internal(format!("object {} vanished", def.object)))?;
-                let step = LoadStep::new(def, object, &records.workspace, records.store.as_ref(), dry_run)?;
-                steps.push((def, step));
+                let step = LoadStep::new(
+                    (*def).clone(),
+                    object.clone(),
+                    &records.workspace,
+                    records.store.clone(),
+                    dry_run,
+                )?;
+                steps.push(Arc::new(step));
             }
             self.shared.progress.update(|d| {
                 if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load) {
@@ -609,63 +630,20 @@ impl Run {
             .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
         for ((scope, sql_schema, _), vars) in schemas.iter().zip(&compiled) {
             self.at(Stage::Sql);
-            let mut stream = sql::scope_stream(&ctx, scope, &script).await?;
-            let mut csv = CsvOutput::create(
-                &self.out_dir.join("output").join(format!("{scope}.csv")),
-                sql_schema,
-                self.settings.output_row_cap,
-            )?;
-            let scope_steps: Vec<&(&LoadDef, LoadStep<'_>)> = steps.iter().filter(|(d, _)| &d.scope == scope).collect();
-            let mut chain = chains.remove(scope);
-            let mut rows = 0u64;
-            let mut consumed = 0u64;
-            let mut last_refresh = std::time::Instant::now();
-            while let Some(batch) = stream.next().await {
-                self.at(Stage::Sql);
-                let batch = batch.map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
-                rows += batch.num_rows() as u64;
-                if rows > limits.max_rows {
-                    return Err(Error::LimitExceeded {
-                        limit: Limit::MaxRows,
-                        message: format!("scope `{scope}` has more than {} rows", limits.max_rows),
-                    });
-                }
-                self.at(Stage::Report);
-                csv.write(&batch)?;
-                self.shared.progress.update(|d| {
-                    if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql)
-                        && let Some(c) = s.iter_mut().find(|c| &c.scope == scope)
-                    {
-                        c.rows = rows;
-                    }
-                });
-                let batches = match chain.as_mut() {
-                    Some(chain) => {
-                        self.at(Stage::Transform);
-                        let out = chain.process(batch, &stage).await?;
-                        self.transform_counts(chain);
-                        out
-                    }
-                    None => vec![batch],
-                };
-                for batch in batches {
-                    self.consume(scope, vars, &scope_steps, &batch, &mut consumed)?;
-                }
-                if last_refresh.elapsed() > Duration::from_millis(200) {
-                    self.shared.refresh_tables();
-                    last_refresh = std::time::Instant::now();
-                }
-            }
-            if let Some(chain) = chain.as_mut() {
-                self.at(Stage::Transform);
-                let last = chain.finish(&stage).await?;
-                self.transform_counts(chain);
-                for batch in last {
-                    self.consume(scope, vars, &scope_steps, &batch, &mut consumed)?;
-                }
-            }
-            self.at(Stage::Report);
-            csv.finish()?;
+            let source = ScopeSource {
+                scope,
+                stream: sql::scope_stream(&ctx, scope, &script).await?,
+                csv: CsvOutput::create(
+                    &self.out_dir.join("output").join(format!("{scope}.csv")),
+                    sql_schema,
+                    self.settings.output_row_cap,
+                )?,
+                chain: chains.remove(scope),
+                vars,
+                statement: sql::statement_of(&script, scope),
+            };
+            let scope_steps = steps.iter().filter(|s| &s.def().scope == scope).cloned().collect();
+            self.stream_scope(source, scope_steps, limits).await?;
         }
         self.shared.refresh_tables();
         self.complete(Stage::Intake);
@@ -681,37 +659,154 @@ impl Run {
         Ok(())
     }
 
-    /// Converts and loads one batch of a scope's final rows (after its
-    /// transforms); `consumed` counts the scope's rows so far.
-    fn consume(
+    /// Runs one scope to its end. The rows are read, written to the output
+    /// CSV, transformed and converted to variables here, while a thread of
+    /// their own reports the invalid ones and loads the valid ones, batch by
+    /// batch in order: the next batch is prepared while the last one is
+    /// written to the store.
+    async fn stream_scope(&self, source: ScopeSource<'_>, steps: Vec<Arc<LoadStep>>, limits: &Limits) -> Result<()> {
+        // Two batches in flight bound the memory the overlap costs.
+        let (tx, rx) = mpsc::channel(2);
+        let names = (!steps.is_empty()).then(|| load_names(&source.vars.schema(), &steps));
+        let loader = Loader {
+            scope: source.scope.to_string(),
+            steps,
+            shared: self.shared.clone(),
+            chunk: self.settings.load_batch_size.max(1),
+        };
+        let ended = CancellationToken::new();
+        *lock(&self.shared.loading) = Some(ended.clone());
+        let done = ended.clone().drop_guard();
+        let handle = tokio::task::spawn_blocking(move || {
+            let _done = done;
+            loader.run(rx)
+        });
+        let produced = self.produce(source, names, tx, &ended, limits).await;
+        let loaded = handle
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("the load thread failed: {e}"))));
+        if let Err(e) = loaded {
+            self.at(Stage::Load);
+            return Err(e);
+        }
+        produced
+    }
+
+    /// Reads a scope's rows and sends them, converted, to its loader; stops
+    /// early, without error, when the loader has ended.
+    async fn produce(
         &self,
-        scope: &str,
-        vars: &ScopeVariables,
-        steps: &[&(&LoadDef, LoadStep<'_>)],
-        batch: &RecordBatch,
-        consumed: &mut u64,
+        source: ScopeSource<'_>,
+        names: Option<Arc<Vec<String>>>,
+        tx: mpsc::Sender<Prepared>,
+        loader_ended: &CancellationToken,
+        limits: &Limits,
     ) -> Result<()> {
+        let ScopeSource {
+            scope,
+            mut stream,
+            mut csv,
+            mut chain,
+            vars,
+            statement,
+        } = source;
+        let stage = self.stage_context();
+        let mut rows = 0u64;
+        let mut consumed = 0u64;
+        let mut last_refresh = std::time::Instant::now();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = loader_ended.cancelled() => return Ok(()),
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
+            self.at(Stage::Sql);
+            let batch = batch.map_err(|e| sql::map_error(e, statement))?;
+            rows += batch.num_rows() as u64;
+            if rows > limits.max_rows {
+                return Err(Error::LimitExceeded {
+                    limit: Limit::MaxRows,
+                    message: format!("scope `{scope}` has more than {} rows", limits.max_rows),
+                });
+            }
+            self.at(Stage::Report);
+            csv.write(&batch)?;
+            self.shared.progress.update(|d| {
+                if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql)
+                    && let Some(c) = s.iter_mut().find(|c| c.scope == scope)
+                {
+                    c.rows = rows;
+                }
+            });
+            let batches = match chain.as_mut() {
+                Some(chain) => {
+                    self.at(Stage::Transform);
+                    let out = chain.process(batch, &stage).await?;
+                    self.transform_counts(chain);
+                    out
+                }
+                None => vec![batch],
+            };
+            for batch in batches {
+                if !self.send(vars, names.as_ref(), batch, &mut consumed, &tx).await? {
+                    return Ok(());
+                }
+            }
+            if last_refresh.elapsed() > Duration::from_millis(200) {
+                self.shared.refresh_tables();
+                last_refresh = std::time::Instant::now();
+            }
+        }
+        if let Some(chain) = chain.as_mut() {
+            self.at(Stage::Transform);
+            let last = chain.finish(&stage).await?;
+            self.transform_counts(chain);
+            for batch in last {
+                if !self.send(vars, names.as_ref(), batch, &mut consumed, &tx).await? {
+                    return Ok(());
+                }
+            }
+        }
+        self.at(Stage::Report);
+        csv.finish()
+    }
+
+    /// Converts one batch of a scope's final rows (after its transforms) to
+    /// variables and sends it to the loader; `consumed` counts the scope's
+    /// rows so far. False when the loader has ended.
+    async fn send(
+        &self,
+        vars: &ScopeVariables,
+        names: Option<&Arc<Vec<String>>>,
+        batch: RecordBatch,
+        consumed: &mut u64,
+        tx: &mpsc::Sender<Prepared>,
+    ) -> Result<bool> {
         if batch.num_rows() == 0 {
-            return Ok(());
+            return Ok(true);
         }
         self.at(Stage::Variables);
         let first_row = *consumed;
         *consumed += batch.num_rows() as u64;
-        let (converted, valid, invalid) = self.variables(scope, vars, batch, first_row)?;
-        if !steps.is_empty() {
-            self.at(Stage::Load);
-            self.load(scope, steps, batch, &converted, first_row)?;
-        }
-        self.shared.progress.update(|d| {
-            if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
-                && let Some(c) = s.iter_mut().find(|c| c.scope == scope)
-            {
-                c.total += valid + invalid;
-                c.valid += valid;
-                c.invalid += invalid;
+        let converted = vars.convert(&batch);
+        let (valid, rows) = match names {
+            Some(names) => {
+                let rows = load_rows(&converted, names)?;
+                // Waiting for the loader is time spent loading.
+                self.at(Stage::Load);
+                rows
             }
-        });
-        Ok(())
+            None => (Vec::new(), Vec::new()),
+        };
+        let prepared = Prepared {
+            batch,
+            converted,
+            first_row,
+            valid,
+            rows,
+        };
+        Ok(tx.send(prepared).await.is_ok())
     }
 
     fn stage_context(&self) -> StageContext {
@@ -735,142 +830,6 @@ impl Run {
                 *s = steps;
             }
         });
-    }
-
-    /// Sends one row of a scope to the rejected rows and the report.
-    fn reject(&self, stage: Stage, scope: &str, row: u64, reasons: Vec<String>, values: Vec<(String, Option<String>)>) {
-        self.shared.rejects.reject(RejectedRow {
-            stage,
-            source: scope.to_string(),
-            row,
-            line: None,
-            reasons,
-            values,
-        });
-    }
-
-    /// Converts one batch to variables; invalid rows go to the report.
-    /// Returns (valid, invalid) row counts.
-    fn variables(
-        &self,
-        scope: &str,
-        vars: &ScopeVariables,
-        batch: &RecordBatch,
-        first_row: u64,
-    ) -> Result<(Converted, u64, u64)> {
-        let converted = vars.convert(batch);
-        let invalid = converted.valid.iter().filter(|v| !**v).count() as u64;
-        if invalid > 0 {
-            let values = RowValues::new(batch)?;
-            let mut issues = converted.issues.iter().peekable();
-            for (row, ok) in converted.valid.iter().enumerate() {
-                let mut reasons = Vec::new();
-                while let Some((r, issue)) = issues.peek() {
-                    if *r != row {
-                        break;
-                    }
-                    reasons.push(issue.to_string());
-                    issues.next();
-                }
-                if *ok {
-                    continue;
-                }
-                self.reject(
-                    Stage::Variables,
-                    scope,
-                    first_row + row as u64 + 1,
-                    reasons,
-                    values.row(row),
-                );
-            }
-        }
-        Ok((converted, batch.num_rows() as u64 - invalid, invalid))
-    }
-
-    /// Runs the load steps of a scope on the valid rows of one batch, in
-    /// order; a step's `record_id_variable` is visible to the later steps.
-    fn load(
-        &self,
-        scope: &str,
-        steps: &[&(&LoadDef, LoadStep<'_>)],
-        batch: &RecordBatch,
-        converted: &Converted,
-        first_row: u64,
-    ) -> Result<()> {
-        if converted.values.num_rows() != batch.num_rows() {
-            return Err(Error::Internal(
-                "variable values do not line up with the scope rows".into(),
-            ));
-        }
-        let valid_rows: Vec<usize> = converted
-            .valid
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v)
-            .map(|(i, _)| i)
-            .collect();
-        // Every row shares the variable names, with a slot for each record
-        // id variable the steps fill in.
-        let schema = converted.values.schema();
-        let mut names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        for (def, _) in steps {
-            if let Some(var) = &def.record_id_variable
-                && !names.contains(var)
-            {
-                names.push(var.clone());
-            }
-        }
-        let names = Arc::new(names);
-        let columns = converted.values.columns();
-        let mut rows: Vec<Row> = valid_rows
-            .iter()
-            .map(|&r| {
-                let mut values: Vec<Value> = columns.iter().map(|c| value_at(c, r)).collect();
-                values.resize(names.len(), Value::Null);
-                Row::new(names.clone(), values)
-            })
-            .collect();
-        let values = RowValues::new(batch)?;
-        // Rows are loaded and committed in chunks of `load_batch_size`: a
-        // cancel is honoured between chunks, so it waits for at most one
-        // chunk's commit, and the counts move with every commit.
-        let chunk = self.settings.load_batch_size.max(1);
-        for start in (0..rows.len()).step_by(chunk) {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Canceled);
-            }
-            let end = (start + chunk).min(rows.len());
-            for (def, step) in steps {
-                let outcomes = step.load(&rows[start..end])?;
-                if let Some(var) = &def.record_id_variable {
-                    for (row, o) in rows[start..end].iter_mut().zip(&outcomes) {
-                        row.set(var, o.record().map_or(Value::Null, |id| Value::Text(id.to_string())));
-                    }
-                }
-                for (k, o) in outcomes.iter().enumerate() {
-                    let reason = match o {
-                        Outcome::Skipped(r) | Outcome::Failed(r) => r,
-                        _ => continue,
-                    };
-                    let row = valid_rows[start + k];
-                    let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
-                    self.reject(Stage::Load, scope, first_row + row as u64 + 1, reasons, values.row(row));
-                }
-                let counts = loads::count(&outcomes);
-                self.shared.progress.update(|d| {
-                    if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
-                        && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
-                    {
-                        c.total += counts.total;
-                        c.created += counts.created;
-                        c.updated += counts.updated;
-                        c.skipped += counts.skipped;
-                        c.failed += counts.failed;
-                    }
-                });
-            }
-        }
-        Ok(())
     }
 
     fn check_invalid_ratio(&self, limits: &Limits) -> Result<()> {
@@ -899,6 +858,297 @@ impl Run {
                     max_ratio: limits.max_invalid_ratio,
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+/// What a scope's rows come from: its SQL output, the output CSV they are
+/// written to, its transforms and its variables.
+struct ScopeSource<'a> {
+    scope: &'a str,
+    stream: SendableRecordBatchStream,
+    csv: CsvOutput,
+    chain: Option<Chain>,
+    vars: &'a ScopeVariables,
+    /// The statement that defines the scope, for the errors it raises.
+    statement: Option<&'a ScriptStatement>,
+}
+
+/// One batch of a scope's final rows, converted, on its way to the loader.
+struct Prepared {
+    batch: RecordBatch,
+    converted: Converted,
+    /// How many rows of the scope came before the batch.
+    first_row: u64,
+    /// The valid rows' indexes in the batch (only when the scope has load
+    /// steps).
+    valid: Vec<usize>,
+    /// The valid rows' values for the load steps, in the order of `valid`.
+    rows: Vec<Row>,
+}
+
+/// The names of a scope's load rows: its variables, then a slot for each
+/// record id variable its steps fill in.
+fn load_names(schema: &SchemaRef, steps: &[Arc<LoadStep>]) -> Arc<Vec<String>> {
+    let mut names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    for step in steps {
+        if let Some(var) = &step.def().record_id_variable
+            && !names.contains(var)
+        {
+            names.push(var.clone());
+        }
+    }
+    Arc::new(names)
+}
+
+/// The valid rows of a converted batch: their indexes, and their values
+/// as load rows.
+fn load_rows(converted: &Converted, names: &Arc<Vec<String>>) -> Result<(Vec<usize>, Vec<Row>)> {
+    if converted.values.num_rows() != converted.valid.len() {
+        return Err(Error::Internal(
+            "variable values do not line up with the scope rows".into(),
+        ));
+    }
+    let valid: Vec<usize> = converted
+        .valid
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v)
+        .map(|(i, _)| i)
+        .collect();
+    let columns = converted.values.columns();
+    let rows = valid
+        .iter()
+        .map(|&r| {
+            let mut values: Vec<Value> = columns.iter().map(|c| value_at(c, r)).collect();
+            values.resize(names.len(), Value::Null);
+            Row::new(names.clone(), values)
+        })
+        .collect();
+    Ok((valid, rows))
+}
+
+/// Reports the invalid rows of a scope and loads its valid ones, batch by
+/// batch in order, on a thread of its own.
+///
+/// Rows are loaded in chunks, one transaction each. A chunk is decided
+/// while the chunk before it commits (on a second thread, the decisions
+/// seeing the committing chunk's records), and its outcomes are reported
+/// and counted only once its commit has landed: the counts say exactly
+/// what was written. A cancel is honoured between chunks, so it waits for
+/// at most one chunk's commit.
+struct Loader {
+    scope: String,
+    /// The scope's load steps, in order.
+    steps: Vec<Arc<LoadStep>>,
+    shared: Shared,
+    /// Rows per commit.
+    chunk: usize,
+}
+
+/// A chunk decided by every load step of its scope, not yet reported.
+struct Pending {
+    /// Each step's decisions, in step order.
+    decided: Vec<Decided>,
+    /// The batch the chunk's rows come from, for the values of rejected rows.
+    batch: RecordBatch,
+    /// How many rows of the scope came before that batch.
+    first_row: u64,
+    /// The chunk's rows' indexes in the batch.
+    rows: Vec<usize>,
+    /// Invalid rows of the batch, reported just before the chunk's outcomes
+    /// to keep the rejected rows in order.
+    invalid: Vec<RejectedRow>,
+}
+
+impl Loader {
+    fn run(self, mut rx: mpsc::Receiver<Prepared>) -> Result<()> {
+        let mut pending = None;
+        while let Some(prepared) = rx.blocking_recv() {
+            if self.shared.halt.is_cancelled() {
+                self.flush(&mut pending)?;
+                return Err(Error::Canceled);
+            }
+            self.accept(prepared, &mut pending)?;
+        }
+        self.flush(&mut pending)
+    }
+
+    /// Reports and loads one batch; its last chunk may be left pending.
+    fn accept(&self, prepared: Prepared, pending: &mut Option<Pending>) -> Result<()> {
+        let Prepared {
+            batch,
+            converted,
+            first_row,
+            valid,
+            mut rows,
+        } = prepared;
+        let mut invalid = self.invalid(&batch, &converted, first_row)?;
+        let (valid_count, invalid_count) = (converted.valid.len() - invalid.len(), invalid.len());
+        if self.steps.is_empty() || rows.is_empty() {
+            self.flush(pending)?;
+            invalid.drain(..).for_each(|row| self.shared.rejects.reject(row));
+        }
+        for start in (0..rows.len()).step_by(self.chunk) {
+            if self.shared.halt.is_cancelled() {
+                self.flush(pending)?;
+                return Err(Error::Canceled);
+            }
+            let end = (start + self.chunk).min(rows.len());
+            let decided = self.advance(pending, &mut rows[start..end])?;
+            *pending = Some(Pending {
+                decided,
+                batch: batch.clone(),
+                first_row,
+                rows: valid[start..end].to_vec(),
+                invalid: std::mem::take(&mut invalid),
+            });
+        }
+        self.shared.progress.update(|d| {
+            if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
+                && let Some(c) = s.iter_mut().find(|c| c.scope == self.scope)
+            {
+                c.total += (valid_count + invalid_count) as u64;
+                c.valid += valid_count as u64;
+                c.invalid += invalid_count as u64;
+            }
+        });
+        Ok(())
+    }
+
+    /// The invalid rows of a converted batch, as rejected rows.
+    fn invalid(&self, batch: &RecordBatch, converted: &Converted, first_row: u64) -> Result<Vec<RejectedRow>> {
+        if converted.valid.iter().all(|v| *v) {
+            return Ok(Vec::new());
+        }
+        let values = RowValues::new(batch)?;
+        let mut issues = converted.issues.iter().peekable();
+        let mut out = Vec::new();
+        for (row, ok) in converted.valid.iter().enumerate() {
+            let mut reasons = Vec::new();
+            while let Some((r, issue)) = issues.peek() {
+                if *r != row {
+                    break;
+                }
+                reasons.push(issue.to_string());
+                issues.next();
+            }
+            if !*ok {
+                out.push(self.rejected(Stage::Variables, first_row + row as u64 + 1, reasons, values.row(row)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn rejected(
+        &self,
+        stage: Stage,
+        row: u64,
+        reasons: Vec<String>,
+        values: Vec<(String, Option<String>)>,
+    ) -> RejectedRow {
+        RejectedRow {
+            stage,
+            source: self.scope.clone(),
+            row,
+            line: None,
+            reasons,
+            values,
+        }
+    }
+
+    /// Decides a chunk with every step while the pending chunk commits,
+    /// then reports the pending one. A step's `record_id_variable` is
+    /// visible to the later steps.
+    fn advance(&self, pending: &mut Option<Pending>, rows: &mut [Row]) -> Result<Vec<Decided>> {
+        let previous = pending.take();
+        let (committed, decided) = std::thread::scope(|s| {
+            let commit = previous.as_ref().map(|p| s.spawn(|| self.commit(p)));
+            let decided = self.decide(rows, previous.as_ref());
+            let committed = commit.map_or(Ok(()), |c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("the commit thread panicked".into())))
+            });
+            (committed, decided)
+        });
+        committed?;
+        if let Some(p) = previous {
+            self.report(p)?;
+        }
+        decided
+    }
+
+    fn decide(&self, rows: &mut [Row], previous: Option<&Pending>) -> Result<Vec<Decided>> {
+        let mut out = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let decided = step.decide(rows, previous.map(|p| &p.decided[i]))?;
+            if let Some(var) = &step.def().record_id_variable {
+                for (row, o) in rows.iter_mut().zip(decided.outcomes()) {
+                    row.set(var, o.record().map_or(Value::Null, |id| Value::Text(id.to_string())));
+                }
+            }
+            out.push(decided);
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, pending: &Pending) -> Result<()> {
+        for (step, decided) in self.steps.iter().zip(&pending.decided) {
+            step.commit(decided)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the pending chunk, if any, and reports it.
+    fn flush(&self, pending: &mut Option<Pending>) -> Result<()> {
+        if let Some(p) = pending.take() {
+            self.commit(&p)?;
+            self.report(p)?;
+        }
+        Ok(())
+    }
+
+    /// Reports a committed chunk: its rejected rows, then its counts.
+    fn report(&self, pending: Pending) -> Result<()> {
+        let Pending {
+            decided,
+            batch,
+            first_row,
+            rows,
+            invalid,
+        } = pending;
+        invalid.into_iter().for_each(|row| self.shared.rejects.reject(row));
+        let mut values = None;
+        for (step, decided) in self.steps.iter().zip(&decided) {
+            let def = step.def();
+            let outcomes = decided.outcomes();
+            for (k, o) in outcomes.iter().enumerate() {
+                let reason = match o {
+                    Outcome::Skipped(r) | Outcome::Failed(r) => r,
+                    _ => continue,
+                };
+                let values = match &values {
+                    Some(v) => v,
+                    None => values.insert(RowValues::new(&batch)?),
+                };
+                let row = rows[k];
+                let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
+                let rejected = self.rejected(Stage::Load, first_row + row as u64 + 1, reasons, values.row(row));
+                self.shared.rejects.reject(rejected);
+            }
+            let counts = loads::count(outcomes);
+            self.shared.progress.update(|d| {
+                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
+                    && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
+                {
+                    c.total += counts.total;
+                    c.created += counts.created;
+                    c.updated += counts.updated;
+                    c.skipped += counts.skipped;
+                    c.failed += counts.failed;
+                }
+            });
         }
         Ok(())
     }

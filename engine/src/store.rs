@@ -337,6 +337,9 @@ pub struct SqliteStore {
     /// Checkpoints a file's WAL in the background (none in memory). Dropped
     /// first, so the writer's connection closes last and copies the rest.
     checkpoints: Option<Checkpointer>,
+    /// Reads of a file's records (none in memory): WAL lets them run while
+    /// the writer commits, each seeing the last commit before it began.
+    reader: Option<Mutex<Connection>>,
     conn: Mutex<Connection>,
 }
 
@@ -446,6 +449,9 @@ fn store_error(e: rusqlite::Error) -> Error {
 /// SQLite binds at most this many parameters per statement (older builds).
 const MAX_PARAMS: usize = 900;
 
+/// How long a connection waits for a lock another one holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The WAL size past which the writer checkpoints and truncates it itself.
 const WAL_LIMIT: u64 = 256 * 1024 * 1024;
 
@@ -495,6 +501,9 @@ impl SqliteStore {
     fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<Self> {
         let conn = Connection::open(path).map_err(store_error)?;
         let mut store = Self::configure(conn, true)?;
+        let reader = Connection::open(path).map_err(store_error)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        store.reader = Some(Mutex::new(reader));
         store.checkpoints = Some(Checkpointer::start(path, wal_limit)?);
         Ok(store)
     }
@@ -511,15 +520,25 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(store_error)?;
         // The checkpoint thread copies the WAL, not the commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(store_error)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(store_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
         Ok(Self {
             checkpoints: None,
+            reader: None,
             conn: Mutex::new(conn),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connection for reads of records.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader
+            .as_ref()
+            .unwrap_or(&self.conn)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -588,7 +607,7 @@ impl RecordStore for SqliteStore {
         values: &[Value],
         read: &[String],
     ) -> Result<Vec<Vec<Found>>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut wanted: foldhash::HashMap<MatchKey, Vec<usize>> = foldhash::HashMap::default();
         let mut params: Vec<&Value> = Vec::new();
         for (i, v) in values.iter().enumerate() {
@@ -637,7 +656,7 @@ impl RecordStore for SqliteStore {
     }
 
     fn get(&self, workspace: &str, object: &ObjectDef, ids: &[RecordId]) -> Result<Vec<Option<Record>>> {
-        let conn = self.lock();
+        let conn = self.read();
         let names = stored_fields(object);
         let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
         let mut by_id: HashMap<RecordId, Record> = HashMap::new();
@@ -667,7 +686,7 @@ impl RecordStore for SqliteStore {
         before: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        let conn = self.lock();
+        let conn = self.read();
         let names = stored_fields(object);
         let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
         let mut conditions = Vec::new();
@@ -746,7 +765,7 @@ impl RecordStore for SqliteStore {
     }
 
     fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch> {
-        let conn = self.lock();
+        let conn = self.read();
         let names = stored_fields(object);
         let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
         let sql = format!(
@@ -772,7 +791,7 @@ impl RecordStore for SqliteStore {
     }
 
     fn count(&self, workspace: &str, object: &str) -> Result<u64> {
-        self.lock()
+        self.read()
             .query_row(&format!("SELECT count(*) FROM {}", table(workspace, object)), [], |r| {
                 r.get::<_, i64>(0)
             })

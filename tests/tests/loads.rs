@@ -95,6 +95,8 @@ struct Recording {
     inner: SqliteStore,
     commits: Mutex<Vec<usize>>,
     scans: Mutex<Vec<String>>,
+    /// The commit (counted from 1) that fails, if any.
+    failing: Option<usize>,
 }
 
 impl Recording {
@@ -103,6 +105,7 @@ impl Recording {
             inner: SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")),
             commits: Mutex::default(),
             scans: Mutex::default(),
+            failing: None,
         }
     }
 
@@ -145,10 +148,14 @@ impl RecordStore for Recording {
         self.inner.page(workspace, object, filters, before, limit)
     }
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> weir_engine::Result<()> {
-        self.commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(batch.creates.len() + batch.updates.len());
+        let n = {
+            let mut commits = self.commits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            commits.push(batch.creates.len() + batch.updates.len());
+            commits.len()
+        };
+        if self.failing == Some(n) {
+            return Err(weir_engine::Error::Store("disk I/O error".into()));
+        }
         self.inner.commit(workspace, object, batch)
     }
     fn count(&self, workspace: &str, object: &str) -> weir_engine::Result<u64> {
@@ -205,4 +212,50 @@ async fn only_the_records_a_script_reads_are_scanned() {
         doc["step_progress"][4]["steps"][0]["created"], 1,
         "only c@x.io is new: {doc}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_repeated_across_commits_load_as_if_one_after_the_other() {
+    // A file store: lookups read on their own connection while the chunk
+    // before commits on the writer's.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(SqliteStore::open(&dir.path().join("records.db")).unwrap_or_else(|e| panic!("{e}")));
+    let csv = "email,n\na@x.io,1\na@x.io,2\nb@x.io,3\na@x.io,4\nb@x.io,5\nc@x.io,6\nc@x.io,7\n";
+    let script = "CREATE VIEW output.people AS SELECT email, n FROM input.data";
+    let settings = RunSettings {
+        threads: 1,
+        load_batch_size: 1,
+        ..RunSettings::default()
+    };
+    let o = load_people(store.clone(), csv, script, settings).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    let doc = o.json();
+    let counts = &doc["step_progress"][4]["steps"][0];
+    assert_eq!(counts["created"], 3, "{doc}");
+    assert_eq!(counts["updated"], 4, "{doc}");
+    assert_eq!(store.count("w", "contact").unwrap_or_else(|e| panic!("{e}")), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_commit_leaves_the_counts_of_the_commits_before_it() {
+    // The third chunk is decided while the second commits, and fails.
+    let store = Arc::new(Recording {
+        failing: Some(2),
+        ..Recording::new()
+    });
+    let csv = "email,n\na@x.io,1\nb@x.io,2\nc@x.io,3\nd@x.io,4\ne@x.io,5\n";
+    let script = "CREATE VIEW output.people AS SELECT email, n FROM input.data";
+    let settings = RunSettings {
+        threads: 1,
+        load_batch_size: 2,
+        ..RunSettings::default()
+    };
+    let o = load_people(store.clone(), csv, script, settings).await;
+    assert_eq!(o.status(), "failed");
+    assert_eq!(o.code().as_deref(), Some("store_error"), "{:?}", o.doc.error);
+    let doc = o.json();
+    let counts = &doc["step_progress"][4]["steps"][0];
+    assert_eq!(counts["created"], 2, "only the first commit landed: {doc}");
+    assert_eq!(counts["total"], 2, "{doc}");
+    assert_eq!(store.count("w", "contact").unwrap_or_else(|e| panic!("{e}")), 2);
 }
