@@ -72,7 +72,7 @@ impl Default for RunSettings {
             output_row_cap: None,
             report_rows: 100_000,
             batch_size: 8192,
-            load_batch_size: 2048,
+            load_batch_size: 8192,
         }
     }
 }
@@ -936,8 +936,8 @@ fn load_rows(converted: &Converted, names: &Arc<Vec<String>>) -> Result<(Vec<usi
 /// while the chunk before it commits (on a second thread, the decisions
 /// seeing the committing chunk's records), and its outcomes are reported
 /// and counted only once its commit has landed: the counts say exactly
-/// what was written. A cancel is honoured between chunks, so it waits for
-/// at most one chunk's commit.
+/// what was written. A cancel is honoured between chunks: it waits for the
+/// commit in flight, and the chunk decided beside it is dropped unwritten.
 struct Loader {
     scope: String,
     /// The scope's load steps, in order.
@@ -967,7 +967,6 @@ impl Loader {
         let mut pending = None;
         while let Some(prepared) = rx.blocking_recv() {
             if self.shared.halt.is_cancelled() {
-                self.flush(&mut pending)?;
                 return Err(Error::Canceled);
             }
             self.accept(prepared, &mut pending)?;
@@ -992,7 +991,6 @@ impl Loader {
         }
         for start in (0..rows.len()).step_by(self.chunk) {
             if self.shared.halt.is_cancelled() {
-                self.flush(pending)?;
                 return Err(Error::Canceled);
             }
             let end = (start + self.chunk).min(rows.len());

@@ -65,7 +65,7 @@ pub struct RunArgs {
     pub output_rows: Option<u64>,
     /// Rows per load commit: a cancel waits for at most one such commit,
     /// and a failed or canceled run keeps every commit before it.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// The local record store load steps write to (default: OUT/records.db).
     /// Running again against the same file updates the records it holds.
