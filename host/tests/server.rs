@@ -61,6 +61,8 @@ struct Answer {
     status: StatusCode,
     content_type: String,
     location: Option<String>,
+    /// `Idempotent-Replayed: true` was sent.
+    replayed: bool,
     body: Value,
     bytes: Vec<u8>,
 }
@@ -86,13 +88,21 @@ impl Server {
     }
 
     async fn upload(&self, path: &str, key: &str, name: &str, bytes: &[u8]) -> Answer {
+        self.upload_once(path, key, None, name, bytes).await
+    }
+
+    /// An upload, with an `Idempotency-Key` when given.
+    async fn upload_once(&self, path: &str, key: &str, once: Option<&str>, name: &str, bytes: &[u8]) -> Answer {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let request = self
+        let mut request = self
             .client
             .post(format!("{}{path}{sep}filename={name}", self.base))
             .bearer_auth(key)
             .header("content-type", "text/csv")
             .body(bytes.to_vec());
+        if let Some(once) = once {
+            request = request.header("idempotency-key", once);
+        }
         answer(request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))).await
     }
 
@@ -141,12 +151,14 @@ async fn answer(response: reqwest::Response) -> Answer {
     };
     let content_type = header("content-type").unwrap_or_default();
     let location = header("location");
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
     let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Answer {
         status,
         content_type,
         location,
+        replayed,
         body,
         bytes,
     }
@@ -197,26 +209,33 @@ async fn operational_importer(s: &Server) -> Value {
 
 /// [`operational_importer`] with its definition changed by `edit` first.
 async fn operational_importer_with(s: &Server, edit: impl FnOnce(&mut Value)) -> Value {
+    importer_in(s, ADMIN, edit).await
+}
+
+/// The operational importer in the workspace of admin key `key`.
+async fn operational_importer_as(s: &Server, key: &str) -> Value {
+    importer_in(s, key, |_| {}).await
+}
+
+async fn importer_in(s: &Server, key: &str, edit: impl FnOnce(&mut Value)) -> Value {
     let o = s
-        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .post("/objects", key, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
         .await;
     assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
-    let f = s.upload("/files", ADMIN, "contacts.csv", CONTACTS_CSV).await;
+    let f = s.upload("/files", key, "contacts.csv", CONTACTS_CSV).await;
     assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
     let mut doc = importer("setup");
     doc["sample_file_id"] = f.body["id"].clone();
     edit(&mut doc);
-    let c = s.post("/connectors", ADMIN, doc).await;
+    let c = s.post("/connectors", key, doc).await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
-    let p = s
-        .post("/connectors/contacts_import/sql/publish", ADMIN, json!({}))
-        .await;
+    let p = s.post("/connectors/contacts_import/sql/publish", key, json!({})).await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.body);
     let patched = s
         .send(
             Method::PATCH,
             "/connectors/contacts_import",
-            Some(ADMIN),
+            Some(key),
             Some(json!({"status": "operational"})),
         )
         .await;
@@ -1477,5 +1496,105 @@ async fn answers_match_the_schemas_of_the_openapi_document() {
         )
         .is_err()
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_trigger_with_its_idempotency_key_starts_one_execution() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let path = "/connectors/contacts_import/runs";
+    let first = s
+        .upload_once(path, ADMIN, Some("order-42"), "c.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    assert!(!first.replayed);
+    let id = first.body["id"].as_str().unwrap_or_default().to_string();
+
+    // The same request again: the same execution, said to be a replay.
+    let again = s
+        .upload_once(path, ADMIN, Some("order-42"), "c.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert!(again.replayed);
+    assert_eq!(again.body["id"], id.as_str());
+    assert_eq!(again.location, first.location);
+
+    // Retries racing each other still make one execution.
+    let racing =
+        futures::future::join_all((0..6).map(|_| s.upload_once(path, ADMIN, Some("order-43"), "c.csv", CONTACTS_CSV)))
+            .await;
+    let ids: std::collections::BTreeSet<String> = racing
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+            a.body["id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(racing.iter().filter(|a| !a.replayed).count(), 1);
+
+    // The key with another body, another name or as a dry run: 422.
+    let other = s
+        .upload_once(
+            path,
+            ADMIN,
+            Some("order-42"),
+            "c.csv",
+            b"Email,City\nx@example.com,Oslo\n",
+        )
+        .await;
+    assert_problem(&other, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    let renamed = s
+        .upload_once(path, ADMIN, Some("order-42"), "d.csv", CONTACTS_CSV)
+        .await;
+    assert_problem(&renamed, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    let dry = s
+        .upload_once(
+            &format!("{path}?dry_run=true"),
+            ADMIN,
+            Some("order-42"),
+            "c.csv",
+            CONTACTS_CSV,
+        )
+        .await;
+    assert_problem(&dry, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+
+    // Keys belong to a workspace: another one's is new there.
+    let elsewhere = s.key("other", Role::Admin, None);
+    operational_importer_as(&s, &elsewhere).await;
+    let theirs = s
+        .upload_once(path, &elsewhere, Some("order-42"), "c.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.body);
+    assert!(!theirs.replayed);
+    assert_ne!(theirs.body["id"], id.as_str());
+
+    // Without a key, every request is a new execution; a bad key is refused.
+    let plain = s.upload(path, ADMIN, "c.csv", CONTACTS_CSV).await;
+    assert_ne!(plain.body["id"], id.as_str());
+    let long = "k".repeat(256);
+    let bad = s.upload_once(path, ADMIN, Some(&long), "c.csv", CONTACTS_CSV).await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "bad_request");
+    let executions = s
+        .get("/connectors/contacts_import/executions?is_dry_run=false", ADMIN)
+        .await
+        .body;
+    assert_eq!(executions["data"].as_array().map(Vec::len), Some(3), "{executions}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_forgotten_after_its_retention() {
+    let s = start_with(|c| c.idempotency_retention = "1s".into()).await;
+    operational_importer(&s).await;
+    let path = "/connectors/contacts_import/runs";
+    let first = s.upload_once(path, ADMIN, Some("nightly"), "c.csv", CONTACTS_CSV).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = s.upload_once(path, ADMIN, Some("nightly"), "c.csv", CONTACTS_CSV).await;
+    assert_eq!(later.status, StatusCode::ACCEPTED, "{}", later.body);
+    assert!(!later.replayed);
+    assert_ne!(later.body["id"], first.body["id"]);
     s.stop().await;
 }

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub bootstrap_key: Option<String>,
     /// Name of the workspace created at bootstrap.
     pub bootstrap_workspace: String,
+    /// How long an `Idempotency-Key` is remembered, e.g. `"24h"`.
+    pub idempotency_retention: String,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             shutdown_grace: "30s".into(),
             bootstrap_key: None,
             bootstrap_workspace: "default".into(),
+            idempotency_retention: "24h".into(),
         }
     }
 }
@@ -68,6 +71,7 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_grace",
     "bootstrap_key",
     "bootstrap_workspace",
+    "idempotency_retention",
 ];
 
 /// Config values checked and converted.
@@ -83,6 +87,18 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// `shutdown_grace`.
     pub shutdown_grace: Duration,
+    /// `idempotency_retention`.
+    pub idempotency_retention: Duration,
+}
+
+impl Settings {
+    /// Idempotency keys first used before this are forgotten.
+    pub fn idempotency_expired(&self) -> chrono::DateTime<chrono::Utc> {
+        let retention = chrono::TimeDelta::from_std(self.idempotency_retention).unwrap_or(chrono::TimeDelta::MAX);
+        chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    }
 }
 
 /// A configuration that cannot be used.
@@ -125,6 +141,7 @@ impl ServerConfig {
                 .map_err(|_| ConfigError("max_json_body is too large".into()))?,
             request_timeout: duration("request_timeout", &self.request_timeout)?,
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
+            idempotency_retention: duration("idempotency_retention", &self.idempotency_retention)?,
             config: self,
         })
     }

@@ -32,7 +32,7 @@ use weir_engine::transform::Plugins;
 
 use super::App;
 use super::api::plugins::WorkspacePlugins;
-use super::state::{ExecutionRow, StateError};
+use super::state::{ExecutionRow, IdempotencyKey, KeyUse, StateError};
 
 /// A running execution, as the process knows it.
 struct Running {
@@ -81,12 +81,25 @@ impl Runs {
 }
 
 /// Stores a new queued execution and wakes the dispatcher.
-pub fn enqueue(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
-    app.db.insert_execution(row)?;
+///
+/// Under an idempotency key, the execution is stored only if the key is
+/// new; else nothing happens and the key's first use is returned.
+pub fn enqueue(app: &App, row: &ExecutionRow, key: Option<&IdempotencyKey>) -> Result<Option<KeyUse>, StateError> {
+    match key {
+        Some(key) => {
+            if let Some(used) = app
+                .db
+                .insert_execution_once(row, key, app.settings.idempotency_expired())?
+            {
+                return Ok(Some(used));
+            }
+        }
+        None => app.db.insert_execution(row)?,
+    }
     app.db.append_log(&row.document.id, "info", "queued")?;
     app.metrics.executions_created.inc();
     app.runs.wake();
-    Ok(())
+    Ok(None)
 }
 
 /// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`

@@ -137,6 +137,17 @@ CREATE TABLE plugins (
 );
 CREATE INDEX plugins_by_sha ON plugins (workspace_id, sha256);
 "#,
+    r#"
+CREATE TABLE idempotency_keys (
+    workspace_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, key)
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+"#,
 ];
 
 /// A published plugin.
@@ -261,6 +272,24 @@ pub struct ExecutionRow {
     pub input_name: Option<String>,
     /// The document.
     pub document: Execution,
+}
+
+/// An `Idempotency-Key` of a request that creates an execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// What identifies the request: a retry must send the same.
+    pub fingerprint: String,
+}
+
+/// The execution a key was first used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    /// The first request's fingerprint.
+    pub fingerprint: String,
+    /// The execution it created.
+    pub execution_id: String,
 }
 
 /// An execution row before its document is parsed.
@@ -823,8 +852,64 @@ impl Db {
 
     /// Stores a new execution.
     pub fn insert_execution(&self, row: &ExecutionRow) -> Result<()> {
+        Self::insert_execution_on(&self.lock(), row)
+    }
+
+    /// Stores a new execution under an idempotency key, both or neither:
+    /// when the key is already taken (a concurrent retry got there first)
+    /// nothing is stored and its first use is returned. Keys older than
+    /// `expired` are forgotten first.
+    pub fn insert_execution_once(
+        &self,
+        row: &ExecutionRow,
+        key: &IdempotencyKey,
+        expired: DateTime<Utc>,
+    ) -> Result<Option<KeyUse>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?1",
+            [expired.to_rfc3339()],
+        )?;
+        let taken = tx.execute(
+            "INSERT INTO idempotency_keys (workspace_id, key, fingerprint, execution_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workspace_id, key) DO NOTHING",
+            params![row.workspace_id, key.key, key.fingerprint, row.document.id, now()],
+        )? == 0;
+        if taken {
+            drop(tx);
+            return Self::key_use_on(&conn, &row.workspace_id, &key.key, expired);
+        }
+        Self::insert_execution_on(&tx, row)?;
+        tx.commit()?;
+        Ok(None)
+    }
+
+    /// The first use of an idempotency key of the workspace, unless it is
+    /// older than `expired`.
+    pub fn key_use(&self, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
+        Self::key_use_on(&self.lock(), workspace_id, key, expired)
+    }
+
+    fn key_use_on(conn: &Connection, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
+        Ok(conn
+            .query_row(
+                "SELECT fingerprint, execution_id FROM idempotency_keys
+                 WHERE workspace_id = ?1 AND key = ?2 AND created_at >= ?3",
+                params![workspace_id, key, expired.to_rfc3339()],
+                |r| {
+                    Ok(KeyUse {
+                        fingerprint: r.get(0)?,
+                        execution_id: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn insert_execution_on(conn: &Connection, row: &ExecutionRow) -> Result<()> {
         let d = &row.document;
-        self.lock().execute(
+        conn.execute(
             "INSERT INTO executions (id, workspace_id, connector_id, status, trigger_type, is_dry_run, source_file_id,
                                      input_name, definition, script, document, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",

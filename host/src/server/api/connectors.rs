@@ -533,7 +533,9 @@ pub async fn publish(
         Some(file),
         true,
         TriggerType::FileUpload,
-    )?;
+        None,
+    )?
+    .doc;
     let limit = serde_json::from_str::<Connector>(&row.definition)
         .ok()
         .and_then(|c| c.limits.parse().ok())

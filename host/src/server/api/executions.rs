@@ -101,11 +101,17 @@ fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
 pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     caller.require(Role::Viewer)?;
     let row = visible(&app, &caller, &id)?;
-    let mut doc = live_view(&app, row.document);
+    Ok(Json(current(&app, row.document)?))
+}
+
+/// A stored execution as it is now: live counts while it runs, its queue
+/// position while queued.
+pub fn current(app: &App, stored: Execution) -> ApiResult<Execution> {
+    let mut doc = live_view(app, stored);
     if doc.status == Status::Queued {
         doc.queue_position = Some(app.db.queue_position(&doc.id)?);
     }
-    Ok(Json(doc))
+    Ok(doc)
 }
 
 /// `?after=&limit=` of the log.

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
 use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
 
@@ -19,7 +20,7 @@ use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::queue;
-use crate::server::state::{ConnectorRow, ExecutionRow, FileRow};
+use crate::server::state::{ConnectorRow, ExecutionRow, FileRow, IdempotencyKey, KeyUse};
 
 /// Which script a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,18 @@ pub fn links(id: &str) -> Links {
     }
 }
 
-/// Creates and queues an execution of `row` on `file`.
+/// The execution a trigger answers with.
+#[derive(Debug)]
+pub struct Started {
+    /// The execution.
+    pub doc: Execution,
+    /// True for a retry: the execution its `Idempotency-Key` first created.
+    pub replayed: bool,
+}
+
+/// Creates and queues an execution of `row` on `file`; under an
+/// idempotency key already used, answers with the execution it created.
+#[expect(clippy::too_many_arguments, reason = "every trigger names each of these")]
 pub fn start(
     app: &App,
     caller: &Caller,
@@ -68,7 +80,8 @@ pub fn start(
     file: Option<FileRow>,
     dry_run: bool,
     trigger: TriggerType,
-) -> ApiResult<Execution> {
+    key: Option<&IdempotencyKey>,
+) -> ApiResult<Started> {
     let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
     if !dry_run {
         if connector.status == ConnectorStatus::Setup {
@@ -120,9 +133,80 @@ pub fn start(
         input_name: file.map(|f| f.name),
         document: doc.clone(),
     };
-    queue::enqueue(app, &execution)?;
+    if let Some(used) = queue::enqueue(app, &execution, key)? {
+        // A retry that raced the first request: that one stored first.
+        return replay(app, key, &used);
+    }
     doc.queue_position = Some(app.db.queue_position(&id)?);
-    Ok(doc)
+    Ok(Started { doc, replayed: false })
+}
+
+/// The answer to a retry: the execution the key's first use created, if
+/// the request is the same (else 422).
+fn replay(app: &App, key: Option<&IdempotencyKey>, used: &KeyUse) -> ApiResult<Started> {
+    if key.is_some_and(|k| k.fingerprint != used.fingerprint) {
+        return Err(ApiError::invalid(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request; use a new key for a new request",
+            vec![],
+        ));
+    }
+    let stored = app
+        .db
+        .execution(&used.execution_id)?
+        .ok_or_else(|| ApiError::internal("an idempotency key names a missing execution"))?;
+    Ok(Started {
+        doc: super::executions::current(app, stored.document)?,
+        replayed: true,
+    })
+}
+
+/// The `Idempotency-Key` of a request, checked: 1 to 255 visible ASCII
+/// characters.
+pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// What identifies a trigger for its idempotency key: the connector, the
+/// query (`dry_run`, `filename`) and the input file's content.
+fn fingerprint(connector_id: &str, params: &TriggerParams, file: &FileRow) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "runs",
+        connector_id,
+        if params.dry_run { "dry" } else { "wet" },
+        params.filename.as_deref().unwrap_or_default(),
+        &file.sha256,
+    ] {
+        h.update(part.len().to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The header a client names a retryable request with.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// 202 with the execution and its `Location`; a replayed retry says so in
+/// `Idempotent-Replayed`.
+pub fn accepted_start(started: &Started) -> Response {
+    let mut response = accepted(&started.doc);
+    if started.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// 202 with the execution and its `Location`.
@@ -145,11 +229,14 @@ fn is_json(request: &Request) -> bool {
 /// Triggers a run: multipart `file`, a raw body with `?filename=`, or JSON
 /// `{"source_file_id": …}`. Answers 202 with the queued execution.
 #[utoipa::path(post, path = "/connectors/{connector}/runs", tag = "executions",
-    params(("connector" = String, Path, description = "Connector id or api_name"), TriggerParams),
+    params(("connector" = String, Path, description = "Connector id or api_name"), TriggerParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the request for retries: the same key with the same request answers with the execution it first created; with a different request, 422")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The input file's bytes with ?filename=, or multipart/form-data with a `file` part, or application/json {\"source_file_id\": \"…\"}"),
     responses(
-        (status = 202, body = Execution, description = "The queued execution", headers(("Location" = String, description = "The execution"))),
+        (status = 202, body = Execution, description = "The queued execution (for a retry, the one its Idempotency-Key created, as it is now)",
+            headers(("Location" = String, description = "The execution"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is a retry's"))),
         (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
@@ -167,6 +254,7 @@ pub async fn trigger(
 ) -> ApiResult<Response> {
     caller.require(Role::Operator)?;
     let row = connector_of(&app, &caller, &c)?;
+    let key = idempotency_key(request.headers())?;
     let file = if is_json(&request) && params.filename.is_none() {
         let bytes = to_bytes(request.into_body(), app.settings.max_json_body)
             .await
@@ -188,9 +276,20 @@ pub async fn trigger(
                 )
             })?
     } else {
-        super::files::receive(&app, &caller.workspace_id, params.filename, request).await?
+        super::files::receive(&app, &caller.workspace_id, params.filename.clone(), request).await?
     };
-    let doc = start(
+    let key = key.map(|key| IdempotencyKey {
+        fingerprint: fingerprint(&row.id, &params, &file),
+        key,
+    });
+    if let Some(key) = &key
+        && let Some(used) = app
+            .db
+            .key_use(&caller.workspace_id, &key.key, app.settings.idempotency_expired())?
+    {
+        return Ok(accepted_start(&replay(&app, Some(key), &used)?));
+    }
+    let started = start(
         &app,
         &caller,
         &row,
@@ -198,6 +297,7 @@ pub async fn trigger(
         Some(file),
         params.dry_run,
         TriggerType::FileUpload,
+        key.as_ref(),
     )?;
-    Ok(accepted(&doc))
+    Ok(accepted_start(&started))
 }
