@@ -1598,3 +1598,179 @@ async fn an_idempotency_key_is_forgotten_after_its_retention() {
     assert_ne!(later.body["id"], first.body["id"]);
     s.stop().await;
 }
+
+/// One Server-Sent Event: its kind, id and data.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: String,
+    data: String,
+}
+
+/// The complete events of an event stream's text so far.
+fn sse_events(text: &str) -> Vec<Sse> {
+    let mut out = Vec::new();
+    let complete = text.rfind("\n\n").map_or("", |end| &text[..end]);
+    for block in complete.split("\n\n") {
+        let mut e = Sse {
+            event: String::new(),
+            id: String::new(),
+            data: String::new(),
+        };
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                e.event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                e.id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                e.data.push_str(v);
+            }
+        }
+        if !e.event.is_empty() {
+            out.push(e);
+        }
+    }
+    out
+}
+
+impl Server {
+    /// Opens the event stream of execution `id`, resuming after `last`.
+    async fn events(&self, id: &str, last: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .get(format!("{}/executions/{id}/events", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), StatusCode::OK);
+        let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(kind, Some("text/event-stream"));
+        response
+    }
+}
+
+/// Reads an event stream until `until` holds for its events, or it ends.
+async fn read_events(response: &mut reqwest::Response, text: &mut String, until: impl Fn(&[Sse]) -> bool) -> Vec<Sse> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = sse_events(text);
+        if until(&events) {
+            return events;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return sse_events(text),
+            Ok(Err(e)) => panic!("the event stream broke: {e}"),
+            Err(_) => panic!("no event in time; so far: {text}"),
+        }
+    }
+}
+
+fn status_of(e: &Sse) -> String {
+    serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_a_run_to_its_end_and_resume_after_the_last_one_seen() {
+    let s = start().await;
+    slow_connector(&s, "slow", "operational").await;
+    let run = s.upload("/connectors/slow/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+
+    let mut stream = s.events(&id, None).await;
+    let mut text = String::new();
+    let running = read_events(&mut stream, &mut text, |events| {
+        events
+            .iter()
+            .any(|e| e.event == "execution" && status_of(e) == "running")
+    })
+    .await;
+    assert!(running.iter().any(|e| e.event == "log"), "{running:?}");
+    let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED, "{}", c.body);
+    let all = read_events(&mut stream, &mut text, |_| false).await;
+
+    // Log lines in order, each once; every id is the last line's seq.
+    let seqs: Vec<u64> = all
+        .iter()
+        .filter(|e| e.event == "log")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null)["seq"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{all:?}");
+    let mut last = 0;
+    for e in &all {
+        let n: u64 = e.id.parse().unwrap_or_else(|_| panic!("{e:?}"));
+        assert!(n >= last, "{all:?}");
+        if e.event == "log" {
+            assert_eq!(n, last + 1, "{e:?}");
+        }
+        last = n;
+    }
+    // The stream ends with the final document and `end`.
+    let [.., final_doc, end] = all.as_slice() else {
+        panic!("{all:?}")
+    };
+    assert_eq!(
+        (final_doc.event.as_str(), status_of(final_doc).as_str()),
+        ("execution", "canceled")
+    );
+    assert_eq!((end.event.as_str(), end.data.as_str()), ("end", "canceled"));
+    let logs = s.get(&format!("/executions/{id}/logs?limit=500"), ADMIN).await.body;
+    assert_eq!(logs["data"].as_array().map(Vec::len), Some(seqs.len()), "{logs}");
+
+    // Resuming after the second line: the lines after it, then the
+    // document as it is now, then `end`.
+    assert!(seqs.len() >= 3, "{seqs:?}");
+    let mut again = s.events(&id, Some("2")).await;
+    let mut text = String::new();
+    let resumed = read_events(&mut again, &mut text, |_| false).await;
+    let kinds: Vec<&str> = resumed.iter().map(|e| e.event.as_str()).collect();
+    let mut want = vec!["log"; seqs.len() - 2];
+    want.extend(["execution", "end"]);
+    assert_eq!(kinds, want, "{resumed:?}");
+    assert_eq!(resumed[0].id, "3");
+    assert_eq!(status_of(&resumed[resumed.len() - 2]), "canceled");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_queued_execution_start_with_it_queued() {
+    let s = start().await;
+    slow_connector(&s, "held", "inactive").await;
+    let queued = s.upload("/connectors/held/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let id = queued.body["id"].as_str().unwrap_or_default().to_string();
+    let mut stream = s.events(&id, None).await;
+    let mut text = String::new();
+    let first = read_events(&mut stream, &mut text, |events| {
+        events.iter().any(|e| e.event == "execution")
+    })
+    .await;
+    let doc = first.iter().find(|e| e.event == "execution").map(status_of);
+    assert_eq!(doc.as_deref(), Some("queued"), "{first:?}");
+    let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED, "{}", c.body);
+    let all = read_events(&mut stream, &mut text, |_| false).await;
+    assert_eq!(
+        all.last().map(|e| (e.event.as_str(), e.data.as_str())),
+        Some(("end", "canceled")),
+        "{all:?}"
+    );
+
+    let missing = s.get("/executions/nope/events", ADMIN).await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
+    let anonymous = s
+        .send(Method::GET, &format!("/executions/{id}/events"), None, None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}

@@ -69,6 +69,11 @@ impl Runs {
         self.lock().get(id).map(|r| r.progress.snapshot())
     }
 
+    /// The changes of a running execution's live document.
+    pub fn subscribe(&self, id: &str) -> Option<tokio::sync::watch::Receiver<Execution>> {
+        self.lock().get(id).map(|r| r.progress.subscribe())
+    }
+
     /// How many executions run now.
     pub fn running_count(&self) -> usize {
         self.lock().len()

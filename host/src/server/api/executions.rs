@@ -16,7 +16,7 @@ use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::queue::{self, CancelOutcome};
-use crate::server::state::{ExecutionFilter, ExecutionRow};
+use crate::server::state::{ExecutionFilter, ExecutionRow, LogLine};
 
 /// Filters of an execution list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -80,7 +80,7 @@ fn live_view(app: &App, stored: Execution) -> Execution {
 }
 
 /// The execution `id` if the caller may see it (else 404 or 403).
-fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
+pub fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
     let row = app.db.execution(id)?.ok_or_else(|| ApiError::not_found("execution"))?;
     if row.workspace_id != caller.workspace_id {
         return Err(ApiError::not_found("execution"));
@@ -137,6 +137,17 @@ pub struct LogView {
     pub message: String,
 }
 
+impl From<LogLine> for LogView {
+    fn from(l: LogLine) -> Self {
+        Self {
+            seq: l.seq,
+            at: l.at,
+            level: l.level,
+            message: l.message,
+        }
+    }
+}
+
 /// The execution's log lines, oldest first.
 #[utoipa::path(get, path = "/executions/{id}/logs", tag = "executions",
     params(("id" = String, Path, description = "Execution id"), LogParams),
@@ -159,17 +170,7 @@ pub async fn logs(
     }
     .limit()?;
     let lines = app.db.logs(&id, params.cursor.unwrap_or(0), limit + 1)?;
-    Ok(Json(super::page(
-        lines,
-        limit,
-        |l| l.seq.to_string(),
-        |l| LogView {
-            seq: l.seq,
-            at: l.at,
-            level: l.level,
-            message: l.message,
-        },
-    )))
+    Ok(Json(super::page(lines, limit, |l| l.seq.to_string(), LogView::from)))
 }
 
 /// **Cancel execution**: 202 with the execution, now `canceling` (or

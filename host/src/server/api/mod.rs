@@ -8,6 +8,7 @@
 //! an [`ApiError`] (problem+json).
 
 mod connectors;
+mod events;
 mod executions;
 mod files;
 mod keys;
@@ -160,6 +161,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(executions::list))
             .routes(routes!(executions::get))
             .routes(routes!(executions::logs))
+            .routes(routes!(events::events))
             .routes(routes!(executions::cancel))
             .routes(routes!(executions::input))
             .routes(routes!(executions::output))
