@@ -339,6 +339,7 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/executions/{id}/report.xlsx"),
         ("get", "/api/v1/executions/{id}/rejected.csv"),
         ("get", "/api/v1/executions/{id}/sql"),
+        ("get", "/api/v1/executions/{id}/events"),
     ];
     for (method, path) in expected {
         assert!(
