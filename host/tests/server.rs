@@ -340,6 +340,7 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/executions/{id}/rejected.csv"),
         ("get", "/api/v1/executions/{id}/sql"),
         ("get", "/api/v1/executions/{id}/events"),
+        ("post", "/api/v1/connectors/{connector}/preview"),
     ];
     for (method, path) in expected {
         assert!(
@@ -1459,6 +1460,14 @@ async fn answers_match_the_schemas_of_the_openapi_document() {
             "200",
             s.get("/connectors/contacts_import/sql", ADMIN).await.body,
         ),
+        (
+            "post",
+            "/api/v1/connectors/{connector}/preview",
+            "200",
+            s.post("/connectors/contacts_import/preview", ADMIN, json!({}))
+                .await
+                .body,
+        ),
     ];
     for (method, path, status, doc) in &checks {
         let schema = response_schema(&api, method, path, status);
@@ -1773,5 +1782,120 @@ async fn events_of_a_queued_execution_start_with_it_queued() {
         .send(Method::GET, &format!("/executions/{id}/events"), None, None)
         .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_shows_the_first_rows_of_the_draft_and_writes_nothing() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let executions = || async {
+        s.get("/connectors/contacts_import/executions", ADMIN).await.body["data"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let stored_before = executions().await;
+    let draft = s
+        .send(
+            Method::PUT,
+            "/connectors/contacts_import/sql/draft",
+            Some(ADMIN),
+            Some(json!({"text": "CREATE VIEW output.people AS SELECT email, upper(city) AS city FROM input.data"})),
+        )
+        .await;
+    assert_eq!(draft.status, StatusCode::OK, "{}", draft.body);
+
+    let p = s
+        .post("/connectors/contacts_import/preview?rows=1", ADMIN, json!({}))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let scope = &p.body["scopes"][0];
+    assert_eq!(scope["scope"], "people", "{}", p.body);
+    assert_eq!(scope["columns"], json!(["email", "city"]));
+    assert_eq!(
+        scope["rows"],
+        json!([["ada@example.com", "LONDON"]]),
+        "the draft, one row"
+    );
+    assert_eq!(scope["truncated"], true);
+    assert_eq!(p.body["rejected"].as_array().map(Vec::len), Some(1), "{}", p.body);
+    assert_eq!(p.body["rejected"][0]["stage"], "variables");
+    let doc = &p.body["execution"];
+    assert_eq!(
+        (doc["status"].as_str(), doc["is_dry_run"].as_bool()),
+        (Some("partial_success"), Some(true))
+    );
+    assert_eq!(
+        doc["step_progress"][4]["steps"][0]["created"], 2,
+        "the load decided: {doc}"
+    );
+    assert_eq!(p.body["timed_out"], false);
+
+    // Nothing was stored: no execution, no record.
+    assert_eq!(executions().await, stored_before);
+    let records = s.app.records.count(&workspace_id(&s), "contact").unwrap_or(u64::MAX);
+    assert_eq!(records, 0);
+
+    // The live script, all rows.
+    let live = s
+        .post("/connectors/contacts_import/preview", ADMIN, json!({"version": "live"}))
+        .await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.body);
+    let rows = &live.body["scopes"][0]["rows"];
+    assert_eq!(rows[0], json!(["ada@example.com", "London"]), "{}", live.body);
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    assert_eq!(live.body["scopes"][0]["truncated"], false);
+
+    // A draft that fails shows its error where it is.
+    let broken = s
+        .send(
+            Method::PUT,
+            "/connectors/contacts_import/sql/draft",
+            Some(ADMIN),
+            Some(json!({"text": "CREATE VIEW output.people AS SELECT email, 1/0 AS boom FROM input.data"})),
+        )
+        .await;
+    assert!(broken.status.is_success(), "{}", broken.body);
+    let failed = s.post("/connectors/contacts_import/preview", ADMIN, json!({})).await;
+    assert_eq!(failed.status, StatusCode::OK, "{}", failed.body);
+    assert_eq!(failed.body["execution"]["status"], "failed", "{}", failed.body);
+    assert!(
+        failed.body["execution"]["error"]["message"].is_string(),
+        "{}",
+        failed.body
+    );
+
+    let too_many = s
+        .post("/connectors/contacts_import/preview?rows=501", ADMIN, json!({}))
+        .await;
+    assert_problem(&too_many, StatusCode::BAD_REQUEST, "bad_request");
+    let version = s
+        .post("/connectors/contacts_import/preview", ADMIN, json!({"version": "v2"}))
+        .await;
+    assert_problem(&version, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let viewer = s.key("default", Role::Viewer, None);
+    let refused = s.post("/connectors/contacts_import/preview", &viewer, json!({})).await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_that_runs_out_of_time_answers_with_what_it_had() {
+    let s = start_with(|c| c.preview_timeout = "1s".into()).await;
+    slow_connector(&s, "slow", "operational").await;
+    let f = s.upload("/files", ADMIN, "x.csv", b"a\n1\n").await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
+    let asked = Instant::now();
+    let p = s
+        .post(
+            "/connectors/slow/preview",
+            ADMIN,
+            json!({"source_file_id": f.body["id"]}),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert_eq!(p.body["timed_out"], true, "{}", p.body);
+    assert_eq!(p.body["execution"]["status"], "canceled", "{}", p.body);
+    assert!(asked.elapsed() < Duration::from_secs(15), "{:?}", asked.elapsed());
     s.stop().await;
 }

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub bootstrap_workspace: String,
     /// How long an `Idempotency-Key` is remembered, e.g. `"24h"`.
     pub idempotency_retention: String,
+    /// The longest a preview runs, e.g. `"30s"`.
+    pub preview_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             bootstrap_key: None,
             bootstrap_workspace: "default".into(),
             idempotency_retention: "24h".into(),
+            preview_timeout: "30s".into(),
         }
     }
 }
@@ -72,6 +75,7 @@ const ENV_KEYS: &[&str] = &[
     "bootstrap_key",
     "bootstrap_workspace",
     "idempotency_retention",
+    "preview_timeout",
 ];
 
 /// Config values checked and converted.
@@ -89,6 +93,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `idempotency_retention`.
     pub idempotency_retention: Duration,
+    /// `preview_timeout`.
+    pub preview_timeout: Duration,
 }
 
 impl Settings {
@@ -142,6 +148,7 @@ impl ServerConfig {
             request_timeout: duration("request_timeout", &self.request_timeout)?,
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             idempotency_retention: duration("idempotency_retention", &self.idempotency_retention)?,
+            preview_timeout: duration("preview_timeout", &self.preview_timeout)?,
             config: self,
         })
     }

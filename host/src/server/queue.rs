@@ -389,7 +389,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
 }
 
 /// The record store and the workspace's objects, when the connector loads.
-fn records_for(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<Records>, StateError> {
+pub fn records_for(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<Records>, StateError> {
     if connector.loads.is_empty() {
         return Ok(None);
     }

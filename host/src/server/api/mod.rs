@@ -14,6 +14,7 @@ mod files;
 mod keys;
 mod objects;
 pub mod plugins;
+mod preview;
 mod runs;
 mod system;
 
@@ -157,6 +158,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(connectors::publish))
             .routes(routes!(connectors::versions))
             .routes(routes!(connectors::version))
+            .routes(routes!(preview::preview))
             .routes(unlimited(routes!(runs::trigger)))
             .routes(routes!(executions::list))
             .routes(routes!(executions::get))

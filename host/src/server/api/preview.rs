@@ -1,0 +1,331 @@
+//! **Preview** (SPEC §6.3): `POST /connectors/{c}/preview` runs the draft
+//! (or the live script) as a dry run on the sample file or a given file, in
+//! the request, and answers with the first rows of every scope, the first
+//! rejected rows and the run's document.
+//!
+//! A preview writes nothing: no execution is stored, load steps decide
+//! without writing, and its artifacts live in a temporary directory removed
+//! before the answer. It is bounded in rows (`?rows=`, at most
+//! [`MAX_ROWS`]) and in time (`preview_timeout`, or the connector's
+//! `max_runtime` when shorter): a preview that runs out of time answers with
+//! what it had, `timed_out: true`.
+
+use std::path::Path as FsPath;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use weir_engine::connector::Connector;
+use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
+use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
+use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::transform::Plugins;
+
+use super::connector_of;
+use super::plugins::WorkspacePlugins;
+use crate::server::auth::{Caller, Role};
+use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
+use crate::server::{App, queue};
+
+/// Rows per scope (and rejected rows) when `?rows=` is not given.
+const DEFAULT_ROWS: usize = 20;
+
+/// The most rows per scope a preview answers with.
+pub const MAX_ROWS: usize = 500;
+
+/// The most log lines a preview keeps.
+const MAX_LOG_LINES: usize = 200;
+
+/// `?rows=` of a preview.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewParams {
+    /// Rows per scope, and rejected rows, to answer with (default 20, at
+    /// most 500).
+    pub rows: Option<usize>,
+}
+
+/// Which script on which file.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    /// Run on this file instead of the connector's sample.
+    #[serde(default)]
+    pub source_file_id: Option<String>,
+    /// `draft` (default) or `live`.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// What a preview shows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Preview {
+    /// The dry run's document: status, counts of every stage, error.
+    pub execution: Execution,
+    /// The first rows of every scope, as written to its output CSV.
+    pub scopes: Vec<ScopePreview>,
+    /// The first rejected rows, with their stage and reasons.
+    pub rejected: Vec<RejectedPreview>,
+    /// Log lines of the run (plugin output), the first 200.
+    pub log: Vec<String>,
+    /// The preview ran out of time; what it shows is what it had by then.
+    pub timed_out: bool,
+}
+
+/// The first rows of a scope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScopePreview {
+    /// The scope.
+    pub scope: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, each a value per column as in the output CSV (null is `null`).
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The scope has more rows than shown.
+    pub truncated: bool,
+}
+
+/// A rejected row.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RejectedPreview {
+    /// The stage that refused it.
+    pub stage: String,
+    /// Its input table or scope.
+    pub source: String,
+    /// Its row number there.
+    pub row: String,
+    /// Why.
+    pub reasons: String,
+    /// Its values.
+    pub values: String,
+}
+
+/// Dry-runs the draft (or live) script on the sample or a given file and
+/// answers with the first rows of every scope and the rejected rows;
+/// nothing is written.
+#[utoipa::path(post, path = "/connectors/{connector}/preview", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name"), PreviewParams),
+    request_body = PreviewRequest,
+    responses(
+        (status = 200, body = Preview),
+        (status = 400, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn preview(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    Query(params): Query<PreviewParams>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Preview>> {
+    caller.require(Role::Operator)?;
+    let row = connector_of(&app, &caller, &c)?;
+    let request: PreviewRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PreviewRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(
+                "validation_failed",
+                format!(
+                    "the body must be {{\"source_file_id\": \"…\", \"version\": \"draft\" | \"live\"}} or empty: {e}"
+                ),
+                vec![],
+            )
+        })?
+    };
+    let rows = params.rows.unwrap_or(DEFAULT_ROWS);
+    if rows == 0 || rows > MAX_ROWS {
+        return Err(ApiError::bad_request(format!("rows must be 1 to {MAX_ROWS}")));
+    }
+    let version = match request.version.as_deref() {
+        None | Some("draft") => row.draft_version,
+        Some("live") => row
+            .live_version
+            .ok_or_else(|| ApiError::conflict("no_live_script", "the connector has no live SQL script to preview"))?,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "validation_failed",
+                format!("version is `draft` or `live`, not `{other}`"),
+                vec![],
+            ));
+        }
+    };
+    let file_id = request
+        .source_file_id
+        .or_else(|| row.sample_file_id.clone())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "no_sample_file",
+                "a preview runs on a file: set the connector's sample_file_id or pass source_file_id",
+                vec![],
+            )
+        })?;
+    let file = app
+        .db
+        .file(&caller.workspace_id, &file_id)?
+        .ok_or_else(|| ApiError::invalid("unknown_file", format!("there is no file `{file_id}`"), vec![]))?;
+    let script = app
+        .db
+        .sql_version(&row.id, version)?
+        .ok_or_else(|| ApiError::internal("a SQL version is missing"))?;
+    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let bound = connector.limits.parse().map_or(app.settings.preview_timeout, |l| {
+        l.max_runtime.min(app.settings.preview_timeout)
+    });
+
+    let tmp = app.settings.config.data_dir.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(ApiError::internal)?;
+    let dir = tempfile::Builder::new()
+        .prefix("preview-")
+        .tempdir_in(&tmp)
+        .map_err(ApiError::internal)?;
+    let mut doc = Execution::new(
+        uuid::Uuid::now_v7().to_string(),
+        ConnectorRef {
+            id: Some(row.id.clone()),
+            api_name: row.api_name.clone(),
+            version: Some(version),
+        },
+        TriggerType::FileUpload,
+        true,
+    );
+    doc.source_file_id = Some(file.sha256.clone());
+    let progress = Progress::new(doc.clone());
+    let cancel = CancellationToken::new();
+    let log = Arc::new(Lines::default());
+    let records = queue::records_for(&app, &caller.workspace_id, &connector)?;
+    let request = RunRequest {
+        connector,
+        script: script.text,
+        input: Some(InputFile {
+            path: app.files.path(&file.sha256),
+            name: file.name.clone(),
+        }),
+        execution: doc,
+        out_dir: dir.path().to_path_buf(),
+        settings: RunSettings {
+            threads: app.settings.config.threads_per_run,
+            output_row_cap: Some(rows as u64 + 1),
+            report_rows: rows,
+            ..RunSettings::default()
+        },
+        cancel: cancel.clone(),
+        records,
+        plugins: Some(Plugins {
+            runtime: app.plugins.clone(),
+            source: Arc::new(WorkspacePlugins {
+                app: app.clone(),
+                workspace_id: caller.workspace_id.clone(),
+            }),
+        }),
+        log: log.clone(),
+    };
+    let timer = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            cancel.cancel();
+        })
+    };
+    let execution = pipeline::run(request, &progress).await;
+    timer.abort();
+    let timed_out = cancel.is_cancelled();
+    let scopes = scope_previews(&dir.path().join("output"), rows)?;
+    let rejected = rejected_previews(&dir.path().join("rejected.csv"), rows)?;
+    Ok(Json(Preview {
+        execution,
+        scopes,
+        rejected,
+        log: log.take(),
+        timed_out,
+    }))
+}
+
+/// The first `rows` rows of every `<scope>.csv` in `dir`, by scope name.
+fn scope_previews(dir: &FsPath, rows: usize) -> ApiResult<Vec<ScopePreview>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let scope = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut reader = csv::Reader::from_path(&path).map_err(ApiError::internal)?;
+        let columns = reader
+            .headers()
+            .map_err(ApiError::internal)?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let mut shown = Vec::new();
+        let mut truncated = false;
+        for record in reader.records() {
+            let record = record.map_err(ApiError::internal)?;
+            if shown.len() == rows {
+                truncated = true;
+                break;
+            }
+            // The output CSV writes null as an empty field.
+            shown.push(record.iter().map(|v| (!v.is_empty()).then(|| v.to_string())).collect());
+        }
+        out.push(ScopePreview {
+            scope,
+            columns,
+            rows: shown,
+            truncated,
+        });
+    }
+    Ok(out)
+}
+
+/// The first `rows` rows of `rejected.csv`.
+fn rejected_previews(path: &FsPath, rows: usize) -> ApiResult<Vec<RejectedPreview>> {
+    let Ok(mut reader) = csv::Reader::from_path(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for record in reader.records().take(rows) {
+        let record = record.map_err(ApiError::internal)?;
+        let field = |i: usize| record.get(i).unwrap_or_default().to_string();
+        out.push(RejectedPreview {
+            stage: field(0),
+            source: field(1),
+            row: field(2),
+            reasons: field(4),
+            values: field(5),
+        });
+    }
+    Ok(out)
+}
+
+/// The first log lines of a preview.
+#[derive(Debug, Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl Lines {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl RunLog for Lines {
+    fn line(&self, level: LogLevel, message: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() < MAX_LOG_LINES {
+            lines.push(format!("{}: {message}", level.as_str()));
+        }
+    }
+}
