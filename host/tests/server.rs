@@ -1899,3 +1899,145 @@ async fn a_preview_that_runs_out_of_time_answers_with_what_it_had() {
     assert!(asked.elapsed() < Duration::from_secs(15), "{:?}", asked.elapsed());
     s.stop().await;
 }
+
+/// Every sheet of a workbook as rows of cell texts, leaving out the summary
+/// rows that name the run itself (its id, trigger and times).
+fn workbook_cells(path: &std::path::Path) -> Vec<(String, Vec<Vec<String>>)> {
+    use calamine::Reader;
+    const OF_THE_RUN: &[&str] = &[
+        "Execution",
+        "Connector version",
+        "Trigger",
+        "Source file",
+        "Started",
+        "Ended",
+        "Duration",
+    ];
+    let mut book = calamine::open_workbook_auto(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    for name in book.sheet_names() {
+        let range = book.worksheet_range(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let rows = range
+            .rows()
+            .map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .filter(|r| !OF_THE_RUN.contains(&r.first().map_or("", String::as_str)))
+            .collect();
+        out.push((name, rows));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_package_runs_locally_with_the_results_of_the_server() {
+    let s = start().await;
+    operational_importer(&s).await;
+    // A source file other than the sample, so the package must carry it.
+    let csv =
+        b"Email,City\nada@example.com,London\ngrace@example.com,Arlington\nbad-email,Paris\ngrace@example.com,Boston\n";
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "june.csv", csv)
+        .await;
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "partial_success", "{done}");
+    let source = done["source_file_id"].as_str().unwrap_or_default().to_string();
+
+    let package = s
+        .get(
+            &format!("/connectors/contacts_import/dev-package?source_file_id={source}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(
+        package.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&package.bytes)
+    );
+    assert_eq!(package.content_type, "application/zip");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let zip_path = dir.path().join("contacts_import.zip");
+    std::fs::write(&zip_path, &package.bytes).unwrap_or_else(|e| panic!("{e}"));
+
+    // The manifest names every file with its hash, and the source file.
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(package.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut read = |name: &str| {
+        let mut f = archive.by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+        bytes
+    };
+    let manifest: Value = serde_json::from_slice(&read("manifest.json")).unwrap_or(Value::Null);
+    assert_eq!(manifest["source_file"]["name"], "june.csv", "{manifest}");
+    assert_eq!(manifest["connector"]["api_name"], "contacts_import");
+    let files = manifest["files"].as_object().cloned().unwrap_or_default();
+    for name in [
+        "connector.toml",
+        "script.sql",
+        "objects.toml",
+        "data/june.csv",
+        "README.md",
+    ] {
+        let bytes = read(name);
+        let sha = sha256_hex(&bytes);
+        assert_eq!(
+            files.get(name).and_then(Value::as_str),
+            Some(sha.as_str()),
+            "{name}: {manifest}"
+        );
+    }
+    assert_eq!(read("data/june.csv"), csv);
+
+    // `weir run` of the package: the same outputs, rejected rows, report
+    // and counts as the server's run.
+    let out = dir.path().join("out");
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            &zip_path.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+            "--json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let doc: Value = serde_json::from_slice(&local.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&local.stderr)));
+    assert_eq!(doc["status"], done["status"], "{doc}");
+    assert_eq!(doc["step_progress"], done["step_progress"], "{doc}\n{done}");
+
+    let outputs = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    let mut served = zip::ZipArchive::new(std::io::Cursor::new(outputs.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!served.is_empty());
+    for i in 0..served.len() {
+        let mut f = served.by_index(i).unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+        let name = f
+            .name()
+            .map(|n| n.trim_start_matches("output/").to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mine = std::fs::read(out.join("output").join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(mine, bytes, "output {name}");
+    }
+    let rejected = s.get(&format!("/executions/{id}/rejected.csv"), ADMIN).await;
+    assert_eq!(std::fs::read(out.join("rejected.csv")).ok(), Some(rejected.bytes));
+    let report = s.get(&format!("/executions/{id}/report.xlsx"), ADMIN).await;
+    let served_report = dir.path().join("served.xlsx");
+    std::fs::write(&served_report, &report.bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(workbook_cells(&out.join("report.xlsx")), workbook_cells(&served_report));
+
+    // An unknown connector has no package, and viewers may not take one.
+    let missing = s.get("/connectors/nope/dev-package", ADMIN).await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
+    let viewer = s.key("default", Role::Viewer, None);
+    let refused = s.get("/connectors/contacts_import/dev-package", &viewer).await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
+    s.stop().await;
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -13,6 +13,7 @@ mod executions;
 mod files;
 mod keys;
 mod objects;
+mod package;
 pub mod plugins;
 mod preview;
 mod runs;
@@ -159,6 +160,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(connectors::versions))
             .routes(routes!(connectors::version))
             .routes(routes!(preview::preview))
+            .routes(routes!(package::dev_package))
             .routes(unlimited(routes!(runs::trigger)))
             .routes(routes!(executions::list))
             .routes(routes!(executions::get))
