@@ -44,6 +44,11 @@ fn problem(path: &str, message: impl Into<String>) -> Error {
 impl Package {
     /// Loads a package from a directory or a zip file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_limited(path, MAX_UNPACKED_BYTES)
+    }
+
+    /// Loads a package; a zip may unpack to at most `max_unpacked` bytes.
+    pub fn load_limited(path: &Path, max_unpacked: u64) -> Result<Self> {
         if path.is_dir() {
             return Self::from_dir(path.to_path_buf(), None);
         }
@@ -51,7 +56,7 @@ impl Package {
             .prefix("weir-package-")
             .tempdir()
             .map_err(|e| Error::io("creating a directory to unpack the package into", e))?;
-        unpack(path, tmp.path())?;
+        unpack_limited(path, tmp.path(), max_unpacked)?;
         let dir = tmp.path().to_path_buf();
         Self::from_dir(dir, Some(tmp))
     }
@@ -167,6 +172,11 @@ fn is_relative_inside(path: &Path) -> bool {
 
 /// Unpacks a zip into `dir` safely.
 pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
+    unpack_limited(zip_path, dir, MAX_UNPACKED_BYTES)
+}
+
+/// Unpacks a zip into `dir` safely, to at most `max_unpacked` bytes.
+pub fn unpack_limited(zip_path: &Path, dir: &Path, max_unpacked: u64) -> Result<()> {
     let name = zip_path.display().to_string();
     let file = File::open(zip_path).map_err(|e| Error::io(format!("opening {name}"), e))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
@@ -210,14 +220,14 @@ pub fn unpack(zip_path: &Path, dir: &Path) -> Result<()> {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("unpacking {raw_name}"), e))?;
         }
         let mut out = File::create(&target).map_err(|e| Error::io(format!("unpacking {raw_name}"), e))?;
-        let budget = MAX_UNPACKED_BYTES.saturating_sub(total);
+        let budget = max_unpacked.saturating_sub(total);
         let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)
             .map_err(|e| problem(&raw_name, format!("cannot be unpacked: {e}")))?;
         total += written;
-        if total > MAX_UNPACKED_BYTES {
+        if total > max_unpacked {
             return Err(problem(
                 "package",
-                format!("the package unpacks to more than {MAX_UNPACKED_BYTES} bytes (a zip bomb?)"),
+                format!("the package unpacks to more than {max_unpacked} bytes (a zip bomb?)"),
             ));
         }
     }

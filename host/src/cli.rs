@@ -29,6 +29,9 @@ pub enum Command {
     /// Work with Wasm transform plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Move dev packages between a server and this machine.
+    #[command(subcommand)]
+    Package(crate::package::PackageCommand),
     /// Print the version.
     Version,
 }
@@ -154,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => report(crate::serve::run(args)),
         Command::Keys(command) => report(crate::serve::keys(command)),
         Command::Plugin(PluginCommand::Check(args)) => report(crate::plugin::check(args)),
+        Command::Package(command) => report(crate::package::run(command)),
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod local;
+pub mod package;
 pub mod plugin;
 pub mod serve;
 pub mod server;

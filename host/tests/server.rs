@@ -341,6 +341,8 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/executions/{id}/sql"),
         ("get", "/api/v1/executions/{id}/events"),
         ("post", "/api/v1/connectors/{connector}/preview"),
+        ("get", "/api/v1/connectors/{connector}/dev-package"),
+        ("put", "/api/v1/connectors/{connector}/package"),
     ];
     for (method, path) in expected {
         assert!(
@@ -2028,6 +2030,62 @@ async fn a_dev_package_runs_locally_with_the_results_of_the_server() {
     std::fs::write(&served_report, &report.bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(workbook_cells(&out.join("report.xlsx")), workbook_cells(&served_report));
 
+    // And back: pull with the CLI, edit the script, push, publish, run
+    // again on the server.
+    let weir = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .env("WEIR_SERVER", &s.base)
+            .env("WEIR_KEY", ADMIN)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "weir {args:?}: {text}");
+        text
+    };
+    let pulled = dir.path().join("pulled.zip");
+    weir(&[
+        "package",
+        "pull",
+        "contacts_import",
+        "--source-file-id",
+        &source,
+        "-o",
+        &pulled.to_string_lossy(),
+    ]);
+    let work = dir.path().join("work");
+    zip::ZipArchive::new(std::fs::File::open(&pulled).unwrap_or_else(|e| panic!("{e}")))
+        .and_then(|mut z| z.extract(&work))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let edited = IMPORT_SQL.replace("SELECT email, city", "SELECT email, upper(city) AS city");
+    std::fs::write(work.join("script.sql"), &edited).unwrap_or_else(|e| panic!("{e}"));
+    let pushed = weir(&["package", "push", &work.to_string_lossy()]);
+    assert!(pushed.contains("updated contacts_import: draft version 2"), "{pushed}");
+    let sql = s.get("/connectors/contacts_import/sql", ADMIN).await.body;
+    assert_eq!(sql["draft"]["text"], edited.as_str(), "{sql}");
+    let p = s
+        .post("/connectors/contacts_import/sql/publish", ADMIN, json!({}))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let again = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "june.csv", csv)
+        .await;
+    let again_id = again.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(s.wait_end(&again_id).await["status"], "partial_success");
+    let outputs = s.get(&format!("/executions/{again_id}/output.zip"), ADMIN).await;
+    let mut served = zip::ZipArchive::new(std::io::Cursor::new(outputs.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut people = String::new();
+    std::io::Read::read_to_string(
+        &mut served.by_name("output/people.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut people,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(people.contains("ada@example.com,LONDON"), "{people}");
+
     // An unknown connector has no package, and viewers may not take one.
     let missing = s.get("/connectors/nope/dev-package", ADMIN).await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
@@ -2040,4 +2098,130 @@ async fn a_dev_package_runs_locally_with_the_results_of_the_server() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A zip of `entries`; `link` entries are symbolic links.
+fn zip_of(entries: &[(&str, &[u8])], link: Option<&str>) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        zip.start_file(*name, options).unwrap_or_else(|e| panic!("{e}"));
+        zip.write_all(bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+    if let Some(link) = link {
+        zip.add_symlink(link, "/etc/passwd", options)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    zip.finish().unwrap_or_else(|e| panic!("{e}")).into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_package_creates_the_connector_and_hostile_zips_are_refused() {
+    let s = start_with(|c| c.max_upload = "1MiB".into()).await;
+    let object = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_eq!(object.status, StatusCode::CREATED, "{}", object.body);
+    let connector =
+        "api_name = \"pushed\"\ntype = \"spreadsheet\"\nstatus = \"operational\"\n[sql]\nfile = \"script.sql\"\n";
+    let put = |bytes: Vec<u8>| {
+        let request = s
+            .client
+            .put(format!("{}/connectors/pushed/package", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/zip")
+            .body(bytes);
+        async move { answer(request.send().await.unwrap_or_else(|e| panic!("{e}"))).await }
+    };
+    let good = zip_of(
+        &[
+            ("connector.toml", connector.as_bytes()),
+            ("script.sql", IMPORT_SQL.as_bytes()),
+            ("data/sample.csv", CONTACTS_CSV),
+        ],
+        None,
+    );
+    let created = put(good.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["status"], "setup",
+        "a new connector starts in setup: {}",
+        created.body
+    );
+    assert!(created.body["sample_file_id"].is_string(), "{}", created.body);
+    // Again, with an edited script: the draft is the edited one.
+    let same = put(good).await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.body);
+    let edited = format!("{IMPORT_SQL} WHERE email IS NOT NULL");
+    let again = put(zip_of(
+        &[
+            ("connector.toml", connector.as_bytes()),
+            ("script.sql", edited.as_bytes()),
+        ],
+        None,
+    ))
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let draft = || async { s.get("/connectors/pushed/sql", ADMIN).await.body["draft"]["text"].clone() };
+    assert_eq!(draft().await, edited.as_str());
+    assert!(
+        again.body["sample_file_id"].is_string(),
+        "the sample stays: {}",
+        again.body
+    );
+
+    // Hostile zips change nothing and say why.
+    let bomb = vec![0u8; 2 << 20];
+    let hostile = [
+        (
+            "traversal",
+            zip_of(&[("connector.toml", connector.as_bytes()), ("../evil.sql", b"x")], None),
+        ),
+        (
+            "absolute",
+            zip_of(
+                &[("/tmp/evil.sql", b"x"), ("connector.toml", connector.as_bytes())],
+                None,
+            ),
+        ),
+        (
+            "link",
+            zip_of(&[("connector.toml", connector.as_bytes())], Some("script.sql")),
+        ),
+        (
+            "bomb",
+            zip_of(
+                &[("connector.toml", connector.as_bytes()), ("data/zeros.csv", &bomb)],
+                None,
+            ),
+        ),
+        ("not a zip", b"PK but not really".to_vec()),
+    ];
+    for (what, bytes) in hostile {
+        assert!(
+            bytes.len() < 1 << 20,
+            "{what} must pass the upload limit to reach the unpacking"
+        );
+        let a = put(bytes).await;
+        assert_problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_package");
+        assert!(
+            !a.body["errors"].as_array().is_none_or(Vec::is_empty),
+            "{what}: {}",
+            a.body
+        );
+    }
+    assert_eq!(draft().await, edited.as_str());
+    assert!(!s._dir.path().join("evil.sql").exists());
+    let viewer = s.key("default", Role::Operator, None);
+    let refused = s
+        .client
+        .put(format!("{}/connectors/pushed/package", s.base))
+        .bearer_auth(&viewer)
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_problem(&answer(refused).await, StatusCode::FORBIDDEN, "forbidden");
+    s.stop().await;
 }

@@ -84,7 +84,7 @@ pub struct ConnectorRequest {
     sample_file_id: Option<String>,
 }
 
-fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
+pub(super) fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
     Ok(ConnectorView {
         definition: serde_json::from_str(&row.definition).map_err(ApiError::internal)?,
         id: row.id.clone(),
@@ -97,7 +97,7 @@ fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
 }
 
 /// What a connector document sent by a client holds.
-struct Submitted {
+pub(super) struct Submitted {
     connector: Connector,
     sample_file_id: Option<String>,
     draft: Option<String>,
@@ -110,7 +110,7 @@ fn invalid(problems: Vec<Problem>) -> ApiError {
 /// Parses a connector document and checks everything that does not need
 /// the SQL's output: the document's own rules, the sample file, the load
 /// steps against the workspace's objects, and whether it may be operational.
-fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResult<Submitted> {
+pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResult<Submitted> {
     let Json_::Object(map) = &mut doc else {
         return Err(invalid(vec![Problem::new("", "the connector must be a JSON object")]));
     };
@@ -209,6 +209,12 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<ConnectorView>)> {
     caller.require(Role::Admin)?;
     let submitted = parse(&app, &caller, doc, false)?;
+    let stored = insert(&app, &caller, submitted)?;
+    Ok((StatusCode::CREATED, Json(view(&stored)?)))
+}
+
+/// Stores a new connector; its draft is checked first.
+pub(super) fn insert(app: &App, caller: &Caller, submitted: Submitted) -> ApiResult<ConnectorRow> {
     let draft = submitted.draft.unwrap_or_default();
     if !draft.trim().is_empty() {
         check_script(&draft)?;
@@ -230,11 +236,9 @@ pub async fn create(
             format!("a connector named `{}` exists", row.api_name),
         ));
     }
-    let stored = app
-        .db
+    app.db
         .connector(&caller.workspace_id, &row.id)?
-        .ok_or_else(|| ApiError::not_found("connector"))?;
-    Ok((StatusCode::CREATED, Json(view(&stored)?)))
+        .ok_or_else(|| ApiError::not_found("connector"))
 }
 
 /// One connector.
@@ -280,6 +284,12 @@ pub async fn update(
     }
     merge_patch(&mut doc, patch);
     let submitted = parse(&app, &caller, doc, row.live_version.is_some())?;
+    let stored = replace(&app, &caller, &row, submitted)?;
+    Ok(Json(view(&stored)?))
+}
+
+/// Replaces a connector's definition; a draft in it becomes the next draft.
+pub(super) fn replace(app: &App, caller: &Caller, row: &ConnectorRow, submitted: Submitted) -> ApiResult<ConnectorRow> {
     if let Some(draft) = &submitted.draft {
         check_script(draft)?;
     }
@@ -300,11 +310,9 @@ pub async fn update(
     }
     // An inactive connector that becomes operational runs what it queued.
     app.runs.wake();
-    let stored = app
-        .db
+    app.db
         .connector(&caller.workspace_id, &row.id)?
-        .ok_or_else(|| ApiError::not_found("connector"))?;
-    Ok(Json(view(&stored)?))
+        .ok_or_else(|| ApiError::not_found("connector"))
 }
 
 /// Deletes a connector and its SQL versions; its executions stay readable.

@@ -161,6 +161,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(connectors::version))
             .routes(routes!(preview::preview))
             .routes(routes!(package::dev_package))
+            .routes(unlimited(routes!(package::push)))
             .routes(unlimited(routes!(runs::trigger)))
             .routes(routes!(executions::list))
             .routes(routes!(executions::get))

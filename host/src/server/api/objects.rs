@@ -99,17 +99,34 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<ObjectDef>)> {
     caller.require(Role::Admin)?;
     let def = parse_object(&app, &caller.workspace_id, body)?;
-    let text = serde_json::to_string(&def).map_err(ApiError::internal)?;
-    if !app.db.insert_object(&caller.workspace_id, &def.name, &text)? {
+    if !insert(&app, &caller.workspace_id, &def)? {
         return Err(ApiError::conflict(
             "object_exists",
             format!("an object named `{}` exists", def.name),
         ));
     }
-    app.records
-        .ensure_object(&caller.workspace_id, &def)
-        .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(def)))
+}
+
+/// Validates and stores a new object; false when one of its name exists.
+pub(super) fn create_new(app: &App, workspace_id: &str, def: &ObjectDef) -> ApiResult<bool> {
+    let def = parse_object(
+        app,
+        workspace_id,
+        serde_json::to_value(def).map_err(ApiError::internal)?,
+    )?;
+    insert(app, workspace_id, &def)
+}
+
+fn insert(app: &App, workspace_id: &str, def: &ObjectDef) -> ApiResult<bool> {
+    let text = serde_json::to_string(def).map_err(ApiError::internal)?;
+    if !app.db.insert_object(workspace_id, &def.name, &text)? {
+        return Ok(false);
+    }
+    app.records
+        .ensure_object(workspace_id, def)
+        .map_err(ApiError::internal)?;
+    Ok(true)
 }
 
 /// One object.

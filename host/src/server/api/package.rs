@@ -12,6 +12,12 @@
 //! README.md       how to run it
 //! ```
 //!
+//! `PUT /connectors/{c}/package` takes such a zip (or a hand-made one)
+//! back: it creates or updates the connector, its script becomes the draft,
+//! its `data/` file the sample, objects it names that the workspace lacks
+//! are created, and its plugins are published. The zip is unpacked with the
+//! engine's checks (no traversal, absolute paths, links, or bombs).
+//!
 //! A connector holds no secret values (a webhook secret is named by the
 //! environment variable that holds it), so none can leak into a package.
 
@@ -19,19 +25,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use weir_engine::Error as EngineError;
 use weir_engine::connector::{Connector, PluginRef, SqlSource};
+use weir_engine::error::Problem;
 use weir_engine::objects::Objects;
+use weir_engine::package::Package;
 
 use super::connector_of;
+use super::connectors::ConnectorView;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::state::ConnectorRow;
+use crate::server::state::{ConnectorRow, FileRow};
 
 /// The package format this server writes.
 const FORMAT: u32 = 1;
@@ -92,6 +103,178 @@ pub async fn dev_package(
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// Creates or updates the connector from a package zip: its script
+/// becomes the draft, its data file the sample; missing objects are created
+/// and its plugins published.
+#[utoipa::path(put, path = "/connectors/{connector}/package", tag = "connectors",
+    params(("connector" = String, Path, description = "Connector id or api_name (the package's api_name for a new one)")),
+    request_body(content = Vec<u8>, content_type = "application/zip", description = "A dev package zip"),
+    responses(
+        (status = 200, body = ConnectorView, description = "Updated"),
+        (status = 201, body = ConnectorView, description = "Created"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn push(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(c): Path<String>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<ConnectorView>)> {
+    caller.require(Role::Admin)?;
+    let stream = request.into_body().into_data_stream();
+    let zip = app
+        .files
+        .put(stream, app.settings.max_upload)
+        .await
+        .map_err(super::files::upload_error)?;
+    let path = app.files.path(&zip.sha256);
+    // A package unpacks to no more than an upload may be.
+    let limit = app.settings.max_upload;
+    let package = tokio::task::spawn_blocking(move || Package::load_limited(&path, limit))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            EngineError::InvalidConnector(problems) => {
+                ApiError::invalid("invalid_package", "the package cannot be used", problems)
+            }
+            other => ApiError::invalid(
+                "invalid_package",
+                "the package cannot be used",
+                vec![Problem::new("", other.to_string())],
+            ),
+        })?;
+    let existing = match connector_of(&app, &caller, &c) {
+        Ok(row) => Some(row),
+        Err(e) if e.status() == StatusCode::NOT_FOUND && c == package.connector.api_name => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(row) = &existing
+        && row.api_name != package.connector.api_name
+    {
+        return Err(ApiError::invalid(
+            "invalid_package",
+            format!(
+                "the package is connector `{}`, not `{}`",
+                package.connector.api_name, row.api_name
+            ),
+            vec![],
+        ));
+    }
+
+    if let Some(objects) = &package.objects {
+        for def in &objects.objects {
+            super::objects::create_new(&app, &caller.workspace_id, def)?;
+        }
+    }
+    for t in &package.connector.transforms {
+        publish_plugin(&app, &caller, &package, &t.plugin).await?;
+    }
+    let sample = match &package.data_file {
+        Some(file) => {
+            let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
+            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)) });
+            let stored = app
+                .files
+                .put(stream, app.settings.max_upload)
+                .await
+                .map_err(super::files::upload_error)?;
+            let row = app.db.insert_file(
+                &caller.workspace_id,
+                &FileRow {
+                    sha256: stored.sha256,
+                    size: stored.size,
+                    name: file.name.clone(),
+                    content_type: "application/octet-stream".into(),
+                    created_at: chrono::Utc::now(),
+                },
+            )?;
+            Some(row.sha256)
+        }
+        None => existing.as_ref().and_then(|r| r.sample_file_id.clone()),
+    };
+
+    // The package's definition, its script as the draft; the status stays
+    // the server's (a new connector starts in setup).
+    let mut doc = serde_json::to_value(&package.connector).map_err(ApiError::internal)?;
+    let status = match &existing {
+        Some(row) => serde_json::from_str::<serde_json::Value>(&row.definition)
+            .map_err(ApiError::internal)?
+            .get("status")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::String("setup".into()),
+    };
+    if let serde_json::Value::Object(map) = &mut doc {
+        map.insert("sql".into(), serde_json::json!({"text": package.script}));
+        map.insert("status".into(), status);
+        map.insert(
+            "sample_file_id".into(),
+            sample.map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
+    match existing {
+        Some(row) => {
+            let submitted = super::connectors::parse(&app, &caller, doc, row.live_version.is_some())?;
+            let stored = super::connectors::replace(&app, &caller, &row, submitted)?;
+            Ok((StatusCode::OK, Json(super::connectors::view(&stored)?)))
+        }
+        None => {
+            let submitted = super::connectors::parse(&app, &caller, doc, false)?;
+            let stored = super::connectors::insert(&app, &caller, submitted)?;
+            Ok((StatusCode::CREATED, Json(super::connectors::view(&stored)?)))
+        }
+    }
+}
+
+/// Publishes the package's component for a transform's `plugin` reference,
+/// unless the workspace has it already.
+async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference: &str) -> ApiResult<()> {
+    let plugin = PluginRef::parse(reference).map_err(ApiError::internal)?;
+    let known = match &plugin {
+        PluginRef::Named { name, version } => app.db.plugin(&caller.workspace_id, name, version)?,
+        PluginRef::Sha256(hex) => app.db.plugin_by_sha(&caller.workspace_id, hex)?,
+    };
+    let PluginRef::Named { name, version } = plugin else {
+        return match known {
+            Some(_) => Ok(()),
+            None => Err(ApiError::invalid(
+                "invalid_package",
+                format!(
+                    "plugin {reference} is not published in this workspace; refer to it by name@version to publish it with the package"
+                ),
+                vec![],
+            )),
+        };
+    };
+    let file = ["-", "@"]
+        .iter()
+        .map(|sep| package.dir.join("plugins").join(format!("{name}{sep}{version}.wasm")))
+        .find(|p| p.is_file());
+    let Some(file) = file else {
+        return match known {
+            Some(_) => Ok(()),
+            None => Err(ApiError::invalid(
+                "invalid_package",
+                format!("the package has no plugins/{name}-{version}.wasm, and the workspace has no {name}@{version}"),
+                vec![],
+            )),
+        };
+    };
+    let bytes = tokio::fs::read(&file).await.map_err(ApiError::internal)?;
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)) });
+    let stored = app
+        .files
+        .put(stream, app.settings.max_upload)
+        .await
+        .map_err(super::files::upload_error)?;
+    super::plugins::register(app, &caller.workspace_id, name, version, stored).await?;
+    Ok(())
 }
 
 /// The zip's bytes and its file name.

@@ -18,6 +18,7 @@ use weir_engine::transform::PluginSource;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, ProblemDocument, Query};
+use crate::server::files::Stored;
 use crate::server::state::PluginRow;
 
 /// A published plugin.
@@ -97,6 +98,21 @@ pub async fn publish(
         .put(stream, app.settings.max_upload)
         .await
         .map_err(super::files::upload_error)?;
+    let (row, inserted) = register(&app, &caller.workspace_id, params.name, params.version, stored).await?;
+    let status = if inserted { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(PluginView::of(row))))
+}
+
+/// Checks a stored file against the transform world and publishes it as
+/// `name@version` (true when new; the same content again is no change).
+pub(super) async fn register(
+    app: &App,
+    workspace_id: &str,
+    name: String,
+    version: String,
+    stored: Stored,
+) -> ApiResult<(PluginRow, bool)> {
+    let reference = format!("{name}@{version}");
     let wasm = tokio::fs::read(app.files.path(&stored.sha256))
         .await
         .map_err(ApiError::internal)?;
@@ -113,21 +129,20 @@ pub async fn publish(
         ));
     }
     let row = PluginRow {
-        name: params.name,
-        version: params.version,
+        name,
+        version,
         sha256: stored.sha256,
         size: stored.size,
         created_at: Utc::now(),
     };
-    let (stored_row, inserted) = app.db.insert_plugin(&caller.workspace_id, &row)?;
+    let (stored_row, inserted) = app.db.insert_plugin(workspace_id, &row)?;
     if stored_row.sha256 != row.sha256 {
         return Err(ApiError::conflict(
             "plugin_version_exists",
             format!("{reference} is already published with other content; publish a new version"),
         ));
     }
-    let status = if inserted { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(PluginView::of(stored_row))))
+    Ok((stored_row, inserted))
 }
 
 /// The workspace's plugins.
