@@ -1,92 +1,15 @@
 //! `weir serve` as a process: killed mid-run and started again on the same
 //! data directory, and stopped gracefully with SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use common::{call, serve, status_of, upload, wait};
+use serde_json::json;
 use weir_host::server::state::Db;
-
-const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
-
-/// A server process and its base URL.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("WEIR_BOOTSTRAP_KEY", ADMIN)
-        .env("WEIR_WORKERS", "1")
-        .env("WEIR_THREADS_PER_RUN", "1")
-        .envs(extra_env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting weir serve: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("weir serve ended before listening"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Some(addr) = line.strip_prefix("weir listening on ") {
-            break format!("{addr}/api/v1");
-        }
-    };
-    // Keep draining stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Process { child, base }
-}
-
-async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(ADMIN);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let response = r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
-async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}{path}?filename=x.csv"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
-async fn status_of(base: &str, id: &str) -> Value {
-    call(base, reqwest::Method::GET, &format!("/executions/{id}"), None)
-        .await
-        .1
-}
-
-async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let doc = status_of(base, id).await;
-        if done(doc["status"].as_str().unwrap_or_default()) {
-            return doc;
-        }
-        assert!(Instant::now() < deadline, "stuck: {doc}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// An operational connector whose script runs for minutes. Publishing
 /// would run it, so the test makes version 1 live in the state database

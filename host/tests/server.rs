@@ -343,6 +343,7 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("post", "/api/v1/connectors/{connector}/preview"),
         ("get", "/api/v1/connectors/{connector}/dev-package"),
         ("put", "/api/v1/connectors/{connector}/package"),
+        ("post", "/api/v1/connectors/{connector}/webhook"),
     ];
     for (method, path) in expected {
         assert!(

@@ -173,19 +173,19 @@ impl Caller {
 
 /// The key of a request: `Authorization: Bearer …` or `X-API-KEY: …`.
 fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts
-        .headers
+    key_in(&parts.headers)
+}
+
+/// The key in request headers, if any.
+pub fn key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
         let (scheme, token) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    parts
-        .headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// Checks a presented key against the store.

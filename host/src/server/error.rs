@@ -148,6 +148,11 @@ impl ApiError {
     }
 
     /// The HTTP status.
+    pub fn detail(&self) -> &str {
+        &self.doc.detail
+    }
+
+    /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -94,6 +94,20 @@ impl FileStore {
         tmp_path.persist(&target).map_err(|e| UploadError::Io(e.error))?;
         Ok(Stored { sha256, size })
     }
+
+    /// Stores `bytes`; returns their sha256.
+    pub fn put_bytes(&self, bytes: &[u8]) -> std::io::Result<String> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let target = self.path(&sha256);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(&self.tmp)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&target).map_err(|e| e.error)?;
+        Ok(sha256)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
 //! - [`files`]: the content-addressed file store.
 //! - [`queue`]: queue, workers, cancel, restart recovery, shutdown drain.
+//! - [`webhooks`]: webhook batches and Standard Webhooks signatures.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
 
@@ -23,6 +24,7 @@ pub mod files;
 pub mod metrics;
 pub mod queue;
 pub mod state;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// The Wasm plugin runtime every run shares.
     pub plugins: Arc<PluginRuntime>,
+    /// Wakes the webhook batcher.
+    pub batches: webhooks::Batches,
 }
 
 /// A started server: listening, with its dispatcher running.
@@ -124,6 +128,7 @@ pub async fn start(settings: Settings) -> Result<Server, StartError> {
         runs: queue::Runs::default(),
         metrics: metrics::Metrics::new(),
         settings,
+        batches: webhooks::Batches::default(),
     });
     let recovered = queue::recover(&app)?;
     if recovered > 0 {
@@ -137,6 +142,7 @@ pub async fn start(settings: Settings) -> Result<Server, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     tokio::spawn(queue::dispatch(app.clone()));
+    tokio::spawn(webhooks::batcher(app.clone()));
     Ok(Server {
         app,
         listener,

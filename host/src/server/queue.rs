@@ -74,6 +74,11 @@ impl Runs {
         self.lock().get(id).map(|r| r.progress.subscribe())
     }
 
+    /// Fires when the server stops taking new work.
+    pub fn draining(&self) -> &CancellationToken {
+        &self.draining
+    }
+
     /// How many executions run now.
     pub fn running_count(&self) -> usize {
         self.lock().len()
@@ -101,10 +106,17 @@ pub fn enqueue(app: &App, row: &ExecutionRow, key: Option<&IdempotencyKey>) -> R
         }
         None => app.db.insert_execution(row)?,
     }
+    queued(app, row)?;
+    Ok(None)
+}
+
+/// After a new execution is stored: its first log line, the count, and a
+/// wake-up for the dispatcher.
+pub fn queued(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
     app.db.append_log(&row.document.id, "info", "queued")?;
     app.metrics.executions_created.inc();
     app.runs.wake();
-    Ok(None)
+    Ok(())
 }
 
 /// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`

@@ -148,6 +148,28 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 "#,
+    r#"
+CREATE TABLE webhook_batches (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    connector_id TEXT NOT NULL,
+    opened_at    TEXT NOT NULL,
+    closes_at    TEXT NOT NULL,
+    execution_id TEXT
+);
+CREATE INDEX webhook_batches_open ON webhook_batches (connector_id, execution_id, closes_at);
+CREATE TABLE webhooks (
+    connector_id TEXT NOT NULL,
+    webhook_id   TEXT NOT NULL,
+    batch_id     TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    querystring  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    PRIMARY KEY (connector_id, webhook_id)
+);
+CREATE INDEX webhooks_by_batch ON webhooks (batch_id, received_at);
+"#,
 ];
 
 /// A published plugin.
@@ -290,6 +312,45 @@ pub struct KeyUse {
     pub fingerprint: String,
     /// The execution it created.
     pub execution_id: String,
+}
+
+/// A webhook payload as received.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookRow {
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+    /// The sender's `webhook-id`, or one given on receipt.
+    pub webhook_id: String,
+    /// Its `Content-Type`.
+    pub content_type: String,
+    /// The query string of the request, without `?`.
+    pub querystring: String,
+    /// The body (UTF-8).
+    pub body: String,
+}
+
+/// Where a payload went: its batch, and the execution once it closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReceipt {
+    /// The batch.
+    pub batch_id: String,
+    /// When the batch closes (or closed).
+    pub closes_at: DateTime<Utc>,
+    /// The execution the batch became, once closed.
+    pub execution_id: Option<String>,
+    /// The payload had been received before (same `webhook-id`).
+    pub duplicate: bool,
+}
+
+/// A batch of payloads that has not become an execution yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBatch {
+    /// The batch.
+    pub id: String,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// Its connector.
+    pub connector_id: String,
 }
 
 /// An execution row before its document is parsed.
@@ -889,6 +950,170 @@ impl Db {
     /// older than `expired`.
     pub fn key_use(&self, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
         Self::key_use_on(&self.lock(), workspace_id, key, expired)
+    }
+
+    // ----- webhooks -------------------------------------------------------
+
+    /// Stores a payload in its connector's open batch, opening one that
+    /// closes after `window` when there is none (a zero window opens one
+    /// per payload). A `webhook_id` seen before stores nothing and gives
+    /// the first receipt again.
+    pub fn receive_webhook(
+        &self,
+        workspace_id: &str,
+        connector_id: &str,
+        payload: &WebhookRow,
+        window: std::time::Duration,
+    ) -> Result<WebhookReceipt> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let seen = tx
+            .query_row(
+                "SELECT b.id, b.closes_at, b.execution_id FROM webhooks w JOIN webhook_batches b ON b.id = w.batch_id
+                 WHERE w.connector_id = ?1 AND w.webhook_id = ?2",
+                params![connector_id, payload.webhook_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        if let Some((batch_id, closes_at, execution_id)) = seen {
+            return Ok(WebhookReceipt {
+                batch_id,
+                closes_at: time(&closes_at),
+                execution_id,
+                duplicate: true,
+            });
+        }
+        let open = if window.is_zero() {
+            None
+        } else {
+            tx.query_row(
+                "SELECT id, closes_at FROM webhook_batches WHERE connector_id = ?1 AND execution_id IS NULL
+                 ORDER BY opened_at LIMIT 1",
+                [connector_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+        };
+        let (batch_id, closes_at) = match open {
+            Some((id, closes_at)) => (id, time(&closes_at)),
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                let opened = Utc::now();
+                let closes_at = opened + chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+                tx.execute(
+                    "INSERT INTO webhook_batches (id, workspace_id, connector_id, opened_at, closes_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, workspace_id, connector_id, opened.to_rfc3339(), closes_at.to_rfc3339()],
+                )?;
+                (id, closes_at)
+            }
+        };
+        tx.execute(
+            "INSERT INTO webhooks (connector_id, webhook_id, batch_id, received_at, content_type, querystring, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                connector_id,
+                payload.webhook_id,
+                batch_id,
+                payload.received_at,
+                payload.content_type,
+                payload.querystring,
+                payload.body
+            ],
+        )?;
+        tx.commit()?;
+        Ok(WebhookReceipt {
+            batch_id,
+            closes_at,
+            execution_id: None,
+            duplicate: false,
+        })
+    }
+
+    /// Open batches due at `now`, oldest first.
+    pub fn due_batches(&self, now: DateTime<Utc>) -> Result<Vec<OpenBatch>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, workspace_id, connector_id FROM webhook_batches
+             WHERE execution_id IS NULL AND closes_at <= ?1 ORDER BY closes_at",
+        )?;
+        let rows = stmt.query_map([now.to_rfc3339()], |r| {
+            Ok(OpenBatch {
+                id: r.get(0)?,
+                workspace_id: r.get(1)?,
+                connector_id: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When the next open batch is due, if any is open.
+    pub fn next_batch_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let conn = self.lock();
+        let next: Option<String> = conn.query_row(
+            "SELECT MIN(closes_at) FROM webhook_batches WHERE execution_id IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(next.map(|t| time(&t)))
+    }
+
+    /// The payloads of a batch, in the order they arrived.
+    pub fn batch_payloads(&self, batch_id: &str) -> Result<Vec<WebhookRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT received_at, webhook_id, content_type, querystring, body FROM webhooks
+             WHERE batch_id = ?1 ORDER BY received_at, rowid",
+        )?;
+        let rows = stmt.query_map([batch_id], |r| {
+            Ok(WebhookRow {
+                received_at: r.get(0)?,
+                webhook_id: r.get(1)?,
+                content_type: r.get(2)?,
+                querystring: r.get(3)?,
+                body: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Closes a batch into the execution `row`, both or neither; false when
+    /// the batch was closed already.
+    pub fn close_batch(&self, batch_id: &str, row: &ExecutionRow) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE webhook_batches SET execution_id = ?2 WHERE id = ?1 AND execution_id IS NULL",
+            params![batch_id, row.document.id],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        Self::insert_execution_on(&tx, row)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Connectors with this id, or with this api_name in any workspace.
+    pub fn connectors_named(&self, id_or_name: &str) -> Result<Vec<ConnectorRow>> {
+        let ids: Vec<(String, String)> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare("SELECT workspace_id, id FROM connectors WHERE id = ?1 OR api_name = ?1")?;
+            let rows = stmt.query_map([id_or_name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for (workspace, id) in ids {
+            if let Some(row) = self.connector(&workspace, &id)? {
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 
     fn key_use_on(conn: &Connection, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {

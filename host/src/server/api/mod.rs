@@ -16,8 +16,9 @@ mod objects;
 mod package;
 pub mod plugins;
 mod preview;
-mod runs;
+pub mod runs;
 mod system;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,6 +164,7 @@ pub fn api() -> OpenApiRouter<Arc<App>> {
             .routes(routes!(package::dev_package))
             .routes(unlimited(routes!(package::push)))
             .routes(unlimited(routes!(runs::trigger)))
+            .routes(unlimited(routes!(webhooks::receive)))
             .routes(routes!(executions::list))
             .routes(routes!(executions::get))
             .routes(routes!(executions::logs))

@@ -82,6 +82,26 @@ pub fn start(
     trigger: TriggerType,
     key: Option<&IdempotencyKey>,
 ) -> ApiResult<Started> {
+    let execution = prepare(app, &caller.workspace_id, row, version, file, dry_run, trigger)?;
+    if let Some(used) = queue::enqueue(app, &execution, key)? {
+        // A retry that raced the first request: that one stored first.
+        return replay(app, key, &used);
+    }
+    let mut doc = execution.document;
+    doc.queue_position = Some(app.db.queue_position(&doc.id)?);
+    Ok(Started { doc, replayed: false })
+}
+
+/// A new queued execution of `row` on `file`, not stored yet.
+pub fn prepare(
+    app: &App,
+    workspace_id: &str,
+    row: &ConnectorRow,
+    version: Version,
+    file: Option<FileRow>,
+    dry_run: bool,
+    trigger: TriggerType,
+) -> ApiResult<ExecutionRow> {
     let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
     if !dry_run {
         if connector.status == ConnectorStatus::Setup {
@@ -125,20 +145,14 @@ pub fn start(
     );
     doc.source_file_id = file.as_ref().map(|f| f.sha256.clone());
     doc.links = links(&id);
-    let execution = ExecutionRow {
-        workspace_id: caller.workspace_id.clone(),
+    Ok(ExecutionRow {
+        workspace_id: workspace_id.to_string(),
         connector_id: row.id.clone(),
         definition: row.definition.clone(),
         script: script.text,
         input_name: file.map(|f| f.name),
-        document: doc.clone(),
-    };
-    if let Some(used) = queue::enqueue(app, &execution, key)? {
-        // A retry that raced the first request: that one stored first.
-        return replay(app, key, &used);
-    }
-    doc.queue_position = Some(app.db.queue_position(&id)?);
-    Ok(Started { doc, replayed: false })
+        document: doc,
+    })
 }
 
 /// The answer to a retry: the execution the key's first use created, if

@@ -1,0 +1,185 @@
+//! **Webhook trigger** (SPEC §6.5): `POST /connectors/{c}/webhook` takes any
+//! content type, a UTF-8 body of at most 256 KiB, from a sender with an API
+//! key allowed on the connector or a Standard Webhooks signature, stores it
+//! in the connector's open batch and answers 202 with where it went. The
+//! batching itself is [`crate::server::webhooks`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::to_bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+
+use crate::server::App;
+use crate::server::auth::{authenticate, key_in};
+use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument};
+use crate::server::state::{ConnectorRow, OpenBatch, WebhookRow};
+use crate::server::webhooks::{MAX_BODY, close, verify};
+
+/// Where a payload went.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Receipt {
+    /// The sender's `webhook-id`, or the one given to the payload.
+    pub webhook_id: String,
+    /// The execution its batch became, once closed (at once for
+    /// `batch_window = "0"`).
+    pub execution_id: Option<String>,
+    /// When its batch closes (or closed).
+    pub batch_closes_at: DateTime<Utc>,
+    /// The payload had been received before under this `webhook-id`; it was
+    /// not stored again.
+    pub duplicate: bool,
+}
+
+/// Receives a webhook payload into the connector's batch.
+#[utoipa::path(post, path = "/connectors/{connector}/webhook", tag = "executions",
+    params(
+        ("connector" = String, Path, description = "Connector id or api_name (with a signature and no key: its id, or an api_name no other workspace uses)"),
+        ("webhook-id" = Option<String>, Header, description = "Standard Webhooks message id; payloads are de-duplicated by it"),
+        ("webhook-timestamp" = Option<String>, Header, description = "Standard Webhooks timestamp (Unix seconds)"),
+        ("webhook-signature" = Option<String>, Header, description = "Standard Webhooks signatures: `v1,<base64>` separated by spaces"),
+    ),
+    request_body(content = String, content_type = "*/*", description = "Any content type; UTF-8, at most 256 KiB"),
+    responses(
+        (status = 202, body = Receipt, description = "Stored"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn receive(
+    State(app): State<Arc<App>>,
+    Path(c): Path<String>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    let headers = request.headers().clone();
+    let querystring = request.uri().query().unwrap_or_default().to_string();
+    let body = to_bytes(request.into_body(), MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a webhook body is at most {MAX_BODY} bytes"),
+        )
+    })?;
+    let (row, signed_id) = sender(&app, &c, &headers, &body)?;
+    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    if connector.kind != ConnectorType::Webhook {
+        return Err(ApiError::conflict(
+            "wrong_connector_type",
+            "only webhook connectors take webhooks",
+        ));
+    }
+    if connector.status == ConnectorStatus::Setup {
+        return Err(ApiError::conflict(
+            "connector_not_operational",
+            "the connector is in setup; it takes webhooks once operational (or inactive, which buffers them)",
+        ));
+    }
+    let text = String::from_utf8(body.to_vec()).map_err(|e| {
+        ApiError::invalid(
+            "invalid_payload",
+            format!(
+                "a webhook body must be UTF-8 (invalid at byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+            vec![],
+        )
+    })?;
+    let window = connector
+        .webhook
+        .as_ref()
+        .map_or(Ok(std::time::Duration::from_secs(30)), |w| {
+            humantime::parse_duration(&w.batch_window).or_else(|e| {
+                if w.batch_window.trim() == "0" {
+                    Ok(std::time::Duration::ZERO)
+                } else {
+                    Err(e)
+                }
+            })
+        })
+        .map_err(ApiError::internal)?;
+    let webhook_id = signed_id
+        .or_else(|| header(&headers, "webhook-id"))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let payload = WebhookRow {
+        received_at: Utc::now().to_rfc3339(),
+        webhook_id: webhook_id.clone(),
+        content_type: header(&headers, "content-type").unwrap_or_default(),
+        querystring,
+        body: text,
+    };
+    let receipt = app.db.receive_webhook(&row.workspace_id, &row.id, &payload, window)?;
+    let mut execution_id = receipt.execution_id.clone();
+    if !receipt.duplicate {
+        if window.is_zero() {
+            // One execution per payload, known in the answer.
+            let batch = OpenBatch {
+                id: receipt.batch_id.clone(),
+                workspace_id: row.workspace_id.clone(),
+                connector_id: row.id.clone(),
+            };
+            execution_id = close(&app, &batch).map_err(ApiError::internal)?;
+        } else {
+            app.batches.wake();
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Receipt {
+            webhook_id,
+            execution_id,
+            batch_closes_at: receipt.closes_at,
+            duplicate: receipt.duplicate,
+        }),
+    ))
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The connector the sender may post to: by API key, or by a signature
+/// (then also the signed `webhook-id`).
+fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(ConnectorRow, Option<String>)> {
+    if let Some(key) = key_in(headers) {
+        let caller = authenticate(&app.db, key)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        // Every role may post webhooks to the connectors it reaches.
+        let row = super::connector_of(app, &caller, c)?;
+        return Ok((row, None));
+    }
+    let (Some(id), Some(timestamp), Some(signatures)) = (
+        header(headers, "webhook-id"),
+        header(headers, "webhook-timestamp"),
+        header(headers, "webhook-signature"),
+    ) else {
+        return Err(ApiError::unauthorized(
+            "a webhook needs an API key, or a Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature)",
+        ));
+    };
+    let mut rows = app.db.connectors_named(c)?;
+    let row = match rows.len() {
+        1 => rows.remove(0),
+        0 => return Err(ApiError::not_found("connector")),
+        _ => {
+            return Err(ApiError::conflict(
+                "ambiguous_connector",
+                "several workspaces have a connector of this name; address it by its id",
+            ));
+        }
+    };
+    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let secret = connector
+        .webhook
+        .as_ref()
+        .and_then(|w| w.secret_env.as_deref())
+        .and_then(|name| std::env::var(name).ok())
+        .ok_or_else(|| ApiError::unauthorized("the connector has no signing secret set up (webhook.secret_env)"))?;
+    verify(&secret, &id, &timestamp, body, &signatures, Utc::now()).map_err(ApiError::unauthorized)?;
+    Ok((row, Some(id)))
+}

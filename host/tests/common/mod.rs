@@ -1,0 +1,95 @@
+//! What the tests of `weir serve` as a process share: starting it, and
+//! calling its API with the bootstrap admin key.
+#![allow(dead_code, reason = "each test binary uses some of these")]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
+
+/// A server process and its base URL.
+pub struct Process {
+    /// The process.
+    pub child: Child,
+    /// Its API base URL.
+    pub base: String,
+}
+
+pub fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("WEIR_BOOTSTRAP_KEY", ADMIN)
+        .env("WEIR_WORKERS", "1")
+        .env("WEIR_THREADS_PER_RUN", "1")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting weir serve: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("weir serve ended before listening"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(addr) = line.strip_prefix("weir listening on ") {
+            break format!("{addr}/api/v1");
+        }
+    };
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process { child, base }
+}
+
+pub async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(ADMIN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let response = r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+pub async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value) {
+    upload_named(base, path, "x.csv", bytes).await
+}
+
+pub async fn upload_named(base: &str, path: &str, name: &str, bytes: &'static [u8]) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}?filename={name}"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn status_of(base: &str, id: &str) -> Value {
+    call(base, reqwest::Method::GET, &format!("/executions/{id}"), None)
+        .await
+        .1
+}
+
+pub async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc = status_of(base, id).await;
+        if done(doc["status"].as_str().unwrap_or_default()) {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "stuck: {doc}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
