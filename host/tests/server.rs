@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use weir_host::server::auth::{self, Role};
 use weir_host::server::config::ServerConfig;
+use weir_host::server::schedules::{Clock, ManualClock, SystemClock};
 use weir_host::server::{self, App};
 
 const ADMIN: &str = "weir_test_bootstrap_admin_key_0123456789abcdef";
@@ -23,6 +24,10 @@ struct Server {
 }
 
 async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Server {
+    start_clocked(edit, Arc::new(SystemClock)).await
+}
+
+async fn start_clocked(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Clock>) -> Server {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = ServerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -34,7 +39,9 @@ async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Server {
     };
     edit(&mut config);
     let settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
-    let server = server::start(settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let server = server::start_with_clock(settings, clock)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = server.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let app = server.app.clone();
     let shutdown = CancellationToken::new();
@@ -2224,5 +2231,89 @@ async fn a_pushed_package_creates_the_connector_and_hostile_zips_are_refused() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_problem(&answer(refused).await, StatusCode::FORBIDDEN, "forbidden");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
+    // A quarter-hourly schedule on a clock the test moves.
+    let now = chrono::Utc::now();
+    let quarter = chrono::TimeDelta::minutes(15);
+    let secs = now.timestamp();
+    let first = chrono::DateTime::from_timestamp(secs - secs % 900 + 900, 0).unwrap_or(now);
+    let clock = Arc::new(ManualClock::new(now));
+    let s = start_clocked(|_| {}, clock.clone()).await;
+    let bad = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "nightly", "type": "schedule", "schedule": {"cron": "every night", "timezone": "Mars/Base"}}),
+        )
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    let paths: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|p| p["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(paths, ["schedule.cron", "schedule.timezone"], "{}", bad.body);
+
+    let doc = json!({
+        "api_name": "quarterly", "type": "schedule", "status": "setup",
+        "schedule": {"cron": "0 */15 * * * *", "timezone": "UTC"},
+        "sql": {"text": "CREATE VIEW output.tick AS SELECT CAST(schedule_trigger_time AS VARCHAR) AS at FROM input.schedule"},
+    });
+    live_without_dry_run(&s, doc, "operational").await;
+    let runs = || async {
+        let list = s.get("/connectors/quarterly/executions", ADMIN).await.body["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        list.into_iter().rev().collect::<Vec<Value>>()
+    };
+    let settle = || async {
+        s.app.schedules.wake();
+        weir_host::server::schedules::run_due(&s.app).unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    settle().await;
+    assert!(runs().await.is_empty(), "no tick yet");
+
+    // The first tick: one execution, over input.schedule.
+    clock.set(first + chrono::TimeDelta::seconds(5));
+    settle().await;
+    settle().await;
+    let list = runs().await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["trigger_type"], "schedule");
+    let id = list[0]["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    let out = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut csv = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("output/tick.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut csv,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stamp = first.format("%Y-%m-%dT%H:%M:%S").to_string();
+    assert!(csv.contains(&stamp), "{csv} should name {stamp}");
+
+    // Two hours later (the server "down"): the latest tick runs, once.
+    clock.set(first + quarter * 8 + chrono::TimeDelta::seconds(5));
+    settle().await;
+    settle().await;
+    let list = runs().await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let latest = list[1]["id"].as_str().unwrap_or_default().to_string();
+    let logs = s.get(&format!("/executions/{latest}/logs?limit=500"), ADMIN).await.body;
+    assert!(
+        logs["data"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|line| line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("7 earlier ticks")))),
+        "{logs}"
+    );
     s.stop().await;
 }

@@ -13,6 +13,7 @@
 //! - [`files`]: the content-addressed file store.
 //! - [`queue`]: queue, workers, cancel, restart recovery, shutdown drain.
 //! - [`webhooks`]: webhook batches and Standard Webhooks signatures.
+//! - [`schedules`]: cron ticks of schedule connectors.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod files;
 pub mod metrics;
 pub mod queue;
+pub mod schedules;
 pub mod state;
 pub mod webhooks;
 
@@ -56,6 +58,8 @@ pub struct App {
     pub plugins: Arc<PluginRuntime>,
     /// Wakes the webhook batcher.
     pub batches: webhooks::Batches,
+    /// The scheduler's clock.
+    pub schedules: schedules::Schedules,
 }
 
 /// A started server: listening, with its dispatcher running.
@@ -101,8 +105,13 @@ pub enum StartError {
 }
 
 /// Opens the data directory, recovers, bootstraps, binds the listener and
-/// starts the dispatcher.
+/// starts the dispatcher, the webhook batcher and the scheduler.
 pub async fn start(settings: Settings) -> Result<Server, StartError> {
+    start_with_clock(settings, Arc::new(schedules::SystemClock)).await
+}
+
+/// [`start`], with schedules on `clock`.
+pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Clock>) -> Result<Server, StartError> {
     let dir = settings.config.data_dir.clone();
     let data_dir_error = |source| StartError::DataDir {
         path: dir.display().to_string(),
@@ -129,6 +138,7 @@ pub async fn start(settings: Settings) -> Result<Server, StartError> {
         metrics: metrics::Metrics::new(),
         settings,
         batches: webhooks::Batches::default(),
+        schedules: schedules::Schedules::new(clock),
     });
     let recovered = queue::recover(&app)?;
     if recovered > 0 {
@@ -143,6 +153,7 @@ pub async fn start(settings: Settings) -> Result<Server, StartError> {
         .map_err(|source| StartError::Listen { addr, source })?;
     tokio::spawn(queue::dispatch(app.clone()));
     tokio::spawn(webhooks::batcher(app.clone()));
+    tokio::spawn(schedules::scheduler(app.clone()));
     Ok(Server {
         app,
         listener,

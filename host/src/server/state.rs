@@ -170,6 +170,14 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_by_batch ON webhooks (batch_id, received_at);
 "#,
+    r#"
+CREATE TABLE schedule_ticks (
+    connector_id TEXT NOT NULL,
+    tick_at      TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    PRIMARY KEY (connector_id, tick_at)
+);
+"#,
 ];
 
 /// A published plugin.
@@ -1090,6 +1098,60 @@ impl Db {
         let n = tx.execute(
             "UPDATE webhook_batches SET execution_id = ?2 WHERE id = ?1 AND execution_id IS NULL",
             params![batch_id, row.document.id],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        Self::insert_execution_on(&tx, row)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    // ----- schedules ------------------------------------------------------
+
+    /// Every schedule connector, in every workspace.
+    pub fn schedule_connectors(&self) -> Result<Vec<ConnectorRow>> {
+        let ids: Vec<(String, String)> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT workspace_id, id FROM connectors WHERE json_extract(definition, '$.type') = 'schedule'",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for (workspace, id) in ids {
+            if let Some(row) = self.connector(&workspace, &id)? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest tick of a schedule connector that ran.
+    pub fn last_tick(&self, connector_id: &str) -> Result<Option<DateTime<Utc>>> {
+        let conn = self.lock();
+        let last: Option<String> = conn.query_row(
+            "SELECT MAX(tick_at) FROM schedule_ticks WHERE connector_id = ?1",
+            [connector_id],
+            |r| r.get(0),
+        )?;
+        Ok(last.map(|t| time(&t)))
+    }
+
+    /// Records a tick with its execution, both or neither; false when the
+    /// tick was recorded before.
+    pub fn record_tick(&self, connector_id: &str, tick: DateTime<Utc>, row: &ExecutionRow) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO schedule_ticks (connector_id, tick_at, execution_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![
+                connector_id,
+                tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                row.document.id
+            ],
         )?;
         if n == 0 {
             return Ok(false);

@@ -142,6 +142,7 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
     }
     let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
+    problems.extend(crate::server::schedules::check(&connector));
     if connector.status == ConnectorStatus::Operational && !has_live {
         problems.push(Problem::new(
             "status",
@@ -308,8 +309,10 @@ pub(super) fn replace(app: &App, caller: &Caller, row: &ConnectorRow, submitted:
     if let Some(draft) = &submitted.draft {
         app.db.save_draft(&row.id, draft)?;
     }
-    // An inactive connector that becomes operational runs what it queued.
+    // An inactive connector that becomes operational runs what it queued;
+    // a schedule may have changed.
     app.runs.wake();
+    app.schedules.wake();
     app.db
         .connector(&caller.workspace_id, &row.id)?
         .ok_or_else(|| ApiError::not_found("connector"))
