@@ -207,6 +207,10 @@ async fn signed_webhooks_are_checked_batched_into_one_run_and_deduplicated() {
     let sig = reference_signature(&secret, "msg_1", ts, "{\"name\":\"ada 1\"}");
     let (s, b) = post(&base, &id, b"{\"name\":\"ada 1\"}".to_vec(), Some(("msg_1", ts, sig))).await;
     assert_eq!((s, b["duplicate"].as_bool()), (202, Some(true)), "{b}");
+    // The same id with another body is another request: refused.
+    let sig = reference_signature(&secret, "msg_2", ts, "{\"name\":\"bob\"}");
+    let (s, b) = post(&base, &id, b"{\"name\":\"bob\"}".to_vec(), Some(("msg_2", ts, sig))).await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("idempotency_key_reused")), "{b}");
 
     // Refused: another secret, a stale or future timestamp, a changed body,
     // a missing signature, too large a body, a body that is not UTF-8.
@@ -290,6 +294,27 @@ async fn a_zero_window_runs_each_webhook_and_an_inactive_connector_buffers_acros
         runs.push(b["execution_id"].as_str().unwrap_or_else(|| panic!("{b}")).to_string());
     }
     assert_ne!(runs[0], runs[1]);
+    // A keyed retry under its Idempotency-Key: the first receipt, no run.
+    let retry = |body: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{base}/connectors/each/webhook"))
+            .bearer_auth(ADMIN)
+            .header("idempotency-key", "order-7")
+            .body(body)
+            .send()
+    };
+    let first = retry("{\"order\":7}").await.unwrap_or_else(|e| panic!("{e}"));
+    let first: Value = first.json().await.unwrap_or(Value::Null);
+    let again = retry("{\"order\":7}").await.unwrap_or_else(|e| panic!("{e}"));
+    let again: Value = again.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (again["duplicate"].as_bool(), &again["execution_id"]),
+        (Some(true), &first["execution_id"]),
+        "{again}"
+    );
+    let other = retry("{\"order\":8}").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(other.status().as_u16(), 422);
+    runs.push(first["execution_id"].as_str().unwrap_or_default().to_string());
     for run in &runs {
         assert_eq!(
             wait(&base, run, |s| s == "success" || s == "failed").await["status"],

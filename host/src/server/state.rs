@@ -348,6 +348,8 @@ pub struct WebhookReceipt {
     pub execution_id: Option<String>,
     /// The payload had been received before (same `webhook-id`).
     pub duplicate: bool,
+    /// For a duplicate: the first one had a different body.
+    pub differs: bool,
 }
 
 /// A batch of payloads that has not become an execution yet.
@@ -977,25 +979,23 @@ impl Db {
         let tx = conn.transaction()?;
         let seen = tx
             .query_row(
-                "SELECT b.id, b.closes_at, b.execution_id FROM webhooks w JOIN webhook_batches b ON b.id = w.batch_id
+                "SELECT b.id, b.closes_at, b.execution_id, w.body = ?3 FROM webhooks w
+                 JOIN webhook_batches b ON b.id = w.batch_id
                  WHERE w.connector_id = ?1 AND w.webhook_id = ?2",
-                params![connector_id, payload.webhook_id],
+                params![connector_id, payload.webhook_id, payload.body],
                 |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
+                    Ok(WebhookReceipt {
+                        batch_id: r.get(0)?,
+                        closes_at: time(&r.get::<_, String>(1)?),
+                        execution_id: r.get(2)?,
+                        duplicate: true,
+                        differs: !r.get::<_, bool>(3)?,
+                    })
                 },
             )
             .optional()?;
-        if let Some((batch_id, closes_at, execution_id)) = seen {
-            return Ok(WebhookReceipt {
-                batch_id,
-                closes_at: time(&closes_at),
-                execution_id,
-                duplicate: true,
-            });
+        if let Some(receipt) = seen {
+            return Ok(receipt);
         }
         let open = if window.is_zero() {
             None
@@ -1040,6 +1040,7 @@ impl Db {
             closes_at,
             execution_id: None,
             duplicate: false,
+            differs: false,
         })
     }
 

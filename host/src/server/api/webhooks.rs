@@ -42,6 +42,7 @@ pub struct Receipt {
         ("webhook-id" = Option<String>, Header, description = "Standard Webhooks message id; payloads are de-duplicated by it"),
         ("webhook-timestamp" = Option<String>, Header, description = "Standard Webhooks timestamp (Unix seconds)"),
         ("webhook-signature" = Option<String>, Header, description = "Standard Webhooks signatures: `v1,<base64>` separated by spaces"),
+        ("Idempotency-Key" = Option<String>, Header, description = "With an API key and no webhook-id: names the payload for retries (the same key and body answer with the first receipt; another body, 422)"),
     ),
     request_body(content = String, content_type = "*/*", description = "Any content type; UTF-8, at most 256 KiB"),
     responses(
@@ -104,8 +105,11 @@ pub async fn receive(
             })
         })
         .map_err(ApiError::internal)?;
+    // A keyed sender may name its payload for retries with webhook-id or
+    // Idempotency-Key.
     let webhook_id = signed_id
         .or_else(|| header(&headers, "webhook-id"))
+        .or_else(|| header(&headers, "idempotency-key"))
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let payload = WebhookRow {
         received_at: Utc::now().to_rfc3339(),
@@ -115,6 +119,13 @@ pub async fn receive(
         body: text,
     };
     let receipt = app.db.receive_webhook(&row.workspace_id, &row.id, &payload, window)?;
+    if receipt.differs {
+        return Err(ApiError::invalid(
+            "idempotency_key_reused",
+            format!("payload `{webhook_id}` was received before with another body; a new payload needs a new id"),
+            vec![],
+        ));
+    }
     let mut execution_id = receipt.execution_id.clone();
     if !receipt.duplicate {
         if window.is_zero() {
