@@ -39,6 +39,18 @@ const POLL: Duration = Duration::from_millis(250);
 /// Log lines read per query.
 const LOG_PAGE: usize = 500;
 
+/// One Server-Sent Event of the stream (for the API document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventDoc {
+    /// `log`, `execution` or `end`.
+    pub event: String,
+    /// The seq of the last log line sent so far.
+    pub id: String,
+    /// JSON: a log line (`log`) or the execution document (`execution`);
+    /// the terminal status (`end`).
+    pub data: String,
+}
+
 /// Streams an execution's log lines and document changes as Server-Sent
 /// Events until it ends; resumable with `Last-Event-ID`.
 #[utoipa::path(get, path = "/executions/{id}/events", tag = "executions",
@@ -47,7 +59,7 @@ const LOG_PAGE: usize = 500;
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: log lines up to it are not sent again"),
     ),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
+        (status = 200, content_type = "text/event-stream", body = EventDoc,
             description = "`log`, `execution` and `end` events; every id is the seq of the last log line sent"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),

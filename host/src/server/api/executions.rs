@@ -215,7 +215,7 @@ async fn artifact(app: &App, caller: &Caller, id: &str, file: &str, content_type
 #[utoipa::path(get, path = "/executions/{id}/input", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
-        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, body = Vec<u8>, content_type = "*/*", description = "The file, with the content type it was uploaded with"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]

@@ -207,7 +207,7 @@ pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -
 #[utoipa::path(get, path = "/files/{id}/download", tag = "files",
     params(("id" = String, Path, description = "File id (sha256)")),
     responses(
-        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, body = Vec<u8>, content_type = "*/*", description = "The file, with the content type it was uploaded with"),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
