@@ -1,0 +1,186 @@
+//! `weir serve` killed (SIGKILL) at random points of loading runs, again
+//! and again, each time started again on the same data directory. After
+//! every restart: no execution is left `running` or `queued` for good, the
+//! records hold no duplicate, and what was committed stays. At the end the
+//! input loaded once more leaves exactly one record per distinct key.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use common::{call, serve, upload_named, wait};
+use reqwest::Method;
+use serde_json::{Value, json};
+use weir_engine::store::{RecordStore, SqliteStore};
+use weir_host::server::state::Db;
+
+/// Distinct e-mails in the input.
+const PEOPLE: usize = 60_000;
+
+/// Kill-and-restart rounds.
+const ROUNDS: usize = 6;
+
+/// A small xorshift generator: the seed is printed with every failure.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+async fn importer(base: &str) {
+    let (s, b) = call(
+        base,
+        Method::POST,
+        "/objects",
+        Some(json!({"name": "contact", "fields": [
+            {"name": "email", "type": "email", "unique": true}, {"name": "city", "type": "text"}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (_, file) = upload_named(base, "/files", "sample.csv", b"email,city\na@x.io,Oslo\n").await;
+    let (s, b) = call(
+        base,
+        Method::POST,
+        "/connectors",
+        Some(json!({
+            "api_name": "people", "type": "spreadsheet", "sample_file_id": file["id"],
+            "sql": {"text": "CREATE VIEW output.people AS SELECT email, city FROM input.data"},
+            "variables": [
+                {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
+                {"name": "city", "scope": "people", "column": "city", "type": "string"}],
+            "loads": [{"order": 1, "scope": "people", "object": "contact",
+                "match": [{"field": "email", "variable": "email", "no_match": "create_new",
+                           "single_match": "update_current", "multiple_match": "do_not_upload"}],
+                "fields": [{"field": "email", "variables": ["email"]}, {"field": "city", "variables": ["city"]}]}],
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(base, Method::POST, "/connectors/people/sql/publish", Some(json!({}))).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        base,
+        Method::PATCH,
+        "/connectors/people",
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+fn people_csv() -> &'static [u8] {
+    let mut csv = String::from("email,city\n");
+    for i in 0..PEOPLE {
+        let _ = writeln!(csv, "user{i}@example.com,City {}", i % 97);
+    }
+    Box::leak(csv.into_bytes().into_boxed_slice())
+}
+
+/// Records of `contact` and how many distinct e-mails they hold.
+fn records(dir: &std::path::Path) -> (u64, u64) {
+    let db = Db::open(&dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    let ws = db
+        .workspace("default")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no workspace"))
+        .id;
+    let objects = db.object_defs(&ws).unwrap_or_else(|e| panic!("{e}"));
+    let contact = objects.get("contact").unwrap_or_else(|| panic!("no contact"));
+    let store = SqliteStore::open(&dir.join("records.db")).unwrap_or_else(|e| panic!("{e}"));
+    let count = store.count(&ws, "contact").unwrap_or_else(|e| panic!("{e}"));
+    let batch = store.scan(&ws, contact).unwrap_or_else(|e| panic!("{e}"));
+    let emails = batch
+        .column_by_name("email")
+        .map(|c| {
+            let c = datafusion_strings(c);
+            c.into_iter().collect::<std::collections::BTreeSet<_>>().len() as u64
+        })
+        .unwrap_or(0);
+    (count, emails)
+}
+
+fn datafusion_strings(array: &std::sync::Arc<dyn datafusion::arrow::array::Array>) -> Vec<String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    let strings = array.as_string::<i32>();
+    (0..strings.len()).map(|i| strings.value(i).to_string()).collect()
+}
+
+/// Every execution of the connector.
+async fn executions(base: &str) -> Vec<Value> {
+    let (_, b) = call(
+        base,
+        Method::GET,
+        "/connectors/people/executions?limit=500&is_dry_run=false",
+        None,
+    )
+    .await;
+    b["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_again_and_again_mid_load_the_server_keeps_its_records_whole() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+        | 1;
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let csv = people_csv();
+    let mut accepted: Vec<String> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut p = serve(dir.path(), &[]);
+        if round == 0 {
+            importer(&p.base).await;
+        }
+        // Everything from before the crash has ended: lost runs failed,
+        // queued ones ran.
+        for id in &accepted {
+            let done = wait(&p.base, id, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+            assert!(
+                matches!(done["status"].as_str(), Some("success" | "partial_success" | "failed")),
+                "seed {seed}: {done}"
+            );
+        }
+        let (count, distinct) = records(dir.path());
+        assert_eq!(count, distinct, "seed {seed}, round {round}: duplicated records");
+        let (s, b) = upload_named(&p.base, "/connectors/people/runs", "people.csv", csv).await;
+        assert_eq!(s, 202, "{b}");
+        accepted.push(b["id"].as_str().unwrap_or_default().to_string());
+        // Somewhere in intake, SQL or the load.
+        let pause = Duration::from_millis(rng.below(1500));
+        let started = Instant::now();
+        while started.elapsed() < pause {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p.child.kill().unwrap_or_else(|e| panic!("{e}"));
+        let _ = p.child.wait();
+    }
+
+    // Loaded once more, to its end: one record per distinct e-mail.
+    let mut p = serve(dir.path(), &[]);
+    for id in &accepted {
+        wait(&p.base, id, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+    }
+    let (s, b) = upload_named(&p.base, "/connectors/people/runs", "people.csv", csv).await;
+    assert_eq!(s, 202, "{b}");
+    let last = b["id"].as_str().unwrap_or_default().to_string();
+    let done = wait(&p.base, &last, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+    assert_eq!(done["status"], "success", "seed {seed}: {done}");
+    let (count, distinct) = records(dir.path());
+    assert_eq!((count, distinct), (PEOPLE as u64, PEOPLE as u64), "seed {seed}");
+    let stuck: Vec<Value> = executions(&p.base)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e["status"].as_str(), Some("running" | "queued" | "canceling")))
+        .collect();
+    assert!(stuck.is_empty(), "seed {seed}: {stuck:?}");
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
