@@ -16,7 +16,7 @@ use foldhash::{HashMap, HashSet};
 use crate::connector::{ConflictRule, LoadDef, MultipleMatchAction, NoMatchAction, SingleMatchAction};
 use crate::error::Result;
 use crate::objects::{FieldType, ObjectDef};
-use crate::store::{Found, MatchKey, RecordId, RecordStore, Value, Write, WriteBatch};
+use crate::store::{Found, MatchKey, RecordId, RecordStore, Tally, Value, Write, WriteBatch};
 
 /// What happened to one row in one load step.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +121,8 @@ pub struct LoadStep {
     /// The fields the step writes, in mapping order: a record's values
     /// are held by position in it.
     fields: Vec<String>,
+    /// The execution whose counts each commit adds to the store's tally.
+    tally: Option<String>,
 }
 
 impl LoadStep {
@@ -148,7 +150,15 @@ impl LoadStep {
             dry_run,
             last_id: Mutex::new(None),
             fields,
+            tally: None,
         })
+    }
+
+    /// Keeps the step's counts with its commits, as execution
+    /// `execution_id`'s (see [`RecordStore::tallies`]).
+    pub fn with_tally(mut self, execution_id: &str) -> Self {
+        self.tally = Some(execution_id.to_string());
+        self
     }
 
     /// The step's definition.
@@ -230,7 +240,20 @@ impl LoadStep {
         let write = if self.dry_run {
             WriteBatch::default()
         } else {
-            batch.write(&self.fields)
+            let mut write = batch.write(&self.fields);
+            write.tally = self.tally.as_ref().map(|execution_id| {
+                let c = count(&outcomes);
+                Tally {
+                    execution_id: execution_id.clone(),
+                    order: self.step.order,
+                    total: c.total,
+                    created: c.created,
+                    updated: c.updated,
+                    skipped: c.skipped,
+                    failed: c.failed,
+                }
+            });
+            write
         };
         Ok(Decided { outcomes, batch, write })
     }
@@ -527,6 +550,7 @@ impl Batch {
             fields: fields.to_vec(),
             creates,
             updates,
+            tally: None,
         }
     }
 }

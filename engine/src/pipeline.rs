@@ -592,7 +592,10 @@ impl Run {
             }
         });
 
-        let dry_run = self.shared.progress.snapshot().is_dry_run;
+        let (dry_run, execution_id) = {
+            let doc = self.shared.progress.snapshot();
+            (doc.is_dry_run, doc.id)
+        };
         let mut steps: Vec<Arc<LoadStep>> = Vec::new();
         if let Some(records) = records {
             self.at(Stage::Load);
@@ -607,7 +610,8 @@ impl Run {
                     &records.workspace,
                     records.store.clone(),
                     dry_run,
-                )?;
+                )?
+                .with_tally(&execution_id);
                 steps.push(Arc::new(step));
             }
             self.shared.progress.update(|d| {

@@ -249,6 +249,28 @@ pub struct WriteBatch {
     pub creates: Vec<Write>,
     /// Changes to existing records.
     pub updates: Vec<Write>,
+    /// The load step's counts for the rows of this batch, kept with it so
+    /// that they are exactly what was committed, also after a crash.
+    pub tally: Option<Tally>,
+}
+
+/// Counts of one load step of one execution, added up commit by commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// The execution.
+    pub execution_id: String,
+    /// The load step's `order`.
+    pub order: u32,
+    /// Rows handled.
+    pub total: u64,
+    /// Records created.
+    pub created: u64,
+    /// Records updated.
+    pub updated: u64,
+    /// Rows skipped.
+    pub skipped: u64,
+    /// Rows that failed.
+    pub failed: u64,
 }
 
 /// Where records live.
@@ -285,8 +307,16 @@ pub trait RecordStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Record>>;
 
-    /// Applies one batch atomically: all of it or nothing.
+    /// Applies one batch atomically: all of it or nothing, its tally
+    /// included.
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()>;
+
+    /// The committed tallies of an execution's load steps, by `order`
+    /// (empty for a store that keeps none).
+    fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
+        let _ = execution_id;
+        Ok(Vec::new())
+    }
 
     /// How many records the object has.
     fn count(&self, workspace: &str, object: &str) -> Result<u64>;
@@ -521,6 +551,14 @@ impl SqliteStore {
         // The checkpoint thread copies the WAL, not the commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(store_error)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS weir_load_tallies (
+                execution_id TEXT NOT NULL, step INTEGER NOT NULL,
+                total INTEGER NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,
+                skipped INTEGER NOT NULL, failed INTEGER NOT NULL,
+                PRIMARY KEY (execution_id, step))",
+        )
+        .map_err(store_error)?;
         Ok(Self {
             checkpoints: None,
             reader: None,
@@ -757,6 +795,26 @@ impl RecordStore for SqliteStore {
             );
             execute(&tx, &sql, run, &written)?;
         }
+        if let Some(t) = &batch.tally {
+            tx.execute(
+                "INSERT INTO weir_load_tallies (execution_id, step, total, created, updated, skipped, failed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (execution_id, step) DO UPDATE SET
+                   total = total + excluded.total, created = created + excluded.created,
+                   updated = updated + excluded.updated, skipped = skipped + excluded.skipped,
+                   failed = failed + excluded.failed",
+                rusqlite::params![
+                    t.execution_id,
+                    t.order,
+                    t.total as i64,
+                    t.created as i64,
+                    t.updated as i64,
+                    t.skipped as i64,
+                    t.failed as i64
+                ],
+            )
+            .map_err(store_error)?;
+        }
         tx.commit().map_err(store_error)?;
         match &self.checkpoints {
             Some(c) => c.committed(&conn),
@@ -788,6 +846,30 @@ impl RecordStore for SqliteStore {
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids.finish())];
         arrays.extend(builders.into_iter().map(Builder::finish));
         RecordBatch::try_new(arrow_schema(object), arrays).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT step, total, created, updated, skipped, failed FROM weir_load_tallies
+                 WHERE execution_id = ?1 ORDER BY step",
+            )
+            .map_err(store_error)?;
+        let rows = stmt
+            .query_map([execution_id], |r| {
+                Ok(Tally {
+                    execution_id: execution_id.to_string(),
+                    order: r.get(0)?,
+                    total: r.get::<_, i64>(1)? as u64,
+                    created: r.get::<_, i64>(2)? as u64,
+                    updated: r.get::<_, i64>(3)? as u64,
+                    skipped: r.get::<_, i64>(4)? as u64,
+                    failed: r.get::<_, i64>(5)? as u64,
+                })
+            })
+            .map_err(store_error)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_error)
     }
 
     fn count(&self, workspace: &str, object: &str) -> Result<u64> {
@@ -898,6 +980,7 @@ name = "contact"
             fields: fields(),
             creates: writes,
             updates: vec![],
+            tally: None,
         }
     }
 
@@ -974,9 +1057,27 @@ name = "contact"
                             values: vec![None, None, None],
                         },
                     ],
+                    tally: Some(Tally {
+                        execution_id: "e1".into(),
+                        order: 1,
+                        total: 3,
+                        updated: 2,
+                        skipped: 1,
+                        ..Tally::default()
+                    }),
                 },
             )
             .expect("update");
+        // The tally is kept with the commit.
+        let tallies = store.tallies("e1").expect("tallies");
+        assert_eq!(
+            tallies
+                .iter()
+                .map(|t| (t.order, t.total, t.updated, t.skipped))
+                .collect::<Vec<_>>(),
+            [(1, 3, 2, 1)]
+        );
+        assert!(store.tallies("e2").expect("tallies").is_empty());
         let got = store.get("w1", &def, &[a.id, RecordId::now_v7()]).expect("get");
         let rec = got[0].as_ref().expect("a exists");
         assert_eq!(rec.fields["vip"], Value::Bool(true));

@@ -1,8 +1,9 @@
 //! `weir serve` killed (SIGKILL) at random points of loading runs, again
 //! and again, each time started again on the same data directory. After
 //! every restart: no execution is left `running` or `queued` for good, the
-//! records hold no duplicate, and what was committed stays. At the end the
-//! input loaded once more leaves exactly one record per distinct key.
+//! records hold no duplicate, what was committed stays, and the counts of
+//! every run, those the crashes cut short too, add up to the records. At
+//! the end the input loaded once more leaves one record per distinct key.
 
 mod common;
 
@@ -112,6 +113,16 @@ fn datafusion_strings(array: &std::sync::Arc<dyn datafusion::arrow::array::Array
     (0..strings.len()).map(|i| strings.value(i).to_string()).collect()
 }
 
+/// Records the executions say they created.
+async fn created(base: &str, ids: &[String]) -> u64 {
+    let mut sum = 0;
+    for id in ids {
+        let (_, doc) = call(base, Method::GET, &format!("/executions/{id}"), None).await;
+        sum += doc["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
+    }
+    sum
+}
+
 /// Every execution of the connector.
 async fn executions(base: &str) -> Vec<Value> {
     let (_, b) = call(
@@ -150,6 +161,13 @@ async fn killed_again_and_again_mid_load_the_server_keeps_its_records_whole() {
         }
         let (count, distinct) = records(dir.path());
         assert_eq!(count, distinct, "seed {seed}, round {round}: duplicated records");
+        // Every record was created by one commit of one run, and the
+        // counts, of the runs the crashes cut short too, say so.
+        assert_eq!(
+            created(&p.base, &accepted).await,
+            count,
+            "seed {seed}, round {round}: the counts disagree with the records"
+        );
         let (s, b) = upload_named(&p.base, "/connectors/people/runs", "people.csv", csv).await;
         assert_eq!(s, 202, "{b}");
         accepted.push(b["id"].as_str().unwrap_or_default().to_string());
@@ -175,6 +193,8 @@ async fn killed_again_and_again_mid_load_the_server_keeps_its_records_whole() {
     assert_eq!(done["status"], "success", "seed {seed}: {done}");
     let (count, distinct) = records(dir.path());
     assert_eq!((count, distinct), (PEOPLE as u64, PEOPLE as u64), "seed {seed}");
+    accepted.push(last);
+    assert_eq!(created(&p.base, &accepted).await, count, "seed {seed}");
     let stuck: Vec<Value> = executions(&p.base)
         .await
         .into_iter()

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
-use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status};
+use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status, StepProgress};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::transform::Plugins;
@@ -188,6 +188,7 @@ pub fn recover(app: &App) -> Result<usize, StateError> {
             });
             let _ = doc.transition(Status::Failed);
         }
+        committed_counts(app, &mut doc);
         if app.db.save_document(&doc, Some(from))? {
             app.db.append_log(
                 &doc.id,
@@ -198,6 +199,30 @@ pub fn recover(app: &App) -> Result<usize, StateError> {
         }
     }
     Ok(n)
+}
+
+/// Sets a lost run's load counts to what its commits left in the record
+/// store: each commit keeps its step's tally in its own transaction, while
+/// the document was saved up to 100 ms behind.
+fn committed_counts(app: &App, doc: &mut Execution) {
+    let tallies = match app.records.tallies(&doc.id) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(execution = %doc.id, error = %e, "reading the load tallies failed");
+            return;
+        }
+    };
+    if let Some(StepProgress::Load { steps, .. }) = doc.stage_mut(Stage::Load) {
+        for t in tallies {
+            if let Some(c) = steps.iter_mut().find(|c| c.order == t.order) {
+                c.total = t.total;
+                c.created = t.created;
+                c.updated = t.updated;
+                c.skipped = t.skipped;
+                c.failed = t.failed;
+            }
+        }
+    }
 }
 
 /// Claims and starts queued executions until shutdown.
