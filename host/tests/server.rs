@@ -2317,3 +2317,24 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_bytes_uploaded_before_under_another_name_uses_its_own_name() {
+    let s = start().await;
+    // The sample is CONTACTS_CSV as contacts.csv; the run sends the same
+    // bytes as leads.csv.
+    operational_importer(&s).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "leads.csv", CONTACTS_CSV)
+        .await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    let tables: Vec<&str> = done["step_progress"][0]["tables"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["table"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(tables.contains(&"leads"), "{done}");
+    assert!(!tables.contains(&"contacts"), "{done}");
+    s.stop().await;
+}

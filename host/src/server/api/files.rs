@@ -142,16 +142,24 @@ pub async fn receive(
             vec![weir_engine::error::Problem::new("file", "has no bytes")],
         ));
     }
-    Ok(app.db.insert_file(
+    let row = app.db.insert_file(
         workspace_id,
         &FileRow {
             sha256: stored.sha256,
             size: stored.size,
-            name,
-            content_type,
+            name: name.clone(),
+            content_type: content_type.clone(),
             created_at: Utc::now(),
         },
-    )?)
+    )?;
+    // The store keeps one copy of the same bytes, under the name they first
+    // came with; this upload (and the run it triggers, whose input tables
+    // are named after it) is known by the name it was sent with.
+    Ok(FileRow {
+        name,
+        content_type,
+        ..row
+    })
 }
 
 /// Uploads a file: a raw body with `?filename=`, or multipart `file`.
