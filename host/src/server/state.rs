@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
+use weir_engine::connector::PluginRef;
 use weir_engine::execution::{Execution, Status};
 use weir_engine::objects::Objects;
 
@@ -725,6 +726,14 @@ impl Db {
                 Self::plugin_row,
             )
             .optional()?)
+    }
+
+    /// The published plugin a reference names.
+    pub fn plugin_by_ref(&self, workspace_id: &str, plugin: &PluginRef) -> Result<Option<PluginRow>> {
+        match plugin {
+            PluginRef::Named { name, version } => self.plugin(workspace_id, name, version),
+            PluginRef::Sha256(hex) => self.plugin_by_sha(workspace_id, hex),
+        }
     }
 
     /// A published plugin by content.

@@ -236,10 +236,7 @@ pub async fn push(
 /// unless the workspace has it already.
 async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference: &str) -> ApiResult<()> {
     let plugin = PluginRef::parse(reference).map_err(ApiError::internal)?;
-    let known = match &plugin {
-        PluginRef::Named { name, version } => app.db.plugin(&caller.workspace_id, name, version)?,
-        PluginRef::Sha256(hex) => app.db.plugin_by_sha(&caller.workspace_id, hex)?,
-    };
+    let known = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?;
     let PluginRef::Named { name, version } = plugin else {
         return match known {
             Some(_) => Ok(()),
@@ -317,11 +314,7 @@ fn build(
     }
     for t in &connector.transforms {
         let plugin = PluginRef::parse(&t.plugin).map_err(ApiError::internal)?;
-        let stored = match &plugin {
-            PluginRef::Named { name, version } => app.db.plugin(&caller.workspace_id, name, version)?,
-            PluginRef::Sha256(hex) => app.db.plugin_by_sha(&caller.workspace_id, hex)?,
-        }
-        .ok_or_else(|| {
+        let stored = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?.ok_or_else(|| {
             ApiError::conflict(
                 "unknown_plugin",
                 format!("transform plugin {plugin} is not published in this workspace"),

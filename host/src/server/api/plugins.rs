@@ -172,12 +172,12 @@ pub struct WorkspacePlugins {
 
 impl PluginSource for WorkspacePlugins {
     fn fetch(&self, plugin: &PluginRef) -> Result<Vec<u8>, String> {
-        let row = match plugin {
-            PluginRef::Named { name, version } => self.app.db.plugin(&self.workspace_id, name, version),
-            PluginRef::Sha256(hex) => self.app.db.plugin_by_sha(&self.workspace_id, hex),
-        }
-        .map_err(|e| format!("looking up the plugin: {e}"))?
-        .ok_or_else(|| format!("no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"))?;
+        let row = self
+            .app
+            .db
+            .plugin_by_ref(&self.workspace_id, plugin)
+            .map_err(|e| format!("looking up the plugin: {e}"))?
+            .ok_or_else(|| format!("no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"))?;
         std::fs::read(self.app.files.path(&row.sha256)).map_err(|e| format!("reading plugin {plugin}: {e}"))
     }
 }
