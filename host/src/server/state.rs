@@ -1121,21 +1121,7 @@ impl Db {
 
     /// Every schedule connector, in every workspace.
     pub fn schedule_connectors(&self) -> Result<Vec<ConnectorRow>> {
-        let ids: Vec<(String, String)> = {
-            let conn = self.lock();
-            let mut stmt = conn.prepare_cached(
-                "SELECT workspace_id, id FROM connectors WHERE json_extract(definition, '$.type') = 'schedule'",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut out = Vec::new();
-        for (workspace, id) in ids {
-            if let Some(row) = self.connector(&workspace, &id)? {
-                out.push(row);
-            }
-        }
-        Ok(out)
+        self.connectors_where("json_extract(definition, '$.type') = 'schedule'", [])
     }
 
     /// The latest tick of a schedule connector that ran.
@@ -1173,10 +1159,17 @@ impl Db {
 
     /// Connectors with this id, or with this api_name in any workspace.
     pub fn connectors_named(&self, id_or_name: &str) -> Result<Vec<ConnectorRow>> {
+        self.connectors_where("id = ?1 OR api_name = ?1", [id_or_name])
+    }
+
+    /// Connectors of any workspace matching `condition` (SQL over the
+    /// `connectors` table).
+    fn connectors_where(&self, condition: &str, params: impl rusqlite::Params) -> Result<Vec<ConnectorRow>> {
         let ids: Vec<(String, String)> = {
             let conn = self.lock();
-            let mut stmt = conn.prepare("SELECT workspace_id, id FROM connectors WHERE id = ?1 OR api_name = ?1")?;
-            let rows = stmt.query_map([id_or_name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT workspace_id, id FROM connectors WHERE {condition}"))?;
+            let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let mut out = Vec::new();
