@@ -161,6 +161,30 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     })
 }
 
+impl App {
+    /// Stores `bytes` as a file of the workspace, as an upload named `name`
+    /// would be (for inputs the server makes itself).
+    pub fn keep_file(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<state::FileRow> {
+        let sha256 = self.files.put_bytes(bytes)?;
+        Ok(self.db.insert_file(
+            workspace_id,
+            &state::FileRow {
+                sha256,
+                size: bytes.len() as u64,
+                name: name.to_string(),
+                content_type: content_type.to_string(),
+                created_at: chrono::Utc::now(),
+            },
+        )?)
+    }
+}
+
 /// Creates the first workspace and admin key when the state is empty.
 fn bootstrap(db: &Db, settings: &Settings) -> Result<Option<String>, StartError> {
     if !db.is_empty()? {

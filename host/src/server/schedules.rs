@@ -32,7 +32,7 @@ use weir_engine::execution::TriggerType;
 use super::App;
 use super::api::runs::{Version, prepare};
 use super::queue;
-use super::state::{ConnectorRow, FileRow};
+use super::state::ConnectorRow;
 
 /// The longest the scheduler sleeps between two looks.
 const IDLE: Duration = Duration::from_secs(1);
@@ -234,17 +234,7 @@ fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize)
         "schedule_trigger_time\n{}\n",
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    let sha256 = app.files.put_bytes(csv.as_bytes())?;
-    let file = app.db.insert_file(
-        &row.workspace_id,
-        &FileRow {
-            sha256,
-            size: csv.len() as u64,
-            name: "schedule.csv".into(),
-            content_type: "text/csv".into(),
-            created_at: Utc::now(),
-        },
-    )?;
+    let file = app.keep_file(&row.workspace_id, "schedule.csv", "text/csv", csv.as_bytes())?;
     let execution = prepare(
         app,
         &row.workspace_id,

@@ -34,7 +34,7 @@ use weir_engine::execution::TriggerType;
 use super::App;
 use super::api::runs::{Version, prepare};
 use super::queue;
-use super::state::{FileRow, OpenBatch};
+use super::state::OpenBatch;
 
 /// The largest payload accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -104,18 +104,7 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
         serde_json::to_writer(&mut jsonl, p)?;
         jsonl.push(b'\n');
     }
-    let size = jsonl.len() as u64;
-    let sha256 = app.files.put_bytes(&jsonl)?;
-    let file = app.db.insert_file(
-        &batch.workspace_id,
-        &FileRow {
-            sha256,
-            size,
-            name: "webhooks.jsonl".into(),
-            content_type: "application/x-ndjson".into(),
-            created_at: Utc::now(),
-        },
-    )?;
+    let file = app.keep_file(&batch.workspace_id, "webhooks.jsonl", "application/x-ndjson", &jsonl)?;
     let execution = prepare(
         app,
         &batch.workspace_id,

@@ -42,7 +42,8 @@ use super::connectors::ConnectorView;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::state::{ConnectorRow, FileRow};
+use crate::server::files::Stored;
+use crate::server::state::ConnectorRow;
 
 /// The package format this server writes.
 const FORMAT: u32 = 1;
@@ -178,22 +179,9 @@ pub async fn push(
     let sample = match &package.data_file {
         Some(file) => {
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
-            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)) });
-            let stored = app
-                .files
-                .put(stream, app.settings.max_upload)
-                .await
-                .map_err(super::files::upload_error)?;
-            let row = app.db.insert_file(
-                &caller.workspace_id,
-                &FileRow {
-                    sha256: stored.sha256,
-                    size: stored.size,
-                    name: file.name.clone(),
-                    content_type: "application/octet-stream".into(),
-                    created_at: chrono::Utc::now(),
-                },
-            )?;
+            let row = app
+                .keep_file(&caller.workspace_id, &file.name, "application/octet-stream", &bytes)
+                .map_err(ApiError::internal)?;
             Some(row.sha256)
         }
         None => existing.as_ref().and_then(|r| r.sample_file_id.clone()),
@@ -264,12 +252,10 @@ async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference
         };
     };
     let bytes = tokio::fs::read(&file).await.map_err(ApiError::internal)?;
-    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)) });
-    let stored = app
-        .files
-        .put(stream, app.settings.max_upload)
-        .await
-        .map_err(super::files::upload_error)?;
+    let stored = Stored {
+        sha256: app.files.put_bytes(&bytes).map_err(ApiError::internal)?,
+        size: bytes.len() as u64,
+    };
     super::plugins::register(app, &caller.workspace_id, name, version, stored).await?;
     Ok(())
 }
