@@ -18,7 +18,7 @@ use weir_engine::execution::{Execution, TriggerType};
 use weir_engine::pipeline::InputFile;
 use weir_engine::sql::Script;
 
-use super::{Page, PageParams, connector_of};
+use super::{Page, PageParams, connector_of, optional_body, run_file};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
@@ -506,31 +506,15 @@ pub async fn publish(
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
     // The body is optional: none (or `{}`) publishes against the sample.
-    let request: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PublishRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid(
-                "validation_failed",
-                format!("the body must be {{\"source_file_id\": \"…\"}} or empty: {e}"),
-                vec![],
-            )
-        })?
-    };
-    let file_id = request
-        .source_file_id
-        .or_else(|| row.sample_file_id.clone())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "no_sample_file",
-                "publishing runs the draft on a file first: set the connector's sample_file_id or pass source_file_id",
-                vec![],
-            )
-        })?;
-    let file = app
-        .db
-        .file(&caller.workspace_id, &file_id)?
-        .ok_or_else(|| ApiError::invalid("no_sample_file", format!("there is no file `{file_id}`"), vec![]))?;
+    let request: PublishRequest = optional_body(&body, "{\"source_file_id\": \"…\"}")?;
+    let file = run_file(
+        &app,
+        &caller,
+        &row,
+        request.source_file_id,
+        "publishing runs the draft on a file first",
+        "no_sample_file",
+    )?;
     let draft = app
         .db
         .sql_version(&row.id, row.draft_version)?

@@ -41,7 +41,7 @@ use super::App;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::metrics::RequestLabel;
-use super::state::ConnectorRow;
+use super::state::{ConnectorRow, FileRow};
 
 /// Largest `?limit=` of a list.
 pub const MAX_LIMIT: usize = 500;
@@ -88,6 +88,44 @@ pub fn page<T, R>(mut rows: Vec<R>, limit: usize, cursor_of: impl Fn(&R) -> Stri
         data: rows.into_iter().map(view).collect(),
         next_cursor,
     }
+}
+
+/// An optional JSON body: none (or only whitespace) is `T::default()`;
+/// anything else must be `shape`.
+pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shape: &str) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            "validation_failed",
+            format!("the body must be {shape} or empty: {e}"),
+            vec![],
+        )
+    })
+}
+
+/// The file a dry run of `row` works on: `source_file_id`, else the
+/// connector's sample. `purpose` says what needs one when there is
+/// neither; an id the workspace does not have is refused with `unknown`.
+pub fn run_file(
+    app: &App,
+    caller: &Caller,
+    row: &ConnectorRow,
+    source_file_id: Option<String>,
+    purpose: &str,
+    unknown: &str,
+) -> ApiResult<FileRow> {
+    let file_id = source_file_id.or_else(|| row.sample_file_id.clone()).ok_or_else(|| {
+        ApiError::invalid(
+            "no_sample_file",
+            format!("{purpose}: set the connector's sample_file_id or pass source_file_id"),
+            vec![],
+        )
+    })?;
+    app.db
+        .file(&caller.workspace_id, &file_id)?
+        .ok_or_else(|| ApiError::invalid(unknown, format!("there is no file `{file_id}`"), vec![]))
 }
 
 /// The connector `{connector}` (id or api_name) of the caller's workspace,

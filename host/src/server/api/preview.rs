@@ -23,8 +23,8 @@ use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::transform::Plugins;
 
-use super::connector_of;
 use super::plugins::WorkspacePlugins;
+use super::{connector_of, optional_body, run_file};
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::{App, queue};
@@ -126,19 +126,8 @@ pub async fn preview(
 ) -> ApiResult<Json<Preview>> {
     caller.require(Role::Operator)?;
     let row = connector_of(&app, &caller, &c)?;
-    let request: PreviewRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PreviewRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid(
-                "validation_failed",
-                format!(
-                    "the body must be {{\"source_file_id\": \"…\", \"version\": \"draft\" | \"live\"}} or empty: {e}"
-                ),
-                vec![],
-            )
-        })?
-    };
+    let request: PreviewRequest =
+        optional_body(&body, "{\"source_file_id\": \"…\", \"version\": \"draft\" | \"live\"}")?;
     let rows = params.rows.unwrap_or(DEFAULT_ROWS);
     if rows == 0 || rows > MAX_ROWS {
         return Err(ApiError::bad_request(format!("rows must be 1 to {MAX_ROWS}")));
@@ -156,20 +145,14 @@ pub async fn preview(
             ));
         }
     };
-    let file_id = request
-        .source_file_id
-        .or_else(|| row.sample_file_id.clone())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "no_sample_file",
-                "a preview runs on a file: set the connector's sample_file_id or pass source_file_id",
-                vec![],
-            )
-        })?;
-    let file = app
-        .db
-        .file(&caller.workspace_id, &file_id)?
-        .ok_or_else(|| ApiError::invalid("unknown_file", format!("there is no file `{file_id}`"), vec![]))?;
+    let file = run_file(
+        &app,
+        &caller,
+        &row,
+        request.source_file_id,
+        "a preview runs on a file",
+        "unknown_file",
+    )?;
     let script = app
         .db
         .sql_version(&row.id, version)?
