@@ -245,6 +245,18 @@ fn default_batch_window() -> String {
     "30s".into()
 }
 
+impl WebhookDef {
+    /// `batch_window` as a duration (`"0"`: one batch per payload); `None`
+    /// when it is not one.
+    pub fn window(&self) -> Option<std::time::Duration> {
+        let text = self.batch_window.trim();
+        if text == "0" {
+            return Some(std::time::Duration::ZERO);
+        }
+        humantime::parse_duration(text).ok()
+    }
+}
+
 /// `[schedule]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleDef {
@@ -630,8 +642,7 @@ impl Connector {
                     problems.push(Problem::new("schedule", "only for type = \"schedule\""));
                 }
                 if let Some(w) = &self.webhook
-                    && humantime::parse_duration(&w.batch_window).is_err()
-                    && w.batch_window.trim() != "0"
+                    && w.window().is_none()
                 {
                     problems.push(Problem::new(
                         "webhook.batch_window",

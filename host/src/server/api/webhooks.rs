@@ -92,19 +92,14 @@ pub async fn receive(
             vec![],
         )
     })?;
-    let window = connector
-        .webhook
-        .as_ref()
-        .map_or(Ok(std::time::Duration::from_secs(30)), |w| {
-            humantime::parse_duration(&w.batch_window).or_else(|e| {
-                if w.batch_window.trim() == "0" {
-                    Ok(std::time::Duration::ZERO)
-                } else {
-                    Err(e)
-                }
-            })
-        })
-        .map_err(ApiError::internal)?;
+    // Without [webhook], the default window; a stored connector's window
+    // was checked when it was saved.
+    let window = match &connector.webhook {
+        Some(w) => w
+            .window()
+            .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", w.batch_window)))?,
+        None => std::time::Duration::from_secs(30),
+    };
     // A keyed sender may name its payload for retries with webhook-id or
     // Idempotency-Key.
     let webhook_id = signed_id
