@@ -1103,18 +1103,11 @@ impl Db {
     /// Closes a batch into the execution `row`, both or neither; false when
     /// the batch was closed already.
     pub fn close_batch(&self, batch_id: &str, row: &ExecutionRow) -> Result<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
+        self.insert_execution_claiming(
             "UPDATE webhook_batches SET execution_id = ?2 WHERE id = ?1 AND execution_id IS NULL",
             params![batch_id, row.document.id],
-        )?;
-        if n == 0 {
-            return Ok(false);
-        }
-        Self::insert_execution_on(&tx, row)?;
-        tx.commit()?;
-        Ok(true)
+            row,
+        )
     }
 
     // ----- schedules ------------------------------------------------------
@@ -1138,9 +1131,7 @@ impl Db {
     /// Records a tick with its execution, both or neither; false when the
     /// tick was recorded before.
     pub fn record_tick(&self, connector_id: &str, tick: DateTime<Utc>, row: &ExecutionRow) -> Result<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
+        self.insert_execution_claiming(
             "INSERT INTO schedule_ticks (connector_id, tick_at, execution_id) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
             params![
@@ -1148,8 +1139,22 @@ impl Db {
                 tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 row.document.id
             ],
-        )?;
-        if n == 0 {
+            row,
+        )
+    }
+
+    /// Stores `row` in the transaction of `claim`, a statement that changes
+    /// one row when what it claims is still free; false (nothing stored)
+    /// when it changed none.
+    fn insert_execution_claiming(
+        &self,
+        claim: &str,
+        params: impl rusqlite::Params,
+        row: &ExecutionRow,
+    ) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if tx.execute(claim, params)? == 0 {
             return Ok(false);
         }
         Self::insert_execution_on(&tx, row)?;
