@@ -975,14 +975,18 @@ impl Db {
 
     /// Stores a payload in its connector's open batch, opening one that
     /// closes after `window` when there is none (a zero window opens one
-    /// per payload). A `webhook_id` seen before stores nothing and gives
-    /// the first receipt again.
+    /// per payload). A batch past its time takes no more payloads, so the
+    /// batcher can close it, unless the connector is `buffering` (not
+    /// operational): then its open batch holds everything until it runs. A
+    /// `webhook_id` seen before stores nothing and gives the first receipt
+    /// again.
     pub fn receive_webhook(
         &self,
         workspace_id: &str,
         connector_id: &str,
         payload: &WebhookRow,
         window: std::time::Duration,
+        buffering: bool,
     ) -> Result<WebhookReceipt> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -1011,8 +1015,9 @@ impl Db {
         } else {
             tx.query_row(
                 "SELECT id, closes_at FROM webhook_batches WHERE connector_id = ?1 AND execution_id IS NULL
+                   AND (?2 OR closes_at > ?3)
                  ORDER BY opened_at LIMIT 1",
-                [connector_id],
+                params![connector_id, buffering, Utc::now().to_rfc3339()],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             )
             .optional()?
@@ -1100,12 +1105,16 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Closes a batch into the execution `row`, both or neither; false when
-    /// the batch was closed already.
-    pub fn close_batch(&self, batch_id: &str, row: &ExecutionRow) -> Result<bool> {
+    /// Closes a batch of `payloads` payloads into the execution `row`, both
+    /// or neither; false when the batch was closed already, or when a
+    /// payload joined it after its payloads were read (the execution's input
+    /// would miss it: read them again).
+    pub fn close_batch(&self, batch_id: &str, payloads: usize, row: &ExecutionRow) -> Result<bool> {
         self.insert_execution_claiming(
-            "UPDATE webhook_batches SET execution_id = ?2 WHERE id = ?1 AND execution_id IS NULL",
-            params![batch_id, row.document.id],
+            "UPDATE webhook_batches SET execution_id = ?2
+             WHERE id = ?1 AND execution_id IS NULL
+               AND (SELECT count(*) FROM webhooks WHERE batch_id = ?1) = ?3",
+            params![batch_id, row.document.id, payloads],
             row,
         )
     }
@@ -1463,6 +1472,86 @@ mod tests {
         assert_eq!(db.save_document(&running, Some(Status::Queued)).ok(), Some(false));
         let stored = db.execution("e1").ok().flatten().map(|r| r.document.status);
         assert_eq!(stored, Some(Status::Canceled));
+    }
+
+    fn queued(workspace_id: &str, id: &str) -> ExecutionRow {
+        let doc = Execution::new(
+            id.into(),
+            ConnectorRef {
+                id: Some("c1".into()),
+                api_name: "hooks".into(),
+                version: Some(1),
+            },
+            TriggerType::Webhook,
+            false,
+        );
+        ExecutionRow {
+            workspace_id: workspace_id.into(),
+            connector_id: "c1".into(),
+            definition: "{}".into(),
+            script: String::new(),
+            input_name: None,
+            document: doc,
+        }
+    }
+
+    fn payload(id: &str) -> WebhookRow {
+        WebhookRow {
+            received_at: Utc::now().to_rfc3339(),
+            webhook_id: id.into(),
+            content_type: "text/plain".into(),
+            querystring: String::new(),
+            body: id.into(),
+        }
+    }
+
+    /// Found under load: a payload that joined a due batch between the read
+    /// of its payloads and its close was in no execution.
+    #[test]
+    fn a_due_batch_takes_no_payload_and_never_closes_without_one_it_holds() {
+        let (_dir, db) = db();
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let window = std::time::Duration::from_millis(30);
+        let receive = |id: &str, buffering: bool| {
+            db.receive_webhook(&ws, "c1", &payload(id), window, buffering)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = receive("a", false);
+        assert_eq!(receive("b", false).batch_id, first.batch_id, "within the window");
+        std::thread::sleep(window * 2);
+        let due = db.due_batches(Utc::now()).unwrap_or_default();
+        assert_eq!(due.len(), 1);
+        let read = db.batch_payloads(&first.batch_id).unwrap_or_default();
+        assert_eq!(read.len(), 2);
+
+        // Operational: a payload after the window opens the next batch.
+        let late = receive("c", false);
+        assert_ne!(late.batch_id, first.batch_id);
+
+        // Buffering (not operational): the open batch takes it, and a close
+        // made from the payloads read before it is refused.
+        let buffered = receive("d", true);
+        assert_eq!(buffered.batch_id, first.batch_id);
+        assert_eq!(
+            db.close_batch(&first.batch_id, read.len(), &queued(&ws, "e1")).ok(),
+            Some(false)
+        );
+        assert!(
+            db.execution("e1").ok().flatten().is_none(),
+            "nothing stored of a refused close"
+        );
+        let again = db.batch_payloads(&first.batch_id).unwrap_or_default();
+        let ids: Vec<_> = again.iter().map(|p| p.webhook_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(
+            db.close_batch(&first.batch_id, again.len(), &queued(&ws, "e1")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            db.close_batch(&first.batch_id, again.len(), &queued(&ws, "e2")).ok(),
+            Some(false),
+            "a batch closes once"
+        );
     }
 
     #[test]

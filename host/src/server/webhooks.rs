@@ -115,7 +115,9 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
         TriggerType::Webhook,
     )
     .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
-    if !app.db.close_batch(&batch.id, &execution)? {
+    // A payload may join the batch while its file is written; then the claim
+    // fails and the batch, still due, closes on the batcher's next look.
+    if !app.db.close_batch(&batch.id, payloads.len(), &execution)? {
         return Ok(None);
     }
     queue::queued(app, &execution)?;

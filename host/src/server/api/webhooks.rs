@@ -113,7 +113,13 @@ pub async fn receive(
         querystring,
         body: text,
     };
-    let receipt = app.db.receive_webhook(&row.workspace_id, &row.id, &payload, window)?;
+    let receipt = app.db.receive_webhook(
+        &row.workspace_id,
+        &row.id,
+        &payload,
+        window,
+        connector.status != ConnectorStatus::Operational,
+    )?;
     if receipt.differs {
         return Err(ApiError::invalid(
             "idempotency_key_reused",
