@@ -118,8 +118,14 @@ impl ApiError {
         e
     }
 
-    /// 500; `detail` is logged, not answered.
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
+    /// 500; `detail` is logged, not answered. A full disk (507) or a
+    /// read-only data directory (503) is answered as what it is: the
+    /// client can do nothing about either but wait and retry.
+    pub fn internal<E: std::fmt::Display + 'static>(detail: E) -> Self {
+        if let Some(fault) = StorageFault::in_value(&detail) {
+            tracing::error!(error = %detail, "storage fault");
+            return fault.into();
+        }
         tracing::error!(error = %detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,6 +166,78 @@ impl ApiError {
     /// The stable code.
     pub fn code(&self) -> &str {
         &self.doc.code
+    }
+}
+
+/// A fault of the server's own storage, which no request can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The disk (or a quota) is full.
+    Full,
+    /// The data directory is read-only.
+    ReadOnly,
+}
+
+impl StorageFault {
+    /// The fault behind `error` or any of its sources.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => return Some(Self::Full),
+                    std::io::ErrorKind::ReadOnlyFilesystem => return Some(Self::ReadOnly),
+                    _ => {}
+                }
+            }
+            if let Some(rusqlite::Error::SqliteFailure(failure, _)) = e.downcast_ref::<rusqlite::Error>() {
+                match failure.code {
+                    rusqlite::ErrorCode::DiskFull => return Some(Self::Full),
+                    rusqlite::ErrorCode::ReadOnly => return Some(Self::ReadOnly),
+                    _ => {}
+                }
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// The fault behind a value handed to [`ApiError::internal`], for the
+    /// error types that carry one.
+    fn in_value(value: &dyn std::any::Any) -> Option<Self> {
+        if let Some(e) = value.downcast_ref::<std::io::Error>() {
+            return Self::of(e);
+        }
+        if let Some(e) = value.downcast_ref::<StateError>() {
+            return Self::of(e);
+        }
+        if let Some(e) = value.downcast_ref::<rusqlite::Error>() {
+            return Self::of(e);
+        }
+        if let Some(e) = value.downcast_ref::<weir_engine::error::Error>() {
+            return Self::of(e);
+        }
+        if let Some(e) = value.downcast_ref::<anyhow::Error>() {
+            return e.chain().find_map(Self::of);
+        }
+        None
+    }
+}
+
+impl From<StorageFault> for ApiError {
+    fn from(fault: StorageFault) -> Self {
+        match fault {
+            StorageFault::Full => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the server's disk is full: nothing of this request was kept; retry once space is freed",
+            ),
+            StorageFault::ReadOnly => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_read_only",
+                "the server's data directory is read-only: nothing of this request was kept; retry once it is writable",
+            ),
+        }
     }
 }
 
@@ -230,3 +308,47 @@ pub struct Query<T>(pub T);
 #[derive(Debug, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(e: ApiError) -> (u16, String) {
+        (e.status.as_u16(), e.doc.code.clone())
+    }
+
+    #[test]
+    fn storage_faults_are_answered_as_what_they_are_wherever_they_are_wrapped() {
+        use std::io::{Error, ErrorKind};
+        let full = (507, "storage_full".to_string());
+        let read_only = (503, "storage_read_only".to_string());
+        assert_eq!(answered(ApiError::internal(Error::from(ErrorKind::StorageFull))), full);
+        assert_eq!(
+            answered(ApiError::internal(Error::from(ErrorKind::QuotaExceeded))),
+            full
+        );
+        assert_eq!(
+            answered(ApiError::internal(Error::from(ErrorKind::ReadOnlyFilesystem))),
+            read_only
+        );
+        let sqlite = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error { code, extended_code: 0 }, None);
+        assert_eq!(
+            answered(StateError::from(sqlite(rusqlite::ErrorCode::DiskFull)).into()),
+            full
+        );
+        assert_eq!(
+            answered(ApiError::internal(sqlite(rusqlite::ErrorCode::ReadOnly))),
+            read_only
+        );
+        let wrapped = anyhow::Error::new(Error::from(ErrorKind::StorageFull)).context("keeping webhooks.jsonl");
+        assert_eq!(answered(ApiError::internal(wrapped)), full);
+        let engine = weir_engine::error::Error::io("writing", Error::from(ErrorKind::StorageFull));
+        assert_eq!(answered(ApiError::internal(engine)), full);
+        // Anything else stays a plain 500 that says nothing of the inside.
+        assert_eq!(
+            answered(ApiError::internal(Error::from(ErrorKind::PermissionDenied))),
+            (500, "internal".to_string())
+        );
+        assert_eq!(answered(ApiError::internal("a string")), (500, "internal".to_string()));
+    }
+}

@@ -118,6 +118,9 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         source,
     };
     std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
+    // Everything the server keeps is written here: a directory it cannot
+    // write to is said plainly before any database refuses to open.
+    tempfile::tempfile_in(&dir).map_err(data_dir_error)?;
     let db = Db::open(&dir.join("state.db"))?;
     let files = FileStore::open(&dir).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);

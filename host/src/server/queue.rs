@@ -452,6 +452,9 @@ async fn persist(app: Arc<App>, progress: Progress) {
         }
         if let Err(e) = app.db.save_document(&doc, None) {
             tracing::error!(execution = %doc.id, error = %e, "storing progress failed");
+            if doc.status.is_terminal() {
+                store_terminal(&app, &doc).await;
+            }
         }
         if doc.status.is_terminal() {
             return;
@@ -467,6 +470,29 @@ async fn persist(app: Arc<App>, progress: Progress) {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = end.wait_for(|d| d.status.is_terminal()) => {}
         }
+    }
+}
+
+/// Stores a terminal document the database refused (a full disk), trying
+/// again until it lands: the run is over, and what it did and why it ended
+/// must not be left as `running`. The worker stays taken meanwhile, so no
+/// other run starts into the same full disk. A server that stops first
+/// leaves it to recovery, which ends it `failed` (`worker_lost`).
+async fn store_terminal(app: &App, doc: &Execution) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = app.runs.draining().cancelled() => return,
+        }
+        match app.db.save_document(doc, None) {
+            Ok(_) => {
+                tracing::info!(execution = %doc.id, "the final document is stored");
+                return;
+            }
+            Err(e) => tracing::warn!(execution = %doc.id, error = %e, "storing the final document failed again"),
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
     }
 }
 
