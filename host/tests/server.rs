@@ -506,6 +506,100 @@ async fn another_workspace_sees_nothing_of_this_one() {
     s.stop().await;
 }
 
+/// Every documented route that names a resource, called with another
+/// workspace's admin key on this workspace's resources: 404, and nothing
+/// of this workspace changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_reaches_another_workspaces_resources() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+        .await;
+    let execution = run.body["id"].as_str().unwrap_or_default().to_string();
+    s.wait_end(&execution).await;
+    let file = s.upload("/files", ADMIN, "s.csv", b"a\n1\n").await.body["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let record = s.get("/objects/contact/records?limit=1", ADMIN).await.body["data"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = s.get("/keys", ADMIN).await.body[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(![&execution, &file, &record, &key].iter().any(|v| v.is_empty()));
+    let before = s.get("/connectors/contacts_import", ADMIN).await.body;
+    let other = s.key("globex", Role::Admin, None);
+
+    let doc = s.send(Method::GET, "/openapi.json", None, None).await.body;
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().cloned().unwrap_or_default() {
+        // A pushed package makes or updates a connector of the caller's own
+        // workspace, whatever its name: nothing of this one to reach.
+        if !path.contains('{') || path.ends_with("/package") {
+            continue;
+        }
+        let concrete = path
+            .replace("/api/v1", "")
+            .replace("{connector}", "contacts_import")
+            .replace("{object}", "contact")
+            .replace("{n}", "1")
+            .replace(
+                "{id}",
+                match path.split('/').nth(3) {
+                    Some("executions") => &execution,
+                    Some("files") => &file,
+                    Some("keys") => &key,
+                    _ => &record,
+                },
+            );
+        for method in ops
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let body = match (method.as_str(), path.rsplit('/').next()) {
+                ("put", Some("draft")) => Some(json!({"text": "CREATE VIEW output.x AS SELECT 1 AS a"})),
+                ("post", Some("runs")) => Some(json!({"source_file_id": file})),
+                ("patch", Some("{connector}")) => Some(json!({"status": "inactive"})),
+                ("patch", Some("{object}")) => Some(json!({"label": "Taken"})),
+                ("post" | "put" | "patch", _) => Some(json!({})),
+                _ => None,
+            };
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap_or(Method::GET);
+            let a = s.send(m, &concrete, Some(&other), body).await;
+            assert_eq!(
+                (a.status, a.body["code"].as_str()),
+                (StatusCode::NOT_FOUND, Some("not_found")),
+                "{method} {concrete}: {}",
+                a.body
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 28, "only {checked} routes were tried");
+    // Lists of the other workspace show none of this one.
+    for list in ["/connectors", "/objects", "/plugins", "/keys"] {
+        let a = s.get(list, &other).await;
+        let text = a.body.to_string();
+        assert!(
+            !text.contains("contacts_import") && !text.contains(&key) && !text.contains("\"contact\""),
+            "{list}: {text}"
+        );
+    }
+    // Nothing here moved.
+    assert_eq!(s.get("/connectors/contacts_import", ADMIN).await.body, before);
+    assert_eq!(
+        s.get(&format!("/objects/contact/records/{record}"), ADMIN).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(s.get("/keys", ADMIN).await.body[0]["id"], json!(key));
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_validated_with_paths_and_only_grow() {
     let s = start().await;
@@ -1129,6 +1223,21 @@ async fn bad_requests_get_problem_documents() {
     let s = start().await;
     let unknown = s.get("/nowhere", ADMIN).await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "not_found");
+    // A method the route does not take: 405 as a problem, saying which it takes.
+    let trace = s
+        .client
+        .request(reqwest::Method::TRACE, format!("{}/keys", s.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let allow = trace
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    assert_eq!(allow.as_deref(), Some("GET,HEAD,POST"));
+    let trace = answer(trace).await;
+    assert_problem(&trace, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     let not_json = answer(
         s.client
             .post(format!("{}/connectors", s.base))

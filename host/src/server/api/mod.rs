@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -246,6 +246,7 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout_or_default(timeout),
         ))
+        .layer(middleware::map_response(bare_errors_as_problems))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -263,6 +264,37 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(app)
+}
+
+/// Errors answered beneath the handlers (a method the route does not take,
+/// a request past its time) come without a body of ours: they get a
+/// problem document like every other error, keeping their headers (`Allow`).
+async fn bare_errors_as_problems(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not take this method; `Allow` lists the ones it takes",
+        StatusCode::REQUEST_TIMEOUT => "the request took longer than the server's request_timeout",
+        _ => status.canonical_reason().unwrap_or("error"),
+    };
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    let (mut parts, _) = response.into_parts();
+    let (problem, body) = ApiError::new(status, &code, detail).into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(content_type) = problem.headers.get(header::CONTENT_TYPE) {
+        parts.headers.insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 fn timeout_or_default(t: Duration) -> Duration {
