@@ -6,9 +6,11 @@ The server starts on a fresh data directory, with an object, a sample file,
 a published connector and an execution, so that the generated requests
 reach real resources (`{connector}`, `{object}` and `{id}` are given to
 schemathesis). Checks: no 5xx (`not_a_server_error`), every answer matches
-its documented schema and content type. DELETE operations are left out (they
-would remove the resources the rest needs), as are the two binary uploads
-(a Wasm component and a package zip) that schemathesis cannot generate.
+its documented schema and content type, and every error answer is a problem
+document (`errors_are_problem_json`, in `conformance_checks.py`). DELETE
+operations are left out (they would remove the resources the rest needs),
+as are the two binary uploads (a Wasm component and a package zip) that
+schemathesis cannot generate.
 
     python3 bench/conformance.py [--weir PATH] [--seconds 200]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,13 +86,16 @@ def main() -> None:
             cmd = [
                 str(st), "run", f"{base}/api/v1/openapi.json", "--url", base,
                 "-H", f"Authorization: Bearer {KEY}",
-                "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+                "--checks",
+                "not_a_server_error,response_schema_conformance,content_type_conformance,errors_are_problem_json",
                 "--phases", "coverage,fuzzing", "--max-time", str(args.seconds), "-w", "2",
                 "--exclude-method", "DELETE",
                 "--exclude-path", "/api/v1/plugins",
                 "--exclude-path", "/api/v1/connectors/{connector}/package",
             ]
-            result = subprocess.run(cmd, cwd=work)
+            env = dict(os.environ, SCHEMATHESIS_HOOKS="conformance_checks",
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(harness.BENCH_DIR), os.environ.get("PYTHONPATH")])))
+            result = subprocess.run(cmd, cwd=work, env=env)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
