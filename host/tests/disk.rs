@@ -1,10 +1,11 @@
 //! `weir serve` on a data directory that fills up, or that is read-only: a
-//! small tmpfs the test mounts (as root; elsewhere the tests say they were
-//! skipped). A full disk is answered 507 `storage_full` with nothing of the
-//! request kept, every run it accepted ends with its reason, and once space
-//! is freed everything works again; a read-only data directory stops the
-//! server at start with a plain message. Either way what was acknowledged
-//! before is all there after a restart.
+//! small tmpfs the test mounts (as root, where mounts are allowed; elsewhere
+//! the tests say on stderr that they were skipped). A full disk is answered
+//! 507 `storage_full` with nothing of the request kept, every run it
+//! accepted ends with its reason, and once space is freed everything works
+//! again; a read-only data directory stops the server at start with a plain
+//! message. Either way what was acknowledged before is all there after a
+//! restart.
 
 mod common;
 
@@ -30,12 +31,19 @@ impl Tmpfs {
             return None;
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let status = Command::new("mount")
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
-            .status()
+            .output()
             .unwrap_or_else(|e| panic!("mount: {e}"));
-        assert!(status.success(), "root could not mount a tmpfs");
+        if !out.status.success() {
+            // A container may deny mounts even to root.
+            eprintln!(
+                "skipped: mount refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
         Some(Self { dir })
     }
 

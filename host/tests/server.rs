@@ -2445,5 +2445,21 @@ async fn a_run_on_bytes_uploaded_before_under_another_name_uses_its_own_name() {
         .unwrap_or_default();
     assert!(tables.contains(&"leads"), "{done}");
     assert!(!tables.contains(&"contacts"), "{done}");
+    // Its dev package names the input as the run did, so a local run reads
+    // the same table.
+    let sha = done["source_file_id"].as_str().unwrap_or_default();
+    let package = s
+        .get(
+            &format!("/connectors/contacts_import/dev-package?source_file_id={sha}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(package.status, StatusCode::OK, "{}", package.body);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(package.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = (0..zip.len())
+        .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().unwrap_or_default().to_string()))
+        .filter(|n| n.starts_with("data/"))
+        .collect();
+    assert_eq!(names, ["data/leads.csv"]);
     s.stop().await;
 }

@@ -971,6 +971,21 @@ impl Db {
         Self::key_use_on(&self.lock(), workspace_id, key, expired)
     }
 
+    /// The name the latest execution of `connector_id` on the file
+    /// `sha256` knew its input by.
+    pub fn input_name_of(&self, connector_id: &str, sha256: &str) -> Result<Option<String>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT input_name FROM executions
+                 WHERE connector_id = ?1 AND source_file_id = ?2 AND input_name IS NOT NULL
+                 ORDER BY created_at DESC LIMIT 1",
+                params![connector_id, sha256],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     // ----- webhooks -------------------------------------------------------
 
     /// Stores a payload in its connector's open batch, opening one that
