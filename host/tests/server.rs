@@ -600,6 +600,92 @@ async fn no_route_reaches_another_workspaces_resources() {
     s.stop().await;
 }
 
+/// Found by the crash test: a run killed right after its first commit, whose
+/// last saved document did not list its load steps yet, came back with
+/// counts of zero beside the records it had written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved() {
+    use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
+    use weir_engine::store::{RecordId, Tally, Value as Field, Write, WriteBatch};
+    use weir_host::server::state::ExecutionRow;
+
+    let s = start().await;
+    operational_importer(&s).await;
+    let ws = s
+        .app
+        .db
+        .workspace("default")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no workspace"))
+        .id;
+    let connector = s
+        .app
+        .db
+        .connector(&ws, "contacts_import")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no connector"));
+    // Stored as running, its load stage listing no step.
+    let mut doc = Execution::new(
+        "lost".into(),
+        ConnectorRef {
+            id: Some(connector.id.clone()),
+            api_name: connector.api_name.clone(),
+            version: Some(1),
+        },
+        TriggerType::FileUpload,
+        false,
+    );
+    doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+    let row = ExecutionRow {
+        workspace_id: ws.clone(),
+        connector_id: connector.id.clone(),
+        definition: connector.definition.clone(),
+        script: String::new(),
+        input_name: Some("c.csv".into()),
+        document: doc,
+    };
+    s.app.db.insert_execution(&row).unwrap_or_else(|e| panic!("{e}"));
+    // Its one commit: two records and their tally.
+    let write = |email: &str| Write {
+        id: RecordId::now_v7(),
+        values: vec![Some(Field::Text(email.into())), Some(Field::Text("Oslo".into()))],
+    };
+    let batch = WriteBatch {
+        fields: vec!["email".into(), "city".into()],
+        creates: vec![write("a@x.io"), write("b@x.io")],
+        updates: vec![],
+        tally: Some(Tally {
+            execution_id: "lost".into(),
+            order: 1,
+            total: 2,
+            created: 2,
+            ..Tally::default()
+        }),
+    };
+    s.app
+        .records
+        .commit(&ws, "contact", &batch)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(server::queue::recover(&s.app).ok(), Some(1));
+    let lost = s.get("/executions/lost", ADMIN).await.body;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    let step = &lost["step_progress"][4]["steps"][0];
+    assert_eq!(
+        (
+            step["order"].as_u64(),
+            step["object"].as_str(),
+            step["created"].as_u64()
+        ),
+        (Some(1), Some("contact"), Some(2)),
+        "{lost}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_validated_with_paths_and_only_grow() {
     let s = start().await;

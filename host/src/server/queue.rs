@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
-use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status, StepProgress};
+use weir_engine::execution::{Execution, ExecutionError, LoadCount, StageStatus, Status, StepProgress};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::transform::Plugins;
@@ -212,7 +212,33 @@ fn committed_counts(app: &App, doc: &mut Execution) {
             return;
         }
     };
+    if tallies.is_empty() {
+        return;
+    }
+    // The last saved document may predate the load's start, and list no
+    // step yet: the steps are then those of the run's connector.
+    let defined: Vec<LoadCount> = app
+        .db
+        .execution(&doc.id)
+        .ok()
+        .flatten()
+        .and_then(|row| serde_json::from_str::<Connector>(&row.definition).ok())
+        .map(|c| {
+            c.loads
+                .iter()
+                .map(|l| LoadCount {
+                    order: l.order,
+                    scope: l.scope.clone(),
+                    object: l.object.clone(),
+                    ..LoadCount::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(StepProgress::Load { steps, .. }) = doc.stage_mut(Stage::Load) {
+        if steps.is_empty() {
+            *steps = defined;
+        }
         for t in tallies {
             if let Some(c) = steps.iter_mut().find(|c| c.order == t.order) {
                 c.total = t.total;
