@@ -188,6 +188,18 @@ pub struct LoadCount {
     pub failed: u64,
 }
 
+impl LoadCount {
+    /// The counts of load step `def`, before any row.
+    pub fn of(def: &crate::connector::LoadDef) -> Self {
+        Self {
+            order: def.order,
+            scope: def.scope.clone(),
+            object: def.object.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Progress of one stage, tagged by `stage`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "stage", rename_all = "snake_case")]

@@ -616,15 +616,7 @@ impl Run {
             }
             self.shared.progress.update(|d| {
                 if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load) {
-                    *s = load_defs
-                        .iter()
-                        .map(|l| LoadCount {
-                            order: l.order,
-                            scope: l.scope.clone(),
-                            object: l.object.clone(),
-                            ..Default::default()
-                        })
-                        .collect();
+                    *s = load_defs.iter().map(|l| LoadCount::of(l)).collect();
                 }
                 d.set_stage_status(Stage::Load, StageStatus::Running);
             });

@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Process, call, serve, upload_named, wait};
+use common::{Process, call, importer, serve, upload_named, wait};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -70,48 +70,6 @@ impl Drop for Tmpfs {
 fn stop(mut p: Process) {
     let _ = p.child.kill();
     let _ = p.child.wait();
-}
-
-/// An operational connector loading `email,city` rows into `contact`.
-async fn importer(base: &str) {
-    let (s, b) = call(
-        base,
-        Method::POST,
-        "/objects",
-        Some(json!({"name": "contact", "fields": [
-            {"name": "email", "type": "email", "unique": true}, {"name": "city", "type": "text"}]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let (_, file) = upload_named(base, "/files", "sample.csv", b"email,city\na@x.io,Oslo\n").await;
-    let (s, b) = call(
-        base,
-        Method::POST,
-        "/connectors",
-        Some(json!({
-            "api_name": "people", "type": "spreadsheet", "sample_file_id": file["id"],
-            "sql": {"text": "CREATE VIEW output.people AS SELECT email, city FROM input.data"},
-            "variables": [
-                {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
-                {"name": "city", "scope": "people", "column": "city", "type": "string"}],
-            "loads": [{"order": 1, "scope": "people", "object": "contact",
-                "match": [{"field": "email", "variable": "email", "no_match": "create_new",
-                           "single_match": "update_current", "multiple_match": "do_not_upload"}],
-                "fields": [{"field": "email", "variables": ["email"]}, {"field": "city", "variables": ["city"]}]}],
-        })),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = call(base, Method::POST, "/connectors/people/sql/publish", Some(json!({}))).await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = call(
-        base,
-        Method::PATCH,
-        "/connectors/people",
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
 }
 
 fn people(from: usize, n: usize) -> &'static [u8] {

@@ -223,17 +223,7 @@ fn committed_counts(app: &App, doc: &mut Execution) {
         .ok()
         .flatten()
         .and_then(|row| serde_json::from_str::<Connector>(&row.definition).ok())
-        .map(|c| {
-            c.loads
-                .iter()
-                .map(|l| LoadCount {
-                    order: l.order,
-                    scope: l.scope.clone(),
-                    object: l.object.clone(),
-                    ..LoadCount::default()
-                })
-                .collect()
-        })
+        .map(|c| c.loads.iter().map(LoadCount::of).collect())
         .unwrap_or_default();
     if let Some(StepProgress::Load { steps, .. }) = doc.stage_mut(Stage::Load) {
         if steps.is_empty() {

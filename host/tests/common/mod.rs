@@ -93,3 +93,52 @@ pub async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// An operational connector `people` loading `email,city` rows into the
+/// object `contact`, matched on its unique `email`.
+pub async fn importer(base: &str) {
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/objects",
+        Some(serde_json::json!({"name": "contact", "fields": [
+            {"name": "email", "type": "email", "unique": true}, {"name": "city", "type": "text"}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (_, file) = upload_named(base, "/files", "sample.csv", b"email,city\na@x.io,Oslo\n").await;
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(serde_json::json!({
+            "api_name": "people", "type": "spreadsheet", "sample_file_id": file["id"],
+            "sql": {"text": "CREATE VIEW output.people AS SELECT email, city FROM input.data"},
+            "variables": [
+                {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
+                {"name": "city", "scope": "people", "column": "city", "type": "string"}],
+            "loads": [{"order": 1, "scope": "people", "object": "contact",
+                "match": [{"field": "email", "variable": "email", "no_match": "create_new",
+                           "single_match": "update_current", "multiple_match": "do_not_upload"}],
+                "fields": [{"field": "email", "variables": ["email"]}, {"field": "city", "variables": ["city"]}]}],
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors/people/sql/publish",
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::PATCH,
+        "/connectors/people",
+        Some(serde_json::json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
