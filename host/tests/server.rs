@@ -673,6 +673,10 @@ async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved()
     let lost = s.get("/executions/lost", ADMIN).await.body;
     assert_eq!(lost["status"], "failed", "{lost}");
     assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    assert_eq!(
+        lost["step_progress"][4]["status"], "failed",
+        "it committed: the load ran"
+    );
     let step = &lost["step_progress"][4]["steps"][0];
     assert_eq!(
         (

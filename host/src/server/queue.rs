@@ -239,6 +239,13 @@ fn committed_counts(app: &App, doc: &mut Execution) {
             }
         }
     }
+    // It committed, so the load ran: it ended with the run, not skipped.
+    let ended = if doc.status == Status::Canceled {
+        StageStatus::Canceled
+    } else {
+        StageStatus::Failed
+    };
+    doc.set_stage_status(Stage::Load, ended);
 }
 
 /// Claims and starts queued executions until shutdown.
