@@ -289,8 +289,8 @@ pub struct TransformDef {
     pub scope: String,
     /// `name@version` or `sha256:<hex>`.
     pub plugin: String,
-    /// Configuration handed to the plugin as JSON.
-    #[serde(default)]
+    /// Configuration handed to the plugin as JSON (absent: `null`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub config: serde_json::Value,
     /// Row-error policy.
     #[serde(default)]
@@ -674,6 +674,14 @@ impl Connector {
             if let Err(message) = PluginRef::parse(&t.plugin) {
                 problems.push(Problem::new(format!("transforms[{i}].plugin"), message));
             }
+            // A config sent as JSON must still be writable as connector.toml
+            // (a dev package), and TOML has no null.
+            if let Some(at) = null_inside(&t.config, format!("transforms[{i}].config")) {
+                problems.push(Problem::new(
+                    at,
+                    "null cannot be written to connector.toml; leave the key out",
+                ));
+            }
         }
         let mut names = HashSet::new();
         for (i, v) in self.variables.iter().enumerate() {
@@ -852,6 +860,29 @@ fn check_strftime(pattern: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The path of the first `null` nested in `value`, when there is one (a
+/// `null` config as a whole is an absent one).
+fn null_inside(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            if v.is_null() {
+                Some(format!("{path}[{i}]"))
+            } else {
+                null_inside(v, format!("{path}[{i}]"))
+            }
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if v.is_null() {
+                Some(format!("{path}.{k}"))
+            } else {
+                null_inside(v, format!("{path}.{k}"))
+            }
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,6 +891,33 @@ mod tests {
         match Connector::from_toml(text) {
             Err(Error::InvalidConnector(p)) => p,
             other => panic!("expected invalid connector, got {other:?}"),
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/connector_toml.rs`): a transform
+    /// step without `config` validated, but could not be written back, so
+    /// its dev package failed.
+    #[test]
+    fn a_valid_connector_writes_back_and_a_config_with_null_is_refused() {
+        let text = "api_name = \"contacts\"\ntype = \"spreadsheet\"\n\n[sql]\ntext = \"CREATE VIEW output.contacts AS SELECT 1 AS a\"\n\n\
+                    [[transforms]]\nscope = \"contacts\"\nplugin = \"phone-normalize@0.1.0\"\n";
+        let connector = Connector::from_toml(text).expect("valid");
+        let written = connector.to_toml().expect("writes back");
+        assert!(!written.contains("config"), "{written}");
+        assert_eq!(Connector::from_toml(&written).expect("parses again"), connector);
+
+        let json = serde_json::json!({
+            "api_name": "contacts", "type": "spreadsheet",
+            "sql": {"text": "CREATE VIEW output.contacts AS SELECT 1 AS a"},
+            "transforms": [{"scope": "contacts", "plugin": "phone-normalize@0.1.0",
+                            "config": {"columns": ["phone", null]}}],
+        });
+        match Connector::from_json_value(json) {
+            Err(Error::InvalidConnector(p)) => {
+                assert_eq!(p.len(), 1, "{p:?}");
+                assert_eq!(p[0].path, "transforms[0].config.columns[1]");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
