@@ -328,6 +328,31 @@ async fn empty_and_binary_files_are_unreadable() {
     }
 }
 
+/// Found by fuzzing intake: a Parquet file declaring a decimal stored in
+/// more bytes than its type takes made the Parquet reader panic mid-scan.
+#[tokio::test]
+async fn a_parquet_decimal_wider_than_its_type_is_unreadable_not_a_panic() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/fuzz/decimal-too-wide.parquet"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = run(connector(""), PASS_THROUGH, "wide.parquet", &bytes).await;
+    assert_eq!(o.status(), "failed");
+    let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+    assert_eq!(
+        (e.code.as_str(), e.stage.as_str()),
+        ("unreadable_input", "intake"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("wide.parquet") && e.message.contains("decimal"),
+        "{}",
+        e.message
+    );
+}
+
 /// Reads `bytes` (named `name`) with the intake twice: whole, then with a
 /// cancel after 1/20 of that time, which must stop the read in under half of
 /// it (a ratio measured in the same run).

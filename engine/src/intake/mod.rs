@@ -524,6 +524,60 @@ fn unzip(
 
 /// A Parquet file as a table, with its columns renamed to normalised names
 /// when they differ.
+/// Refuses what the Parquet reader would panic on rather than report: a
+/// decimal stored as fixed-length bytes wider than its Arrow type (16 bytes
+/// up to precision 38, 32 beyond), in the schema or in a row group's
+/// min/max statistics. Found by fuzzing intake.
+fn check_parquet_decimals(
+    file_name: &str,
+    metadata: &datafusion::parquet::file::metadata::ParquetMetaData,
+) -> Result<()> {
+    use datafusion::parquet::basic::{ConvertedType, LogicalType, Type as Physical};
+    let schema = metadata.file_metadata().schema_descr();
+    let too_wide = |column: &str, precision: i32, what: String, widest: i32| {
+        Error::unreadable(format!(
+            "`{file_name}` is not a readable Parquet file: column `{column}` is a decimal of precision {precision} \
+             with {what} bytes, more than the {widest} it can take"
+        ))
+    };
+    for (i, column) in schema.columns().iter().enumerate() {
+        if column.physical_type() != Physical::FIXED_LEN_BYTE_ARRAY {
+            continue;
+        }
+        let precision = match column.logical_type_ref() {
+            Some(LogicalType::Decimal(decimal)) => decimal.precision,
+            _ if column.converted_type() == ConvertedType::DECIMAL => column.type_precision(),
+            _ => continue,
+        };
+        let widest: i32 = if precision <= 38 { 16 } else { 32 };
+        let path = column.path().to_string();
+        if column.type_length() > widest {
+            return Err(too_wide(
+                &path,
+                precision,
+                format!("values of {}", column.type_length()),
+                widest,
+            ));
+        }
+        for group in metadata.row_groups() {
+            let Some(stats) = group.columns().get(i).and_then(|c| c.statistics()) else {
+                continue;
+            };
+            for bound in [stats.min_bytes_opt(), stats.max_bytes_opt()].into_iter().flatten() {
+                if bound.len() > widest as usize {
+                    return Err(too_wide(
+                        &path,
+                        precision,
+                        format!("a statistic of {}", bound.len()),
+                        widest,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn parquet_table(ctx: &SessionContext, path: &Path, stats: &TableStats) -> Result<Arc<dyn TableProvider>> {
     let file_name = path
         .file_name()
@@ -534,6 +588,7 @@ async fn parquet_table(ctx: &SessionContext, path: &Path, stats: &TableStats) ->
         let file = File::open(path).map_err(|e| Error::io(format!("opening {file_name}"), e))?;
         let reader = SerializedFileReader::new(file)
             .map_err(|e| Error::unreadable(format!("`{file_name}` is not a readable Parquet file: {e}")))?;
+        check_parquet_decimals(&file_name, reader.metadata())?;
         reader.metadata().file_metadata().num_rows().max(0) as u64
     };
     stats.add_rows(rows);
