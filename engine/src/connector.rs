@@ -245,15 +245,21 @@ fn default_batch_window() -> String {
     "30s".into()
 }
 
+impl Default for WebhookDef {
+    /// What a webhook connector without `[webhook]` gets.
+    fn default() -> Self {
+        Self {
+            batch_window: default_batch_window(),
+            secret_env: None,
+        }
+    }
+}
+
 impl WebhookDef {
     /// `batch_window` as a duration (`"0"`: one batch per payload); `None`
     /// when it is not one.
     pub fn window(&self) -> Option<std::time::Duration> {
-        let text = self.batch_window.trim();
-        if text == "0" {
-            return Some(std::time::Duration::ZERO);
-        }
-        humantime::parse_duration(text).ok()
+        humantime::parse_duration(self.batch_window.trim()).ok()
     }
 }
 
@@ -675,8 +681,11 @@ impl Connector {
                 problems.push(Problem::new(format!("transforms[{i}].plugin"), message));
             }
             // A config sent as JSON must still be writable as connector.toml
-            // (a dev package), and TOML has no null.
-            if let Some(at) = null_inside(&t.config, format!("transforms[{i}].config")) {
+            // (a dev package), and TOML has no null; a null config as a whole
+            // is an absent one.
+            if !t.config.is_null()
+                && let Some(at) = null_inside(&t.config, format!("transforms[{i}].config"))
+            {
                 problems.push(Problem::new(
                     at,
                     "null cannot be written to connector.toml; leave the key out",
@@ -860,25 +869,16 @@ fn check_strftime(pattern: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The path of the first `null` nested in `value`, when there is one (a
-/// `null` config as a whole is an absent one).
+/// The path of the first `null` in `value`, itself included.
 fn null_inside(value: &serde_json::Value, path: String) -> Option<String> {
     use serde_json::Value;
     match value {
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
-            if v.is_null() {
-                Some(format!("{path}[{i}]"))
-            } else {
-                null_inside(v, format!("{path}[{i}]"))
-            }
-        }),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            if v.is_null() {
-                Some(format!("{path}.{k}"))
-            } else {
-                null_inside(v, format!("{path}.{k}"))
-            }
-        }),
+        Value::Null => Some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_inside(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| null_inside(v, format!("{path}.{k}"))),
         _ => None,
     }
 }
