@@ -522,8 +522,6 @@ fn unzip(
     Ok(members)
 }
 
-/// A Parquet file as a table, with its columns renamed to normalised names
-/// when they differ.
 /// Refuses what the Parquet reader would panic on rather than report: a
 /// decimal stored as fixed-length bytes wider than its Arrow type (16 bytes
 /// up to precision 38, 32 beyond), in the schema or in a row group's
@@ -578,6 +576,8 @@ fn check_parquet_decimals(
     Ok(())
 }
 
+/// A Parquet file as a table, with its columns renamed to normalised names
+/// when they differ.
 async fn parquet_table(ctx: &SessionContext, path: &Path, stats: &TableStats) -> Result<Arc<dyn TableProvider>> {
     let file_name = path
         .file_name()

@@ -218,7 +218,7 @@ impl StorageFault {
             return Self::of(e);
         }
         if let Some(e) = value.downcast_ref::<anyhow::Error>() {
-            return e.chain().find_map(Self::of);
+            return Self::of(e.as_ref());
         }
         None
     }

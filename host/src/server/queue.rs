@@ -217,17 +217,17 @@ fn committed_counts(app: &App, doc: &mut Execution) {
     }
     // The last saved document may predate the load's start, and list no
     // step yet: the steps are then those of the run's connector.
-    let defined: Vec<LoadCount> = app
-        .db
-        .execution(&doc.id)
-        .ok()
-        .flatten()
-        .and_then(|row| serde_json::from_str::<Connector>(&row.definition).ok())
-        .map(|c| c.loads.iter().map(LoadCount::of).collect())
-        .unwrap_or_default();
+    let id = doc.id.clone();
     if let Some(StepProgress::Load { steps, .. }) = doc.stage_mut(Stage::Load) {
         if steps.is_empty() {
-            *steps = defined;
+            *steps = app
+                .db
+                .execution(&id)
+                .ok()
+                .flatten()
+                .and_then(|row| serde_json::from_str::<Connector>(&row.definition).ok())
+                .map(|c| c.loads.iter().map(LoadCount::of).collect())
+                .unwrap_or_default();
         }
         for t in tallies {
             if let Some(c) = steps.iter_mut().find(|c| c.order == t.order) {

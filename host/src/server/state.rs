@@ -979,7 +979,7 @@ impl Db {
             .query_row(
                 "SELECT input_name FROM executions
                  WHERE connector_id = ?1 AND source_file_id = ?2 AND input_name IS NOT NULL
-                 ORDER BY created_at DESC LIMIT 1",
+                 ORDER BY id DESC LIMIT 1",
                 params![connector_id, sha256],
                 |r| r.get(0),
             )
@@ -1194,20 +1194,13 @@ impl Db {
     /// Connectors of any workspace matching `condition` (SQL over the
     /// `connectors` table).
     fn connectors_where(&self, condition: &str, params: impl rusqlite::Params) -> Result<Vec<ConnectorRow>> {
-        let ids: Vec<(String, String)> = {
-            let conn = self.lock();
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT workspace_id, id FROM connectors WHERE {condition}"))?;
-            let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut out = Vec::new();
-        for (workspace, id) in ids {
-            if let Some(row) = self.connector(&workspace, &id)? {
-                out.push(row);
-            }
-        }
-        Ok(out)
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM connectors WHERE {condition}",
+            Self::CONNECTOR_COLUMNS
+        ))?;
+        let rows = stmt.query_map(params, Self::connector_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn key_use_on(conn: &Connection, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {

@@ -277,13 +277,7 @@ fn build(
         file: Some("script.sql".into()),
         text: None,
     };
-    // Files are stored by content, under the name they first came with; an
-    // execution's input keeps the name it was sent under, which is what its
-    // script read it as (`input.<name>`).
-    let run_name = match &source_file_id {
-        Some(id) => app.db.input_name_of(&row.id, id)?,
-        None => None,
-    };
+    let named = source_file_id.is_some();
     let file_id = source_file_id.or_else(|| row.sample_file_id.clone());
     let file = match &file_id {
         Some(id) => {
@@ -291,7 +285,10 @@ fn build(
                 .db
                 .file(&caller.workspace_id, id)?
                 .ok_or_else(|| ApiError::invalid("unknown_file", format!("there is no file `{id}`"), vec![]))?;
-            if let Some(name) = run_name {
+            // Files are stored by content, under the name they first came
+            // with; an execution's input keeps the name it was sent under,
+            // which is what its script read it as (`input.<name>`).
+            if named && let Some(name) = app.db.input_name_of(&row.id, id)? {
                 file.name = name;
             }
             Some(file)

@@ -94,12 +94,10 @@ pub async fn receive(
     })?;
     // Without [webhook], the default window; a stored connector's window
     // was checked when it was saved.
-    let window = match &connector.webhook {
-        Some(w) => w
-            .window()
-            .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", w.batch_window)))?,
-        None => std::time::Duration::from_secs(30),
-    };
+    let webhook = connector.webhook.clone().unwrap_or_default();
+    let window = webhook
+        .window()
+        .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", webhook.batch_window)))?;
     // A keyed sender may name its payload for retries with webhook-id or
     // Idempotency-Key.
     let webhook_id = signed_id
