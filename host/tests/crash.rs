@@ -13,7 +13,7 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use common::{call, importer, serve, upload_named, wait};
+use common::{call, importer, serve, upload_named, wait_end};
 use reqwest::Method;
 use serde_json::Value;
 use weir_engine::store::{RecordStore, SqliteStore};
@@ -163,7 +163,7 @@ async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whol
         // Everything from before the crash has ended: lost runs failed,
         // queued ones ran.
         for id in &accepted {
-            let done = wait(&p.base, id, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+            let done = wait_end(&p.base, id).await;
             assert!(
                 matches!(done["status"].as_str(), Some("success" | "partial_success" | "failed")),
                 "seed {seed}: {done}"
@@ -211,14 +211,14 @@ async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whol
     }
 
     // Loaded once more, to its end: one record per distinct e-mail.
-    let mut p = serve(dir.path(), &[]);
+    let p = serve(dir.path(), &[]);
     for id in &accepted {
-        wait(&p.base, id, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+        wait_end(&p.base, id).await;
     }
     let (s, b) = upload_named(&p.base, "/connectors/people/runs", "people.csv", csv).await;
     assert_eq!(s, 202, "{b}");
     let last = b["id"].as_str().unwrap_or_default().to_string();
-    let done = wait(&p.base, &last, |s| !matches!(s, "running" | "queued" | "canceling")).await;
+    let done = wait_end(&p.base, &last).await;
     assert_eq!(done["status"], "success", "seed {seed}: {done}");
     let (count, distinct) = records(dir.path());
     assert_eq!((count, distinct), (PEOPLE as u64, PEOPLE as u64), "seed {seed}");
@@ -230,6 +230,5 @@ async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whol
         .filter(|e| matches!(e["status"].as_str(), Some("running" | "queued" | "canceling")))
         .collect();
     assert!(stuck.is_empty(), "seed {seed}: {stuck:?}");
-    let _ = p.child.kill();
-    let _ = p.child.wait();
+    p.stop();
 }

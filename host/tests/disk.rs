@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Process, call, importer, serve, upload_named, wait};
+use common::{call, importer, serve, upload_named, wait_end};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -67,11 +67,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn stop(mut p: Process) {
-    let _ = p.child.kill();
-    let _ = p.child.wait();
-}
-
 fn people(from: usize, n: usize) -> &'static [u8] {
     let mut csv = String::from("email,city\n");
     for i in from..from + n {
@@ -85,7 +80,7 @@ async fn run(base: &str, name: &str, csv: &'static [u8]) -> Value {
     let (s, b) = upload_named(base, "/connectors/people/runs", name, csv).await;
     assert_eq!(s, 202, "{b}");
     let id = b["id"].as_str().unwrap_or_default().to_string();
-    wait(base, &id, |s| !matches!(s, "queued" | "running" | "canceling")).await
+    wait_end(base, &id).await
 }
 
 /// Every `contact` record, page by page.
@@ -187,7 +182,7 @@ async fn a_full_disk_is_answered_plainly_and_loses_nothing_acknowledged() {
     std::fs::remove_file(fs.dir.path().join("filler")).unwrap_or_else(|e| panic!("{e}"));
     let second = run(&p.base, "big.csv", big).await;
     assert_eq!(second["status"], "success", "{second}");
-    stop(p);
+    p.stop();
 
     // After a restart everything acknowledged is there.
     let p = serve(&data, &[]);
@@ -207,7 +202,7 @@ async fn a_full_disk_is_answered_plainly_and_loses_nothing_acknowledged() {
     )
     .await;
     assert_eq!((s, b["data"].as_array().map(Vec::len)), (200, Some(1)), "{b}");
-    stop(p);
+    p.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +260,7 @@ async fn a_run_that_fills_the_disk_fails_with_its_reason_and_keeps_its_commits()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     std::fs::remove_file(fs.dir.path().join("filler")).unwrap_or_else(|e| panic!("{e}"));
-    let done = wait(&p.base, &id, |s| !matches!(s, "queued" | "running" | "canceling")).await;
+    let done = wait_end(&p.base, &id).await;
     assert_eq!(done["status"], "failed", "{done}");
     let message = done["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -283,7 +278,7 @@ async fn a_run_that_fills_the_disk_fails_with_its_reason_and_keeps_its_commits()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    stop(p);
+    p.stop();
 
     // The commits before the disk filled are the records, and the counts
     // say so, after a restart too.
@@ -305,7 +300,7 @@ async fn a_run_that_fills_the_disk_fails_with_its_reason_and_keeps_its_commits()
     .await;
     assert_eq!(s, 202, "{b}");
     let id = b["id"].as_str().unwrap_or_default().to_string();
-    let done = wait(&p.base, &id, |s| !matches!(s, "queued" | "running" | "canceling")).await;
+    let done = wait_end(&p.base, &id).await;
     assert_eq!(done["status"], "success", "{done}");
     let load = &done["step_progress"][4]["steps"][0];
     assert_eq!(
@@ -313,7 +308,7 @@ async fn a_run_that_fills_the_disk_fails_with_its_reason_and_keeps_its_commits()
         (Some(60_000 - created), Some(created)),
         "{done}"
     );
-    stop(p);
+    p.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +319,7 @@ async fn a_read_only_data_directory_stops_the_server_at_start_and_loses_nothing(
     importer(&p.base).await;
     let first = run(&p.base, "first.csv", people(0, 50)).await;
     assert_eq!(first["status"], "success", "{first}");
-    stop(p);
+    p.stop();
 
     fs.remount("ro");
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -345,5 +340,5 @@ async fn a_read_only_data_directory_stops_the_server_at_start_and_loses_nothing(
     let (s, doc) = call(&p.base, Method::GET, &format!("/executions/{id}"), None).await;
     assert_eq!((s, &doc["status"]), (200, &first["status"]));
     assert_eq!(contacts(&p.base).await, 50);
-    stop(p);
+    p.stop();
 }

@@ -611,14 +611,7 @@ async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved()
 
     let s = start().await;
     operational_importer(&s).await;
-    let ws = s
-        .app
-        .db
-        .workspace("default")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no workspace"))
-        .id;
+    let ws = workspace_id(&s);
     let connector = s
         .app
         .db

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{ADMIN, Process, call, serve, upload_named, wait};
+use common::{ADMIN, call, serve, upload_named, wait};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -170,11 +170,6 @@ async fn events(base: &str, id: &str) -> String {
     text
 }
 
-fn stop(mut p: Process) {
-    let _ = p.child.kill();
-    let _ = p.child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_webhooks_are_checked_batched_into_one_run_and_deduplicated() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -275,7 +270,7 @@ async fn signed_webhooks_are_checked_batched_into_one_run_and_deduplicated() {
     // The replayed and refused payloads made no second execution.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(executions(&base, "crm_events").await.len(), 1);
-    stop(p);
+    p.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +328,7 @@ async fn a_zero_window_runs_each_webhook_and_an_inactive_connector_buffers_acros
         executions(&base, "held").await.is_empty(),
         "an inactive connector buffers"
     );
-    stop(p);
+    p.stop();
 
     let p = serve(dir.path(), &[(SECRET_ENV, &secret)]);
     let base = p.base.clone();
@@ -352,11 +347,11 @@ async fn a_zero_window_runs_each_webhook_and_an_inactive_connector_buffers_acros
         "success"
     );
     assert_eq!(events(&base, &run).await.lines().count(), 3, "both payloads, one run");
-    stop(p);
+    p.stop();
 
     // Started again, the closed batch does not run a second time.
     let p = serve(dir.path(), &[(SECRET_ENV, &secret)]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(executions(&p.base, "held").await.len(), 1);
-    stop(p);
+    p.stop();
 }

@@ -19,6 +19,14 @@ pub struct Process {
     pub base: String,
 }
 
+impl Process {
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -80,6 +88,11 @@ pub async fn status_of(base: &str, id: &str) -> Value {
     call(base, reqwest::Method::GET, &format!("/executions/{id}"), None)
         .await
         .1
+}
+
+/// Waits until execution `id` has ended.
+pub async fn wait_end(base: &str, id: &str) -> Value {
+    wait(base, id, |s| !matches!(s, "queued" | "running" | "canceling")).await
 }
 
 pub async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
