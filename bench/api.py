@@ -65,8 +65,11 @@ class Api:
         return self.call(method, path, json.dumps(doc).encode(), "application/json")
 
 
-def start_server(weir: Path, data_dir: Path) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, WEIR_BOOTSTRAP_KEY=KEY, WEIR_WORKERS="2", WEIR_THREADS_PER_RUN="1", WEIR_LOG="warn")
+def start_server(weir: Path, data_dir: Path, **env: str) -> tuple[subprocess.Popen, int]:
+    """`weir serve` on `data_dir` and its port; `env` adds to or overrides the
+    benchmark settings (2 workers, 1 SQL thread per run)."""
+    env = {**os.environ, "WEIR_BOOTSTRAP_KEY": KEY, "WEIR_WORKERS": "2", "WEIR_THREADS_PER_RUN": "1",
+           "WEIR_LOG": "warn", **env}
     proc = subprocess.Popen(
         [str(weir), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
@@ -134,7 +137,7 @@ def setup(api: Api, db: Path) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
 
 
 def bench_status(port: int, ex: str, seconds: int) -> dict:

@@ -45,7 +45,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -53,8 +52,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import harness
+from api import KEY, percentile, start_server
 
-KEY = "weir_soak_admin_key_0123456789abcdef0123456789ab"
 SECRET_ENV = "WEIR_WEBHOOK_SECRET_SOAK"
 SECRET = "whsec_" + base64.b64encode(b"weir soak webhook secret, 32 bytes").decode()
 TERMINAL = {"success", "partial_success", "failed", "canceled"}
@@ -72,7 +71,8 @@ class Api:
         all_headers = dict(headers or {})
         if auth:
             all_headers["Authorization"] = f"Bearer {KEY}"
-        for attempt in (1, 2):
+        while True:
+            reused = self.conn is not None
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
             try:
@@ -81,11 +81,12 @@ class Api:
                 data = r.read()
                 break
             except (ConnectionError, http.client.HTTPException):
-                # A keep-alive connection the server closed between requests:
-                # the request was never read, so sending it again is safe.
+                # Only a keep-alive connection the server closed between
+                # requests is retried (the request was never read); a new
+                # connection that fails is an error of the server.
                 self.conn.close()
                 self.conn = None
-                if attempt == 2:
+                if not reused:
                     raise
         try:
             doc = json.loads(data) if data else None
@@ -109,20 +110,6 @@ class Api:
             cursor = doc.get("next_cursor")
             if not cursor:
                 return out
-
-
-def start_server(weir: Path, data_dir: Path) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, WEIR_BOOTSTRAP_KEY=KEY, WEIR_LOG="warn", **{SECRET_ENV: SECRET})
-    proc = subprocess.Popen(
-        [str(weir), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.match(r"weir listening on http://127\.0\.0\.1:(\d+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, int(m.group(1))
-    raise SystemExit("weir serve did not start")
 
 
 def load_def(scope: str, obj: str, fields: list[str]) -> tuple[list[dict], list[dict]]:
@@ -173,11 +160,6 @@ def sign(msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
-
-
 class Recorder:
     """Latencies and unexpected answers per request kind, across threads."""
 
@@ -188,7 +170,10 @@ class Recorder:
 
     def timed(self, kind: str, call, ok: set[int]):
         t = time.perf_counter()
-        status, headers, doc = call()
+        try:
+            status, headers, doc = call()
+        except (OSError, http.client.HTTPException) as e:
+            status, headers, doc = 0, {}, f"no answer: {e!r}"
         ms = (time.perf_counter() - t) * 1000
         with self.lock:
             self.latency[kind].append(ms)
@@ -208,7 +193,7 @@ class Soak:
         self.upload_answers: dict[str, set[str]] = defaultdict(set)
         self.upload_rows: dict[str, int] = {}
         self.cancel_answers: dict[str, int] = {}
-        # webhook id -> (body, answered duplicate flags)
+        # webhook id -> the `duplicate` flag of each of its answers
         self.hooks: dict[str, list[bool]] = defaultdict(list)
         self.known: list[str] = []
         self.sending = True
@@ -368,8 +353,8 @@ def audit(api: Api, soak: Soak, args: argparse.Namespace) -> list[str]:
         if doc is None:
             continue
         stored, created = per_upload.get(n, 0), load_count(doc)["created"]
-        if doc["status"] == "success" and stored != soak.upload_rows[key]:
-            problems.append(f"upload {n} succeeded with {stored} of {soak.upload_rows[key]} records")
+        if doc["status"] != "canceled" and stored != soak.upload_rows[key]:
+            problems.append(f"upload {n} ended {doc['status']} with {stored} of {soak.upload_rows[key]} records")
         if stored != created:
             problems.append(f"execution {doc['id']} counts {created} created, {stored} records hold its keys")
 
@@ -413,7 +398,9 @@ def main() -> None:
     args = parser.parse_args()
     weir = harness.locate_weir(args.weir)
     data_dir = Path(tempfile.mkdtemp(prefix="weir-soak-"))
-    proc, port = start_server(weir, data_dir)
+    # The server's own defaults (4 workers, a SQL thread per core per run).
+    proc, port = start_server(weir, data_dir, WEIR_WORKERS="4", WEIR_THREADS_PER_RUN=str(os.cpu_count() or 1),
+                              **{SECRET_ENV: SECRET})
     try:
         api = Api(port)
         setup(api, args.connectors, args.hook_connectors)

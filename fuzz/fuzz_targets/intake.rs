@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use datafusion::prelude::SessionContext;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::{InputOptions, LimitsDef};
@@ -42,7 +43,26 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn options() -> IntakeOptions {
+/// One engine session for every case: intake registers nothing in it.
+fn session() -> &'static SessionContext {
+    static CTX: OnceLock<SessionContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        sql::session(&SessionSettings {
+            threads: 1,
+            max_memory: 256 * 1024 * 1024,
+            batch_size: 1024,
+            spill_dir: None,
+        })
+        .expect("a session")
+    })
+}
+
+fn options() -> &'static IntakeOptions {
+    static OPTIONS: OnceLock<IntakeOptions> = OnceLock::new();
+    OPTIONS.get_or_init(make_options)
+}
+
+fn make_options() -> IntakeOptions {
     let limits = LimitsDef {
         max_rows: 100_000,
         ..LimitsDef::default()
@@ -64,22 +84,8 @@ fuzz_target!(|data: &[u8]| {
     let path = dir.path().join(name);
     std::fs::write(&path, content).expect("writing the case");
     runtime().block_on(async {
-        let ctx = sql::session(&SessionSettings {
-            threads: 1,
-            max_memory: 256 * 1024 * 1024,
-            batch_size: 1024,
-            spill_dir: None,
-        })
-        .expect("a session");
-        let Ok(intake) = intake::open(
-            &ctx,
-            &path,
-            name,
-            &options(),
-            Arc::new(Discard),
-            CancellationToken::new(),
-        )
-        .await
+        let ctx = session();
+        let Ok(intake) = intake::open(ctx, &path, name, options(), Arc::new(Discard), CancellationToken::new()).await
         else {
             return;
         };
