@@ -1192,7 +1192,8 @@ async fn runs_follow_the_connector_status_and_dry_runs_write_nothing() {
 async fn cancel_follows_the_contract_in_every_state() {
     let s = start().await;
     slow_connector(&s, "slow", "operational").await;
-    // Running in SQL: 202 with canceling, then canceled; again 202.
+    // Running in SQL: 202 with canceling, then canceled; again 202, however
+    // quickly the run stopped.
     let run = s.upload("/connectors/slow/runs", ADMIN, "x.csv", b"a\n1\n").await;
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
     s.wait_status(&id, |st| st == "running").await;
@@ -1211,8 +1212,17 @@ async fn cancel_follows_the_contract_in_every_state() {
         asked.elapsed()
     );
     assert_eq!(done["step_progress"][1]["status"], "canceled", "{done}");
-    // Finished: 409.
     let late = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(late.status, StatusCode::ACCEPTED, "{}", late.body);
+    assert_eq!(late.body["status"], "canceled");
+    // Finished otherwise: 409.
+    operational_importer(&s).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
+        .await;
+    let ended = run.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(s.wait_end(&ended).await["status"], "partial_success");
+    let late = s.post(&format!("/executions/{ended}/cancel"), ADMIN, json!({})).await;
     assert_problem(&late, StatusCode::CONFLICT, "execution_finished");
     // Queued (inactive connector): canceled at once.
     slow_connector(&s, "held", "inactive").await;

@@ -55,8 +55,21 @@ pub struct Runs {
 pub enum CancelOutcome {
     /// The execution is canceled or canceling; its document now.
     Accepted(Box<Execution>),
-    /// It had already finished.
+    /// It had already finished other than by a cancel.
     Finished,
+}
+
+impl CancelOutcome {
+    /// A cancel of an execution in `doc`'s state: accepted unless it ended
+    /// other than canceled, so that repeating a cancel answers the same
+    /// however quickly the run stopped.
+    fn of(doc: Execution) -> Self {
+        if doc.status.is_terminal() && doc.status != Status::Canceled {
+            Self::Finished
+        } else {
+            Self::Accepted(Box::new(doc))
+        }
+    }
 }
 
 impl Runs {
@@ -126,9 +139,10 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
     // it too) cannot slip between reading `queued` and canceling.
     let running = app.runs.lock();
     if let Some(run) = running.get(id) {
-        if run.progress.snapshot().status.is_terminal() {
+        let now = run.progress.snapshot();
+        if now.status.is_terminal() {
             // Ended; the worker is storing its final document.
-            return Ok(CancelOutcome::Finished);
+            return Ok(CancelOutcome::of(now));
         }
         run.progress.update(|doc| {
             if matches!(doc.status, Status::Queued | Status::Running) {
@@ -154,9 +168,9 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
             Ok(CancelOutcome::Accepted(Box::new(doc)))
         }
         // Canceling but not running here: a previous process was stopping
-        // it; recovery resolves it. Repeating the cancel is accepted.
-        Status::Running | Status::Canceling => Ok(CancelOutcome::Accepted(Box::new(doc))),
-        _ => Ok(CancelOutcome::Finished),
+        // it; recovery resolves it. Repeating the cancel is accepted, as it
+        // is once the cancel has taken effect.
+        _ => Ok(CancelOutcome::of(doc)),
     }
 }
 

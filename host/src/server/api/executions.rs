@@ -174,8 +174,8 @@ pub async fn logs(
 }
 
 /// **Cancel execution**: 202 with the execution, now `canceling` (or
-/// `canceled` if it was queued); again 202 when repeated; 409
-/// `execution_finished` once it has ended.
+/// `canceled` if it was queued); again 202 when repeated, also once it is
+/// `canceled`; 409 `execution_finished` once it has ended otherwise.
 #[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
