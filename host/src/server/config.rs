@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub idempotency_retention: String,
     /// The longest a preview runs, e.g. `"30s"`.
     pub preview_timeout: String,
+    /// Rows a load step commits at a time; a canceled or failed run keeps
+    /// every commit before it.
+    pub load_batch_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             bootstrap_workspace: "default".into(),
             idempotency_retention: "24h".into(),
             preview_timeout: "30s".into(),
+            load_batch_size: 8192,
         }
     }
 }
@@ -76,6 +80,7 @@ const ENV_KEYS: &[&str] = &[
     "bootstrap_workspace",
     "idempotency_retention",
     "preview_timeout",
+    "load_batch_size",
 ];
 
 /// Config values checked and converted.
@@ -141,6 +146,9 @@ impl ServerConfig {
         if self.threads_per_run == 0 {
             return Err(ConfigError("threads_per_run must be at least 1".into()));
         }
+        if self.load_batch_size == 0 {
+            return Err(ConfigError("load_batch_size must be at least 1".into()));
+        }
         Ok(Settings {
             max_upload: size("max_upload", &self.max_upload)?,
             max_json_body: usize::try_from(size("max_json_body", &self.max_json_body)?)
@@ -193,6 +201,12 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(bad.settings().is_err());
+        let no_commits = ServerConfig {
+            load_batch_size: 0,
+            ..ServerConfig::default()
+        };
+        let e = no_commits.settings().err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("load_batch_size")), "{e:?}");
         let s = ServerConfig::default().settings().map_err(|e| e.to_string());
         assert_eq!(s.map(|s| s.max_upload), Ok(1 << 30));
     }

@@ -77,9 +77,14 @@ impl Runs {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The live document of a running execution.
+    /// The live document of a running execution, until it ends. An ended
+    /// run is shown as stored: its final status only once that is in the
+    /// database, so that what the API called finished stays so after a crash.
     pub fn live(&self, id: &str) -> Option<Execution> {
-        self.lock().get(id).map(|r| r.progress.snapshot())
+        self.lock()
+            .get(id)
+            .map(|r| r.progress.snapshot())
+            .filter(|doc| !doc.status.is_terminal())
     }
 
     /// The changes of a running execution's live document.
@@ -432,6 +437,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         out_dir: artifacts_dir(app, &id),
         settings: RunSettings {
             threads: app.settings.config.threads_per_run,
+            load_batch_size: app.settings.config.load_batch_size,
             ..RunSettings::default()
         },
         cancel,
@@ -568,4 +574,41 @@ fn changes(
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_engine::execution::{ConnectorRef, TriggerType};
+
+    use super::*;
+
+    #[test]
+    fn a_run_is_shown_live_until_it_ends_and_as_stored_after() {
+        let runs = Runs::default();
+        let connector = ConnectorRef {
+            id: Some("c1".into()),
+            api_name: "orders".into(),
+            version: Some(1),
+        };
+        let mut doc = Execution::new("e1".into(), connector, TriggerType::FileUpload, false);
+        doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+        let progress = Progress::new(doc);
+        runs.lock().insert(
+            "e1".into(),
+            Running {
+                connector_id: "c1".into(),
+                cancel: CancellationToken::new(),
+                progress: progress.clone(),
+            },
+        );
+        assert_eq!(runs.live("e1").map(|d| d.status), Some(Status::Running));
+        progress.update(|doc| {
+            let _ = doc.transition(Status::Success);
+        });
+        assert_eq!(
+            runs.live("e1").map(|d| d.status),
+            None,
+            "an end not yet stored is not shown"
+        );
+    }
 }
