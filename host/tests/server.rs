@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use weir_engine::execution::Status;
 use weir_host::server::auth::{self, Role};
 use weir_host::server::config::ServerConfig;
 use weir_host::server::schedules::{Clock, ManualClock, SystemClock};
@@ -131,6 +132,24 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "execution stuck: {}", a.body);
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the execution runs stage `i` (0 intake … 4 load), so that
+    /// a cancel is sure to find that stage under way.
+    async fn wait_stage(&self, id: &str, i: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let doc = self.get(&format!("/executions/{id}"), ADMIN).await.body;
+            if doc["status"] == "running" && doc["step_progress"][i]["status"] == "running" {
+                return doc;
+            }
+            assert!(
+                doc["status"] == "queued" || doc["status"] == "running",
+                "the run ended before stage {i}: {doc}"
+            );
+            assert!(Instant::now() < deadline, "execution stuck: {doc}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -605,7 +624,7 @@ async fn no_route_reaches_another_workspaces_resources() {
 /// counts of zero beside the records it had written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved() {
-    use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
+    use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
     use weir_engine::store::{RecordId, Tally, Value as Field, Write, WriteBatch};
     use weir_host::server::state::ExecutionRow;
 
@@ -1030,6 +1049,12 @@ async fn a_triggered_run_loads_records_and_serves_its_artifacts() {
     assert_eq!(run.body["connector"]["version"], 1);
     let done = s.wait_end(&id).await;
     assert_eq!(done["status"], "partial_success", "{done}");
+    let stored = s.app.db.execution(&id).ok().flatten().map(|r| r.document.status);
+    assert_eq!(
+        stored,
+        Some(Status::PartialSuccess),
+        "an end is shown once it is stored"
+    );
     let load = &done["step_progress"][4]["steps"][0];
     assert_eq!(
         (load["created"].as_u64(), load["total"].as_u64()),
@@ -1196,8 +1221,7 @@ async fn cancel_follows_the_contract_in_every_state() {
     // quickly the run stopped.
     let run = s.upload("/connectors/slow/runs", ADMIN, "x.csv", b"a\n1\n").await;
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
-    s.wait_status(&id, |st| st == "running").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.wait_stage(&id, 1).await;
     let asked = Instant::now();
     let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;
     assert_eq!(c.status, StatusCode::ACCEPTED, "{}", c.body);
@@ -1241,7 +1265,9 @@ async fn cancel_follows_the_contract_in_every_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_the_load_keeps_exactly_what_was_committed() {
-    let s = start().await;
+    // Small commits leave the cancel hundreds of them to land in, however
+    // slowly this test is scheduled.
+    let s = start_with(|c| c.load_batch_size = 500).await;
     operational_importer(&s).await;
     let mut csv = String::from("email,city\n");
     for i in 0..120_000 {
@@ -1271,6 +1297,7 @@ async fn a_cancel_during_the_load_keeps_exactly_what_was_committed() {
     assert_eq!(done["status"], "canceled", "{done}");
     let created = done["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
     assert!(created > 0 && created < 120_000, "{done}");
+    assert_eq!(created % 500, 0, "whole commits of load_batch_size rows: {done}");
     let stored = s
         .app
         .records
@@ -1503,8 +1530,8 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
     live_without_dry_run(&s, looping, "operational").await;
     let run = s.upload("/connectors/looping/runs", ADMIN, "x.csv", b"a\n1\n").await;
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
-    let running = s.wait_status(&id, |st| st == "running").await;
-    assert_eq!(running["status"], "running");
+    s.wait_stage(&id, 2).await;
+    // Let the guest enter its loop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
     let c = s.post(&format!("/executions/{id}/cancel"), ADMIN, json!({})).await;

@@ -179,12 +179,18 @@ async fn signed_webhooks_are_checked_batched_into_one_run_and_deduplicated() {
     let id = hooks(&base, "crm_events", "2s", "operational").await;
 
     // Three payloads signed by the reference implementation, one batch.
+    // All are signed first, so that only their posts fall in the window.
+    let signed: Vec<_> = (1..=3)
+        .map(|n| {
+            let body = format!("{{\"name\":\"ada {n}\"}}");
+            let msg = format!("msg_{n}");
+            let ts = now();
+            let sig = reference_signature(&secret, &msg, ts, &body);
+            (body, msg, ts, sig)
+        })
+        .collect();
     let mut closes = Vec::new();
-    for n in 1..=3 {
-        let body = format!("{{\"name\":\"ada {n}\"}}");
-        let msg = format!("msg_{n}");
-        let ts = now();
-        let sig = reference_signature(&secret, &msg, ts, &body);
+    for (body, msg, ts, sig) in signed {
         // By id: a signed sender needs no key.
         let (s, b) = post(&base, &id, body.into_bytes(), Some((&msg, ts, sig))).await;
         assert_eq!(s, 202, "{b}");

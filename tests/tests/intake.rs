@@ -391,24 +391,32 @@ async fn assert_a_cancel_stops_reading(bytes: &[u8], name: &str) {
     assert_eq!(read(CancellationToken::new()).await.ok(), Some(1));
     let whole = started.elapsed();
 
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
+    // The fastest of up to three canceled reads: a busy machine may slow
+    // one, but a cancel that does not work leaves every one near `whole`.
     let after = (whole / 20).max(Duration::from_millis(1));
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        trigger.cancel();
-    });
-    let started = Instant::now();
-    let outcome = read(cancel).await;
-    let canceled = started.elapsed();
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let outcome = read(cancel).await;
+        fastest = fastest.min(started.elapsed());
+        assert!(
+            matches!(outcome, Err(weir_engine::Error::Canceled)),
+            "{name}: {:?}",
+            outcome.map(|_| ())
+        );
+        if fastest < whole / 2 {
+            break;
+        }
+    }
     assert!(
-        matches!(outcome, Err(weir_engine::Error::Canceled)),
-        "{name}: {:?}",
-        outcome.map(|_| ())
-    );
-    assert!(
-        canceled < whole / 2,
-        "{name}: the cancel came after {after:?} but the read went on for {canceled:?} of {whole:?}"
+        fastest < whole / 2,
+        "{name}: the cancel came after {after:?} but the read went on for {fastest:?} of {whole:?}"
     );
 }
 
