@@ -110,7 +110,7 @@ impl SqlSource {
 }
 
 /// A parameter value; TOML/JSON scalars are accepted and seen by SQL as text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ParamValue {
     /// A string.
@@ -122,6 +122,25 @@ pub enum ParamValue {
     /// A boolean.
     Bool(bool),
 }
+
+/// Documented as a string, a number or a boolean. Integers and floats are
+/// one `number`: JSON Schema counts an integral float (`2.0`, or an integer
+/// past 64 bits read as a float) as an integer too, so separate branches
+/// under `oneOf` would both match it.
+impl utoipa::PartialSchema for ParamValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let of = |t: Type, what: &str| ObjectBuilder::new().schema_type(t).description(Some(what));
+        OneOfBuilder::new()
+            .item(of(Type::String, "A string."))
+            .item(of(Type::Number, "An integer or a float."))
+            .item(of(Type::Boolean, "A boolean."))
+            .description(Some("A parameter value; SQL sees it as text."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ParamValue {}
 
 impl std::fmt::Display for ParamValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1557,8 +1557,10 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
 
 /// Checks `doc` against an OpenAPI 3.1 schema of `api`: types, enums,
 /// required properties, no undeclared ones, and everything nested. Enough of
-/// JSON Schema for what the document generates ($ref, allOf, oneOf, type,
-/// enum, properties, required, items, additionalProperties).
+/// JSON Schema for what the document generates ($ref, allOf, oneOf (exactly
+/// one branch), anyOf, type, enum, properties, required, items,
+/// additionalProperties), with JSON Schema's numbers: an integral float is
+/// an integer too.
 fn conforms(api: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(api, schema);
     if let Some(all) = schema["allOf"].as_array() {
@@ -1577,15 +1579,18 @@ fn conforms(api: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), St
         }
         return conforms(api, &merged, doc, at);
     }
-    if let Some(branches) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+    let one_of = schema["oneOf"].as_array();
+    if let Some(branches) = one_of.or(schema["anyOf"].as_array()) {
         let errors: Vec<String> = branches
             .iter()
             .filter_map(|b| conforms(api, b, doc, at).err())
             .collect();
-        return if errors.len() < branches.len() {
-            Ok(())
-        } else {
-            Err(format!("{at}: matches no branch: {}", errors.join(" | ")))
+        let matched = branches.len() - errors.len();
+        return match matched {
+            0 => Err(format!("{at}: matches no branch: {}", errors.join(" | "))),
+            1 => Ok(()),
+            _ if one_of.is_some() => Err(format!("{at}: {doc} matches {matched} branches of a oneOf")),
+            _ => Ok(()),
         };
     }
     let types: Vec<&str> = match &schema["type"] {
@@ -1596,7 +1601,7 @@ fn conforms(api: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), St
     let kind = match doc {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(n) if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => "integer",
         Value::Number(_) => "number",
         Value::String(_) => "string",
         Value::Array(_) => "array",
@@ -1657,7 +1662,15 @@ fn response_schema<'a>(api: &'a Value, method: &str, path: &str, status: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_match_the_schemas_of_the_openapi_document() {
     let s = start().await;
-    operational_importer(&s).await;
+    // Parameters of every kind, an integral float and an integer past 64
+    // bits (which JSON reads as a float) among them.
+    operational_importer_with(&s, |doc| {
+        doc["parameters"] = serde_json::from_str(
+            r#"{"region": "EU", "limit": 10, "ratio": 0.5, "whole": 2.0, "huge": -9223372036854775809, "dry": false}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    })
+    .await;
     let api = s.send(Method::GET, "/openapi.json", None, None).await.body;
     let run = s
         .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
