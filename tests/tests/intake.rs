@@ -353,6 +353,49 @@ async fn a_parquet_decimal_wider_than_its_type_is_unreadable_not_a_panic() {
     );
 }
 
+/// A decimal stored as variable-length bytes, longer than its type takes,
+/// is refused at intake too, with the file and the column named.
+#[tokio::test]
+async fn a_parquet_byte_array_decimal_wider_than_its_type_is_unreadable() {
+    use datafusion::parquet::data_type::{ByteArray, ByteArrayType};
+    use datafusion::parquet::file::writer::SerializedFileWriter;
+    use datafusion::parquet::schema::parser::parse_message_type;
+
+    let schema =
+        parse_message_type("message m { required binary amount (DECIMAL(10,2)); }").unwrap_or_else(|e| panic!("{e}"));
+    let mut bytes = Vec::new();
+    let mut writer =
+        SerializedFileWriter::new(&mut bytes, Arc::new(schema), Arc::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = writer.next_row_group().unwrap_or_else(|e| panic!("{e}"));
+    let mut column = group
+        .next_column()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no column"));
+    let values = [ByteArray::from(vec![1u8; 20]), ByteArray::from(vec![0u8, 7])];
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&values, None, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    column.close().unwrap_or_else(|e| panic!("{e}"));
+    group.close().unwrap_or_else(|e| panic!("{e}"));
+    writer.close().unwrap_or_else(|e| panic!("{e}"));
+
+    let o = run(connector(""), PASS_THROUGH, "amounts.parquet", &bytes).await;
+    assert_eq!(o.status(), "failed");
+    let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+    assert_eq!(
+        (e.code.as_str(), e.stage.as_str()),
+        ("unreadable_input", "intake"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("amounts.parquet") && e.message.contains("`amount`"),
+        "{}",
+        e.message
+    );
+}
+
 /// Reads `bytes` (named `name`) with the intake twice: whole, then with a
 /// cancel after 1/20 of that time, which must stop the read in under half of
 /// it (a ratio measured in the same run).
