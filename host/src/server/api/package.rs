@@ -179,9 +179,15 @@ pub async fn push(
     let sample = match &package.data_file {
         Some(file) => {
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
-            let row = app
-                .keep_file(&caller.workspace_id, &file.name, "application/octet-stream", &bytes)
-                .map_err(ApiError::internal)?;
+            // Hashing and writing a sample of up to the package limit is
+            // blocking work.
+            let (app, workspace, name) = (app.clone(), caller.workspace_id.clone(), file.name.clone());
+            let row = tokio::task::spawn_blocking(move || {
+                app.keep_file(&workspace, &name, "application/octet-stream", &bytes)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
             Some(row.sha256)
         }
         None => existing.as_ref().and_then(|r| r.sample_file_id.clone()),
