@@ -13,9 +13,9 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use common::{call, importer, serve, upload_named, wait_end};
+use common::{call, importer_with, publish_plugin, serve, upload_named, wait_end};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_host::server::state::Db;
 
@@ -31,9 +31,10 @@ enum Target {
 }
 
 /// One round per target, twice over.
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     Target::Stage(0, "intake"),
     Target::Stage(1, "sql"),
+    Target::Stage(2, "transform"),
     Target::Stage(3, "variables"),
     Target::Stage(4, "load"),
     Target::Queued,
@@ -158,7 +159,9 @@ async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whol
     for round in 0..ROUNDS {
         let mut p = serve(dir.path(), &[]);
         if round == 0 {
-            importer(&p.base).await;
+            // A plugin step gives the run a transform stage to be killed in.
+            publish_plugin(&p.base, "identity").await;
+            importer_with(&p.base, json!([{"scope": "people", "plugin": "identity@0.1.0"}])).await;
         }
         // Everything from before the crash has ended: lost runs failed,
         // queued ones ran.
@@ -195,15 +198,16 @@ async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whol
         }
         // Stages stream into one another: once the load runs, a kill any
         // time later lands among its commits.
-        let spread = if target == TARGETS[3] { 1500 } else { 40 };
+        let spread = if target == Target::Stage(4, "load") { 1500 } else { 40 };
         tokio::time::sleep(Duration::from_millis(rng.below(spread))).await;
         p.child.kill().unwrap_or_else(|e| panic!("{e}"));
         let _ = p.child.wait();
         assert_intact(dir.path(), seed, round);
     }
-    // The rounds killed where they aimed: queued, and in intake, SQL and
-    // the load at least (variables run beside the load and may be missed).
-    for target in [TARGETS[0], TARGETS[1], TARGETS[3], TARGETS[4]] {
+    // The rounds killed where they aimed: queued, and in intake, SQL, the
+    // transform and the load at least (variables run beside the load and
+    // may be missed).
+    for target in TARGETS.into_iter().filter(|t| *t != Target::Stage(3, "variables")) {
         assert!(
             hit.contains(&target),
             "seed {seed}: no kill landed at {target:?}; hit {hit:?}"

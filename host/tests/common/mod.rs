@@ -68,6 +68,20 @@ pub async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<
     (status, body)
 }
 
+/// Publishes the test plugin `name` (built from `plugins/`) as `name@0.1.0`.
+pub async fn publish_plugin(base: &str, name: &str) {
+    let bytes = std::fs::read(weir_tests::plugin_wasm(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let response = reqwest::Client::new()
+        .post(format!("{base}/plugins?name={name}&version=0.1.0"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("publishing {name}: {e}"));
+    assert_eq!(response.status().as_u16(), 201, "publishing {name}");
+}
+
 pub async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value) {
     upload_named(base, path, "x.csv", bytes).await
 }
@@ -110,6 +124,11 @@ pub async fn wait(base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
 /// An operational connector `people` loading `email,city` rows into the
 /// object `contact`, matched on its unique `email`.
 pub async fn importer(base: &str) {
+    importer_with(base, serde_json::json!([])).await;
+}
+
+/// [`importer`] with `transforms` between its SQL and its variables.
+pub async fn importer_with(base: &str, transforms: Value) {
     let (s, b) = call(
         base,
         reqwest::Method::POST,
@@ -127,6 +146,7 @@ pub async fn importer(base: &str) {
         Some(serde_json::json!({
             "api_name": "people", "type": "spreadsheet", "sample_file_id": file["id"],
             "sql": {"text": "CREATE VIEW output.people AS SELECT email, city FROM input.data"},
+            "transforms": transforms,
             "variables": [
                 {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
                 {"name": "city", "scope": "people", "column": "city", "type": "string"}],
