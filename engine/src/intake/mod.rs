@@ -526,8 +526,9 @@ fn unzip(
 /// decimal stored in more bytes than its Arrow type takes (16 up to
 /// precision 38, 32 beyond), in a fixed length of the schema or in a row
 /// group's min/max statistics (fixed or variable length). Found by fuzzing
-/// intake. A variable-length decimal written without statistics is not
-/// seen here; its run fails inside the scan.
+/// intake. A variable-length value that is neither a row group's min nor
+/// its max (or has no statistics) is not seen here; its run fails inside
+/// the scan.
 fn check_parquet_decimals(
     file_name: &str,
     metadata: &datafusion::parquet::file::metadata::ParquetMetaData,

@@ -40,8 +40,8 @@ pub struct ServerConfig {
     pub idempotency_retention: String,
     /// The longest a preview runs, e.g. `"30s"`.
     pub preview_timeout: String,
-    /// Rows a load step commits at a time; a canceled or failed run keeps
-    /// every commit before it.
+    /// The most rows a load step commits at a time; a canceled or failed
+    /// run keeps every commit before it.
     pub load_batch_size: usize,
 }
 

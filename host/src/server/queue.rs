@@ -39,6 +39,32 @@ struct Running {
     connector_id: String,
     cancel: CancellationToken,
     progress: Progress,
+    /// The live document last answered, so that answers never go back to
+    /// the older stored one while the end is being stored.
+    shown: Option<Execution>,
+}
+
+impl Running {
+    fn new(connector_id: String, cancel: CancellationToken, progress: Progress) -> Self {
+        Self {
+            connector_id,
+            cancel,
+            progress,
+            shown: None,
+        }
+    }
+
+    /// The document to answer: the live one until the run ends, then the
+    /// last one answered (or none: the stored one) until the persister has
+    /// stored the end and the run leaves the map.
+    fn show(&mut self) -> Option<Execution> {
+        let doc = self.progress.snapshot();
+        if doc.status.is_terminal() {
+            return self.shown.clone();
+        }
+        self.shown = Some(doc.clone());
+        Some(doc)
+    }
 }
 
 /// The executions this process runs, and the signal that wakes the dispatcher.
@@ -77,14 +103,11 @@ impl Runs {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The live document of a running execution, until it ends. An ended
-    /// run is shown as stored: its final status only once that is in the
-    /// database, so that what the API called finished stays so after a crash.
+    /// The live document of a running execution. Its end is shown only
+    /// once it is in the database, so that what the API called finished
+    /// stays so after a crash; meanwhile the last live answer stands.
     pub fn live(&self, id: &str) -> Option<Execution> {
-        self.lock()
-            .get(id)
-            .map(|r| r.progress.snapshot())
-            .filter(|doc| !doc.status.is_terminal())
+        self.lock().get_mut(id).and_then(Running::show)
     }
 
     /// The changes of a running execution's live document.
@@ -142,20 +165,19 @@ pub fn queued(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
 pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
     // The map lock is held across the check so that a claim (which takes
     // it too) cannot slip between reading `queued` and canceling.
-    let running = app.runs.lock();
-    if let Some(run) = running.get(id) {
-        let now = run.progress.snapshot();
-        if now.status.is_terminal() {
-            // Ended; the worker is storing its final document.
-            return Ok(CancelOutcome::of(now));
-        }
+    let mut running = app.runs.lock();
+    if let Some(run) = running.get_mut(id) {
         run.progress.update(|doc| {
             if matches!(doc.status, Status::Queued | Status::Running) {
                 let _ = doc.transition(Status::Canceling);
             }
         });
         run.cancel.cancel();
-        return Ok(CancelOutcome::Accepted(Box::new(run.progress.snapshot())));
+        if let Some(doc) = run.show() {
+            return Ok(CancelOutcome::Accepted(Box::new(doc)));
+        }
+        // Ended before anything was answered, and not stored yet: answer
+        // as stored, as a status request would.
     }
     let Some(row) = app.db.execution(id)? else {
         return Ok(CancelOutcome::Finished);
@@ -165,11 +187,15 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
         Status::Queued => {
             let _ = doc.transition(Status::Canceled);
             doc.close_open_stages(StageStatus::Skipped, StageStatus::Skipped);
-            if app.db.save_document(&doc, Some(Status::Queued))? {
-                drop(running);
-                app.db.append_log(id, "info", "canceled while queued")?;
-                app.metrics.finished(doc.status);
+            if !app.db.save_document(&doc, Some(Status::Queued))? {
+                // It left the queue meanwhile (it could not start): answer
+                // what it became.
+                let now = app.db.execution(id)?.map(|r| r.document);
+                return Ok(now.map_or(CancelOutcome::Finished, CancelOutcome::of));
             }
+            drop(running);
+            app.db.append_log(id, "info", "canceled while queued")?;
+            app.metrics.finished(doc.status);
             Ok(CancelOutcome::Accepted(Box::new(doc)))
         }
         // Canceling but not running here: a previous process was stopping
@@ -353,11 +379,7 @@ fn claim_and_start(app: &Arc<App>) -> Result<(), StateError> {
         let cancel = CancellationToken::new();
         running.insert(
             id.clone(),
-            Running {
-                connector_id: connector_id.clone(),
-                cancel: cancel.clone(),
-                progress: progress.clone(),
-            },
+            Running::new(connector_id.clone(), cancel.clone(), progress.clone()),
         );
         drop(running);
         let app = app.clone();
@@ -582,33 +604,40 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_run_is_shown_live_until_it_ends_and_as_stored_after() {
-        let runs = Runs::default();
+    fn running(runs: &Runs, id: &str) -> Progress {
         let connector = ConnectorRef {
             id: Some("c1".into()),
             api_name: "orders".into(),
             version: Some(1),
         };
-        let mut doc = Execution::new("e1".into(), connector, TriggerType::FileUpload, false);
+        let mut doc = Execution::new(id.into(), connector, TriggerType::FileUpload, false);
         doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
         let progress = Progress::new(doc);
-        runs.lock().insert(
-            "e1".into(),
-            Running {
-                connector_id: "c1".into(),
-                cancel: CancellationToken::new(),
-                progress: progress.clone(),
-            },
-        );
-        assert_eq!(runs.live("e1").map(|d| d.status), Some(Status::Running));
+        let run = Running::new("c1".into(), CancellationToken::new(), progress.clone());
+        runs.lock().insert(id.into(), run);
+        progress
+    }
+
+    fn succeed(progress: &Progress) {
         progress.update(|doc| {
+            doc.set_stage_status(Stage::Intake, StageStatus::Completed);
             let _ = doc.transition(Status::Success);
         });
-        assert_eq!(
-            runs.live("e1").map(|d| d.status),
-            None,
-            "an end not yet stored is not shown"
-        );
+    }
+
+    #[test]
+    fn a_run_is_shown_live_until_it_ends_and_never_goes_back_while_its_end_is_stored() {
+        let runs = Runs::default();
+        let answered = running(&runs, "e1");
+        assert_eq!(runs.live("e1").map(|d| d.status), Some(Status::Running));
+        answered.update(|doc| doc.set_stage_status(Stage::Intake, StageStatus::Running));
+        let last = runs.live("e1");
+        succeed(&answered);
+        assert_eq!(runs.live("e1"), last, "the last answer stands until the end is stored");
+
+        // Ended before any answer: the stored document is answered.
+        let silent = running(&runs, "e2");
+        succeed(&silent);
+        assert_eq!(runs.live("e2"), None);
     }
 }
