@@ -71,15 +71,22 @@ pub async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<
 /// Publishes the test plugin `name` (built from `plugins/`) as `name@0.1.0`.
 pub async fn publish_plugin(base: &str, name: &str) {
     let bytes = std::fs::read(weir_tests::plugin_wasm(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let path = format!("/plugins?name={name}&version=0.1.0");
+    let (s, b) = post_bytes(base, &path, "application/wasm", bytes).await;
+    assert_eq!(s, 201, "publishing {name}: {b}");
+}
+
+/// POSTs `bytes` as `content_type` with the admin key.
+async fn post_bytes(base: &str, path: &str, content_type: &str, bytes: impl Into<reqwest::Body>) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .post(format!("{base}/plugins?name={name}&version=0.1.0"))
+        .post(format!("{base}{path}"))
         .bearer_auth(ADMIN)
-        .header("content-type", "application/wasm")
+        .header("content-type", content_type)
         .body(bytes)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("publishing {name}: {e}"));
-    assert_eq!(response.status().as_u16(), 201, "publishing {name}");
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
 }
 
 pub async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value) {
@@ -87,15 +94,13 @@ pub async fn upload(base: &str, path: &str, bytes: &'static [u8]) -> (u16, Value
 }
 
 pub async fn upload_named(base: &str, path: &str, name: &str, bytes: &'static [u8]) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}{path}?filename={name}"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    post_bytes(
+        base,
+        &format!("{path}?filename={name}"),
+        "application/octet-stream",
+        bytes,
+    )
+    .await
 }
 
 pub async fn status_of(base: &str, id: &str) -> Value {

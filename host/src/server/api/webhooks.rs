@@ -94,7 +94,7 @@ pub async fn receive(
     })?;
     // Without [webhook], the default window; a stored connector's window
     // was checked when it was saved.
-    let webhook = connector.webhook.clone().unwrap_or_default();
+    let webhook = connector.webhook.unwrap_or_default();
     let window = webhook
         .window()
         .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", webhook.batch_window)))?;
