@@ -39,10 +39,24 @@ use datafusion::arrow::json::writer::{EncoderOptions, NullableEncoder, make_enco
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
+use crate::connector::is_identifier;
 use crate::error::{Error, Result};
 
 /// Bytes gathered before one write to the file.
 const BUFFER_SIZE: usize = 1 << 20;
+
+/// Where a scope's output CSV goes in a run directory: `output/<scope>.csv`.
+///
+/// The SQL policy admits only identifiers as scope names; this checks again
+/// where the name becomes a path, so no name can reach outside `out_dir`.
+pub fn scope_file(out_dir: &Path, scope: &str) -> Result<PathBuf> {
+    if !is_identifier(scope) {
+        return Err(Error::Internal(format!(
+            "scope `{scope}` is not an identifier and cannot name an output file"
+        )));
+    }
+    Ok(out_dir.join("output").join(format!("{scope}.csv")))
+}
 
 /// Writes one scope's SQL output as CSV.
 ///

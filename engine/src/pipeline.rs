@@ -33,7 +33,7 @@ use crate::execution::{LoadCount, TransformCount};
 use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
 use crate::loads::{self, Decided, LoadStep, Outcome, Row};
 use crate::objects::Objects;
-use crate::output::CsvOutput;
+use crate::output::{self, CsvOutput};
 use crate::report::{RejectedRow, RejectedWriter, ReportBuilder, RowValues};
 use crate::runlog::RunLog;
 use crate::sql::{self, ExecutionMeta, Script, ScriptStatement, SessionSettings};
@@ -521,7 +521,7 @@ impl Run {
 
         // The script: intake goes on while the SQL stage streams.
         self.enter(Stage::Sql);
-        let scopes = sql::run_script(&ctx, &script).await?;
+        let scopes = sql::run_script(&ctx, &script, sql::ScriptMode::Run).await?;
         let mut columns: HashMap<String, Vec<String>> = HashMap::new();
         // Per scope: the SQL output schema and the schema after its transforms.
         let mut schemas = Vec::new();
@@ -630,7 +630,7 @@ impl Run {
                 scope,
                 stream: sql::scope_stream(&ctx, scope, &script).await?,
                 csv: CsvOutput::create(
-                    &self.out_dir.join("output").join(format!("{scope}.csv")),
+                    &output::scope_file(&self.out_dir, scope)?,
                     sql_schema,
                     self.settings.output_row_cap,
                 )?,

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray};
@@ -20,20 +20,37 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{CreateMemoryTable, DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    ObjectName, ObjectNamePart, ObjectType, Set, Statement, TableFactor, TableObject, Visit, Visitor,
+    ObjectName, ObjectNamePart, ObjectType, Set, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+use futures::StreamExt;
 
-use crate::connector::ParamValue;
+use crate::connector::{ParamValue, is_identifier};
 use crate::error::{Error, Limit, Position, Result};
+
+/// The longest script accepted, in bytes.
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+/// The deepest nesting of expressions (and subqueries) in a statement:
+/// `1+1+…` with 2,000 terms is 2,000 levels deep.
+pub const MAX_EXPR_DEPTH: usize = 128;
+/// The most expressions in one statement.
+pub const MAX_EXPR_NODES: usize = 200_000;
+/// The most `UNION`/`INTERSECT`/`EXCEPT` operations in one query.
+pub const MAX_SET_OPERATIONS: usize = 64;
+/// The stack of the parsing thread: enough to build and drop the deepest
+/// tree a script of [`MAX_SCRIPT_BYTES`] can spell.
+const PARSE_STACK: usize = 1 << 30;
 
 /// Engine options a SET statement may change.
 const SETTABLE: &[&str] = &["datafusion.execution.time_zone"];
@@ -70,11 +87,40 @@ impl Script {
     /// Splits, parses and checks `text` against the policy. Every refused
     /// form is `sql_not_allowed` with the statement's position; syntax errors
     /// carry the line and column in the whole script.
+    ///
+    /// A script is bounded in size and shape ([`MAX_SCRIPT_BYTES`],
+    /// [`MAX_EXPR_DEPTH`], [`MAX_EXPR_NODES`], [`MAX_SET_OPERATIONS`]), so
+    /// that whatever is accepted plans and runs within an ordinary stack.
+    /// Parsing happens on a thread with a large stack of its own: a refused
+    /// script may be a tree tens of thousands of levels deep, and even
+    /// dropping it recurses that deep.
     pub fn parse(text: &str) -> Result<Self> {
+        if text.len() > MAX_SCRIPT_BYTES {
+            return Err(Error::SqlNotAllowed {
+                message: format!(
+                    "the SQL script is {} bytes; a script may be at most {MAX_SCRIPT_BYTES} bytes",
+                    text.len()
+                ),
+                position: None,
+            });
+        }
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sql-parse".into())
+                .stack_size(PARSE_STACK)
+                .spawn_scoped(scope, || Self::parse_here(text))
+                .map_err(|e| Error::Internal(format!("starting the SQL parser: {e}")))?
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the SQL parser panicked".into())))
+        })
+    }
+
+    fn parse_here(text: &str) -> Result<Self> {
         let mut statements = Vec::new();
         for (piece, start) in split(text)? {
             let parsed = parse_statement(&piece, start)?;
             for mut statement in parsed {
+                check_shape(&statement, start)?;
                 let creates_scope = check_policy(&statement, start)?;
                 forget_temporary(&mut statement);
                 statements.push(ScriptStatement {
@@ -242,14 +288,26 @@ fn writable_target(name: &ObjectName, start: Position, what: &str) -> Result<Opt
             ),
         )
     };
-    match p.as_slice() {
-        [_] => Ok(None),
-        [schema, _] if schema == DEFAULT_SCHEMA => Ok(None),
-        [schema, scope] if schema == OUTPUT_SCHEMA => Ok(Some(scope.clone())),
-        [catalog, schema, _] if catalog == CATALOG && schema == DEFAULT_SCHEMA => Ok(None),
-        [catalog, schema, scope] if catalog == CATALOG && schema == OUTPUT_SCHEMA => Ok(Some(scope.clone())),
-        _ => Err(refuse()),
+    let (scope, table) = match p.as_slice() {
+        [table] => (None, table),
+        [schema, table] if schema == DEFAULT_SCHEMA => (None, table),
+        [schema, scope] if schema == OUTPUT_SCHEMA => (Some(scope.clone()), scope),
+        [catalog, schema, table] if catalog == CATALOG && schema == DEFAULT_SCHEMA => (None, table),
+        [catalog, schema, scope] if catalog == CATALOG && schema == OUTPUT_SCHEMA => (Some(scope.clone()), scope),
+        _ => return Err(refuse()),
+    };
+    // A scope names its output file, so its name must be a plain identifier
+    // (docs/reliability.md, "Hostile connectors"): nothing like `../x` or `/x` ever reaches a path.
+    if !is_identifier(table) {
+        return Err(not_allowed(
+            start,
+            format!(
+                "{what} `{name}`: `{table}` is not a valid {kind} name; use lowercase letters, digits and `_`, starting with a letter (at most 63 characters)",
+                kind = if scope.is_some() { "scope" } else { "table" }
+            ),
+        ));
     }
+    Ok(scope)
 }
 
 /// Checks one statement; returns the scope it creates, if any.
@@ -338,6 +396,82 @@ fn check_policy(statement: &DfStatement, start: Position) -> Result<Option<Strin
 
 /// Refuses relations that name files or URLs, unknown catalogs and table
 /// functions outside the allow-list.
+/// Refuses statements deeper or wider than an ordinary stack can plan.
+fn check_shape(statement: &DfStatement, start: Position) -> Result<()> {
+    let DfStatement::Statement(sql) = statement else {
+        return Ok(());
+    };
+    let mut shape = Shape::default();
+    if let ControlFlow::Break(message) = sql.visit(&mut shape) {
+        return Err(not_allowed(start, message));
+    }
+    Ok(())
+}
+
+/// Counts depth and width while visiting, and stops at the first bound
+/// crossed, so the visit itself never goes deeper than the bound.
+#[derive(Default)]
+struct Shape {
+    depth: usize,
+    nodes: usize,
+}
+
+impl Shape {
+    fn enter(&mut self) -> ControlFlow<String> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            return ControlFlow::Break(format!(
+                "the statement nests expressions more than {MAX_EXPR_DEPTH} levels deep (a long chain of `+`, `OR` or `||` is one level per term); split it with a CTE or a temporary view"
+            ));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Visitor for Shape {
+    type Break = String;
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<String> {
+        self.nodes += 1;
+        if self.nodes > MAX_EXPR_NODES {
+            return ControlFlow::Break(format!(
+                "the statement has more than {MAX_EXPR_NODES} expressions; split it into several statements"
+            ));
+        }
+        self.enter()
+    }
+
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<String> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<String> {
+        // A chain of set operations is a left-deep tree the visitor does
+        // not see as nesting, so it is measured here, without recursion.
+        let mut pending = vec![query.body.as_ref()];
+        let mut operations = 0;
+        while let Some(body) = pending.pop() {
+            if let SetExpr::SetOperation { left, right, .. } = body {
+                operations += 1;
+                if operations > MAX_SET_OPERATIONS {
+                    return ControlFlow::Break(format!(
+                        "a query combines more than {MAX_SET_OPERATIONS} parts with UNION, INTERSECT or EXCEPT; build it in several statements (INSERT INTO a table)"
+                    ));
+                }
+                pending.push(left);
+                pending.push(right);
+            }
+        }
+        self.enter()
+    }
+
+    fn post_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<String> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+}
+
 struct ReadPolicy {
     start: Position,
     error: Option<Error>,
@@ -454,6 +588,7 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
         runtime = runtime.with_temp_file_path(dir.clone());
     }
     let runtime = runtime.build_arc().map_err(|e| Error::Internal(e.to_string()))?;
+    let config = config.with_extension(Arc::new(HeldRows::default()));
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let catalog = ctx
         .catalog(CATALOG)
@@ -584,9 +719,27 @@ pub fn register_meta(
     Ok(())
 }
 
+/// Whether [`run_script`] runs the statements or only plans them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptMode {
+    /// Run every statement: tables are filled, inserts insert.
+    Run,
+    /// Plan every statement and run none that reads rows: a table is
+    /// created empty with the schema its query would give, an insert is
+    /// planned and dropped. A draft check runs in this mode, so no script
+    /// can make a check do work (docs/reliability.md, "Hostile
+    /// connectors").
+    Check,
+}
+
 /// Runs every statement of the script, in order. Returns the scopes in the
 /// order they were created (every object left in `output`).
-pub async fn run_script(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
+///
+/// `CREATE TABLE … AS` and `INSERT` are run here rather than by DataFusion,
+/// because DataFusion collects their rows outside the memory pool: here
+/// every batch they keep is reserved from the pool first, so `max_memory`
+/// bounds them as it bounds joins and sorts.
+pub async fn run_script(ctx: &SessionContext, script: &Script, mode: ScriptMode) -> Result<Vec<String>> {
     let mut created: Vec<String> = Vec::new();
     for s in &script.statements {
         let state = ctx.state();
@@ -594,11 +747,9 @@ pub async fn run_script(ctx: &SessionContext, script: &Script) -> Result<Vec<Str
             .statement_to_plan(s.statement.clone())
             .await
             .map_err(|e| map_error(e, Some(s)))?;
-        let df = ctx
-            .execute_logical_plan(plan)
+        run_statement(ctx, plan, mode)
             .await
             .map_err(|e| map_error(e, Some(s)))?;
-        df.collect().await.map_err(|e| map_error(e, Some(s)))?;
         if let Some(scope) = &s.creates_scope
             && !created.contains(scope)
         {
@@ -621,6 +772,113 @@ pub async fn run_script(ctx: &SessionContext, script: &Script) -> Result<Vec<Str
         });
     }
     Ok(scopes)
+}
+
+/// Reservations of the rows that tables hold, kept as long as the session.
+#[derive(Debug, Default)]
+struct HeldRows(Mutex<Vec<MemoryReservation>>);
+
+impl HeldRows {
+    fn of(ctx: &SessionContext) -> Arc<HeldRows> {
+        ctx.state().config().get_extension::<HeldRows>().unwrap_or_default()
+    }
+
+    fn keep(&self, reservation: MemoryReservation) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(reservation);
+    }
+}
+
+async fn run_statement(ctx: &SessionContext, plan: LogicalPlan, mode: ScriptMode) -> datafusion::error::Result<()> {
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => create_table(ctx, create, mode).await,
+        LogicalPlan::Dml(insert) if insert.op == WriteOp::Insert(InsertOp::Append) => {
+            if mode == ScriptMode::Check {
+                ctx.state().create_physical_plan(&LogicalPlan::Dml(insert)).await?;
+                return Ok(());
+            }
+            let provider = ctx.table_provider(insert.table_name.clone()).await?;
+            let state = ctx.state();
+            let rows = collect_reserved(ctx, &insert.table_name, Arc::unwrap_or_clone(insert.input)).await?;
+            let input = MemorySourceConfig::try_new_exec(&[rows], provider.schema(), None)?;
+            let sink = provider.insert_into(&state, input, InsertOp::Append).await?;
+            datafusion::physical_plan::collect(sink, state.task_ctx()).await?;
+            Ok(())
+        }
+        other => {
+            ctx.execute_logical_plan(other).await?.collect().await?;
+            Ok(())
+        }
+    }
+}
+
+/// `CREATE TABLE … AS`, as DataFusion does it but with the rows reserved
+/// from the memory pool (or, in a check, none).
+async fn create_table(
+    ctx: &SessionContext,
+    create: CreateMemoryTable,
+    mode: ScriptMode,
+) -> datafusion::error::Result<()> {
+    let exists = ctx.table_exist(create.name.clone())?;
+    if exists && create.if_not_exists && create.or_replace {
+        return Err(DataFusionError::Execution(
+            "'IF NOT EXISTS' cannot coexist with 'REPLACE'".into(),
+        ));
+    }
+    if exists && create.if_not_exists {
+        return Ok(());
+    }
+    if exists && !create.or_replace {
+        return Err(DataFusionError::Execution(format!(
+            "Table '{}' already exists",
+            create.name
+        )));
+    }
+    let input = ctx.state().optimize(&create.input)?;
+    let schema = Arc::clone(input.schema().inner());
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = schema.fields().iter().find(|f| !names.insert(f.name())) {
+        return Err(DataFusionError::Plan(format!(
+            "the table's columns must have distinct names; `{}` appears twice",
+            twice.name()
+        )));
+    }
+    let rows = match mode {
+        ScriptMode::Check => {
+            ctx.state().create_physical_plan(&input).await?;
+            Vec::new()
+        }
+        ScriptMode::Run => collect_reserved(ctx, &create.name, input).await?,
+    };
+    let table = MemTable::try_new(schema, vec![rows])?
+        .with_constraints(create.constraints)
+        .with_column_defaults(create.column_defaults.into_iter().collect());
+    if exists {
+        ctx.deregister_table(create.name.clone())?;
+    }
+    ctx.register_table(create.name, Arc::new(table))?;
+    Ok(())
+}
+
+/// The rows of `plan`, each batch reserved from the memory pool before it
+/// is kept; the reservation lives as long as the session.
+async fn collect_reserved(
+    ctx: &SessionContext,
+    table: &datafusion::common::TableReference,
+    plan: LogicalPlan,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let reservation = MemoryConsumer::new(format!("rows of table {table}")).register(&ctx.runtime_env().memory_pool);
+    let mut stream = ctx.execute_logical_plan(plan).await?.execute_stream().await?;
+    let mut rows = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        reservation.try_grow(batch.get_array_memory_size())?;
+        rows.push(batch);
+    }
+    HeldRows::of(ctx).keep(reservation);
+    Ok(rows)
 }
 
 /// The statement that created `scope`, for positions of run-time errors.
@@ -774,6 +1032,32 @@ mod tests {
             let (message, position) = refused(&full);
             assert_eq!(position, Some(Position { line: 2, column: 3 }), "{sql}: {message}");
         }
+    }
+
+    #[test]
+    fn scope_and_table_names_must_be_identifiers() {
+        let cases = [
+            r#"CREATE VIEW output."../../../executions/x/rejected" AS SELECT 1"#,
+            r#"CREATE TABLE output."/tmp/anywhere/name" AS SELECT 1"#,
+            r#"CREATE VIEW datafusion.output."a/b" AS SELECT 1"#,
+            r#"CREATE VIEW output."Contacts" AS SELECT 1"#,
+            r#"CREATE VIEW output."" AS SELECT 1"#,
+            r#"CREATE VIEW "../t" AS SELECT 1"#,
+            r#"CREATE TABLE public."a b" AS SELECT 1"#,
+            r#"INSERT INTO output."../x" SELECT 1"#,
+            r#"DROP VIEW output."..""#,
+        ];
+        for sql in cases {
+            let full = format!("CREATE VIEW output.ok AS SELECT 1 AS x;\n{sql}");
+            let (message, position) = refused(&full);
+            assert_eq!(position, Some(Position { line: 2, column: 1 }), "{sql}: {message}");
+            assert!(message.contains("is not a valid"), "{sql}: {message}");
+        }
+        let long = format!("CREATE VIEW output.{} AS SELECT 1", "a".repeat(64));
+        assert!(refused(&long).0.contains("at most 63"));
+        // Unquoted names fold to lowercase and stay allowed.
+        let s = Script::parse("CREATE VIEW output.Contacts_2024 AS SELECT 1").expect("allowed");
+        assert_eq!(s.statements[0].creates_scope.as_deref(), Some("contacts_2024"));
     }
 
     #[test]

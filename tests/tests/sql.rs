@@ -173,3 +173,117 @@ async fn scripts_are_planned_against_a_sample_without_reading_its_rows() {
     let o = run(connector(""), cast, "orders.csv", ORDERS.as_bytes()).await;
     assert_eq!(o.status(), "failed");
 }
+
+/// `1+1+…`, a long `OR` and a long `UNION ALL`: the shapes that overflowed
+/// the stack of whatever planned them. Past the bounds they are refused
+/// before anything runs, with the statement's position; at the bounds they
+/// plan and run on an ordinary thread's stack.
+#[tokio::test]
+async fn scripts_past_the_bounds_are_refused() {
+    let terms = |n: usize, term: &str, op: &str| vec![term; n].join(op);
+    let unions = |n: usize| vec!["SELECT 1 AS x"; n + 1].join(" UNION ALL ");
+    let refused = [
+        format!("CREATE VIEW output.a AS SELECT {} AS s", terms(2_000, "1", "+")),
+        format!(
+            "CREATE VIEW output.a AS SELECT * FROM input.data WHERE {}",
+            terms(2_000, "amount > 1", " OR ")
+        ),
+        format!("CREATE VIEW output.a AS {}", unions(2_000)),
+        format!("CREATE VIEW output.a AS SELECT {} AS s", terms(200_001, "1", ",")),
+        // The largest script accepted, all one expression: refused for its
+        // depth, and neither parsing nor dropping it overflows.
+        format!(
+            "CREATE VIEW output.a AS SELECT {} AS s",
+            terms((1 << 20) / 2 - 40, "1", "+")
+        ),
+        format!("CREATE VIEW output.a AS SELECT 1 AS s; -- {}", "x".repeat(1 << 20)),
+    ];
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hostile");
+    let files = ["deep-plus.sql", "or-chain.sql", "union-chain.sql"]
+        .map(|name| std::fs::read_to_string(corpus.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")));
+    for script in refused.iter().chain(&files) {
+        let script = format!("CREATE VIEW output.ok AS SELECT 1 AS x;\n{script}");
+        let o = run(connector(""), &script, "orders.csv", ORDERS.as_bytes()).await;
+        let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+        assert_eq!(e.code.as_str(), "sql_not_allowed", "{}", e.message);
+        assert!(
+            e.message.contains("more than") || e.message.contains("at most"),
+            "{}",
+            e.message
+        );
+        if script.len() <= 1 << 20 {
+            assert_eq!((e.line, e.column), (Some(2), Some(1)), "{}", e.message);
+        }
+    }
+}
+
+/// At the bounds, those shapes plan and run on an ordinary thread's stack.
+#[tokio::test]
+async fn scripts_at_the_bounds_run() {
+    let terms = |n: usize, term: &str, op: &str| vec![term; n].join(op);
+    let unions = |n: usize| vec!["SELECT 1 AS x"; n + 1].join(" UNION ALL ");
+    let at_the_bounds = format!(
+        "CREATE VIEW output.deep AS SELECT {} AS s;\n\
+         CREATE VIEW output.ors AS SELECT order_id FROM input.data WHERE {};\n\
+         CREATE VIEW output.unions AS SELECT count(*) AS n FROM ({})",
+        terms(120, "1", "+"),
+        terms(120, "amount > 1", " OR "),
+        unions(64),
+    );
+    let o = run(connector(""), &at_the_bounds, "orders.csv", ORDERS.as_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("deep"), "s\n120\n");
+    assert_eq!(o.output("unions"), "n\n65\n");
+}
+
+/// DataFusion keeps the rows of `CREATE TABLE … AS` and `INSERT` outside
+/// its memory pool; Weir reserves them, so `max_memory` stops both.
+#[tokio::test]
+async fn max_memory_bounds_the_rows_a_table_keeps() {
+    let limits = "[limits]\nmax_memory = \"32MiB\"\n";
+    let scripts = [
+        "CREATE TABLE output.t AS SELECT value AS v, value * 2 AS w FROM generate_series(1, 20000000)",
+        "CREATE TABLE output.t AS SELECT 1 AS v, 1 AS w;\n\
+         INSERT INTO output.t SELECT value, value * 2 FROM generate_series(1, 20000000)",
+    ];
+    for script in scripts {
+        let o = run(connector(limits), script, "orders.csv", ORDERS.as_bytes()).await;
+        let e = o.doc.error.clone().unwrap_or_else(|| panic!("{script}: no error"));
+        assert_eq!(e.code.as_str(), "limit_exceeded", "{script}: {}", e.message);
+        assert!(e.message.contains("max_memory"), "{}", e.message);
+    }
+    // Within the limit, both still work.
+    let script = "CREATE TABLE output.t AS SELECT value AS v FROM generate_series(1, 3);\n\
+                  INSERT INTO output.t SELECT value + 10 FROM generate_series(1, 2)";
+    let o = run(connector(limits), script, "orders.csv", ORDERS.as_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("t"), "v\n1\n2\n3\n11\n12\n");
+}
+
+/// A draft check plans every statement and runs none that reads rows: a
+/// table over two `range(1e9)` is created empty at once.
+#[tokio::test]
+async fn a_check_plans_statements_without_running_them() {
+    let (_dir, path) = weir_tests::input("orders.csv", ORDERS.as_bytes());
+    let sample = weir_engine::pipeline::InputFile {
+        path,
+        name: "orders.csv".into(),
+    };
+    let script = "CREATE TABLE output.t AS SELECT count(*) AS n FROM range(1000000000) a CROSS JOIN range(1000000000) b;\n\
+                  INSERT INTO output.t SELECT count(*) FROM range(1000000000) a CROSS JOIN range(1000000000) b;\n\
+                  CREATE VIEW output.v AS SELECT n FROM output.t";
+    let started = std::time::Instant::now();
+    weir_engine::check::script(&connector(""), script, Some(&sample), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Running it would take hours; planning takes milliseconds. A minute
+    // leaves any machine room while still telling the two apart.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // What a check still finds: a column that is not there, with its line.
+    let broken = "CREATE TABLE output.t AS SELECT 1 AS n;\nINSERT INTO output.t SELECT no_such FROM input.data";
+    let e = weir_engine::check::script(&connector(""), broken, Some(&sample), None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a missing column passed the check"));
+    assert_eq!(e.code().as_str(), "sql_error", "{e}");
+}
