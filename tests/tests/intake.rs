@@ -484,3 +484,22 @@ async fn a_cancel_stops_unpacking_a_large_archive() {
     }
     assert_a_cancel_stops_reading(&buf.into_inner(), "big.zip").await;
 }
+
+/// The hostile workbooks of `tests/hostile/`: one whose two cells span the
+/// whole sheet (a dense reader allocates 17 billion cells) reads as the two
+/// rows it has; one whose single shared string unpacks to 200 MB is refused
+/// for the run's memory before it is unpacked.
+#[tokio::test]
+async fn hostile_workbooks_end_their_run_with_a_clear_code() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hostile");
+    let read = |name: &str| std::fs::read(corpus.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let script = "CREATE VIEW output.o AS SELECT count(*) AS n FROM input.data";
+    let o = run(connector(""), script, "dense.xlsx", &read("dense.xlsx")).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.output("o"), "n\n1\n");
+    let limits = "[limits]\nmax_memory = \"256MiB\"\n";
+    let o = run(connector(limits), script, "huge-string.xlsx", &read("huge-string.xlsx")).await;
+    let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+    assert_eq!(e.code.as_str(), "limit_exceeded", "{}", e.message);
+    assert!(e.message.contains("sharedStrings.xml"), "{}", e.message);
+}

@@ -110,6 +110,9 @@ pub struct IntakeOptions {
     pub max_rows: u64,
     /// Most bytes a ZIP may unpack to.
     pub max_unpacked_bytes: u64,
+    /// The run's memory limit: what a reader that holds a whole table
+    /// (a workbook's sheet) may take.
+    pub max_memory: u64,
 }
 
 impl IntakeOptions {
@@ -144,6 +147,7 @@ impl IntakeOptions {
             sample_rows: 1000,
             max_rows: limits.max_rows,
             max_unpacked_bytes: 16 * 1024 * 1024 * 1024,
+            max_memory: limits.max_memory,
         })
     }
 }
