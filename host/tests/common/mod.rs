@@ -56,9 +56,14 @@ pub fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
 }
 
 pub async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(base, ADMIN, method, path, body).await
+}
+
+/// [`call`] with another key.
+pub async fn call_as(base: &str, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut r = reqwest::Client::new()
         .request(method, format!("{base}{path}"))
-        .bearer_auth(ADMIN);
+        .bearer_auth(key);
     if let Some(b) = body {
         r = r.json(&b);
     }
@@ -78,9 +83,20 @@ pub async fn publish_plugin(base: &str, name: &str) {
 
 /// POSTs `bytes` as `content_type` with the admin key.
 async fn post_bytes(base: &str, path: &str, content_type: &str, bytes: impl Into<reqwest::Body>) -> (u16, Value) {
+    post_bytes_as(base, ADMIN, path, content_type, bytes).await
+}
+
+/// POSTs `bytes` as `content_type` with `key`.
+pub async fn post_bytes_as(
+    base: &str,
+    key: &str,
+    path: &str,
+    content_type: &str,
+    bytes: impl Into<reqwest::Body>,
+) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{base}{path}"))
-        .bearer_auth(ADMIN)
+        .bearer_auth(key)
         .header("content-type", content_type)
         .body(bytes)
         .send()
@@ -179,4 +195,34 @@ pub async fn importer_with(base: &str, transforms: Value) {
     )
     .await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// GETs `path` with the admin key and returns the body as bytes.
+pub async fn get_bytes(base: &str, path: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    (status, bytes.to_vec())
+}
+
+/// Creates a key of `role` in `workspace` with `weir keys create` and
+/// returns its secret.
+pub fn key_in(data_dir: &Path, workspace: &str, role: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["keys", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(["--workspace", workspace, "--role", role])
+        .output()
+        .unwrap_or_else(|e| panic!("weir keys create: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "weir keys create: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("secret (shown once):"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no secret in {text}"))
 }
