@@ -75,6 +75,10 @@ pub enum ErrorCode {
     /// The process running the execution stopped (crash, kill, power loss)
     /// before it finished; what it committed stays.
     WorkerLost,
+    /// The worker process running the execution died (a signal, an abort)
+    /// or was killed for a bound it crossed from inside code that could not
+    /// stop itself; what it committed stays.
+    WorkerCrashed,
     /// A bug in Weir; the message is safe to show but not actionable.
     Internal,
 }
@@ -97,6 +101,7 @@ impl ErrorCode {
             ErrorCode::PluginProtocol => "plugin_protocol",
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::WorkerLost => "worker_lost",
+            ErrorCode::WorkerCrashed => "worker_crashed",
             ErrorCode::Internal => "internal",
         }
     }

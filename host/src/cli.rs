@@ -23,6 +23,9 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the HTTP API (with no flags: ./weir-data, 127.0.0.1:8080).
     Serve(ServeArgs),
+    /// Run one job handed over by `weir serve` on standard input (internal).
+    #[command(hide = true)]
+    Worker,
     /// Manage API keys in a data directory (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => report(crate::local::run(args)),
         Command::Serve(args) => report(crate::serve::run(args)),
         Command::Keys(command) => report(crate::serve::keys(command)),
+        Command::Worker => report(crate::worker::run()),
         Command::Plugin(PluginCommand::Check(args)) => report(crate::plugin::check(args)),
         Command::Package(command) => report(crate::package::run(command)),
     }

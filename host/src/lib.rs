@@ -11,6 +11,8 @@
 //! - [`plugin`]: `weir plugin check`: a component validated and run on a file.
 //! - [`serve`]: `weir serve` and `weir keys`: configuration, signals, bootstrap output.
 //! - [`server`]: the HTTP API, state, auth, queue and workers.
+//! - [`worker`]: `weir worker`, the process a server run executes in, and
+//!   its supervision from the server.
 
 pub mod cli;
 pub mod local;
@@ -18,3 +20,4 @@ pub mod package;
 pub mod plugin;
 pub mod serve;
 pub mod server;
+pub mod worker;

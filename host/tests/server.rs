@@ -39,7 +39,9 @@ async fn start_clocked(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Cloc
         ..ServerConfig::default()
     };
     edit(&mut config);
-    let settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
+    let mut settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
+    // Runs execute in worker processes of the weir binary, not of this test.
+    settings.worker_program = env!("CARGO_BIN_EXE_weir").into();
     let server = server::start_with_clock(settings, clock)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -100,6 +100,9 @@ pub struct Settings {
     pub idempotency_retention: Duration,
     /// `preview_timeout`.
     pub preview_timeout: Duration,
+    /// The program runs and previews execute in, as `PROGRAM worker`: this
+    /// binary.
+    pub worker_program: std::path::PathBuf,
 }
 
 impl Settings {
@@ -157,6 +160,8 @@ impl ServerConfig {
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             idempotency_retention: duration("idempotency_retention", &self.idempotency_retention)?,
             preview_timeout: duration("preview_timeout", &self.preview_timeout)?,
+            worker_program: std::env::current_exe()
+                .map_err(|e| ConfigError(format!("finding this program to start workers with: {e}")))?,
             config: self,
         })
     }

@@ -15,7 +15,7 @@
 //! writer of a running execution's document, so the final document is never
 //! overwritten by a late progress write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,16 +23,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use weir_engine::connector::{Connector, ConnectorStatus};
+use weir_engine::connector::{Connector, ConnectorStatus, PluginRef};
 use weir_engine::error::{ErrorCode, Stage};
 use weir_engine::execution::{Execution, ExecutionError, LoadCount, StageStatus, Status, StepProgress};
-use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
+use weir_engine::pipeline::{Progress, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
-use weir_engine::transform::Plugins;
 
 use super::App;
-use super::api::plugins::WorkspacePlugins;
 use super::state::{ExecutionRow, IdempotencyKey, KeyUse, StateError};
+use crate::worker::{self, Bounds, Job, JobInput, JobRecords};
 
 /// A running execution, as the process knows it.
 struct Running {
@@ -437,47 +436,38 @@ pub fn artifacts_dir(app: &App, id: &str) -> PathBuf {
 async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress: Progress, cancel: CancellationToken) {
     let id = row.document.id.clone();
     let persister = tokio::spawn(persist(app.clone(), progress.clone()));
-    let records = match records_for(app, &row.workspace_id, &connector) {
+    let records = match job_records(app, &row.workspace_id, &connector) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(execution = %id, error = %e, "loading the workspace's objects failed");
             None
         }
     };
-    let input = match (&row.document.source_file_id, &row.input_name) {
-        (Some(sha), name) => Some(InputFile {
-            path: app.files.path(sha),
-            name: name.clone().unwrap_or_else(|| "input".into()),
-        }),
-        (None, _) => None,
-    };
-    let request = RunRequest {
-        connector,
+    let input = row.document.source_file_id.as_ref().map(|sha| JobInput {
+        path: app.files.path(sha),
+        name: row.input_name.clone().unwrap_or_else(|| "input".into()),
+    });
+    let job = Job {
+        plugins: job_plugins(app, &row.workspace_id, &connector),
         script: row.script,
         input,
         execution: row.document,
         out_dir: artifacts_dir(app, &id),
-        settings: RunSettings {
-            threads: app.settings.config.threads_per_run,
-            load_batch_size: app.settings.config.load_batch_size,
-            ..RunSettings::default()
-        },
-        cancel,
+        threads: app.settings.config.threads_per_run,
+        output_row_cap: None,
+        report_rows: RunSettings::default().report_rows,
+        load_batch_size: app.settings.config.load_batch_size,
         records,
-        plugins: Some(Plugins {
-            runtime: app.plugins.clone(),
-            source: Arc::new(WorkspacePlugins {
-                app: app.clone(),
-                workspace_id: row.workspace_id.clone(),
-            }),
-        }),
-        log: Arc::new(ExecutionLog {
-            app: app.clone(),
-            execution_id: id.clone(),
-        }),
+        plugin_cache: Some(plugin_cache(app)),
+        cpu_seconds: 0,
+        connector,
     };
+    let log: Arc<dyn RunLog> = Arc::new(ExecutionLog {
+        app: app.clone(),
+        execution_id: id.clone(),
+    });
     let started = std::time::Instant::now();
-    let doc = pipeline::run(request, &progress).await;
+    let doc = run_in_worker(app, job, &progress, log, &cancel).await;
     app.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
     // The persister writes the terminal document and then ends.
     if let Err(e) = persister.await {
@@ -490,13 +480,94 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
     tracing::info!(status = doc.status.as_str(), "finished");
 }
 
-/// The record store and the workspace's objects, when the connector loads.
-pub fn records_for(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<Records>, StateError> {
+/// Runs `job` in a worker process held to the connector's limits, and
+/// shows its end on `progress`. A worker that died is reconciled with the
+/// record store as a lost run is: its counts are those of its commits.
+pub async fn run_in_worker(
+    app: &Arc<App>,
+    mut job: Job,
+    progress: &Progress,
+    log: Arc<dyn RunLog>,
+    cancel: &CancellationToken,
+) -> Execution {
+    // A connector whose limits do not parse fails inside the worker; the
+    // defaults bound that worker meanwhile.
+    let limits = job
+        .connector
+        .limits
+        .parse()
+        .or_else(|_| weir_engine::connector::LimitsDef::default().parse());
+    let (runtime, memory) = limits.map_or((Duration::from_secs(3600), 2 << 30), |l| (l.max_runtime, l.max_memory));
+    let bounds = Bounds {
+        runtime,
+        memory: memory.saturating_add(worker::MEMORY_OVERHEAD),
+    };
+    // Every thread busy for the whole run, with a little to spare.
+    job.cpu_seconds = (runtime.as_secs() + 2).saturating_mul(job.threads as u64 + 2);
+    let program = app.settings.worker_program.clone();
+    let (progress_for, cancel_for) = (progress.clone(), cancel.clone());
+    let supervised =
+        tokio::task::spawn_blocking(move || worker::supervise(&program, &job, &progress_for, log, &cancel_for, bounds))
+            .await;
+    let mut doc = match supervised {
+        Ok(s) if s.reported_end => s.execution,
+        Ok(s) => {
+            let mut doc = s.execution;
+            tracing::warn!(
+                execution = %doc.id,
+                peak_mib = s.peak_memory >> 20,
+                error = ?doc.error.as_ref().map(|e| &e.message),
+                "a worker ended without finishing its run"
+            );
+            committed_counts(app, &mut doc);
+            doc
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "supervising a worker failed");
+            progress.snapshot()
+        }
+    };
+    if !doc.status.is_terminal() {
+        doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
+        let _ = doc.transition(Status::Failed);
+    }
+    progress.update(|d| *d = doc.clone());
+    doc
+}
+
+/// Where compiled plugins are cached, shared by every worker.
+pub fn plugin_cache(app: &App) -> PathBuf {
+    app.settings.config.data_dir.join("plugin-cache")
+}
+
+/// The files of the plugins the connector's transforms name, or why each
+/// cannot be had, resolved before the worker starts.
+pub fn job_plugins(app: &App, workspace_id: &str, connector: &Connector) -> BTreeMap<String, Result<PathBuf, String>> {
+    connector
+        .transforms
+        .iter()
+        .filter_map(|t| PluginRef::parse(&t.plugin).ok())
+        .map(|plugin| {
+            let found = match app.db.plugin_by_ref(workspace_id, &plugin) {
+                Ok(Some(row)) => Ok(app.files.path(&row.sha256)),
+                Ok(None) => Err(format!(
+                    "no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"
+                )),
+                Err(e) => Err(format!("looking up the plugin: {e}")),
+            };
+            (plugin.to_string(), found)
+        })
+        .collect()
+}
+
+/// The record store and objects a worker loads with, when the connector
+/// loads or reads records.
+pub fn job_records(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<JobRecords>, StateError> {
     if connector.loads.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Records {
-        store: app.records.clone(),
+    Ok(Some(JobRecords {
+        db: app.settings.config.data_dir.join("records.db"),
         workspace: workspace_id.to_string(),
         objects: app.db.object_defs(workspace_id)?,
     }))

@@ -19,15 +19,14 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
-use weir_engine::pipeline::{self, InputFile, Progress, RunRequest, RunSettings};
+use weir_engine::pipeline::Progress;
 use weir_engine::runlog::{LogLevel, RunLog};
-use weir_engine::transform::Plugins;
 
-use super::plugins::WorkspacePlugins;
 use super::{connector_of, optional_body, run_file};
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::{App, queue};
+use crate::worker::{Job, JobInput};
 
 /// Rows per scope (and rejected rows) when `?rows=` is not given.
 const DEFAULT_ROWS: usize = 20;
@@ -182,32 +181,23 @@ pub async fn preview(
     let progress = Progress::new(doc.clone());
     let cancel = CancellationToken::new();
     let log = Arc::new(Lines::default());
-    let records = queue::records_for(&app, &caller.workspace_id, &connector)?;
-    let request = RunRequest {
-        connector,
+    let job = Job {
+        plugins: queue::job_plugins(&app, &caller.workspace_id, &connector),
+        records: queue::job_records(&app, &caller.workspace_id, &connector)?,
         script: script.text,
-        input: Some(InputFile {
+        input: Some(JobInput {
             path: app.files.path(&file.sha256),
             name: file.name.clone(),
         }),
         execution: doc,
         out_dir: dir.path().to_path_buf(),
-        settings: RunSettings {
-            threads: app.settings.config.threads_per_run,
-            output_row_cap: Some(rows as u64 + 1),
-            report_rows: rows,
-            ..RunSettings::default()
-        },
-        cancel: cancel.clone(),
-        records,
-        plugins: Some(Plugins {
-            runtime: app.plugins.clone(),
-            source: Arc::new(WorkspacePlugins {
-                app: app.clone(),
-                workspace_id: caller.workspace_id.clone(),
-            }),
-        }),
-        log: log.clone(),
+        threads: app.settings.config.threads_per_run,
+        output_row_cap: Some(rows as u64 + 1),
+        report_rows: rows,
+        load_batch_size: app.settings.config.load_batch_size,
+        plugin_cache: Some(queue::plugin_cache(&app)),
+        cpu_seconds: 0,
+        connector,
     };
     let timer = {
         let cancel = cancel.clone();
@@ -216,7 +206,7 @@ pub async fn preview(
             cancel.cancel();
         })
     };
-    let execution = pipeline::run(request, &progress).await;
+    let execution = queue::run_in_worker(&app, job, &progress, log.clone(), &cancel).await;
     timer.abort();
     let timed_out = cancel.is_cancelled();
     let scopes = scope_previews(&dir.path().join("output"), rows)?;
