@@ -34,7 +34,7 @@ use weir_engine::objects::Objects;
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
-use weir_engine::store::SqliteStore;
+use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginSource, Plugins};
 
 /// What a worker may hold beyond the run's `max_memory`: the process, the
@@ -234,48 +234,20 @@ fn limit_self(cpu_seconds: u64) -> std::io::Result<()> {
 }
 
 async fn run_job(job: Job, cancel: CancellationToken, reporter: Reporter) -> anyhow::Result<Execution> {
-    let records = match job.records {
-        Some(r) => Some(Records {
-            store: Arc::new(SqliteStore::open(&r.db)?),
-            workspace: r.workspace,
-            objects: r.objects,
-        }),
+    let store = match &job.records {
+        Some(r) => Some(Arc::new(SqliteStore::open(&r.db)?) as Arc<dyn RecordStore>),
         None => None,
     };
     let plugins = if job.connector.transforms.is_empty() {
         None
     } else {
-        let runtime = PluginRuntime::new(PluginSettings {
+        Some(Arc::new(PluginRuntime::new(PluginSettings {
             cache_dir: job.plugin_cache.clone(),
             ..PluginSettings::default()
-        })?;
-        Some(Plugins {
-            runtime: Arc::new(runtime),
-            source: Arc::new(JobPlugins(job.plugins)),
-        })
+        })?))
     };
     let progress = Progress::new(job.execution.clone());
-    let request = RunRequest {
-        connector: job.connector,
-        script: job.script,
-        input: job.input.map(|i| InputFile {
-            path: i.path,
-            name: i.name,
-        }),
-        execution: job.execution,
-        out_dir: job.out_dir,
-        settings: RunSettings {
-            threads: job.threads,
-            output_row_cap: job.output_row_cap,
-            report_rows: job.report_rows,
-            load_batch_size: job.load_batch_size,
-            ..RunSettings::default()
-        },
-        cancel,
-        records,
-        plugins,
-        log: Arc::new(reporter.clone()),
-    };
+    let request = request(job, cancel, Arc::new(reporter.clone()), store, plugins);
     let forward = {
         let mut rx = progress.subscribe();
         let reporter = reporter.clone();
@@ -295,6 +267,61 @@ async fn run_job(job: Job, cancel: CancellationToken, reporter: Reporter) -> any
     let end = pipeline::run(request, &progress).await;
     forward.abort();
     Ok(end)
+}
+
+/// The engine's request for `job`, loading into `store` (the job's record
+/// store, opened) and running plugins on `plugins`.
+fn request(
+    job: Job,
+    cancel: CancellationToken,
+    log: Arc<dyn RunLog>,
+    store: Option<Arc<dyn RecordStore>>,
+    plugins: Option<Arc<PluginRuntime>>,
+) -> RunRequest {
+    let records = job.records.zip(store).map(|(r, store)| Records {
+        store,
+        workspace: r.workspace,
+        objects: r.objects,
+    });
+    RunRequest {
+        connector: job.connector,
+        script: job.script,
+        input: job.input.map(|i| InputFile {
+            path: i.path,
+            name: i.name,
+        }),
+        execution: job.execution,
+        out_dir: job.out_dir,
+        settings: RunSettings {
+            threads: job.threads,
+            output_row_cap: job.output_row_cap,
+            report_rows: job.report_rows,
+            load_batch_size: job.load_batch_size,
+            ..RunSettings::default()
+        },
+        cancel,
+        records,
+        plugins: plugins.map(|runtime| Plugins {
+            runtime,
+            source: Arc::new(JobPlugins(job.plugins)),
+        }),
+        log,
+    }
+}
+
+/// Runs `job` in this process, without a wall around it: for a server that
+/// trusts every connector it runs (`isolation = "none"`), where a worker's
+/// start would be the larger part of a small run.
+pub async fn run_here(
+    job: Job,
+    progress: &Progress,
+    log: Arc<dyn RunLog>,
+    cancel: &CancellationToken,
+    store: Arc<dyn RecordStore>,
+    plugins: Arc<PluginRuntime>,
+) -> Execution {
+    let request = request(job, cancel.clone(), log, Some(store), Some(plugins));
+    pipeline::run(request, progress).await
 }
 
 // ---------------------------------------------------------------------------

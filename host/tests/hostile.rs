@@ -458,3 +458,34 @@ async fn a_worker_that_dies_fails_its_run_alone() {
     assert_eq!(error_of(&common::status_of(&base, &id).await).0, "worker_crashed");
     server.stop();
 }
+
+/// A run that takes long but yields between batches: the engine's own
+/// deadline can end it from inside the process that runs it.
+const SLOW: &str = "CREATE VIEW output.o AS SELECT count(*) AS n \
+    FROM (SELECT x FROM input.data WHERE x > 1) AS d \
+    CROSS JOIN generate_series(1, 100000000000) AS a";
+
+/// `isolation = "none"` runs executions inside the server: no worker is
+/// started, and the engine's own deadline still ends a run that goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_isolation_runs_execute_inside_the_server() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = serve(&dir.path().join("data"), &[("WEIR_ISOLATION", "none")]);
+    let base = server.base.clone();
+    connector(&base, "slow", SLOW, json!({"max_runtime": "2s"})).await;
+    let id = trigger(&base, "slow", "in.csv", b"x\n2\n".to_vec()).await;
+    let mut workers = Vec::new();
+    let doc = loop {
+        workers.extend(children(server.child.id()));
+        let doc = common::status_of(&base, &id).await;
+        if !matches!(doc["status"].as_str(), Some("queued" | "running" | "canceling")) {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(workers, Vec::<u32>::new());
+    let (code, message) = error_of(&doc);
+    assert_eq!(code, "limit_exceeded", "{doc}");
+    assert!(message.contains("took longer than max_runtime"), "{message}");
+    server.stop();
+}

@@ -43,6 +43,21 @@ pub struct ServerConfig {
     /// The most rows a load step commits at a time; a canceled or failed
     /// run keeps every commit before it.
     pub load_batch_size: usize,
+    /// Where runs, previews and dry runs execute: `process` (each in a
+    /// supervised worker process, the default) or `none` (inside the
+    /// server, for a server that trusts every connector it runs).
+    pub isolation: Isolation,
+}
+
+/// Where runs execute (docs/reliability.md, "Hostile connectors").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Each in a worker process the server supervises.
+    Process,
+    /// Inside the server process: a crash or a run that will not stop
+    /// takes the server with it.
+    None,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +76,7 @@ impl Default for ServerConfig {
             idempotency_retention: "24h".into(),
             preview_timeout: "30s".into(),
             load_batch_size: 8192,
+            isolation: Isolation::Process,
         }
     }
 }
@@ -81,6 +97,7 @@ const ENV_KEYS: &[&str] = &[
     "idempotency_retention",
     "preview_timeout",
     "load_batch_size",
+    "isolation",
 ];
 
 /// Config values checked and converted.

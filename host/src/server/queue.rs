@@ -30,6 +30,7 @@ use weir_engine::pipeline::{Progress, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 
 use super::App;
+use super::config::Isolation;
 use super::state::{ExecutionRow, IdempotencyKey, KeyUse, StateError};
 use crate::worker::{self, Bounds, Job, JobInput, JobRecords};
 
@@ -480,8 +481,9 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
     tracing::info!(status = doc.status.as_str(), "finished");
 }
 
-/// Runs `job` in a worker process held to the connector's limits, and
-/// shows its end on `progress`. A worker that died is reconciled with the
+/// Runs `job` in a worker process held to the connector's limits (or in
+/// this process under `isolation = "none"`), and shows its end on
+/// `progress`. A worker that died is reconciled with the
 /// record store as a lost run is: its counts are those of its commits.
 pub async fn run_in_worker(
     app: &Arc<App>,
@@ -490,6 +492,10 @@ pub async fn run_in_worker(
     log: Arc<dyn RunLog>,
     cancel: &CancellationToken,
 ) -> Execution {
+    if app.settings.config.isolation == Isolation::None {
+        let (store, plugins) = (app.records.clone(), app.plugins.clone());
+        return worker::run_here(job, progress, log, cancel, store, plugins).await;
+    }
     // A connector whose limits do not parse fails inside the worker; the
     // defaults bound that worker meanwhile.
     let limits = job
