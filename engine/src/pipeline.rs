@@ -473,6 +473,7 @@ impl Run {
             Some(file) => {
                 let mut options = IntakeOptions::new(&connector.input, limits)?;
                 options.batch_size = self.settings.batch_size;
+                options.unpack_dir = Some(self.out_dir.clone());
                 let path = std::fs::canonicalize(&file.path)
                     .map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;
                 let sink: Arc<dyn RejectSink> = self.shared.rejects.clone();

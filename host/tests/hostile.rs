@@ -347,6 +347,17 @@ async fn each_crash_input_ends_its_own_run_while_the_server_keeps_answering() {
     let bomb = trigger(&base, "sheets", "huge-string.xlsx", corpus("huge-string.xlsx")).await;
     let doc = wait_end(&base, &bomb).await;
     assert_eq!(error_of(&doc).0, "limit_exceeded", "{doc}");
+    // An archive of more entries than are read is refused unopened.
+    let many = trigger(&base, "sheets", "many-entries.zip", corpus("many-entries.zip")).await;
+    let doc = wait_end(&base, &many).await;
+    assert_eq!(
+        error_of(&doc),
+        (
+            "unreadable_input",
+            "`many-entries.zip` holds 5000 entries; at most 1000 are read"
+        ),
+        "{doc}"
+    );
 
     // A query that never ends is stopped at max_runtime, by the worker
     // itself or else by its supervisor a second later.

@@ -90,3 +90,9 @@ terms = lambda n, term, op: op.join([term] * n)
 (HERE / "union-chain.sql").write_text(
     "CREATE VIEW output.o AS " + terms(2000, "SELECT 1 AS x", " UNION ALL ") + "\n"
 )
+
+# 5,000 empty entries: an archive whose entries cost more to walk and
+# unpack than its bytes suggest (a million fit in 100 MB).
+with zipfile.ZipFile(HERE / "many-entries.zip", "w", zipfile.ZIP_STORED) as z:
+    for i in range(5_000):
+        z.writestr(f"p{i}.csv", "")

@@ -503,3 +503,80 @@ async fn hostile_workbooks_end_their_run_with_a_clear_code() {
     assert_eq!(e.code.as_str(), "limit_exceeded", "{}", e.message);
     assert!(e.message.contains("sharedStrings.xml"), "{}", e.message);
 }
+
+/// A ZIP's members are unpacked into the directory the run names (the
+/// run's own), in a directory removed with the intake, and an archive of
+/// more entries than are read is refused before any is unpacked.
+#[tokio::test]
+async fn a_zip_unpacks_into_its_run_and_holds_a_bounded_number_of_entries() {
+    use tokio_util::sync::CancellationToken;
+    use weir_engine::connector::{InputOptions, LimitsDef};
+    use weir_engine::intake::{self, IntakeOptions, MAX_MEMBERS, RejectSink};
+    use weir_engine::report::RejectedRow;
+    use weir_engine::sql::{self, SessionSettings};
+
+    struct Ignore;
+    impl RejectSink for Ignore {
+        fn reject(&self, _row: RejectedRow) {}
+    }
+    fn archive(members: usize) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        for i in 0..members {
+            z.start_file(format!("part-{i}.csv"), zip::write::SimpleFileOptions::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            z.write_all(b"a\n1\n").unwrap_or_else(|e| panic!("{e}"));
+        }
+        z.finish().unwrap_or_else(|e| panic!("{e}"));
+        buf.into_inner()
+    }
+
+    let run_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let limits = LimitsDef::default().parse().unwrap_or_else(|e| panic!("{e:?}"));
+    let mut options = IntakeOptions::new(&InputOptions::default(), &limits).unwrap_or_else(|e| panic!("{e}"));
+    options.unpack_dir = Some(run_dir.path().to_path_buf());
+    let ctx = sql::session(&SessionSettings {
+        threads: 1,
+        max_memory: 1 << 30,
+        batch_size: 8192,
+        spill_dir: None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let entries = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, Iterator::count);
+
+    let (_input, path) = weir_tests::input("two.zip", &archive(2));
+    let intake = intake::open(
+        &ctx,
+        &path,
+        "two.zip",
+        &options,
+        Arc::new(Ignore),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(intake.tables.len(), 2);
+    let unpacked: Vec<_> = std::fs::read_dir(run_dir.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert_eq!(entries(&unpacked[0]), 2);
+    drop(intake);
+    assert_eq!(entries(run_dir.path()), 0, "the unpacked members go with the intake");
+
+    let (_input, path) = weir_tests::input("many.zip", &archive(MAX_MEMBERS + 1));
+    let refused = intake::open(
+        &ctx,
+        &path,
+        "many.zip",
+        &options,
+        Arc::new(Ignore),
+        CancellationToken::new(),
+    )
+    .await;
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains(&format!("at most {MAX_MEMBERS}")), "{message}");
+    assert_eq!(entries(run_dir.path()), 0, "nothing was unpacked");
+}

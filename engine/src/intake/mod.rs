@@ -110,6 +110,11 @@ pub struct IntakeOptions {
     pub max_rows: u64,
     /// Most bytes a ZIP may unpack to.
     pub max_unpacked_bytes: u64,
+    /// Where a ZIP's members are unpacked (in a directory of their own,
+    /// removed with the intake): the run's directory, so that they count
+    /// with the run's files. `None` unpacks into the system's temporary
+    /// directory.
+    pub unpack_dir: Option<PathBuf>,
     /// The run's memory limit: what a reader that holds a whole table
     /// (a workbook's sheet) may take.
     pub max_memory: u64,
@@ -147,6 +152,7 @@ impl IntakeOptions {
             sample_rows: 1000,
             max_rows: limits.max_rows,
             max_unpacked_bytes: 16 * 1024 * 1024 * 1024,
+            unpack_dir: None,
             max_memory: limits.max_memory,
         })
     }
@@ -313,10 +319,13 @@ fn open_file(
             let dir = match unpacked {
                 Some(d) => d.path().to_path_buf(),
                 None => {
-                    let d = tempfile::Builder::new()
-                        .prefix("weir-unzip-")
-                        .tempdir()
-                        .map_err(|e| Error::io("creating a directory to unpack into", e))?;
+                    let mut builder = tempfile::Builder::new();
+                    builder.prefix("unpacked-");
+                    let d = match &options.unpack_dir {
+                        Some(dir) => builder.tempdir_in(dir),
+                        None => builder.tempdir(),
+                    }
+                    .map_err(|e| Error::io("creating a directory to unpack into", e))?;
                     let p = d.path().to_path_buf();
                     *unpacked = Some(d);
                     p
@@ -463,6 +472,9 @@ impl<R: Read> Read for Cancelable<'_, R> {
     }
 }
 
+/// The most entries (files and directories) a ZIP input may hold.
+pub const MAX_MEMBERS: usize = 1000;
+
 fn unzip(
     path: &Path,
     file_name: &str,
@@ -473,6 +485,12 @@ fn unzip(
     let file = File::open(path).map_err(|e| Error::io(format!("opening {file_name}"), e))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::unreadable(format!("`{file_name}` is not a readable ZIP archive: {e}")))?;
+    if archive.len() > MAX_MEMBERS {
+        return Err(Error::unreadable(format!(
+            "`{file_name}` holds {} entries; at most {MAX_MEMBERS} are read",
+            archive.len()
+        )));
+    }
     let mut members = Vec::new();
     let mut total = 0u64;
     for i in 0..archive.len() {
