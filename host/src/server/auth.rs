@@ -160,6 +160,18 @@ impl Caller {
         }
     }
 
+    /// Refuses (403) a key limited to some connectors: what it asks for
+    /// reaches the whole workspace (its keys, objects, plugins, new
+    /// connectors).
+    pub fn require_whole_workspace(&self) -> Result<(), ApiError> {
+        match &self.connectors {
+            Some(_) => Err(ApiError::forbidden(
+                "this key is limited to some connectors; this needs a key of the whole workspace",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses (403) a caller limited to other connectors.
     pub fn require_connector(&self, id: &str, api_name: &str) -> Result<(), ApiError> {
         match &self.connectors {

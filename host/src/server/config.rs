@@ -2,6 +2,7 @@
 //! (`--config`), then `WEIR_*` environment variables, then command-line
 //! flags. Unknown keys in the file are an error, never ignored.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +48,18 @@ pub struct ServerConfig {
     /// supervised worker process, the default) or `none` (inside the
     /// server, for a server that trusts every connector it runs).
     pub isolation: Isolation,
+    /// A connection that has not sent a request's headers this long after
+    /// it opened (or after its last answer) is closed, e.g. `"10s"`.
+    pub header_read_timeout: String,
+    /// The most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// The environment variables each workspace's `webhook.secret_env` may
+    /// name: workspace name → prefix. A workspace without a prefix names
+    /// none. No prefix may begin another.
+    pub webhook_secret_prefixes: BTreeMap<String, String>,
+    /// A bearer token that reads `/metrics` (for a scraper), besides an
+    /// admin key of the bootstrap workspace.
+    pub metrics_token: Option<String>,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -77,6 +90,10 @@ impl Default for ServerConfig {
             preview_timeout: "30s".into(),
             load_batch_size: 8192,
             isolation: Isolation::Process,
+            header_read_timeout: "30s".into(),
+            max_connections: 1024,
+            webhook_secret_prefixes: BTreeMap::from([("default".into(), "WEIR_WEBHOOK_SECRET_".into())]),
+            metrics_token: None,
         }
     }
 }
@@ -98,6 +115,10 @@ const ENV_KEYS: &[&str] = &[
     "preview_timeout",
     "load_batch_size",
     "isolation",
+    "header_read_timeout",
+    "max_connections",
+    "webhook_secret_prefixes",
+    "metrics_token",
 ];
 
 /// Config values checked and converted.
@@ -117,6 +138,8 @@ pub struct Settings {
     pub idempotency_retention: Duration,
     /// `preview_timeout`.
     pub preview_timeout: Duration,
+    /// `header_read_timeout`.
+    pub header_read_timeout: Duration,
     /// The program runs and previews execute in, as `PROGRAM worker`: this
     /// binary.
     pub worker_program: std::path::PathBuf,
@@ -169,6 +192,10 @@ impl ServerConfig {
         if self.load_batch_size == 0 {
             return Err(ConfigError("load_batch_size must be at least 1".into()));
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError("max_connections must be at least 1".into()));
+        }
+        check_prefixes(&self.webhook_secret_prefixes)?;
         Ok(Settings {
             max_upload: size("max_upload", &self.max_upload)?,
             max_json_body: usize::try_from(size("max_json_body", &self.max_json_body)?)
@@ -177,11 +204,33 @@ impl ServerConfig {
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             idempotency_retention: duration("idempotency_retention", &self.idempotency_retention)?,
             preview_timeout: duration("preview_timeout", &self.preview_timeout)?,
+            header_read_timeout: duration("header_read_timeout", &self.header_read_timeout)?,
             worker_program: std::env::current_exe()
                 .map_err(|e| ConfigError(format!("finding this program to start workers with: {e}")))?,
             config: self,
         })
     }
+}
+
+/// Refuses an empty prefix and two workspaces' prefixes where one begins
+/// the other: a variable under both would be each workspace's.
+fn check_prefixes(prefixes: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (workspace, prefix) in prefixes {
+        if prefix.is_empty() {
+            return Err(ConfigError(format!(
+                "webhook_secret_prefixes.{workspace} is empty: it would name every variable"
+            )));
+        }
+        for (other, theirs) in prefixes {
+            if other != workspace && theirs.starts_with(prefix.as_str()) {
+                return Err(ConfigError(format!(
+                    "webhook_secret_prefixes: `{prefix}` ({workspace}) begins `{theirs}` ({other}); \
+                     each workspace needs a prefix of its own"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,5 +280,30 @@ mod tests {
         assert!(e.as_deref().is_some_and(|e| e.contains("load_batch_size")), "{e:?}");
         let s = ServerConfig::default().settings().map_err(|e| e.to_string());
         assert_eq!(s.map(|s| s.max_upload), Ok(1 << 30));
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment's Jail decides the closure's error type")]
+    fn webhook_secret_prefixes_come_from_the_environment_and_may_not_overlap() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WEIR_WEBHOOK_SECRET_PREFIXES", "{acme=\"ACME_WHSEC_\"}");
+            let c = ServerConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.webhook_secret_prefixes.get("acme").map(String::as_str),
+                Some("ACME_WHSEC_")
+            );
+            Ok(())
+        });
+        let overlapping = ServerConfig {
+            webhook_secret_prefixes: BTreeMap::from([("a".into(), "WHSEC_A".into()), ("b".into(), "WHSEC_AB".into())]),
+            ..ServerConfig::default()
+        };
+        let e = overlapping.settings().err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("begins")), "{e:?}");
+        let empty = ServerConfig {
+            webhook_secret_prefixes: BTreeMap::from([("a".into(), String::new())]),
+            ..ServerConfig::default()
+        };
+        assert!(empty.settings().is_err());
     }
 }

@@ -68,6 +68,24 @@ impl FileStore {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
+        let (tmp, stored) = self.receive(body, limit).await?;
+        let target = self.path(&stored.sha256);
+        if let Some(dir) = target.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // Same content, same name: a concurrent upload of it ends the same.
+        tmp.persist(&target).map_err(|e| UploadError::Io(e.error))?;
+        Ok(stored)
+    }
+
+    /// Streams `body` to a temporary file of the store, hashed and counted;
+    /// at most `limit` bytes. The file goes when the path is dropped: what
+    /// is refused after reading leaves nothing behind.
+    pub async fn receive<S, E>(&self, body: S, limit: u64) -> Result<(tempfile::TempPath, Stored), UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
         let mut body = std::pin::pin!(body);
         let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.tmp)?;
         let (std_file, tmp_path) = tmp.into_parts();
@@ -86,13 +104,7 @@ impl FileStore {
         file.sync_all().await?;
         drop(file);
         let sha256 = hex::encode(hasher.finalize());
-        let target = self.path(&sha256);
-        if let Some(dir) = target.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        // Same content, same name: a concurrent upload of it ends the same.
-        tmp_path.persist(&target).map_err(|e| UploadError::Io(e.error))?;
-        Ok(Stored { sha256, size })
+        Ok((tmp_path, Stored { sha256, size }))
     }
 
     /// Stores `bytes`; returns their sha256.

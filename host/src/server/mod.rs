@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 pub mod schedules;
@@ -165,6 +166,27 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
 }
 
 impl App {
+    /// `text` without the data directory's place on this machine: paths
+    /// under it are shown relative to it, as no client needs to know where
+    /// the server keeps its files.
+    pub fn hide_paths(&self, text: &str) -> String {
+        let dir = &self.settings.config.data_dir;
+        let mut forms: Vec<String> = Vec::new();
+        if let Ok(canonical) = dir.canonicalize() {
+            forms.push(canonical.display().to_string());
+        }
+        if let Ok(absolute) = std::path::absolute(dir) {
+            forms.push(absolute.display().to_string());
+        }
+        // Longest first, so that no form leaves a piece of a longer one.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        let mut text = text.to_string();
+        for form in forms.iter().filter(|f| f.len() > 1) {
+            text = text.replace(&format!("{form}/"), "").replace(form.as_str(), "");
+        }
+        text
+    }
+
     /// Stores `bytes` as a file of the workspace, as an upload named `name`
     /// would be (for inputs the server makes itself).
     pub fn keep_file(
@@ -215,10 +237,11 @@ impl Server {
     /// executions finish within the grace period, and cancels the rest.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = api::router(self.app.clone());
-        let stop = shutdown.clone();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        let limits = listen::Limits {
+            header_read_timeout: self.app.settings.header_read_timeout,
+            max_connections: self.app.settings.config.max_connections,
+        };
+        listen::serve(self.listener, router, limits, shutdown).await;
         queue::drain(&self.app, self.app.settings.shutdown_grace).await;
         Ok(())
     }

@@ -487,15 +487,36 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
 /// record store as a lost run is: its counts are those of its commits.
 pub async fn run_in_worker(
     app: &Arc<App>,
+    job: Job,
+    progress: &Progress,
+    log: Arc<dyn RunLog>,
+    cancel: &CancellationToken,
+) -> Execution {
+    let mut doc = if app.settings.config.isolation == Isolation::None {
+        let (store, plugins) = (app.records.clone(), app.plugins.clone());
+        worker::run_here(job, progress, log, cancel, store, plugins).await
+    } else {
+        supervised(app, job, progress, log, cancel).await
+    };
+    if !doc.status.is_terminal() {
+        doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
+        let _ = doc.transition(Status::Failed);
+    }
+    if let Some(error) = &mut doc.error {
+        error.message = app.hide_paths(&error.message);
+    }
+    progress.update(|d| *d = doc.clone());
+    doc
+}
+
+/// Runs `job` in a worker process held to the connector's limits.
+async fn supervised(
+    app: &Arc<App>,
     mut job: Job,
     progress: &Progress,
     log: Arc<dyn RunLog>,
     cancel: &CancellationToken,
 ) -> Execution {
-    if app.settings.config.isolation == Isolation::None {
-        let (store, plugins) = (app.records.clone(), app.plugins.clone());
-        return worker::run_here(job, progress, log, cancel, store, plugins).await;
-    }
     // A connector whose limits do not parse fails inside the worker; the
     // defaults bound that worker meanwhile.
     let limits = job
@@ -515,7 +536,7 @@ pub async fn run_in_worker(
     let supervised =
         tokio::task::spawn_blocking(move || worker::supervise(&program, &job, &progress_for, log, &cancel_for, bounds))
             .await;
-    let mut doc = match supervised {
+    match supervised {
         Ok(s) if s.reported_end => s.execution,
         Ok(s) => {
             let mut doc = s.execution;
@@ -532,13 +553,7 @@ pub async fn run_in_worker(
             tracing::error!(error = %e, "supervising a worker failed");
             progress.snapshot()
         }
-    };
-    if !doc.status.is_terminal() {
-        doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
-        let _ = doc.transition(Status::Failed);
     }
-    progress.update(|d| *d = doc.clone());
-    doc
 }
 
 /// Where compiled plugins are cached, shared by every worker.

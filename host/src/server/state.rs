@@ -179,6 +179,42 @@ CREATE TABLE schedule_ticks (
     PRIMARY KEY (connector_id, tick_at)
 );
 "#,
+    // Idempotency keys belong to one connector, and signed and keyed
+    // webhook senders' payload ids live apart. Payloads stored before count
+    // as signed.
+    r#"
+CREATE TABLE idempotency_keys_by_connector (
+    workspace_id TEXT NOT NULL,
+    connector_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (connector_id, key)
+);
+INSERT INTO idempotency_keys_by_connector
+    SELECT i.workspace_id, e.connector_id, i.key, i.fingerprint, i.execution_id, i.created_at
+    FROM idempotency_keys i JOIN executions e ON e.id = i.execution_id;
+DROP TABLE idempotency_keys;
+ALTER TABLE idempotency_keys_by_connector RENAME TO idempotency_keys;
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+CREATE TABLE webhooks_by_sender (
+    connector_id TEXT NOT NULL,
+    signed       INTEGER NOT NULL,
+    webhook_id   TEXT NOT NULL,
+    batch_id     TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    querystring  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    PRIMARY KEY (connector_id, signed, webhook_id)
+);
+INSERT INTO webhooks_by_sender
+    SELECT connector_id, 1, webhook_id, batch_id, received_at, content_type, querystring, body FROM webhooks;
+DROP TABLE webhooks;
+ALTER TABLE webhooks_by_sender RENAME TO webhooks;
+CREATE INDEX webhooks_by_batch ON webhooks (batch_id, received_at);
+"#,
 ];
 
 /// A published plugin.
@@ -952,23 +988,30 @@ impl Db {
             [expired.to_rfc3339()],
         )?;
         let taken = tx.execute(
-            "INSERT INTO idempotency_keys (workspace_id, key, fingerprint, execution_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workspace_id, key) DO NOTHING",
-            params![row.workspace_id, key.key, key.fingerprint, row.document.id, now()],
+            "INSERT INTO idempotency_keys (workspace_id, connector_id, key, fingerprint, execution_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (connector_id, key) DO NOTHING",
+            params![
+                row.workspace_id,
+                row.connector_id,
+                key.key,
+                key.fingerprint,
+                row.document.id,
+                now()
+            ],
         )? == 0;
         if taken {
             drop(tx);
-            return Self::key_use_on(&conn, &row.workspace_id, &key.key, expired);
+            return Self::key_use_on(&conn, &row.connector_id, &key.key, expired);
         }
         Self::insert_execution_on(&tx, row)?;
         tx.commit()?;
         Ok(None)
     }
 
-    /// The first use of an idempotency key of the workspace, unless it is
+    /// The first use of an idempotency key on a connector, unless it is
     /// older than `expired`.
-    pub fn key_use(&self, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
-        Self::key_use_on(&self.lock(), workspace_id, key, expired)
+    pub fn key_use(&self, connector_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
+        Self::key_use_on(&self.lock(), connector_id, key, expired)
     }
 
     /// The name the latest execution of `connector_id` on the file
@@ -1000,6 +1043,7 @@ impl Db {
         workspace_id: &str,
         connector_id: &str,
         payload: &WebhookRow,
+        signed: bool,
         window: std::time::Duration,
         buffering: bool,
     ) -> Result<WebhookReceipt> {
@@ -1009,8 +1053,8 @@ impl Db {
             .query_row(
                 "SELECT b.id, b.closes_at, b.execution_id, w.body = ?3 FROM webhooks w
                  JOIN webhook_batches b ON b.id = w.batch_id
-                 WHERE w.connector_id = ?1 AND w.webhook_id = ?2",
-                params![connector_id, payload.webhook_id, payload.body],
+                 WHERE w.connector_id = ?1 AND w.signed = ?4 AND w.webhook_id = ?2",
+                params![connector_id, payload.webhook_id, payload.body, signed],
                 |r| {
                     Ok(WebhookReceipt {
                         batch_id: r.get(0)?,
@@ -1051,8 +1095,8 @@ impl Db {
             }
         };
         tx.execute(
-            "INSERT INTO webhooks (connector_id, webhook_id, batch_id, received_at, content_type, querystring, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO webhooks (connector_id, signed, webhook_id, batch_id, received_at, content_type, querystring, body)
+             VALUES (?1, ?8, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 connector_id,
                 payload.webhook_id,
@@ -1060,7 +1104,8 @@ impl Db {
                 payload.received_at,
                 payload.content_type,
                 payload.querystring,
-                payload.body
+                payload.body,
+                signed
             ],
         )?;
         tx.commit()?;
@@ -1186,11 +1231,6 @@ impl Db {
         Ok(true)
     }
 
-    /// Connectors with this id, or with this api_name in any workspace.
-    pub fn connectors_named(&self, id_or_name: &str) -> Result<Vec<ConnectorRow>> {
-        self.connectors_where("id = ?1 OR api_name = ?1", [id_or_name])
-    }
-
     /// Connectors of any workspace matching `condition` (SQL over the
     /// `connectors` table).
     fn connectors_where(&self, condition: &str, params: impl rusqlite::Params) -> Result<Vec<ConnectorRow>> {
@@ -1203,12 +1243,12 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn key_use_on(conn: &Connection, workspace_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
+    fn key_use_on(conn: &Connection, connector_id: &str, key: &str, expired: DateTime<Utc>) -> Result<Option<KeyUse>> {
         Ok(conn
             .query_row(
                 "SELECT fingerprint, execution_id FROM idempotency_keys
-                 WHERE workspace_id = ?1 AND key = ?2 AND created_at >= ?3",
-                params![workspace_id, key, expired.to_rfc3339()],
+                 WHERE connector_id = ?1 AND key = ?2 AND created_at >= ?3",
+                params![connector_id, key, expired.to_rfc3339()],
                 |r| {
                     Ok(KeyUse {
                         fingerprint: r.get(0)?,
@@ -1521,7 +1561,7 @@ mod tests {
         let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
         let window = std::time::Duration::from_secs(3600);
         let receive = |id: &str, buffering: bool| {
-            db.receive_webhook(&ws, "c1", &payload(id), window, buffering)
+            db.receive_webhook(&ws, "c1", &payload(id), true, window, buffering)
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let first = receive("a", false);

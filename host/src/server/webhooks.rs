@@ -16,7 +16,10 @@
 //! Senders sign with Standard Webhooks: `webhook-signature` holds one or
 //! more `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`
 //! under the connector's secret (`whsec_<base64>`), so a secret can rotate
-//! with both signatures sent for a while.
+//! with both signatures sent for a while. The secret is read from the
+//! environment variable `webhook.secret_env` names, which must begin with
+//! the prefix the operator gave the connector's workspace
+//! (`webhook_secret_prefixes`): a workspace reads no other variable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,9 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 /// How far a signature's timestamp may be from now, either way.
 pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// What a sender whose signature does not match hears.
+pub const NO_MATCH: &str = "no v1 signature in webhook-signature matches the connector's secret";
 
 /// The longest the batcher sleeps between two looks at the open batches.
 const IDLE: Duration = Duration::from_secs(1);
@@ -124,6 +130,32 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
     Ok(Some(execution.document.id))
 }
 
+/// Refuses a `webhook.secret_env` outside the variables the workspace
+/// named `workspace` may read.
+pub fn check_secret_env(
+    prefixes: &std::collections::BTreeMap<String, String>,
+    workspace: &str,
+    name: &str,
+) -> Result<(), String> {
+    match prefixes.get(workspace) {
+        Some(prefix) if name.len() > prefix.len() && name.starts_with(prefix.as_str()) => Ok(()),
+        Some(prefix) => Err(format!(
+            "must name an environment variable beginning `{prefix}` (the variables of this workspace), with more after it"
+        )),
+        None => Err(format!(
+            "workspace `{workspace}` may read no environment variable: the operator gives it a prefix in webhook_secret_prefixes"
+        )),
+    }
+}
+
+/// The signing secret of a connector of workspace `workspace`, when its
+/// `webhook.secret_env` is one the workspace may read and is set.
+pub fn secret_of(app: &App, workspace: &str, connector: &Connector) -> Option<String> {
+    let name = connector.webhook.as_ref()?.secret_env.as_deref()?;
+    check_secret_env(&app.settings.config.webhook_secret_prefixes, workspace, name).ok()?;
+    std::env::var(name).ok()
+}
+
 /// Checks a Standard Webhooks signature at `now`: the timestamp within
 /// [`TOLERANCE`], and one of the `v1` signatures matching `secret`.
 pub fn verify(
@@ -160,11 +192,7 @@ pub fn verify(
         .split_whitespace()
         .filter_map(|s| s.strip_prefix("v1,"))
         .any(|s| bool::from(s.as_bytes().ct_eq(expected.as_bytes())));
-    if matches {
-        Ok(())
-    } else {
-        Err("no v1 signature in webhook-signature matches the connector's secret".into())
-    }
+    if matches { Ok(()) } else { Err(NO_MATCH.into()) }
 }
 
 #[cfg(test)]
@@ -201,5 +229,17 @@ mod tests {
         let future = (now.timestamp() + 299).to_string();
         let signed_future = sign("msg_1", &future, "{}");
         assert_eq!(verify(SECRET, "msg_1", &future, b"{}", &signed_future, now), Ok(()));
+    }
+
+    #[test]
+    fn a_workspace_names_only_variables_under_its_prefix() {
+        let prefixes = std::collections::BTreeMap::from([("acme".to_string(), "ACME_WHSEC_".to_string())]);
+        assert_eq!(check_secret_env(&prefixes, "acme", "ACME_WHSEC_CRM"), Ok(()));
+        for name in ["HOME", "ACME_WHSEC_", "OTHER_ACME_WHSEC_CRM", "acme_whsec_crm"] {
+            let e = check_secret_env(&prefixes, "acme", name);
+            assert!(e.as_ref().is_err_and(|e| e.contains("ACME_WHSEC_")), "{name}: {e:?}");
+        }
+        let e = check_secret_env(&prefixes, "globex", "ACME_WHSEC_CRM");
+        assert!(e.is_err_and(|e| e.contains("webhook_secret_prefixes")));
     }
 }

@@ -143,6 +143,16 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
     let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
     problems.extend(crate::server::schedules::check(&connector));
+    if let Some(name) = connector.webhook.as_ref().and_then(|w| w.secret_env.as_deref()) {
+        let workspace = app
+            .db
+            .workspace(&caller.workspace_id)?
+            .ok_or_else(|| ApiError::internal("the caller's workspace is missing"))?;
+        let prefixes = &app.settings.config.webhook_secret_prefixes;
+        if let Err(e) = crate::server::webhooks::check_secret_env(prefixes, &workspace.name, name) {
+            problems.push(Problem::new("webhook.secret_env", e));
+        }
+    }
     if connector.status == ConnectorStatus::Operational && !has_live {
         problems.push(Problem::new(
             "status",
@@ -209,6 +219,7 @@ pub async fn create(
     Body(doc): Body<Json_>,
 ) -> ApiResult<(StatusCode, Json<ConnectorView>)> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     let submitted = parse(&app, &caller, doc, false)?;
     let stored = insert(&app, &caller, submitted)?;
     Ok((StatusCode::CREATED, Json(view(&stored)?)))

@@ -71,16 +71,41 @@ pub fn upload_error(e: UploadError) -> ApiError {
     }
 }
 
+/// The longest file name kept, in bytes.
+const MAX_NAME_BYTES: usize = 255;
+
 /// Keeps a file name safe to show and to use as a table name source: its
-/// last path component, without control characters.
+/// last path component, without control or bidirectional formatting
+/// characters, never `.` or `..`, at most [`MAX_NAME_BYTES`] (shortened
+/// before its extension).
 fn clean_name(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
-    if cleaned.trim().is_empty() {
-        "upload".into()
-    } else {
-        cleaned
+    let cleaned: String = last.chars().filter(|&c| !c.is_control() && !is_format(c)).collect();
+    let cleaned = cleaned.trim();
+    if cleaned.chars().all(|c| c == '.') {
+        return "upload".into();
     }
+    if cleaned.len() <= MAX_NAME_BYTES {
+        return cleaned.to_string();
+    }
+    let (stem, extension) = match cleaned.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, &cleaned[stem.len()..]),
+        _ => (cleaned, ""),
+    };
+    let mut end = MAX_NAME_BYTES - extension.len();
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{extension}", &stem[..end])
+}
+
+/// Invisible characters that reorder or hide text (Unicode format
+/// characters: bidirectional marks, embeddings, overrides and isolates,
+/// zero-width characters, the byte-order mark).
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 fn is_multipart(headers: &HeaderMap) -> bool {
@@ -226,4 +251,25 @@ pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Pat
         .file(&caller.workspace_id, &id)?
         .ok_or_else(|| ApiError::not_found("file"))?;
     send_file(&app.files.path(&row.sha256), &row.name, &row.content_type).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_name_keeps_only_what_is_safe_to_show() {
+        assert_eq!(clean_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_name("C:\\Users\\a\\orders.csv"), "orders.csv");
+        for dots in [".", "..", "...", " .. ", "a/..", ""] {
+            assert_eq!(clean_name(dots), "upload", "{dots:?}");
+        }
+        assert_eq!(clean_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(clean_name("a\u{200B}b\u{FEFF}\u{2066}.csv\u{2069}"), "ab.csv");
+        let long = format!("{}.xlsx", "é".repeat(2500));
+        let short = clean_name(&long);
+        assert!(short.len() <= MAX_NAME_BYTES && short.ends_with("é.xlsx"), "{short}");
+        let no_extension = clean_name(&"n".repeat(5000));
+        assert_eq!(no_extension.len(), MAX_NAME_BYTES);
+    }
 }

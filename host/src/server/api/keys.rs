@@ -77,6 +77,7 @@ pub struct CreatedKey {
     ))]
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<KeyView>>> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     Ok(Json(
         app.db
             .keys(&caller.workspace_id)?
@@ -117,6 +118,9 @@ pub async fn create(
             )],
         ));
     }
+    if let Some(own) = &caller.connectors {
+        reaches_no_further(&app, &caller.workspace_id, own, request.connectors.as_deref())?;
+    }
     let ws = app
         .db
         .workspace(&caller.workspace_id)?
@@ -132,6 +136,29 @@ pub async fn create(
     ))
 }
 
+/// Refuses (403) a key for `wanted` connectors that a caller limited to
+/// `own` would mint: a key reaches no further than the key that made it.
+/// Each connector may be named by its id or its api_name, in either list.
+fn reaches_no_further(app: &App, workspace_id: &str, own: &[String], wanted: Option<&[String]>) -> ApiResult<()> {
+    let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
+        return Err(ApiError::forbidden(
+            "this key is limited to some connectors; the keys it makes must name connectors it reaches",
+        ));
+    };
+    for name in wanted {
+        let reached = match app.db.connector(workspace_id, name)? {
+            Some(row) => own.iter().any(|c| *c == row.id || *c == row.api_name),
+            None => own.contains(name),
+        };
+        if !reached {
+            return Err(ApiError::forbidden(format!(
+                "this key does not reach connector `{name}`, so it cannot make a key that does"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Revokes a key; it stops working at once.
 #[utoipa::path(delete, path = "/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id")),
@@ -143,6 +170,7 @@ pub async fn create(
     ))]
 pub async fn revoke(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     if app.db.revoke_key(&caller.workspace_id, &id)? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -247,6 +247,7 @@ pub fn router(app: Arc<App>) -> Router {
             timeout_or_default(timeout),
         ))
         .layer(middleware::map_response(bare_errors_as_problems))
+        .layer(middleware::from_fn_with_state(app.clone(), hide_paths))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -264,6 +265,34 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(app)
+}
+
+/// The largest problem document whose paths are hidden; ours are far
+/// smaller.
+const MAX_PROBLEM: usize = 1 << 20;
+
+/// Problem documents never show where the server keeps its data
+/// ([`App::hide_paths`]).
+async fn hide_paths(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PROBLEM).await else {
+        return ApiError::internal("a problem document was too large to answer").into_response();
+    };
+    let text = app.hide_paths(&String::from_utf8_lossy(&bytes));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// Errors answered beneath the handlers (a method the route does not take,

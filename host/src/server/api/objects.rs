@@ -98,6 +98,7 @@ pub async fn create(
     Body(body): Body<Json_>,
 ) -> ApiResult<(StatusCode, Json<ObjectDef>)> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     let def = parse_object(&app, &caller.workspace_id, body)?;
     if !insert(&app, &caller.workspace_id, &def)? {
         return Err(ApiError::conflict(
@@ -163,6 +164,7 @@ pub async fn update(
     Body(patch): Body<Json_>,
 ) -> ApiResult<Json<ObjectDef>> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     let current = load_object(&app, &caller, &name)?;
     let mut doc = object_json(&current)?;
     super::connectors::merge_patch(&mut doc, patch);

@@ -42,7 +42,6 @@ use super::connectors::ConnectorView;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::files::Stored;
 use crate::server::state::ConnectorRow;
 
 /// The package format this server writes.
@@ -129,12 +128,14 @@ pub async fn push(
 ) -> ApiResult<(StatusCode, Json<ConnectorView>)> {
     caller.require(Role::Admin)?;
     let stream = request.into_body().into_data_stream();
-    let zip = app
+    // The zip is read where it was received and goes when the push ends:
+    // what a package brings is kept as its own files (sample, plugins).
+    let (received, _) = app
         .files
-        .put(stream, app.settings.max_upload)
+        .receive(stream, app.settings.max_upload)
         .await
         .map_err(super::files::upload_error)?;
-    let path = app.files.path(&zip.sha256);
+    let path = received.to_path_buf();
     // A package unpacks to no more than an upload may be.
     let limit = app.settings.max_upload;
     let package = tokio::task::spawn_blocking(move || Package::load_limited(&path, limit))
@@ -168,6 +169,9 @@ pub async fn push(
         ));
     }
 
+    if caller.connectors.is_some() {
+        within_reach(&app, &caller, &package, existing.is_some())?;
+    }
     if let Some(objects) = &package.objects {
         for def in &objects.objects {
             super::objects::create_new(&app, &caller.workspace_id, def)?;
@@ -228,6 +232,34 @@ pub async fn push(
 
 /// Publishes the package's component for a transform's `plugin` reference,
 /// unless the workspace has it already.
+/// Refuses (403) a push by a key limited to some connectors that would
+/// reach further than its connector: create the connector, an object or a
+/// plugin version the workspace does not have yet.
+fn within_reach(app: &App, caller: &Caller, package: &Package, exists: bool) -> ApiResult<()> {
+    if !exists {
+        caller.require_whole_workspace()?;
+    }
+    let known = app.db.object_defs(&caller.workspace_id)?;
+    if let Some(objects) = &package.objects
+        && let Some(def) = objects.objects.iter().find(|d| known.get(&d.name).is_none())
+    {
+        return Err(ApiError::forbidden(format!(
+            "object `{}` does not exist, and a key limited to some connectors cannot create objects",
+            def.name
+        )));
+    }
+    for t in &package.connector.transforms {
+        let plugin = PluginRef::parse(&t.plugin).map_err(ApiError::internal)?;
+        if app.db.plugin_by_ref(&caller.workspace_id, &plugin)?.is_none() {
+            return Err(ApiError::forbidden(format!(
+                "plugin {} is not published, and a key limited to some connectors cannot publish plugins",
+                t.plugin
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference: &str) -> ApiResult<()> {
     let plugin = PluginRef::parse(reference).map_err(ApiError::internal)?;
     let known = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?;
@@ -258,11 +290,7 @@ async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference
         };
     };
     let bytes = tokio::fs::read(&file).await.map_err(ApiError::internal)?;
-    let stored = Stored {
-        sha256: app.files.put_bytes(&bytes).map_err(ApiError::internal)?,
-        size: bytes.len() as u64,
-    };
-    super::plugins::register(app, &caller.workspace_id, name, version, stored).await?;
+    super::plugins::register(app, &caller.workspace_id, name.to_string(), version.to_string(), bytes).await?;
     Ok(())
 }
 

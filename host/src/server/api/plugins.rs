@@ -18,8 +18,8 @@ use weir_engine::transform::PluginSource;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, ProblemDocument, Query};
-use crate::server::files::Stored;
 use crate::server::state::PluginRow;
+use sha2::{Digest, Sha256};
 
 /// A published plugin.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -84,6 +84,7 @@ pub async fn publish(
     request: Request,
 ) -> ApiResult<(StatusCode, Json<PluginView>)> {
     caller.require(Role::Admin)?;
+    caller.require_whole_workspace()?;
     let reference = format!("{}@{}", params.name, params.version);
     if let Err(message) = PluginRef::parse(&reference) {
         return Err(ApiError::invalid(
@@ -93,32 +94,46 @@ pub async fn publish(
         ));
     }
     let stream = request.into_body().into_data_stream();
-    let stored = app
+    let (received, _) = app
         .files
-        .put(stream, app.settings.max_upload)
+        .receive(stream, app.settings.max_upload)
         .await
         .map_err(super::files::upload_error)?;
-    let (row, inserted) = register(&app, &caller.workspace_id, params.name, params.version, stored).await?;
+    let wasm = tokio::fs::read(&received).await.map_err(ApiError::internal)?;
+    drop(received);
+    let (row, inserted) = register(&app, &caller.workspace_id, params.name, params.version, wasm).await?;
     let status = if inserted { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(PluginView::of(row))))
 }
 
-/// Checks a stored file against the transform world and publishes it as
+/// Checks `wasm` against the transform world and publishes it as
 /// `name@version` (true when new; the same content again is no change).
+/// Only a component that is published is kept in the file store.
 pub(super) async fn register(
     app: &App,
     workspace_id: &str,
     name: String,
     version: String,
-    stored: Stored,
+    wasm: Vec<u8>,
 ) -> ApiResult<(PluginRow, bool)> {
     let reference = format!("{name}@{version}");
-    let wasm = tokio::fs::read(app.files.path(&stored.sha256))
-        .await
-        .map_err(ApiError::internal)?;
+    let sha256 = hex::encode(Sha256::digest(&wasm));
+    let taken = || {
+        ApiError::conflict(
+            "plugin_version_exists",
+            format!("{reference} is already published with other content; publish a new version"),
+        )
+    };
+    if let Some(known) = app.db.plugin(workspace_id, &name, &version)? {
+        return if known.sha256 == sha256 {
+            Ok((known, false))
+        } else {
+            Err(taken())
+        };
+    }
     let runtime = app.plugins.clone();
     let label = reference.clone();
-    let checked = tokio::task::spawn_blocking(move || runtime.load(&label, &wasm))
+    let (checked, wasm) = tokio::task::spawn_blocking(move || (runtime.load(&label, &wasm), wasm))
         .await
         .map_err(ApiError::internal)?;
     if let Err(e) = checked {
@@ -128,19 +143,24 @@ pub(super) async fn register(
             vec![Problem::new("body", e.to_string())],
         ));
     }
+    let size = wasm.len() as u64;
+    let files = app.files.clone();
+    tokio::task::spawn_blocking(move || files.put_bytes(&wasm))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     let row = PluginRow {
         name,
         version,
-        sha256: stored.sha256,
-        size: stored.size,
+        sha256,
+        size,
         created_at: Utc::now(),
     };
     let (stored_row, inserted) = app.db.insert_plugin(workspace_id, &row)?;
     if stored_row.sha256 != row.sha256 {
-        return Err(ApiError::conflict(
-            "plugin_version_exists",
-            format!("{reference} is already published with other content; publish a new version"),
-        ));
+        // Another publish of this version won a race: its content stays,
+        // this one's is refused (and stays as an unreferenced blob).
+        return Err(taken());
     }
     Ok((stored_row, inserted))
 }

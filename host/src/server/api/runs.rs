@@ -297,9 +297,7 @@ pub async fn trigger(
         key,
     });
     if let Some(key) = &key
-        && let Some(used) = app
-            .db
-            .key_use(&caller.workspace_id, &key.key, app.settings.idempotency_expired())?
+        && let Some(used) = app.db.key_use(&row.id, &key.key, app.settings.idempotency_expired())?
     {
         return Ok(accepted_start(&replay(&app, Some(key), &used)?));
     }

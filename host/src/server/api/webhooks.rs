@@ -18,7 +18,7 @@ use crate::server::App;
 use crate::server::auth::{authenticate, key_in};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument};
 use crate::server::state::{ConnectorRow, OpenBatch, WebhookRow};
-use crate::server::webhooks::{MAX_BODY, close, verify};
+use crate::server::webhooks::{MAX_BODY, NO_MATCH, close, secret_of, verify};
 
 /// Where a payload went.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -38,8 +38,8 @@ pub struct Receipt {
 /// Receives a webhook payload into the connector's batch.
 #[utoipa::path(post, path = "/connectors/{connector}/webhook", tag = "executions",
     params(
-        ("connector" = String, Path, description = "Connector id or api_name (with a signature and no key: its id, or an api_name no other workspace uses)"),
-        ("webhook-id" = Option<String>, Header, description = "Standard Webhooks message id; payloads are de-duplicated by it"),
+        ("connector" = String, Path, description = "Connector id or api_name; a signed sender without a key addresses it by its id"),
+        ("webhook-id" = Option<String>, Header, description = "Standard Webhooks message id (1 to 255 visible ASCII characters); payloads are de-duplicated by it, signed and keyed senders' apart"),
         ("webhook-timestamp" = Option<String>, Header, description = "Standard Webhooks timestamp (Unix seconds)"),
         ("webhook-signature" = Option<String>, Header, description = "Standard Webhooks signatures: `v1,<base64>` separated by spaces"),
         ("Idempotency-Key" = Option<String>, Header, description = "With an API key and no webhook-id: names the payload for retries (the same key and body answer with the first receipt; another body, 422)"),
@@ -100,10 +100,15 @@ pub async fn receive(
         .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", webhook.batch_window)))?;
     // A keyed sender may name its payload for retries with webhook-id or
     // Idempotency-Key.
-    let webhook_id = signed_id
-        .or_else(|| header(&headers, "webhook-id"))
-        .or_else(|| header(&headers, "idempotency-key"))
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let signed = signed_id.is_some();
+    let keyed_id = match signed_id {
+        Some(id) => Some(id),
+        None => match payload_id(&headers, "webhook-id")? {
+            Some(id) => Some(id),
+            None => payload_id(&headers, "idempotency-key")?,
+        },
+    };
+    let webhook_id = keyed_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let payload = WebhookRow {
         received_at: Utc::now().to_rfc3339(),
         webhook_id: webhook_id.clone(),
@@ -115,6 +120,7 @@ pub async fn receive(
         &row.workspace_id,
         &row.id,
         &payload,
+        signed,
         window,
         connector.status != ConnectorStatus::Operational,
     )?;
@@ -156,6 +162,11 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// The connector the sender may post to: by API key, or by a signature
 /// (then also the signed `webhook-id`).
+///
+/// A signed sender addresses the connector by its id, which no other
+/// workspace can take. An unknown id, a connector without a secret it may
+/// read and a wrong signature are answered alike, so an unsigned request
+/// learns nothing about which connectors exist.
 fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(ConnectorRow, Option<String>)> {
     if let Some(key) = key_in(headers) {
         let caller = authenticate(&app.db, key)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
@@ -164,7 +175,7 @@ fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Co
         return Ok((row, None));
     }
     let (Some(id), Some(timestamp), Some(signatures)) = (
-        header(headers, "webhook-id"),
+        payload_id(headers, "webhook-id")?,
         header(headers, "webhook-timestamp"),
         header(headers, "webhook-signature"),
     ) else {
@@ -172,24 +183,54 @@ fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Co
             "a webhook needs an API key, or a Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature)",
         ));
     };
-    let mut rows = app.db.connectors_named(c)?;
-    let row = match rows.len() {
-        1 => rows.remove(0),
-        0 => return Err(ApiError::not_found("connector")),
-        _ => {
-            return Err(ApiError::conflict(
-                "ambiguous_connector",
-                "several workspaces have a connector of this name; address it by its id",
-            ));
+    let row = app.db.connector_by_id(c)?;
+    let secret = match &row {
+        Some(row) => {
+            let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+            let workspace = app.db.workspace(&row.workspace_id)?.map(|w| w.name).unwrap_or_default();
+            secret_of(app, &workspace, &connector)
         }
+        None => None,
     };
-    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-    let secret = connector
-        .webhook
-        .as_ref()
-        .and_then(|w| w.secret_env.as_deref())
-        .and_then(|name| std::env::var(name).ok())
-        .ok_or_else(|| ApiError::unauthorized("the connector has no signing secret set up (webhook.secret_env)"))?;
-    verify(&secret, &id, &timestamp, body, &signatures, Utc::now()).map_err(ApiError::unauthorized)?;
-    Ok((row, Some(id)))
+    // Without a secret the signature is still checked, against one nobody
+    // holds: the answer and its time are those of a wrong signature.
+    let checked = verify(
+        secret.as_deref().unwrap_or(UNKNOWN_SECRET),
+        &id,
+        &timestamp,
+        body,
+        &signatures,
+        Utc::now(),
+    );
+    match (row, secret, checked) {
+        (Some(row), Some(_), Ok(())) => Ok((row, Some(id))),
+        (_, _, Err(e)) if e.starts_with("webhook-timestamp") => Err(ApiError::unauthorized(e)),
+        (Some(row), Some(_), Err(e)) => {
+            if e != NO_MATCH {
+                tracing::warn!(connector = %row.id, error = %e, "a webhook signing secret cannot be used");
+            }
+            Err(ApiError::unauthorized(NO_MATCH))
+        }
+        _ => Err(ApiError::unauthorized(NO_MATCH)),
+    }
+}
+
+/// Checked against when the connector has no secret: a signature matching
+/// it is still refused.
+const UNKNOWN_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// A sender's name for its payload (`webhook-id` or `Idempotency-Key`),
+/// checked: 1 to 255 visible ASCII characters.
+fn payload_id(headers: &HeaderMap, name: &str) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(id) if !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(id.to_string()))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be 1 to 255 visible ASCII characters"
+        ))),
+    }
 }
