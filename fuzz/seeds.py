@@ -72,6 +72,38 @@ def intake() -> dict[str, bytes]:
     return seeds
 
 
+def xlsx() -> dict[str, bytes]:
+    seeds = {"three-rows": workbook(3), "empty": workbook(0)}
+    for path in sorted((ROOT / "tests" / "fixtures").rglob("*.xlsx")):
+        if path.stat().st_size < 64 * 1024:
+            seeds[path.stem] = path.read_bytes()
+    # The hostile corpus's small workbook: cells at both corners of the grid.
+    seeds["dense"] = (ROOT / "tests" / "hostile" / "dense.xlsx").read_bytes()
+    return seeds
+
+
+def sql_check() -> dict[str, bytes]:
+    """Scripts of every statement kind a connector may hold, planned against
+    the target's sample (`id, name, amount` in `input.data`)."""
+    scripts = {
+        "view": "CREATE VIEW output.o AS SELECT id, upper(name) AS name FROM input.data WHERE amount > 1",
+        "table-insert": "CREATE TABLE t AS SELECT id FROM input.data;\nINSERT INTO t SELECT id + 1 FROM input.data;\n"
+                        "CREATE VIEW output.o AS SELECT * FROM t",
+        "join-window": "CREATE VIEW output.o AS SELECT a.id, row_number() OVER (PARTITION BY a.name ORDER BY b.amount) "
+                       "AS n FROM input.data a JOIN input.data b ON a.id = b.id",
+        "cte-union": "CREATE VIEW output.o AS WITH x AS (SELECT id FROM input.data) SELECT id FROM x UNION ALL "
+                     "SELECT 1",
+        "group-case": "CREATE VIEW output.o AS SELECT name, CASE WHEN count(*) > 1 THEN 'many' ELSE 'one' END AS k, "
+                      "sum(amount) FROM input.data GROUP BY name HAVING sum(amount) IS NOT NULL",
+        "meta": "CREATE VIEW output.o AS SELECT * FROM input.data CROSS JOIN meta.execution",
+        "refused": "CREATE VIEW output.\"../x\" AS SELECT 1 AS x",
+    }
+    seeds = {name: text.encode() for name, text in scripts.items()}
+    for path in sorted((ROOT / "examples").glob("*/*.sql")):
+        seeds[f"example-{path.parent.name}"] = path.read_bytes()
+    return seeds
+
+
 def connector_toml() -> dict[str, bytes]:
     return {p.parent.name: p.read_bytes() for p in sorted((ROOT / "examples").glob("*/connector.toml"))}
 
@@ -89,7 +121,9 @@ def package_zip() -> dict[str, bytes]:
 
 
 def main() -> None:
-    for target, seeds in (("intake", intake()), ("connector_toml", connector_toml()), ("package_zip", package_zip())):
+    targets = (("intake", intake()), ("xlsx", xlsx()), ("sql_check", sql_check()),
+               ("connector_toml", connector_toml()), ("package_zip", package_zip()))
+    for target, seeds in targets:
         directory = FUZZ / "corpus" / target
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in seeds.items():
