@@ -10,6 +10,7 @@
 //! check does no work whatever the script (a cross join of two
 //! `range(1e9)` is planned, not counted).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -40,7 +41,7 @@ fn empty(schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
 }
 
 /// Parses `script` and, with a sample, plans it against the sample's tables
-/// and the `objects` (given when the connector loads records, as in a run).
+/// and the `objects` whose records the script may read, as in a run.
 /// Without a sample only the parse is checked: the input's columns are
 /// unknown.
 ///
@@ -52,9 +53,40 @@ pub async fn script(
     sample: Option<&InputFile>,
     objects: Option<&Objects>,
 ) -> Result<()> {
+    plan(connector, script, sample, objects).await.map(drop)
+}
+
+/// [`script`], then the connector's variables, transforms and load steps
+/// against the scopes the script makes on the sample: what an edit of an
+/// operational connector must not break. Without a sample only the parse
+/// is checked.
+pub async fn connector(
+    connector: &Connector,
+    script: &str,
+    sample: Option<&InputFile>,
+    objects: Option<&Objects>,
+) -> Result<()> {
+    let Some(scopes) = plan(connector, script, sample, objects).await? else {
+        return Ok(());
+    };
+    let problems = connector.check_scopes(&scopes);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConnector(problems))
+    }
+}
+
+/// Plans the script; with a sample, gives each scope's columns.
+async fn plan(
+    connector: &Connector,
+    script: &str,
+    sample: Option<&InputFile>,
+    objects: Option<&Objects>,
+) -> Result<Option<HashMap<String, Vec<String>>>> {
     let script = Script::parse(script)?;
     let Some(sample) = sample else {
-        return Ok(());
+        return Ok(None);
     };
     let limits = connector.limits.parse().map_err(Error::InvalidConnector)?;
     let ctx = sql::session(&SessionSettings {
@@ -104,8 +136,11 @@ pub async fn script(
     }
     // Views are planned when created; building each scope's physical plan
     // catches what only shows there.
+    let mut scopes = HashMap::new();
     for scope in sql::run_script(&ctx, &script, sql::ScriptMode::Check).await? {
-        sql::scope_stream(&ctx, &scope, &script).await?;
+        let stream = sql::scope_stream(&ctx, &scope, &script).await?;
+        let columns = stream.schema().fields().iter().map(|f| f.name().clone()).collect();
+        scopes.insert(scope, columns);
     }
-    Ok(())
+    Ok(Some(scopes))
 }

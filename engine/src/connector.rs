@@ -249,6 +249,74 @@ impl LimitsDef {
     }
 }
 
+/// The most a server lets any connector's limits be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitCaps {
+    /// Highest `max_runtime`.
+    pub max_runtime: Duration,
+    /// Highest `max_memory`, in bytes.
+    pub max_memory: u64,
+    /// Highest `max_rows`.
+    pub max_rows: u64,
+}
+
+impl LimitsDef {
+    /// The limits over `caps`, each a problem with its path: a connector
+    /// asking for more than the server allows is refused when saved. A
+    /// limit left at its default is not asked for: it runs with the cap
+    /// ([`LimitsDef::capped`]).
+    pub fn over(&self, caps: &LimitCaps) -> Vec<Problem> {
+        let Ok(limits) = self.parse() else {
+            return Vec::new();
+        };
+        let default = LimitsDef::default();
+        let mut problems = Vec::new();
+        if self.max_runtime != default.max_runtime && limits.max_runtime > caps.max_runtime {
+            problems.push(Problem::new(
+                "limits.max_runtime",
+                format!(
+                    "`{}` is more than this server allows ({})",
+                    self.max_runtime,
+                    humantime::format_duration(caps.max_runtime)
+                ),
+            ));
+        }
+        if self.max_memory != default.max_memory && limits.max_memory > caps.max_memory {
+            problems.push(Problem::new(
+                "limits.max_memory",
+                format!(
+                    "`{}` is more than this server allows ({})",
+                    self.max_memory,
+                    bytesize::ByteSize::b(caps.max_memory).display().iec()
+                ),
+            ));
+        }
+        if self.max_rows != default.max_rows && limits.max_rows > caps.max_rows {
+            problems.push(Problem::new(
+                "limits.max_rows",
+                format!("{} is more than this server allows ({})", self.max_rows, caps.max_rows),
+            ));
+        }
+        problems
+    }
+
+    /// These limits with each at most its cap: what a run of a connector
+    /// saved before the server's caps were lowered gets.
+    pub fn capped(&self, caps: &LimitCaps) -> LimitsDef {
+        let mut capped = self.clone();
+        if let Ok(limits) = self.parse() {
+            if limits.max_runtime > caps.max_runtime {
+                capped.max_runtime = humantime::format_duration(caps.max_runtime).to_string();
+            }
+            if limits.max_memory > caps.max_memory {
+                capped.max_memory = format!("{}B", caps.max_memory);
+            }
+            capped.max_rows = self.max_rows.min(caps.max_rows);
+        }
+        capped
+    }
+}
+
 /// `[webhook]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookDef {
@@ -468,11 +536,13 @@ fn default_array_delimiter() -> String {
     ",".into()
 }
 
-/// What a matching rule does when it finds no record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a matching rule does when it finds no record (default
+/// `create_new`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoMatchAction {
     /// Create a record.
+    #[default]
     CreateNew,
     /// Try the next rule.
     NextRule,
@@ -480,11 +550,13 @@ pub enum NoMatchAction {
     DoNotUpload,
 }
 
-/// What a matching rule does when it finds one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a matching rule does when it finds one record (default
+/// `update_current`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SingleMatchAction {
     /// Update that record.
+    #[default]
     UpdateCurrent,
     /// Try the next rule.
     NextRule,
@@ -492,17 +564,21 @@ pub enum SingleMatchAction {
     DoNotUpload,
 }
 
-/// What a matching rule does when it finds several records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a matching rule does when it finds several records (default
+/// `do_not_upload`: which of them to update is not the engine's guess).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MultipleMatchAction {
     /// Skip the row.
+    #[default]
     DoNotUpload,
     /// Try the next rule.
     NextRule,
 }
 
-/// One `[[loads.match]]` rule.
+/// One `[[loads.match]]` rule. A record a step creates carries the values
+/// of its rules' variables in their fields that no mapping writes, so the
+/// next run of the same rows matches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MatchRule {
     /// Object field compared.
@@ -510,10 +586,16 @@ pub struct MatchRule {
     /// Variable compared with it.
     pub variable: String,
     /// Action on no match.
+    #[serde(default)]
+    #[schema(default = NoMatchAction::default)]
     pub no_match: NoMatchAction,
     /// Action on one match.
+    #[serde(default)]
+    #[schema(default = SingleMatchAction::default)]
     pub single_match: SingleMatchAction,
     /// Action on several matches.
+    #[serde(default)]
+    #[schema(default = MultipleMatchAction::default)]
     pub multiple_match: MultipleMatchAction,
 }
 
@@ -628,6 +710,18 @@ impl Connector {
     /// Parses the JSON form from a value.
     pub fn from_json_value(value: serde_json::Value) -> Result<Self> {
         document::from_json_value(value).map_err(Error::InvalidConnector)
+    }
+
+    /// Parses `connector.toml` text, keeping the connector beside its
+    /// problems so that checks against other documents can add theirs.
+    pub fn parse_toml(text: &str) -> document::Parsed<Self> {
+        document::parse_toml(text)
+    }
+
+    /// Parses the JSON form from a value, keeping the connector beside its
+    /// problems.
+    pub fn parse_json_value(value: serde_json::Value) -> document::Parsed<Self> {
+        document::parse_json_value(value)
     }
 
     /// Serialises the document as TOML.
@@ -905,6 +999,43 @@ fn null_inside(value: &serde_json::Value, path: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_over_the_servers_caps_are_named_and_capped() {
+        let caps = LimitCaps {
+            max_runtime: Duration::from_secs(600),
+            max_memory: 1 << 30,
+            max_rows: 1000,
+        };
+        let asked = LimitsDef {
+            max_runtime: "1h".into(),
+            max_memory: "4GiB".into(),
+            max_rows: 5000,
+            ..LimitsDef::default()
+        };
+        let paths: Vec<String> = asked.over(&caps).into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["limits.max_runtime", "limits.max_memory", "limits.max_rows"]);
+        let capped = asked.capped(&caps).parse().expect("capped limits parse");
+        assert_eq!(
+            (capped.max_runtime, capped.max_memory, capped.max_rows),
+            (caps.max_runtime, caps.max_memory, caps.max_rows)
+        );
+        let within = LimitsDef {
+            max_memory: "512MiB".into(),
+            ..LimitsDef::default()
+        };
+        let small = LimitCaps {
+            max_rows: u64::MAX,
+            ..caps
+        };
+        assert!(within.over(&small).is_empty());
+        assert_eq!(within.capped(&small), within);
+        // Limits left at their defaults are not asked for: they get the caps.
+        let defaults = LimitsDef::default();
+        assert!(defaults.over(&caps).is_empty());
+        let capped = defaults.capped(&caps).parse().expect("capped defaults parse");
+        assert_eq!(capped.max_rows, caps.max_rows);
+    }
 
     fn problems(text: &str) -> Vec<Problem> {
         match Connector::from_toml(text) {

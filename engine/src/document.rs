@@ -16,26 +16,65 @@ pub trait Document: DeserializeOwned {
     fn validate(&self) -> Vec<Problem>;
 }
 
+/// A document as far as it could be read, and every problem found on the
+/// way. The document is there whenever its shape could be read (unknown
+/// keys and broken rules do not stop that), so a caller can check it
+/// further and answer with all the problems at once.
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The document, unless its shape could not be read.
+    pub document: Option<T>,
+    /// Unknown keys, the value that could not be read, and the
+    /// document's own rules.
+    pub problems: Vec<Problem>,
+}
+
+impl<T> Parsed<T> {
+    /// The document if it has no problem, else every problem.
+    pub fn into_result(self) -> Result<T, Vec<Problem>> {
+        match self.document {
+            Some(document) if self.problems.is_empty() => Ok(document),
+            _ => Err(self.problems),
+        }
+    }
+}
+
 /// Parses TOML text.
 pub fn from_toml<T: Document>(text: &str) -> Result<T, Vec<Problem>> {
-    let de = toml::Deserializer::parse(text).map_err(|e| vec![Problem::new("", e.to_string().trim())])?;
-    deserialize(de, |e: toml::de::Error| e.to_string().trim().to_string())
+    parse_toml(text).into_result()
+}
+
+/// Parses TOML text, keeping the document beside its problems.
+pub fn parse_toml<T: Document>(text: &str) -> Parsed<T> {
+    match toml::Deserializer::parse(text) {
+        Ok(de) => deserialize(de, |e: toml::de::Error| e.to_string().trim().to_string()),
+        Err(e) => Parsed {
+            document: None,
+            problems: vec![Problem::new("", e.to_string().trim())],
+        },
+    }
 }
 
 /// Parses JSON text.
 pub fn from_json<T: Document>(text: &str) -> Result<T, Vec<Problem>> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let document = deserialize(&mut de, |e: serde_json::Error| e.to_string())?;
+    let document = deserialize(&mut de, |e: serde_json::Error| e.to_string()).into_result()?;
     de.end().map_err(|e| vec![Problem::new("", e.to_string())])?;
     Ok(document)
 }
 
 /// Parses an already parsed JSON value.
 pub fn from_json_value<T: Document>(value: serde_json::Value) -> Result<T, Vec<Problem>> {
+    parse_json_value(value).into_result()
+}
+
+/// Parses an already parsed JSON value, keeping the document beside its
+/// problems.
+pub fn parse_json_value<T: Document>(value: serde_json::Value) -> Parsed<T> {
     deserialize(value, |e: serde_json::Error| e.to_string())
 }
 
-fn deserialize<'de, T, D, E>(de: D, message: impl Fn(E) -> String) -> Result<T, Vec<Problem>>
+fn deserialize<'de, T, D, E>(de: D, message: impl Fn(E) -> String) -> Parsed<T>
 where
     T: Document,
     D: serde::Deserializer<'de, Error = E>,
@@ -52,17 +91,19 @@ where
     match parsed {
         Ok(document) => {
             problems.extend(document.validate());
-            if problems.is_empty() {
-                Ok(document)
-            } else {
-                Err(problems)
+            Parsed {
+                document: Some(document),
+                problems,
             }
         }
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             problems.push(Problem::new(path, message(e.into_inner())));
-            Err(problems)
+            Parsed {
+                document: None,
+                problems,
+            }
         }
     }
 }

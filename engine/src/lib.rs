@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod report;
 pub mod runlog;
+pub mod snapshot;
 pub mod sql;
 pub mod store;
 pub mod transform;

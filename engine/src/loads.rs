@@ -118,9 +118,14 @@ pub struct LoadStep {
     dry_run: bool,
     /// The last id created, so the next batch's ids sort after it.
     last_id: Mutex<Option<RecordId>>,
-    /// The fields the step writes, in mapping order: a record's values
-    /// are held by position in it.
+    /// The fields the step writes: the mapped ones in mapping order, then
+    /// the matched fields no mapping writes. A record's values are held by
+    /// position in it.
     fields: Vec<String>,
+    /// For each matched field no mapping writes (in their order in
+    /// `fields`), the rules on it: a record a rule creates carries the
+    /// value it was matched on, so the next run finds it.
+    keys: Vec<Vec<usize>>,
     /// The execution whose counts each commit adds to the store's tally.
     tally: Option<String>,
 }
@@ -141,7 +146,19 @@ impl LoadStep {
                 store.ensure_index(workspace, &object.name, &rule.field)?;
             }
         }
-        let fields = step.fields.iter().map(|m| m.field.clone()).collect();
+        let mapped = step.fields.len();
+        let mut fields: Vec<String> = step.fields.iter().map(|m| m.field.clone()).collect();
+        let mut keys: Vec<Vec<usize>> = Vec::new();
+        for (r, rule) in step.matching.iter().enumerate() {
+            match fields.iter().position(|f| *f == rule.field) {
+                Some(i) if i < mapped => {}
+                Some(i) => keys[i - mapped].push(r),
+                None => {
+                    fields.push(rule.field.clone());
+                    keys.push(vec![r]);
+                }
+            }
+        }
         Ok(Self {
             step,
             object,
@@ -150,6 +167,7 @@ impl LoadStep {
             dry_run,
             last_id: Mutex::new(None),
             fields,
+            keys,
             tally: None,
         })
     }
@@ -216,7 +234,7 @@ impl LoadStep {
         let mut outcomes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let outcome = match self.decide_row(i, row, &found, &batch, previous) {
-                Decision::Create => match self.values(row) {
+                Decision::Create(rule) => match self.values(row, rule) {
                     Ok(values) => {
                         let id = ids.next();
                         *last_id = Some(id);
@@ -225,7 +243,7 @@ impl LoadStep {
                     }
                     Err(reason) => Outcome::Failed(reason),
                 },
-                Decision::Update(id) => match self.values(row) {
+                Decision::Update(id) => match self.values(row, None) {
                     Ok(values) => {
                         self.update(&mut batch, id, values, previous)?;
                         batch.index(id, &self.step.matching, row);
@@ -275,7 +293,7 @@ impl LoadStep {
         previous: Option<&Batch>,
     ) -> Decision {
         if self.step.matching.is_empty() {
-            return Decision::Create;
+            return Decision::Create(None);
         }
         for (r, rule) in self.step.matching.iter().enumerate() {
             let mut matches: Vec<RecordId> = found[r][row_index].clone();
@@ -289,7 +307,7 @@ impl LoadStep {
             let describe = || format!("rule {} ({} = {})", r + 1, rule.field, rule.variable);
             match matches.len() {
                 0 => match rule.no_match {
-                    NoMatchAction::CreateNew => return Decision::Create,
+                    NoMatchAction::CreateNew => return Decision::Create(Some(r)),
                     NoMatchAction::NextRule => continue,
                     NoMatchAction::DoNotUpload => {
                         return Decision::Skip(format!("{}: no record matches; do_not_upload", describe()));
@@ -313,9 +331,12 @@ impl LoadStep {
         Decision::Skip("no matching rule decided (every rule said next_rule)".into())
     }
 
-    /// The mapped field values of a row, in mapping order, checked against
-    /// the field types.
-    fn values(&self, row: &Row) -> std::result::Result<Vec<Value>, String> {
+    /// A row's values of the step's fields (mapped, then matched but not
+    /// mapped), checked against the field types. An update writes only the
+    /// mapped ones. A matched field takes the variable of `creating`, the
+    /// rule that decided a create, when that rule is on it, else the first
+    /// of its rules' variables that has a value.
+    fn values(&self, row: &Row, creating: Option<usize>) -> std::result::Result<Vec<Value>, String> {
         let mut out = Vec::with_capacity(self.step.fields.len());
         for mapping in &self.step.fields {
             let value = match mapping.variables.as_slice() {
@@ -330,6 +351,14 @@ impl LoadStep {
                 }
             };
             out.push(self.check(&mapping.field, value)?);
+        }
+        for (field, rules) in self.fields[self.step.fields.len()..].iter().zip(&self.keys) {
+            let value_of = |r: &usize| row.get(&self.step.matching[*r].variable).filter(|v| **v != Value::Null);
+            let value = match creating.filter(|c| rules.contains(c)) {
+                Some(rule) => value_of(&rule),
+                None => rules.iter().find_map(value_of),
+            };
+            out.push(self.check(field, value.cloned().unwrap_or(Value::Null))?);
         }
         Ok(out)
     }
@@ -438,7 +467,8 @@ impl Ids {
 }
 
 enum Decision {
-    Create,
+    /// Create a record; the rule that decided it, if any.
+    Create(Option<usize>),
     Update(RecordId),
     Skip(String),
 }
@@ -634,10 +664,15 @@ name = "contact"
     }
 
     fn city(store: &SqliteStore, id: RecordId) -> Value {
+        stored(store, id, "city")
+    }
+
+    /// Field `name` of the stored record `id`.
+    fn stored(store: &SqliteStore, id: RecordId, name: &str) -> Value {
         store.get("w", &object(), &[id]).expect("get")[0]
             .as_ref()
             .expect("record")
-            .fields["city"]
+            .fields[name]
             .clone()
     }
 
@@ -658,6 +693,62 @@ name = "contact"
         assert_eq!(second, vec![Outcome::Updated(id)]);
         assert_eq!(store.count("w", "contact").expect("count"), 1);
         assert_eq!(city(&store, id), Value::Text("Bergen".into()));
+    }
+
+    #[test]
+    fn a_record_created_by_a_rule_carries_its_key_so_the_next_run_updates_it() {
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        // Matched on email, which no mapping writes; the actions are left
+        // to their defaults.
+        let def = step(
+            "[[loads.match]]\nfield = \"email\"\nvariable = \"email\"\n",
+            &field("city", "\"city\"", "overwrite"),
+        );
+        assert_eq!(
+            (
+                def.matching[0].no_match,
+                def.matching[0].single_match,
+                def.matching[0].multiple_match
+            ),
+            (
+                NoMatchAction::CreateNew,
+                SingleMatchAction::UpdateCurrent,
+                MultipleMatchAction::DoNotUpload
+            )
+        );
+        let s = LoadStep::new(def, object(), "w", store.clone(), false).expect("step");
+        let rows = [
+            row(&[("email", Some("a@x.io")), ("city", Some("Oslo"))]),
+            row(&[("email", Some("b@x.io")), ("city", Some("Rome"))]),
+        ];
+        let first = s.load(&rows).expect("load");
+        assert!(first.iter().all(|o| matches!(o, Outcome::Created(_))), "{first:?}");
+        let id = first[0].record().expect("created");
+        assert_eq!(stored(&store, id, "email"), Value::Text("a@x.io".into()));
+        let second = s.load(&rows).expect("load");
+        assert!(second.iter().all(|o| matches!(o, Outcome::Updated(_))), "{second:?}");
+        assert_eq!(store.count("w", "contact").expect("count"), 2);
+    }
+
+    #[test]
+    fn a_record_created_by_a_later_rule_carries_that_rules_key() {
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        // Work e-mail first, private e-mail second, both on `email`.
+        let def = step(
+            "[[loads.match]]\nfield = \"email\"\nvariable = \"first\"\nno_match = \"next_rule\"\n\
+             [[loads.match]]\nfield = \"email\"\nvariable = \"last\"\n",
+            &field("city", "\"city\"", "overwrite"),
+        );
+        let s = LoadStep::new(def, object(), "w", store.clone(), false).expect("step");
+        let rows = [row(&[
+            ("first", None),
+            ("last", Some("p@x.io")),
+            ("city", Some("Oslo")),
+        ])];
+        let first = s.load(&rows).expect("load");
+        let id = first[0].record().expect("created");
+        assert_eq!(stored(&store, id, "email"), Value::Text("p@x.io".into()));
+        assert_eq!(s.load(&rows).expect("load"), vec![Outcome::Updated(id)]);
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub struct Package {
     _unpacked: Option<tempfile::TempDir>,
 }
 
+/// Problems of one of the package's files, named by it.
+fn in_file(file: &str, problems: Vec<Problem>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|p| Problem::new(format!("{file}: {}", p.path), p.message))
+        .collect()
+}
+
 fn problem(path: &str, message: impl Into<String>) -> Error {
     Error::InvalidConnector(vec![Problem::new(path, message)])
 }
@@ -69,15 +77,25 @@ impl Package {
                 _ => Error::io(format!("reading {name}"), e),
             })
         };
-        let connector = Connector::from_toml(&read("connector.toml")?).map_err(|e| match e {
-            Error::InvalidConnector(problems) => Error::InvalidConnector(
-                problems
-                    .into_iter()
-                    .map(|p| Problem::new(format!("connector.toml: {}", p.path), p.message))
-                    .collect(),
-            ),
-            other => other,
-        })?;
+        // Every problem of the connector at once: its own, and those of its
+        // load steps against objects.toml, even when it has unknown keys.
+        let parsed = Connector::parse_toml(&read("connector.toml")?);
+        let objects = match std::fs::read_to_string(dir.join("objects.toml")) {
+            Ok(text) => Some(Objects::from_toml(&text).map_err(|e| match e {
+                Error::InvalidObjects(problems) => Error::InvalidObjects(in_file("objects.toml", problems)),
+                other => other,
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading objects.toml", e)),
+        };
+        let mut problems = parsed.problems;
+        if let (Some(connector), Some(objects)) = (&parsed.document, &objects) {
+            problems.extend(objects.check_loads(connector));
+        }
+        let connector = match parsed.document {
+            Some(connector) if problems.is_empty() => connector,
+            _ => return Err(Error::InvalidConnector(in_file("connector.toml", problems))),
+        };
         let script = match (&connector.sql.text, &connector.sql.file) {
             (Some(text), _) => text.clone(),
             (None, file) => {
@@ -96,31 +114,6 @@ impl Package {
                 serde_json::from_str(&text).map_err(|e| problem("manifest.json", format!("not valid JSON: {e}")))?,
             ),
             Err(_) => None,
-        };
-        let objects = match std::fs::read_to_string(dir.join("objects.toml")) {
-            Ok(text) => {
-                let objects = Objects::from_toml(&text).map_err(|e| match e {
-                    Error::InvalidObjects(problems) => Error::InvalidObjects(
-                        problems
-                            .into_iter()
-                            .map(|p| Problem::new(format!("objects.toml: {}", p.path), p.message))
-                            .collect(),
-                    ),
-                    other => other,
-                })?;
-                let problems = objects.check_loads(&connector);
-                if !problems.is_empty() {
-                    return Err(Error::InvalidConnector(
-                        problems
-                            .into_iter()
-                            .map(|p| Problem::new(format!("connector.toml: {}", p.path), p.message))
-                            .collect(),
-                    ));
-                }
-                Some(objects)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("reading objects.toml", e)),
         };
         let data_file = data_file(&dir)?;
         Ok(Self {

@@ -4,8 +4,8 @@
 //! [`RejectedWriter`] streams every row that did not make it (invalid at
 //! intake, rejected by a transform, invalid variables, not loaded) to
 //! `rejected.csv` as the run goes. [`ReportBuilder`] collects, per scope or
-//! input table, a bounded number of rows with their status, errors and
-//! warnings, and writes `report.xlsx` at the end with a summary sheet drawn
+//! input table, a bounded number of rows with their status and errors,
+//! and writes `report.xlsx` at the end with a summary sheet drawn
 //! from the [`Execution`] document.
 //!
 //! This module only presents: it must not decide whether a row is valid,
@@ -41,7 +41,7 @@ const MAX_ROW: usize = 1_048_575;
 const MAX_COLUMNS: usize = 16_384;
 
 /// The columns every row sheet starts with, before the data columns.
-const ROW_SHEET_COLUMNS: [&str; 4] = ["row", "status", "errors", "warnings"];
+const ROW_SHEET_COLUMNS: [&str; 3] = ["row", "status", "errors"];
 
 /// The columns of the summary's table of stages; the count columns match
 /// [`stage_items`].
@@ -212,7 +212,6 @@ struct ReportRow {
     row: u64,
     status: String,
     errors: String,
-    warnings: String,
     values: Vec<Option<String>>,
 }
 
@@ -340,36 +339,21 @@ impl ReportBuilder {
     }
 
     /// Adds one row to sheet `name` with its status (`invalid`, `rejected`,
-    /// `skipped`, `failed` or `ok`), errors, warnings, and values aligned
+    /// `skipped`, `failed` or `ok`), errors, and values aligned
     /// with the sheet's columns. Its `row` number is its position among the
     /// rows added to the sheet (1-based), which is the row number within the
     /// scope when every row of the scope is added; use
     /// [`ReportBuilder::add_row_at`] otherwise. An undeclared sheet is
     /// declared on the way; values beyond the declared columns get columns
     /// named `_5`, `_6`, … by position.
-    pub fn add_row(
-        &mut self,
-        name: &str,
-        status: &str,
-        errors: &[String],
-        warnings: &[String],
-        values: Vec<Option<String>>,
-    ) {
-        self.push_row(name, None, status, errors, warnings, values);
+    pub fn add_row(&mut self, name: &str, status: &str, errors: &[String], values: Vec<Option<String>>) {
+        self.push_row(name, None, status, errors, values);
     }
 
     /// Like [`ReportBuilder::add_row`], with the row number to show (1-based,
     /// within the scope or table).
-    pub fn add_row_at(
-        &mut self,
-        name: &str,
-        row: u64,
-        status: &str,
-        errors: &[String],
-        warnings: &[String],
-        values: Vec<Option<String>>,
-    ) {
-        self.push_row(name, Some(row), status, errors, warnings, values);
+    pub fn add_row_at(&mut self, name: &str, row: u64, status: &str, errors: &[String], values: Vec<Option<String>>) {
+        self.push_row(name, Some(row), status, errors, values);
     }
 
     /// Adds a [`RejectedRow`] to the sheet named by its `source` (declaring
@@ -387,7 +371,7 @@ impl ReportBuilder {
             }
             values[column] = value.clone();
         }
-        self.push_row(&row.source, Some(row.row), row.status(), &row.reasons, &[], values);
+        self.push_row(&row.source, Some(row.row), row.status(), &row.reasons, values);
     }
 
     /// The index of sheet `name`, declaring it without columns if new.
@@ -399,15 +383,7 @@ impl ReportBuilder {
         self.sheets.len() - 1
     }
 
-    fn push_row(
-        &mut self,
-        name: &str,
-        row: Option<u64>,
-        status: &str,
-        errors: &[String],
-        warnings: &[String],
-        values: Vec<Option<String>>,
-    ) {
+    fn push_row(&mut self, name: &str, row: Option<u64>, status: &str, errors: &[String], values: Vec<Option<String>>) {
         let i = self.sheet(name);
         let max_rows = self.max_rows;
         let sheet = &mut self.sheets[i];
@@ -420,7 +396,6 @@ impl ReportBuilder {
             row: row.unwrap_or(sheet.added),
             status: status.to_string(),
             errors: errors.join("; "),
-            warnings: warnings.join("; "),
             values,
         };
         sheet.push(max_rows, row);
@@ -430,7 +405,7 @@ impl ReportBuilder {
     /// `Summary` sheet (the execution, its error if any, every stage's counts
     /// from `exec.step_progress`, and every row sheet with how many of its
     /// rows are not shown), then one sheet per declared sheet with columns
-    /// `row`, `status`, `errors`, `warnings` and the data columns; header row
+    /// `row`, `status`, `errors` and the data columns; header row
     /// bold and frozen, with an autofilter. Sheet names are made valid for
     /// Excel (at most 31 characters, none of `[]:*?/\`, unique regardless of
     /// case).
@@ -682,7 +657,6 @@ fn write_row_sheet(ws: &mut Worksheet, sheet: &SheetRows, bold: &Format) -> Resu
         ws.write_number(r, 0, report_row.row as f64)?;
         write_text(ws, r, 1, &report_row.status)?;
         write_text(ws, r, 2, &report_row.errors)?;
-        write_text(ws, r, 3, &report_row.warnings)?;
         for (col, value) in (ROW_SHEET_COLUMNS.len()..).zip(report_row.values.iter().take(data_columns)) {
             if let (Some(value), Ok(col)) = (value, ColNum::try_from(col)) {
                 write_value(ws, r, col, value)?;
@@ -1009,7 +983,6 @@ mod tests {
             "contacts",
             "ok",
             &[],
-            &[],
             vec![
                 Some("Ann".into()),
                 Some("ann@example.com".into()),
@@ -1031,13 +1004,7 @@ mod tests {
             ]),
         });
         // The sheet is full: an ok row is left out...
-        report.add_row(
-            "contacts",
-            "ok",
-            &[],
-            &["name: trimmed".into()],
-            vec![Some("Cy".into())],
-        );
+        report.add_row("contacts", "ok", &[], vec![Some("Cy".into())]);
         // ...and a problem row takes the place of the kept ok row.
         report.add_rejected(&RejectedRow {
             stage: Stage::Variables,
@@ -1125,7 +1092,12 @@ mod tests {
         let header: Vec<Data> = (0..8).map(|c| cell(&contacts, 0, c)).collect();
         assert_eq!(
             header,
-            ["row", "status", "errors", "warnings", "name", "email", "zip", "age"].map(text)
+            ["row", "status", "errors", "name", "email", "zip", "age"]
+                .map(text)
+                .into_iter()
+                .chain([Data::Empty])
+                .collect::<Vec<_>>(),
+            "no column after the data's"
         );
         // Rows 2 and 4 are kept (both invalid); the ok rows 1 and 3 are not.
         let bob: Vec<Data> = (0..8).map(|c| cell(&contacts, 1, c)).collect();
@@ -1135,11 +1107,11 @@ mod tests {
                 Data::Float(2.0),
                 text("invalid"),
                 text("email: `x` is not a valid e-mail address"),
-                Data::Empty,
                 text("Bob"),
                 text("x"),
                 text("01234"),
                 Data::Float(7.0),
+                Data::Empty,
             ]
         );
         let dee: Vec<Data> = (0..8).map(|c| cell(&contacts, 2, c)).collect();
@@ -1149,19 +1121,19 @@ mod tests {
                 Data::Float(4.0),
                 text("invalid"),
                 text("age: `abc` is not a number"),
-                Data::Empty,
                 text("Dee"),
                 Data::Empty,
                 Data::Empty,
                 text("abc"),
+                Data::Empty,
             ]
         );
         assert_eq!(cell(&contacts, 3, 0), Data::Empty);
 
         let raw = workbook.worksheet_range("Contacts 2024_ _raw_")?;
-        assert_eq!(cell(&raw, 0, 4), text("a"));
+        assert_eq!(cell(&raw, 0, 3), text("a"));
         assert_eq!(cell(&raw, 1, 0), Data::Float(5.0));
-        assert_eq!(cell(&raw, 1, 4), Data::Float(1.0));
+        assert_eq!(cell(&raw, 1, 3), Data::Float(1.0));
 
         let summary = workbook.worksheet_range("Summary")?;
         assert_eq!(

@@ -646,6 +646,12 @@ pub fn records_read(ctx: &SessionContext, script: &Script) -> Result<Vec<String>
     Ok(objects)
 }
 
+/// The objects a script names as `records.<object>`, outside a run (what
+/// an edit makes a connector read).
+pub fn records_named(script: &Script) -> Result<Vec<String>> {
+    records_read(&SessionContext::new(), script)
+}
+
 /// Registers `records.<object>`: a snapshot of an object's records taken
 /// when the run starts, so a script can join new input against them.
 pub fn register_records(ctx: &SessionContext, object: &str, batch: RecordBatch) -> Result<()> {

@@ -69,6 +69,44 @@ impl Value {
         key(self.as_sql())
     }
 
+    /// The value in JSON, as the API shows it: dates as `YYYY-MM-DD`,
+    /// points in time as RFC 3339 in UTC.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match self {
+            Value::Null => Json::Null,
+            Value::Text(s) => Json::String(s.clone()),
+            Value::Number(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Date(days) => chrono::NaiveDate::from_num_days_from_ce_opt(days + DAYS_BEFORE_EPOCH)
+                .map_or(Json::Null, |d| Json::String(d.to_string())),
+            Value::Datetime(us) => chrono::DateTime::from_timestamp_micros(*us).map_or(Json::Null, |t| {
+                Json::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }),
+        }
+    }
+
+    /// A value of a field of type `kind` from its JSON form (the one
+    /// [`Value::to_json`] gives); `None` when it is not one.
+    pub fn from_json(kind: FieldType, json: &serde_json::Value) -> Option<Value> {
+        use chrono::Datelike;
+        use serde_json::Value as Json;
+        match (kind, json) {
+            (_, Json::Null) => Some(Value::Null),
+            (FieldType::Number, Json::Number(n)) => n.as_f64().map(Value::Number),
+            (FieldType::Boolean, Json::Bool(b)) => Some(Value::Bool(*b)),
+            (FieldType::Date, Json::String(s)) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .map(|d| Value::Date(d.num_days_from_ce() - DAYS_BEFORE_EPOCH)),
+            (FieldType::Datetime, Json::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| Value::Datetime(t.timestamp_micros())),
+            (FieldType::Number | FieldType::Boolean | FieldType::Date | FieldType::Datetime, _) => None,
+            (_, Json::String(s)) => Some(Value::Text(s.clone())),
+            _ => None,
+        }
+    }
+
     /// The value as SQLite stores it.
     fn as_sql(&self) -> ValueRef<'_> {
         match self {
@@ -96,6 +134,9 @@ impl Value {
         }
     }
 }
+
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
+const DAYS_BEFORE_EPOCH: i32 = 719_163;
 
 /// A key that compares the way SQLite compares stored values: numbers by
 /// value whether stored as integer or real, text exactly.

@@ -85,7 +85,9 @@ async fn the_report_has_a_summary_and_a_sheet_per_scope() {
         .next()
         .map(|r| r.iter().map(|c| c.to_string()).collect())
         .unwrap_or_default();
-    assert_eq!(&header[..4], &["row", "status", "errors", "warnings"]);
+    // No column that would always be empty.
+    assert_eq!(&header[..3], &["row", "status", "errors"]);
+    assert!(!header.iter().any(|h| h == "warnings"), "{header:?}");
     assert_eq!(sheet.height(), 4, "header + 3 invalid rows");
     let summary = wb.worksheet_range("Summary").unwrap_or_else(|e| panic!("{e}"));
     let text: Vec<String> = summary.rows().flat_map(|r| r.iter().map(|c| c.to_string())).collect();
