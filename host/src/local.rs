@@ -16,6 +16,7 @@ use weir_engine::package::Package;
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::snapshot;
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginDir, Plugins};
 
@@ -169,17 +170,31 @@ impl RunLog for StderrLog {
     }
 }
 
-/// The local record store, when the connector has load steps: the
-/// package's objects.toml and a SQLite file (`--db`, default under `--out`).
+/// The local record store, when the package has objects (`objects.toml`):
+/// a SQLite file (`--db`, default under `--out`) holding them, so that a
+/// script reads `records.<object>` as a server run does, with or without
+/// load steps. The package's records snapshot (`records/`, see
+/// [`weir_engine::snapshot`]) is imported into it while it holds none of an
+/// object's records, in a dry run too (which writes no records of its own).
 fn records(package: &Package, args: &RunArgs) -> weir_engine::Result<Option<Records>> {
-    if package.connector.loads.is_empty() {
-        return Ok(None);
-    }
     let Some(objects) = package.objects.clone() else {
         return Ok(None);
     };
     let db = args.db.clone().unwrap_or_else(|| args.out.join("records.db"));
-    let store: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&db)?);
+    let store = SqliteStore::open(&db)?;
+    for (object, done) in snapshot::import(&package.dir, &store, LOCAL_WORKSPACE, &objects)? {
+        match done {
+            snapshot::Imported::Records(n) => {
+                eprintln!("records: {n} `{object}` records from the package's snapshot");
+            }
+            snapshot::Imported::StoreNotEmpty => {
+                eprintln!(
+                    "records: the store already holds `{object}` records; the package's snapshot is not imported"
+                );
+            }
+        }
+    }
+    let store: Arc<dyn RecordStore> = Arc::new(store);
     Ok(Some(Records {
         store,
         workspace: LOCAL_WORKSPACE.into(),

@@ -80,6 +80,8 @@ pub struct Job {
     pub plugins: BTreeMap<String, Result<PathBuf, String>>,
     /// The compiled-plugin cache shared with other workers.
     pub plugin_cache: Option<PathBuf>,
+    /// The linear memory one plugin instance may grow to, in bytes.
+    pub plugin_memory: u64,
     /// CPU seconds the worker may use.
     pub cpu_seconds: u64,
 }
@@ -243,6 +245,7 @@ async fn run_job(job: Job, cancel: CancellationToken, reporter: Reporter) -> any
     } else {
         Some(Arc::new(PluginRuntime::new(PluginSettings {
             cache_dir: job.plugin_cache.clone(),
+            memory_limit: job.plugin_memory,
             ..PluginSettings::default()
         })?))
     };
@@ -662,6 +665,7 @@ mod tests {
             records: None,
             plugins: BTreeMap::new(),
             plugin_cache: None,
+            plugin_memory: PluginSettings::default().memory_limit,
             cpu_seconds: 10,
         }
     }

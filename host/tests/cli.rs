@@ -34,6 +34,15 @@ fn json(o: &Output) -> serde_json::Value {
 }
 
 #[test]
+fn help_says_what_weir_does_today() {
+    let o = weir(&["--help"]);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("weir serve") && text.contains("weir run"), "{text}");
+    assert!(!text.contains("later"), "{text}");
+}
+
+#[test]
 fn the_contacts_example_runs_with_a_summary() {
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let o = weir(&[
@@ -325,6 +334,100 @@ name = "contact"
     assert_eq!(
         std::fs::read_to_string(out.path().join("output/known.csv")).unwrap_or_else(|e| panic!("{e}")),
         "known\n3\n"
+    );
+}
+
+const AIRPORTS: &str = r#"[[objects]]
+name = "airport"
+  [[objects.fields]]
+  name = "iata"
+  type = "text"
+  unique = true
+"#;
+
+#[test]
+fn a_rule_that_creates_carries_its_key_and_a_run_without_loads_reads_the_records() {
+    let dir = connector_dir(
+        "CREATE VIEW output.airports AS SELECT * FROM input.data",
+        Some(("airports.csv", b"iata,city\nOSL,Oslo\nBGO,Bergen\n")),
+    );
+    // Matched on iata, which no mapping writes, with the rule's actions
+    // left to their defaults.
+    let toml = "api_name = \"airports\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n\
+        [[variables]]\nname = \"iata\"\nscope = \"airports\"\ncolumn = \"iata\"\ntype = \"string\"\n\
+        [[variables]]\nname = \"city\"\nscope = \"airports\"\ncolumn = \"city\"\ntype = \"string\"\n\
+        [[loads]]\norder = 1\nscope = \"airports\"\nobject = \"airport\"\n\
+        [[loads.match]]\nfield = \"iata\"\nvariable = \"iata\"\n\
+        [[loads.fields]]\nfield = \"name\"\nvariables = [\"city\"]\n";
+    std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("objects.toml"), AIRPORTS).unwrap_or_else(|e| panic!("{e}"));
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = out.path().join("store.db");
+    let run = || {
+        let o = weir(&[
+            "run",
+            &dir.path().to_string_lossy(),
+            "--out",
+            &out.path().to_string_lossy(),
+            "--db",
+            &db.to_string_lossy(),
+            "--json",
+        ]);
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        json(&o)
+    };
+    let step = |doc: &serde_json::Value| {
+        let s = &doc["step_progress"][4]["steps"][0];
+        (s["created"].as_u64(), s["updated"].as_u64())
+    };
+    assert_eq!(step(&run()), (Some(2), Some(0)));
+    // The second run finds the records by the key they were created with.
+    assert_eq!(step(&run()), (Some(0), Some(2)));
+
+    // A connector without load steps reads the store's records of the
+    // package's objects.
+    std::fs::write(
+        dir.path().join("connector.toml"),
+        "api_name = \"report\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("script.sql"),
+        "CREATE VIEW output.known AS SELECT iata, name FROM records.airport ORDER BY iata",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let report = run();
+    assert_eq!(report["status"], "success", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("output/known.csv")).unwrap_or_else(|e| panic!("{e}")),
+        "iata,name\nBGO,Bergen\nOSL,Oslo\n"
+    );
+}
+
+#[test]
+fn every_problem_of_a_package_is_reported_at_once() {
+    let dir = connector_dir(
+        "CREATE VIEW output.a AS SELECT * FROM input.data",
+        Some(("a.csv", b"iata\nOSL\n")),
+    );
+    let toml = "api_name = \"t\"\ntype = \"spreadsheet\"\nbogus_key = 1\n[sql]\nfile = \"script.sql\"\n\
+        [[variables]]\nname = \"iata\"\nscope = \"a\"\ncolumn = \"iata\"\ntype = \"string\"\n\
+        [[loads]]\norder = 1\nscope = \"a\"\nobject = \"airprot\"\n\
+        [[loads.fields]]\nfield = \"iata\"\nvariables = [\"iata\"]\n";
+    std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("objects.toml"), AIRPORTS).unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&["run", &dir.path().to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("connector.toml: bogus_key: unknown key"), "{err}");
+    assert!(
+        err.contains("connector.toml: loads[0].object: there is no object `airprot`"),
+        "{err}"
     );
 }
 

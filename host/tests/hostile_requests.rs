@@ -184,15 +184,7 @@ async fn a_key_limited_to_connectors_reaches_no_further() {
     importer(&base).await;
     let (_, people) = call(&base, Method::GET, "/connectors/people", None).await;
     let people_id = people["id"].as_str().unwrap_or_default().to_string();
-    let (s, b) = call(
-        &base,
-        Method::POST,
-        "/keys",
-        Some(json!({"name": "people admin", "role": "admin", "connectors": ["people"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let limited = b["secret"].as_str().unwrap_or_default().to_string();
+    let limited = people_admin(&base).await;
 
     // Keys reaching further than its own, in any spelling, are refused.
     for connectors in [json!(null), json!([]), json!(["people", "other"])] {
@@ -247,7 +239,7 @@ async fn a_key_limited_to_connectors_reaches_no_further() {
     .await;
     assert_eq!(s, 202, "{b}");
     let (s, b) = call(&base, Method::GET, "/keys", None).await;
-    assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(3)), "{b}");
+    assert_eq!((s, b["data"].as_array().map(Vec::len)), (200, Some(3)), "{b}");
 
     // Its connector's package may be pushed back, but not make the
     // connector anew once it is gone.
@@ -277,6 +269,117 @@ async fn a_key_limited_to_connectors_reaches_no_further() {
     assert_eq!(push(&limited).await, 403);
     let (s, _) = call(&base, Method::GET, "/connectors/people", None).await;
     assert_eq!(s, 404, "a refused push made nothing");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_key_reads_only_what_its_connectors_use() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = serve(&dir.path().join("data"), &[]);
+    let base = server.base.clone();
+    importer(&base).await;
+    // Beside `people` and its `contact`: an object and a file it does not use.
+    let (s, b) = call(
+        &base,
+        Method::POST,
+        "/objects",
+        Some(json!({"name": "salary", "fields": [{"name": "amount", "type": "number"}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (_, secret_file) = post_bytes_as(&base, ADMIN, "/files?filename=pay.csv", "text/csv", "amount\n100\n").await;
+    let secret_file = secret_file["id"].as_str().unwrap_or_default().to_string();
+    let (_, people) = call(&base, Method::GET, "/connectors/people", None).await;
+    let sample = people["sample_file_id"].as_str().unwrap_or_default().to_string();
+    let limited = people_admin(&base).await;
+
+    let (s, b) = call_as(&base, &limited, Method::GET, "/objects", None).await;
+    let names: Vec<&str> = b["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|o| o["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!((s, names), (200, vec!["contact"]), "{b}");
+    for path in ["/objects/salary", "/objects/salary/records"] {
+        let (s, b) = call_as(&base, &limited, Method::GET, path, None).await;
+        assert_eq!(s, 403, "{path}: {b}");
+    }
+    let (s, b) = call_as(&base, &limited, Method::GET, "/objects/contact/records", None).await;
+    assert_eq!(s, 200, "{b}");
+
+    // Files: its connector's sample and what it uploads, not the others'.
+    let download = async |id: &str| {
+        reqwest::Client::new()
+            .get(format!("{base}/files/{id}/download"))
+            .bearer_auth(&limited)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .status()
+            .as_u16()
+    };
+    assert_eq!(download(&sample).await, 200);
+    assert_eq!(download(&secret_file).await, 404);
+    let (s, mine) = post_bytes_as(&base, &limited, "/files?filename=mine.csv", "text/csv", "email,city\n").await;
+    assert_eq!(s, 201, "{mine}");
+    assert_eq!(download(mine["id"].as_str().unwrap_or_default()).await, 200);
+    // Nor can it make another's file its connector's sample, or a run's input.
+    let (s, b) = call_as(
+        &base,
+        &limited,
+        Method::PATCH,
+        "/connectors/people",
+        Some(json!({"sample_file_id": secret_file})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = call_as(
+        &base,
+        &limited,
+        Method::POST,
+        "/connectors/people/runs",
+        Some(json!({"source_file_id": secret_file})),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("unknown_file")), "{b}");
+    // The file it sends with a run is one it reaches.
+    let (s, run) = post_bytes_as(
+        &base,
+        &limited,
+        "/connectors/people/runs?filename=run.csv",
+        "text/csv",
+        "email,city\nr@x.io,Oslo\n",
+    )
+    .await;
+    assert_eq!(s, 202, "{run}");
+    assert_eq!(download(run["source_file_id"].as_str().unwrap_or_default()).await, 200);
+    // Nor can it make its connector read or load an object it does not
+    // reach, through SQL or a load step; nothing of the edit is kept.
+    let (_, before) = call(&base, Method::GET, "/connectors/people/sql", None).await;
+    let (s, b) = call_as(
+        &base,
+        &limited,
+        Method::PUT,
+        "/connectors/people/sql/draft",
+        Some(json!({"text": "CREATE VIEW output.people AS SELECT amount FROM records.salary"})),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "{b}");
+    let (_, after) = call(&base, Method::GET, "/connectors/people/sql", None).await;
+    assert_eq!(before, after, "a refused draft is not saved");
+    let loads = json!([{"order": 1, "scope": "people", "object": "salary",
+                        "fields": [{"field": "amount", "variables": ["city"]}]}]);
+    let (s, b) = call_as(
+        &base,
+        &limited,
+        Method::PATCH,
+        "/connectors/people",
+        Some(json!({"loads": loads})),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "{b}");
+    // The whole workspace's admin reaches it all.
+    let (s, b) = call(&base, Method::GET, "/objects/salary/records", None).await;
+    assert_eq!(s, 200, "{b}");
     server.stop();
 }
 
@@ -460,4 +563,17 @@ async fn metrics_are_for_the_operator_only() {
     assert_eq!(status(token).await, 200);
     assert_eq!(status(ADMIN).await, 200);
     server.stop();
+}
+
+/// An admin key limited to the `people` connector.
+async fn people_admin(base: &str) -> String {
+    let (s, b) = call(
+        base,
+        Method::POST,
+        "/keys",
+        Some(json!({"name": "people admin", "role": "admin", "connectors": ["people"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    b["secret"].as_str().unwrap_or_default().to_string()
 }

@@ -345,6 +345,7 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/objects/{object}/records/{id}"),
         ("post", "/api/v1/files"),
         ("get", "/api/v1/files/{id}/download"),
+        ("delete", "/api/v1/files/{id}"),
         ("post", "/api/v1/plugins"),
         ("get", "/api/v1/plugins"),
         ("get", "/api/v1/connectors"),
@@ -360,6 +361,7 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("post", "/api/v1/connectors/{connector}/runs"),
         ("get", "/api/v1/connectors/{connector}/executions"),
         ("get", "/api/v1/executions/{id}"),
+        ("delete", "/api/v1/executions/{id}"),
         ("get", "/api/v1/executions/{id}/logs"),
         ("post", "/api/v1/executions/{id}/cancel"),
         ("get", "/api/v1/executions/{id}/input"),
@@ -426,6 +428,16 @@ async fn roles_limit_what_a_key_can_do() {
         .upload("/connectors/contacts_import/runs", &viewer, "c.csv", CONTACTS_CSV)
         .await;
     assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    // A webhook starts an execution: a viewer may not post one, where a
+    // webhook key gets as far as the connector (not a webhook connector).
+    let a = s
+        .post("/connectors/contacts_import/webhook", &viewer, json!({"a": 1}))
+        .await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+    let a = s
+        .post("/connectors/contacts_import/webhook", &webhook, json!({"a": 1}))
+        .await;
+    assert_problem(&a, StatusCode::CONFLICT, "wrong_connector_type");
     // Operators trigger but do not manage keys or connectors.
     let a = s
         .upload("/connectors/contacts_import/runs", &operator, "c.csv", CONTACTS_CSV)
@@ -455,6 +467,25 @@ async fn roles_limit_what_a_key_can_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_key_pages_through_its_own_connectors() {
+    let s = start().await;
+    for name in ["oldest", "middle", "newest"] {
+        let c = s
+            .post("/connectors", ADMIN, json!({"api_name": name, "type": "spreadsheet"}))
+            .await;
+        assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    }
+    // Limited to the oldest, which two newer ones come before.
+    let limited = s.key("default", Role::Viewer, Some(vec!["oldest".into()]));
+    let page = s.get("/connectors?limit=1", &limited).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body["data"][0]["api_name"], "oldest", "{}", page.body);
+    assert_eq!(page.body["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page.body["next_cursor"], Value::Null, "{}", page.body);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_shown_once_listed_without_secrets_and_revoked_at_once() {
     let s = start().await;
     let created = s.post("/keys", ADMIN, json!({"name": "ci", "role": "operator"})).await;
@@ -469,8 +500,7 @@ async fn keys_are_shown_once_listed_without_secrets_and_revoked_at_once() {
         "a listing never shows a secret"
     );
     assert!(
-        listed
-            .body
+        listed.body["data"]
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k["id"] == id.as_str()))
     );
@@ -547,7 +577,7 @@ async fn no_route_reaches_another_workspaces_resources() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let key = s.get("/keys", ADMIN).await.body[0]["id"]
+    let key = s.get("/keys", ADMIN).await.body["data"][0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -617,7 +647,7 @@ async fn no_route_reaches_another_workspaces_resources() {
         s.get(&format!("/objects/contact/records/{record}"), ADMIN).await.status,
         StatusCode::OK
     );
-    assert_eq!(s.get("/keys", ADMIN).await.body[0]["id"], json!(key));
+    assert_eq!(s.get("/keys", ADMIN).await.body["data"][0]["id"], json!(key));
     s.stop().await;
 }
 
@@ -755,7 +785,10 @@ async fn objects_are_validated_with_paths_and_only_grow() {
         )
         .await;
     assert_problem(&retyped, StatusCode::UNPROCESSABLE_ENTITY, "invalid_object");
-    assert_eq!(s.get("/objects", ADMIN).await.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        s.get("/objects", ADMIN).await.body["data"].as_array().map(Vec::len),
+        Some(1)
+    );
     s.stop().await;
 }
 
@@ -808,6 +841,38 @@ async fn connectors_are_validated_addressed_by_id_or_name_and_patched() {
     assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
     let text = bad.body["errors"].to_string();
     assert!(text.contains("colour"), "unknown keys are named: {text}");
+    assert!(
+        text.contains("there is no object `nope`"),
+        "an unknown key hides no other problem: {text}"
+    );
+    // A matching rule's actions have defaults, in the engine and in the
+    // API's schema alike.
+    let o = s
+        .post("/objects", ADMIN, serde_json::from_str(CONTACT).unwrap_or(Value::Null))
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    let mut doc = importer("setup");
+    doc["api_name"] = json!("defaults");
+    doc["loads"][0]["match"] = json!([{"field": "email", "variable": "email"}]);
+    let created = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["loads"][0]["match"][0],
+        json!({"field": "email", "variable": "email", "no_match": "create_new",
+               "single_match": "update_current", "multiple_match": "do_not_upload"})
+    );
+    let api = s.send(Method::GET, "/openapi.json", None, None).await.body;
+    let rule = &api["components"]["schemas"]["MatchRule"];
+    assert_eq!(rule["required"], json!(["field", "variable"]), "{rule}");
+    assert_eq!(
+        [
+            &rule["properties"]["no_match"]["default"],
+            &rule["properties"]["single_match"]["default"],
+            &rule["properties"]["multiple_match"]["default"]
+        ],
+        [&json!("create_new"), &json!("update_current"), &json!("do_not_upload")],
+        "{rule}"
+    );
     let operational = s
         .post(
             "/connectors",
@@ -876,7 +941,8 @@ async fn connectors_are_validated_addressed_by_id_or_name_and_patched() {
     assert_eq!(page1.body["data"][0]["api_name"], "c2", "newest first");
     let cursor = page1.body["next_cursor"].as_str().unwrap_or_default().to_string();
     let page2 = s.get(&format!("/connectors?limit=3&cursor={cursor}"), ADMIN).await;
-    assert_eq!(page2.body["data"].as_array().map(Vec::len), Some(1));
+    // `orders` and `defaults`, made before the three.
+    assert_eq!(page2.body["data"].as_array().map(Vec::len), Some(2), "{}", page2.body);
     assert_eq!(page2.body["next_cursor"], Value::Null);
     assert_problem(
         &s.get("/connectors?limit=501", ADMIN).await,
@@ -1023,7 +1089,21 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     assert_eq!(published.body["live"]["text"], good);
     assert_eq!(published.body["draft"]["version"], 2);
     let versions = s.get("/connectors/orders/sql/versions", ADMIN).await;
-    assert_eq!(versions.body.as_array().map(Vec::len), Some(2));
+    assert_eq!(versions.body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(versions.body["data"][0]["version"], 2, "newest first");
+    // Lists are pages everywhere: one at a time, then the cursor.
+    let first = s.get("/connectors/orders/sql/versions?limit=1", ADMIN).await;
+    assert_eq!(first.body["data"][0]["version"], 2, "{}", first.body);
+    let cursor = first.body["next_cursor"].as_str().unwrap_or_default().to_string();
+    assert!(!cursor.is_empty(), "{}", first.body);
+    let second = s
+        .get(
+            &format!("/connectors/orders/sql/versions?limit=1&cursor={cursor}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(second.body["data"][0]["version"], 1, "{}", second.body);
+    assert_eq!(second.body["next_cursor"], Value::Null, "{}", second.body);
     let v1 = s.get("/connectors/orders/sql/versions/1", ADMIN).await;
     assert_eq!(v1.body["text"], good);
     assert_problem(
@@ -1446,9 +1526,6 @@ impl Server {
             .post(format!("{}/plugins?name={name}&version={version}", self.base))
             .bearer_auth(key)
             .header("content-type", "application/wasm")
-            // A refused publish is answered before its body is read, and
-            // the server then closes the connection; never pool it.
-            .header("connection", "close")
             .body(bytes.to_vec());
         answer(request.send().await.unwrap_or_else(|e| panic!("publish: {e}"))).await
     }
@@ -1483,15 +1560,14 @@ async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() 
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
     let list = s.get("/plugins", &operator).await;
     assert_eq!(list.status, StatusCode::OK);
-    let names: Vec<&str> = list
-        .body
+    let names: Vec<&str> = list.body["data"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p["reference"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(names, vec!["identity@0.1.0"]);
     let elsewhere = s.key("other", Role::Admin, None);
     let theirs = s.get("/plugins", &elsewhere).await;
-    assert_eq!(theirs.body, json!([]));
+    assert_eq!(theirs.body, json!({"data": [], "next_cursor": null}));
     s.stop().await;
 }
 
@@ -1555,6 +1631,120 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
     let done = s.wait_end(&id).await;
     assert_ne!(done["status"], "failed", "{done}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_caps_bound_connector_limits_plugins_and_outputs() {
+    let s = start_with(|c| {
+        c.connector_max_memory = "1GiB".into();
+        c.connector_max_rows = 1000;
+        c.plugin_memory = "64MiB".into();
+        c.output_row_cap = Some(1);
+    })
+    .await;
+    // A connector asking for more than the server allows is refused, every
+    // limit named.
+    let greedy = json!({"api_name": "greedy", "type": "spreadsheet",
+                        "limits": {"max_memory": "4GiB", "max_rows": 5000}});
+    let refused = s.post("/connectors", ADMIN, greedy).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    let text = refused.body["errors"].to_string();
+    assert!(text.contains("limits.max_memory") && text.contains("1.0 GiB"), "{text}");
+    assert!(text.contains("limits.max_rows") && text.contains("1000"), "{text}");
+
+    // Every row is loaded; the output CSV keeps output_row_cap of them.
+    operational_importer_with(&s, |doc| doc["limits"] = json!({"max_memory": "512MiB"})).await;
+    let run = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "c.csv", CONTACTS_CSV)
+        .await;
+    let done = s.wait_end(run.body["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(done["step_progress"][4]["steps"][0]["created"], 2, "{done}");
+    let id = done["id"].as_str().unwrap_or_default();
+    let outputs = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(outputs.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut csv = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("output/people.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut csv,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(csv.lines().count(), 2, "a header and one row: {csv}");
+
+    // A plugin instance has the server's plugin_memory.
+    let p = s
+        .publish_plugin(ADMIN, "hostile", "0.1.0", &plugin_bytes("hostile"))
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    let hoarding = json!({
+        "api_name": "hoarding", "type": "spreadsheet", "status": "setup",
+        "sql": {"text": "CREATE VIEW output.people AS SELECT * FROM input.data"},
+        "transforms": [{"scope": "people", "plugin": "hostile@0.1.0", "config": {"mode": "memory"}}],
+    });
+    live_without_dry_run(&s, hoarding, "operational").await;
+    let run = s.upload("/connectors/hoarding/runs", ADMIN, "x.csv", b"a\n1\n").await;
+    let done = s.wait_end(run.body["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(done["error"]["code"], "plugin_trap", "{done}");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("64.0 MiB"),
+        "{done}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_that_breaks_the_live_scripts_output_is_refused() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let broken = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"variables": [
+                {"name": "email", "scope": "people", "column": "mail", "type": "email", "required": true},
+                {"name": "city", "scope": "people", "column": "city", "type": "string"}]})),
+        )
+        .await;
+    assert_problem(&broken, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    assert_eq!(
+        broken.body["errors"][0]["path"], "variables[0].column",
+        "{}",
+        broken.body
+    );
+    let elsewhere = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"loads": [{"order": 1, "scope": "persons", "object": "contact",
+                                   "match": [{"field": "email", "variable": "email"}],
+                                   "fields": [{"field": "city", "variables": ["city"]}]}]})),
+        )
+        .await;
+    assert_problem(&elsewhere, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
+    assert!(
+        elsewhere.body["errors"].to_string().contains("persons"),
+        "{}",
+        elsewhere.body
+    );
+    // Nothing changed, and an edit that fits is taken.
+    let now = s.get("/connectors/contacts_import", ADMIN).await;
+    assert_eq!(now.body["variables"][0]["column"], "email");
+    let fits = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"variables": [
+                {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
+                {"name": "city", "scope": "people", "column": "city", "type": "string", "required": true}]})),
+        )
+        .await;
+    assert_eq!(fits.status, StatusCode::OK, "{}", fits.body);
     s.stop().await;
 }
 
@@ -2182,6 +2372,115 @@ fn workbook_cells(path: &std::path::Path) -> Vec<(String, Vec<Vec<String>>)> {
     out
 }
 
+/// Unzips `bytes` into `dir` and runs it there with `weir run`, returning
+/// the execution document.
+fn run_package(bytes: &[u8], dir: &std::path::Path) -> Value {
+    let zip_path = dir.join("package.zip");
+    std::fs::write(&zip_path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            &zip_path.to_string_lossy(),
+            "--out",
+            &dir.join("out").to_string_lossy(),
+            "--json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&local.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&local.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_package_with_records_counts_what_the_server_counts() {
+    let s = start_with(|c| c.package_records_max = "4KiB".into()).await;
+    operational_importer(&s).await;
+    let csv = b"Email,City\nada@example.com,London\ngrace@example.com,Arlington\n";
+    let first = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "june.csv", csv)
+        .await;
+    let first = s.wait_end(first.body["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(first["status"], "success", "{first}");
+    // The same file again updates what the first run created.
+    let again = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "june.csv", csv)
+        .await;
+    let again = s.wait_end(again.body["id"].as_str().unwrap_or_default()).await;
+    let load = |doc: &Value| doc["step_progress"][4]["steps"][0].clone();
+    assert_eq!(
+        (load(&again)["created"].as_u64(), load(&again)["updated"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let source = again["source_file_id"].as_str().unwrap_or_default().to_string();
+
+    // With the records, a local run counts what the server's second run did.
+    let with = s
+        .get(
+            &format!("/connectors/contacts_import/dev-package?source_file_id={source}&records=true"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(with.status, StatusCode::OK, "{}", String::from_utf8_lossy(&with.bytes));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(with.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut snapshot = String::new();
+    std::io::Read::read_to_string(
+        &mut archive
+            .by_name("records/contact.jsonl")
+            .unwrap_or_else(|e| panic!("{e}")),
+        &mut snapshot,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.lines().count(), 2, "{snapshot}");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let local = run_package(&with.bytes, dir.path());
+    assert_eq!(local["step_progress"][4], again["step_progress"][4], "{local}\n{again}");
+
+    // Without them it counts creates, as its README says.
+    let without = s
+        .get(
+            &format!("/connectors/contacts_import/dev-package?source_file_id={source}"),
+            ADMIN,
+        )
+        .await;
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(without.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
+    assert!(archive.by_name("records/contact.jsonl").is_err());
+    let mut readme = String::new();
+    std::io::Read::read_to_string(
+        &mut archive.by_name("README.md").unwrap_or_else(|e| panic!("{e}")),
+        &mut readme,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        readme.contains("counts\ncreates where the server would count updates"),
+        "{readme}"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let local = run_package(&without.bytes, dir.path());
+    assert_eq!(
+        (load(&local)["created"].as_u64(), load(&local)["updated"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // Past package_records_max the download is refused, naming the cap.
+    let many: String = (0..100).map(|i| format!("person{i}@example.com,Oslo\n")).collect();
+    let many = format!("Email,City\n{many}");
+    let big = s
+        .upload("/connectors/contacts_import/runs", ADMIN, "many.csv", many.as_bytes())
+        .await;
+    s.wait_end(big.body["id"].as_str().unwrap_or_default()).await;
+    let refused = s
+        .get("/connectors/contacts_import/dev-package?records=true", ADMIN)
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.body["code"], "records_too_large", "{}", refused.body);
+    assert!(
+        refused.body["detail"].as_str().unwrap_or_default().contains("4.0 KiB"),
+        "{}",
+        refused.body
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_package_runs_locally_with_the_results_of_the_server() {
     let s = start().await;
@@ -2597,5 +2896,296 @@ async fn a_run_on_bytes_uploaded_before_under_another_name_uses_its_own_name() {
         .filter(|n| n.starts_with("data/"))
         .collect();
     assert_eq!(names, ["data/leads.csv"]);
+    s.stop().await;
+}
+
+/// A body sent as `count` chunks of `size` bytes, one every `every`.
+fn trickle(count: usize, size: usize, every: Duration) -> reqwest::Body {
+    reqwest::Body::wrap_stream(futures::stream::unfold(0, move |sent| async move {
+        if sent == count {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        Some((Ok::<_, std::io::Error>(vec![b'x'; size]), sent + 1))
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_held_to_a_pace_not_to_the_request_timeout() {
+    let s = start_with(|c| {
+        c.request_timeout = "1s".into();
+        c.upload_min_rate = "1KiB".into();
+        c.upload_rate_window = "500ms".into();
+    })
+    .await;
+    let post = |name: &str, body: reqwest::Body| {
+        s.client
+            .post(format!("{}/files?filename={name}", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+    };
+    // 2.4 s of steady sending, far above the pace: stored whole, although
+    // it takes longer than request_timeout.
+    let steady = answer(
+        post("steady.csv", trickle(24, 2048, Duration::from_millis(100)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(steady.status, StatusCode::CREATED, "{}", steady.body);
+    assert_eq!(steady.body["size"], 24 * 2048);
+    // A trickle below the pace is let go within about a window.
+    let started = Instant::now();
+    let slow = answer(
+        post("slow.csv", trickle(100, 10, Duration::from_millis(100)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&slow, StatusCode::REQUEST_TIMEOUT, "upload_too_slow");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let leftovers = std::fs::read_dir(s.app.settings.config.data_dir.join("tmp")).map_or(1, Iterator::count);
+    assert_eq!(leftovers, 0, "a refused upload leaves nothing behind");
+    s.stop().await;
+}
+
+/// Polls `path` until it answers `status`.
+async fn wait_answer(s: &Server, path: &str, key: &str, status: StatusCode) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = s.get(path, key).await;
+        if a.status == status {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {}: {}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Triggers a run of the importer on `csv` and returns its id.
+async fn trigger(s: &Server, name: &str, csv: &[u8]) -> String {
+    let run = s.upload("/connectors/contacts_import/runs", ADMIN, name, csv).await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
+    run.body["id"].as_str().unwrap_or_default().to_string()
+}
+
+async fn set_status(s: &Server, status: &str) {
+    let a = s
+        .send(
+            Method::PATCH,
+            "/connectors/contacts_import",
+            Some(ADMIN),
+            Some(json!({"status": status})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_and_files_are_deleted_on_request_unless_in_use() {
+    let s = start().await;
+    let connector = operational_importer(&s).await;
+    let sample = connector["sample_file_id"].as_str().unwrap_or_default().to_string();
+    let server = &s;
+    let delete =
+        move |path: String, key: &'static str| async move { server.send(Method::DELETE, &path, Some(key), None).await };
+
+    // A connector's sample stays.
+    let kept = delete(format!("/files/{sample}"), ADMIN).await;
+    assert_problem(&kept, StatusCode::CONFLICT, "file_in_use");
+    assert!(
+        kept.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("contacts_import")),
+        "{}",
+        kept.body
+    );
+
+    // An ended run goes with its artifacts and logs; its input stays a file.
+    let id = trigger(&s, "run.csv", b"Email,City\nx@example.com,Paris\n").await;
+    let done = s.wait_end(&id).await;
+    let input = done["source_file_id"].as_str().unwrap_or_default().to_string();
+    let artifacts = weir_host::server::queue::artifacts_dir(&s.app, &id);
+    assert!(artifacts.join("report.xlsx").exists());
+    let viewer = s.key("default", Role::Viewer, None);
+    let refused = s
+        .send(Method::DELETE, &format!("/executions/{id}"), Some(&viewer), None)
+        .await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        delete(format!("/executions/{id}"), ADMIN).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &s.get(&format!("/executions/{id}"), ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &s.get(&format!("/executions/{id}/logs"), ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert!(!artifacts.exists(), "the artifacts are gone");
+    assert_problem(
+        &delete(format!("/executions/{id}"), ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        s.get(&format!("/files/{input}/download"), ADMIN).await.status,
+        StatusCode::OK
+    );
+
+    // The same content in another workspace stays there when this one
+    // deletes its file.
+    let acme = s.key("acme", Role::Admin, None);
+    let theirs = s
+        .upload("/files", &acme, "same.csv", b"Email,City\nx@example.com,Paris\n")
+        .await;
+    assert_eq!(theirs.body["id"], json!(input));
+    assert_eq!(
+        delete(format!("/files/{input}"), ADMIN).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &s.get(&format!("/files/{input}/download"), ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        s.get(&format!("/files/{input}/download"), &acme).await.bytes,
+        b"Email,City\nx@example.com,Paris\n"
+    );
+    let a = s
+        .send(Method::DELETE, &format!("/files/{input}"), Some(&acme), None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(
+        !s.app.files.path(&input).exists(),
+        "no workspace holds it: its content is gone"
+    );
+
+    // A run waiting in the queue keeps itself and its input.
+    set_status(&s, "inactive").await;
+    let held = trigger(&s, "held.csv", b"Email,City\nheld@example.com,Rome\n").await;
+    let held_input = s.get(&format!("/executions/{held}"), ADMIN).await.body["source_file_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_problem(
+        &delete(format!("/executions/{held}"), ADMIN).await,
+        StatusCode::CONFLICT,
+        "execution_not_finished",
+    );
+    assert_problem(
+        &delete(format!("/files/{held_input}"), ADMIN).await,
+        StatusCode::CONFLICT,
+        "file_in_use",
+    );
+    let canceled = s.post(&format!("/executions/{held}/cancel"), ADMIN, json!({})).await;
+    assert_eq!(canceled.status, StatusCode::ACCEPTED, "{}", canceled.body);
+    s.wait_end(&held).await;
+    assert_eq!(
+        delete(format!("/executions/{held}"), ADMIN).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete(format!("/files/{held_input}"), ADMIN).await.status,
+        StatusCode::NO_CONTENT
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_past_its_workspaces_retention_goes_and_what_is_in_use_stays() {
+    // The default workspace keeps what has ended for 2 s, `acme` for 30
+    // days; the sweep runs every 100 ms.
+    let s = start_with(|c| {
+        c.retention = "2s".into();
+        c.retention_sweep = "100ms".into();
+        c.workspace_retention = std::collections::BTreeMap::from([("acme".into(), "30days".into())]);
+    })
+    .await;
+    let connector = operational_importer(&s).await;
+    let sample = connector["sample_file_id"].as_str().unwrap_or_default().to_string();
+    let ended = trigger(&s, "run.csv", b"Email,City\nx@example.com,Paris\n").await;
+    let input = s.wait_end(&ended).await["source_file_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let loose = s.upload("/files", ADMIN, "loose.csv", b"a\n1\n").await.body["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let acme = s.key("acme", Role::Admin, None);
+    let theirs = s.upload("/files", &acme, "theirs.csv", b"b\n2\n").await.body["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    set_status(&s, "inactive").await;
+    let held = trigger(&s, "held.csv", b"Email,City\nheld@example.com,Rome\n").await;
+
+    // Everything above is past 2 s old: the ended run goes, with its input
+    // and the file no one used.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_answer(&s, &format!("/executions/{ended}"), ADMIN, StatusCode::NOT_FOUND).await;
+    assert!(!weir_host::server::queue::artifacts_dir(&s.app, &ended).exists());
+    for file in [&input, &loose] {
+        wait_answer(&s, &format!("/files/{file}/download"), ADMIN, StatusCode::NOT_FOUND).await;
+        assert!(!s.app.files.path(file).exists(), "{file}: its content is gone");
+    }
+    // A few more sweeps change nothing of what is in use or kept longer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.get(&format!("/files/{sample}/download"), ADMIN).await.bytes,
+        CONTACTS_CSV
+    );
+    assert_eq!(
+        s.get(&format!("/executions/{held}"), ADMIN).await.body["status"],
+        "queued"
+    );
+    let held_input = s.get(&format!("/executions/{held}/input"), ADMIN).await;
+    assert_eq!(held_input.bytes, b"Email,City\nheld@example.com,Rome\n");
+    assert_eq!(
+        s.get(&format!("/files/{theirs}/download"), &acme).await.bytes,
+        b"b\n2\n"
+    );
+
+    // Once the held run has ended (it is old enough already), it goes too.
+    set_status(&s, "operational").await;
+    wait_answer(&s, &format!("/executions/{held}"), ADMIN, StatusCode::NOT_FOUND).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_without_load_steps_reads_what_is_loaded() {
+    let s = start().await;
+    let importer = operational_importer(&s).await;
+    let id = trigger(&s, "contacts.csv", CONTACTS_CSV).await;
+    assert_eq!(s.wait_end(&id).await["status"], "partial_success");
+    // A report over the loaded contacts: no load step of its own.
+    let doc = json!({
+        "api_name": "contacts_report", "type": "spreadsheet", "sample_file_id": importer["sample_file_id"],
+        "sql": {"text": "CREATE VIEW output.n AS SELECT count(*) AS contacts FROM records.contact"},
+    });
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let p = s.post("/connectors/contacts_report/preview", ADMIN, json!({})).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let n = &p.body["scopes"][0]["rows"][0][0];
+    assert_eq!(
+        n.as_str().map(str::to_string).unwrap_or_else(|| n.to_string()),
+        "2",
+        "{}",
+        p.body
+    );
     s.stop().await;
 }

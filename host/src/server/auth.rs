@@ -160,6 +160,17 @@ impl Caller {
         }
     }
 
+    /// Refuses (403) a viewer: a webhook starts executions, and a viewer
+    /// only reads. Webhook, operator and admin keys may post one.
+    pub fn require_webhook_sender(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Viewer => Err(ApiError::forbidden(
+                "a viewer key only reads; posting a webhook needs a webhook, operator or admin key",
+            )),
+            Role::Webhook | Role::Operator | Role::Admin => Ok(()),
+        }
+    }
+
     /// Refuses (403) a key limited to some connectors: what it asks for
     /// reaches the whole workspace (its keys, objects, plugins, new
     /// connectors).
@@ -253,6 +264,10 @@ mod tests {
         assert!(caller(Role::Operator).require(Role::Viewer).is_ok());
         assert!(caller(Role::Viewer).require(Role::Operator).is_err());
         assert!(caller(Role::Webhook).require(Role::Webhook).is_err());
+        assert!(caller(Role::Viewer).require_webhook_sender().is_err());
+        for role in [Role::Webhook, Role::Operator, Role::Admin] {
+            assert!(caller(role).require_webhook_sender().is_ok());
+        }
     }
 
     #[test]

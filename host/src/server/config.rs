@@ -10,6 +10,9 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use weir_engine::connector::LimitCaps;
+
+use super::files::Pace;
 
 /// Everything `weir serve` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,8 +30,25 @@ pub struct ServerConfig {
     pub max_upload: String,
     /// Largest JSON request body, e.g. `"2MiB"`.
     pub max_json_body: String,
-    /// A request taking longer is answered 408, e.g. `"60s"` (uploads included).
+    /// A request taking longer is answered 408, e.g. `"60s"`. Requests
+    /// that send a file (uploads, triggers with a file, package pushes,
+    /// plugin publishes) are held to `upload_min_rate` instead, however
+    /// long they take.
     pub request_timeout: String,
+    /// The least a request sending a file must send per second, e.g.
+    /// `"16KiB"`, measured over each `upload_rate_window`; a slower one is
+    /// answered 408 `upload_too_slow`.
+    pub upload_min_rate: String,
+    /// The window `upload_min_rate` is measured over, e.g. `"30s"`.
+    pub upload_rate_window: String,
+    /// How long a workspace keeps ended executions (their artifacts, logs,
+    /// webhook payloads) and files no connector or kept execution uses,
+    /// e.g. `"30days"` (docs/retention.md).
+    pub retention: String,
+    /// `retention` of some workspaces: workspace name → duration.
+    pub workspace_retention: BTreeMap<String, String>,
+    /// How often what is past its retention is deleted, e.g. `"1h"`.
+    pub retention_sweep: String,
     /// How long running executions may go on after a shutdown signal before
     /// they are canceled, e.g. `"30s"`.
     pub shutdown_grace: String,
@@ -60,6 +80,22 @@ pub struct ServerConfig {
     /// A bearer token that reads `/metrics` (for a scraper), besides an
     /// admin key of the bootstrap workspace.
     pub metrics_token: Option<String>,
+    /// The highest `limits.max_runtime` a connector may ask for, e.g.
+    /// `"1h"`; a connector asking for more is refused when saved, and one
+    /// saved before the cap was lowered runs with the cap.
+    pub connector_max_runtime: String,
+    /// The highest `limits.max_memory`, e.g. `"8GiB"`.
+    pub connector_max_memory: String,
+    /// The highest `limits.max_rows`.
+    pub connector_max_rows: u64,
+    /// The linear memory one plugin instance may grow to, e.g. `"256MiB"`.
+    pub plugin_memory: String,
+    /// The most rows a run writes to each scope's output CSV (the load
+    /// and the report see every row); none by default.
+    pub output_row_cap: Option<u64>,
+    /// The most a dev package's records snapshot (`?records=true`) may
+    /// hold, as JSON lines before compression, e.g. `"64MiB"`.
+    pub package_records_max: String,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -83,6 +119,11 @@ impl Default for ServerConfig {
             max_upload: "1GiB".into(),
             max_json_body: "2MiB".into(),
             request_timeout: "120s".into(),
+            upload_min_rate: "16KiB".into(),
+            upload_rate_window: "30s".into(),
+            retention: "30days".into(),
+            workspace_retention: BTreeMap::new(),
+            retention_sweep: "1h".into(),
             shutdown_grace: "30s".into(),
             bootstrap_key: None,
             bootstrap_workspace: "default".into(),
@@ -94,6 +135,12 @@ impl Default for ServerConfig {
             max_connections: 1024,
             webhook_secret_prefixes: BTreeMap::from([("default".into(), "WEIR_WEBHOOK_SECRET_".into())]),
             metrics_token: None,
+            package_records_max: "64MiB".into(),
+            connector_max_runtime: "1h".into(),
+            connector_max_memory: "8GiB".into(),
+            connector_max_rows: 100_000_000,
+            plugin_memory: "256MiB".into(),
+            output_row_cap: None,
         }
     }
 }
@@ -119,6 +166,17 @@ const ENV_KEYS: &[&str] = &[
     "max_connections",
     "webhook_secret_prefixes",
     "metrics_token",
+    "package_records_max",
+    "connector_max_runtime",
+    "connector_max_memory",
+    "connector_max_rows",
+    "plugin_memory",
+    "output_row_cap",
+    "upload_min_rate",
+    "upload_rate_window",
+    "retention",
+    "workspace_retention",
+    "retention_sweep",
 ];
 
 /// Config values checked and converted.
@@ -140,12 +198,31 @@ pub struct Settings {
     pub preview_timeout: Duration,
     /// `header_read_timeout`.
     pub header_read_timeout: Duration,
+    /// `package_records_max` in bytes.
+    pub package_records_max: u64,
+    /// `connector_max_*`: the most a connector's limits may be.
+    pub limit_caps: LimitCaps,
+    /// `plugin_memory` in bytes.
+    pub plugin_memory: u64,
+    /// `upload_min_rate` over `upload_rate_window`.
+    pub upload_pace: Pace,
+    /// `retention`.
+    pub retention: Duration,
+    /// `workspace_retention`.
+    pub workspace_retention: BTreeMap<String, Duration>,
+    /// `retention_sweep`.
+    pub retention_sweep: Duration,
     /// The program runs and previews execute in, as `PROGRAM worker`: this
     /// binary.
     pub worker_program: std::path::PathBuf,
 }
 
 impl Settings {
+    /// How long workspace `name` keeps what has ended.
+    pub fn retention_of(&self, name: &str) -> Duration {
+        self.workspace_retention.get(name).copied().unwrap_or(self.retention)
+    }
+
     /// Idempotency keys first used before this are forgotten.
     pub fn idempotency_expired(&self) -> chrono::DateTime<chrono::Utc> {
         let retention = chrono::TimeDelta::from_std(self.idempotency_retention).unwrap_or(chrono::TimeDelta::MAX);
@@ -192,6 +269,14 @@ impl ServerConfig {
         if self.load_batch_size == 0 {
             return Err(ConfigError("load_batch_size must be at least 1".into()));
         }
+        if self.connector_max_rows == 0 {
+            return Err(ConfigError("connector_max_rows must be at least 1".into()));
+        }
+        if self.output_row_cap == Some(0) {
+            return Err(ConfigError(
+                "output_row_cap must be at least 1 (leave it out for none)".into(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError("max_connections must be at least 1".into()));
         }
@@ -205,11 +290,68 @@ impl ServerConfig {
             idempotency_retention: duration("idempotency_retention", &self.idempotency_retention)?,
             preview_timeout: duration("preview_timeout", &self.preview_timeout)?,
             header_read_timeout: duration("header_read_timeout", &self.header_read_timeout)?,
+            package_records_max: size("package_records_max", &self.package_records_max)?,
+            limit_caps: caps(LimitCaps {
+                max_runtime: duration("connector_max_runtime", &self.connector_max_runtime)?,
+                max_memory: size("connector_max_memory", &self.connector_max_memory)?,
+                max_rows: self.connector_max_rows,
+            })?,
+            plugin_memory: size("plugin_memory", &self.plugin_memory)?,
+            upload_pace: pace(
+                size("upload_min_rate", &self.upload_min_rate)?,
+                duration("upload_rate_window", &self.upload_rate_window)?,
+            )?,
+            retention: duration("retention", &self.retention)?,
+            workspace_retention: self
+                .workspace_retention
+                .iter()
+                .map(|(name, d)| Ok((name.clone(), duration(&format!("workspace_retention.{name}"), d)?)))
+                .collect::<Result<_, ConfigError>>()?,
+            retention_sweep: positive("retention_sweep", duration("retention_sweep", &self.retention_sweep)?)?,
             worker_program: std::env::current_exe()
                 .map_err(|e| ConfigError(format!("finding this program to start workers with: {e}")))?,
             config: self,
         })
     }
+}
+
+/// `caps`, unless a connector held to them could not run (a limit below
+/// what a connector may ask for at all).
+fn caps(caps: LimitCaps) -> Result<LimitCaps, ConfigError> {
+    let tightest = weir_engine::connector::LimitsDef::default().capped(&caps);
+    match tightest.parse() {
+        Ok(_) => Ok(caps),
+        Err(problems) => Err(ConfigError(format!(
+            "connector_max_*: {}",
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+    }
+}
+
+/// The pace of `rate` bytes a second over `window`.
+fn pace(rate: u64, window: Duration) -> Result<Pace, ConfigError> {
+    let window = positive("upload_rate_window", window)?;
+    if rate == 0 {
+        return Err(ConfigError(
+            "upload_min_rate must be at least 1B: a client that sends nothing would hold its connection".into(),
+        ));
+    }
+    Ok(Pace {
+        bytes: (rate as f64 * window.as_secs_f64()).ceil() as u64,
+        window,
+    })
+}
+
+/// `value` of `key`, unless it is zero.
+fn positive(key: &str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError(format!("{key} must be longer than 0s")));
+    }
+    Ok(value)
 }
 
 /// Refuses an empty prefix and two workspaces' prefixes where one begins
@@ -280,6 +422,72 @@ mod tests {
         assert!(e.as_deref().is_some_and(|e| e.contains("load_batch_size")), "{e:?}");
         let s = ServerConfig::default().settings().map_err(|e| e.to_string());
         assert_eq!(s.map(|s| s.max_upload), Ok(1 << 30));
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment's Jail decides the closure's error type")]
+    fn retention_is_per_workspace_and_uploads_keep_a_pace() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WEIR_RETENTION", "7days");
+            jail.set_env("WEIR_WORKSPACE_RETENTION", "{acme=\"90days\"}");
+            jail.set_env("WEIR_UPLOAD_MIN_RATE", "1KiB");
+            jail.set_env("WEIR_UPLOAD_RATE_WINDOW", "10s");
+            let s = ServerConfig::load(None)
+                .map_err(|e| e.to_string())?
+                .settings()
+                .map_err(|e| e.to_string())?;
+            let day = Duration::from_secs(86_400);
+            assert_eq!(s.retention_of("acme"), 90 * day);
+            assert_eq!(s.retention_of("default"), 7 * day);
+            assert_eq!(
+                s.upload_pace,
+                Pace {
+                    bytes: 10 * 1024,
+                    window: Duration::from_secs(10)
+                }
+            );
+            Ok(())
+        });
+        for (edit, key) in [
+            (
+                ServerConfig {
+                    retention_sweep: "0s".into(),
+                    ..ServerConfig::default()
+                },
+                "retention_sweep",
+            ),
+            (
+                ServerConfig {
+                    upload_min_rate: "0B".into(),
+                    ..ServerConfig::default()
+                },
+                "upload_min_rate",
+            ),
+            (
+                ServerConfig {
+                    connector_max_memory: "1MiB".into(),
+                    ..ServerConfig::default()
+                },
+                "connector_max_",
+            ),
+            (
+                ServerConfig {
+                    connector_max_runtime: "0s".into(),
+                    ..ServerConfig::default()
+                },
+                "connector_max_",
+            ),
+            (
+                ServerConfig {
+                    workspace_retention: BTreeMap::from([("a".into(), "soon".into())]),
+                    ..ServerConfig::default()
+                },
+                "workspace_retention.a",
+            ),
+        ] {
+            let e = edit.settings().err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains(key)), "{e:?}");
+        }
     }
 
     #[test]

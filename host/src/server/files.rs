@@ -2,9 +2,17 @@
 //! `files/<first two hex digits>/<sha256>` in the data directory. A body is
 //! streamed to a temporary file while it is hashed and counted, then moved
 //! into place, so a file is either whole under its hash or absent, and an
-//! upload over the size limit stops as soon as it passes it.
+//! upload over the size limit stops as soon as it passes it. An upload
+//! that sends less than its [`Pace`] over any window is let go, so a slow
+//! client holds a connection only while it keeps sending.
+//!
+//! Content is removed ([`FileStore::remove_unless`]) only once nothing
+//! holds it. Whoever places content and then records that it holds it does
+//! both under [`FileStore::hold`], so no removal falls between the two.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::{Stream, StreamExt};
@@ -23,9 +31,32 @@ pub enum UploadError {
     /// The client's body failed mid-way.
     #[error("the upload was interrupted: {0}")]
     Body(String),
+    /// The client sent less than the pace asks over a window.
+    #[error("the upload sent less than {} bytes in {}", .0.bytes, humantime::format_duration(.0.window))]
+    TooSlow(Pace),
     /// Writing the file failed.
     #[error("storing the upload failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The least an upload must send: `bytes` in every `window` (the
+/// `upload_min_rate` over `upload_rate_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Bytes due in each window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for Pace {
+    /// 16 KiB a second over 30 s.
+    fn default() -> Self {
+        Self {
+            bytes: 16 * 1024 * 30,
+            window: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A stored file: its hash and size.
@@ -42,14 +73,23 @@ pub struct Stored {
 pub struct FileStore {
     root: PathBuf,
     tmp: PathBuf,
+    pace: Pace,
+    /// Held from placing content until its holder is recorded, and while
+    /// content is removed.
+    placing: Arc<Mutex<()>>,
 }
 
+/// While alive, no content leaves the store ([`FileStore::hold`]).
+pub type Held<'a> = MutexGuard<'a, ()>;
+
 impl FileStore {
-    /// The store under `data_dir`.
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    /// The store under `data_dir`; uploads keep to `pace`.
+    pub fn open(data_dir: &Path, pace: Pace) -> std::io::Result<Self> {
         let store = Self {
             root: data_dir.join("files"),
             tmp: data_dir.join("tmp"),
+            pace,
+            placing: Arc::default(),
         };
         std::fs::create_dir_all(&store.root)?;
         std::fs::create_dir_all(&store.tmp)?;
@@ -62,25 +102,28 @@ impl FileStore {
         self.root.join(prefix).join(sha256)
     }
 
-    /// Streams `body` into the store; at most `limit` bytes.
-    pub async fn put<S, E>(&self, body: S, limit: u64) -> Result<Stored, UploadError>
-    where
-        S: Stream<Item = Result<Bytes, E>>,
-        E: std::fmt::Display,
-    {
-        let (tmp, stored) = self.receive(body, limit).await?;
-        let target = self.path(&stored.sha256);
+    /// No content leaves the store while the answer is alive: hold it from
+    /// placing content ([`FileStore::place`]) until the row that keeps the
+    /// content is written.
+    pub fn hold(&self) -> Held<'_> {
+        self.placing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves a received file into place under its hash. Call it under
+    /// [`FileStore::hold`], with the row that keeps the content.
+    pub fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<()> {
+        let target = self.path(sha256);
         if let Some(dir) = target.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+            std::fs::create_dir_all(dir)?;
         }
         // Same content, same name: a concurrent upload of it ends the same.
-        tmp.persist(&target).map_err(|e| UploadError::Io(e.error))?;
-        Ok(stored)
+        tmp.persist(&target).map_err(|e| e.error)
     }
 
     /// Streams `body` to a temporary file of the store, hashed and counted;
-    /// at most `limit` bytes. The file goes when the path is dropped: what
-    /// is refused after reading leaves nothing behind.
+    /// at most `limit` bytes, and at least the store's pace in every
+    /// window. The file goes when the path is dropped: what is refused
+    /// after reading leaves nothing behind.
     pub async fn receive<S, E>(&self, body: S, limit: u64) -> Result<(tempfile::TempPath, Stored), UploadError>
     where
         S: Stream<Item = Result<Bytes, E>>,
@@ -92,9 +135,25 @@ impl FileStore {
         let mut file = tokio::fs::File::from_std(std_file);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+        let mut window_end = tokio::time::Instant::now() + self.pace.window;
+        let mut in_window = 0u64;
+        loop {
+            let next = tokio::time::timeout_at(window_end, body.next()).await;
+            // A window that closed must have brought its due.
+            if tokio::time::Instant::now() >= window_end {
+                if in_window < self.pace.bytes {
+                    return Err(UploadError::TooSlow(self.pace));
+                }
+                in_window = 0;
+                window_end = tokio::time::Instant::now() + self.pace.window;
+            }
+            let chunk = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| UploadError::Body(e.to_string()))?,
+            };
             size += chunk.len() as u64;
+            in_window += chunk.len() as u64;
             if size > limit {
                 return Err(UploadError::TooLarge { limit });
             }
@@ -107,18 +166,32 @@ impl FileStore {
         Ok((tmp_path, Stored { sha256, size }))
     }
 
-    /// Stores `bytes`; returns their sha256.
-    pub fn put_bytes(&self, bytes: &[u8]) -> std::io::Result<String> {
+    /// Writes `bytes` to a temporary file of the store; returns it with its
+    /// sha256, for [`FileStore::place`].
+    pub fn stage_bytes(&self, bytes: &[u8]) -> std::io::Result<(tempfile::TempPath, String)> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let target = self.path(&sha256);
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(&self.tmp)?;
         std::io::Write::write_all(&mut tmp, bytes)?;
         tmp.as_file().sync_all()?;
-        tmp.persist(&target).map_err(|e| e.error)?;
-        Ok(sha256)
+        Ok((tmp.into_temp_path(), sha256))
+    }
+
+    /// Removes the content with `sha256` unless `in_use` says something
+    /// still holds it; true when it was removed (or was not there).
+    pub fn remove_unless<E: From<std::io::Error>>(
+        &self,
+        sha256: &str,
+        in_use: impl FnOnce() -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        let _held = self.hold();
+        if in_use()? {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.path(sha256)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -130,14 +203,30 @@ mod tests {
         futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
     }
 
+    /// `count` chunks of `size` bytes, one every `every`.
+    fn trickle(count: usize, size: usize, every: Duration) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::unfold(0, move |sent| async move {
+            if sent == count {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Bytes::from(vec![b'x'; size])), sent + 1))
+        })
+    }
+
+    fn store(dir: &Path) -> FileStore {
+        FileStore::open(dir, Pace::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[tokio::test]
     async fn content_is_stored_under_its_hash() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = FileStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let stored = store
-            .put(chunks(&[b"a,b\n", b"1,2\n"]), 100)
+        let store = store(dir.path());
+        let (tmp, stored) = store
+            .receive(chunks(&[b"a,b\n", b"1,2\n"]), 100)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        store.place(tmp, &stored.sha256).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(stored.size, 8);
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(b"a,b\n1,2\n")));
         assert_eq!(
@@ -149,12 +238,52 @@ mod tests {
     #[tokio::test]
     async fn an_upload_over_the_limit_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = FileStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let r = store.put(chunks(&[b"12345", b"67890"]), 8).await;
+        let r = store(dir.path()).receive(chunks(&[b"12345", b"67890"]), 8).await;
         assert!(matches!(r, Err(UploadError::TooLarge { limit: 8 })));
         let leftovers = std::fs::read_dir(dir.path().join("tmp"))
             .map(|d| d.count())
             .unwrap_or(1);
         assert_eq!(leftovers, 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_held_to_its_pace_not_to_a_total_time() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pace = Pace {
+            bytes: 1000,
+            window: Duration::from_millis(300),
+        };
+        let store = FileStore::open(dir.path(), pace).unwrap_or_else(|e| panic!("{e}"));
+        // Ten windows long, and never below the pace: stored whole.
+        let steady = store
+            .receive(trickle(30, 500, Duration::from_millis(100)), u64::MAX)
+            .await;
+        assert_eq!(steady.map(|(_, s)| s.size).ok(), Some(15_000));
+        // A few bytes, then too few: let go within about a window.
+        let started = std::time::Instant::now();
+        let slow = store
+            .receive(trickle(100, 10, Duration::from_millis(100)), u64::MAX)
+            .await;
+        assert!(matches!(slow, Err(UploadError::TooSlow(p)) if p == pace), "{slow:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        // A client that stops sending altogether is let go too.
+        let silent = store
+            .receive(futures::stream::pending::<Result<Bytes, std::io::Error>>(), u64::MAX)
+            .await;
+        assert!(matches!(silent, Err(UploadError::TooSlow(_))), "{silent:?}");
+    }
+
+    #[test]
+    fn content_is_removed_only_once_nothing_holds_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(dir.path());
+        let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
+        store.place(tmp, &sha256).unwrap_or_else(|e| panic!("{e}"));
+        let held = store.remove_unless(&sha256, || Ok::<_, std::io::Error>(true));
+        assert!(matches!(held, Ok(false)));
+        assert!(store.path(&sha256).exists());
+        let gone = store.remove_unless(&sha256, || Ok::<_, std::io::Error>(false));
+        assert!(matches!(gone, Ok(true)));
+        assert!(!store.path(&sha256).exists());
     }
 }

@@ -14,6 +14,7 @@
 //! - [`queue`]: queue, workers, cancel, restart recovery, shutdown drain.
 //! - [`webhooks`]: webhook batches and Standard Webhooks signatures.
 //! - [`schedules`]: cron ticks of schedule connectors.
+//! - [`retention`]: what is deleted once past its workspace's retention.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
 
@@ -25,6 +26,7 @@ pub mod files;
 pub mod listen;
 pub mod metrics;
 pub mod queue;
+pub mod retention;
 pub mod schedules;
 pub mod state;
 pub mod webhooks;
@@ -106,7 +108,8 @@ pub enum StartError {
 }
 
 /// Opens the data directory, recovers, bootstraps, binds the listener and
-/// starts the dispatcher, the webhook batcher and the scheduler.
+/// starts the dispatcher, the webhook batcher, the scheduler and the
+/// retention sweeper.
 pub async fn start(settings: Settings) -> Result<Server, StartError> {
     start_with_clock(settings, Arc::new(schedules::SystemClock)).await
 }
@@ -123,12 +126,13 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     // write to is said plainly before any database refuses to open.
     tempfile::tempfile_in(&dir).map_err(data_dir_error)?;
     let db = Db::open(&dir.join("state.db"))?;
-    let files = FileStore::open(&dir).map_err(data_dir_error)?;
+    let files = FileStore::open(&dir, settings.upload_pace).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     let bootstrap_key = bootstrap(&db, &settings)?;
     let plugins = Arc::new(
         PluginRuntime::new(PluginSettings {
             cache_dir: Some(dir.join("plugin-cache")),
+            memory_limit: settings.plugin_memory,
             ..PluginSettings::default()
         })
         .map_err(|e| StartError::Plugins(e.to_string()))?,
@@ -158,6 +162,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     tokio::spawn(queue::dispatch(app.clone()));
     tokio::spawn(webhooks::batcher(app.clone()));
     tokio::spawn(schedules::scheduler(app.clone()));
+    tokio::spawn(retention::sweeper(app.clone()));
     Ok(Server {
         app,
         listener,
@@ -196,7 +201,9 @@ impl App {
         content_type: &str,
         bytes: &[u8],
     ) -> anyhow::Result<state::FileRow> {
-        let sha256 = self.files.put_bytes(bytes)?;
+        let (staged, sha256) = self.files.stage_bytes(bytes)?;
+        let _held = self.files.hold();
+        self.files.place(staged, &sha256)?;
         Ok(self.db.insert_file(
             workspace_id,
             &state::FileRow {

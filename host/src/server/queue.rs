@@ -437,8 +437,8 @@ pub fn artifacts_dir(app: &App, id: &str) -> PathBuf {
 async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress: Progress, cancel: CancellationToken) {
     let id = row.document.id.clone();
     let persister = tokio::spawn(persist(app.clone(), progress.clone()));
-    let records = match job_records(app, &row.workspace_id, &connector) {
-        Ok(r) => r,
+    let records = match job_records(app, &row.workspace_id) {
+        Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(execution = %id, error = %e, "loading the workspace's objects failed");
             None
@@ -455,11 +455,12 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         execution: row.document,
         out_dir: artifacts_dir(app, &id),
         threads: app.settings.config.threads_per_run,
-        output_row_cap: None,
+        output_row_cap: app.settings.config.output_row_cap,
         report_rows: RunSettings::default().report_rows,
         load_batch_size: app.settings.config.load_batch_size,
         records,
         plugin_cache: Some(plugin_cache(app)),
+        plugin_memory: app.settings.plugin_memory,
         cpu_seconds: 0,
         connector,
     };
@@ -487,11 +488,14 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
 /// record store as a lost run is: its counts are those of its commits.
 pub async fn run_in_worker(
     app: &Arc<App>,
-    job: Job,
+    mut job: Job,
     progress: &Progress,
     log: Arc<dyn RunLog>,
     cancel: &CancellationToken,
 ) -> Execution {
+    // The server's caps bound every run, also of a connector saved before
+    // they were lowered.
+    job.connector.limits = job.connector.limits.capped(&app.settings.limit_caps);
     let mut doc = if app.settings.config.isolation == Isolation::None {
         let (store, plugins) = (app.records.clone(), app.plugins.clone());
         worker::run_here(job, progress, log, cancel, store, plugins).await
@@ -581,17 +585,14 @@ pub fn job_plugins(app: &App, workspace_id: &str, connector: &Connector) -> BTre
         .collect()
 }
 
-/// The record store and objects a worker loads with, when the connector
-/// loads or reads records.
-pub fn job_records(app: &App, workspace_id: &str, connector: &Connector) -> Result<Option<JobRecords>, StateError> {
-    if connector.loads.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(JobRecords {
+/// The record store and the workspace's objects a worker loads into and
+/// reads `records.<object>` from (with or without load steps).
+pub fn job_records(app: &App, workspace_id: &str) -> Result<JobRecords, StateError> {
+    Ok(JobRecords {
         db: app.settings.config.data_dir.join("records.db"),
         workspace: workspace_id.to_string(),
         objects: app.db.object_defs(workspace_id)?,
-    }))
+    })
 }
 
 /// Writes the live document to the database as it changes (at most every

@@ -215,7 +215,34 @@ DROP TABLE webhooks;
 ALTER TABLE webhooks_by_sender RENAME TO webhooks;
 CREATE INDEX webhooks_by_batch ON webhooks (batch_id, received_at);
 "#,
+    // Which keys uploaded a file: a key limited to some connectors reaches
+    // the files it uploaded and those its connectors use.
+    r#"
+CREATE TABLE file_uploaders (
+    workspace_id TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, sha256, key_id)
+);
+CREATE INDEX executions_by_source ON executions (workspace_id, source_file_id);
+"#,
+    // Retention: a file's last upload, and what deleting an execution
+    // looks up by it.
+    r#"
+ALTER TABLE files ADD COLUMN uploaded_at TEXT;
+UPDATE files SET uploaded_at = created_at;
+CREATE INDEX files_by_upload ON files (workspace_id, uploaded_at);
+CREATE INDEX files_by_content ON files (sha256);
+CREATE INDEX plugins_by_content ON plugins (sha256);
+CREATE INDEX executions_by_age ON executions (workspace_id, created_at);
+CREATE INDEX webhook_batches_by_execution ON webhook_batches (execution_id);
+CREATE INDEX schedule_ticks_by_execution ON schedule_ticks (execution_id);
+CREATE INDEX idempotency_keys_by_execution ON idempotency_keys (execution_id);
+"#,
 ];
+
+/// The statuses of an execution that has ended, as SQL.
+const ENDED: &str = "('success', 'partial_success', 'failed', 'canceled')";
 
 /// A published plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +313,17 @@ pub struct FileRow {
     pub content_type: String,
     /// First upload.
     pub created_at: DateTime<Utc>,
+}
+
+/// What deleting a file of a workspace did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileDeletion {
+    /// The file is deleted.
+    Deleted,
+    /// The file is kept: what uses it.
+    InUse(String),
+    /// The workspace has no such file.
+    Missing,
 }
 
 /// A connector as stored.
@@ -522,6 +560,19 @@ impl Db {
             .optional()?)
     }
 
+    /// Every workspace.
+    pub fn workspaces(&self) -> Result<Vec<Workspace>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id, name FROM workspaces ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Workspace {
+                id: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Whether any workspace exists.
     pub fn is_empty(&self) -> Result<bool> {
         let n: i64 = self
@@ -659,12 +710,14 @@ impl Db {
     // ----- files ------------------------------------------------------------
 
     /// Records an uploaded file; an earlier upload of the same content keeps
-    /// its name and type. Returns the stored row.
+    /// its name and type, and counts as uploaded now for retention.
+    /// Returns the stored row.
     pub fn insert_file(&self, workspace_id: &str, file: &FileRow) -> Result<FileRow> {
         let conn = self.lock();
         conn.execute(
-            "INSERT INTO files (workspace_id, sha256, size, name, content_type, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO files (workspace_id, sha256, size, name, content_type, created_at, uploaded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT DO UPDATE SET uploaded_at = excluded.uploaded_at",
             params![
                 workspace_id,
                 file.sha256,
@@ -677,6 +730,32 @@ impl Db {
         drop(conn);
         self.file(workspace_id, &file.sha256)?
             .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Notes that key `key_id` uploaded the file.
+    pub fn note_uploader(&self, workspace_id: &str, sha256: &str, key_id: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO file_uploaders (workspace_id, sha256, key_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            [workspace_id, sha256, key_id],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a key limited to connectors `only` (ids or api_names)
+    /// reaches the file: it uploaded it, or it is the sample or an
+    /// execution's input of one of those connectors.
+    pub fn file_reached(&self, workspace_id: &str, sha256: &str, key_id: &str, only: &[String]) -> Result<bool> {
+        let only = serde_json::Value::from(only.to_vec()).to_string();
+        Ok(self.lock().query_row(
+            "SELECT EXISTS (SELECT 1 FROM file_uploaders WHERE workspace_id = ?1 AND sha256 = ?2 AND key_id = ?3)
+                 OR EXISTS (SELECT 1 FROM connectors c WHERE c.workspace_id = ?1 AND c.sample_file_id = ?2
+                            AND (c.id IN (SELECT value FROM json_each(?4)) OR c.api_name IN (SELECT value FROM json_each(?4))))
+                 OR EXISTS (SELECT 1 FROM executions e JOIN connectors c ON c.id = e.connector_id
+                            WHERE e.workspace_id = ?1 AND e.source_file_id = ?2
+                            AND (c.id IN (SELECT value FROM json_each(?4)) OR c.api_name IN (SELECT value FROM json_each(?4))))",
+            params![workspace_id, sha256, key_id, only],
+            |r| r.get(0),
+        )?)
     }
 
     /// A file of the workspace.
@@ -697,6 +776,77 @@ impl Db {
                 },
             )
             .optional()?)
+    }
+
+    /// Deletes a file of the workspace, and which keys uploaded it, unless
+    /// a connector uses it as its sample or an execution that has not ended
+    /// reads it.
+    pub fn delete_file(&self, workspace_id: &str, sha256: &str) -> Result<FileDeletion> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let sample: Option<String> = tx
+            .query_row(
+                "SELECT api_name FROM connectors WHERE workspace_id = ?1 AND sample_file_id = ?2 LIMIT 1",
+                [workspace_id, sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(connector) = sample {
+            return Ok(FileDeletion::InUse(format!(
+                "it is the sample of connector `{connector}`"
+            )));
+        }
+        let reading: Option<String> = tx
+            .query_row(
+                &format!(
+                    "SELECT id FROM executions WHERE workspace_id = ?1 AND source_file_id = ?2
+                     AND status NOT IN {ENDED} LIMIT 1"
+                ),
+                [workspace_id, sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(execution) = reading {
+            return Ok(FileDeletion::InUse(format!(
+                "execution `{execution}` reads it and has not ended"
+            )));
+        }
+        let deleted = tx.execute(
+            "DELETE FROM files WHERE workspace_id = ?1 AND sha256 = ?2",
+            [workspace_id, sha256],
+        )?;
+        tx.execute(
+            "DELETE FROM file_uploaders WHERE workspace_id = ?1 AND sha256 = ?2",
+            [workspace_id, sha256],
+        )?;
+        tx.commit()?;
+        Ok(if deleted == 0 {
+            FileDeletion::Missing
+        } else {
+            FileDeletion::Deleted
+        })
+    }
+
+    /// Whether any workspace holds the content, or a plugin is it.
+    pub fn content_in_use(&self, sha256: &str) -> Result<bool> {
+        Ok(self.lock().query_row(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE sha256 = ?1) OR EXISTS (SELECT 1 FROM plugins WHERE sha256 = ?1)",
+            [sha256],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Files of the workspace last uploaded before `before` that no
+    /// connector uses as its sample and no execution read.
+    pub fn unused_files_before(&self, workspace_id: &str, before: DateTime<Utc>) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT f.sha256 FROM files f WHERE f.workspace_id = ?1 AND f.uploaded_at < ?2
+             AND NOT EXISTS (SELECT 1 FROM connectors c WHERE c.workspace_id = ?1 AND c.sample_file_id = f.sha256)
+             AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.workspace_id = ?1 AND e.source_file_id = f.sha256)",
+        )?;
+        let rows = stmt.query_map(params![workspace_id, before.to_rfc3339()], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ----- plugins ----------------------------------------------------------
@@ -854,13 +1004,27 @@ impl Db {
     }
 
     /// A page of the workspace's connectors, newest first, after `cursor`.
-    pub fn connectors(&self, workspace_id: &str, cursor: Option<&str>, limit: usize) -> Result<Vec<ConnectorRow>> {
+    pub fn connectors(
+        &self,
+        workspace_id: &str,
+        only: Option<&[String]>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConnectorRow>> {
+        // `only` (ids or api_names) filters in the query, so a page is full
+        // whenever more of those connectors follow.
+        let only = only.map(|names| serde_json::Value::from(names.to_vec()).to_string());
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM connectors WHERE workspace_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+            "SELECT {} FROM connectors WHERE workspace_id = ?1 AND (?2 IS NULL OR id < ?2) \
+             AND (?4 IS NULL OR id IN (SELECT value FROM json_each(?4)) OR api_name IN (SELECT value FROM json_each(?4))) \
+             ORDER BY id DESC LIMIT ?3",
             Self::CONNECTOR_COLUMNS
         ))?;
-        let rows = stmt.query_map(params![workspace_id, cursor, limit as i64], Self::connector_row)?;
+        let rows = stmt.query_map(
+            params![workspace_id, cursor, i64::try_from(limit).unwrap_or(i64::MAX), only],
+            Self::connector_row,
+        )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -1401,6 +1565,48 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Executions of the workspace that have ended and were created before
+    /// `before`.
+    pub fn ended_before(&self, workspace_id: &str, before: DateTime<Utc>) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id FROM executions WHERE workspace_id = ?1 AND created_at < ?2 AND status IN {ENDED}"
+        ))?;
+        let rows = stmt.query_map(params![workspace_id, before.to_rfc3339()], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes an execution that has ended, with its log lines, its webhook
+    /// batch and payloads, its idempotency keys and its schedule tick
+    /// (unless that is its connector's latest, which the scheduler counts
+    /// from): all or nothing. False when no execution with this id has
+    /// ended.
+    pub fn delete_execution(&self, id: &str) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if tx.execute(
+            &format!("DELETE FROM executions WHERE id = ?1 AND status IN {ENDED}"),
+            [id],
+        )? == 0
+        {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM execution_logs WHERE execution_id = ?1", [id])?;
+        tx.execute(
+            "DELETE FROM webhooks WHERE batch_id IN (SELECT id FROM webhook_batches WHERE execution_id = ?1)",
+            [id],
+        )?;
+        tx.execute("DELETE FROM webhook_batches WHERE execution_id = ?1", [id])?;
+        tx.execute("DELETE FROM idempotency_keys WHERE execution_id = ?1", [id])?;
+        tx.execute(
+            "DELETE FROM schedule_ticks WHERE execution_id = ?1
+             AND tick_at < (SELECT MAX(tick_at) FROM schedule_ticks t WHERE t.connector_id = schedule_ticks.connector_id)",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     // ----- logs -------------------------------------------------------------

@@ -18,7 +18,7 @@ use weir_engine::execution::{Execution, TriggerType};
 use weir_engine::pipeline::InputFile;
 use weir_engine::sql::Script;
 
-use super::{Page, PageParams, connector_of, optional_body, run_file};
+use super::{Page, PageParams, connector_of, optional_body, page_of, run_file};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
@@ -122,11 +122,13 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
         Some(Json_::String(s)) => Some(s),
         Some(_) => return Err(invalid(vec![Problem::new("sample_file_id", "must be a file id")])),
     };
-    let mut connector = Connector::from_json_value(doc).map_err(|e| match e {
-        EngineError::InvalidConnector(p) => invalid(p),
-        other => ApiError::internal(other),
-    })?;
-    let mut problems = connector.validate();
+    // Every problem in one answer: unknown keys and broken rules do not
+    // hide the checks against the workspace below.
+    let parsed = Connector::parse_json_value(doc);
+    let mut problems = parsed.problems;
+    let Some(mut connector) = parsed.document else {
+        return Err(invalid(problems));
+    };
     if connector.sql.file.is_some() {
         problems.push(Problem::new(
             "sql.file",
@@ -136,12 +138,13 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
     let draft = connector.sql.text.take();
     connector.sql = SqlSource::default();
     if let Some(id) = &sample_file_id
-        && app.db.file(&caller.workspace_id, id)?.is_none()
+        && super::files::file_of(app, caller, id)?.is_none()
     {
         problems.push(Problem::new("sample_file_id", format!("there is no file `{id}`")));
     }
     let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
+    problems.extend(connector.limits.over(&app.settings.limit_caps));
     problems.extend(crate::server::schedules::check(&connector));
     if let Some(name) = connector.webhook.as_ref().and_then(|w| w.secret_env.as_deref()) {
         let workspace = app
@@ -186,13 +189,12 @@ pub async fn list(
 ) -> ApiResult<Json<Page<ConnectorView>>> {
     caller.require(Role::Viewer)?;
     let limit = params.limit()?;
-    let rows = app
-        .db
-        .connectors(&caller.workspace_id, params.cursor.as_deref(), limit + 1)?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| caller.require_connector(&r.id, &r.api_name).is_ok())
-        .collect();
+    let rows = app.db.connectors(
+        &caller.workspace_id,
+        caller.connectors.as_deref(),
+        params.cursor.as_deref(),
+        limit + 1,
+    )?;
     let page = super::page(rows, limit, |r| r.id.clone(), |r| r);
     let mut data = Vec::new();
     for row in &page.data {
@@ -296,14 +298,27 @@ pub async fn update(
     }
     merge_patch(&mut doc, patch);
     let submitted = parse(&app, &caller, doc, row.live_version.is_some())?;
-    let stored = replace(&app, &caller, &row, submitted)?;
+    let stored = replace(&app, &caller, &row, submitted).await?;
     Ok(Json(view(&stored)?))
 }
 
-/// Replaces a connector's definition; a draft in it becomes the next draft.
-pub(super) fn replace(app: &App, caller: &Caller, row: &ConnectorRow, submitted: Submitted) -> ApiResult<ConnectorRow> {
+/// Replaces a connector's definition (an update, a package push); a draft
+/// in it becomes the next draft. An operational connector's new definition
+/// must fit its live script's output.
+pub(super) async fn replace(
+    app: &App,
+    caller: &Caller,
+    row: &ConnectorRow,
+    submitted: Submitted,
+) -> ApiResult<ConnectorRow> {
     if let Some(draft) = &submitted.draft {
         check_script(draft)?;
+    }
+    super::objects::keep_within_reach(app, caller, row, Some(&submitted.connector), submitted.draft.as_deref())?;
+    if let Some(live) = row.live_version
+        && submitted.connector.status == ConnectorStatus::Operational
+    {
+        check_live(app, caller, row, &submitted, live).await?;
     }
     let updated = ConnectorRow {
         api_name: submitted.connector.api_name.clone(),
@@ -442,6 +457,7 @@ pub async fn save_draft(
 ) -> ApiResult<Json<SqlView>> {
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
+    super::objects::keep_within_reach(&app, &caller, &row, None, Some(&request.text))?;
     let version = app.db.save_draft(&row.id, &request.text)?;
     check_draft(&app, &caller, &row, &request.text)
         .await
@@ -461,14 +477,59 @@ async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str)
         }),
         None => None,
     };
-    let objects = if connector.loads.is_empty() {
-        None
-    } else {
-        Some(app.db.object_defs(&caller.workspace_id)?)
-    };
-    check::script(&connector, text, sample.as_ref(), objects.as_ref())
+    // A script reads `records.<object>` of every object of the workspace.
+    let objects = app.db.object_defs(&caller.workspace_id)?;
+    check::script(&connector, text, sample.as_ref(), Some(&objects))
         .await
         .map_err(refused_script)
+}
+
+/// Refuses an edit of an operational connector that its live script's
+/// output would not satisfy: a variable of a column or scope the script
+/// does not make, a load step of a scope it does not make. Planned against
+/// the sample, as a draft is; without a sample there is nothing to plan
+/// against, and the next run says it.
+async fn check_live(app: &App, caller: &Caller, row: &ConnectorRow, submitted: &Submitted, live: u32) -> ApiResult<()> {
+    let script = app
+        .db
+        .sql_version(&row.id, live)?
+        .ok_or_else(|| ApiError::internal("the live SQL version is missing"))?;
+    let sample = match &submitted.sample_file_id {
+        Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
+            path: app.files.path(&f.sha256),
+            name: f.name,
+        }),
+        None => None,
+    };
+    let objects = app.db.object_defs(&caller.workspace_id)?;
+    let (sample, objects) = (sample.as_ref(), Some(&objects));
+    let Err(refused) = check::connector(&submitted.connector, &script.text, sample, objects).await else {
+        return Ok(());
+    };
+    // An edit is refused for what it breaks, not for what was broken
+    // before it (a sample the live script no longer reads, a variable
+    // already missing its column): the next run says those.
+    let current: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    match (refused, check::connector(&current, &script.text, sample, objects).await) {
+        (EngineError::InvalidConnector(problems), before) => {
+            let before = match before {
+                Ok(()) => Vec::new(),
+                Err(EngineError::InvalidConnector(before)) => before,
+                Err(_) => return Ok(()),
+            };
+            let new: Vec<Problem> = problems.into_iter().filter(|p| !before.contains(p)).collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            Err(ApiError::invalid(
+                "invalid_connector",
+                "the edit does not fit the output of the connector's live SQL script",
+                new,
+            ))
+        }
+        (e, Ok(())) => Err(refused_script(e)),
+        (_, Err(_)) => Ok(()),
+    }
 }
 
 /// A script the engine refused, as a 422 with its position; failures that
@@ -544,7 +605,7 @@ pub async fn publish(
     .doc;
     let limit = serde_json::from_str::<Connector>(&row.definition)
         .ok()
-        .and_then(|c| c.limits.parse().ok())
+        .and_then(|c| c.limits.capped(&app.settings.limit_caps).parse().ok())
         .map_or(Duration::from_secs(300), |l| l.max_runtime);
     let done = wait_for_end(&app, &doc.id, limit + Duration::from_secs(30)).await?;
     if !matches!(
@@ -600,9 +661,9 @@ pub async fn wait_for_end(app: &App, id: &str, limit: Duration) -> ApiResult<Exe
 
 /// Every SQL version, newest first.
 #[utoipa::path(get, path = "/connectors/{connector}/sql/versions", tag = "connectors",
-    params(("connector" = String, Path, description = "Connector id or api_name")),
+    params(("connector" = String, Path, description = "Connector id or api_name"), PageParams),
     responses(
-        (status = 200, body = Vec<SqlVersionView>),
+        (status = 200, body = Page<SqlVersionView>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
@@ -610,12 +671,18 @@ pub async fn versions(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(c): Path<String>,
-) -> ApiResult<Json<Vec<SqlVersionView>>> {
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<SqlVersionView>>> {
     caller.require(Role::Viewer)?;
     let row = connector_of(&app, &caller, &c)?;
-    Ok(Json(
-        app.db.sql_versions(&row.id)?.into_iter().map(Into::into).collect(),
-    ))
+    let versions = app.db.sql_versions(&row.id)?;
+    // Zero-padded and counted down, so that the text order is newest first.
+    Ok(Json(page_of(
+        versions,
+        &params,
+        |v| format!("{:010}", u32::MAX - v.version),
+        Into::into,
+    )?))
 }
 
 /// One SQL version.

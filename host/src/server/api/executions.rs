@@ -16,6 +16,7 @@ use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::queue::{self, CancelOutcome};
+use crate::server::retention;
 use crate::server::state::{ExecutionFilter, ExecutionRow, LogLine};
 
 /// Filters of an execution list.
@@ -194,6 +195,40 @@ pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
             "execution_finished",
             "the execution has already finished",
         )),
+    }
+}
+
+/// Deletes an execution that has ended, with its artifacts, log lines
+/// and webhook payloads (what retention deletes once the workspace's
+/// `retention` has passed; docs/retention.md). Its input file stays a file
+/// of the workspace.
+#[utoipa::path(delete, path = "/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    visible(&app, &caller, &id)?;
+    let deleted = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::task::spawn_blocking(move || retention::delete_execution(&app, &id))
+            .await
+            .map_err(ApiError::internal)??
+    };
+    if deleted {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    match app.db.execution(&id)? {
+        Some(_) => Err(ApiError::conflict(
+            "execution_not_finished",
+            "the execution has not ended; cancel it first, or wait for it to end",
+        )),
+        None => Err(ApiError::not_found("execution")),
     }
 }
 

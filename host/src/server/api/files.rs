@@ -17,7 +17,8 @@ use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::files::UploadError;
-use crate::server::state::FileRow;
+use crate::server::retention;
+use crate::server::state::{FileDeletion, FileRow};
 
 /// A stored file.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -67,6 +68,16 @@ pub fn upload_error(e: UploadError) -> ApiError {
             format!("the upload is larger than the limit of {limit} bytes"),
         ),
         UploadError::Body(m) => ApiError::bad_request(format!("the upload was interrupted: {m}")),
+        UploadError::TooSlow(pace) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            format!(
+                "the upload sent less than {} bytes in {} (the server's upload_min_rate over \
+                 upload_rate_window); it was let go",
+                pace.bytes,
+                humantime::format_duration(pace.window)
+            ),
+        ),
         UploadError::Io(e) => ApiError::internal(e),
     }
 }
@@ -115,16 +126,18 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
-/// Stores the file of a request: the `file` part of a multipart form, or
+/// Stores the file of a request as the caller's workspace's, noting that
+/// the caller's key uploaded it: the `file` part of a multipart form, or
 /// the raw body named by `filename`.
 pub async fn receive(
     app: &Arc<App>,
-    workspace_id: &str,
+    caller: &Caller,
     filename: Option<String>,
     request: Request,
 ) -> ApiResult<FileRow> {
+    let workspace_id = caller.workspace_id.as_str();
     let limit = app.settings.max_upload;
-    let (name, content_type, stored) = if is_multipart(request.headers()) {
+    let (name, content_type, (staged, stored)) = if is_multipart(request.headers()) {
         let mut form = Multipart::from_request(request, app)
             .await
             .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
@@ -141,8 +154,8 @@ pub async fn receive(
             }
             let name = clean_name(field.file_name().or(filename.as_deref()).unwrap_or("upload"));
             let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
-            let stored = app.files.put(field, limit).await.map_err(upload_error)?;
-            break (name, content_type, stored);
+            let received = app.files.receive(field, limit).await.map_err(upload_error)?;
+            break (name, content_type, received);
         }
     } else {
         let Some(name) = filename else {
@@ -157,8 +170,8 @@ pub async fn receive(
             .unwrap_or("application/octet-stream")
             .to_string();
         let stream = request.into_body().into_data_stream();
-        let stored = app.files.put(stream, limit).await.map_err(upload_error)?;
-        (clean_name(&name), content_type, stored)
+        let received = app.files.receive(stream, limit).await.map_err(upload_error)?;
+        (clean_name(&name), content_type, received)
     };
     if stored.size == 0 {
         return Err(ApiError::invalid(
@@ -167,16 +180,21 @@ pub async fn receive(
             vec![weir_engine::error::Problem::new("file", "has no bytes")],
         ));
     }
-    let row = app.db.insert_file(
-        workspace_id,
-        &FileRow {
-            sha256: stored.sha256,
-            size: stored.size,
-            name: name.clone(),
-            content_type: content_type.clone(),
-            created_at: Utc::now(),
-        },
-    )?;
+    let row = {
+        let _held = app.files.hold();
+        app.files.place(staged, &stored.sha256).map_err(ApiError::internal)?;
+        app.db.insert_file(
+            workspace_id,
+            &FileRow {
+                sha256: stored.sha256,
+                size: stored.size,
+                name: name.clone(),
+                content_type: content_type.clone(),
+                created_at: Utc::now(),
+            },
+        )?
+    };
+    app.db.note_uploader(workspace_id, &row.sha256, &caller.key_id)?;
     // The store keeps one copy of the same bytes, under the name they first
     // came with; this upload (and the run it triggers, whose input tables
     // are named after it) is known by the name it was sent with.
@@ -205,8 +223,52 @@ pub async fn upload(
     request: Request,
 ) -> ApiResult<(StatusCode, Json<FileView>)> {
     caller.require(Role::Operator)?;
-    let row = receive(&app, &caller.workspace_id, params.filename, request).await?;
+    let row = receive(&app, &caller, params.filename, request).await?;
     Ok((StatusCode::CREATED, Json(FileView::of(row))))
+}
+
+/// A file of the caller's workspace that the caller reaches: any, for a
+/// key of the whole workspace; for a key limited to some connectors, those
+/// it uploaded and those its connectors use (samples, inputs). A file out
+/// of reach is answered as missing.
+pub fn file_of(app: &App, caller: &Caller, id: &str) -> ApiResult<Option<FileRow>> {
+    let Some(file) = app.db.file(&caller.workspace_id, id)? else {
+        return Ok(None);
+    };
+    match &caller.connectors {
+        None => Ok(Some(file)),
+        Some(only) => Ok(app
+            .db
+            .file_reached(&caller.workspace_id, id, &caller.key_id, only)?
+            .then_some(file)),
+    }
+}
+
+/// Deletes a file of the workspace, unless a connector uses it as its
+/// sample or an execution that has not ended reads it (409 `file_in_use`).
+/// Executions that read it keep their documents; their input is gone.
+/// The content leaves the disk once no workspace holds it.
+#[utoipa::path(delete, path = "/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id (sha256)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
+    let workspace_id = caller.workspace_id.clone();
+    let deletion = tokio::task::spawn_blocking(move || retention::delete_file(&app, &workspace_id, &id))
+        .await
+        .map_err(ApiError::internal)??;
+    match deletion {
+        FileDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        FileDeletion::InUse(what) => Err(ApiError::conflict("file_in_use", format!("the file is kept: {what}"))),
+        FileDeletion::Missing => Err(ApiError::not_found("file")),
+    }
 }
 
 /// Streams a stored file from disk with its name and type.
@@ -246,10 +308,7 @@ pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -
     ))]
 pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    let row = app
-        .db
-        .file(&caller.workspace_id, &id)?
-        .ok_or_else(|| ApiError::not_found("file"))?;
+    let row = file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
     send_file(&app.files.path(&row.sha256), &row.name, &row.content_type).await
 }
 

@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use weir_engine::error::Problem;
 
+use super::{Page, PageParams, page_of};
 use crate::server::App;
 use crate::server::auth::{self, Caller, Role};
-use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument};
+use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
 use crate::server::state::KeyRow;
 
 /// A key as listed (never its secret).
@@ -68,23 +69,22 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
-/// The workspace's keys.
-#[utoipa::path(get, path = "/keys", tag = "keys",
+/// The workspace's keys, oldest first.
+#[utoipa::path(get, path = "/keys", tag = "keys", params(PageParams),
     responses(
-        (status = 200, body = Vec<KeyView>),
+        (status = 200, body = Page<KeyView>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<KeyView>>> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<KeyView>>> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    Ok(Json(
-        app.db
-            .keys(&caller.workspace_id)?
-            .into_iter()
-            .map(KeyView::of)
-            .collect(),
-    ))
+    let keys = app.db.keys(&caller.workspace_id)?;
+    Ok(Json(page_of(keys, &params, |k| k.id.clone(), KeyView::of)?))
 }
 
 /// Creates a key; its secret is in this answer only.

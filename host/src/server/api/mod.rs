@@ -28,6 +28,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -48,7 +49,8 @@ pub const MAX_LIMIT: usize = 500;
 /// `?limit=` when none is given.
 pub const DEFAULT_LIMIT: usize = 50;
 
-/// A page of a list, newest first.
+/// A page of a list, in the list's order (newest first, unless the route
+/// says otherwise).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
@@ -90,6 +92,24 @@ pub fn page<T, R>(mut rows: Vec<R>, limit: usize, cursor_of: impl Fn(&R) -> Stri
     }
 }
 
+/// A page of a list read whole (keys, objects, plugins, SQL versions:
+/// lists a workspace keeps short), in the order of `key`: the items whose
+/// key comes after the cursor.
+pub fn page_of<T, R>(
+    mut rows: Vec<R>,
+    params: &PageParams,
+    key: impl Fn(&R) -> String,
+    view: impl Fn(R) -> T,
+) -> ApiResult<Page<T>> {
+    let limit = params.limit()?;
+    rows.sort_by_key(&key);
+    if let Some(cursor) = &params.cursor {
+        rows.retain(|r| key(r).as_str() > cursor.as_str());
+    }
+    rows.truncate(limit + 1);
+    Ok(page(rows, limit, key, view))
+}
+
 /// An optional JSON body: none (or only whitespace) is `T::default()`;
 /// anything else must be `shape`.
 pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shape: &str) -> ApiResult<T> {
@@ -123,8 +143,7 @@ pub fn run_file(
             vec![],
         )
     })?;
-    app.db
-        .file(&caller.workspace_id, &file_id)?
+    files::file_of(app, caller, &file_id)?
         .ok_or_else(|| ApiError::invalid(unknown, format!("there is no file `{file_id}`"), vec![]))
 }
 
@@ -175,61 +194,124 @@ impl Modify for Security {
     }
 }
 
-/// The routes with their OpenAPI document.
-pub fn api() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest(
-        "/api/v1",
-        OpenApiRouter::new()
-            .routes(routes!(system::healthz))
-            .routes(routes!(system::metrics))
-            .routes(routes!(keys::list, keys::create))
-            .routes(routes!(keys::revoke))
-            .routes(routes!(objects::list, objects::create))
-            .routes(routes!(objects::get, objects::update))
-            .routes(routes!(objects::records))
-            .routes(routes!(objects::record))
-            .routes(unlimited(routes!(files::upload)))
-            .routes(routes!(files::download))
-            .routes(unlimited(routes!(plugins::publish, plugins::list)))
-            .routes(routes!(connectors::list, connectors::create))
-            .routes(routes!(connectors::get, connectors::update, connectors::delete))
-            .routes(routes!(connectors::sql))
-            .routes(routes!(connectors::save_draft))
-            .routes(routes!(connectors::publish))
-            .routes(routes!(connectors::versions))
-            .routes(routes!(connectors::version))
-            .routes(routes!(preview::preview))
-            .routes(routes!(package::dev_package))
-            .routes(unlimited(routes!(package::push)))
-            .routes(unlimited(routes!(runs::trigger)))
-            .routes(unlimited(routes!(webhooks::receive)))
-            .routes(routes!(executions::list))
-            .routes(routes!(executions::get))
-            .routes(routes!(executions::logs))
-            .routes(routes!(events::events))
-            .routes(routes!(executions::cancel))
-            .routes(routes!(executions::input))
-            .routes(routes!(executions::output))
-            .routes(routes!(executions::report))
-            .routes(routes!(executions::rejected))
-            .routes(routes!(executions::sql)),
-    )
+/// The routes with their OpenAPI document. A request to one of them
+/// takes at most `request_timeout`, except a request that sends a file:
+/// its body is held to the upload pace instead.
+pub fn api(request_timeout: Duration) -> OpenApiRouter<Arc<App>> {
+    let routes = OpenApiRouter::new()
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(objects::list, objects::create))
+        .routes(routes!(objects::get, objects::update))
+        .routes(routes!(objects::records))
+        .routes(routes!(objects::record))
+        .routes(routes!(files::download))
+        .routes(routes!(files::delete))
+        .routes(routes!(plugins::list))
+        .routes(routes!(connectors::list, connectors::create))
+        .routes(routes!(connectors::get, connectors::update, connectors::delete))
+        .routes(routes!(connectors::sql))
+        .routes(routes!(connectors::save_draft))
+        .routes(routes!(connectors::publish))
+        .routes(routes!(connectors::versions))
+        .routes(routes!(connectors::version))
+        .routes(routes!(preview::preview))
+        .routes(routes!(package::dev_package))
+        .routes(unlimited(routes!(webhooks::receive)))
+        .routes(routes!(executions::list))
+        .routes(routes!(executions::get, executions::delete))
+        .routes(routes!(executions::logs))
+        .routes(routes!(events::events))
+        .routes(routes!(executions::cancel))
+        .routes(routes!(executions::input))
+        .routes(routes!(executions::output))
+        .routes(routes!(executions::report))
+        .routes(routes!(executions::rejected))
+        .routes(routes!(executions::sql))
+        // Every route above, and none below.
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout_or_default(request_timeout),
+        ))
+        // Routes that send a file: the body streams to disk, limited by
+        // `max_upload` and held to `upload_min_rate` there rather than to
+        // a total time, so a large file on a slow but steady link arrives
+        // whole.
+        .routes(unlimited(routes!(files::upload)))
+        .routes(unlimited(routes!(plugins::publish)))
+        .routes(unlimited(routes!(package::push)))
+        .routes(unlimited(routes!(runs::trigger)));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes)
 }
 
-/// Lifts the JSON body limit from an upload route: uploads are streamed
-/// to disk and limited by `max_upload` there.
+/// Lifts the JSON body limit from a route whose body has a limit of its
+/// own (`max_upload`, a webhook's `max_payload`), and answers a request it
+/// refuses before reading its body only after that body ([`drain_unread`]).
 fn unlimited(
     (schemas, paths, method_router): utoipa_axum::router::UtoipaMethodRouter<Arc<App>>,
 ) -> utoipa_axum::router::UtoipaMethodRouter<Arc<App>> {
-    (schemas, paths, method_router.layer(DefaultBodyLimit::disable()))
+    let method_router = method_router
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(drain_unread));
+    (schemas, paths, method_router)
+}
+
+/// What of a refused request's body is read before its answer.
+const DRAIN_BYTES: usize = 16 << 20;
+/// How long a refused request's body is read before its answer.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A request refused before its body was read (no key, a wrong role, a bad
+/// name) is answered once the rest of its body, up to [`DRAIN_BYTES`] in
+/// [`DRAIN_TIME`], has been read and dropped. A connection closed with
+/// bytes unread is reset, and a client still sending its file would see
+/// the reset instead of the answer. Past the bound the connection closes
+/// as before.
+async fn drain_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let unread = Arc::new(std::sync::Mutex::new(Some(body.into_data_stream())));
+    let handed = axum::body::Body::from_stream(Unread(unread.clone()));
+    let response = next.run(Request::from_parts(parts, handed)).await;
+    let rest = unread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(mut rest) = rest {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut drained = 0;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, rest.next()).await {
+            drained += chunk.len();
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    }
+    response
+}
+
+/// A request body the handler reads, which [`drain_unread`] takes back
+/// when the handler is done.
+struct Unread(Arc<std::sync::Mutex<Option<axum::body::BodyDataStream>>>);
+
+impl futures::Stream for Unread {
+    type Item = Result<axum::body::Bytes, axum::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match inner.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
 }
 
 /// The whole router: the API, `/api/v1/openapi.json`, limits, timeouts,
 /// request tracing and metrics.
 pub fn router(app: Arc<App>) -> Router {
-    let (router, openapi) = api().split_for_parts();
+    let (router, openapi) = api(app.settings.request_timeout).split_for_parts();
     let openapi = Arc::new(openapi);
-    let timeout = app.settings.request_timeout;
     let max_json = app.settings.max_json_body;
     router
         .route(
@@ -242,10 +324,6 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(max_json))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout_or_default(timeout),
-        ))
         .layer(middleware::map_response(bare_errors_as_problems))
         .layer(middleware::from_fn_with_state(app.clone(), hide_paths))
         .layer(

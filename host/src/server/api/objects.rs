@@ -1,23 +1,25 @@
 //! Objects of the workspace and their records. Objects are defined here
 //! (admin); records are written by load steps and read here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, NaiveDate};
 use serde_json::{Map, Value as Json_};
 use weir_engine::Error as EngineError;
+use weir_engine::connector::Connector;
 use weir_engine::error::Problem;
-use weir_engine::objects::{FieldType, ObjectDef};
+use weir_engine::objects::{FieldType, ObjectDef, Objects};
+use weir_engine::sql::{self, Script};
 use weir_engine::store::{Record, RecordId, Value};
 
-use super::{DEFAULT_LIMIT, MAX_LIMIT, Page};
+use super::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, page_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
+use crate::server::state::ConnectorRow;
 
 /// Parses and validates an object definition, checking relation targets
 /// against the workspace's objects.
@@ -59,7 +61,91 @@ fn object_json(def: &ObjectDef) -> ApiResult<Json_> {
     serde_json::to_value(def).map_err(ApiError::internal)
 }
 
+/// The objects `connectors` use: those their load steps write to, with the
+/// objects their relation fields point to.
+pub(super) fn used_by<'a>(all: &Objects, connectors: impl IntoIterator<Item = &'a Connector>) -> BTreeSet<String> {
+    let mut used: BTreeSet<String> = connectors
+        .into_iter()
+        .flat_map(|c| c.loads.iter().map(|l| l.object.clone()))
+        .collect();
+    let mut queue: Vec<String> = used.iter().cloned().collect();
+    while let Some(name) = queue.pop() {
+        if let Some(def) = all.get(&name) {
+            for target in def.fields.iter().filter_map(|f| f.object.clone()) {
+                if used.insert(target.clone()) {
+                    queue.push(target);
+                }
+            }
+        }
+    }
+    used
+}
+
+/// The objects the caller reaches: `None` (every one) for a key of the
+/// whole workspace; for a key limited to some connectors, those its
+/// connectors use ([`used_by`]).
+fn reached(app: &App, caller: &Caller) -> ApiResult<Option<BTreeSet<String>>> {
+    let Some(only) = &caller.connectors else {
+        return Ok(None);
+    };
+    let mut connectors = Vec::new();
+    for row in app.db.connectors(&caller.workspace_id, Some(only), None, usize::MAX)? {
+        connectors.push(serde_json::from_str::<Connector>(&row.definition).map_err(ApiError::internal)?);
+    }
+    Ok(Some(used_by(&app.db.object_defs(&caller.workspace_id)?, &connectors)))
+}
+
+/// Refuses (403) an edit by a key limited to some connectors that would
+/// make connector `row` load into (`loads`) or read (`records.<object>` in
+/// `script`) an object the key does not reach ([`reached`]) and the
+/// connector did not already read: such a key cannot widen its own reach.
+pub(super) fn keep_within_reach(
+    app: &App,
+    caller: &Caller,
+    row: &ConnectorRow,
+    loads: Option<&Connector>,
+    script: Option<&str>,
+) -> ApiResult<()> {
+    let Some(mut allowed) = reached(app, caller)? else {
+        return Ok(());
+    };
+    for version in [Some(row.draft_version), row.live_version].into_iter().flatten() {
+        if let Some(sql) = app.db.sql_version(&row.id, version)? {
+            allowed.extend(records_named(&sql.text));
+        }
+    }
+    let mut named: BTreeSet<String> = loads
+        .iter()
+        .flat_map(|c| c.loads.iter().map(|l| l.object.clone()))
+        .collect();
+    named.extend(script.map(records_named).unwrap_or_default());
+    match named.difference(&allowed).next() {
+        Some(object) => Err(ApiError::forbidden(format!(
+            "this key is limited to connectors that do not use object `{object}`, and cannot make them use it"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The objects `text` reads as `records.<object>`; none when it does not
+/// parse (the script's own check says why).
+fn records_named(text: &str) -> Vec<String> {
+    Script::parse(text)
+        .and_then(|script| sql::records_named(&script))
+        .unwrap_or_default()
+}
+
+/// An object of the caller's workspace; 403 for one a key limited to some
+/// connectors does not reach (its records are not theirs to read).
 fn load_object(app: &App, caller: &Caller, name: &str) -> ApiResult<ObjectDef> {
+    if let Some(reached) = reached(app, caller)?
+        && !reached.contains(name)
+        && app.db.object(&caller.workspace_id, name)?.is_some()
+    {
+        return Err(ApiError::forbidden(format!(
+            "this key is limited to connectors that do not use object `{name}`"
+        )));
+    }
     let row = app
         .db
         .object(&caller.workspace_id, name)?
@@ -67,20 +153,28 @@ fn load_object(app: &App, caller: &Caller, name: &str) -> ApiResult<ObjectDef> {
     serde_json::from_str(&row.definition).map_err(ApiError::internal)
 }
 
-/// The workspace's objects.
-#[utoipa::path(get, path = "/objects", tag = "objects",
+/// The workspace's objects, by name.
+#[utoipa::path(get, path = "/objects", tag = "objects", params(PageParams),
     responses(
-        (status = 200, body = Vec<ObjectDef>),
+        (status = 200, body = Page<ObjectDef>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
         (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<ObjectDef>>> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<ObjectDef>>> {
     caller.require(Role::Viewer)?;
-    let mut out = Vec::new();
+    let reached = reached(&app, &caller)?;
+    let mut out: Vec<ObjectDef> = Vec::new();
     for row in app.db.objects(&caller.workspace_id)? {
         out.push(serde_json::from_str(&row.definition).map_err(ApiError::internal)?);
     }
-    Ok(Json(out))
+    if let Some(reached) = reached {
+        out.retain(|o| reached.contains(&o.name));
+    }
+    Ok(Json(page_of(out, &params, |o| o.name.clone(), |o| o)?))
 }
 
 /// Defines an object (SPEC §2: name, label, typed fields).
@@ -202,26 +296,11 @@ pub async fn update(
 }
 
 /// A stored value as JSON.
-fn value_json(v: &Value) -> Json_ {
-    match v {
-        Value::Null => Json_::Null,
-        Value::Text(s) => Json_::String(s.clone()),
-        Value::Number(n) => serde_json::Number::from_f64(*n).map_or(Json_::Null, Json_::Number),
-        Value::Bool(b) => Json_::Bool(*b),
-        Value::Date(days) => {
-            NaiveDate::from_num_days_from_ce_opt(days + 719_163).map_or(Json_::Null, |d| Json_::String(d.to_string()))
-        }
-        Value::Datetime(us) => DateTime::from_timestamp_micros(*us).map_or(Json_::Null, |t| {
-            Json_::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        }),
-    }
-}
-
 fn record_json(record: &Record) -> Json_ {
     let mut map = Map::new();
     map.insert("id".into(), Json_::String(record.id.to_string()));
     for (k, v) in &record.fields {
-        map.insert(k.clone(), value_json(v));
+        map.insert(k.clone(), v.to_json());
     }
     Json_::Object(map)
 }
@@ -231,17 +310,9 @@ fn filter_value(kind: FieldType, text: &str) -> Option<Value> {
     match kind {
         FieldType::Number => text.parse().ok().map(Value::Number),
         FieldType::Boolean => text.parse().ok().map(Value::Bool),
-        FieldType::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .map(|d| Value::Date(d.num_days_from_ce() - 719_163)),
-        FieldType::Datetime => DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|t| Value::Datetime(t.timestamp_micros())),
-        _ => Some(Value::Text(text.to_string())),
+        _ => Value::from_json(kind, &Json_::String(text.to_string())),
     }
 }
-
-use chrono::Datelike;
 
 /// The object's records, newest first; every query parameter other than
 /// `limit` and `cursor` filters a field by equality.

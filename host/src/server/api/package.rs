@@ -21,7 +21,7 @@
 //! A connector holds no secret values (a webhook secret is named by the
 //! environment variable that holds it), so none can leak into a package.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -56,6 +56,11 @@ pub struct DevPackageParams {
     pub source_file_id: Option<String>,
     /// `live` (default) or `draft`.
     pub version: Option<String>,
+    /// Include a snapshot of the records of the objects the load steps
+    /// write to (`records/<object>.jsonl`), so that a local run matches
+    /// against them; at most `package_records_max` (422 past it).
+    #[serde(default)]
+    pub records: bool,
 }
 
 /// Downloads the connector as a dev package zip for `weir run`.
@@ -93,7 +98,7 @@ pub async fn dev_package(
             ));
         }
     };
-    let bytes = tokio::task::spawn_blocking(move || build(&app, &caller, &row, version, params.source_file_id))
+    let bytes = tokio::task::spawn_blocking(move || build(&app, &caller, &row, version, &params))
         .await
         .map_err(ApiError::internal)??;
     let mut response = bytes.0.into_response();
@@ -185,13 +190,16 @@ pub async fn push(
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
             // Hashing and writing a sample of up to the package limit is
             // blocking work.
-            let (app, workspace, name) = (app.clone(), caller.workspace_id.clone(), file.name.clone());
+            let (kept_by, workspace, name) = (app.clone(), caller.workspace_id.clone(), file.name.clone());
             let row = tokio::task::spawn_blocking(move || {
-                app.keep_file(&workspace, &name, "application/octet-stream", &bytes)
+                kept_by.keep_file(&workspace, &name, "application/octet-stream", &bytes)
             })
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
+            // A key limited to the connector reaches the sample it pushed.
+            app.db
+                .note_uploader(&caller.workspace_id, &row.sha256, &caller.key_id)?;
             Some(row.sha256)
         }
         None => existing.as_ref().and_then(|r| r.sample_file_id.clone()),
@@ -219,7 +227,7 @@ pub async fn push(
     match existing {
         Some(row) => {
             let submitted = super::connectors::parse(&app, &caller, doc, row.live_version.is_some())?;
-            let stored = super::connectors::replace(&app, &caller, &row, submitted)?;
+            let stored = super::connectors::replace(&app, &caller, &row, submitted).await?;
             Ok((StatusCode::OK, Json(super::connectors::view(&stored)?)))
         }
         None => {
@@ -300,8 +308,9 @@ fn build(
     caller: &Caller,
     row: &ConnectorRow,
     version: u32,
-    source_file_id: Option<String>,
+    params: &DevPackageParams,
 ) -> ApiResult<(Vec<u8>, String)> {
+    let source_file_id = params.source_file_id.clone();
     let mut connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
     let script = app
         .db
@@ -315,9 +324,7 @@ fn build(
     let file_id = source_file_id.or_else(|| row.sample_file_id.clone());
     let file = match &file_id {
         Some(id) => {
-            let mut file = app
-                .db
-                .file(&caller.workspace_id, id)?
+            let mut file = super::files::file_of(app, caller, id)?
                 .ok_or_else(|| ApiError::invalid("unknown_file", format!("there is no file `{id}`"), vec![]))?;
             // Files are stored by content, under the name they first came
             // with; an execution's input keeps the name it was sent under,
@@ -341,6 +348,34 @@ fn build(
         let text = toml::to_string_pretty(&objects).map_err(ApiError::internal)?;
         files.insert("objects.toml".into(), text.into_bytes());
     }
+    if params.records {
+        let max = app.settings.package_records_max;
+        let loaded: Vec<_> = objects
+            .objects
+            .iter()
+            .filter(|o| connector.loads.iter().any(|l| l.object == o.name))
+            .cloned()
+            .collect();
+        let snapshot = weir_engine::snapshot::take(app.records.as_ref(), &caller.workspace_id, &loaded, max)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "records_too_large",
+                    format!(
+                        "the records of {} come to more than package_records_max ({}); \
+                         download the package without ?records=true",
+                        loaded
+                            .iter()
+                            .map(|o| format!("`{}`", o.name))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        bytesize::ByteSize::b(max).display().iec()
+                    ),
+                    vec![],
+                )
+            })?;
+        files.extend(snapshot);
+    }
     for t in &connector.transforms {
         let plugin = PluginRef::parse(&t.plugin).map_err(ApiError::internal)?;
         let stored = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?.ok_or_else(|| {
@@ -358,7 +393,7 @@ fn build(
     }
     files.insert(
         "README.md".into(),
-        readme(&row.api_name, file.as_ref().map(|f| f.name.as_str())).into_bytes(),
+        readme(&row.api_name, file.as_ref().map(|f| f.name.as_str()), params.records).into_bytes(),
     );
 
     let hashes: BTreeMap<&str, String> = files
@@ -390,24 +425,22 @@ fn build(
 /// relation fields point to.
 fn objects_of(app: &App, workspace_id: &str, connector: &Connector) -> ApiResult<Objects> {
     let all = app.db.object_defs(workspace_id)?;
-    let mut wanted: BTreeSet<String> = connector.loads.iter().map(|l| l.object.clone()).collect();
-    let mut queue: Vec<String> = wanted.iter().cloned().collect();
-    while let Some(name) = queue.pop() {
-        if let Some(def) = all.get(&name) {
-            for target in def.fields.iter().filter_map(|f| f.object.clone()) {
-                if wanted.insert(target.clone()) {
-                    queue.push(target);
-                }
-            }
-        }
-    }
+    let wanted = super::objects::used_by(&all, [connector]);
     Ok(Objects {
         objects: all.objects.into_iter().filter(|o| wanted.contains(&o.name)).collect(),
     })
 }
 
-fn readme(api_name: &str, data: Option<&str>) -> String {
+fn readme(api_name: &str, data: Option<&str>, records: bool) -> String {
     let input = data.map_or_else(String::new, |d| format!(" (its input is data/{d})"));
+    let counts = if records {
+        "`records/` holds the records its load steps match against, as the server had them: the first\n\
+         run imports them into the store, so it counts the creates and updates the server would.\n"
+    } else {
+        "The package carries no records: a load step finds none of the server's, so a local run counts\n\
+         creates where the server would count updates (and skips `do_not_upload` rules would not).\n\
+         Download it with `?records=true` to carry them.\n"
+    };
     format!(
         "# {api_name}: dev package\n\n\
          Runs locally with the same engine as the server{input}:\n\n\
@@ -417,6 +450,7 @@ fn readme(api_name: &str, data: Option<&str>) -> String {
          ```\n\n\
          `out/output/<scope>.csv`, `out/report.xlsx` and `out/rejected.csv` are what the server\n\
          writes for the same input; load steps write to `out/records.db` (`--db` for another).\n\
+         {counts}\
          Edit `script.sql`, then `weir package push` sends it back as the connector's draft.\n"
     )
 }

@@ -15,6 +15,7 @@ use weir_engine::connector::PluginRef;
 use weir_engine::error::Problem;
 use weir_engine::transform::PluginSource;
 
+use super::{Page, PageParams, page_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, ProblemDocument, Query};
@@ -145,7 +146,7 @@ pub(super) async fn register(
     }
     let size = wasm.len() as u64;
     let files = app.files.clone();
-    tokio::task::spawn_blocking(move || files.put_bytes(&wasm))
+    let (staged, _) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
@@ -156,7 +157,11 @@ pub(super) async fn register(
         size,
         created_at: Utc::now(),
     };
-    let (stored_row, inserted) = app.db.insert_plugin(workspace_id, &row)?;
+    let (stored_row, inserted) = {
+        let _held = app.files.hold();
+        app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
+        app.db.insert_plugin(workspace_id, &row)?
+    };
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
         // this one's is refused (and stays as an unreferenced blob).
@@ -165,21 +170,27 @@ pub(super) async fn register(
     Ok((stored_row, inserted))
 }
 
-/// The workspace's plugins.
-#[utoipa::path(get, path = "/plugins", tag = "plugins",
+/// The workspace's plugins, by name and version.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", params(PageParams),
     responses(
-        (status = 200, body = Vec<PluginView>),
+        (status = 200, body = Page<PluginView>),
         (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<PluginView>>> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<PluginView>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(
-        app.db
-            .plugins(&caller.workspace_id)?
-            .into_iter()
-            .map(PluginView::of)
-            .collect(),
-    ))
+    let plugins = app.db.plugins(&caller.workspace_id)?;
+    // A NUL cannot be in a name, so `name NUL version` orders by name,
+    // then version.
+    Ok(Json(page_of(
+        plugins,
+        &params,
+        |p| format!("{}\u{0}{}", p.name, p.version),
+        PluginView::of,
+    )?))
 }
 
 /// A workspace's published plugins, as runs find them.

@@ -156,7 +156,8 @@ pub async fn preview(
         .db
         .sql_version(&row.id, version)?
         .ok_or_else(|| ApiError::internal("a SQL version is missing"))?;
-    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let mut connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    connector.limits = connector.limits.capped(&app.settings.limit_caps);
     let bound = connector.limits.parse().map_or(app.settings.preview_timeout, |l| {
         l.max_runtime.min(app.settings.preview_timeout)
     });
@@ -183,7 +184,7 @@ pub async fn preview(
     let log = Arc::new(Lines::default());
     let job = Job {
         plugins: queue::job_plugins(&app, &caller.workspace_id, &connector),
-        records: queue::job_records(&app, &caller.workspace_id, &connector)?,
+        records: Some(queue::job_records(&app, &caller.workspace_id)?),
         script: script.text,
         input: Some(JobInput {
             path: app.files.path(&file.sha256),
@@ -192,10 +193,16 @@ pub async fn preview(
         execution: doc,
         out_dir: dir.path().to_path_buf(),
         threads: app.settings.config.threads_per_run,
-        output_row_cap: Some(rows as u64 + 1),
+        output_row_cap: Some(
+            app.settings
+                .config
+                .output_row_cap
+                .map_or(rows as u64 + 1, |cap| cap.min(rows as u64 + 1)),
+        ),
         report_rows: rows,
         load_batch_size: app.settings.config.load_batch_size,
         plugin_cache: Some(queue::plugin_cache(&app)),
+        plugin_memory: app.settings.plugin_memory,
         cpu_seconds: 0,
         connector,
     };

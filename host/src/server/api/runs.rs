@@ -280,17 +280,15 @@ pub async fn trigger(
                 vec![],
             )
         })?;
-        app.db
-            .file(&caller.workspace_id, &source.source_file_id)?
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "unknown_file",
-                    format!("there is no file `{}`", source.source_file_id),
-                    vec![],
-                )
-            })?
+        super::files::file_of(&app, &caller, &source.source_file_id)?.ok_or_else(|| {
+            ApiError::invalid(
+                "unknown_file",
+                format!("there is no file `{}`", source.source_file_id),
+                vec![],
+            )
+        })?
     } else {
-        super::files::receive(&app, &caller.workspace_id, params.filename.clone(), request).await?
+        super::files::receive(&app, &caller, params.filename.clone(), request).await?
     };
     let key = key.map(|key| IdempotencyKey {
         fingerprint: fingerprint(&row.id, &params, &file),

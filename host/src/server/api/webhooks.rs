@@ -170,7 +170,9 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(ConnectorRow, Option<String>)> {
     if let Some(key) = key_in(headers) {
         let caller = authenticate(&app.db, key)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
-        // Every role may post webhooks to the connectors it reaches.
+        // Every role but a viewer's may post webhooks to the connectors it
+        // reaches.
+        caller.require_webhook_sender()?;
         let row = super::connector_of(app, &caller, c)?;
         return Ok((row, None));
     }

@@ -1,0 +1,126 @@
+//! What the server keeps, and for how long (docs/retention.md).
+//!
+//! Every `retention_sweep` the sweeper deletes, per workspace:
+//! - each execution that ended and was created more than the workspace's
+//!   retention ago, with everything it holds: its artifacts, its log lines,
+//!   the webhook payloads of its batch, its idempotency keys and its
+//!   schedule tick (except each connector's latest, which the scheduler
+//!   counts from);
+//! - each file older than the retention that no connector uses as its
+//!   sample and no kept execution used as its input.
+//!
+//! `DELETE /executions/{id}` and `DELETE /files/{id}` do the same for one
+//! execution or file at once. The content of a file leaves the disk once no
+//! workspace holds it and no plugin is it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::App;
+use super::queue::artifacts_dir;
+use super::state::{FileDeletion, StateError};
+
+/// What one sweep deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Executions deleted with what they held.
+    pub executions: usize,
+    /// Files deleted.
+    pub files: usize,
+}
+
+/// Sweeps every `retention_sweep`, until the server drains.
+pub async fn sweeper(app: Arc<App>) {
+    loop {
+        let swept = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || sweep(&app, Utc::now())).await
+        };
+        match swept {
+            Ok(Ok(swept)) if swept != Swept::default() => {
+                tracing::info!(
+                    executions = swept.executions,
+                    files = swept.files,
+                    "deleted what is past its workspace's retention"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the retention sweep failed"),
+            Err(e) => tracing::error!(error = %e, "the retention sweep failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(app.settings.retention_sweep) => {}
+            () = app.runs.draining().cancelled() => return,
+        }
+    }
+}
+
+/// Deletes, in every workspace, what is older than its retention at `now`.
+pub fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
+    let mut swept = Swept::default();
+    for workspace in app.db.workspaces()? {
+        let retention =
+            chrono::TimeDelta::from_std(app.settings.retention_of(&workspace.name)).unwrap_or(chrono::TimeDelta::MAX);
+        let Some(before) = now.checked_sub_signed(retention) else {
+            continue;
+        };
+        for id in app.db.ended_before(&workspace.id, before)? {
+            if delete_execution(app, &id)? {
+                swept.executions += 1;
+            }
+        }
+        for sha256 in app.db.unused_files_before(&workspace.id, before)? {
+            if delete_file(app, &workspace.id, &sha256)? == FileDeletion::Deleted {
+                swept.files += 1;
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Deletes an execution that has ended, with everything it holds; false
+/// when there is no such execution or it has not ended.
+pub fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
+    if !app.db.delete_execution(id)? {
+        return Ok(false);
+    }
+    match std::fs::remove_dir_all(artifacts_dir(app, id)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // The execution is gone; what is left on disk is only space.
+        Err(e) => tracing::warn!(execution = id, error = %e, "removing an execution's artifacts failed"),
+    }
+    Ok(true)
+}
+
+/// Deletes a file of the workspace unless a connector uses it as its
+/// sample or an execution that has not ended reads it; its content leaves
+/// the disk once nothing else holds it.
+pub fn delete_file(app: &App, workspace_id: &str, sha256: &str) -> Result<FileDeletion, StateError> {
+    let deletion = app.db.delete_file(workspace_id, sha256)?;
+    if deletion == FileDeletion::Deleted {
+        match app
+            .files
+            .remove_unless(sha256, || Ok::<_, RemoveError>(app.db.content_in_use(sha256)?))
+        {
+            Ok(_) => {}
+            Err(RemoveError::State(e)) => return Err(e),
+            // The file is gone from the workspace; what is left on disk is
+            // only space, removed by the next deletion of the same content.
+            Err(RemoveError::Io(e)) => tracing::warn!(error = %e, "removing a file's content failed"),
+        }
+    }
+    Ok(deletion)
+}
+
+/// Why content could not be removed from the file store.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// Asking whether anything still holds it failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Removing it failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
