@@ -707,3 +707,51 @@ fn the_plugins_example_normalises_phones_and_drops_the_duplicate() {
     );
     assert!(rejected.contains("`12345` is not a valid phone number"), "{rejected}");
 }
+
+#[test]
+fn a_start_that_cannot_listen_changes_nothing_and_the_next_one_shows_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = taken.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = dir.path().join("data");
+    let serve = |listen: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(&data)
+            .env_remove("WEIR_BOOTSTRAP_KEY");
+        command
+    };
+    let o = serve(&addr).output().unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(&format!("listening on {addr}")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
+    assert!(!stdout(&o).contains("admin key"), "{}", stdout(&o));
+    assert!(!data.join("state.db").exists(), "no workspace or key was made");
+    drop(taken);
+
+    // The next start creates the workspace and shows its key.
+    let mut child = serve("127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut shown = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        let line = line.unwrap_or_else(|e| panic!("{e}"));
+        if let Some(key) = line.split("admin key (shown once): ").nth(1) {
+            shown = Some(key.to_string());
+        }
+        if line.starts_with("weir listening on ") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        shown.is_some_and(|k| k.starts_with("weir_")),
+        "the first start that serves shows the key"
+    );
+}

@@ -78,7 +78,7 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data directory cannot be used.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
         /// The directory.
         path: String,
@@ -98,7 +98,7 @@ pub enum StartError {
     #[error("bootstrap: {0}")]
     Bootstrap(String),
     /// The address cannot be listened on.
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -125,6 +125,13 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     // Everything the server keeps is written here: a directory it cannot
     // write to is said plainly before any database refuses to open.
     tempfile::tempfile_in(&dir).map_err(data_dir_error)?;
+    // The address first: a start that cannot listen changes nothing (it
+    // neither creates the first admin key, which only a start that serves
+    // shows, nor resolves runs of a server that may still be serving).
+    let addr = settings.config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
     let db = Db::open(&dir.join("state.db"))?;
     let files = FileStore::open(&dir, settings.upload_pace).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
@@ -155,10 +162,6 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
             "resolved executions a previous process left running"
         );
     }
-    let addr = app.settings.config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
     tokio::spawn(queue::dispatch(app.clone()));
     tokio::spawn(webhooks::batcher(app.clone()));
     tokio::spawn(schedules::scheduler(app.clone()));
