@@ -7,8 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A stage of the run pipeline, as named in the execution document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+/// A stage of the run pipeline, as named in the execution document, in
+/// pipeline order (rows flow from each stage to the ones after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Reading and decoding input files into input tables.

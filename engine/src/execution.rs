@@ -253,6 +253,17 @@ impl StepProgress {
         }
     }
 
+    /// Whether the stage has handled any row.
+    pub fn handled_rows(&self) -> bool {
+        match self {
+            StepProgress::Intake { tables, .. } => tables.iter().any(|t| t.rows + t.invalid > 0),
+            StepProgress::Sql { scopes, .. } => scopes.iter().any(|s| s.rows > 0),
+            StepProgress::Transform { steps, .. } => steps.iter().any(|s| s.rows_in > 0),
+            StepProgress::Variables { scopes, .. } => scopes.iter().any(|s| s.total > 0),
+            StepProgress::Load { steps, .. } => steps.iter().any(|s| s.total > 0),
+        }
+    }
+
     /// The stage's status.
     pub fn status(&self) -> StageStatus {
         match self {
@@ -455,8 +466,29 @@ impl Execution {
         }
     }
 
-    /// Marks every stage still pending or running with `status` (used when a
-    /// run ends early).
+    /// Ends the stages of a run that failed in stage `failed`. It is
+    /// `failed`. A stage before it that handled rows handed on every row
+    /// it read, counted, and is `completed`; one that handled none (the
+    /// run failed while it was being set up) is `skipped`, as is every
+    /// stage after the failed one: the rows they waited for never came.
+    pub fn fail_at(&mut self, failed: Stage) {
+        for p in &mut self.step_progress {
+            let status = p.status();
+            let open = matches!(status, StageStatus::Running | StageStatus::Pending);
+            let next = match p.stage().cmp(&failed) {
+                std::cmp::Ordering::Equal => StageStatus::Failed,
+                std::cmp::Ordering::Less if open && status == StageStatus::Running && p.handled_rows() => {
+                    StageStatus::Completed
+                }
+                _ if open => StageStatus::Skipped,
+                _ => status,
+            };
+            p.set_status(next);
+        }
+    }
+
+    /// Marks every stage still running with `running` and every one still
+    /// pending with `pending` (a run that ends or is canceled).
     pub fn close_open_stages(&mut self, running: StageStatus, pending: StageStatus) {
         for p in &mut self.step_progress {
             match p.status() {

@@ -263,8 +263,11 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
             outcome
         }
     };
+    // An input table's error reaches the run through the SQL stream that
+    // reads it; it is intake's.
     let failed_stage = match &outcome {
         Err(Error::UnreadableInput { .. }) => Stage::Intake,
+        Err(_) if lock(&shared.tables).iter().any(|(_, stats)| stats.failed()) => Stage::Intake,
         _ => *lock(&shared.stage),
     };
     shared.refresh_tables();
@@ -346,8 +349,7 @@ fn conclude(doc: &mut Execution, outcome: &std::result::Result<(), (Stage, Error
             advance(doc, Status::Canceled);
         }
         Err((stage, e)) => {
-            doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
-            doc.set_stage_status(*stage, StageStatus::Failed);
+            doc.fail_at(*stage);
             doc.error = Some(ExecutionError::from_error(*stage, e));
             advance(doc, Status::Failed);
         }

@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use weir_engine::error::Stage;
+use weir_engine::execution::{Execution, StepProgress};
 use weir_engine::pipeline::InputFile;
 use weir_tests::{PASS_THROUGH, connector, input, run, run_path};
 
@@ -22,15 +24,57 @@ async fn max_rows_on_an_input_table() {
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "limit_exceeded");
     assert!(e.message.contains("max_rows"), "{}", e.message);
+    // The limit is intake's, though the SQL stage was reading the table:
+    // intake failed, with the rows it read within the limit; the stages
+    // after it never got their rows.
+    assert_eq!(e.stage, Stage::Intake, "{:?}", o.doc.step_progress);
+    assert_eq!(statuses(&o.doc), ["failed", "skipped", "skipped", "skipped", "skipped"]);
+    let StepProgress::Intake { tables, .. } = &o.doc.step_progress[0] else {
+        panic!("{:?}", o.doc.step_progress)
+    };
+    assert_eq!(tables[0].rows, 10_000);
+}
+
+/// Each stage's status, in pipeline order.
+fn statuses(doc: &Execution) -> Vec<String> {
+    doc.step_progress
+        .iter()
+        .map(|p| {
+            serde_json::to_value(p.status())
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn max_rows_on_a_scope() {
-    let script = "CREATE VIEW output.many AS SELECT * FROM generate_series(1, 50000)";
+    let script = "CREATE VIEW output.many AS SELECT * FROM input.data CROSS JOIN generate_series(1, 50000)";
     let o = run(connector("[limits]\nmax_rows = 1000\n"), script, "x.csv", b"a\n1\n").await;
     let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
     assert_eq!(e.code.as_str(), "limit_exceeded");
     assert!(e.message.contains("scope `many`"), "{}", e.message);
+    // Intake read its row and handed it on: it completed; only the SQL
+    // stage, whose scope went past the limit, failed.
+    assert_eq!(e.stage, Stage::Sql);
+    assert_eq!(
+        statuses(&o.doc),
+        ["completed", "failed", "skipped", "skipped", "skipped"]
+    );
+}
+
+#[tokio::test]
+async fn a_stage_that_fails_before_rows_flow_leaves_the_others_skipped() {
+    let o = run(
+        connector("[[variables]]\nname = \"x\"\nscope = \"rows\"\ncolumn = \"nope\"\ntype = \"string\"\n"),
+        PASS_THROUGH,
+        "x.csv",
+        b"a\n1\n",
+    )
+    .await;
+    let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+    assert_eq!(e.stage, Stage::Variables, "{}", e.message);
+    assert_eq!(statuses(&o.doc), ["skipped", "skipped", "skipped", "failed", "skipped"]);
 }
 
 #[tokio::test]

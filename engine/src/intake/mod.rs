@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
@@ -43,6 +43,7 @@ pub trait RejectSink: Send + Sync {
 pub struct TableStats {
     rows: AtomicU64,
     invalid: AtomicU64,
+    failed: AtomicBool,
 }
 
 impl TableStats {
@@ -62,6 +63,16 @@ impl TableStats {
 
     fn add_invalid(&self, n: u64) {
         self.invalid.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether reading the table failed (past a limit, unreadable input):
+    /// the run's failure is intake's, whichever stage was reading it.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 }
 

@@ -397,6 +397,10 @@ impl TextTable {
                     } else {
                         good += 1;
                         if good > max_rows {
+                            // The rows within the limit were read.
+                            if report {
+                                stats.add_rows(builder.len() as u64 - 1);
+                            }
                             return Err(Error::LimitExceeded {
                                 limit: Limit::MaxRows,
                                 message: format!("input table `{}` has more than {max_rows} rows", self.ctx.table),
@@ -648,7 +652,12 @@ impl PartitionStream for TextTable {
         };
         builder.spawn_blocking(move || {
             let result = table.read(report, &mut |batch| tx.blocking_send(Ok(batch)).is_ok());
-            result.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+            result.map_err(|e| {
+                if !matches!(e, Error::Canceled) {
+                    table.ctx.stats.fail();
+                }
+                datafusion::error::DataFusionError::External(Box::new(e))
+            })
         });
         builder.build()
     }
