@@ -56,6 +56,8 @@ const PARSE_STACK: usize = 1 << 30;
 const SETTABLE: &[&str] = &["datafusion.execution.time_zone"];
 /// Table functions a script may call.
 const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest"];
+/// The schema of the run's input tables.
+pub const INPUT_SCHEMA: &str = "input";
 /// The schema of scopes.
 pub const OUTPUT_SCHEMA: &str = "output";
 /// The schema of the workspace's existing records (read-only).
@@ -593,7 +595,7 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
     let catalog = ctx
         .catalog(CATALOG)
         .ok_or_else(|| Error::Internal("default catalog missing".into()))?;
-    for schema in ["input", OUTPUT_SCHEMA, "meta", RECORDS_SCHEMA] {
+    for schema in [INPUT_SCHEMA, OUTPUT_SCHEMA, "meta", RECORDS_SCHEMA] {
         catalog
             .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -610,7 +612,7 @@ fn schema_of(ctx: &SessionContext, name: &str) -> Result<Arc<dyn SchemaProvider>
 /// Registers the input tables of a file; a file with one table is also
 /// `input.data`.
 pub fn register_inputs(ctx: &SessionContext, tables: &[(&str, Arc<dyn TableProvider>)]) -> Result<()> {
-    let input = schema_of(ctx, "input")?;
+    let input = schema_of(ctx, INPUT_SCHEMA)?;
     let register = |name: &str, table: &Arc<dyn TableProvider>| {
         input
             .register_table(name.to_string(), table.clone())
@@ -631,25 +633,35 @@ pub fn register_inputs(ctx: &SessionContext, tables: &[(&str, Arc<dyn TableProvi
 /// The objects whose records the script reads (`records.<object>`), so a
 /// run reads only those from the store.
 pub fn records_read(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
+    tables_in(ctx, script, RECORDS_SCHEMA)
+}
+
+/// The tables of `schema` the script names, each once.
+fn tables_in(ctx: &SessionContext, script: &Script, schema: &str) -> Result<Vec<String>> {
     let state = ctx.state();
-    let mut objects = Vec::new();
+    let mut tables = Vec::new();
     for s in &script.statements {
         let references = state
             .resolve_table_references(&s.statement)
             .map_err(|e| map_error(e, Some(s)))?;
         for r in references {
-            if r.schema() == Some(RECORDS_SCHEMA) && !objects.iter().any(|o| o == r.table()) {
-                objects.push(r.table().to_string());
+            if r.schema() == Some(schema) && !tables.iter().any(|t| t == r.table()) {
+                tables.push(r.table().to_string());
             }
         }
     }
-    Ok(objects)
+    Ok(tables)
 }
 
 /// The objects a script names as `records.<object>`, outside a run (what
 /// an edit makes a connector read).
 pub fn records_named(script: &Script) -> Result<Vec<String>> {
     records_read(&SessionContext::new(), script)
+}
+
+/// The input tables a script names (`input.<table>`), outside a run.
+pub fn inputs_named(script: &Script) -> Result<Vec<String>> {
+    tables_in(&SessionContext::new(), script, INPUT_SCHEMA)
 }
 
 /// Registers `records.<object>`: a snapshot of an object's records taken
@@ -950,7 +962,10 @@ fn clean_message(message: &str) -> String {
     ] {
         m = m.strip_prefix(prefix).unwrap_or(m);
     }
-    m.to_string()
+    // Tables are named as the script names them (`input.data`), not by
+    // the engine's catalog.
+    m.replace(&format!("'{CATALOG}."), "'")
+        .replace(&format!("{CATALOG}.{INPUT_SCHEMA}."), "input.")
 }
 
 /// Digs an engine error out of DataFusion's wrappers.

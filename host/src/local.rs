@@ -17,6 +17,7 @@ use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunS
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::snapshot;
+use weir_engine::sql::Script;
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginDir, Plugins};
 
@@ -38,6 +39,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
+    // A package that is not there is a usage error, like a missing --input.
+    if !args.package.exists() {
+        eprintln!("error: there is no package at {}", args.package.display());
+        return Ok(ExitCode::from(2));
+    }
     let package = match Package::load(&args.package) {
         Ok(p) => p,
         Err(e) => {
@@ -55,6 +61,18 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         }),
         None => package.data_file.clone(),
     };
+    if input.is_none()
+        && let Some(table) = Script::parse(&package.script)
+            .and_then(|script| weir_engine::sql::inputs_named(&script))
+            .ok()
+            .and_then(|tables| tables.into_iter().next())
+    {
+        eprintln!(
+            "error: the script reads `input.{table}`, but there is no input file: \
+             put one in the package's data/ directory, or pass --input FILE"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let manifest_connector = package.manifest.as_ref().and_then(|m| m.get("connector"));
     let connector_ref = ConnectorRef {
         id: manifest_connector

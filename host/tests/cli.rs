@@ -755,3 +755,88 @@ fn a_start_that_cannot_listen_changes_nothing_and_the_next_one_shows_the_key() {
         "the first start that serves shows the key"
     );
 }
+
+#[test]
+fn a_missing_package_or_input_file_is_a_usage_error_that_says_so() {
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out_dir = out.path().to_string_lossy().to_string();
+    let missing = weir(&["run", "no/such/package", "--out", &out_dir]);
+    let err = String::from_utf8_lossy(&missing.stderr).to_string();
+    assert_eq!(missing.status.code(), Some(2), "{err}");
+    assert!(err.contains("there is no package at no/such/package"), "{err}");
+
+    // No data/ and no --input: the run says there is no input file.
+    let dir = connector_dir("CREATE VIEW output.a AS SELECT * FROM input.data", None);
+    let o = weir(&["run", &dir.path().to_string_lossy(), "--out", &out_dir]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("reads `input.data`, but there is no input file") && err.contains("--input"),
+        "{err}"
+    );
+
+    // A misspelt table is named as the script names it.
+    let dir = connector_dir(
+        "CREATE VIEW output.a AS SELECT * FROM input.dta",
+        Some(("x.csv", b"a\n1\n")),
+    );
+    let o = weir(&["run", &dir.path().to_string_lossy(), "--out", &out_dir]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("table 'input.dta' not found") && !text.contains("datafusion"),
+        "{text}"
+    );
+}
+
+/// The stderr of a `weir serve` that answered one request, with `env`.
+fn serve_logs(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let addr = std::io::BufRead::lines(std::io::BufReader::new(out))
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("weir listening on http://").map(str::to_string))
+        .unwrap_or_else(|| panic!("weir serve did not start"));
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(b"GET /api/v1/healthz HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The request's log line is written as the answer goes out.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = child.kill();
+    let mut logs = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut err, &mut logs).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let _ = child.wait();
+    logs
+}
+
+#[test]
+fn logs_to_a_pipe_are_plain_text_or_one_json_object_a_line() {
+    let text = serve_logs(&[]);
+    assert!(text.contains("/api/v1/healthz"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour codes in a pipe: {text:?}");
+    let json = serve_logs(&[("WEIR_LOG_FORMAT", "json")]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l.to_string().contains("/api/v1/healthz")),
+        "{json}"
+    );
+}
