@@ -95,6 +95,21 @@ async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line()
     );
     assert!(rejected.iter().all(|r| &r[0] == "intake"));
 
+    // The same rows with CRLF line ends, and with a byte-order mark too:
+    // every reason names the same physical line, as does the line column.
+    let crlf: Vec<u8> = csv.split(|&b| b == b'\n').collect::<Vec<_>>().join(&b"\r\n"[..]);
+    let with_bom = [&b"\xef\xbb\xbf"[..], &crlf].concat();
+    for (label, file) in [("CRLF", &crlf), ("BOM + CRLF", &with_bom)] {
+        let o = run(connector(""), PASS_THROUGH, "x.csv", file).await;
+        let lines: Vec<String> = o.rejected().iter().map(|r| r[3].to_string()).collect();
+        assert_eq!(lines, ["3", "4", "6", "10"], "{label}: {:?}", o.rejected());
+        let again: Vec<String> = o.rejected().iter().map(|r| r[4].to_string()).collect();
+        assert!(
+            again[0].starts_with("line 3:") && again[3].starts_with("line 10:"),
+            "{label}: {again:?}"
+        );
+    }
+
     // Declared UTF-8: the bad bytes are a bad row even without other
     // non-ASCII text to tell the encoding by.
     let csv = b"id,name\n1,ok\n2,bad\xff\n3,fine\n";

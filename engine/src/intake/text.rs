@@ -260,18 +260,19 @@ impl TextTable {
     }
 
     fn scan_delimited(&self, delimiter: u8, emit: &mut Emit<'_>) -> Result<()> {
+        let crlf = CrlfOffsets::default();
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(1 << 20)
-            .from_reader(self.reader()?);
+            .from_reader(crlf.watch(self.reader()?));
         let mut record = csv::StringRecord::new();
         loop {
             match reader.read_record(&mut record) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
-                    let line = record.position().map(|p| p.line());
+                    let line = record.position().map(|p| crlf.line(p));
                     if !emit(Record::Cells {
                         line,
                         cells: Cells::Csv(&record),
@@ -280,7 +281,7 @@ impl TextTable {
                     }
                 }
                 Err(e) => {
-                    let line = e.position().map(|p| p.line());
+                    let line = e.position().map(|p| crlf.line(p));
                     let reason = match e.kind() {
                         csv::ErrorKind::Utf8 { err, .. } => {
                             format!("invalid UTF-8 in field {}", err.field() + 1)
@@ -431,6 +432,58 @@ impl TextTable {
             }
         }
         Ok(())
+    }
+}
+
+/// Where the `\n` of each `\r\n` is in a text the csv reader reads. The
+/// reader ends a record at its `\r`, so a record after a `\r\n` starts at
+/// that `\n`, which the reader has not counted as a line yet: such a
+/// record is on the line after the one the reader says.
+#[derive(Debug, Default, Clone)]
+struct CrlfOffsets(std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<u64>>>);
+
+impl CrlfOffsets {
+    /// `inner`, noting its `\r\n`s as they are read.
+    fn watch<R: Read>(&self, inner: R) -> CrlfWatch<R> {
+        CrlfWatch {
+            inner,
+            offset: 0,
+            after_cr: false,
+            offsets: self.clone(),
+        }
+    }
+
+    /// The physical line of a record (or error) at `position`. Positions
+    /// come in order, so the offsets before it are no longer needed.
+    fn line(&self, position: &csv::Position) -> u64 {
+        let mut offsets = self.0.borrow_mut();
+        while offsets.front().is_some_and(|&o| o < position.byte()) {
+            offsets.pop_front();
+        }
+        position.line() + u64::from(offsets.front() == Some(&position.byte()))
+    }
+}
+
+/// A reader that notes in [`CrlfOffsets`] where each `\r\n`'s `\n` is.
+struct CrlfWatch<R> {
+    inner: R,
+    offset: u64,
+    after_cr: bool,
+    offsets: CrlfOffsets,
+}
+
+impl<R: Read> Read for CrlfWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut offsets = self.offsets.0.borrow_mut();
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b == b'\n' && self.after_cr {
+                offsets.push_back(self.offset + i as u64);
+            }
+            self.after_cr = b == b'\r';
+        }
+        self.offset += n as u64;
+        Ok(n)
     }
 }
 
@@ -660,5 +713,29 @@ impl PartitionStream for TextTable {
             })
         });
         builder.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_after_crlf_lines_are_on_their_physical_lines() {
+        for text in [
+            "a,b\n1,2\n3,\"x\ny\"\n4,5\n",
+            "a,b\r\n1,2\r\n3,\"x\r\ny\"\r\n4,5\r\n",
+            "a,b\r\n1,2\n3,\"x\ny\"\r\n4,5\n",
+        ] {
+            let crlf = CrlfOffsets::default();
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(crlf.watch(text.as_bytes()));
+            let lines: Vec<u64> = reader
+                .records()
+                .map(|r| r.map_or(0, |r| r.position().map_or(0, |p| crlf.line(p))))
+                .collect();
+            assert_eq!(lines, [1, 2, 3, 5], "{text:?}");
+        }
     }
 }
