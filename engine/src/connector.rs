@@ -62,6 +62,22 @@ pub enum InputFormat {
     Zip,
 }
 
+impl InputFormat {
+    /// The value `input.format` takes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "auto",
+            InputFormat::Csv => "csv",
+            InputFormat::Tsv => "tsv",
+            InputFormat::Jsonl => "jsonl",
+            InputFormat::Json => "json",
+            InputFormat::Parquet => "parquet",
+            InputFormat::Xlsx => "xlsx",
+            InputFormat::Zip => "zip",
+        }
+    }
+}
+
 /// How input files are read (`[input]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]

@@ -343,6 +343,38 @@ async fn empty_and_binary_files_are_unreadable() {
     }
 }
 
+#[tokio::test]
+async fn a_text_format_forced_on_a_file_that_is_not_text_says_what_the_file_is() {
+    let workbook =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/hostile/dense.xlsx")).unwrap_or_else(|e| panic!("{e}"));
+    let elf = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x02\x00\x3e\x00";
+    for (format, name, bytes, is) in [
+        ("csv", "export.xlsx", &workbook[..], "an XLSX workbook"),
+        ("jsonl", "export.csv", &workbook[..], "an XLSX workbook"),
+        ("csv", "a.csv", &elf[..], "binary data"),
+    ] {
+        let o = run(
+            connector(&format!("[input]\nformat = \"{format}\"\n")),
+            PASS_THROUGH,
+            name,
+            bytes,
+        )
+        .await;
+        let e = o.doc.error.clone().unwrap_or_else(|| panic!("{name}: no error"));
+        assert_eq!(
+            (e.code.as_str(), e.stage.as_str()),
+            ("unreadable_input", "intake"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains(name) && e.message.contains(is) && e.message.contains(&format!("as {format}")),
+            "{}",
+            e.message
+        );
+    }
+}
+
 /// Found by fuzzing intake: a Parquet file declaring a decimal stored in
 /// more bytes than its type takes made the Parquet reader panic mid-scan.
 #[tokio::test]

@@ -382,6 +382,17 @@ fn sniff(sample: &[u8], file_name: &str, options: &IntakeOptions) -> Result<Kind
         InputFormat::Zip => Some(Kind::Zip),
     };
     if let Some(k) = explicit {
+        // A text format forced on a file that is not text reads garbage:
+        // say what the file is instead.
+        if matches!(k, Kind::Delimited(_) | Kind::JsonLines | Kind::JsonArray)
+            && let Some(what) = binary_kind(sample)
+        {
+            return Err(Error::unreadable(format!(
+                "`{file_name}` is {what}, but the connector reads it as {} (`input.format`); \
+                 set `input.format` to \"auto\" or to the file's format",
+                options.format.as_str()
+            )));
+        }
         return Ok(k);
     }
     if sample.starts_with(b"PAR1") {
@@ -427,6 +438,25 @@ fn sniff(sample: &[u8], file_name: &str, options: &IntakeOptions) -> Result<Kind
         });
     }
     Ok(Kind::Delimited(delimiter(None)))
+}
+
+/// What a file that is not text is, by its first bytes; `None` for text.
+fn binary_kind(sample: &[u8]) -> Option<&'static str> {
+    if sample.starts_with(b"PAR1") {
+        Some("a Parquet file")
+    } else if sample.starts_with(b"PK\x03\x04") || sample.starts_with(b"PK\x05\x06") {
+        Some(if contains(sample, b"xl/") {
+            "an XLSX workbook"
+        } else {
+            "a ZIP archive"
+        })
+    } else if sample.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]) {
+        Some("a legacy Excel (.xls) or other OLE file")
+    } else if encoding::is_binary(sample) {
+        Some("binary data")
+    } else {
+        None
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
