@@ -87,6 +87,8 @@ pub enum TriggerType {
     Schedule,
     /// `weir run` on a developer's machine.
     Local,
+    /// The dry run on the sample that publishing a draft makes first.
+    Publish,
 }
 
 impl TriggerType {
@@ -97,6 +99,7 @@ impl TriggerType {
             TriggerType::Webhook => "webhook",
             TriggerType::Schedule => "schedule",
             TriggerType::Local => "local",
+            TriggerType::Publish => "publish",
         }
     }
 }

@@ -1072,6 +1072,14 @@ async fn sql_drafts_are_checked_and_publishing_needs_a_successful_dry_run() {
     assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "sql_error");
     assert_eq!(refused.body["execution"]["status"], "failed");
     assert_eq!(refused.body["execution"]["is_dry_run"], true);
+    // The list tells a publish's dry run from an upload's run.
+    assert_eq!(refused.body["execution"]["trigger_type"], "publish");
+    let listed = s.get("/connectors/orders/executions?trigger_type=publish", ADMIN).await;
+    assert_eq!(
+        listed.body["data"][0]["id"], refused.body["execution"]["id"],
+        "{}",
+        listed.body
+    );
     assert_eq!(s.get("/connectors/orders/sql", ADMIN).await.body["live"], Value::Null);
 
     let good = "CREATE VIEW output.o AS SELECT id, amount * 2 AS double FROM input.data";
@@ -2275,6 +2283,13 @@ async fn a_preview_shows_the_first_rows_of_the_draft_and_writes_nothing() {
         "the load decided: {doc}"
     );
     assert_eq!(p.body["timed_out"], false);
+    // Its log has the lines an execution's log has: each stage, the end.
+    let log: Vec<&str> = p.body["log"]
+        .as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(log.contains(&"info: load: completed"), "{log:?}");
+    assert_eq!(log.last(), Some(&"info: status: partial_success"), "{log:?}");
 
     // Nothing was stored: no execution, no record.
     assert_eq!(executions().await, stored_before);

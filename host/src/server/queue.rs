@@ -655,7 +655,7 @@ async fn store_terminal(app: &App, doc: &Execution) {
 }
 
 /// Log lines for what changed since the last look.
-fn changes(
+pub fn changes(
     doc: &Execution,
     last_stages: &mut Vec<StageStatus>,
     last_status: &mut Option<Status>,

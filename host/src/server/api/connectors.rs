@@ -599,7 +599,7 @@ pub async fn publish(
         super::runs::Version::Draft,
         Some(file),
         true,
-        TriggerType::FileUpload,
+        TriggerType::Publish,
         None,
     )?
     .doc;

@@ -213,8 +213,34 @@ pub async fn preview(
             cancel.cancel();
         })
     };
+    // The stage and status lines an execution's log has, beside the
+    // plugins' lines, as the run goes.
+    let ended = CancellationToken::new();
+    let watcher = {
+        let (mut updates, log, ended) = (progress.subscribe(), log.clone(), ended.clone());
+        tokio::spawn(async move {
+            let (mut stages, mut status) = (Vec::new(), None);
+            loop {
+                let doc = updates.borrow_and_update().clone();
+                for (level, message) in queue::changes(&doc, &mut stages, &mut status) {
+                    log.push(level, &message);
+                }
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { break },
+                    () = ended.cancelled() => break,
+                }
+            }
+            (stages, status)
+        })
+    };
     let execution = queue::run_in_worker(&app, job, &progress, log.clone(), &cancel).await;
     timer.abort();
+    ended.cancel();
+    if let Ok((mut stages, mut status)) = watcher.await {
+        for (level, message) in queue::changes(&execution, &mut stages, &mut status) {
+            log.push(level, &message);
+        }
+    }
     let timed_out = cancel.is_cancelled();
     let scopes = scope_previews(&dir.path().join("output"), rows)?;
     let rejected = rejected_previews(&dir.path().join("rejected.csv"), rows)?;
@@ -296,6 +322,13 @@ fn rejected_previews(path: &FsPath, rows: usize) -> ApiResult<Vec<RejectedPrevie
 struct Lines(Mutex<Vec<String>>);
 
 impl Lines {
+    fn push(&self, level: &str, message: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() < MAX_LOG_LINES {
+            lines.push(format!("{level}: {message}"));
+        }
+    }
+
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
@@ -303,9 +336,6 @@ impl Lines {
 
 impl RunLog for Lines {
     fn line(&self, level: LogLevel, message: &str) {
-        let mut lines = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if lines.len() < MAX_LOG_LINES {
-            lines.push(format!("{}: {message}", level.as_str()));
-        }
+        self.push(level.as_str(), message);
     }
 }
