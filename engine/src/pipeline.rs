@@ -207,7 +207,9 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
 
     let rejects = Arc::new(Rejects {
         writer: Mutex::new(None),
-        report: Mutex::new(ReportBuilder::new(settings.report_rows)),
+        report: Mutex::new(
+            ReportBuilder::new(settings.report_rows).with_source_name(input.as_ref().map(|i| i.name.clone())),
+        ),
         failure: Mutex::new(None),
     });
     let shared = Shared {
@@ -572,7 +574,16 @@ impl Run {
             let vars = ScopeVariables::compile(scope, &defs, schema, &connector.parameters)
                 .map_err(Error::InvalidConnector)?;
             compiled.push(vars);
-            Rejects::lock(&self.shared.rejects.report).add_sheet(scope, columns[scope].clone());
+            let mut report = Rejects::lock(&self.shared.rejects.report);
+            report.add_sheet(scope, columns[scope].clone());
+            report.numeric_columns(
+                scope,
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| f.data_type().is_numeric())
+                    .map(|f| f.name().as_str()),
+            );
         }
         self.shared.progress.update(|d| {
             if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql) {

@@ -222,6 +222,10 @@ struct SheetRows {
     name: String,
     columns: Vec<String>,
     column_index: HashMap<String, usize>,
+    /// The columns whose values are numbers: written as number cells.
+    /// Every other value is text as it was read (a zip code `94107` as
+    /// much as `01002`).
+    numeric: std::collections::HashSet<usize>,
     /// Rows added so far (kept or not).
     added: u64,
     /// Kept rows with status `ok`.
@@ -240,6 +244,7 @@ impl SheetRows {
             name: name.to_string(),
             columns: Vec::new(),
             column_index: HashMap::new(),
+            numeric: std::collections::HashSet::new(),
             added: 0,
             ok: Vec::new(),
             problems: Vec::new(),
@@ -306,6 +311,8 @@ pub struct ReportBuilder {
     max_rows: usize,
     sheets: Vec<SheetRows>,
     index: HashMap<String, usize>,
+    /// The input file's name, as it was uploaded.
+    source_name: Option<String>,
 }
 
 impl ReportBuilder {
@@ -317,7 +324,14 @@ impl ReportBuilder {
             max_rows: max_rows_per_sheet.min(MAX_ROW),
             sheets: Vec::new(),
             index: HashMap::new(),
+            source_name: None,
         }
+    }
+
+    /// The report names the input file by `name` (its id beside it).
+    pub fn with_source_name(mut self, name: Option<String>) -> Self {
+        self.source_name = name;
+        self
     }
 
     /// Declares the columns of the sheet of a scope or input table. Call it
@@ -335,6 +349,17 @@ impl ReportBuilder {
                 self.index.insert(name.to_string(), self.sheets.len());
                 self.sheets.push(SheetRows::new(name, columns));
             }
+        }
+    }
+
+    /// Marks `columns` of sheet `name` as numbers: their values are
+    /// written as number cells. Values of other columns are text.
+    pub fn numeric_columns<'a>(&mut self, name: &str, columns: impl IntoIterator<Item = &'a str>) {
+        let i = self.sheet(name);
+        let sheet = &mut self.sheets[i];
+        for column in columns {
+            let c = sheet.column(column);
+            sheet.numeric.insert(c);
         }
     }
 
@@ -455,8 +480,12 @@ impl ReportBuilder {
             "Dry run",
             Value::Text(if exec.is_dry_run { "yes" } else { "no" }.to_string()),
         ));
+        // A person knows the file by its name; the id finds it in the API.
+        if let Some(name) = &self.source_name {
+            pairs.push(("Source file", Value::Text(name.clone())));
+        }
         if let Some(source) = &exec.source_file_id {
-            pairs.push(("Source file", Value::Text(source.clone())));
+            pairs.push(("Source file id", Value::Text(source.clone())));
         }
         pairs.push(("Started", Value::Text(timestamp(exec.started_at))));
         pairs.push(("Ended", Value::Text(timestamp(exec.ended_at))));
@@ -657,9 +686,14 @@ fn write_row_sheet(ws: &mut Worksheet, sheet: &SheetRows, bold: &Format) -> Resu
         ws.write_number(r, 0, report_row.row as f64)?;
         write_text(ws, r, 1, &report_row.status)?;
         write_text(ws, r, 2, &report_row.errors)?;
-        for (col, value) in (ROW_SHEET_COLUMNS.len()..).zip(report_row.values.iter().take(data_columns)) {
-            if let (Some(value), Ok(col)) = (value, ColNum::try_from(col)) {
-                write_value(ws, r, col, value)?;
+        for (i, value) in report_row.values.iter().take(data_columns).enumerate() {
+            let Ok(col) = ColNum::try_from(ROW_SHEET_COLUMNS.len() + i) else {
+                continue;
+            };
+            match value {
+                Some(value) if sheet.numeric.contains(&i) => write_value(ws, r, col, value)?,
+                Some(value) => write_text(ws, r, col, value)?,
+                None => {}
             }
         }
     }
@@ -977,8 +1011,9 @@ mod tests {
     }
 
     fn report() -> ReportBuilder {
-        let mut report = ReportBuilder::new(2);
+        let mut report = ReportBuilder::new(2).with_source_name(Some("contacts 2024.csv".into()));
         report.add_sheet("contacts", strings(&["name", "email", "zip", "age"]));
+        report.numeric_columns("contacts", ["age"]);
         report.add_row(
             "contacts",
             "ok",
@@ -999,7 +1034,7 @@ mod tests {
             values: values(&[
                 ("name", Some("Bob")),
                 ("email", Some("x")),
-                ("zip", Some("01234")),
+                ("zip", Some("94107")),
                 ("age", Some("7")),
             ]),
         });
@@ -1060,7 +1095,7 @@ mod tests {
         let shared = zip_entry(&path, "xl/sharedStrings.xml")?;
         assert!(shared.contains("email: `x` is not a valid e-mail address"), "{shared}");
         assert!(shared.contains("disk full"), "{shared}");
-        assert!(shared.contains(">01234<"), "zip code kept as text: {shared}");
+        assert!(shared.contains(">94107<"), "zip code kept as text: {shared}");
         Ok(())
     }
 
@@ -1109,7 +1144,7 @@ mod tests {
                 text("email: `x` is not a valid e-mail address"),
                 text("Bob"),
                 text("x"),
-                text("01234"),
+                text("94107"),
                 Data::Float(7.0),
                 Data::Empty,
             ]
@@ -1133,7 +1168,8 @@ mod tests {
         let raw = workbook.worksheet_range("Contacts 2024_ _raw_")?;
         assert_eq!(cell(&raw, 0, 3), text("a"));
         assert_eq!(cell(&raw, 1, 0), Data::Float(5.0));
-        assert_eq!(cell(&raw, 1, 3), Data::Float(1.0));
+        // An input table's rows are text as they were read.
+        assert_eq!(cell(&raw, 1, 3), text("1"));
 
         let summary = workbook.worksheet_range("Summary")?;
         assert_eq!(
@@ -1147,6 +1183,11 @@ mod tests {
         assert_eq!(
             row_with(&summary, 0, "Trigger").map(|r| r[1].clone()),
             Some(text("file_upload"))
+        );
+        assert_eq!(
+            row_with(&summary, 0, "Source file").map(|r| r[1].clone()),
+            Some(text("contacts 2024.csv")),
+            "a person knows the file by its name"
         );
         assert_eq!(
             row_with(&summary, 0, "Connector version").map(|r| r[1].clone()),

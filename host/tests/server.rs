@@ -2369,6 +2369,7 @@ fn workbook_cells(path: &std::path::Path) -> Vec<(String, Vec<Vec<String>>)> {
         "Connector version",
         "Trigger",
         "Source file",
+        "Source file id",
         "Started",
         "Ended",
         "Duration",
