@@ -3205,3 +3205,56 @@ async fn a_connector_without_load_steps_reads_what_is_loaded() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_connector_is_previewed_and_published_on_sample_payloads() {
+    let s = start().await;
+    let doc = json!({
+        "api_name": "crm_events", "type": "webhook",
+        "sql": {"text": "CREATE VIEW output.events AS SELECT webhook_id, body FROM input.webhooks ORDER BY webhook_id"},
+    });
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    // Without a sample, publishing says what it needs.
+    let none = s.post("/connectors/crm_events/sql/publish", ADMIN, json!({})).await;
+    assert_problem(&none, StatusCode::UNPROCESSABLE_ENTITY, "no_sample_file");
+    // Sample payloads make the input.webhooks a batch of them would.
+    let payloads = json!([{"event": "signup", "email": "a@x.io"}, {"event": "churn"}]);
+    let p = s
+        .post("/connectors/crm_events/preview", ADMIN, json!({"payloads": payloads}))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let scope = &p.body["scopes"][0];
+    assert_eq!(scope["columns"], json!(["webhook_id", "body"]), "{}", p.body);
+    assert_eq!(scope["rows"][0][0], "sample_1", "{}", p.body);
+    let first: Value = serde_json::from_str(scope["rows"][0][1].as_str().unwrap_or_default()).unwrap_or(Value::Null);
+    assert_eq!(first, json!({"event": "signup", "email": "a@x.io"}));
+    let published = s
+        .post(
+            "/connectors/crm_events/sql/publish",
+            ADMIN,
+            json!({"payloads": payloads}),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.body);
+    assert_eq!(published.body["live"]["version"], 1, "{}", published.body);
+    // Payloads are for webhook connectors, and not beside a file.
+    operational_importer(&s).await;
+    let refused = s
+        .post(
+            "/connectors/contacts_import/preview",
+            ADMIN,
+            json!({"payloads": payloads}),
+        )
+        .await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let both = s
+        .post(
+            "/connectors/crm_events/preview",
+            ADMIN,
+            json!({"payloads": payloads, "source_file_id": "abc"}),
+        )
+        .await;
+    assert_problem(&both, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    s.stop().await;
+}

@@ -37,7 +37,7 @@ use weir_engine::execution::TriggerType;
 use super::App;
 use super::api::runs::{Version, prepare};
 use super::queue;
-use super::state::OpenBatch;
+use super::state::{FileRow, OpenBatch, WebhookRow};
 
 /// The largest payload accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -94,6 +94,37 @@ pub fn close_due(app: &App) -> anyhow::Result<usize> {
     Ok(closed)
 }
 
+/// The input file of a batch of `payloads`: `webhooks.jsonl`, one payload
+/// a line with when it came, its id, content type, query string and body,
+/// which the connector reads as `input.webhooks`.
+pub fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) -> anyhow::Result<FileRow> {
+    let mut jsonl = Vec::new();
+    for p in payloads {
+        serde_json::to_writer(&mut jsonl, p)?;
+        jsonl.push(b'\n');
+    }
+    app.keep_file(workspace_id, "webhooks.jsonl", "application/x-ndjson", &jsonl)
+}
+
+/// The input file a batch of the JSON `payloads`, received now, would
+/// make: what publishing or previewing a webhook connector runs on when
+/// given sample payloads instead of a file.
+pub fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::Value]) -> anyhow::Result<FileRow> {
+    let now = Utc::now().to_rfc3339();
+    let rows: Vec<WebhookRow> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| WebhookRow {
+            received_at: now.clone(),
+            webhook_id: format!("sample_{}", i + 1),
+            content_type: "application/json".into(),
+            querystring: String::new(),
+            body: payload.to_string(),
+        })
+        .collect();
+    batch_file(app, workspace_id, &rows)
+}
+
 /// Closes one batch into a queued execution; `None` while its connector
 /// cannot run (not operational, no live script), which keeps it open.
 pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
@@ -105,12 +136,7 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let payloads = app.db.batch_payloads(&batch.id)?;
-    let mut jsonl = Vec::new();
-    for p in &payloads {
-        serde_json::to_writer(&mut jsonl, p)?;
-        jsonl.push(b'\n');
-    }
-    let file = app.keep_file(&batch.workspace_id, "webhooks.jsonl", "application/x-ndjson", &jsonl)?;
+    let file = batch_file(app, &batch.workspace_id, &payloads)?;
     let execution = prepare(
         app,
         &batch.workspace_id,

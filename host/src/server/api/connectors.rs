@@ -18,7 +18,7 @@ use weir_engine::execution::{Execution, TriggerType};
 use weir_engine::pipeline::InputFile;
 use weir_engine::sql::Script;
 
-use super::{Page, PageParams, connector_of, optional_body, page_of, run_file};
+use super::{Page, PageParams, connector_of, optional_body, page_of, run_input};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
@@ -555,6 +555,10 @@ pub struct PublishRequest {
     /// Run the check on this file instead of the sample.
     #[serde(default)]
     pub source_file_id: Option<String>,
+    /// A webhook connector's sample payloads: the check runs on the
+    /// `input.webhooks` a batch of them would make.
+    #[serde(default)]
+    pub payloads: Option<Vec<serde_json::Value>>,
 }
 
 /// Publishes the draft: runs it as a dry run on the sample file (or the
@@ -578,12 +582,13 @@ pub async fn publish(
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
     // The body is optional: none (or `{}`) publishes against the sample.
-    let request: PublishRequest = optional_body(&body, "{\"source_file_id\": \"…\"}")?;
-    let file = run_file(
+    let request: PublishRequest = optional_body(&body, "{\"source_file_id\": \"…\"} or {\"payloads\": [...]}")?;
+    let file = run_input(
         &app,
         &caller,
         &row,
         request.source_file_id,
+        request.payloads,
         "publishing runs the draft on a file first",
         "no_sample_file",
     )?;

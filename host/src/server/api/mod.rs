@@ -125,17 +125,39 @@ pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shap
     })
 }
 
-/// The file a dry run of `row` works on: `source_file_id`, else the
-/// connector's sample. `purpose` says what needs one when there is
-/// neither; an id the workspace does not have is refused with `unknown`.
-pub fn run_file(
+/// The file a dry run of `row` works on: the file a batch of `payloads`
+/// would make (a webhook connector's sample payloads), else
+/// `source_file_id`, else the connector's sample. `purpose` says what
+/// needs one when there is none; an id the workspace does not have is
+/// refused with `unknown`.
+pub fn run_input(
     app: &App,
     caller: &Caller,
     row: &ConnectorRow,
     source_file_id: Option<String>,
+    payloads: Option<Vec<serde_json::Value>>,
     purpose: &str,
     unknown: &str,
 ) -> ApiResult<FileRow> {
+    if let Some(payloads) = payloads {
+        let connector: weir_engine::connector::Connector =
+            serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+        let refuse = |message: &str| Err(ApiError::invalid("validation_failed", message.to_string(), vec![]));
+        if connector.kind != weir_engine::connector::ConnectorType::Webhook {
+            return refuse("payloads are sample webhook payloads: the connector is not a webhook connector");
+        }
+        if source_file_id.is_some() {
+            return refuse("give payloads or source_file_id, not both");
+        }
+        if payloads.is_empty() {
+            return refuse("payloads needs at least one payload");
+        }
+        let file =
+            crate::server::webhooks::sample_file(app, &caller.workspace_id, &payloads).map_err(ApiError::internal)?;
+        app.db
+            .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
+        return Ok(file);
+    }
     let file_id = source_file_id.or_else(|| row.sample_file_id.clone()).ok_or_else(|| {
         ApiError::invalid(
             "no_sample_file",

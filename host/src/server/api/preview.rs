@@ -22,7 +22,7 @@ use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
 use weir_engine::pipeline::Progress;
 use weir_engine::runlog::{LogLevel, RunLog};
 
-use super::{connector_of, optional_body, run_file};
+use super::{connector_of, optional_body, run_input};
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::{App, queue};
@@ -56,6 +56,10 @@ pub struct PreviewRequest {
     /// `draft` (default) or `live`.
     #[serde(default)]
     pub version: Option<String>,
+    /// A webhook connector's sample payloads: the preview runs on the
+    /// `input.webhooks` a batch of them would make.
+    #[serde(default)]
+    pub payloads: Option<Vec<serde_json::Value>>,
 }
 
 /// What a preview shows.
@@ -144,11 +148,12 @@ pub async fn preview(
             ));
         }
     };
-    let file = run_file(
+    let file = run_input(
         &app,
         &caller,
         &row,
         request.source_file_id,
+        request.payloads,
         "a preview runs on a file",
         "unknown_file",
     )?;
