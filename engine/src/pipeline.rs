@@ -1063,6 +1063,7 @@ impl Loader {
             line: None,
             reasons,
             values,
+            failed: false,
         }
     }
 
@@ -1142,7 +1143,8 @@ impl Loader {
                 };
                 let row = rows[k];
                 let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
-                let rejected = self.rejected(Stage::Load, first_row + row as u64 + 1, reasons, values.row(row));
+                let mut rejected = self.rejected(Stage::Load, first_row + row as u64 + 1, reasons, values.row(row));
+                rejected.failed = matches!(o, Outcome::Failed(_));
                 self.shared.rejects.reject(rejected);
             }
             let counts = loads::count(outcomes);

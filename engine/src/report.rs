@@ -70,6 +70,9 @@ pub struct RejectedRow {
     pub reasons: Vec<String>,
     /// The row's columns as text, in column order (`None` = null).
     pub values: Vec<(String, Option<String>)>,
+    /// The row failed to load (an error), rather than being left out by
+    /// a rule's `do_not_upload`: the load stage counts it as failed.
+    pub failed: bool,
 }
 
 impl RejectedRow {
@@ -78,6 +81,8 @@ impl RejectedRow {
         match self.stage {
             Stage::Intake | Stage::Variables => "invalid",
             Stage::Transform => "rejected",
+            // The words of the load stage's counts in the summary.
+            Stage::Load if self.failed => "failed",
             Stage::Load => "skipped",
             Stage::Sql | Stage::Report => "failed",
         }
@@ -902,6 +907,7 @@ mod tests {
             line: Some(6),
             reasons: strings(&["expected 3 fields, found 4", "bad quoting"]),
             values: values(&[("name", Some("Ann, \"A\"")), ("age", None)]),
+            failed: false,
         })?;
         writer.write(&RejectedRow {
             stage: Stage::Variables,
@@ -910,6 +916,7 @@ mod tests {
             line: None,
             reasons: strings(&["email: `x` is not a valid e-mail address"]),
             values: values(&[("email", Some("x")), ("zip", Some("01234"))]),
+            failed: false,
         })?;
         assert_eq!(writer.count(), 2);
         writer.finish()?;
@@ -1037,6 +1044,7 @@ mod tests {
                 ("zip", Some("94107")),
                 ("age", Some("7")),
             ]),
+            failed: false,
         });
         // The sheet is full: an ok row is left out...
         report.add_row("contacts", "ok", &[], vec![Some("Cy".into())]);
@@ -1048,6 +1056,7 @@ mod tests {
             line: None,
             reasons: strings(&["age: `abc` is not a number"]),
             values: values(&[("age", Some("abc")), ("name", Some("Dee"))]),
+            failed: false,
         });
         report.add_rejected(&RejectedRow {
             stage: Stage::Intake,
@@ -1056,6 +1065,7 @@ mod tests {
             line: Some(6),
             reasons: strings(&["expected 1 field, found 2"]),
             values: values(&[("a", Some("1"))]),
+            failed: false,
         });
         report.add_sheet("summary", strings(&["x"]));
         report.add_sheet("a_very_long_scope_name_that_goes_past_31_chars", strings(&["x"]));
@@ -1230,6 +1240,21 @@ mod tests {
         assert_eq!(raw_line[1], text("Contacts 2024: [raw]"));
         assert_eq!(raw_line[3], Data::Float(0.0));
         Ok(())
+    }
+
+    #[test]
+    fn a_row_that_failed_to_load_is_failed_as_the_summary_counts_it() {
+        let row = |failed| RejectedRow {
+            stage: Stage::Load,
+            source: "people".into(),
+            row: 1,
+            line: None,
+            reasons: strings(&["load 1 into contact: field stage: `x` is not one of Lead, Customer"]),
+            values: values(&[("stage", Some("x"))]),
+            failed,
+        };
+        assert_eq!(row(true).status(), "failed");
+        assert_eq!(row(false).status(), "skipped");
     }
 
     #[test]

@@ -333,6 +333,7 @@ fn refuse(
             line: None,
             reasons: vec![format!("{} ({}): {message}", step.name, step.plugin)],
             values: values.row(row),
+            failed: false,
         });
     }
     Ok(())

@@ -259,3 +259,66 @@ async fn a_failing_commit_leaves_the_counts_of_the_commits_before_it() {
     assert_eq!(counts["total"], 2, "{doc}");
     assert_eq!(store.count("w", "contact").unwrap_or_else(|e| panic!("{e}")), 2);
 }
+
+/// A row the load could not write (a dropdown value that is no option)
+/// is `failed` in the report, as the summary counts it; one a rule left
+/// out is `skipped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_names_failed_and_skipped_load_rows_as_the_summary_counts_them() {
+    let objects = Objects::from_toml(
+        "[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\nunique = true\n\
+         [[objects.fields]]\nname = \"stage\"\ntype = \"dropdown\"\noptions = [\"Lead\", \"Customer\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let store: Arc<dyn RecordStore> = Arc::new(SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")));
+    let connector_toml = "[[variables]]\nname = \"email\"\nscope = \"people\"\ncolumn = \"email\"\ntype = \"email\"\n\
+        [[variables]]\nname = \"stage\"\nscope = \"people\"\ncolumn = \"stage\"\ntype = \"string\"\n\
+        [[loads]]\norder = 1\nscope = \"people\"\nobject = \"contact\"\n\
+        [[loads.match]]\nfield = \"email\"\nvariable = \"email\"\nsingle_match = \"do_not_upload\"\n\
+        [[loads.fields]]\nfield = \"stage\"\nvariables = [\"stage\"]\n";
+    let csv = "email,stage\na@x.io,Lead\nb@x.io,Nope\na@x.io,Customer\n";
+    let (_dir, path) = input("people.csv", csv.as_bytes());
+    let o = run_with(
+        connector(connector_toml),
+        "CREATE VIEW output.people AS SELECT email, stage FROM input.data",
+        Some(InputFile {
+            path,
+            name: "people.csv".into(),
+        }),
+        CancellationToken::new(),
+        Some(Records {
+            store,
+            workspace: "w".into(),
+            objects,
+        }),
+        RunSettings {
+            threads: 1,
+            ..RunSettings::default()
+        },
+    )
+    .await;
+    let doc = o.json();
+    let load = &doc["step_progress"][4]["steps"][0];
+    assert_eq!(
+        (load["failed"].as_u64(), load["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{doc}"
+    );
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook(o.out.path().join("report.xlsx")).unwrap_or_else(|e| panic!("{e}"));
+    let sheet = book.worksheet_range("people").unwrap_or_else(|e| panic!("{e}"));
+    let statuses: Vec<(String, String)> = sheet
+        .rows()
+        .skip(1)
+        .map(|r| (r[0].to_string(), r[1].to_string()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("2".to_string(), "failed".to_string()),
+            ("3".to_string(), "skipped".to_string())
+        ],
+        "{statuses:?}"
+    );
+}

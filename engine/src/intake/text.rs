@@ -346,6 +346,7 @@ impl TextTable {
                         None => reason,
                     }],
                     values,
+                    failed: false,
                 });
             }
         };

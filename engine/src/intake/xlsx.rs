@@ -236,6 +236,7 @@ pub fn read(
                     line: Some(*line),
                     reasons: vec![format!("row {line}: {reason}")],
                     values: values(),
+                    failed: false,
                 });
             };
             if let Some((i, e)) = cells
