@@ -295,10 +295,11 @@ impl SheetRows {
         }
     }
 
-    /// Kept rows in order of arrival.
+    /// Kept rows by row number (rows of a scope reach the report from
+    /// several stages, each in its own order), then in order of arrival.
     fn rows(&self) -> Vec<&ReportRow> {
         let mut rows: Vec<&ReportRow> = self.ok.iter().chain(&self.problems).collect();
-        rows.sort_by_key(|r| r.seq);
+        rows.sort_by_key(|r| (r.row, r.seq));
         rows
     }
 
@@ -1273,6 +1274,25 @@ mod tests {
         assert_eq!(as_number(""), None);
         assert_eq!(as_number("1234567890123456"), None);
         assert_eq!(as_number("123456789012345"), Some(123_456_789_012_345.0));
+    }
+
+    #[test]
+    fn a_sheet_lists_its_rows_by_row_number_whatever_stage_stopped_them() {
+        let mut report = ReportBuilder::new(10);
+        report.add_sheet("people", strings(&["email"]));
+        for (row, stage) in [(5, Stage::Load), (2, Stage::Variables), (4, Stage::Transform)] {
+            report.add_rejected(&RejectedRow {
+                stage,
+                source: "people".into(),
+                row,
+                line: None,
+                reasons: strings(&["why"]),
+                values: values(&[("email", Some("x"))]),
+                failed: false,
+            });
+        }
+        let numbers: Vec<u64> = report.sheets[0].rows().iter().map(|r| r.row).collect();
+        assert_eq!(numbers, [2, 4, 5]);
     }
 
     #[test]
