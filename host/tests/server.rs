@@ -1678,6 +1678,16 @@ async fn the_servers_caps_bound_connector_limits_plugins_and_outputs() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(csv.lines().count(), 2, "a header and one row: {csv}");
+    // A preview cut by the cap says it is cut.
+    let p = s.post("/connectors/contacts_import/preview", ADMIN, json!({})).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let scope = &p.body["scopes"][0];
+    assert_eq!(
+        (scope["rows"].as_array().map(Vec::len), &scope["truncated"]),
+        (Some(1), &json!(true)),
+        "{}",
+        p.body
+    );
 
     // A plugin instance has the server's plugin_memory.
     let p = s

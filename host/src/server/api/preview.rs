@@ -18,7 +18,8 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use weir_engine::connector::Connector;
-use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
+use weir_engine::error::Stage;
+use weir_engine::execution::{ConnectorRef, Execution, StepProgress, TriggerType};
 use weir_engine::pipeline::Progress;
 use weir_engine::runlog::{LogLevel, RunLog};
 
@@ -247,7 +248,19 @@ pub async fn preview(
         }
     }
     let timed_out = cancel.is_cancelled();
-    let scopes = scope_previews(&dir.path().join("output"), rows)?;
+    let mut scopes = scope_previews(&dir.path().join("output"), rows)?;
+    // A scope is cut when it made more rows than are shown, also when the
+    // server's output_row_cap cut its output below `rows`.
+    if let Some(StepProgress::Sql { scopes: made, .. }) = execution.stage(Stage::Sql) {
+        for scope in &mut scopes {
+            if made
+                .iter()
+                .any(|m| m.scope == scope.scope && m.rows > scope.rows.len() as u64)
+            {
+                scope.truncated = true;
+            }
+        }
+    }
     let rejected = rejected_previews(&dir.path().join("rejected.csv"), rows)?;
     Ok(Json(Preview {
         execution,
