@@ -1053,6 +1053,19 @@ mod tests {
         assert_eq!(capped.max_rows, caps.max_rows);
     }
 
+    #[test]
+    fn a_missing_key_is_named_by_its_own_path() {
+        let missing = problems("type = \"spreadsheet\"\n");
+        assert_eq!(missing, vec![Problem::new("api_name", "is required")]);
+        let nested =
+            problems("api_name = \"c\"\ntype = \"spreadsheet\"\n[[variables]]\nname = \"x\"\ntype = \"string\"\n");
+        assert_eq!(nested.len(), 1, "{nested:?}");
+        assert!(
+            nested[0].path.starts_with("variables[0].") && nested[0].message == "is required",
+            "{nested:?}"
+        );
+    }
+
     fn problems(text: &str) -> Vec<Problem> {
         match Connector::from_toml(text) {
             Err(Error::InvalidConnector(p)) => p,

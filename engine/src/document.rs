@@ -99,11 +99,25 @@ where
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            problems.push(Problem::new(path, message(e.into_inner())));
+            let message = message(e.into_inner());
+            // A missing key is named by its own path, not its parent's
+            // (and not by where the parser stood, the file's first line).
+            let problem = match missing_field(&message) {
+                Some(field) if path.is_empty() => Problem::new(field, "is required"),
+                Some(field) => Problem::new(format!("{path}.{field}"), "is required"),
+                None => Problem::new(path, message),
+            };
+            problems.push(problem);
             Parsed {
                 document: None,
                 problems,
             }
         }
     }
+}
+
+/// The field of a serde "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = &message[message.find("missing field `")? + "missing field `".len()..];
+    rest.split('`').next().filter(|f| !f.is_empty())
 }
