@@ -3268,3 +3268,44 @@ async fn a_webhook_connector_is_previewed_and_published_on_sample_payloads() {
     assert_problem(&both, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_secret_that_is_not_set_is_warned_of_when_saved() {
+    let s = start().await;
+    let doc = json!({
+        "api_name": "signed_events", "type": "webhook",
+        "webhook": {"secret_env": "WEIR_WEBHOOK_SECRET_NEVER_SET_IN_TESTS"},
+    });
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    assert_eq!(c.body["warnings"][0]["path"], "webhook.secret_env", "{}", c.body);
+    assert!(
+        c.body["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("WEIR_WEBHOOK_SECRET_NEVER_SET_IN_TESTS")),
+        "{}",
+        c.body
+    );
+    // A GET shows it too, and the document goes back as a patch as it is.
+    let got = s.get("/connectors/signed_events", ADMIN).await;
+    assert_eq!(got.body["warnings"], c.body["warnings"]);
+    let back = s
+        .send(
+            Method::PATCH,
+            "/connectors/signed_events",
+            Some(ADMIN),
+            Some(got.body.clone()),
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::OK, "{}", back.body);
+    // Without a secret to read, there is nothing to warn of.
+    let plain = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "plain", "type": "spreadsheet"}),
+        )
+        .await;
+    assert_eq!(plain.body["warnings"], json!([]), "{}", plain.body);
+    s.stop().await;
+}

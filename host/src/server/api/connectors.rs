@@ -21,11 +21,18 @@ use weir_engine::sql::Script;
 use super::{Page, PageParams, connector_of, optional_body, page_of, run_input};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
-use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
+use crate::server::error::{ApiError, ApiResult, Body, FieldError, Path, ProblemDocument, Query};
 use crate::server::state::{ConnectorRow, SqlVersion};
 
 /// Keys a client may send back from a `GET` that are not part of the definition.
-const READ_ONLY: &[&str] = &["id", "live_version", "draft_version", "created_at", "updated_at"];
+const READ_ONLY: &[&str] = &[
+    "id",
+    "live_version",
+    "draft_version",
+    "created_at",
+    "updated_at",
+    "warnings",
+];
 
 /// RFC 7396 JSON merge patch.
 pub fn merge_patch(target: &mut Json_, patch: Json_) {
@@ -67,6 +74,9 @@ pub struct ConnectorView {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// What will not work as the connector stands, though it is valid
+    /// (a `webhook.secret_env` that is not set), each with its path.
+    pub warnings: Vec<FieldError>,
 }
 
 /// A connector as a client sends it: the definition (SPEC §2) with
@@ -85,14 +95,27 @@ pub struct ConnectorRequest {
 }
 
 pub(super) fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
+    let definition: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let mut warnings = Vec::new();
+    if let Some(name) = definition.webhook.as_ref().and_then(|w| w.secret_env.as_deref())
+        && std::env::var_os(name).is_none()
+    {
+        warnings.push(FieldError {
+            path: "webhook.secret_env".into(),
+            message: format!(
+                "`{name}` is not set in the server's environment: signed webhooks are refused (401) until it is"
+            ),
+        });
+    }
     Ok(ConnectorView {
-        definition: serde_json::from_str(&row.definition).map_err(ApiError::internal)?,
+        definition,
         id: row.id.clone(),
         sample_file_id: row.sample_file_id.clone(),
         live_version: row.live_version,
         draft_version: row.draft_version,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        warnings,
     })
 }
 
