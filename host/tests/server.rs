@@ -2974,6 +2974,64 @@ async fn an_upload_is_held_to_a_pace_not_to_the_request_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     let leftovers = std::fs::read_dir(s.app.settings.config.data_dir.join("tmp")).map_or(1, Iterator::count);
     assert_eq!(leftovers, 0, "a refused upload leaves nothing behind");
+
+    // What is not the file itself keeps request_timeout: a trigger's JSON
+    // body, and the parts of a form before its `file` part.
+    operational_importer(&s).await;
+    let started = Instant::now();
+    let json_body = answer(
+        s.client
+            .post(format!("{}/connectors/contacts_import/runs", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(trickle(100, 1, Duration::from_millis(100)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&json_body, StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    let form = answer(
+        s.client
+            .post(format!("{}/files", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "multipart/form-data; boundary=XYZ")
+            .body(trickle(100, 1, Duration::from_millis(100)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_problem(&form, StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+
+    // A client that waits for 100 Continue and is refused gets its answer
+    // at once, not a Continue for a body the server would throw away.
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api/v1")
+        .to_string();
+    let mut raw = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        b"POST /api/v1/files?filename=a.csv HTTP/1.1\r\nHost: weir\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut first = vec![0u8; 12];
+    let asked = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut raw, &mut first),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&first, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&first));
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     s.stop().await;
 }
 

@@ -141,10 +141,13 @@ pub async fn receive(
         let mut form = Multipart::from_request(request, app)
             .await
             .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
+        // The parts before `file` are not paced as the file is: they get
+        // request_timeout, all of them together.
+        let deadline = tokio::time::Instant::now() + app.settings.request_timeout;
         loop {
-            let field = form
-                .next_field()
+            let field = tokio::time::timeout_at(deadline, form.next_field())
                 .await
+                .map_err(|_| super::request_timed_out())?
                 .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
             let Some(field) = field else {
                 return Err(ApiError::bad_request("the multipart form has no `file` part"));

@@ -280,6 +280,15 @@ fn unlimited(
     (schemas, paths, method_router)
 }
 
+/// 408 for a request whose body took longer than `request_timeout`.
+pub fn request_timed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request took longer than the server's request_timeout",
+    )
+}
+
 /// What of a refused request's body is read before its answer.
 const DRAIN_BYTES: usize = 16 << 20;
 /// How long a refused request's body is read before its answer.
@@ -293,10 +302,20 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// as before.
 async fn drain_unread(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    // A client that waits for `100 Continue` sends nothing until the body
+    // is read: if the handler never read it, there is nothing to drain.
+    let waits_to_send = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let unread = Arc::new(std::sync::Mutex::new(Some(body.into_data_stream())));
-    let handed = axum::body::Body::from_stream(Unread(unread.clone()));
+    let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handed = axum::body::Body::from_stream(Unread(unread.clone(), polled.clone()));
     let response = next.run(Request::from_parts(parts, handed)).await;
     let rest = unread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if waits_to_send && !polled.load(std::sync::atomic::Ordering::Relaxed) {
+        return response;
+    }
     if let Some(mut rest) = rest {
         let deadline = tokio::time::Instant::now() + DRAIN_TIME;
         let mut drained = 0;
@@ -311,8 +330,11 @@ async fn drain_unread(request: Request, next: Next) -> Response {
 }
 
 /// A request body the handler reads, which [`drain_unread`] takes back
-/// when the handler is done.
-struct Unread(Arc<std::sync::Mutex<Option<axum::body::BodyDataStream>>>);
+/// when the handler is done; the flag says whether the handler read it.
+struct Unread(
+    Arc<std::sync::Mutex<Option<axum::body::BodyDataStream>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl futures::Stream for Unread {
     type Item = Result<axum::body::Bytes, axum::Error>;
@@ -321,6 +343,7 @@ impl futures::Stream for Unread {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match inner.as_mut() {
             Some(stream) => std::pin::Pin::new(stream).poll_next(cx),

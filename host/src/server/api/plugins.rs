@@ -164,7 +164,13 @@ pub(super) async fn register(
     };
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
-        // this one's is refused (and stays as an unreferenced blob).
+        // this one's is refused and leaves unless something else holds it.
+        let removed = app.files.remove_unless(&row.sha256, || {
+            app.db.content_in_use(&row.sha256).map_err(std::io::Error::other)
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing a refused plugin's content failed");
+        }
         return Err(taken());
     }
     Ok((stored_row, inserted))

@@ -270,9 +270,15 @@ pub async fn trigger(
     let row = connector_of(&app, &caller, &c)?;
     let key = idempotency_key(request.headers())?;
     let file = if is_json(&request) && params.filename.is_none() {
-        let bytes = to_bytes(request.into_body(), app.settings.max_json_body)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+        // The route streams files, so no request_timeout wraps it: a JSON
+        // body is held to it here.
+        let bytes = tokio::time::timeout(
+            app.settings.request_timeout,
+            to_bytes(request.into_body(), app.settings.max_json_body),
+        )
+        .await
+        .map_err(|_| super::request_timed_out())?
+        .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
         let source: SourceFile = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::invalid(
                 "validation_failed",
