@@ -2944,32 +2944,26 @@ async fn an_upload_is_held_to_a_pace_not_to_the_request_timeout() {
         c.upload_rate_window = "500ms".into();
     })
     .await;
-    let post = |name: &str, body: reqwest::Body| {
-        s.client
-            .post(format!("{}/files?filename={name}", s.base))
-            .bearer_auth(ADMIN)
-            .header("content-type", "text/csv")
-            .body(body)
-            .send()
-    };
     // 2.4 s of steady sending, far above the pace: stored whole, although
     // it takes longer than request_timeout.
-    let steady = answer(
-        post("steady.csv", trickle(24, 2048, Duration::from_millis(100)))
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let steady = s
+        .post_body(
+            "/files?filename=steady.csv",
+            "text/csv",
+            trickle(24, 2048, Duration::from_millis(100)),
+        )
+        .await;
     assert_eq!(steady.status, StatusCode::CREATED, "{}", steady.body);
     assert_eq!(steady.body["size"], 24 * 2048);
     // A trickle below the pace is let go within about a window.
     let started = Instant::now();
-    let slow = answer(
-        post("slow.csv", trickle(100, 10, Duration::from_millis(100)))
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let slow = s
+        .post_body(
+            "/files?filename=slow.csv",
+            "text/csv",
+            trickle(100, 10, Duration::from_millis(100)),
+        )
+        .await;
     assert_problem(&slow, StatusCode::REQUEST_TIMEOUT, "upload_too_slow");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     let leftovers = std::fs::read_dir(s.app.settings.config.data_dir.join("tmp")).map_or(1, Iterator::count);
@@ -2979,30 +2973,15 @@ async fn an_upload_is_held_to_a_pace_not_to_the_request_timeout() {
     // body, and the parts of a form before its `file` part.
     operational_importer(&s).await;
     let started = Instant::now();
-    let json_body = answer(
-        s.client
-            .post(format!("{}/connectors/contacts_import/runs", s.base))
-            .bearer_auth(ADMIN)
-            .header("content-type", "application/json")
-            .body(trickle(100, 1, Duration::from_millis(100)))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
-    assert_problem(&json_body, StatusCode::REQUEST_TIMEOUT, "request_timeout");
-    let form = answer(
-        s.client
-            .post(format!("{}/files", s.base))
-            .bearer_auth(ADMIN)
-            .header("content-type", "multipart/form-data; boundary=XYZ")
-            .body(trickle(100, 1, Duration::from_millis(100)))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
-    assert_problem(&form, StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    for (path, content_type) in [
+        ("/connectors/contacts_import/runs", "application/json"),
+        ("/files", "multipart/form-data; boundary=XYZ"),
+    ] {
+        let a = s
+            .post_body(path, content_type, trickle(100, 1, Duration::from_millis(100)))
+            .await;
+        assert_problem(&a, StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    }
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 
     // A client that waits for 100 Continue and is refused gets its answer
@@ -3033,6 +3012,22 @@ async fn an_upload_is_held_to_a_pace_not_to_the_request_timeout() {
     assert_eq!(&first, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&first));
     assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     s.stop().await;
+}
+
+impl Server {
+    /// POSTs `body` to `path` as `content_type` with the admin key.
+    async fn post_body(&self, path: &str, content_type: &str, body: reqwest::Body) -> Answer {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        answer(response).await
+    }
 }
 
 /// Polls `path` until it answers `status`.

@@ -7,8 +7,8 @@
 //! client holds a connection only while it keeps sending.
 //!
 //! Content is removed ([`FileStore::remove_unless`]) only once nothing
-//! holds it. Whoever places content and then records that it holds it does
-//! both under [`FileStore::hold`], so no removal falls between the two.
+//! holds it. [`FileStore::place`] holds the store until its caller has
+//! recorded what holds the content, so no removal falls between the two.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,7 +79,7 @@ pub struct FileStore {
     placing: Arc<Mutex<()>>,
 }
 
-/// While alive, no content leaves the store ([`FileStore::hold`]).
+/// While alive, no content leaves the store ([`FileStore::place`]).
 pub type Held<'a> = MutexGuard<'a, ()>;
 
 impl FileStore {
@@ -102,22 +102,23 @@ impl FileStore {
         self.root.join(prefix).join(sha256)
     }
 
-    /// No content leaves the store while the answer is alive: hold it from
-    /// placing content ([`FileStore::place`]) until the row that keeps the
-    /// content is written.
-    pub fn hold(&self) -> Held<'_> {
+    /// No content leaves the store while the answer is alive.
+    fn hold(&self) -> Held<'_> {
         self.placing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Moves a received file into place under its hash. Call it under
-    /// [`FileStore::hold`], with the row that keeps the content.
-    pub fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<()> {
+    /// Moves a received file into place under its hash, and holds the
+    /// store: no content leaves it until the answer is dropped. Write the
+    /// row that keeps the content before dropping it.
+    pub fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<Held<'_>> {
+        let held = self.hold();
         let target = self.path(sha256);
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)?;
         }
         // Same content, same name: a concurrent upload of it ends the same.
-        tmp.persist(&target).map_err(|e| e.error)
+        tmp.persist(&target).map_err(|e| e.error)?;
+        Ok(held)
     }
 
     /// Streams `body` to a temporary file of the store, hashed and counted;
@@ -178,11 +179,7 @@ impl FileStore {
 
     /// Removes the content with `sha256` unless `in_use` says something
     /// still holds it; true when it was removed (or was not there).
-    pub fn remove_unless<E: From<std::io::Error>>(
-        &self,
-        sha256: &str,
-        in_use: impl FnOnce() -> Result<bool, E>,
-    ) -> Result<bool, E> {
+    pub fn remove_unless(&self, sha256: &str, in_use: impl FnOnce() -> std::io::Result<bool>) -> std::io::Result<bool> {
         let _held = self.hold();
         if in_use()? {
             return Ok(false);
@@ -190,7 +187,7 @@ impl FileStore {
         match std::fs::remove_file(self.path(sha256)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 }
@@ -226,7 +223,7 @@ mod tests {
             .receive(chunks(&[b"a,b\n", b"1,2\n"]), 100)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        store.place(tmp, &stored.sha256).unwrap_or_else(|e| panic!("{e}"));
+        drop(store.place(tmp, &stored.sha256).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(stored.size, 8);
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(b"a,b\n1,2\n")));
         assert_eq!(
@@ -278,11 +275,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = store(dir.path());
         let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
-        store.place(tmp, &sha256).unwrap_or_else(|e| panic!("{e}"));
-        let held = store.remove_unless(&sha256, || Ok::<_, std::io::Error>(true));
+        drop(store.place(tmp, &sha256).unwrap_or_else(|e| panic!("{e}")));
+        let held = store.remove_unless(&sha256, || Ok(true));
         assert!(matches!(held, Ok(false)));
         assert!(store.path(&sha256).exists());
-        let gone = store.remove_unless(&sha256, || Ok::<_, std::io::Error>(false));
+        let gone = store.remove_unless(&sha256, || Ok(false));
         assert!(matches!(gone, Ok(true)));
         assert!(!store.path(&sha256).exists());
     }

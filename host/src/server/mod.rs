@@ -195,6 +195,18 @@ impl App {
         text
     }
 
+    /// Removes content `sha256` from the file store unless a workspace's
+    /// file or a plugin still holds it. Content left behind by a failure is
+    /// only space, removed by the next deletion of the same content.
+    pub fn forget_content(&self, sha256: &str) {
+        let removed = self
+            .files
+            .remove_unless(sha256, || self.db.content_in_use(sha256).map_err(std::io::Error::other));
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing content from the file store failed");
+        }
+    }
+
     /// Stores `bytes` as a file of the workspace, as an upload named `name`
     /// would be (for inputs the server makes itself).
     pub fn keep_file(
@@ -205,8 +217,7 @@ impl App {
         bytes: &[u8],
     ) -> anyhow::Result<state::FileRow> {
         let (staged, sha256) = self.files.stage_bytes(bytes)?;
-        let _held = self.files.hold();
-        self.files.place(staged, &sha256)?;
+        let _held = self.files.place(staged, &sha256)?;
         Ok(self.db.insert_file(
             workspace_id,
             &state::FileRow {

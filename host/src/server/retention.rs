@@ -100,27 +100,7 @@ pub fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
 pub fn delete_file(app: &App, workspace_id: &str, sha256: &str) -> Result<FileDeletion, StateError> {
     let deletion = app.db.delete_file(workspace_id, sha256)?;
     if deletion == FileDeletion::Deleted {
-        match app
-            .files
-            .remove_unless(sha256, || Ok::<_, RemoveError>(app.db.content_in_use(sha256)?))
-        {
-            Ok(_) => {}
-            Err(RemoveError::State(e)) => return Err(e),
-            // The file is gone from the workspace; what is left on disk is
-            // only space, removed by the next deletion of the same content.
-            Err(RemoveError::Io(e)) => tracing::warn!(error = %e, "removing a file's content failed"),
-        }
+        app.forget_content(sha256);
     }
     Ok(deletion)
-}
-
-/// Why content could not be removed from the file store.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoveError {
-    /// Asking whether anything still holds it failed.
-    #[error(transparent)]
-    State(#[from] StateError),
-    /// Removing it failed.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
 }

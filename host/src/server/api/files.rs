@@ -184,8 +184,7 @@ pub async fn receive(
         ));
     }
     let row = {
-        let _held = app.files.hold();
-        app.files.place(staged, &stored.sha256).map_err(ApiError::internal)?;
+        let _held = app.files.place(staged, &stored.sha256).map_err(ApiError::internal)?;
         app.db.insert_file(
             workspace_id,
             &FileRow {

@@ -158,19 +158,13 @@ pub(super) async fn register(
         created_at: Utc::now(),
     };
     let (stored_row, inserted) = {
-        let _held = app.files.hold();
-        app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
+        let _held = app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
         app.db.insert_plugin(workspace_id, &row)?
     };
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
         // this one's is refused and leaves unless something else holds it.
-        let removed = app.files.remove_unless(&row.sha256, || {
-            app.db.content_in_use(&row.sha256).map_err(std::io::Error::other)
-        });
-        if let Err(e) = removed {
-            tracing::warn!(error = %e, "removing a refused plugin's content failed");
-        }
+        app.forget_content(&row.sha256);
         return Err(taken());
     }
     Ok((stored_row, inserted))
