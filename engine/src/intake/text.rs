@@ -476,12 +476,16 @@ struct CrlfWatch<R> {
 impl<R: Read> Read for CrlfWatch<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let read = &buf[..n];
         let mut offsets = self.offsets.0.borrow_mut();
-        for (i, &b) in buf[..n].iter().enumerate() {
-            if b == b'\n' && self.after_cr {
+        for i in memchr::memchr_iter(b'\n', read) {
+            let after_cr = if i == 0 { self.after_cr } else { read[i - 1] == b'\r' };
+            if after_cr {
                 offsets.push_back(self.offset + i as u64);
             }
-            self.after_cr = b == b'\r';
+        }
+        if let Some(&last) = read.last() {
+            self.after_cr = last == b'\r';
         }
         self.offset += n as u64;
         Ok(n)
@@ -728,15 +732,39 @@ mod tests {
             "a,b\r\n1,2\r\n3,\"x\r\ny\"\r\n4,5\r\n",
             "a,b\r\n1,2\n3,\"x\ny\"\r\n4,5\n",
         ] {
-            let crlf = CrlfOffsets::default();
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .from_reader(crlf.watch(text.as_bytes()));
-            let lines: Vec<u64> = reader
-                .records()
-                .map(|r| r.map_or(0, |r| r.position().map_or(0, |p| crlf.line(p))))
-                .collect();
-            assert_eq!(lines, [1, 2, 3, 5], "{text:?}");
+            // Read whole, and a byte a read (a \r\n split across reads).
+            for one_at_a_time in [false, true] {
+                let source: Box<dyn Read> = if one_at_a_time {
+                    Box::new(OneByte(text.as_bytes()))
+                } else {
+                    Box::new(text.as_bytes())
+                };
+                let crlf = CrlfOffsets::default();
+                let mut reader = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .from_reader(crlf.watch(source));
+                let lines: Vec<u64> = reader
+                    .records()
+                    .map(|r| r.map_or(0, |r| r.position().map_or(0, |p| crlf.line(p))))
+                    .collect();
+                assert_eq!(lines, [1, 2, 3, 5], "{text:?}, a byte a read: {one_at_a_time}");
+            }
+        }
+    }
+
+    /// A reader that gives one byte a read.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&b, rest)), Some(slot)) => {
+                    *slot = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
         }
     }
 }
