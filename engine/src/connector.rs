@@ -978,6 +978,24 @@ impl Document for Connector {
     fn validate(&self) -> Vec<Problem> {
         Connector::validate(self)
     }
+
+    fn keys_at(table: &str) -> &'static [&'static str] {
+        use document::keys_of;
+        match table {
+            "" => keys_of::<Connector>(),
+            "input" => keys_of::<InputOptions>(),
+            "sql" => keys_of::<SqlSource>(),
+            "limits" => keys_of::<LimitsDef>(),
+            "webhook" => keys_of::<WebhookDef>(),
+            "schedule" => keys_of::<ScheduleDef>(),
+            "transforms" => keys_of::<TransformDef>(),
+            "variables" => keys_of::<VariableDef>(),
+            "loads" => keys_of::<LoadDef>(),
+            "loads.match" => keys_of::<MatchRule>(),
+            "loads.fields" => keys_of::<FieldMapping>(),
+            _ => &[],
+        }
+    }
 }
 
 /// Whether `s` matches `[a-z][a-z0-9_]{0,62}`.
@@ -1182,7 +1200,7 @@ surprise = 1
         for expected in [
             "colour",
             "input.delimter",
-            "variables.0.surprise",
+            "variables[0].surprise",
             "api_name",
             "limits.max_runtime",
             "variables[0].column",
@@ -1190,6 +1208,55 @@ surprise = 1
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn toml_problems_carry_line_column_and_the_key_meant() {
+        let text = "api_name = \"orders\"\ntype = \"spreadsheet\"\n[limits]\nmax_runtme = \"1m\"\n\n[[variables]]\nname = \"a\"\nscope = \"s\"\ncolumn = \"a\"\ntype = \"string\"\n\n[[variables]]\nname = \"b\"\nscope = \"s\"\ncolumn = \"b\"\ntype = \"string\"\n  input_formt = \"%Y\"\n";
+        let unknown = document::parse_toml::<Connector>(text).problems;
+        let shown: Vec<String> = unknown
+            .iter()
+            .map(|p| {
+                let at = p.position.expect("every problem of a TOML text has a position");
+                format!("{}:{} {}", at.line, at.column, p)
+            })
+            .collect();
+        assert!(
+            shown.contains(&"4:1 limits.max_runtme: unknown key; did you mean `max_runtime`?".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"17:3 variables[1].input_formt: unknown key; did you mean `input_format`?".to_string()),
+            "{shown:?}"
+        );
+        // A misspelt value names the value meant, at the value.
+        let bad = document::parse_toml::<Connector>("api_name = \"orders\"\ntype = \"spredsheet\"\n").problems;
+        let at = bad[0].position.map(|at| (at.line, at.column));
+        assert_eq!(at, Some((2, 8)), "{bad:?}");
+        assert!(
+            bad[0].to_string().starts_with("type: unknown variant `spredsheet`"),
+            "{bad:?}"
+        );
+        assert!(bad[0].message.ends_with("did you mean `spreadsheet`?"), "{bad:?}");
+        // A key unlike any other gets no guess; a broken rule points at its key.
+        let text = "api_name = \"orders\"\ntype = \"spreadsheet\"\nzebra = 1\n[limits]\nmax_rows = 0\n";
+        let problems = document::parse_toml::<Connector>(text).problems;
+        let shown: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{:?} {p}", p.position.map(|at| (at.line, at.column))))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "Some((3, 1)) zebra: unknown key",
+                "Some((5, 1)) limits.max_rows: must be more than zero"
+            ]
+        );
+        // A syntax error is one line with its position, no drawing of the text.
+        let broken = document::parse_toml::<Connector>("api_name = \"orders\"\ntype = spreadsheet\n").problems;
+        assert_eq!(broken.len(), 1);
+        assert_eq!(broken[0].position.map(|at| at.line), Some(2));
+        assert!(!broken[0].message.contains('\n'), "{:?}", broken[0].message);
     }
 
     #[test]

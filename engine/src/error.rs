@@ -124,6 +124,10 @@ pub struct Problem {
     pub path: String,
     /// What is wrong, for a person.
     pub message: String,
+    /// Where in the text the document was read from, when it was read from
+    /// text that keeps positions (TOML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
 }
 
 impl Problem {
@@ -132,7 +136,20 @@ impl Problem {
         Self {
             path: path.into(),
             message: message.into(),
+            position: None,
         }
+    }
+
+    /// The problem as found in `file`: `file:line:column: path: message`,
+    /// the form editors and terminals link to.
+    pub fn in_file(self, file: &str) -> Self {
+        let path = match (&self.position, self.path.is_empty()) {
+            (Some(at), true) => format!("{file}:{}:{}", at.line, at.column),
+            (Some(at), false) => format!("{file}:{}:{}: {}", at.line, at.column, self.path),
+            (None, true) => file.to_string(),
+            (None, false) => format!("{file}: {}", self.path),
+        };
+        Self { path, ..self }
     }
 }
 
@@ -187,10 +204,10 @@ pub enum PluginFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The connector definition is invalid; every problem is listed.
-    #[error("invalid connector: {}", join_problems(.0))]
+    #[error("invalid connector:{}", join_problems(.0))]
     InvalidConnector(Vec<Problem>),
     /// Object definitions are invalid; every problem is listed.
-    #[error("invalid objects: {}", join_problems(.0))]
+    #[error("invalid objects:{}", join_problems(.0))]
     InvalidObjects(Vec<Problem>),
     /// The input cannot be read at all.
     #[error("{message}")]
@@ -267,8 +284,13 @@ pub enum Error {
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// One problem on the line of its error; several, each on a line of its
+/// own, as compilers list them.
 fn join_problems(problems: &[Problem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    match problems {
+        [one] => format!(" {one}"),
+        many => many.iter().map(|p| format!("\n  {p}")).collect(),
+    }
 }
 
 impl Error {

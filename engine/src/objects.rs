@@ -91,6 +91,13 @@ impl ObjectDef {
         }
     }
 
+    /// The names of its fields, the implicit `name` included.
+    pub fn field_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+        names.push(NAME_FIELD);
+        names
+    }
+
     /// Parses one object as JSON (the body of `POST /objects`).
     pub fn from_json(text: &str) -> Result<Self> {
         document::from_json(text).map_err(Error::InvalidObjects)
@@ -188,6 +195,15 @@ impl Document for Objects {
         }
         problems
     }
+
+    fn keys_at(table: &str) -> &'static [&'static str] {
+        match table {
+            "" => document::keys_of::<Objects>(),
+            "objects" => document::keys_of::<ObjectDef>(),
+            "objects.fields" => document::keys_of::<FieldDef>(),
+            _ => &[],
+        }
+    }
 }
 
 impl Document for ObjectDef {
@@ -199,6 +215,14 @@ impl Document for ObjectDef {
             .into_iter()
             .filter(|p| !p.message.starts_with("there is no object"))
             .collect()
+    }
+
+    fn keys_at(table: &str) -> &'static [&'static str] {
+        match table {
+            "" => document::keys_of::<ObjectDef>(),
+            "fields" => document::keys_of::<FieldDef>(),
+            _ => &[],
+        }
     }
 }
 
@@ -219,9 +243,14 @@ impl Objects {
         let mut problems = Vec::new();
         for (i, load) in connector.loads.iter().enumerate() {
             let Some(object) = self.get(&load.object) else {
+                let names: Vec<&str> = self.objects.iter().map(|o| o.name.as_str()).collect();
                 problems.push(Problem::new(
                     format!("loads[{i}].object"),
-                    format!("there is no object `{}`", load.object),
+                    format!(
+                        "there is no object `{}`{}",
+                        load.object,
+                        did_you_mean(&load.object, &names)
+                    ),
                 ));
                 continue;
             };
@@ -229,7 +258,12 @@ impl Objects {
                 if object.field_type(&m.field).is_none() {
                     problems.push(Problem::new(
                         format!("loads[{i}].match[{j}].field"),
-                        format!("object `{}` has no field `{}`", object.name, m.field),
+                        format!(
+                            "object `{}` has no field `{}`{}",
+                            object.name,
+                            m.field,
+                            did_you_mean(&m.field, &object.field_names())
+                        ),
                     ));
                 }
             }
@@ -244,7 +278,12 @@ impl Objects {
                 match object.field_type(&f.field) {
                     None => problems.push(Problem::new(
                         format!("loads[{i}].fields[{j}].field"),
-                        format!("object `{}` has no field `{}`", object.name, f.field),
+                        format!(
+                            "object `{}` has no field `{}`{}",
+                            object.name,
+                            f.field,
+                            did_you_mean(&f.field, &object.field_names())
+                        ),
                     )),
                     Some(_) if f.field == ID_FIELD => problems.push(Problem::new(
                         format!("loads[{i}].fields[{j}].field"),
@@ -256,6 +295,11 @@ impl Objects {
         }
         problems
     }
+}
+
+/// `; did you mean `x`?` for the name most like `given`, or nothing.
+fn did_you_mean(given: &str, names: &[&str]) -> String {
+    document::closest(given, names).map_or_else(String::new, |name| format!("; did you mean `{name}`?"))
 }
 
 #[cfg(test)]
@@ -334,7 +378,7 @@ name = "Contact"
         );
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         for expected in [
-            "objects.0.colour",
+            "objects[0].colour",
             "objects[0].name",
             "objects[0].fields[0].name",
             "objects[0].fields[1].options",

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use crate::connector::Connector;
+use crate::document;
 use crate::error::{Error, Problem, Result};
 use crate::objects::Objects;
 use crate::pipeline::InputFile;
@@ -39,10 +40,7 @@ pub struct Package {
 
 /// Problems of one of the package's files, named by it.
 fn in_file(file: &str, problems: Vec<Problem>) -> Vec<Problem> {
-    problems
-        .into_iter()
-        .map(|p| Problem::new(format!("{file}: {}", p.path), p.message))
-        .collect()
+    problems.into_iter().map(|p| p.in_file(file)).collect()
 }
 
 fn problem(path: &str, message: impl Into<String>) -> Error {
@@ -79,7 +77,8 @@ impl Package {
         };
         // Every problem of the connector at once: its own, and those of its
         // load steps against objects.toml, even when it has unknown keys.
-        let parsed = Connector::parse_toml(&read("connector.toml")?);
+        let connector_text = read("connector.toml")?;
+        let parsed = Connector::parse_toml(&connector_text);
         let objects = match std::fs::read_to_string(dir.join("objects.toml")) {
             Ok(text) => Some(Objects::from_toml(&text).map_err(|e| match e {
                 Error::InvalidObjects(problems) => Error::InvalidObjects(in_file("objects.toml", problems)),
@@ -90,7 +89,9 @@ impl Package {
         };
         let mut problems = parsed.problems;
         if let (Some(connector), Some(objects)) = (&parsed.document, &objects) {
-            problems.extend(objects.check_loads(connector));
+            let mut loads = objects.check_loads(connector);
+            document::place_in_toml(&connector_text, &mut loads);
+            problems.extend(loads);
         }
         let connector = match parsed.document {
             Some(connector) if problems.is_empty() => connector,
@@ -292,13 +293,13 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let err = Package::load(dir.path()).expect_err("unknown field");
         assert!(
-            err.to_string().contains("connector.toml: loads[0].fields[0].field"),
+            err.to_string().contains("connector.toml:13:1: loads[0].fields[0].field: object `contact` has no field `mail`; did you mean `email`?"),
             "{err}"
         );
         std::fs::write(dir.path().join("objects.toml"), "[[objects]]\nname = \"Contact\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         let err = Package::load(dir.path()).expect_err("bad object");
-        assert!(err.to_string().contains("objects.toml: objects[0].name"), "{err}");
+        assert!(err.to_string().contains("objects.toml:2:1: objects[0].name"), "{err}");
     }
 
     #[test]

@@ -190,7 +190,7 @@ fn a_broken_package_is_a_clear_error() {
     let o = weir(&["run", &dir.path().to_string_lossy()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("connector.toml: colour: unknown key"), "{err}");
+    assert!(err.contains("connector.toml:3:1: colour: unknown key"), "{err}");
 }
 
 #[test]
@@ -417,16 +417,25 @@ fn every_problem_of_a_package_is_reported_at_once() {
     );
     let toml = "api_name = \"t\"\ntype = \"spreadsheet\"\nbogus_key = 1\n[sql]\nfile = \"script.sql\"\n\
         [[variables]]\nname = \"iata\"\nscope = \"a\"\ncolumn = \"iata\"\ntype = \"string\"\n\
-        [[loads]]\norder = 1\nscope = \"a\"\nobject = \"airprot\"\n\
+        [[loads]]\norder = 1\nscope = \"a\"\nobject = \"airprot\"\n  recod_id_variable = \"iata\"\n\
         [[loads.fields]]\nfield = \"iata\"\nvariables = [\"iata\"]\n";
     std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("objects.toml"), AIRPORTS).unwrap_or_else(|e| panic!("{e}"));
     let o = weir(&["run", &dir.path().to_string_lossy()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("connector.toml: bogus_key: unknown key"), "{err}");
+    // Each problem on a line of its own, where editors link to: the file,
+    // line and column, the path as the API writes it, and the name meant.
+    let lines: Vec<&str> = err.lines().map(str::trim).collect();
+    assert!(lines.contains(&"connector.toml:3:1: bogus_key: unknown key"), "{err}");
     assert!(
-        err.contains("connector.toml: loads[0].object: there is no object `airprot`"),
+        lines.contains(
+            &"connector.toml:15:3: loads[0].recod_id_variable: unknown key; did you mean `record_id_variable`?"
+        ),
+        "{err}"
+    );
+    assert!(
+        lines.contains(&"connector.toml:14:1: loads[0].object: there is no object `airprot`; did you mean `airport`?"),
         "{err}"
     );
 }

@@ -835,12 +835,20 @@ async fn connectors_are_validated_addressed_by_id_or_name_and_patched() {
         .post(
             "/connectors",
             ADMIN,
-            json!({"api_name": "x", "type": "spreadsheet", "colour": "red", "loads": [{"order": 1, "scope": "s", "object": "nope", "match": [], "fields": []}]}),
+            json!({"api_name": "x", "type": "spreadsheet", "colour": "red", "loads": [{"order": 1, "scope": "s", "object": "nope", "match": [], "fields": [], "recordid_variable": "v"}]}),
         )
         .await;
     assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_connector");
     let text = bad.body["errors"].to_string();
     assert!(text.contains("colour"), "unknown keys are named: {text}");
+    // Paths are written one way, and a misspelt key names the one meant.
+    assert!(
+        bad.body["errors"]
+            .as_array()
+            .is_some_and(|errors| errors.iter().any(|e| e["path"] == "loads[0].recordid_variable"
+                && e["message"] == "unknown key; did you mean `record_id_variable`?")),
+        "{text}"
+    );
     assert!(
         text.contains("there is no object `nope`"),
         "an unknown key hides no other problem: {text}"
