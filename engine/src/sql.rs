@@ -935,37 +935,121 @@ pub fn map_error(e: DataFusionError, statement: Option<&ScriptStatement>) -> Err
                     message: format!("the SQL script needs more memory than max_memory allows: {msg}"),
                 };
             }
+            let mut message = clean_message(&e.find_root().strip_backtrace());
             let position = match (statement, span) {
                 (Some(s), Some(span)) if span.start.line > 0 => {
                     Some(in_script(s.start, span.start.line, span.start.column))
                 }
-                (Some(s), _) => Some(s.start),
+                // DataFusion places few of its errors; one about a call
+                // (its arguments, their types) is placed at the call.
+                (Some(s), _) => match call_of(&s.statement, &message) {
+                    Some((name, line, column)) => {
+                        if !mentions(&message.to_ascii_lowercase(), &name) {
+                            message = format!("{name}(…): {message}");
+                        }
+                        Some(in_script(s.start, line, column))
+                    }
+                    None => Some(s.start),
+                },
                 (None, _) => None,
             };
-            let message = e.find_root().strip_backtrace();
-            Error::Sql {
-                message: clean_message(&message),
-                position,
-            }
+            Error::Sql { message, position }
         }
     }
 }
 
+/// The function call an error without a place is about: the call the
+/// message names, or the statement's only call. Its name (as written, in
+/// lower case) and its line and column in the statement.
+fn call_of(statement: &DfStatement, message: &str) -> Option<(String, u64, u64)> {
+    use datafusion::sql::sqlparser::ast::{Expr, Spanned, visit_expressions};
+    let DfStatement::Statement(sql) = statement else {
+        return None;
+    };
+    let mut calls = Vec::new();
+    let _ = visit_expressions(sql.as_ref(), |e| {
+        if let Expr::Function(f) = e {
+            let span = f.name.span();
+            calls.push((
+                f.name.to_string().to_ascii_lowercase(),
+                span.start.line,
+                span.start.column,
+            ));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let message = message.to_ascii_lowercase();
+    let named = calls.iter().find(|(name, ..)| mentions(&message, name));
+    let (name, line, column) = match named {
+        Some(call) => call.clone(),
+        None if calls.len() == 1 => calls.remove(0),
+        None => return None,
+    };
+    (line > 0).then_some((name, line, column))
+}
+
+/// Whether `message` names function `name` as a word (`'round'`,
+/// `round(`), not inside another name (`to_round`).
+fn mentions(message: &str, name: &str) -> bool {
+    message.match_indices(name).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let after = message[at + name.len()..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        !word(before) && !word(after)
+    })
+}
+
+/// The engine's message in the script's words: no engine prefix, no
+/// request to report a bug to DataFusion, tables as the script names them,
+/// and one line.
 fn clean_message(message: &str) -> String {
-    let mut m = message;
+    let mut m = message
+        .split(".\nThis issue was likely caused by a bug in DataFusion")
+        .next()
+        .unwrap_or(message)
+        .to_string();
     for prefix in [
         "Error during planning: ",
         "Schema error: ",
         "Execution error: ",
         "SQL error: ",
         "Arrow error: ",
+        "Internal error: ",
     ] {
-        m = m.strip_prefix(prefix).unwrap_or(m);
+        m = m.replace(prefix, "");
     }
-    // Tables are named as the script names them (`input.data`), not by
-    // the engine's catalog.
-    m.replace(&format!("'{CATALOG}."), "'")
+    if let Some(rest) = m.strip_prefix("This feature is not implemented: ") {
+        m = format!("not supported: {rest}");
+    }
+    // The signatures a function takes, on the line of the message.
+    if let Some((head, candidates)) = m.split_once("\n\tCandidate functions:\n") {
+        let candidates: Vec<&str> = candidates.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        m = format!("{head} It takes: {}", candidates.join(" or "));
+    }
+    // "failed to match any signature, errors: a,b,a,b": each reason once.
+    if let Some((head, errors)) = m.split_once(" failed to match any signature, errors: ") {
+        let mut reasons: Vec<&str> = Vec::new();
+        for reason in errors.split(',').map(str::trim) {
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+        m = format!("{head} failed to match any signature: {}", reasons.join("; "));
+    }
+    // Tables are named as the script names them (`input.data`, `dta`),
+    // not by the engine's catalog and default schema.
+    let m = m
+        .replace(&format!("'{CATALOG}."), "'")
         .replace(&format!("{CATALOG}.{INPUT_SCHEMA}."), "input.")
+        .replace(&format!("'{DEFAULT_SCHEMA}."), "'");
+    let mut line = String::new();
+    for part in m.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(['.', ':']) { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line
 }
 
 /// Digs an engine error out of DataFusion's wrappers.

@@ -72,6 +72,55 @@ async fn plan_errors_point_at_the_offending_name() {
 }
 
 #[tokio::test]
+async fn a_planning_error_of_a_function_call_points_at_the_call() {
+    // Wrong argument types, a wrong count and an unknown function: each
+    // points at the call, and no message carries the engine's own words.
+    for (call, needle) in [
+        ("get_field(customer, 'name')", "get_field"),
+        ("round(customer, 1, 2, 3)", "round"),
+        ("no_such_fn(amount)", "no_such_fn"),
+        ("upper(amount, customer)", "upper"),
+    ] {
+        let script = format!(
+            "CREATE VIEW output.a AS SELECT 1 AS x;\nCREATE VIEW output.b AS\n  SELECT order_id,\n    {call} AS v FROM input.data"
+        );
+        let o = run(connector(""), &script, "orders.csv", ORDERS.as_bytes()).await;
+        let e = o.doc.error.clone().unwrap_or_else(|| panic!("{call}: no error"));
+        assert_eq!(e.code.as_str(), "sql_error", "{call}: {}", e.message);
+        assert_eq!((e.line, e.column), (Some(4), Some(5)), "{call}: {}", e.message);
+        assert!(e.message.contains(needle), "{call}: {}", e.message);
+        assert!(!e.message.contains('\n'), "{call}: one line: {:?}", e.message);
+        for internal in [
+            "datafusion",
+            "DataFusion",
+            "Error during",
+            "Internal error",
+            "public.",
+            "Candidate functions",
+        ] {
+            assert!(!e.message.contains(internal), "{call}: {internal} in {:?}", e.message);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_table_is_named_as_written() {
+    let script = "CREATE VIEW output.a AS SELECT * FROM dta";
+    let o = run(connector(""), script, "orders.csv", ORDERS.as_bytes()).await;
+    let e = o.doc.error.clone().unwrap_or_else(|| panic!("no error"));
+    assert!(
+        e.message.contains("`dta`") || e.message.contains("'dta'"),
+        "{}",
+        e.message
+    );
+    assert!(
+        !e.message.contains("public") && !e.message.contains("datafusion"),
+        "{}",
+        e.message
+    );
+}
+
+#[tokio::test]
 async fn run_time_errors_name_the_statement_of_the_scope() {
     let script = "CREATE VIEW output.ok AS SELECT 1 AS x;\n\nCREATE VIEW output.bad AS SELECT CAST(customer AS INT) AS n FROM input.data";
     let o = run(connector(""), script, "orders.csv", ORDERS.as_bytes()).await;
