@@ -324,6 +324,24 @@ impl Error {
         }
     }
 
+    /// A plugin error named by the step it happened in, when it had none.
+    pub fn in_step(self, name: &str) -> Self {
+        match self {
+            Error::Plugin {
+                failure,
+                plugin,
+                step: None,
+                message,
+            } => Error::Plugin {
+                failure,
+                plugin,
+                step: Some(name.to_string()),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// The plugin an error is about, if any.
     pub fn plugin(&self) -> Option<&str> {
         match self {

@@ -70,6 +70,9 @@ pub struct PluginSettings {
     /// Most compiled components kept in memory; the least recently used
     /// one is dropped beyond it (and found again in the disk cache).
     pub max_compiled: usize,
+    /// A plugin that takes longer than this to be ready (compiling on its
+    /// first use) is announced in the run's log.
+    pub announce_compile_after: Duration,
 }
 
 impl Default for PluginSettings {
@@ -82,6 +85,7 @@ impl Default for PluginSettings {
             tick: Duration::from_millis(5),
             cache_dir: None,
             max_compiled: 64,
+            announce_compile_after: Duration::from_secs(1),
         }
     }
 }
@@ -212,6 +216,13 @@ impl PluginRuntime {
     /// the `transformer` world. `label` names the plugin in errors.
     /// Compiling is CPU-heavy: call this from a blocking thread.
     pub fn load(&self, label: &str, wasm: &[u8]) -> Result<Arc<Plugin>> {
+        self.load_logged(label, wasm, &crate::runlog::Discard)
+    }
+
+    /// [`PluginRuntime::load`], telling `log` when compiling takes long (a
+    /// plugin's first use on a machine takes seconds; the build is cached
+    /// after), so a person watching knows the run is not stuck.
+    pub fn load_logged(&self, label: &str, wasm: &[u8], log: &dyn RunLog) -> Result<Arc<Plugin>> {
         let sha256 = hex::encode(Sha256::digest(wasm));
         if let Some(plugin) = lock(&self.compiled).get(&sha256) {
             return Ok(plugin);
@@ -222,14 +233,38 @@ impl PluginRuntime {
             step: None,
             message,
         };
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| refused(format!("not a WebAssembly component Weir can run: {e:#}")))?;
+        let started = Instant::now();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let component = std::thread::scope(|scope| {
+            scope.spawn(move || {
+                if finished.recv_timeout(self.settings.announce_compile_after).is_err() {
+                    log.line(
+                        LogLevel::Info,
+                        &format!("compiling plugin {label} for this machine; its first use takes a while, later runs use the cached build"),
+                    );
+                }
+            });
+            let component = Component::new(&self.engine, wasm);
+            let _ = done.send(());
+            component
+        })
+        .map_err(|e| refused(not_a_component(wasm, &e)))?;
+        if started.elapsed() >= self.settings.announce_compile_after {
+            log.line(
+                LogLevel::Info,
+                &format!("plugin {label} ready in {:.1} s", started.elapsed().as_secs_f64()),
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| refused(format!("imports what Weir does not provide: {e:#}")))?;
-        let pre = TransformerPre::new(pre)
-            .map_err(|e| refused(format!("does not implement weir:transform/transform@0.1.0: {e:#}")))?;
+            .map_err(|e| refused(format!("imports what Weir does not provide ({})", one_line(&e))))?;
+        let pre = TransformerPre::new(pre).map_err(|e| {
+            refused(format!(
+                "does not implement weir:transform/transform@0.1.0 ({})",
+                one_line(&e)
+            ))
+        })?;
         let plugin = Arc::new(Plugin { sha256, pre });
         lock(&self.compiled).insert(plugin.clone(), self.settings.max_compiled);
         Ok(plugin)
@@ -580,7 +615,7 @@ impl StepInstance {
                 other => format!("the plugin trapped: {other}"),
             }
         } else {
-            format!("the plugin trapped: {error:#}")
+            format!("the plugin trapped: {}", one_line(&error))
         };
         let message = match self.log.last_words() {
             Some(words) => format!("{what}; it said: {words}"),
@@ -962,6 +997,37 @@ impl tokio::io::AsyncWrite for GuestOutput {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// Why `wasm` is not a component Weir can run, plainly first: what the
+/// file is by its first bytes, then the compiler's detail.
+fn not_a_component(wasm: &[u8], error: &wasmtime::Error) -> String {
+    const CORE_MODULE: [u8; 8] = *b"\0asm\x01\0\0\0";
+    if !wasm.starts_with(b"\0asm") {
+        "not a WebAssembly component: the file is not WebAssembly at all (it does not begin with the `\\0asm` header)"
+            .to_string()
+    } else if wasm.starts_with(&CORE_MODULE) {
+        "not a WebAssembly component: the file is a core WebAssembly module; build the plugin for the \
+         `wasm32-wasip2` target (`cargo build --target wasm32-wasip2`), which makes a component"
+            .to_string()
+    } else {
+        format!(
+            "not a WebAssembly component: the file is damaged or of a kind Weir cannot read ({})",
+            one_line(error)
+        )
+    }
+}
+
+/// An error of the Wasm engine in one line: its chain without the guest's
+/// backtrace, byte dumps folded into single spaces.
+fn one_line(error: &wasmtime::Error) -> String {
+    let parts: Vec<String> = error
+        .chain()
+        .map(|cause| cause.to_string())
+        .filter(|cause| !cause.starts_with("error while executing at wasm backtrace"))
+        .map(|cause| cause.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -171,8 +171,11 @@ impl Chain {
                     .source
                     .fetch(&reference)
                     .map_err(|m| Error::InvalidConnector(vec![Problem::new(format!("transforms[{i}].plugin"), m)]))?;
-                let plugin = plugins.runtime.load(&def.plugin, &wasm)?;
                 let name = format!("transforms[{i}] on {scope}");
+                let plugin = plugins
+                    .runtime
+                    .load_logged(&def.plugin, &wasm, ctx.log.as_ref())
+                    .map_err(|e| e.in_step(&name))?;
                 let started = Instant::now();
                 let mut instance = plugins.runtime.instantiate(
                     &plugin,

@@ -1547,6 +1547,16 @@ impl Server {
     }
 }
 
+/// How many files are under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
+            .sum()
+    })
+}
+
 fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(weir_tests::plugin_wasm(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -1555,8 +1565,20 @@ fn plugin_bytes(name: &str) -> Vec<u8> {
 async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() {
     let s = start().await;
     let identity = plugin_bytes("identity");
+    let cache = s.app.settings.config.data_dir.join("plugin-cache");
+    assert_eq!(
+        files_under(&cache),
+        0,
+        "nothing is compiled before a plugin is published"
+    );
     let first = s.publish_plugin(ADMIN, "identity", "0.1.0", &identity).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    // Compiled at publish, on disk where the workers running it look: its
+    // first run does not compile it.
+    assert!(
+        files_under(&cache) > 0,
+        "the published plugin is compiled into the cache"
+    );
     assert_eq!(first.body["reference"], "identity@0.1.0");
     assert_eq!(first.body["id"], first.body["sha256"]);
     assert_eq!(first.body["size"].as_u64(), Some(identity.len() as u64));

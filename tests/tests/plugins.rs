@@ -346,28 +346,88 @@ async fn a_missing_plugin_or_a_file_that_is_no_component_is_refused_clearly() {
     let message = missing.error()["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("plugins/phone-normalize-9.9.9.wasm"), "{message}");
 
-    let dir = plugin_dir(&[]);
-    std::fs::write(dir.path().join("fake-0.1.0.wasm"), b"\0asm not really").unwrap_or_else(|e| panic!("{e}"));
-    let (_input, path) = input("people.csv", PEOPLE.as_bytes());
-    let outcome = run_full(Run {
-        connector: connector("[[transforms]]\nscope = \"people\"\nplugin = \"fake@0.1.0\"\n"),
-        script: "CREATE VIEW output.people AS SELECT * FROM input.data".into(),
-        input: Some(InputFile {
-            path,
-            name: "people.csv".into(),
-        }),
-        cancel: CancellationToken::new(),
-        records: None,
-        plugins: Some(plugins_from(dir.path())),
-        settings: settings(),
+    // What the file is, plainly, on one line: no byte dump, the step named.
+    for (bytes, says) in [
+        (&b"PK\x03\x04 a zip, not wasm"[..], "not WebAssembly at all"),
+        (
+            &b"\0asm\x01\0\0\0"[..],
+            "a core WebAssembly module; build the plugin for the `wasm32-wasip2` target",
+        ),
+        (
+            &b"\0asm\x0d\0\x01\0 cut short"[..],
+            "damaged or of a kind Weir cannot read",
+        ),
+    ] {
+        let dir = plugin_dir(&[]);
+        std::fs::write(dir.path().join("fake-0.1.0.wasm"), bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (_input, path) = input("people.csv", PEOPLE.as_bytes());
+        let outcome = run_full(Run {
+            connector: connector("[[transforms]]\nscope = \"people\"\nplugin = \"fake@0.1.0\"\n"),
+            script: "CREATE VIEW output.people AS SELECT * FROM input.data".into(),
+            input: Some(InputFile {
+                path,
+                name: "people.csv".into(),
+            }),
+            cancel: CancellationToken::new(),
+            records: None,
+            plugins: Some(plugins_from(dir.path())),
+            settings: settings(),
+        })
+        .await;
+        assert_eq!(outcome.code().as_deref(), Some("plugin_protocol"));
+        let message = outcome.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.starts_with("transforms[0] on people: plugin fake@0.1.0: not a WebAssembly component: "),
+            "{message}"
+        );
+        assert!(message.contains(says), "{message}");
+        assert!(!message.contains('\n') && !message.contains("0x61"), "{message}");
+    }
+}
+
+/// A plugin that takes long to compile on its first use says so in the
+/// run's log, once; a second use finds it compiled.
+#[test]
+fn compiling_a_plugin_is_announced_in_the_log() {
+    use weir_engine::plugin::{PluginRuntime, PluginSettings};
+    use weir_engine::runlog::Collect;
+    let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let runtime = PluginRuntime::new(PluginSettings {
+        cache_dir: Some(cache.path().to_path_buf()),
+        announce_compile_after: std::time::Duration::ZERO,
+        ..PluginSettings::default()
     })
-    .await;
-    assert_eq!(outcome.code().as_deref(), Some("plugin_protocol"));
-    let message = outcome.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(message.contains("not a WebAssembly component"), "{message}");
+    .unwrap_or_else(|e| panic!("{e}"));
+    let wasm = std::fs::read(weir_tests::plugin_wasm("phone-normalize")).unwrap_or_else(|e| panic!("{e}"));
+    let log = Collect::default();
+    runtime
+        .load_logged("phone-normalize@0.1.0", &wasm, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = log.take();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("info: compiling plugin phone-normalize@0.1.0")
+                && l.contains("later runs use the cached build")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("info: plugin phone-normalize@0.1.0 ready in ")),
+        "{lines:?}"
+    );
+    runtime
+        .load_logged("phone-normalize@0.1.0", &wasm, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        log.take(),
+        Vec::<String>::new(),
+        "a compiled plugin is not announced again"
+    );
 }
 
 /// Runs the hostile plugin in `mode` (and `phase`), then checks that a good
