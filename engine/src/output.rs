@@ -41,6 +41,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::connector::is_identifier;
 use crate::error::{Error, Result};
+use crate::intake::infer::LINE_COLUMN;
 
 /// Bytes gathered before one write to the file.
 const BUFFER_SIZE: usize = 1 << 20;
@@ -83,6 +84,8 @@ pub struct CsvOutput {
     file: File,
     buf: Vec<u8>,
     columns: usize,
+    /// The columns written: all but the line a row came from.
+    keep: Vec<usize>,
     row_cap: Option<u64>,
     rows_written: u64,
     rows_capped: u64,
@@ -104,12 +107,15 @@ impl CsvOutput {
         let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let mut buf = Vec::with_capacity(BUFFER_SIZE + BUFFER_SIZE / 8);
         let columns = schema.fields().len();
-        if columns > 0 {
-            for (i, field) in schema.fields().iter().enumerate() {
-                if i > 0 {
+        let keep: Vec<usize> = (0..columns)
+            .filter(|&i| schema.field(i).name() != LINE_COLUMN)
+            .collect();
+        if !keep.is_empty() {
+            for (n, &i) in keep.iter().enumerate() {
+                if n > 0 {
                     buf.push(b',');
                 }
-                push_field(&mut buf, field.name().as_bytes());
+                push_field(&mut buf, schema.field(i).name().as_bytes());
             }
             buf.push(b'\n');
         }
@@ -118,6 +124,7 @@ impl CsvOutput {
             file,
             buf,
             columns,
+            keep,
             row_cap,
             rows_written: 0,
             rows_capped: 0,
@@ -151,11 +158,20 @@ impl CsvOutput {
         if take == 0 {
             return Ok(());
         }
-        if self.columns == 0 {
+        if self.keep.is_empty() {
             // Nothing to show for a row without columns; count it all the same.
             self.rows_written += take as u64;
             return Ok(());
         }
+        let projected;
+        let batch = if self.keep.len() == self.columns {
+            batch
+        } else {
+            projected = batch
+                .project(&self.keep)
+                .map_err(|e| Error::Internal(format!("output {}: {e}", self.path.display())))?;
+            &projected
+        };
 
         let arrays: Vec<ArrayRef> = batch.columns().iter().map(plain_array).collect();
         let fields: Vec<FieldRef> = batch

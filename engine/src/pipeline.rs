@@ -30,6 +30,7 @@ use crate::execution::{
     Execution, ExecutionError, ScopeCount, StageStatus, Status, StepProgress, TableCount, VariableCount,
 };
 use crate::execution::{LoadCount, TransformCount};
+use crate::intake::infer::LINE_COLUMN;
 use crate::intake::{self, IntakeOptions, RejectSink, TableStats};
 use crate::loads::{self, Decided, LoadStep, Outcome, Row};
 use crate::objects::Objects;
@@ -169,7 +170,13 @@ impl Rejects {
 }
 
 impl RejectSink for Rejects {
-    fn reject(&self, row: RejectedRow) {
+    fn reject(&self, mut row: RejectedRow) {
+        // A scope row that carries the line of the input row it came from
+        // is shown at that line; the line is not one of its values.
+        if let Some(at) = row.values.iter().position(|(name, _)| name == LINE_COLUMN) {
+            let (_, line) = row.values.remove(at);
+            row.line = row.line.or_else(|| line.and_then(|l| l.parse().ok()));
+        }
         Self::lock(&self.report).add_rejected(&row);
         if let Some(w) = Self::lock(&self.writer).as_mut()
             && let Err(e) = w.write(&row)
@@ -575,7 +582,14 @@ impl Run {
                 .map_err(Error::InvalidConnector)?;
             compiled.push(vars);
             let mut report = Rejects::lock(&self.shared.rejects.report);
-            report.add_sheet(scope, columns[scope].clone());
+            report.add_sheet(
+                scope,
+                columns[scope]
+                    .iter()
+                    .filter(|c| c.as_str() != LINE_COLUMN)
+                    .cloned()
+                    .collect(),
+            );
             report.numeric_columns(
                 scope,
                 schema

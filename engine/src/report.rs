@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -41,7 +42,7 @@ const MAX_ROW: usize = 1_048_575;
 const MAX_COLUMNS: usize = 16_384;
 
 /// The columns every row sheet starts with, before the data columns.
-const ROW_SHEET_COLUMNS: [&str; 3] = ["row", "status", "errors"];
+const ROW_SHEET_COLUMNS: [&str; 4] = ["row", "line", "status", "errors"];
 
 /// The columns of the summary's table of stages; the count columns match
 /// [`stage_items`].
@@ -127,16 +128,24 @@ impl<'a> RowValues<'a> {
 
 /// Streams rejected rows to `rejected.csv`.
 ///
-/// Columns: `stage,source,row,line,reasons,values`, where `line` is empty
-/// when unknown, `reasons` are joined with `"; "`, and `values` is a JSON
-/// object `{"col":"text"|null}` with keys in column order. The file always
-/// exists after [`RejectedWriter::finish`], with its header, even when no
-/// row was rejected.
+/// Columns: `stage,source,row,line,reasons,values`, then one column per
+/// value name met (in the order met), so the file opens and filters in a
+/// spreadsheet as it is. `line` is empty when unknown, `reasons` are joined
+/// with `"; "`, and `values` is the same values as a JSON object
+/// `{"col":"text"|null}` with keys in column order, for programs. Rows are
+/// streamed as they come; [`RejectedWriter::finish`] spreads the values
+/// into their columns and starts the file with a UTF-8 byte order mark
+/// (which spreadsheets read as "this is UTF-8"). The file always exists
+/// after `finish`, with its header, even when no row was rejected; a run
+/// stopped before `finish` leaves the streamed rows without the spread.
 #[derive(Debug)]
 pub struct RejectedWriter {
     path: PathBuf,
     writer: csv::Writer<File>,
     count: u64,
+    /// Every value name met, in the order met.
+    names: Vec<String>,
+    known: HashSet<String>,
 }
 
 impl RejectedWriter {
@@ -151,6 +160,8 @@ impl RejectedWriter {
             path: path.to_path_buf(),
             writer,
             count: 0,
+            names: Vec::new(),
+            known: HashSet::new(),
         })
     }
 
@@ -160,6 +171,12 @@ impl RejectedWriter {
         let line = row.line.map(|l| l.to_string()).unwrap_or_default();
         let reasons = row.reasons.join("; ");
         let values = values_json(&row.values)?;
+        for (name, _) in &row.values {
+            if !self.known.contains(name) {
+                self.known.insert(name.clone());
+                self.names.push(name.clone());
+            }
+        }
         self.writer
             .write_record([
                 row.stage.as_str(),
@@ -179,11 +196,53 @@ impl RejectedWriter {
         self.count
     }
 
-    /// Flushes and closes the file.
+    /// Writes the file whole: the streamed rows with their values spread
+    /// into columns, behind a byte order mark.
     pub fn finish(mut self) -> Result<()> {
-        self.writer
-            .flush()
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+        let written = |e| Error::io(format!("writing {}", self.path.display()), e);
+        self.writer.flush().map_err(written)?;
+        let spread = self.path.with_extension("csv.spread");
+        let result = self.spread(&spread);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&spread);
+        }
+        result?;
+        std::fs::rename(&spread, &self.path).map_err(written)
+    }
+
+    fn spread(&self, to: &Path) -> Result<()> {
+        let file = File::create(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all("\u{feff}".as_bytes())
+            .map_err(|e| Error::io(format!("writing {}", to.display()), e))?;
+        let mut writer = csv::WriterBuilder::new().from_writer(out);
+        let mut header: Vec<&str> = REJECTED_HEADER.to_vec();
+        header.extend(self.names.iter().map(String::as_str));
+        writer.write_record(&header).map_err(|e| csv_error(to, e))?;
+        let mut reader = csv::Reader::from_path(&self.path).map_err(|e| csv_error(&self.path, e))?;
+        let index: HashMap<&str, usize> = self.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        for record in reader.records() {
+            let record = record.map_err(|e| csv_error(&self.path, e))?;
+            let mut cells: Vec<String> = vec![String::new(); self.names.len()];
+            let values: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(record.get(5).unwrap_or("{}")).unwrap_or_default();
+            for (name, value) in values {
+                if let (Some(&i), Some(text)) = (index.get(name.as_str()), value.as_str()) {
+                    cells[i] = text.to_string();
+                }
+            }
+            let fixed = record.iter().take(REJECTED_HEADER.len());
+            writer
+                .write_record(fixed.chain(cells.iter().map(String::as_str)))
+                .map_err(|e| csv_error(to, e))?;
+        }
+        writer
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", to.display()), e.into_error()))?
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", to.display()), e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io(format!("writing {}", to.display()), e))
     }
 }
 
@@ -215,6 +274,8 @@ struct ReportRow {
     seq: u64,
     /// The row number shown in the `row` column.
     row: u64,
+    /// The line of the input file it came from, when known.
+    line: Option<u64>,
     status: String,
     errors: String,
     values: Vec<Option<String>>,
@@ -378,13 +439,13 @@ impl ReportBuilder {
     /// declared on the way; values beyond the declared columns get columns
     /// named `_5`, `_6`, … by position.
     pub fn add_row(&mut self, name: &str, status: &str, errors: &[String], values: Vec<Option<String>>) {
-        self.push_row(name, None, status, errors, values);
+        self.push_row(name, None, None, status, errors, values);
     }
 
     /// Like [`ReportBuilder::add_row`], with the row number to show (1-based,
     /// within the scope or table).
     pub fn add_row_at(&mut self, name: &str, row: u64, status: &str, errors: &[String], values: Vec<Option<String>>) {
-        self.push_row(name, Some(row), status, errors, values);
+        self.push_row(name, Some(row), None, status, errors, values);
     }
 
     /// Adds a [`RejectedRow`] to the sheet named by its `source` (declaring
@@ -402,7 +463,7 @@ impl ReportBuilder {
             }
             values[column] = value.clone();
         }
-        self.push_row(&row.source, Some(row.row), row.status(), &row.reasons, values);
+        self.push_row(&row.source, Some(row.row), row.line, row.status(), &row.reasons, values);
     }
 
     /// The index of sheet `name`, declaring it without columns if new.
@@ -414,7 +475,15 @@ impl ReportBuilder {
         self.sheets.len() - 1
     }
 
-    fn push_row(&mut self, name: &str, row: Option<u64>, status: &str, errors: &[String], values: Vec<Option<String>>) {
+    fn push_row(
+        &mut self,
+        name: &str,
+        row: Option<u64>,
+        line: Option<u64>,
+        status: &str,
+        errors: &[String],
+        values: Vec<Option<String>>,
+    ) {
         let i = self.sheet(name);
         let max_rows = self.max_rows;
         let sheet = &mut self.sheets[i];
@@ -425,6 +494,7 @@ impl ReportBuilder {
         let row = ReportRow {
             seq: sheet.added,
             row: row.unwrap_or(sheet.added),
+            line,
             status: status.to_string(),
             errors: errors.join("; "),
             values,
@@ -690,8 +760,11 @@ fn write_row_sheet(ws: &mut Worksheet, sheet: &SheetRows, bold: &Format) -> Resu
     let rows = sheet.rows();
     for (r, report_row) in (1..).zip(&rows) {
         ws.write_number(r, 0, report_row.row as f64)?;
-        write_text(ws, r, 1, &report_row.status)?;
-        write_text(ws, r, 2, &report_row.errors)?;
+        if let Some(line) = report_row.line {
+            ws.write_number(r, 1, line as f64)?;
+        }
+        write_text(ws, r, 2, &report_row.status)?;
+        write_text(ws, r, 3, &report_row.errors)?;
         for (i, value) in report_row.values.iter().take(data_columns).enumerate() {
             let Ok(col) = ColNum::try_from(ROW_SHEET_COLUMNS.len() + i) else {
                 continue;
@@ -922,10 +995,17 @@ mod tests {
         assert_eq!(writer.count(), 2);
         writer.finish()?;
 
+        // A spreadsheet reads it as UTF-8 and finds each value in a column
+        // of its own after the fixed ones.
         let text = std::fs::read_to_string(&path)?;
-        assert!(text.starts_with("stage,source,row,line,reasons,values\n"), "{text}");
+        assert!(
+            text.starts_with("\u{feff}stage,source,row,line,reasons,values,name,age,email,zip\n"),
+            "{text}"
+        );
         let mut reader = csv::Reader::from_path(&path)?;
-        assert_eq!(reader.headers()?.iter().collect::<Vec<_>>(), REJECTED_HEADER);
+        let mut header = REJECTED_HEADER.to_vec();
+        header.extend(["name", "age", "email", "zip"]);
+        assert_eq!(reader.headers()?.iter().collect::<Vec<_>>(), header);
         let records = reader.records().collect::<std::result::Result<Vec<_>, _>>()?;
         let records: Vec<Vec<&str>> = records.iter().map(|r| r.iter().collect()).collect();
         assert_eq!(
@@ -938,6 +1018,10 @@ mod tests {
                     "6",
                     "expected 3 fields, found 4; bad quoting",
                     r#"{"name":"Ann, \"A\"","age":null}"#,
+                    "Ann, \"A\"",
+                    "",
+                    "",
+                    "",
                 ],
                 vec![
                     "variables",
@@ -946,6 +1030,10 @@ mod tests {
                     "",
                     "email: `x` is not a valid e-mail address",
                     r#"{"email":"x","zip":"01234"}"#,
+                    "",
+                    "",
+                    "x",
+                    "01234",
                 ],
             ]
         );
@@ -961,7 +1049,7 @@ mod tests {
         writer.finish()?;
         assert_eq!(
             std::fs::read_to_string(&path)?,
-            "stage,source,row,line,reasons,values\n"
+            "\u{feff}stage,source,row,line,reasons,values\n"
         );
         Ok(())
     }
@@ -1037,7 +1125,7 @@ mod tests {
             stage: Stage::Variables,
             source: "contacts".into(),
             row: 2,
-            line: None,
+            line: Some(3),
             reasons: strings(&["email: `x` is not a valid e-mail address"]),
             values: values(&[
                 ("name", Some("Bob")),
@@ -1135,10 +1223,10 @@ mod tests {
         assert_eq!(workbook.sheet_names(), SHEETS);
 
         let contacts = workbook.worksheet_range("contacts")?;
-        let header: Vec<Data> = (0..8).map(|c| cell(&contacts, 0, c)).collect();
+        let header: Vec<Data> = (0..9).map(|c| cell(&contacts, 0, c)).collect();
         assert_eq!(
             header,
-            ["row", "status", "errors", "name", "email", "zip", "age"]
+            ["row", "line", "status", "errors", "name", "email", "zip", "age"]
                 .map(text)
                 .into_iter()
                 .chain([Data::Empty])
@@ -1146,11 +1234,12 @@ mod tests {
             "no column after the data's"
         );
         // Rows 2 and 4 are kept (both invalid); the ok rows 1 and 3 are not.
-        let bob: Vec<Data> = (0..8).map(|c| cell(&contacts, 1, c)).collect();
+        let bob: Vec<Data> = (0..9).map(|c| cell(&contacts, 1, c)).collect();
         assert_eq!(
             bob,
             [
                 Data::Float(2.0),
+                Data::Float(3.0),
                 text("invalid"),
                 text("email: `x` is not a valid e-mail address"),
                 text("Bob"),
@@ -1160,11 +1249,12 @@ mod tests {
                 Data::Empty,
             ]
         );
-        let dee: Vec<Data> = (0..8).map(|c| cell(&contacts, 2, c)).collect();
+        let dee: Vec<Data> = (0..9).map(|c| cell(&contacts, 2, c)).collect();
         assert_eq!(
             dee,
             [
                 Data::Float(4.0),
+                Data::Empty,
                 text("invalid"),
                 text("age: `abc` is not a number"),
                 text("Dee"),
@@ -1177,10 +1267,11 @@ mod tests {
         assert_eq!(cell(&contacts, 3, 0), Data::Empty);
 
         let raw = workbook.worksheet_range("Contacts 2024_ _raw_")?;
-        assert_eq!(cell(&raw, 0, 3), text("a"));
+        assert_eq!(cell(&raw, 0, 4), text("a"));
         assert_eq!(cell(&raw, 1, 0), Data::Float(5.0));
+        assert_eq!(cell(&raw, 1, 1), Data::Float(6.0), "the line in the file");
         // An input table's rows are text as they were read.
-        assert_eq!(cell(&raw, 1, 3), text("1"));
+        assert_eq!(cell(&raw, 1, 4), text("1"));
 
         let summary = workbook.worksheet_range("Summary")?;
         assert_eq!(

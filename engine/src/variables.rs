@@ -98,9 +98,11 @@ pub struct VariableIssue {
     pub message: String,
 }
 
+/// What is wrong with which value first, the variable it was read for
+/// after: ``"`x` is not a valid e-mail address (variable `email`)"``.
 impl fmt::Display for VariableIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.variable, self.message)
+        write!(f, "{} (variable `{}`)", self.message, self.variable)
     }
 }
 
@@ -1665,7 +1667,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(c.issues[0].1.to_string(), "name: required value is missing");
+        assert_eq!(c.issues[0].1.to_string(), "required value is missing (variable `name`)");
     }
 
     #[test]
@@ -1984,7 +1986,7 @@ mod tests {
         );
         assert_eq!(
             c.issues[0].1.to_string(),
-            "email: `not-an-email` is not a valid e-mail address"
+            "`not-an-email` is not a valid e-mail address (variable `email`)"
         );
         assert_eq!(c.issues[0].1.value.as_deref(), Some("not-an-email"));
         assert_eq!(c.valid, vec![true, true, false, false, false]);

@@ -311,7 +311,7 @@ async fn the_report_names_failed_and_skipped_load_rows_as_the_summary_counts_the
     let statuses: Vec<(String, String)> = sheet
         .rows()
         .skip(1)
-        .map(|r| (r[0].to_string(), r[1].to_string()))
+        .map(|r| (r[0].to_string(), r[2].to_string()))
         .collect();
     assert_eq!(
         statuses,

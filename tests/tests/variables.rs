@@ -57,7 +57,15 @@ async fn invalid_rows_are_counted_and_reported_with_reasons() {
     assert_eq!(&rejected[0][0], "variables");
     assert_eq!(&rejected[0][1], "rows");
     assert_eq!(&rejected[0][2], "2");
+    // Each at its line in the uploaded file (the header is line 1).
+    let lines: Vec<&str> = rejected.iter().map(|r| &r[3]).collect();
+    assert_eq!(lines, ["3", "4", "5"]);
     let reasons = &rejected[0][4];
+    // What is wrong with which value first; the variable after.
+    assert!(
+        reasons.starts_with("`bad-email` is not a valid e-mail address (variable `email`)"),
+        "{reasons}"
+    );
     assert!(reasons.contains("email") && reasons.contains("bad-email"), "{reasons}");
     assert!(reasons.contains("ref") && reasons.contains("not-a-uuid"), "{reasons}");
     let reasons = &rejected[1][4];
@@ -68,6 +76,45 @@ async fn invalid_rows_are_counted_and_reported_with_reasons() {
     // The row's values travel with it.
     let values: serde_json::Value = serde_json::from_str(&rejected[0][5]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(values["email"], "bad-email");
+    assert!(values.get("_line").is_none(), "the line is not a value: {values}");
+    // ...and each value has a column of its own, for a spreadsheet.
+    let text = weir_tests::read(&o.out.path().join("rejected.csv"));
+    assert!(
+        text.starts_with("\u{feff}stage,source,row,line,reasons,values,email,phone,born,joined_at,score,vip,ref,tags\n"),
+        "{text}"
+    );
+    assert_eq!(&rejected[0][6], "bad-email");
+    assert_eq!(&rejected[0][12], "not-a-uuid");
+    // The output of a scope does not carry the line.
+    assert!(o.output("rows").starts_with("email,phone,born,joined_at,score,vip,ref,tags\n"));
+}
+
+#[tokio::test]
+async fn a_rejected_row_is_found_at_its_line_in_the_file() {
+    // A CRLF file with a quoted value over two lines before the bad row: the
+    // bad row starts on line 4. The script filters and reorders, and keeps
+    // the line as `_line`; a scope that leaves it out has no line.
+    let file = "email,note\r\nok@x.io,\"two\r\nlines\"\r\nbad,x\r\nskip,y\r\nworse,z\r\n";
+    let script = "CREATE VIEW output.kept AS SELECT _line, email FROM input.data WHERE email <> 'skip' ORDER BY email DESC;\n\
+                  CREATE VIEW output.plain AS SELECT email FROM input.data WHERE email = 'bad'";
+    let vars = "[[variables]]\nname = \"email\"\nscope = \"kept\"\ncolumn = \"email\"\ntype = \"email\"\n\
+                [[variables]]\nname = \"plain\"\nscope = \"plain\"\ncolumn = \"email\"\ntype = \"email\"\n";
+    let o = run(connector(vars), script, "people.csv", file.as_bytes()).await;
+    assert_eq!(o.status(), "partial_success", "{:?}", o.doc.error);
+    let found: Vec<(String, String, String)> = o
+        .rejected()
+        .iter()
+        .map(|r| (r[1].to_string(), r[3].to_string(), r[6].to_string()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("kept".to_string(), "6".to_string(), "worse".to_string()),
+            ("kept".to_string(), "4".to_string(), "bad".to_string()),
+            ("plain".to_string(), String::new(), "bad".to_string()),
+        ]
+    );
+    assert_eq!(o.output("kept"), "email\nworse\nok@x.io\nbad\n");
 }
 
 #[tokio::test]
@@ -86,7 +133,7 @@ async fn the_report_has_a_summary_and_a_sheet_per_scope() {
         .map(|r| r.iter().map(|c| c.to_string()).collect())
         .unwrap_or_default();
     // No column that would always be empty.
-    assert_eq!(&header[..3], &["row", "status", "errors"]);
+    assert_eq!(&header[..4], &["row", "line", "status", "errors"]);
     assert!(!header.iter().any(|h| h == "warnings"), "{header:?}");
     assert_eq!(sheet.height(), 4, "header + 3 invalid rows");
     let summary = wb.worksheet_range("Summary").unwrap_or_else(|e| panic!("{e}"));

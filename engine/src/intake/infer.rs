@@ -256,10 +256,10 @@ impl std::fmt::Display for CellError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "column `{}`: `{}` is not {}",
-            self.column,
+            "`{}` is not {} (column `{}`)",
             self.value,
-            self.expected.describe()
+            self.expected.describe(),
+            self.column
         )
     }
 }
@@ -284,28 +284,42 @@ enum Cell {
     Text,
 }
 
-/// Builds typed record batches from rows of text cells.
+/// The column every input table read from text or a workbook ends with:
+/// the line (or sheet row) each row starts on in the file, so a person finds
+/// a rejected row where they put it. A scope that carries it keeps it out
+/// of its output; its rejected rows show it.
+pub const LINE_COLUMN: &str = "_line";
+
+/// Builds typed record batches from rows of text cells, with the
+/// [`LINE_COLUMN`] after them (unless a column of the file already has
+/// that name).
 pub struct RowBuilder {
     schema: SchemaRef,
     types: Vec<ColumnType>,
     columns: Vec<Column>,
     cells: Vec<Cell>,
+    lines: Option<Int64Builder>,
     rows: usize,
 }
 
 impl RowBuilder {
     /// A builder for columns `names` of `types`.
     pub fn new(names: &[String], types: &[ColumnType]) -> Self {
-        let fields: Vec<Field> = names
+        let mut fields: Vec<Field> = names
             .iter()
             .zip(types)
             .map(|(n, t)| Field::new(n, t.data_type(), true))
             .collect();
+        let lines = (!names.iter().any(|n| n == LINE_COLUMN)).then(Int64Builder::new);
+        if lines.is_some() {
+            fields.push(Field::new(LINE_COLUMN, DataType::Int64, true));
+        }
         let mut b = Self {
             schema: Arc::new(Schema::new(fields)),
             types: types.to_vec(),
             columns: Vec::new(),
             cells: vec![Cell::Null; types.len()],
+            lines,
             rows: 0,
         };
         b.columns = b.fresh_columns();
@@ -342,10 +356,14 @@ impl RowBuilder {
         self.rows == 0
     }
 
-    /// Adds a row of exactly one cell per column (`None` or `""` = null).
-    /// A value that does not parse as its column's type leaves the batch
-    /// untouched and returns why.
-    pub fn push<'a>(&mut self, cells: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), CellError> {
+    /// Adds a row of exactly one cell per column (`None` or `""` = null),
+    /// which starts on `line` of the file when known. A value that does not
+    /// parse as its column's type leaves the batch untouched and returns why.
+    pub fn push<'a>(
+        &mut self,
+        line: Option<u64>,
+        cells: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<(), CellError> {
         // First pass: parse every cell, so that a bad cell rejects the whole row.
         let mut values: smallvec_like::Values<'a> = smallvec_like::Values::default();
         for (i, cell) in cells.into_iter().enumerate() {
@@ -400,13 +418,16 @@ impl RowBuilder {
                 (Column::Text(b), _) => b.append_null(),
             }
         }
+        if let Some(lines) = &mut self.lines {
+            lines.append_option(line.and_then(|l| i64::try_from(l).ok()));
+        }
         self.rows += 1;
         Ok(())
     }
 
     /// Takes the buffered rows as a batch.
     pub fn finish(&mut self) -> RecordBatch {
-        let columns: Vec<ArrayRef> = self
+        let mut columns: Vec<ArrayRef> = self
             .columns
             .iter_mut()
             .map(|c| -> ArrayRef {
@@ -421,6 +442,9 @@ impl RowBuilder {
                 }
             })
             .collect();
+        if let Some(lines) = &mut self.lines {
+            columns.push(Arc::new(lines.finish()));
+        }
         let rows = std::mem::take(&mut self.rows);
         let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
@@ -536,12 +560,12 @@ mod tests {
     fn builder_types_values_and_rejects_bad_rows_whole() {
         let names = vec!["id".to_string(), "amount".to_string(), "name".to_string()];
         let mut b = RowBuilder::new(&names, &[ColumnType::Int, ColumnType::Float, ColumnType::Text]);
-        b.push([Some("1"), Some("2.5"), Some("a")]).expect("good row");
-        let err = b.push([Some("x"), Some("1"), Some("b")]).expect_err("bad row");
-        assert_eq!(err.to_string(), "column `id`: `x` is not an integer");
-        b.push([Some("3"), None])
+        b.push(Some(2), [Some("1"), Some("2.5"), Some("a")]).expect("good row");
+        let err = b.push(Some(3), [Some("x"), Some("1"), Some("b")]).expect_err("bad row");
+        assert_eq!(err.to_string(), "`x` is not an integer (column `id`)");
+        b.push(Some(4), [Some("3"), None])
             .expect("short rows are padded with nulls by the caller's choice");
-        b.push([Some(""), Some("7"), Some("")]).expect("empty is null");
+        b.push(None, [Some(""), Some("7"), Some("")]).expect("empty is null");
         let batch = b.finish();
         assert_eq!(batch.num_rows(), 3);
         let ids = batch.column(0).as_primitive::<Int64Type>();
@@ -551,6 +575,9 @@ mod tests {
         assert_eq!(batch.column(1).as_primitive::<Float64Type>().value(2), 7.0);
         assert_eq!(batch.column(2).as_string::<i32>().value(0), "a");
         assert!(batch.column(2).is_null(1));
+        let lines = batch.column(3).as_primitive::<Int64Type>();
+        assert_eq!(batch.schema().field(3).name(), LINE_COLUMN);
+        assert_eq!((lines.value(0), lines.value(1), lines.is_null(2)), (2, 4, true));
         assert_eq!(b.finish().num_rows(), 0);
     }
 }

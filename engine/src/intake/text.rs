@@ -341,10 +341,7 @@ impl TextTable {
                     source: self.ctx.table.clone(),
                     row: row_number,
                     line,
-                    reasons: vec![match line {
-                        Some(l) => format!("line {l}: {reason}"),
-                        None => reason,
-                    }],
+                    reasons: vec![reason],
                     values,
                     failed: false,
                 });
@@ -389,7 +386,7 @@ impl TextTable {
                             format!("expected {width} fields, found {}", cells.len()),
                             values,
                         );
-                    } else if let Err(e) = builder.push(cells.iter()) {
+                    } else if let Err(e) = builder.push(line, cells.iter()) {
                         let values = names
                             .iter()
                             .cloned()
@@ -578,9 +575,15 @@ fn scan_json_lines(
                 reason: format!("expected a JSON object, found {}", json_kind(&other)),
                 raw: text.to_string(),
             })?,
+            // The line is the row's own; serde's position within it is
+            // only its column.
             Err(e) => event(JsonEvent::Bad {
                 line: Some(line),
-                reason: format!("invalid JSON: {e}"),
+                reason: {
+                    let message = e.to_string();
+                    let what = message.rsplit_once(" at line ").map_or(message.as_str(), |(what, _)| what);
+                    format!("invalid JSON: {what} at column {}", e.column())
+                },
                 raw: text.to_string(),
             })?,
         };

@@ -234,7 +234,7 @@ pub fn read(
                     source: table.clone(),
                     row: row_number,
                     line: Some(*line),
-                    reasons: vec![format!("row {line}: {reason}")],
+                    reasons: vec![reason],
                     values: values(),
                     failed: false,
                 });
@@ -250,7 +250,7 @@ pub fn read(
                 ));
                 continue;
             }
-            if let Err(e) = builder.push((0..names.len()).map(|i| cells.get(i).and_then(|c| c.text.as_deref()))) {
+            if let Err(e) = builder.push(Some(*line), (0..names.len()).map(|i| cells.get(i).and_then(|c| c.text.as_deref()))) {
                 reject(e.to_string());
                 continue;
             }
