@@ -13,6 +13,8 @@
 -- Only text cleaning happens here. Parsing and validation (e-mail syntax,
 -- phone numbers to E.164, the month-first birth dates, Yes/No) is done by
 -- the typed variables in connector.toml, which report every row that fails.
+-- `_line` carries each contact's line in the file, so a rejected one is
+-- reported where it is in the export (it is left out of the output).
 
 CREATE VIEW output.contacts AS
 WITH settings AS (
@@ -21,6 +23,7 @@ WITH settings AS (
     WHERE name = 'default_country'
 )
 SELECT
+    c._line,
     nullif(lower(trim(c.e_mail_address)), '')                        AS email,
     initcap(trim(c.first_name))                                      AS first_name,
     initcap(trim(c.last_name))                                       AS last_name,

@@ -57,8 +57,14 @@ fn the_contacts_example_runs_with_a_summary() {
     assert!(text.contains("contacts: 30 rows, 24 valid, 6 invalid"), "{text}");
     let csv = std::fs::read_to_string(out.path().join("output/contacts.csv")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(csv.lines().count(), 31);
+    assert!(csv.starts_with("email,"), "the line is not an output column: {csv}");
     let mut rejected = csv::Reader::from_path(out.path().join("rejected.csv")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rejected.records().count(), 6);
+    // Each rejected contact at its line of the (CRLF) export: the last six.
+    let lines: Vec<String> = rejected
+        .records()
+        .map(|r| r.map(|r| r[3].to_string()).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(lines, ["26", "27", "28", "29", "30", "31"]);
     assert!(out.path().join("report.xlsx").exists());
 }
 
