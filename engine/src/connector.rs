@@ -490,6 +490,9 @@ pub enum VariableType {
     PhoneNumber,
     /// A UUID.
     Uuid,
+    /// A JSON document as text (a payload kept whole, a nested value); a
+    /// value that does not parse as JSON makes its row invalid.
+    Json,
 }
 
 impl VariableType {
@@ -504,6 +507,7 @@ impl VariableType {
             VariableType::Email => "email",
             VariableType::PhoneNumber => "phone_number",
             VariableType::Uuid => "uuid",
+            VariableType::Json => "json",
         }
     }
 }

@@ -591,7 +591,10 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
     }
     let runtime = runtime.build_arc().map_err(|e| Error::Internal(e.to_string()))?;
     let config = config.with_extension(Arc::new(HeldRows::default()));
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // JSON in text columns (a webhook's `body`, a nested JSON-lines value):
+    // `json_get_str(body, 'a', 0)`, `body->'a'->>'b'`, `json_length`, …
+    datafusion_functions_json::register_all(&mut ctx).map_err(|e| Error::Internal(e.to_string()))?;
     let catalog = ctx
         .catalog(CATALOG)
         .ok_or_else(|| Error::Internal("default catalog missing".into()))?;

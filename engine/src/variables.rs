@@ -381,6 +381,7 @@ impl Parser {
             VariableType::String => text(TextKind::Plain),
             VariableType::Email => text(TextKind::Email),
             VariableType::Uuid => text(TextKind::Uuid),
+            VariableType::Json => text(TextKind::Json),
             VariableType::PhoneNumber => text(TextKind::Phone(phone_region(def, parameters)?)),
             VariableType::Number => Ok(Parser::Number(NumberElement)),
             VariableType::Boolean => match BoolFormat::from_name(&def.input_format) {
@@ -493,6 +494,7 @@ enum TextKind {
     Email,
     Phone(Option<phonenumber::country::Id>),
     Uuid,
+    Json,
 }
 
 /// A text value: the input itself when it needs no change.
@@ -556,6 +558,21 @@ impl Element for TextElement {
             TextKind::Uuid => uuid::Uuid::parse_str(text)
                 .map(TextValue::Uuid)
                 .map_err(|_| format!("{} is not a UUID", quote(text))),
+            TextKind::Json => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Ok(TextValue::Borrowed(text)),
+                Err(e) => {
+                    let message = e.to_string();
+                    let what = message
+                        .rsplit_once(" at line ")
+                        .map_or(message.as_str(), |(what, _)| what);
+                    Err(format!(
+                        "{} is not valid JSON ({what} at line {}, column {})",
+                        quote(text),
+                        e.line(),
+                        e.column()
+                    ))
+                }
+            },
         }
     }
 
@@ -2074,6 +2091,37 @@ mod tests {
     }
 
     #[test]
+    fn json_documents_are_kept_whole_and_broken_ones_refused_with_where() {
+        let c = run(
+            &def("payload", VariableType::Json),
+            &["{\"a\": [1, 2]}", "[]", "\"text\"", "{\"a\": 1,}", "{oops"],
+        );
+        assert_eq!(
+            strings(&c),
+            vec![
+                Some("{\"a\": [1, 2]}".to_owned()),
+                Some("[]".to_owned()),
+                Some("\"text\"".to_owned()),
+                None,
+                None
+            ]
+        );
+        assert_eq!(
+            messages(&c),
+            vec![
+                (
+                    3,
+                    "`{\"a\": 1,}` is not valid JSON (key must be a string at line 1, column 9)".to_owned()
+                ),
+                (
+                    4,
+                    "`{oops` is not valid JSON (key must be a string at line 1, column 2)".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn arrays_split_trim_and_fail_on_one_bad_element() {
         let numbers_def = VariableDef {
             is_array: true,
@@ -2277,6 +2325,7 @@ mod tests {
             (VariableType::Email, DataType::Utf8),
             (VariableType::PhoneNumber, DataType::Utf8),
             (VariableType::Uuid, DataType::Utf8),
+            (VariableType::Json, DataType::Utf8),
         ];
         let defs: Vec<VariableDef> = kinds
             .iter()

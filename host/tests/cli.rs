@@ -513,6 +513,48 @@ fn the_crm_example_loads_then_updates() {
     );
 }
 
+/// The webhook example maps JSON bodies to orders and, with `unnest`, to
+/// order lines; the body that is not JSON is one invalid row at its line.
+#[test]
+fn the_webhook_orders_example_maps_json_bodies_to_orders_and_lines() {
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        "run",
+        "examples/webhook-orders",
+        "--out",
+        out.path().to_str().unwrap_or_default(),
+        "--json",
+    ];
+    let doc = json(&weir(&args));
+    assert_eq!(doc["status"], "partial_success", "{doc}");
+    let vars = &doc["step_progress"][3]["scopes"];
+    let counts = |i: usize| [&vars[i]["total"], &vars[i]["valid"], &vars[i]["invalid"]].map(|v| v.as_u64());
+    assert_eq!(counts(0), [Some(4), Some(3), Some(1)], "{doc}");
+    assert_eq!(counts(1), [Some(5), Some(5), Some(0)], "{doc}");
+    let step = |i: usize| {
+        let s = &doc["step_progress"][4]["steps"][i];
+        [&s["created"], &s["updated"], &s["skipped"], &s["failed"]].map(|v| v.as_u64().unwrap_or(u64::MAX))
+    };
+    assert_eq!(step(0), [2, 1, 0, 0]);
+    assert_eq!(step(1), [3, 2, 0, 0]);
+    let lines = std::fs::read_to_string(out.path().join("output/order_lines.csv")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lines.contains("ord_1001,ord_1001/TEA-01,TEA-01,3,4.5\n"), "{lines}");
+    let mut rejected = csv::Reader::from_path(out.path().join("rejected.csv")).unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<(String, String)> = rejected
+        .records()
+        .filter_map(|r| r.ok())
+        .map(|r| (r[3].to_string(), r[4].to_string()))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "3", "the delivery's line in the batch");
+    assert!(
+        rows[0]
+            .1
+            .contains("is not valid JSON (EOF while parsing a list at line 1, column 67) (variable `payload`)"),
+        "{rows:?}"
+    );
+}
+
 #[test]
 fn keys_are_created_listed_and_revoked_in_a_data_directory() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

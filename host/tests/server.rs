@@ -3304,7 +3304,9 @@ async fn a_webhook_connector_is_previewed_and_published_on_sample_payloads() {
     let s = start().await;
     let doc = json!({
         "api_name": "crm_events", "type": "webhook",
-        "sql": {"text": "CREATE VIEW output.events AS SELECT webhook_id, body FROM input.webhooks ORDER BY webhook_id"},
+        "sql": {"text": "CREATE VIEW output.events AS SELECT webhook_id, body FROM input.webhooks ORDER BY webhook_id;\n\
+            CREATE VIEW output.tags AS SELECT webhook_id, body->>'event' AS event, json_get_str(body, 'user', 'email') AS email, \
+            unnest(json_get_array(body, 'user', 'tags')) AS tag FROM input.webhooks ORDER BY webhook_id, tag"},
     });
     let c = s.post("/connectors", ADMIN, doc).await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
@@ -3312,7 +3314,8 @@ async fn a_webhook_connector_is_previewed_and_published_on_sample_payloads() {
     let none = s.post("/connectors/crm_events/sql/publish", ADMIN, json!({})).await;
     assert_problem(&none, StatusCode::UNPROCESSABLE_ENTITY, "no_sample_file");
     // Sample payloads make the input.webhooks a batch of them would.
-    let payloads = json!([{"event": "signup", "email": "a@x.io"}, {"event": "churn"}]);
+    let payloads =
+        json!([{"event": "signup", "user": {"email": "a@x.io", "tags": ["vip", "beta"]}}, {"event": "churn"}]);
     let p = s
         .post("/connectors/crm_events/preview", ADMIN, json!({"payloads": payloads}))
         .await;
@@ -3321,7 +3324,24 @@ async fn a_webhook_connector_is_previewed_and_published_on_sample_payloads() {
     assert_eq!(scope["columns"], json!(["webhook_id", "body"]), "{}", p.body);
     assert_eq!(scope["rows"][0][0], "sample_1", "{}", p.body);
     let first: Value = serde_json::from_str(scope["rows"][0][1].as_str().unwrap_or_default()).unwrap_or(Value::Null);
-    assert_eq!(first, json!({"event": "signup", "email": "a@x.io"}));
+    assert_eq!(first, payloads[0]);
+    // The body's nested object and array map to columns and rows.
+    let tags = &p.body["scopes"][1];
+    assert_eq!(
+        tags["columns"],
+        json!(["webhook_id", "event", "email", "tag"]),
+        "{}",
+        p.body
+    );
+    assert_eq!(
+        tags["rows"],
+        json!([
+            ["sample_1", "signup", "a@x.io", "\"beta\""],
+            ["sample_1", "signup", "a@x.io", "\"vip\""]
+        ]),
+        "{}",
+        p.body
+    );
     let published = s
         .post(
             "/connectors/crm_events/sql/publish",

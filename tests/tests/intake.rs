@@ -106,7 +106,10 @@ async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line()
     let csv = b"id,name\n1,ok\n2,bad\xff\n3,fine\n";
     let o = run(connector("[input]\nencoding = \"utf-8\"\n"), PASS_THROUGH, "x.csv", csv).await;
     assert_eq!(o.output("rows"), "id,name\n1,ok\n3,fine\n");
-    assert_eq!((&o.rejected()[0][3], &o.rejected()[0][4]), ("3", "invalid UTF-8 in field 2"));
+    assert_eq!(
+        (&o.rejected()[0][3], &o.rejected()[0][4]),
+        ("3", "invalid UTF-8 in field 2")
+    );
 }
 
 #[tokio::test]

@@ -336,3 +336,44 @@ async fn a_check_plans_statements_without_running_them() {
         .unwrap_or_else(|| panic!("a missing column passed the check"));
     assert_eq!(e.code().as_str(), "sql_error", "{e}");
 }
+
+/// Every family of JSON functions, on a document, on text that is not JSON
+/// and on a missing value: the broken ones give NULL, the run goes on.
+#[tokio::test]
+async fn json_functions_read_documents_and_give_null_on_broken_ones() {
+    let docs = [
+        r#"{"id": 7, "name": "Ada", "score": 2.5, "vip": true, "tags": ["a", "b"], "address": {"city": "Oslo", "zip": "0150"}}"#,
+        r#"{"id": "#,
+        "not json at all",
+    ];
+    let mut file = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        file.push_str(&serde_json::json!({"n": i + 1, "doc": doc}).to_string());
+        file.push('\n');
+    }
+    let script = "CREATE VIEW output.j AS SELECT n,\n\
+        json_get_int(doc, 'id') AS id,\n\
+        json_get_str(doc, 'name') AS name,\n\
+        json_get_float(doc, 'score') AS score,\n\
+        json_get_bool(doc, 'vip') AS vip,\n\
+        json_get_str(doc, 'tags', 1) AS second_tag,\n\
+        json_get_json(doc, 'address') AS address,\n\
+        json_as_text(doc, 'address', 'zip') AS zip,\n\
+        doc->'address'->>'city' AS city,\n\
+        json_length(doc, 'tags') AS tag_count,\n\
+        json_contains(doc, 'vip') AS has_vip,\n\
+        json_get(doc, 'missing') IS NULL AS no_missing\n\
+        FROM input.data ORDER BY n;\n\
+        CREATE VIEW output.tags AS SELECT n, json_as_text(tag) AS tag\n\
+        FROM (SELECT n, unnest(json_get_array(doc, 'tags')) AS tag FROM input.data) AS t ORDER BY n, tag";
+    let o = run(connector(""), script, "docs.jsonl", file.as_bytes()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(
+        o.output("j"),
+        "n,id,name,score,vip,second_tag,address,zip,city,tag_count,has_vip,no_missing\n\
+         1,7,Ada,2.5,true,b,\"{\"\"city\"\": \"\"Oslo\"\", \"\"zip\"\": \"\"0150\"\"}\",0150,Oslo,2,true,true\n\
+         2,,,,,,,,,,false,true\n\
+         3,,,,,,,,,,false,true\n"
+    );
+    assert_eq!(o.output("tags"), "n,tag\n1,a\n1,b\n");
+}

@@ -80,13 +80,18 @@ async fn invalid_rows_are_counted_and_reported_with_reasons() {
     // ...and each value has a column of its own, for a spreadsheet.
     let text = weir_tests::read(&o.out.path().join("rejected.csv"));
     assert!(
-        text.starts_with("\u{feff}stage,source,row,line,reasons,values,email,phone,born,joined_at,score,vip,ref,tags\n"),
+        text.starts_with(
+            "\u{feff}stage,source,row,line,reasons,values,email,phone,born,joined_at,score,vip,ref,tags\n"
+        ),
         "{text}"
     );
     assert_eq!(&rejected[0][6], "bad-email");
     assert_eq!(&rejected[0][12], "not-a-uuid");
     // The output of a scope does not carry the line.
-    assert!(o.output("rows").starts_with("email,phone,born,joined_at,score,vip,ref,tags\n"));
+    assert!(
+        o.output("rows")
+            .starts_with("email,phone,born,joined_at,score,vip,ref,tags\n")
+    );
 }
 
 #[tokio::test]

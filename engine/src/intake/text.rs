@@ -581,7 +581,9 @@ fn scan_json_lines(
                 line: Some(line),
                 reason: {
                     let message = e.to_string();
-                    let what = message.rsplit_once(" at line ").map_or(message.as_str(), |(what, _)| what);
+                    let what = message
+                        .rsplit_once(" at line ")
+                        .map_or(message.as_str(), |(what, _)| what);
                     format!("invalid JSON: {what} at column {}", e.column())
                 },
                 raw: text.to_string(),
