@@ -342,6 +342,10 @@ pub struct WebhookDef {
     /// Name of the environment variable holding the signing secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
+    /// Name of the workspace secret holding the signing secret (set and
+    /// rotated with `PUT /api/v1/secrets/{name}`); instead of `secret_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 fn default_batch_window() -> String {
@@ -354,6 +358,7 @@ impl Default for WebhookDef {
         Self {
             batch_window: default_batch_window(),
             secret_env: None,
+            secret: None,
         }
     }
 }
@@ -780,13 +785,24 @@ impl Connector {
                 if self.schedule.is_some() {
                     problems.push(Problem::new("schedule", "only for type = \"schedule\""));
                 }
-                if let Some(w) = &self.webhook
-                    && w.window().is_none()
-                {
-                    problems.push(Problem::new(
-                        "webhook.batch_window",
-                        format!("`{}` is not a duration like \"30s\"", w.batch_window),
-                    ));
+                if let Some(w) = &self.webhook {
+                    if w.window().is_none() {
+                        problems.push(Problem::new(
+                            "webhook.batch_window",
+                            format!("`{}` is not a duration like \"30s\"", w.batch_window),
+                        ));
+                    }
+                    match (&w.secret, &w.secret_env) {
+                        (Some(_), Some(_)) => problems.push(Problem::new(
+                            "webhook.secret",
+                            "give `secret` or `secret_env`, not both",
+                        )),
+                        (Some(name), None) if !is_identifier(name) => problems.push(Problem::new(
+                            "webhook.secret",
+                            "must name a workspace secret ([a-z][a-z0-9_]{0,62})",
+                        )),
+                        _ => {}
+                    }
                 }
             }
             ConnectorType::Schedule => {

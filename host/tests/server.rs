@@ -348,6 +348,9 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("delete", "/api/v1/files/{id}"),
         ("post", "/api/v1/plugins"),
         ("get", "/api/v1/plugins"),
+        ("get", "/api/v1/secrets"),
+        ("put", "/api/v1/secrets/{name}"),
+        ("delete", "/api/v1/secrets/{name}"),
         ("get", "/api/v1/connectors"),
         ("post", "/api/v1/connectors"),
         ("get", "/api/v1/connectors/{connector}"),
@@ -394,7 +397,8 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
                 .replace("{connector}", "c")
                 .replace("{object}", "o")
                 .replace("{id}", "i")
-                .replace("{n}", "1");
+                .replace("{n}", "1")
+                .replace("{name}", "n");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap_or(Method::GET);
             let a = s.send(m, &concrete, None, None).await;
             if path.ends_with("/healthz") {

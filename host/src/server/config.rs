@@ -215,6 +215,9 @@ pub struct Settings {
     /// The program runs and previews execute in, as `PROGRAM worker`: this
     /// binary.
     pub worker_program: std::path::PathBuf,
+    /// The key workspace secrets are sealed with (`WEIR_SECRETS_KEY`, read
+    /// from the environment only: it is never in a configuration file).
+    pub secrets_key: Option<crate::server::secrets::SecretsKey>,
 }
 
 impl Settings {
@@ -310,6 +313,7 @@ impl ServerConfig {
             retention_sweep: positive("retention_sweep", duration("retention_sweep", &self.retention_sweep)?)?,
             worker_program: std::env::current_exe()
                 .map_err(|e| ConfigError(format!("finding this program to start workers with: {e}")))?,
+            secrets_key: crate::server::secrets::SecretsKey::from_env().map_err(ConfigError)?,
             config: self,
         })
     }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod queue;
 pub mod retention;
 pub mod schedules;
+pub mod secrets;
 pub mod state;
 pub mod webhooks;
 
@@ -97,6 +98,10 @@ pub enum StartError {
     /// Bootstrap failed.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    /// Secrets are stored and the secrets key is missing or does not open
+    /// them.
+    #[error("secrets: {0}")]
+    Secrets(String),
     /// The address cannot be listened on.
     #[error("listening on {addr}")]
     Listen {
@@ -105,6 +110,25 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Refuses to start when secrets are stored and the key to open them is
+/// missing or another one: every connector using one would fail later, one
+/// by one, with a less clear error.
+fn check_secrets_key(db: &Db, key: Option<&secrets::SecretsKey>) -> Result<(), StartError> {
+    let Some((workspace_id, secret)) = db.any_secret().map_err(|e| StartError::Secrets(e.to_string()))? else {
+        return Ok(());
+    };
+    match key {
+        None => Err(StartError::Secrets(format!(
+            "workspace secrets are stored; set {} to the key they were sealed with",
+            secrets::KEY_VARIABLE
+        ))),
+        Some(key) => key
+            .open(&workspace_id, &secret.name, &secret.sealed)
+            .map(|_| ())
+            .map_err(StartError::Secrets),
+    }
 }
 
 /// Opens the data directory, recovers, bootstraps, binds the listener and
@@ -135,6 +159,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     let db = Db::open(&dir.join("state.db"))?;
     let files = FileStore::open(&dir, settings.upload_pace).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
+    check_secrets_key(&db, settings.secrets_key.as_ref())?;
     let bootstrap_key = bootstrap(&db, &settings)?;
     let plugins = Arc::new(
         PluginRuntime::new(PluginSettings {

@@ -37,7 +37,7 @@ use weir_engine::execution::TriggerType;
 use super::App;
 use super::api::runs::{Version, prepare};
 use super::queue;
-use super::state::{FileRow, OpenBatch, WebhookRow};
+use super::state::{FileRow, OpenBatch, WebhookRow, Workspace};
 
 /// The largest payload accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -174,11 +174,22 @@ pub fn check_secret_env(
     }
 }
 
-/// The signing secret of a connector of workspace `workspace`, when its
-/// `webhook.secret_env` is one the workspace may read and is set.
-pub fn secret_of(app: &App, workspace: &str, connector: &Connector) -> Option<String> {
-    let name = connector.webhook.as_ref()?.secret_env.as_deref()?;
-    check_secret_env(&app.settings.config.webhook_secret_prefixes, workspace, name).ok()?;
+/// The signing secret of a connector of a workspace: the workspace secret
+/// `webhook.secret` names, or the environment variable `webhook.secret_env`
+/// names when it is one the workspace may read; `None` when it is not set.
+pub fn secret_of(app: &App, workspace: &Workspace, connector: &Connector) -> Option<String> {
+    let webhook = connector.webhook.as_ref()?;
+    if let Some(name) = &webhook.secret {
+        return match super::api::secrets::value(app, &workspace.id, name) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "a webhook signing secret cannot be opened");
+                None
+            }
+        };
+    }
+    let name = webhook.secret_env.as_deref()?;
+    check_secret_env(&app.settings.config.webhook_secret_prefixes, &workspace.name, name).ok()?;
     std::env::var(name).ok()
 }
 

@@ -17,6 +17,7 @@ mod package;
 pub mod plugins;
 mod preview;
 pub mod runs;
+pub mod secrets;
 mod system;
 mod webhooks;
 
@@ -195,6 +196,7 @@ pub fn connector_of(app: &App, caller: &Caller, id_or_name: &str) -> ApiResult<C
         (name = "files", description = "Uploaded files"),
         (name = "connectors", description = "Connectors and their SQL"),
         (name = "plugins", description = "Wasm transform plugins published as name@version"),
+        (name = "secrets", description = "Workspace secrets: set, rotate, list by name, delete; never read back"),
         (name = "executions", description = "Runs: trigger, status, cancel, logs, artifacts"),
     )
 )]
@@ -232,6 +234,8 @@ pub fn api(request_timeout: Duration) -> OpenApiRouter<Arc<App>> {
         .routes(routes!(files::download))
         .routes(routes!(files::delete))
         .routes(routes!(plugins::list))
+        .routes(routes!(secrets::list))
+        .routes(routes!(secrets::put, secrets::delete))
         .routes(routes!(connectors::list, connectors::create))
         .routes(routes!(connectors::get, connectors::update, connectors::delete))
         .routes(routes!(connectors::sql))

@@ -189,8 +189,10 @@ fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Co
     let secret = match &row {
         Some(row) => {
             let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-            let workspace = app.db.workspace(&row.workspace_id)?.map(|w| w.name).unwrap_or_default();
-            secret_of(app, &workspace, &connector)
+            match app.db.workspace(&row.workspace_id)? {
+                Some(workspace) => secret_of(app, &workspace, &connector),
+                None => None,
+            }
         }
         None => None,
     };

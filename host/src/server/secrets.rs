@@ -1,0 +1,135 @@
+//! Workspace secrets: values a workspace keeps for its connectors (a
+//! webhook's signing secret, a source's credentials), set and rotated over
+//! the API and never shown again (see `docs/secrets.md`).
+//!
+//! A value is sealed with XChaCha20-Poly1305 under the server's secrets key
+//! (`WEIR_SECRETS_KEY`, 32 bytes in base64) before it is stored, with the
+//! workspace and name as associated data, so a sealed value moved to another
+//! name or workspace does not open. Only the routes that set a value and the
+//! code that uses one ever hold it in clear; no answer, log line, execution
+//! document or package carries it.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+/// The environment variable the key is read from.
+pub const KEY_VARIABLE: &str = "WEIR_SECRETS_KEY";
+
+/// Bytes of a nonce, stored before the sealed value.
+const NONCE_LEN: usize = 24;
+
+/// The key secrets are sealed with.
+#[derive(Clone)]
+pub struct SecretsKey(XChaCha20Poly1305);
+
+/// Never prints the key.
+impl std::fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretsKey(…)")
+    }
+}
+
+impl SecretsKey {
+    /// Reads a key: 32 bytes in standard base64 (`openssl rand -base64 32`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| format!("{KEY_VARIABLE} is not base64 (make one with `openssl rand -base64 32`)"))?;
+        if bytes.len() != 32 {
+            return Err(format!(
+                "{KEY_VARIABLE} holds {} bytes; it must hold 32 (make one with `openssl rand -base64 32`)",
+                bytes.len()
+            ));
+        }
+        XChaCha20Poly1305::new_from_slice(&bytes)
+            .map(Self)
+            .map_err(|_| format!("{KEY_VARIABLE} is not a key"))
+    }
+
+    /// The key in the environment, if one is set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(KEY_VARIABLE) {
+            Ok(text) if !text.trim().is_empty() => Self::parse(&text).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Seals `value` of secret `name` of workspace `workspace_id`: a fresh
+    /// nonce, then the sealed value.
+    pub fn seal(&self, workspace_id: &str, name: &str, value: &str) -> Result<Vec<u8>, String> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let aad = associated(workspace_id, name);
+        let sealed = self
+            .0
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| "a secret could not be sealed".to_string())?;
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        Ok(out)
+    }
+
+    /// Opens what [`SecretsKey::seal`] made for the same workspace and name.
+    pub fn open(&self, workspace_id: &str, name: &str, sealed: &[u8]) -> Result<String, String> {
+        if sealed.len() < NONCE_LEN {
+            return Err(format!("secret `{name}` is damaged"));
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let aad = associated(workspace_id, name);
+        let value = self
+            .0
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| format!("secret `{name}` does not open with this server's {KEY_VARIABLE}"))?;
+        String::from_utf8(value).map_err(|_| format!("secret `{name}` is damaged"))
+    }
+}
+
+fn associated(workspace_id: &str, name: &str) -> String {
+    format!("weir-secret/{workspace_id}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SecretsKey {
+        SecretsKey::parse(&BASE64.encode([byte; 32])).expect("a key")
+    }
+
+    #[test]
+    fn a_value_opens_only_with_its_key_workspace_and_name() {
+        let k = key(1);
+        let sealed = k.seal("ws1", "crm_password", "hunter2").expect("sealed");
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"), "not in clear");
+        assert_eq!(k.open("ws1", "crm_password", &sealed).as_deref(), Ok("hunter2"));
+        assert!(k.open("ws2", "crm_password", &sealed).is_err(), "another workspace");
+        assert!(k.open("ws1", "other", &sealed).is_err(), "another name");
+        assert!(key(2).open("ws1", "crm_password", &sealed).is_err(), "another key");
+        assert_ne!(
+            sealed,
+            k.seal("ws1", "crm_password", "hunter2").expect("sealed"),
+            "fresh nonce"
+        );
+    }
+
+    #[test]
+    fn a_key_must_be_32_bytes_of_base64_and_is_never_printed() {
+        assert!(SecretsKey::parse("not base64!").is_err());
+        let short = SecretsKey::parse(&BASE64.encode([0u8; 16])).expect_err("short");
+        assert!(short.contains("16 bytes"), "{short}");
+        assert_eq!(format!("{:?}", key(3)), "SecretsKey(…)");
+    }
+}
