@@ -122,6 +122,7 @@ async fn plan(
             is_dry_run: true,
             source_file_id: None,
             source_file_name: Some(sample.name.clone()),
+            triggered_by: None,
             started_at: chrono::Utc::now(),
         },
         &connector.parameters,

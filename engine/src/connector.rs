@@ -158,6 +158,18 @@ impl utoipa::PartialSchema for ParamValue {
 
 impl utoipa::ToSchema for ParamValue {}
 
+impl ParamValue {
+    /// What kind of value it is, for a person: `text`, `an integer`, ….
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ParamValue::Text(_) => "text",
+            ParamValue::Int(_) => "an integer",
+            ParamValue::Float(_) => "a number",
+            ParamValue::Bool(_) => "a boolean",
+        }
+    }
+}
+
 impl std::fmt::Display for ParamValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -988,6 +1000,53 @@ impl Connector {
         problems
     }
 
+    /// The parameters a run gets when its trigger gives `given`: each
+    /// overrides the declared one of its name, and must be of its kind (the
+    /// declared value's: text, integer, number or boolean; an integer is a
+    /// number too). An undeclared or ill-typed one is refused with its path.
+    pub fn run_parameters(
+        &self,
+        given: &BTreeMap<String, serde_json::Value>,
+    ) -> std::result::Result<BTreeMap<String, ParamValue>, Vec<Problem>> {
+        let mut parameters = self.parameters.clone();
+        let mut problems = Vec::new();
+        for (name, value) in given {
+            let path = format!("parameters.{name}");
+            let Some(declared) = self.parameters.get(name) else {
+                let known: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
+                let hint = document::closest(name, &known)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                problems.push(Problem::new(
+                    path,
+                    format!("the connector declares no such parameter{hint}"),
+                ));
+                continue;
+            };
+            let typed = match (declared, value) {
+                (ParamValue::Text(_), serde_json::Value::String(s)) => Some(ParamValue::Text(s.clone())),
+                (ParamValue::Int(_), v) => v.as_i64().map(ParamValue::Int),
+                (ParamValue::Float(_), v) => v.as_f64().filter(|_| v.is_number()).map(ParamValue::Float),
+                (ParamValue::Bool(_), serde_json::Value::Bool(b)) => Some(ParamValue::Bool(*b)),
+                _ => None,
+            };
+            match typed {
+                Some(typed) => {
+                    parameters.insert(name.clone(), typed);
+                }
+                None => problems.push(Problem::new(
+                    path,
+                    format!("must be {}, as declared (`{declared}`)", declared.kind()),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(parameters)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Variables of one scope, in declaration order.
     pub fn variables_of<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a VariableDef> + 'a {
         self.variables.iter().filter(move |v| v.scope == scope)
@@ -1277,6 +1336,36 @@ surprise = 1
         assert_eq!(broken.len(), 1);
         assert_eq!(broken[0].position.map(|at| at.line), Some(2));
         assert!(!broken[0].message.contains('\n'), "{:?}", broken[0].message);
+    }
+
+    #[test]
+    fn run_parameters_override_declared_ones_of_their_kind_only() {
+        let c = Connector::from_toml(
+            "api_name = \"c\"\ntype = \"spreadsheet\"\n[parameters]\ncountry = \"US\"\nlimit = 10\nratio = 0.5\nstrict = false\n",
+        )
+        .expect("valid");
+        let given = serde_json::json!({"country": "NO", "limit": 20, "ratio": 2, "strict": true});
+        let given: BTreeMap<String, serde_json::Value> = serde_json::from_value(given).expect("map");
+        let run = c.run_parameters(&given).expect("all of their kind");
+        let shown: Vec<String> = run.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(shown, ["country=NO", "limit=20", "ratio=2", "strict=true"]);
+        let bad = serde_json::json!({"limit": "ten", "strict": 1, "contry": "SE", "ratio": "x"});
+        let bad: BTreeMap<String, serde_json::Value> = serde_json::from_value(bad).expect("map");
+        let problems: Vec<String> = c
+            .run_parameters(&bad)
+            .expect_err("refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "parameters.contry: the connector declares no such parameter; did you mean `country`?",
+                "parameters.limit: must be an integer, as declared (`10`)",
+                "parameters.ratio: must be a number, as declared (`0.5`)",
+                "parameters.strict: must be a boolean, as declared (`false`)",
+            ]
+        );
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! [`Status::can_become`] so that the allowed transitions live in one place.
 //! This module knows nothing about how stages run.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::connector::ParamValue;
 use crate::error::{Error, ErrorCode, Stage};
 
 /// Status of an execution.
@@ -349,6 +352,15 @@ pub struct Links {
     pub output: String,
 }
 
+/// The API key that started an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggeredBy {
+    /// The key's id.
+    pub key_id: String,
+    /// The key's name.
+    pub key_name: String,
+}
+
 /// The execution document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
@@ -364,6 +376,13 @@ pub struct Execution {
     pub is_dry_run: bool,
     /// sha256 of the source file, when there is one.
     pub source_file_id: Option<String>,
+    /// The key that started it, for audit; `null` for a schedule, a signed
+    /// webhook and a local run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_by: Option<TriggeredBy>,
+    /// The parameters its trigger gave, over the connector's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParamValue>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Start time.
@@ -400,6 +419,8 @@ impl Execution {
             trigger_type,
             is_dry_run,
             source_file_id: None,
+            triggered_by: None,
+            parameters: BTreeMap::new(),
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,

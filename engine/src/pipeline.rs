@@ -512,6 +512,10 @@ impl Run {
                 is_dry_run: doc.is_dry_run,
                 source_file_id: doc.source_file_id.clone(),
                 source_file_name: input.map(|i| i.name.clone()),
+                triggered_by: doc
+                    .triggered_by
+                    .as_ref()
+                    .map(|t| (t.key_id.clone(), t.key_name.clone())),
                 started_at: doc.started_at.unwrap_or_else(chrono::Utc::now),
             },
             &connector.parameters,

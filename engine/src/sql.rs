@@ -559,6 +559,8 @@ pub struct ExecutionMeta {
     pub source_file_id: Option<String>,
     /// Source file name.
     pub source_file_name: Option<String>,
+    /// The id and name of the API key that started the run, when one did.
+    pub triggered_by: Option<(String, String)>,
     /// Start time.
     pub started_at: DateTime<Utc>,
 }
@@ -693,6 +695,8 @@ pub fn register_meta(
         Field::new("is_dry_run", DataType::Boolean, false),
         Field::new("source_file_id", DataType::Utf8, true),
         Field::new("source_file_name", DataType::Utf8, true),
+        Field::new("triggered_by_key_id", DataType::Utf8, true),
+        Field::new("triggered_by_key_name", DataType::Utf8, true),
         Field::new(
             "started_at",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -709,6 +713,8 @@ pub fn register_meta(
             Arc::new(BooleanArray::from(vec![meta.is_dry_run])),
             text(meta.source_file_id.as_deref()),
             text(meta.source_file_name.as_deref()),
+            text(meta.triggered_by.as_ref().map(|(id, _)| id.as_str())),
+            text(meta.triggered_by.as_ref().map(|(_, name)| name.as_str())),
             Arc::new(TimestampMicrosecondArray::from(vec![meta.started_at.timestamp_micros()]).with_timezone("UTC")),
         ],
     )

@@ -3416,3 +3416,82 @@ async fn a_webhook_secret_that_is_not_set_is_warned_of_when_saved() {
     assert_eq!(plain.body["warnings"], json!([]), "{}", plain.body);
     s.stop().await;
 }
+
+/// A trigger's parameters override the connector's declared ones, of their
+/// declared kind only; the run sees them in `meta.parameters`, and
+/// `meta.current_execution` and the document name the key that started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its_key() {
+    let s = start().await;
+    let f = s.upload("/files", ADMIN, "one.csv", b"a\n1\n").await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
+    let file = f.body["id"].clone();
+    let doc = json!({
+        "api_name": "params", "type": "spreadsheet", "sample_file_id": file,
+        "parameters": {"country": "US", "limit": 10},
+        "sql": {"text": "CREATE VIEW output.p AS SELECT p.name, p.value, e.trigger_type, e.triggered_by_key_name \
+            FROM meta.parameters AS p CROSS JOIN meta.current_execution AS e ORDER BY p.name"},
+    });
+    let c = s.post("/connectors", ADMIN, doc).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let p = s.post("/connectors/params/sql/publish", ADMIN, json!({})).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let patched = s
+        .send(
+            Method::PATCH,
+            "/connectors/params",
+            Some(ADMIN),
+            Some(json!({"status": "operational"})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let operator = s.key("default", Role::Operator, None);
+
+    let run = s
+        .post(
+            "/connectors/params/runs",
+            &operator,
+            json!({"source_file_id": file, "parameters": {"country": "NO"}}),
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
+    assert_eq!(run.body["parameters"], json!({"country": "NO"}), "{}", run.body);
+    assert_eq!(run.body["triggered_by"]["key_name"], "test", "{}", run.body);
+    let id = run.body["id"].as_str().unwrap_or_default().to_string();
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    let output = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(output.bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut csv = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("output/p.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut csv,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        csv,
+        "name,value,trigger_type,triggered_by_key_name\ncountry,NO,file_upload,test\nlimit,10,file_upload,test\n"
+    );
+
+    // Undeclared and ill-typed ones are refused, each with its path, and
+    // nothing is queued.
+    let bad = s
+        .post(
+            "/connectors/params/runs",
+            &operator,
+            json!({"source_file_id": file, "parameters": {"limit": "ten", "contry": "SE"}}),
+        )
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameters");
+    let paths: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(paths, ["parameters.contry", "parameters.limit"], "{}", bad.body);
+    let list = s.get("/connectors/params/executions", ADMIN).await;
+    let triggered = list.body["data"]
+        .as_array()
+        .map_or(0, |d| d.iter().filter(|e| e["trigger_type"] == "file_upload").count());
+    assert_eq!(triggered, 1, "{}", list.body);
+    s.stop().await;
+}

@@ -139,6 +139,8 @@ pub fn create_key(
 pub struct Caller {
     /// The key's id.
     pub key_id: String,
+    /// The key's name.
+    pub key_name: String,
     /// The workspace the key belongs to.
     pub workspace_id: String,
     /// Its role.
@@ -226,6 +228,7 @@ pub fn authenticate(db: &Db, presented: &str) -> Result<Option<Caller>, StateErr
     };
     Ok(Some(Caller {
         key_id: row.id,
+        key_name: row.name,
         workspace_id: row.workspace_id,
         role,
         connectors: row.connectors,
@@ -256,6 +259,7 @@ mod tests {
     fn roles_are_ordered_and_webhook_keys_reach_nothing_else() {
         let caller = |role| Caller {
             key_id: "k".into(),
+            key_name: "n".into(),
             workspace_id: "w".into(),
             role,
             connectors: None,

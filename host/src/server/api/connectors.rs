@@ -629,6 +629,7 @@ pub async fn publish(
         true,
         TriggerType::Publish,
         None,
+        &std::collections::BTreeMap::new(),
     )?
     .doc;
     let limit = serde_json::from_str::<Connector>(&row.definition)

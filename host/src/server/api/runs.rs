@@ -3,6 +3,7 @@
 //! becomes a queued execution of the connector's live script (a dry run
 //! without a live script runs the draft).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
-use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
+use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType, TriggeredBy};
 
 use super::connector_of;
 use crate::server::App;
@@ -42,11 +43,13 @@ pub struct TriggerParams {
     pub filename: Option<String>,
 }
 
-/// A run on a stored file.
+/// A run on a stored file, with parameters over the connector's own.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SourceFile {
     source_file_id: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, serde_json::Value>,
 }
 
 /// Links of an execution's document.
@@ -81,8 +84,32 @@ pub fn start(
     dry_run: bool,
     trigger: TriggerType,
     key: Option<&IdempotencyKey>,
+    parameters: &BTreeMap<String, serde_json::Value>,
 ) -> ApiResult<Started> {
-    let execution = prepare(app, &caller.workspace_id, row, version, file, dry_run, trigger)?;
+    let mut execution = prepare(app, &caller.workspace_id, row, version, file, dry_run, trigger)?;
+    execution.document.triggered_by = Some(TriggeredBy {
+        key_id: caller.key_id.clone(),
+        key_name: caller.key_name.clone(),
+    });
+    if !parameters.is_empty() {
+        // The run's own definition carries them, so every part of the run
+        // (`meta.parameters`, variables' defaults) sees the same values.
+        let mut connector: Connector = serde_json::from_str(&execution.definition).map_err(ApiError::internal)?;
+        let run = connector.run_parameters(parameters).map_err(|problems| {
+            ApiError::invalid(
+                "invalid_parameters",
+                "the run's parameters do not fit the connector's",
+                problems,
+            )
+        })?;
+        execution.document.parameters = run
+            .iter()
+            .filter(|(name, _)| parameters.contains_key(*name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        connector.parameters = run;
+        execution.definition = serde_json::to_string(&connector).map_err(ApiError::internal)?;
+    }
     if let Some(used) = queue::enqueue(app, &execution, key)? {
         // A retry that raced the first request: that one stored first.
         return replay(app, key, &used);
@@ -193,14 +220,21 @@ pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 /// What identifies a trigger for its idempotency key: the connector, the
 /// query (`dry_run`, `filename`) and the input file's content.
-fn fingerprint(connector_id: &str, params: &TriggerParams, file: &FileRow) -> String {
+fn fingerprint(
+    connector_id: &str,
+    params: &TriggerParams,
+    file: &FileRow,
+    parameters: &BTreeMap<String, serde_json::Value>,
+) -> String {
     let mut h = Sha256::new();
+    let parameters = serde_json::to_string(parameters).unwrap_or_default();
     for part in [
         "runs",
         connector_id,
         if params.dry_run { "dry" } else { "wet" },
         params.filename.as_deref().unwrap_or_default(),
         &file.sha256,
+        &parameters,
     ] {
         h.update(part.len().to_le_bytes());
         h.update(part.as_bytes());
@@ -269,6 +303,7 @@ pub async fn trigger(
     caller.require(Role::Operator)?;
     let row = connector_of(&app, &caller, &c)?;
     let key = idempotency_key(request.headers())?;
+    let mut parameters = BTreeMap::new();
     let file = if is_json(&request) && params.filename.is_none() {
         // The route streams files, so no request_timeout wraps it: a JSON
         // body is held to it here.
@@ -282,10 +317,11 @@ pub async fn trigger(
         let source: SourceFile = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::invalid(
                 "validation_failed",
-                format!("a JSON body names a stored file as {{\"source_file_id\": \"…\"}}: {e}"),
+                format!("a JSON body names a stored file as {{\"source_file_id\": \"…\", \"parameters\": {{…}}}}: {e}"),
                 vec![],
             )
         })?;
+        parameters = source.parameters;
         super::files::file_of(&app, &caller, &source.source_file_id)?.ok_or_else(|| {
             ApiError::invalid(
                 "unknown_file",
@@ -297,7 +333,7 @@ pub async fn trigger(
         super::files::receive(&app, &caller, params.filename.clone(), request).await?
     };
     let key = key.map(|key| IdempotencyKey {
-        fingerprint: fingerprint(&row.id, &params, &file),
+        fingerprint: fingerprint(&row.id, &params, &file, &parameters),
         key,
     });
     if let Some(key) = &key
@@ -314,6 +350,7 @@ pub async fn trigger(
         params.dry_run,
         TriggerType::FileUpload,
         key.as_ref(),
+        &parameters,
     )?;
     Ok(accepted_start(&started))
 }
