@@ -123,6 +123,7 @@ async fn plan(
             source_file_id: None,
             source_file_name: Some(sample.name.clone()),
             triggered_by: None,
+            window: (None, None),
             started_at: chrono::Utc::now(),
         },
         &connector.parameters,

@@ -383,6 +383,13 @@ pub struct Execution {
     /// The parameters its trigger gave, over the connector's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParamValue>,
+    /// For a schedule tick: the previous tick whose run succeeded (`null`
+    /// for the first), so a script can pull only what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<DateTime<Utc>>,
+    /// For a schedule tick: this tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Start time.
@@ -421,6 +428,8 @@ impl Execution {
             source_file_id: None,
             triggered_by: None,
             parameters: BTreeMap::new(),
+            window_start: None,
+            window_end: None,
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,

@@ -516,6 +516,7 @@ impl Run {
                     .triggered_by
                     .as_ref()
                     .map(|t| (t.key_id.clone(), t.key_name.clone())),
+                window: (doc.window_start, doc.window_end),
                 started_at: doc.started_at.unwrap_or_else(chrono::Utc::now),
             },
             &connector.parameters,

@@ -561,6 +561,8 @@ pub struct ExecutionMeta {
     pub source_file_name: Option<String>,
     /// The id and name of the API key that started the run, when one did.
     pub triggered_by: Option<(String, String)>,
+    /// A schedule tick's window: the previous successful tick and this one.
+    pub window: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     /// Start time.
     pub started_at: DateTime<Utc>,
 }
@@ -687,6 +689,9 @@ pub fn register_meta(
 ) -> Result<()> {
     let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(e.to_string());
     let text = |v: Option<&str>| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
+    let time = |v: Option<DateTime<Utc>>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(vec![v.map(|t| t.timestamp_micros())]).with_timezone("UTC"))
+    };
     let exec_schema = Arc::new(Schema::new(vec![
         Field::new("execution_id", DataType::Utf8, false),
         Field::new("connector_id", DataType::Utf8, true),
@@ -697,6 +702,16 @@ pub fn register_meta(
         Field::new("source_file_name", DataType::Utf8, true),
         Field::new("triggered_by_key_id", DataType::Utf8, true),
         Field::new("triggered_by_key_name", DataType::Utf8, true),
+        Field::new(
+            "window_start",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(
+            "window_end",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
         Field::new(
             "started_at",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -715,6 +730,8 @@ pub fn register_meta(
             text(meta.source_file_name.as_deref()),
             text(meta.triggered_by.as_ref().map(|(id, _)| id.as_str())),
             text(meta.triggered_by.as_ref().map(|(_, name)| name.as_str())),
+            time(meta.window.0),
+            time(meta.window.1),
             Arc::new(TimestampMicrosecondArray::from(vec![meta.started_at.timestamp_micros()]).with_timezone("UTC")),
         ],
     )

@@ -2864,9 +2864,31 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     let doc = json!({
         "api_name": "quarterly", "type": "schedule", "status": "setup",
         "schedule": {"cron": "0 */15 * * * *", "timezone": "UTC"},
-        "sql": {"text": "CREATE VIEW output.tick AS SELECT CAST(schedule_trigger_time AS VARCHAR) AS at FROM input.schedule"},
+        "sql": {"text": "CREATE VIEW output.tick AS SELECT CAST(schedule_trigger_time AS VARCHAR) AS at, \
+            to_char(e.window_start, '%Y-%m-%dT%H:%M:%S') AS window_start, to_char(e.window_end, '%Y-%m-%dT%H:%M:%S') AS window_end \
+            FROM input.schedule CROSS JOIN meta.current_execution AS e"},
     });
     live_without_dry_run(&s, doc, "operational").await;
+    let window = |id: String| {
+        let s = &s;
+        async move {
+            let out = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
+            let mut csv = String::new();
+            std::io::Read::read_to_string(
+                &mut zip.by_name("output/tick.csv").unwrap_or_else(|e| panic!("{e}")),
+                &mut csv,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let row = csv.lines().nth(1).unwrap_or_default().to_string();
+            let cells: Vec<String> = row.split(',').map(str::to_string).collect();
+            (
+                cells.get(1).cloned().unwrap_or_default(),
+                cells.get(2).cloned().unwrap_or_default(),
+            )
+        }
+    };
+    let stamp_of = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S").to_string();
     let runs = || async {
         let list = s.get("/connectors/quarterly/executions", ADMIN).await.body["data"]
             .as_array()
@@ -2902,6 +2924,8 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     .unwrap_or_else(|e| panic!("{e}"));
     let stamp = first.format("%Y-%m-%dT%H:%M:%S").to_string();
     assert!(csv.contains(&stamp), "{csv} should name {stamp}");
+    // The first tick's window opens at no earlier tick and ends at itself.
+    assert_eq!(window(id.clone()).await, (String::new(), stamp_of(first)));
 
     // Two hours later (the server "down"): the latest tick runs, once.
     clock.set(first + quarter * 8 + chrono::TimeDelta::seconds(5));
@@ -2910,6 +2934,17 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     let list = runs().await;
     assert_eq!(list.len(), 2, "{list:?}");
     let latest = list[1]["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(s.wait_end(&latest).await["status"], "success");
+    // Its window starts at the last tick that ran well: what changed since
+    // is what it pulls.
+    let second = first + quarter * 8;
+    assert_eq!(window(latest.clone()).await, (stamp_of(first), stamp_of(second)));
+    assert_eq!(
+        list[1]["window_end"].as_str().map(|t| t.starts_with(&stamp_of(second))),
+        Some(true),
+        "{}",
+        list[1]
+    );
     let logs = s.get(&format!("/executions/{latest}/logs?limit=500"), ADMIN).await.body;
     assert!(
         logs["data"]
@@ -2919,6 +2954,15 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
                 .is_some_and(|m| m.starts_with("7 earlier ticks")))),
         "{logs}"
     );
+    // A third tick in a row takes up where the second left off.
+    clock.set(second + quarter + chrono::TimeDelta::seconds(5));
+    settle().await;
+    settle().await;
+    let list = runs().await;
+    assert_eq!(list.len(), 3, "{list:?}");
+    let third = list[2]["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(s.wait_end(&third).await["status"], "success");
+    assert_eq!(window(third).await, (stamp_of(second), stamp_of(second + quarter)));
     s.stop().await;
 }
 

@@ -235,7 +235,7 @@ fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize)
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     let file = app.keep_file(&row.workspace_id, "schedule.csv", "text/csv", csv.as_bytes())?;
-    let execution = prepare(
+    let mut execution = prepare(
         app,
         &row.workspace_id,
         row,
@@ -245,6 +245,8 @@ fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize)
         TriggerType::Schedule,
     )
     .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    execution.document.window_start = app.db.last_successful_tick(&row.id, tick)?;
+    execution.document.window_end = Some(tick);
     if !app.db.record_tick(&row.id, tick, &execution)? {
         return Ok(());
     }

@@ -1467,6 +1467,19 @@ impl Db {
         Ok(last.map(|t| time(&t)))
     }
 
+    /// The latest tick before `before` whose run succeeded (fully or in
+    /// part): where the window of the next tick starts.
+    pub fn last_successful_tick(&self, connector_id: &str, before: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let conn = self.lock();
+        let last: Option<String> = conn.query_row(
+            "SELECT MAX(t.tick_at) FROM schedule_ticks AS t JOIN executions AS e ON e.id = t.execution_id
+             WHERE t.connector_id = ?1 AND t.tick_at < ?2 AND e.status IN ('success', 'partial_success')",
+            params![connector_id, before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)],
+            |r| r.get(0),
+        )?;
+        Ok(last.map(|t| time(&t)))
+    }
+
     /// Records a tick with its execution, both or neither; false when the
     /// tick was recorded before.
     pub fn record_tick(&self, connector_id: &str, tick: DateTime<Utc>, row: &ExecutionRow) -> Result<bool> {
