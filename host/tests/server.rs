@@ -602,6 +602,7 @@ async fn no_route_reaches_another_workspaces_resources() {
             .replace("{connector}", "contacts_import")
             .replace("{object}", "contact")
             .replace("{n}", "1")
+            .replace("{name}", "shop_whsec")
             .replace(
                 "{id}",
                 match path.split('/').nth(3) {
@@ -616,6 +617,11 @@ async fn no_route_reaches_another_workspaces_resources() {
             .map(|o| o.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default()
         {
+            // Setting a secret sets one of the caller's own workspace, as a
+            // pushed package does: nothing of this one to reach.
+            if method == "put" && path.starts_with("/api/v1/secrets/") {
+                continue;
+            }
             let body = match (method.as_str(), path.rsplit('/').next()) {
                 ("put", Some("draft")) => Some(json!({"text": "CREATE VIEW output.x AS SELECT 1 AS a"})),
                 ("post", Some("runs")) => Some(json!({"source_file_id": file})),
