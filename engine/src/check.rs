@@ -122,6 +122,7 @@ async fn plan(
             is_dry_run: true,
             source_file_id: None,
             source_file_name: Some(sample.name.clone()),
+            source_file_size: std::fs::metadata(&sample.path).ok().map(|m| m.len()),
             triggered_by: None,
             window: (None, None),
             started_at: chrono::Utc::now(),

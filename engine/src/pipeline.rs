@@ -512,6 +512,7 @@ impl Run {
                 is_dry_run: doc.is_dry_run,
                 source_file_id: doc.source_file_id.clone(),
                 source_file_name: input.map(|i| i.name.clone()),
+                source_file_size: input.and_then(|i| std::fs::metadata(&i.path).ok()).map(|m| m.len()),
                 triggered_by: doc
                     .triggered_by
                     .as_ref()

@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
@@ -559,6 +559,8 @@ pub struct ExecutionMeta {
     pub source_file_id: Option<String>,
     /// Source file name.
     pub source_file_name: Option<String>,
+    /// Source file size in bytes.
+    pub source_file_size: Option<u64>,
     /// The id and name of the API key that started the run, when one did.
     pub triggered_by: Option<(String, String)>,
     /// A schedule tick's window: the previous successful tick and this one.
@@ -700,6 +702,7 @@ pub fn register_meta(
         Field::new("is_dry_run", DataType::Boolean, false),
         Field::new("source_file_id", DataType::Utf8, true),
         Field::new("source_file_name", DataType::Utf8, true),
+        Field::new("source_file_size", DataType::Int64, true),
         Field::new("triggered_by_key_id", DataType::Utf8, true),
         Field::new("triggered_by_key_name", DataType::Utf8, true),
         Field::new(
@@ -728,6 +731,9 @@ pub fn register_meta(
             Arc::new(BooleanArray::from(vec![meta.is_dry_run])),
             text(meta.source_file_id.as_deref()),
             text(meta.source_file_name.as_deref()),
+            Arc::new(Int64Array::from(vec![
+                meta.source_file_size.and_then(|n| i64::try_from(n).ok()),
+            ])),
             text(meta.triggered_by.as_ref().map(|(id, _)| id.as_str())),
             text(meta.triggered_by.as_ref().map(|(_, name)| name.as_str())),
             time(meta.window.0),

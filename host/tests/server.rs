@@ -3479,7 +3479,8 @@ async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its
     let doc = json!({
         "api_name": "params", "type": "spreadsheet", "sample_file_id": file,
         "parameters": {"country": "US", "limit": 10},
-        "sql": {"text": "CREATE VIEW output.p AS SELECT p.name, p.value, e.trigger_type, e.triggered_by_key_name \
+        "sql": {"text": "CREATE VIEW output.p AS SELECT p.name, p.value, e.trigger_type, e.triggered_by_key_name, \
+            e.source_file_name, e.source_file_size \
             FROM meta.parameters AS p CROSS JOIN meta.current_execution AS e ORDER BY p.name"},
     });
     let c = s.post("/connectors", ADMIN, doc).await;
@@ -3520,8 +3521,32 @@ async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         csv,
-        "name,value,trigger_type,triggered_by_key_name\ncountry,NO,file_upload,test\nlimit,10,file_upload,test\n"
+        "name,value,trigger_type,triggered_by_key_name,source_file_name,source_file_size\n\
+         country,NO,file_upload,test,one.csv,4\nlimit,10,file_upload,test,one.csv,4\n"
     );
+
+    // An uploaded file's run takes them in `?parameters=`.
+    let upload = s
+        .upload(
+            "/connectors/params/runs?parameters=%7B%22limit%22%3A3%7D",
+            &operator,
+            "two.csv",
+            b"a\n2\n",
+        )
+        .await;
+    assert_eq!(upload.status, StatusCode::ACCEPTED, "{}", upload.body);
+    assert_eq!(upload.body["parameters"], json!({"limit": 3}), "{}", upload.body);
+    let uploaded = upload.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(s.wait_end(&uploaded).await["status"], "success");
+    let broken = s
+        .upload(
+            "/connectors/params/runs?parameters=limit%3D3",
+            &operator,
+            "two.csv",
+            b"a\n2\n",
+        )
+        .await;
+    assert_problem(&broken, StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameters");
 
     // Undeclared and ill-typed ones are refused, each with its path, and
     // nothing is queued.
@@ -3542,6 +3567,6 @@ async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its
     let triggered = list.body["data"]
         .as_array()
         .map_or(0, |d| d.iter().filter(|e| e["trigger_type"] == "file_upload").count());
-    assert_eq!(triggered, 1, "{}", list.body);
+    assert_eq!(triggered, 2, "{}", list.body);
     s.stop().await;
 }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::error::Problem;
 use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType, TriggeredBy};
 
 use super::connector_of;
@@ -32,7 +33,7 @@ pub enum Version {
     Draft,
 }
 
-/// `?dry_run=&filename=` of a trigger.
+/// `?dry_run=&filename=&parameters=` of a trigger.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TriggerParams {
@@ -41,6 +42,26 @@ pub struct TriggerParams {
     pub dry_run: bool,
     /// The name of a raw-body upload.
     pub filename: Option<String>,
+    /// For a run on an uploaded file: the run's parameters as a JSON
+    /// object, e.g. `{"default_country":"NO"}` (URL-encoded); a JSON body
+    /// gives them as `parameters` instead.
+    pub parameters: Option<String>,
+}
+
+impl TriggerParams {
+    /// `?parameters=` read as a JSON object.
+    fn parameters(&self) -> ApiResult<BTreeMap<String, serde_json::Value>> {
+        match &self.parameters {
+            None => Ok(BTreeMap::new()),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                ApiError::invalid(
+                    "invalid_parameters",
+                    "`?parameters=` must be a JSON object of the run's parameters",
+                    vec![Problem::new("parameters", e.to_string())],
+                )
+            }),
+        }
+    }
 }
 
 /// A run on a stored file, with parameters over the connector's own.
@@ -303,7 +324,7 @@ pub async fn trigger(
     caller.require(Role::Operator)?;
     let row = connector_of(&app, &caller, &c)?;
     let key = idempotency_key(request.headers())?;
-    let mut parameters = BTreeMap::new();
+    let mut parameters = params.parameters()?;
     let file = if is_json(&request) && params.filename.is_none() {
         // The route streams files, so no request_timeout wraps it: a JSON
         // body is held to it here.
@@ -321,7 +342,16 @@ pub async fn trigger(
                 vec![],
             )
         })?;
-        parameters = source.parameters;
+        if !source.parameters.is_empty() {
+            if !parameters.is_empty() {
+                return Err(ApiError::invalid(
+                    "invalid_parameters",
+                    "give the run's parameters in the body or in `?parameters=`, not both",
+                    vec![],
+                ));
+            }
+            parameters = source.parameters;
+        }
         super::files::file_of(&app, &caller, &source.source_file_id)?.ok_or_else(|| {
             ApiError::invalid(
                 "unknown_file",
