@@ -376,8 +376,8 @@ pub struct Execution {
     pub is_dry_run: bool,
     /// sha256 of the source file, when there is one.
     pub source_file_id: Option<String>,
-    /// The key that started it, for audit; `null` for a schedule, a signed
-    /// webhook and a local run.
+    /// The key that started it (a trigger, a publish), for audit; `null`
+    /// for a schedule tick, a webhook batch and a local run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<TriggeredBy>,
     /// The parameters its trigger gave, over the connector's own.

@@ -25,13 +25,18 @@ pub fn normalise(raw: &str) -> String {
     out
 }
 
+/// The column input tables end with: the line each row starts on in its
+/// file. It is the engine's: a header of a file that normalises to it is
+/// numbered like a duplicate (`_line__2`).
+pub const LINE_COLUMN: &str = "_line";
+
 /// Normalises a whole header row: every rule of §3.2, including numbering
-/// empty headers and suffixing duplicates.
+/// empty headers and suffixing duplicates (of each other and of
+/// [`LINE_COLUMN`]).
 pub fn normalise_headers<S: AsRef<str>>(raw: &[S]) -> Vec<String> {
     let mut empty = 0;
-    let names: Vec<String> = raw
-        .iter()
-        .map(|h| {
+    let names: Vec<String> = std::iter::once(LINE_COLUMN.to_string())
+        .chain(raw.iter().map(|h| {
             let n = normalise(h.as_ref());
             if n.is_empty() {
                 empty += 1;
@@ -39,9 +44,9 @@ pub fn normalise_headers<S: AsRef<str>>(raw: &[S]) -> Vec<String> {
             } else {
                 n
             }
-        })
+        }))
         .collect();
-    dedupe(names)
+    dedupe(names).into_iter().skip(1).collect()
 }
 
 /// Suffixes duplicates with `__2`, `__3`, … keeping the first as is, and
@@ -81,6 +86,15 @@ pub fn table_name(file_name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_header_takes_the_line_column() {
+        assert_eq!(
+            normalise_headers(&["_line", "a", "#Line"]),
+            ["_line__2", "a", "_line__3"]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -601,7 +601,7 @@ impl Run {
                 schema
                     .fields()
                     .iter()
-                    .filter(|f| f.data_type().is_numeric())
+                    .filter(|f| f.data_type().is_numeric() && f.name() != LINE_COLUMN)
                     .map(|f| f.name().as_str()),
             );
         }

@@ -198,16 +198,21 @@ impl RejectedWriter {
 
     /// Writes the file whole: the streamed rows with their values spread
     /// into columns, behind a byte order mark.
+    /// Spreading is presentation only: when it cannot be done (a full
+    /// disk), the streamed file stays as it is, whole, and the run goes on.
     pub fn finish(mut self) -> Result<()> {
-        let written = |e| Error::io(format!("writing {}", self.path.display()), e);
-        self.writer.flush().map_err(written)?;
+        self.writer
+            .flush()
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
         let spread = self.path.with_extension("csv.spread");
-        let result = self.spread(&spread);
-        if result.is_err() {
+        let result = self
+            .spread(&spread)
+            .and_then(|()| std::fs::rename(&spread, &self.path).map_err(|e| Error::io("renaming rejected.csv", e)));
+        if let Err(e) = result {
             let _ = std::fs::remove_file(&spread);
+            tracing::warn!(error = %e, "rejected.csv keeps its values in the `values` column only");
         }
-        result?;
-        std::fs::rename(&spread, &self.path).map_err(written)
+        Ok(())
     }
 
     fn spread(&self, to: &Path) -> Result<()> {
@@ -216,8 +221,15 @@ impl RejectedWriter {
         out.write_all("\u{feff}".as_bytes())
             .map_err(|e| Error::io(format!("writing {}", to.display()), e))?;
         let mut writer = csv::WriterBuilder::new().from_writer(out);
-        let mut header: Vec<&str> = REJECTED_HEADER.to_vec();
-        header.extend(self.names.iter().map(String::as_str));
+        // A value column named like a fixed one is told apart.
+        let mut header: Vec<String> = REJECTED_HEADER.iter().map(|h| h.to_string()).collect();
+        header.extend(self.names.iter().map(|n| {
+            if REJECTED_HEADER.contains(&n.as_str()) {
+                format!("{n} (value)")
+            } else {
+                n.clone()
+            }
+        }));
         writer.write_record(&header).map_err(|e| csv_error(to, e))?;
         let mut reader = csv::Reader::from_path(&self.path).map_err(|e| csv_error(&self.path, e))?;
         let index: HashMap<&str, usize> = self.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
@@ -228,7 +240,7 @@ impl RejectedWriter {
                 serde_json::from_str(record.get(5).unwrap_or("{}")).unwrap_or_default();
             for (name, value) in values {
                 if let (Some(&i), Some(text)) = (index.get(name.as_str()), value.as_str()) {
-                    cells[i] = text.to_string();
+                    cells[i] = spreadsheet_safe(text);
                 }
             }
             let fixed = record.iter().take(REJECTED_HEADER.len());
@@ -244,6 +256,20 @@ impl RejectedWriter {
             .sync_all()
             .map_err(|e| Error::io(format!("writing {}", to.display()), e))
     }
+}
+
+/// A value as a spreadsheet cell that is never run as a formula: text that
+/// a spreadsheet would read as one (`=`, `+`, `@`, a tab or carriage
+/// return, or `-` not starting a number) gets a leading `'`. The `values`
+/// column keeps the value as it was.
+fn spreadsheet_safe(text: &str) -> String {
+    let mut chars = text.chars();
+    let formula = match chars.next() {
+        Some('=' | '+' | '@' | '\t' | '\r') => true,
+        Some('-') => !chars.next().is_some_and(|c| c.is_ascii_digit() || c == '.'),
+        _ => false,
+    };
+    if formula { format!("'{text}") } else { text.to_string() }
 }
 
 /// `{"col":"text"|null,…}` with keys in the given order (a JSON map would
@@ -1036,6 +1062,42 @@ mod tests {
                     "01234",
                 ],
             ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn spread_values_are_never_formulas_and_never_take_a_fixed_column_name() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("rejected.csv");
+        let mut writer = RejectedWriter::create(&path)?;
+        writer.write(&RejectedRow {
+            stage: Stage::Variables,
+            source: "people".into(),
+            row: 1,
+            line: Some(2),
+            reasons: strings(&["bad"]),
+            values: values(&[
+                ("source", Some("crm")),
+                ("formula", Some("=HYPERLINK(\"http://x\")")),
+                ("amount", Some("-12.5")),
+                ("dash", Some("-x")),
+            ]),
+            failed: false,
+        })?;
+        writer.finish()?;
+        let mut reader = csv::Reader::from_path(&path)?;
+        let header: Vec<String> = reader.headers()?.iter().map(str::to_string).collect();
+        assert_eq!(&header[6..], ["source (value)", "formula", "amount", "dash"]);
+        let row = reader.records().next().ok_or("a row")??;
+        assert_eq!(
+            row.iter().skip(6).collect::<Vec<_>>(),
+            ["crm", "'=HYPERLINK(\"http://x\")", "-12.5", "'-x"]
+        );
+        let json: serde_json::Value = serde_json::from_str(&row[5])?;
+        assert_eq!(
+            json["formula"], "=HYPERLINK(\"http://x\")",
+            "the values column keeps it as it was"
         );
         Ok(())
     }

@@ -1012,9 +1012,12 @@ fn call_of(statement: &DfStatement, message: &str) -> Option<(String, u64, u64)>
     });
     let message = message.to_ascii_lowercase();
     let named = calls.iter().find(|(name, ..)| mentions(&message, name));
+    // A message that names no function is the only call's only when it is
+    // about arguments (`get_field` says "at argument 1").
+    let about_arguments = ["argument", "signature", "coerce"].iter().any(|w| message.contains(w));
     let (name, line, column) = match named {
         Some(call) => call.clone(),
-        None if calls.len() == 1 => calls.remove(0),
+        None if calls.len() == 1 && about_arguments => calls.remove(0),
         None => return None,
     };
     (line > 0).then_some((name, line, column))

@@ -379,8 +379,10 @@ pub fn supervise(
         reported_end: false,
         peak_memory: 0,
     };
+    // A worker opens no secret: it never holds the key that seals them.
     let mut child = match Command::new(program)
         .arg("worker")
+        .env_remove(crate::server::secrets::KEY_VARIABLE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

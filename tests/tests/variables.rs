@@ -139,6 +139,10 @@ async fn the_report_has_a_summary_and_a_sheet_per_scope() {
         .unwrap_or_default();
     // No column that would always be empty.
     assert_eq!(&header[..4], &["row", "line", "status", "errors"]);
+    assert!(
+        !header.iter().any(|h| h == "_line"),
+        "the line is a column of its own: {header:?}"
+    );
     assert!(!header.iter().any(|h| h == "warnings"), "{header:?}");
     assert_eq!(sheet.height(), 4, "header + 3 invalid rows");
     let summary = wb.worksheet_range("Summary").unwrap_or_else(|e| panic!("{e}"));

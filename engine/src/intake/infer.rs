@@ -287,12 +287,12 @@ enum Cell {
 /// The column every input table read from text or a workbook ends with:
 /// the line (or sheet row) each row starts on in the file, so a person finds
 /// a rejected row where they put it. A scope that carries it keeps it out
-/// of its output; its rejected rows show it.
-pub const LINE_COLUMN: &str = "_line";
+/// of its output; its rejected rows show it. No column of a file takes its
+/// name (see [`crate::naming::normalise_headers`]).
+pub use crate::naming::LINE_COLUMN;
 
 /// Builds typed record batches from rows of text cells, with the
-/// [`LINE_COLUMN`] after them (unless a column of the file already has
-/// that name).
+/// [`LINE_COLUMN`] after them.
 pub struct RowBuilder {
     schema: SchemaRef,
     types: Vec<ColumnType>,

@@ -163,6 +163,9 @@ pub fn check_secret_env(
     workspace: &str,
     name: &str,
 ) -> Result<(), String> {
+    if name == super::secrets::KEY_VARIABLE {
+        return Err("must not name the server's secrets key".into());
+    }
     match prefixes.get(workspace) {
         Some(prefix) if name.len() > prefix.len() && name.starts_with(prefix.as_str()) => Ok(()),
         Some(prefix) => Err(format!(
@@ -272,6 +275,11 @@ mod tests {
     fn a_workspace_names_only_variables_under_its_prefix() {
         let prefixes = std::collections::BTreeMap::from([("acme".to_string(), "ACME_WHSEC_".to_string())]);
         assert_eq!(check_secret_env(&prefixes, "acme", "ACME_WHSEC_CRM"), Ok(()));
+        let weir = std::collections::BTreeMap::from([("ops".to_string(), "WEIR_".to_string())]);
+        assert!(
+            check_secret_env(&weir, "ops", "WEIR_SECRETS_KEY").is_err(),
+            "never the secrets key"
+        );
         for name in ["HOME", "ACME_WHSEC_", "OTHER_ACME_WHSEC_CRM", "acme_whsec_crm"] {
             let e = check_secret_env(&prefixes, "acme", name);
             assert!(e.as_ref().is_err_and(|e| e.contains("ACME_WHSEC_")), "{name}: {e:?}");

@@ -248,15 +248,20 @@ fn fingerprint(
     parameters: &BTreeMap<String, serde_json::Value>,
 ) -> String {
     let mut h = Sha256::new();
-    let parameters = serde_json::to_string(parameters).unwrap_or_default();
     for part in [
         "runs",
         connector_id,
         if params.dry_run { "dry" } else { "wet" },
         params.filename.as_deref().unwrap_or_default(),
         &file.sha256,
-        &parameters,
     ] {
+        h.update(part.len().to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    // Only a trigger with parameters adds them: a key first used before
+    // triggers had parameters still names the same request.
+    if !parameters.is_empty() {
+        let part = serde_json::to_string(parameters).unwrap_or_default();
         h.update(part.len().to_le_bytes());
         h.update(part.as_bytes());
     }
