@@ -1014,9 +1014,7 @@ impl Connector {
             let path = format!("parameters.{name}");
             let Some(declared) = self.parameters.get(name) else {
                 let known: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
-                let hint = document::closest(name, &known)
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
+                let hint = document::did_you_mean(name, &known);
                 problems.push(Problem::new(
                     path,
                     format!("the connector declares no such parameter{hint}"),

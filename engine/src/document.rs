@@ -131,6 +131,11 @@ pub fn parse_toml<T: Document>(text: &str) -> Parsed<T> {
 /// key, or the nearest table that is there), for problems found after the
 /// document was read (its load steps against the objects, say).
 pub fn place_in_toml(text: &str, problems: &mut [Problem]) {
+    // The text is parsed again, with positions, only when there is
+    // something to place.
+    if problems.iter().all(|p| p.position.is_some()) {
+        return;
+    }
     let Ok(table) = toml::de::DeTable::parse(text) else {
         return;
     };
@@ -276,10 +281,8 @@ fn unknown_key<T: Document>(segments: &[Segment]) -> Problem {
             Segment::Index(_) => None,
         })
         .collect();
-    match closest(key, T::keys_at(&table.join("."))) {
-        Some(known) => Problem::new(path, format!("unknown key; did you mean `{known}`?")),
-        None => Problem::new(path, "unknown key"),
-    }
+    let hint = did_you_mean(key, T::keys_at(&table.join(".")));
+    Problem::new(path, format!("unknown key{hint}"))
 }
 
 /// Adds the closest allowed value to serde's "unknown variant `x`, expected
@@ -292,15 +295,19 @@ fn with_suggestion(message: String) -> String {
         return message;
     };
     let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    match closest(given, &allowed) {
-        Some(known) => format!("{message}; did you mean `{known}`?"),
-        None => message,
-    }
+    let hint = did_you_mean(given, &allowed);
+    format!("{message}{hint}")
+}
+
+/// ``; did you mean `x`?`` for the candidate most like `given`, or nothing:
+/// what a problem about a misspelt name ends with.
+pub fn did_you_mean(given: &str, candidates: &[&str]) -> String {
+    closest(given, candidates).map_or_else(String::new, |known| format!("; did you mean `{known}`?"))
 }
 
 /// The candidate most like `given`, when one is like it at all: what a
 /// "did you mean" names.
-pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
+fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let given = given.to_ascii_lowercase();
     candidates
         .iter()

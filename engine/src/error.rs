@@ -163,6 +163,16 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// What serde_json says is wrong, without its position (which is the
+/// caller's to give in its own terms).
+pub fn json_reason(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rsplit_once(" at line ") {
+        Some((what, _)) => what.to_string(),
+        None => message,
+    }
+}
+
 /// Which run limit was exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{Connector, is_identifier};
-use crate::document::{self, Document};
+use crate::document::{self, Document, did_you_mean};
 use crate::error::{Error, Problem, Result};
 
 /// Types of object fields.
@@ -295,11 +295,6 @@ impl Objects {
         }
         problems
     }
-}
-
-/// `; did you mean `x`?` for the name most like `given`, or nothing.
-fn did_you_mean(given: &str, names: &[&str]) -> String {
-    document::closest(given, names).map_or_else(String::new, |name| format!("; did you mean `{name}`?"))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::connector::{BOOLEAN_FORMATS, ParamValue, VariableDef, VariableType};
-use crate::error::Problem;
+use crate::error::{Problem, json_reason};
 
 /// Runs `$body` with `$el` bound to the parser's element, whatever its type.
 macro_rules! with_element {
@@ -560,18 +560,13 @@ impl Element for TextElement {
                 .map_err(|_| format!("{} is not a UUID", quote(text))),
             TextKind::Json => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Ok(_) => Ok(TextValue::Borrowed(text)),
-                Err(e) => {
-                    let message = e.to_string();
-                    let what = message
-                        .rsplit_once(" at line ")
-                        .map_or(message.as_str(), |(what, _)| what);
-                    Err(format!(
-                        "{} is not valid JSON ({what} at line {}, column {})",
-                        quote(text),
-                        e.line(),
-                        e.column()
-                    ))
-                }
+                Err(e) => Err(format!(
+                    "{} is not valid JSON ({} at line {}, column {})",
+                    quote(text),
+                    json_reason(&e),
+                    e.line(),
+                    e.column()
+                )),
             },
         }
     }

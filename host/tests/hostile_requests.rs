@@ -8,10 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{ADMIN, call, call_as, importer, key_in, post_bytes_as, serve};
-use hmac::Mac;
+use common::{ADMIN, call, call_as, importer, key_in, post_bytes_as, serve, sign};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -19,16 +16,6 @@ use serde_json::{Value, json};
 const SECRET: &str = "whsec_d2VpciBob3N0aWxlIHRlc3Qgc2VjcmV0LCAzMiBieXRlcw==";
 /// Another workspace's.
 const EVIL_SECRET: &str = "whsec_ZXZpbCBob3N0aWxlIHRlc3Qgc2VjcmV0LCAzMiBieXRlcyE=";
-
-/// `webhook-signature` of `body` under `secret`.
-fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
-    let key = BASE64
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap_or_else(|e| panic!("{e}"));
-    mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
-}
 
 /// Posts `body` to `/connectors/{c}/webhook`, signed as `id` under
 /// `secret`, or with `key` (and `id` as its `webhook-id`) when given.

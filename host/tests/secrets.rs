@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{ADMIN, call, call_as, get_bytes, key_in, post_bytes_as, wait_end};
-use hmac::Mac;
+use common::{ADMIN, call, call_as, get_bytes, key_in, post_bytes_as, serve_logged, sign, wait_end};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -23,48 +19,10 @@ const OTHER_KEY: &str = "YW5vdGhlciBrZXksIG5vdCB0aGUgdGVzdHMsIDMyIGI=";
 const FIRST: &str = "whsec_Zmlyc3Qgc2hvcCBzaWduaW5nIHNlY3JldCwgMzIgYnl0ZXM=";
 const SECOND: &str = "whsec_c2Vjb25kIHNob3Agc2lnbmluZyBzZWNyZXQsIDMyIGJ5dGU=";
 
-/// `weir serve` on `data` with `env`; its log lines go to `log`. The base
-/// URL once it listens, or everything it printed when it ended instead.
+/// `weir serve` on `data` with `env`, logging at debug level to `log`.
 fn serve(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<(Child, String), String> {
-    let log_file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("WEIR_BOOTSTRAP_KEY", ADMIN)
-        .env("WEIR_WORKERS", "1")
-        .env("WEIR_THREADS_PER_RUN", "1")
-        .env("WEIR_LOG", "debug")
-        .env_remove("WEIR_SECRETS_KEY")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting weir serve: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("weir listening on ") {
-                    std::thread::spawn(move || for _ in lines {});
-                    return Ok((child, format!("{addr}/api/v1")));
-                }
-            }
-            _ => {
-                let _ = child.wait();
-                return Err(std::fs::read_to_string(log).unwrap_or_default());
-            }
-        }
-    }
-}
-
-fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
-    let key = BASE64
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap_or_else(|e| panic!("{e}"));
-    mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    let env: Vec<(&str, &str)> = [("WEIR_LOG", "debug")].into_iter().chain(env.iter().copied()).collect();
+    serve_logged(data, &env, Some(log)).map(|p| (p.child, p.base))
 }
 
 /// Posts `body` to the connector's webhook, signed under `secret`.

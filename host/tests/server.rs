@@ -117,6 +117,21 @@ impl Server {
     }
 
     /// A key of `role` in workspace `workspace` (created when new).
+    /// `output/<scope>.csv` of execution `id`, from its `output.zip`.
+    async fn output_csv(&self, id: &str, scope: &str) -> String {
+        let out = self.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
+        let mut csv = String::new();
+        std::io::Read::read_to_string(
+            &mut zip
+                .by_name(&format!("output/{scope}.csv"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            &mut csv,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        csv
+    }
+
     fn key(&self, workspace: &str, role: Role, connectors: Option<Vec<String>>) -> String {
         auth::create_key(&self.app.db, workspace, "test", role, connectors, None)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -259,16 +274,7 @@ async fn importer_in(s: &Server, key: &str, edit: impl FnOnce(&mut Value)) -> Va
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
     let p = s.post("/connectors/contacts_import/sql/publish", key, json!({})).await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.body);
-    let patched = s
-        .send(
-            Method::PATCH,
-            "/connectors/contacts_import",
-            Some(key),
-            Some(json!({"status": "operational"})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
-    patched.body
+    set_status_of(s, key, "contacts_import", "operational").await
 }
 
 /// A connector whose script runs for a long time (for cancel tests).
@@ -2878,14 +2884,7 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     let window = |id: String| {
         let s = &s;
         async move {
-            let out = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
-            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
-            let mut csv = String::new();
-            std::io::Read::read_to_string(
-                &mut zip.by_name("output/tick.csv").unwrap_or_else(|e| panic!("{e}")),
-                &mut csv,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+            let csv = s.output_csv(&id, "tick").await;
             let row = csv.lines().nth(1).unwrap_or_default().to_string();
             let cells: Vec<String> = row.split(',').map(str::to_string).collect();
             (
@@ -2920,14 +2919,7 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     let id = list[0]["id"].as_str().unwrap_or_default().to_string();
     let done = s.wait_end(&id).await;
     assert_eq!(done["status"], "success", "{done}");
-    let out = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
-    let mut csv = String::new();
-    std::io::Read::read_to_string(
-        &mut zip.by_name("output/tick.csv").unwrap_or_else(|e| panic!("{e}")),
-        &mut csv,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let csv = s.output_csv(&id, "tick").await;
     let stamp = first.format("%Y-%m-%dT%H:%M:%S").to_string();
     assert!(csv.contains(&stamp), "{csv} should name {stamp}");
     // The first tick's window opens at no earlier tick and ends at itself.
@@ -3140,15 +3132,21 @@ async fn trigger(s: &Server, name: &str, csv: &[u8]) -> String {
 }
 
 async fn set_status(s: &Server, status: &str) {
+    set_status_of(s, ADMIN, "contacts_import", status).await;
+}
+
+/// Sets connector `c`'s status as `key`; the connector as it is then.
+async fn set_status_of(s: &Server, key: &str, c: &str, status: &str) -> Value {
     let a = s
         .send(
             Method::PATCH,
-            "/connectors/contacts_import",
-            Some(ADMIN),
+            &format!("/connectors/{c}"),
+            Some(key),
             Some(json!({"status": status})),
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3487,15 +3485,7 @@ async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
     let p = s.post("/connectors/params/sql/publish", ADMIN, json!({})).await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.body);
-    let patched = s
-        .send(
-            Method::PATCH,
-            "/connectors/params",
-            Some(ADMIN),
-            Some(json!({"status": "operational"})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    set_status_of(&s, ADMIN, "params", "operational").await;
     let operator = s.key("default", Role::Operator, None);
 
     let run = s
@@ -3511,14 +3501,7 @@ async fn a_trigger_gives_parameters_of_their_declared_kind_and_the_run_knows_its
     let id = run.body["id"].as_str().unwrap_or_default().to_string();
     let done = s.wait_end(&id).await;
     assert_eq!(done["status"], "success", "{done}");
-    let output = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(output.bytes)).unwrap_or_else(|e| panic!("{e}"));
-    let mut csv = String::new();
-    std::io::Read::read_to_string(
-        &mut zip.by_name("output/p.csv").unwrap_or_else(|e| panic!("{e}")),
-        &mut csv,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let csv = s.output_csv(&id, "p").await;
     assert_eq!(
         csv,
         "name,value,trigger_type,triggered_by_key_name,source_file_name,source_file_size\n\

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::encoding::{Detected, utf8_reader};
 use super::infer::{ColumnType, RowBuilder, infer_column};
 use super::{IntakeOptions, TableContext};
-use crate::error::{Error, Limit, Result, Stage};
+use crate::error::{Error, Limit, Result, Stage, json_reason};
 use crate::naming::normalise_headers;
 use crate::report::RejectedRow;
 
@@ -579,13 +579,7 @@ fn scan_json_lines(
             // only its column.
             Err(e) => event(JsonEvent::Bad {
                 line: Some(line),
-                reason: {
-                    let message = e.to_string();
-                    let what = message
-                        .rsplit_once(" at line ")
-                        .map_or(message.as_str(), |(what, _)| what);
-                    format!("invalid JSON: {what} at column {}", e.column())
-                },
+                reason: format!("invalid JSON: {} at column {}", json_reason(&e), e.column()),
                 raw: text.to_string(),
             })?,
         };

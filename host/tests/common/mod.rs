@@ -28,31 +28,47 @@ impl Process {
 }
 
 pub fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
+    serve_logged(data_dir, extra_env, None).unwrap_or_else(|log| panic!("weir serve ended before listening: {log}"))
+}
+
+/// `weir serve` on `data_dir` with `extra_env` (and never a secrets key it
+/// was not given), its log lines to `log` when given. The process once it
+/// listens, or what it logged when it ended instead.
+pub fn serve_logged(data_dir: &Path, extra_env: &[(&str, &str)], log: Option<&Path>) -> Result<Process, String> {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap_or_else(|e| panic!("{e}"))),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("WEIR_BOOTSTRAP_KEY", ADMIN)
         .env("WEIR_WORKERS", "1")
         .env("WEIR_THREADS_PER_RUN", "1")
+        .env_remove("WEIR_SECRETS_KEY")
         .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("starting weir serve: {e}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("weir serve ended before listening"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Some(addr) = line.strip_prefix("weir listening on ") {
-            break format!("{addr}/api/v1");
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(addr) = line.strip_prefix("weir listening on ") {
+                    break format!("{addr}/api/v1");
+                }
+            }
+            _ => {
+                let _ = child.wait();
+                return Err(log.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default());
+            }
         }
     };
     // Keep draining stdout so the process never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Process { child, base }
+    Ok(Process { child, base })
 }
 
 pub async fn call(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -225,4 +241,18 @@ pub fn key_in(data_dir: &Path, workspace: &str, role: &str) -> String {
         .find_map(|l| l.strip_prefix("secret (shown once):"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| panic!("no secret in {text}"))
+}
+
+/// `webhook-signature` (Standard Webhooks `v1`) of `body` sent as `id` at
+/// `ts` under `secret` (`whsec_<base64>`).
+pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use hmac::Mac;
+    let key = BASE64
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap_or_else(|e| panic!("{e}"));
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
 }
