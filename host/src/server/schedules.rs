@@ -32,7 +32,7 @@ use weir_engine::execution::TriggerType;
 use super::App;
 use super::api::runs::{Version, prepare};
 use super::queue;
-use super::state::ConnectorRow;
+use super::state::{ConnectorRow, FileRow};
 
 /// The longest the scheduler sleeps between two looks.
 const IDLE: Duration = Duration::from_secs(1);
@@ -227,14 +227,20 @@ pub fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
     Ok(next)
 }
 
-/// Records `tick` of `row` with its queued execution; nothing when the tick
-/// ran already.
-fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
+/// The input of a tick at `tick`: `input.schedule`, one row with
+/// `schedule_trigger_time`.
+pub fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::Result<FileRow> {
     let csv = format!(
         "schedule_trigger_time\n{}\n",
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    let file = app.keep_file(&row.workspace_id, "schedule.csv", "text/csv", csv.as_bytes())?;
+    app.keep_file(workspace_id, "schedule.csv", "text/csv", csv.as_bytes())
+}
+
+/// Records `tick` of `row` with its queued execution; nothing when the tick
+/// ran already.
+fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
+    let file = tick_file(app, &row.workspace_id, tick)?;
     let mut execution = prepare(
         app,
         &row.workspace_id,

@@ -128,7 +128,8 @@ pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shap
 
 /// The file a dry run of `row` works on: the file a batch of `payloads`
 /// would make (a webhook connector's sample payloads), else
-/// `source_file_id`, else the connector's sample. `purpose` says what
+/// `source_file_id`, else the connector's sample, else for a schedule
+/// connector a tick of now. `purpose` says what
 /// needs one when there is none; an id the workspace does not have is
 /// refused with `unknown`.
 pub fn run_input(
@@ -158,6 +159,13 @@ pub fn run_input(
         app.db
             .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
         return Ok(file);
+    }
+    let schedule = serde_json::from_str::<weir_engine::connector::Connector>(&row.definition)
+        .is_ok_and(|c| c.kind == weir_engine::connector::ConnectorType::Schedule);
+    if schedule && source_file_id.is_none() && row.sample_file_id.is_none() {
+        // A schedule connector's input is its tick: a dry run gets one of now.
+        return crate::server::schedules::tick_file(app, &caller.workspace_id, chrono::Utc::now())
+            .map_err(ApiError::internal);
     }
     let file_id = source_file_id.or_else(|| row.sample_file_id.clone()).ok_or_else(|| {
         ApiError::invalid(
