@@ -10,6 +10,7 @@ use weir_engine::execution::{ConnectorRef, Execution, TriggerType};
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::Collect;
+use weir_engine::sources::SecretValues;
 use weir_engine::transform::{PluginDir, Plugins};
 
 /// The result of one run: the final document and where its outputs are.
@@ -153,6 +154,7 @@ pub async fn run_with(
         records,
         plugins: None,
         settings,
+        secrets: SecretValues::default(),
     })
     .await
 }
@@ -173,6 +175,8 @@ pub struct Run {
     pub plugins: Option<Plugins>,
     /// Tunables.
     pub settings: RunSettings,
+    /// Secrets for the connector's sources.
+    pub secrets: SecretValues,
 }
 
 /// Runs with everything chosen; the outcome carries the run's log lines.
@@ -185,6 +189,7 @@ pub async fn run_full(run: Run) -> Outcome {
         records,
         plugins,
         settings,
+        secrets,
     } = run;
     let lines = Arc::new(Collect::default());
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -210,6 +215,7 @@ pub async fn run_full(run: Run) -> Outcome {
         records,
         plugins,
         log: lines.clone(),
+        secrets,
     };
     let doc = pipeline::run(request, &progress).await;
     let logs = lines.take();

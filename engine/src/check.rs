@@ -88,6 +88,12 @@ async fn plan(
     let Some(sample) = sample else {
         return Ok(None);
     };
+    // A source's tables and columns are known only by reaching it, which
+    // a check does not do; such a script is planned when it runs.
+    let named = sql::schemas_named(&datafusion::prelude::SessionContext::new(), &script)?;
+    if connector.sources.iter().any(|s| named.contains(&s.name)) {
+        return Ok(None);
+    }
     let limits = connector.limits.parse().map_err(Error::InvalidConnector)?;
     let ctx = sql::session(&SessionSettings {
         threads: 1,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::document::{self, Document};
 use crate::error::{Error, Problem, Result};
+use crate::sources::SourceDef;
 
 /// How a connector is triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -725,6 +726,9 @@ pub struct Connector {
     /// Load steps.
     #[serde(default)]
     pub loads: Vec<LoadDef>,
+    /// External sources the script reads, each as a schema (docs/sources.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceDef>,
 }
 
 /// Date input formats that are not strftime patterns.
@@ -792,6 +796,7 @@ impl Connector {
         if let Err(mut p) = self.limits.parse() {
             problems.append(&mut p);
         }
+        problems.extend(crate::sources::problems(&self.sources));
         match self.kind {
             ConnectorType::Webhook => {
                 if self.schedule.is_some() {

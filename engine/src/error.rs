@@ -60,6 +60,9 @@ pub enum ErrorCode {
     InvalidRatioExceeded,
     /// The run was canceled.
     Canceled,
+    /// An external source the script reads (`[[sources]]`) could not be
+    /// reached, or its secret is not set.
+    SourceUnavailable,
     /// Reading or writing local files failed.
     Io,
     /// The record store failed.
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::InvalidRatioExceeded => "invalid_ratio_exceeded",
             ErrorCode::Canceled => "canceled",
+            ErrorCode::SourceUnavailable => "source_unavailable",
             ErrorCode::Io => "io_error",
             ErrorCode::StoreError => "store_error",
             ErrorCode::PluginTrap => "plugin_trap",
@@ -262,6 +266,15 @@ pub enum Error {
     /// The run was canceled.
     #[error("the run was canceled")]
     Canceled,
+    /// An external source could not be reached; the message never holds
+    /// its secret.
+    #[error("source `{name}` is unavailable: {message}")]
+    SourceUnavailable {
+        /// The source's name.
+        name: String,
+        /// Why, scrubbed of the secret.
+        message: String,
+    },
     /// A local file could not be read or written.
     #[error("{context}: {source}")]
     Io {
@@ -315,6 +328,7 @@ impl Error {
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             Error::InvalidRatioExceeded { .. } => ErrorCode::InvalidRatioExceeded,
             Error::Canceled => ErrorCode::Canceled,
+            Error::SourceUnavailable { .. } => ErrorCode::SourceUnavailable,
             Error::Io { .. } => ErrorCode::Io,
             Error::Plugin { failure, .. } => match failure {
                 PluginFailure::Trap => ErrorCode::PluginTrap,

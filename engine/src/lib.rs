@@ -19,6 +19,8 @@
 //! - [`intake`]: reading input files (CSV, TSV, JSON, Parquet, XLSX, ZIP),
 //!   encoding detection and type inference, as streaming input tables.
 //! - [`check`]: checking a script against a sample before it runs.
+//! - [`sources`]: external sources (`[[sources]]`): databases and files on
+//!   the web or in a bucket, as schemas of the script.
 //! - [`sql`]: the SQL stage: script splitting, the policy of what a script may
 //!   do, schemas `input`/`output`/`meta`, limits.
 //! - [`plugin`]: the sandboxed Wasm plugin runtime (wasmtime components,
@@ -51,6 +53,7 @@ pub mod plugin;
 pub mod report;
 pub mod runlog;
 pub mod snapshot;
+pub mod sources;
 pub mod sql;
 pub mod store;
 pub mod transform;

@@ -37,6 +37,7 @@ use crate::objects::Objects;
 use crate::output::{self, CsvOutput};
 use crate::report::{RejectedRow, RejectedWriter, ReportBuilder, RowValues};
 use crate::runlog::RunLog;
+use crate::sources::{self, RemoteQueries, SecretValues};
 use crate::sql::{self, ExecutionMeta, Script, ScriptStatement, SessionSettings};
 use crate::store::{RecordStore, Value};
 use crate::transform::{Chain, Plugins, StageContext};
@@ -101,6 +102,8 @@ pub struct RunRequest {
     pub plugins: Option<Plugins>,
     /// The execution log (plugin output, notable events).
     pub log: Arc<dyn RunLog>,
+    /// The secrets the connector's sources need, by name.
+    pub secrets: SecretValues,
 }
 
 /// Where load steps write: a store, the workspace, and its objects.
@@ -201,6 +204,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         records,
         plugins,
         log,
+        secrets,
     } = request;
     // A server claims an execution by marking it running; a local run
     // starts from queued.
@@ -226,6 +230,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
         tables: Arc::new(Mutex::new(Vec::new())),
         halt: cancel.child_token(),
         loading: Arc::new(Mutex::new(None)),
+        remote: RemoteQueries::new(&progress.snapshot().id),
     };
 
     let outcome = match connector.limits.parse() {
@@ -242,6 +247,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 records,
                 plugins,
                 log,
+                secrets,
                 // A max_runtime too far out to represent is no deadline.
                 deadline: Instant::now().checked_add(limits.max_runtime),
                 transform_counts: Mutex::new(BTreeMap::new()),
@@ -264,6 +270,9 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
                 shared.halt.cancel();
                 work.abort();
                 let _ = work.await;
+                // A database goes on with a query whose reader is gone
+                // until it is told to stop.
+                shared.remote.cancel().await;
                 let loading = lock(&shared.loading).clone();
                 if let Some(loading) = loading {
                     loading.cancelled().await;
@@ -380,6 +389,9 @@ struct Shared {
     /// Fires when the current scope's loader has ended, its last commit
     /// counted.
     loading: Arc<Mutex<Option<CancellationToken>>>,
+    /// The queries the run's sources run on their servers, ended when the
+    /// run stops early.
+    remote: RemoteQueries,
 }
 
 /// An input table's name and its live counters.
@@ -413,6 +425,7 @@ struct Run {
     records: Option<Records>,
     plugins: Option<Plugins>,
     log: Arc<dyn RunLog>,
+    secrets: SecretValues,
     /// When `max_runtime` runs out; plugins are interrupted there.
     deadline: Option<Instant>,
     /// Counts of every transform step, by its index in the connector.
@@ -522,6 +535,12 @@ impl Run {
             },
             &connector.parameters,
         )?;
+
+        if !connector.sources.is_empty() {
+            // Only the sources the script names are reached.
+            let used = sql::schemas_named(&ctx, &script)?;
+            sources::register(&ctx, &connector.sources, &used, &self.secrets, &self.shared.remote).await?;
+        }
 
         if let Some(records) = &self.records {
             // Reading every record of an object costs a whole table scan;

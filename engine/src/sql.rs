@@ -645,21 +645,41 @@ pub fn records_read(ctx: &SessionContext, script: &Script) -> Result<Vec<String>
     tables_in(ctx, script, RECORDS_SCHEMA)
 }
 
-/// The tables of `schema` the script names, each once.
-fn tables_in(ctx: &SessionContext, script: &Script, schema: &str) -> Result<Vec<String>> {
+/// Every table reference of the script, in order.
+fn references(ctx: &SessionContext, script: &Script) -> Result<Vec<datafusion::common::TableReference>> {
     let state = ctx.state();
-    let mut tables = Vec::new();
+    let mut all = Vec::new();
     for s in &script.statements {
         let references = state
             .resolve_table_references(&s.statement)
             .map_err(|e| map_error(e, Some(s)))?;
-        for r in references {
-            if r.schema() == Some(schema) && !tables.iter().any(|t| t == r.table()) {
-                tables.push(r.table().to_string());
-            }
+        all.extend(references);
+    }
+    Ok(all)
+}
+
+/// The tables of `schema` the script names, each once.
+fn tables_in(ctx: &SessionContext, script: &Script, schema: &str) -> Result<Vec<String>> {
+    let mut tables: Vec<String> = Vec::new();
+    for r in references(ctx, script)? {
+        if r.schema() == Some(schema) && !tables.iter().any(|t| t == r.table()) {
+            tables.push(r.table().to_string());
         }
     }
     Ok(tables)
+}
+
+/// The schemas a script reads tables of, each once.
+pub fn schemas_named(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
+    let mut schemas: Vec<String> = Vec::new();
+    for r in references(ctx, script)? {
+        if let Some(schema) = r.schema()
+            && !schemas.iter().any(|x| x == schema)
+        {
+            schemas.push(schema.to_string());
+        }
+    }
+    Ok(schemas)
 }
 
 /// The objects a script names as `records.<object>`, outside a run (what

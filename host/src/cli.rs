@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Running again against the same file updates the records it holds.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// A file of the secrets the connector's sources need, one
+    /// `name = "value"` per line (TOML); `WEIR_SECRET_<NAME>` variables win.
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
 }
 
 /// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win

@@ -2,7 +2,9 @@
 //! the same engine the server uses, shows progress on a terminal, and prints
 //! a summary (or the execution document with `--json`).
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use weir_engine::connector::Connector;
 use weir_engine::error::Stage;
 use weir_engine::execution::{ConnectorRef, Execution, StageStatus, Status, StepProgress, TriggerType};
 use weir_engine::package::Package;
@@ -17,6 +20,7 @@ use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunS
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::snapshot;
+use weir_engine::sources::SecretValues;
 use weir_engine::sql::Script;
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginDir, Plugins};
@@ -73,6 +77,13 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    let secrets = match local_secrets(&package.connector, args.secrets.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let manifest_connector = package.manifest.as_ref().and_then(|m| m.get("connector"));
     let connector_ref = ConnectorRef {
         id: manifest_connector
@@ -132,6 +143,7 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
             }
         },
         log: Arc::new(StderrLog),
+        secrets,
     };
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| spawn_display(&progress));
@@ -177,6 +189,46 @@ fn plugins(package: &Package) -> weir_engine::Result<Option<Plugins>> {
         runtime: Arc::new(runtime),
         source: Arc::new(PluginDir::new(package.dir.join("plugins"))),
     }))
+}
+
+/// The secrets the connector's sources need, from `WEIR_SECRET_<NAME>`
+/// variables or else the `--secrets` file; names every one missing.
+fn local_secrets(connector: &Connector, file: Option<&Path>) -> anyhow::Result<SecretValues> {
+    let needed = weir_engine::sources::secrets_needed(&connector.sources);
+    let from_file: BTreeMap<String, String> = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            // The file's text is never repeated: it holds secret values.
+            toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a secrets file (one `name = \"value\"` per line){}",
+                    path.display(),
+                    e.span().map(|s| format!(" near byte {}", s.start)).unwrap_or_default()
+                )
+            })?
+        }
+        None => BTreeMap::new(),
+    };
+    let mut values = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in needed {
+        let variable = format!("WEIR_SECRET_{}", name.to_uppercase());
+        match std::env::var(&variable).ok().or_else(|| from_file.get(&name).cloned()) {
+            Some(value) => {
+                values.insert(name, value);
+            }
+            None => missing.push(format!(
+                "`{name}` (set {variable}, or {name} = \"…\" in a --secrets file)"
+            )),
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the connector's sources need secrets that are not given: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(SecretValues::new(values))
 }
 
 /// Execution log lines of a local run go to stderr.

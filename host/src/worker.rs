@@ -34,6 +34,7 @@ use weir_engine::objects::Objects;
 use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunSettings};
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::sources::SecretValues;
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginSource, Plugins};
 
@@ -84,6 +85,10 @@ pub struct Job {
     pub plugin_memory: u64,
     /// CPU seconds the worker may use.
     pub cpu_seconds: u64,
+    /// The secrets the connector's sources need, opened by the server (they
+    /// reach the worker on its standard input, never its environment).
+    #[serde(default)]
+    pub secrets: SecretValues,
 }
 
 /// A job's input file.
@@ -309,6 +314,7 @@ fn request(
             source: Arc::new(JobPlugins(job.plugins)),
         }),
         log,
+        secrets: job.secrets,
     }
 }
 
@@ -669,6 +675,7 @@ mod tests {
             plugin_cache: None,
             plugin_memory: PluginSettings::default().memory_limit,
             cpu_seconds: 10,
+            secrets: SecretValues::default(),
         }
     }
 

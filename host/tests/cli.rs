@@ -897,3 +897,64 @@ fn logs_to_a_pipe_are_plain_text_or_one_json_object_a_line() {
         "{json}"
     );
 }
+
+#[test]
+fn weir_run_takes_source_secrets_from_the_environment_or_a_file_and_names_a_missing_one() {
+    const PASSWORD: &str = "cli-pw-never-printed";
+    let dir = connector_dir("CREATE VIEW output.c AS SELECT * FROM crm.customers", None);
+    let toml = dir.path().join("connector.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap_or_default();
+    text.push_str("[[sources]]\nname = \"crm\"\nkind = \"postgres\"\nsecret = \"crm_db\"\ntables = [\"customers\"]\n");
+    std::fs::write(&toml, text).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out");
+    let package = dir.path().to_string_lossy().to_string();
+    let out = out.to_string_lossy().to_string();
+
+    let o = weir(&["run", &package, "--out", &out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("`crm_db`") && err.contains("WEIR_SECRET_CRM_DB"), "{err}");
+
+    // From a file: the run starts, and a database that is not there fails
+    // it as an unavailable source, the password never printed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!("crm_db = \"postgres://weir:{PASSWORD}@127.0.0.1:{port}/shop?sslmode=disable\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let file = secrets.to_string_lossy().to_string();
+    let o = weir(&["run", &package, "--out", &out, "--json", "--secrets", &file]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["error"]["code"], "source_unavailable");
+    let printed = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!printed.contains(PASSWORD), "{printed}");
+
+    // The environment wins over the file.
+    std::fs::write(&secrets, "crm_db = \"not a url\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let o = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", &package, "--out", &out, "--json", "--secrets", &file])
+        .env(
+            "WEIR_SECRET_CRM_DB",
+            format!("postgres://weir:{PASSWORD}@127.0.0.1:{port}/shop?sslmode=disable"),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let message = json(&o)["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.starts_with("source `crm` is unavailable"), "{message}");
+    assert!(!message.contains("not a postgres:// URL"), "the file won: {message}");
+
+    // A broken secrets file is named; its text is not repeated.
+    std::fs::write(&secrets, format!("crm_db = {PASSWORD}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&["run", &package, "--out", &out, "--secrets", &file]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is not a secrets file") && !err.contains(PASSWORD),
+        "{err}"
+    );
+}

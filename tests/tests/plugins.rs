@@ -105,6 +105,7 @@ async fn run_transforms(
         }),
         plugins: Some(plugins_from(dir.path())),
         settings,
+        secrets: Default::default(),
     })
     .await;
     let elapsed = started.elapsed();
@@ -372,6 +373,7 @@ async fn a_missing_plugin_or_a_file_that_is_no_component_is_refused_clearly() {
             records: None,
             plugins: Some(plugins_from(dir.path())),
             settings: settings(),
+            secrets: Default::default(),
         })
         .await;
         assert_eq!(outcome.code().as_deref(), Some("plugin_protocol"));

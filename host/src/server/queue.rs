@@ -28,6 +28,7 @@ use weir_engine::error::{ErrorCode, Stage};
 use weir_engine::execution::{Execution, ExecutionError, LoadCount, StageStatus, Status, StepProgress};
 use weir_engine::pipeline::{Progress, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
+use weir_engine::sources::SecretValues;
 
 use super::App;
 use super::config::Isolation;
@@ -462,6 +463,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         plugin_cache: Some(plugin_cache(app)),
         plugin_memory: app.settings.plugin_memory,
         cpu_seconds: 0,
+        secrets: job_secrets(app, &row.workspace_id, &connector),
         connector,
     };
     let log: Arc<dyn RunLog> = Arc::new(ExecutionLog {
@@ -583,6 +585,23 @@ pub fn job_plugins(app: &App, workspace_id: &str, connector: &Connector) -> BTre
             (plugin.to_string(), found)
         })
         .collect()
+}
+
+/// The secrets the connector's sources need, opened for the worker (which
+/// never holds the secrets key). One that is not set or cannot be opened is
+/// left out: the run then fails `source_unavailable` naming it.
+pub fn job_secrets(app: &App, workspace_id: &str, connector: &Connector) -> SecretValues {
+    let mut values = BTreeMap::new();
+    for name in weir_engine::sources::secrets_needed(&connector.sources) {
+        match super::api::secrets::value(app, workspace_id, &name) {
+            Ok(Some(value)) => {
+                values.insert(name, value);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(secret = %name, error = %e, "a source's secret cannot be opened"),
+        }
+    }
+    SecretValues::new(values)
 }
 
 /// The record store and the workspace's objects a worker loads into and

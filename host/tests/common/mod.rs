@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod services;
+
 pub const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
 
 /// A server process and its base URL.
@@ -224,6 +226,22 @@ pub async fn get_bytes(base: &str, path: &str) -> (u16, Vec<u8>) {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.unwrap_or_else(|e| panic!("{path}: {e}"));
     (status, bytes.to_vec())
+}
+
+/// Scope `scope`'s output CSV of execution `id`, from its `output.zip`.
+pub async fn output_csv(base: &str, id: &str, scope: &str) -> String {
+    let (status, bytes) = get_bytes(base, &format!("/executions/{id}/output.zip")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap_or_else(|e| panic!("{e}"));
+    let mut csv = String::new();
+    std::io::Read::read_to_string(
+        &mut zip
+            .by_name(&format!("output/{scope}.csv"))
+            .unwrap_or_else(|e| panic!("{e}")),
+        &mut csv,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    csv
 }
 
 /// Creates a key of `role` in `workspace` with `weir keys create` and

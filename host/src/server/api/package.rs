@@ -18,8 +18,9 @@
 //! are created, and its plugins are published. The zip is unpacked with the
 //! engine's checks (no traversal, absolute paths, links, or bombs).
 //!
-//! A connector holds no secret values (a webhook secret is named by the
-//! environment variable that holds it), so none can leak into a package.
+//! A connector holds no secret values (a webhook secret and a source's
+//! credentials are named, by a variable or a workspace secret), so none can
+//! leak into a package; `manifest.json` lists the secrets its sources need.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -337,6 +338,8 @@ fn build(
         None => None,
     };
 
+    // The names of the secrets its sources need; never their values.
+    let secrets = weir_engine::sources::secrets_needed(&connector.sources);
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     files.insert(
         "connector.toml".into(),
@@ -393,7 +396,13 @@ fn build(
     }
     files.insert(
         "README.md".into(),
-        readme(&row.api_name, file.as_ref().map(|f| f.name.as_str()), params.records).into_bytes(),
+        readme(
+            &row.api_name,
+            file.as_ref().map(|f| f.name.as_str()),
+            params.records,
+            &secrets,
+        )
+        .into_bytes(),
     );
 
     let hashes: BTreeMap<&str, String> = files
@@ -406,6 +415,7 @@ fn build(
         "connector": {"id": row.id, "api_name": row.api_name, "version": version},
         "source_file": file.as_ref().map(|f| serde_json::json!({"id": f.sha256, "name": f.name, "sha256": f.sha256})),
         "files": hashes,
+        "secrets": secrets,
         "created_at": chrono::Utc::now().to_rfc3339(),
     });
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(ApiError::internal)?;
@@ -431,8 +441,21 @@ fn objects_of(app: &App, workspace_id: &str, connector: &Connector) -> ApiResult
     })
 }
 
-fn readme(api_name: &str, data: Option<&str>, records: bool) -> String {
+fn readme(api_name: &str, data: Option<&str>, records: bool, secrets: &[String]) -> String {
     let input = data.map_or_else(String::new, |d| format!(" (its input is data/{d})"));
+    let secrets = if secrets.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = secrets
+            .iter()
+            .map(|s| format!("`{s}` (`WEIR_SECRET_{}`)", s.to_uppercase()))
+            .collect();
+        format!(
+            "Its sources need the secrets {}: set those variables, or pass `--secrets FILE` with one\n\
+             `name = \"value\"` line each. The package holds their names, never their values.\n\n",
+            list.join(", ")
+        )
+    };
     let counts = if records {
         "`records/` holds the records its load steps match against, as the server had them: the first\n\
          run imports them into the store, so it counts the creates and updates the server would.\n"
@@ -448,6 +471,7 @@ fn readme(api_name: &str, data: Option<&str>, records: bool) -> String {
          weir run {api_name}.zip --out out           # or: unzip it and run the directory\n\
          weir run . --input other.csv --dry-run      # another input, nothing written\n\
          ```\n\n\
+         {secrets}\
          `out/output/<scope>.csv`, `out/report.xlsx` and `out/rejected.csv` are what the server\n\
          writes for the same input; load steps write to `out/records.db` (`--db` for another).\n\
          {counts}\

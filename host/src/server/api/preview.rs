@@ -210,6 +210,7 @@ pub async fn preview(
         plugin_cache: Some(queue::plugin_cache(&app)),
         plugin_memory: app.settings.plugin_memory,
         cpu_seconds: 0,
+        secrets: queue::job_secrets(&app, &caller.workspace_id, &connector),
         connector,
     };
     let timer = {
