@@ -145,9 +145,10 @@ impl SourceDef {
         if let Some(secret) = &self.secret
             && !is_identifier(secret)
         {
+            // Not repeated: a value pasted here by mistake is not shown back.
             problems.push(Problem::new(
                 at("secret"),
-                format!("`{secret}` is not a valid secret name"),
+                "not a secret's name: name a workspace secret ([a-z][a-z0-9_]*), never give its value here",
             ));
         }
         let only = |key: &str, given: bool, problems: &mut Vec<Problem>| {
@@ -198,7 +199,7 @@ impl SourceDef {
                 if !is_identifier(name) {
                     problems.push(Problem::new(key.clone(), format!("`{name}` is not a valid table name")));
                 }
-                if let Err(message) = FileKind::of(path) {
+                if let Err(message) = FileKind::of(path).and_then(|_| plain_path(path)) {
                     problems.push(Problem::new(key, message));
                 }
             }
@@ -209,6 +210,13 @@ impl SourceDef {
                     only("endpoint", self.endpoint.is_some(), &mut problems);
                     match self.url.as_deref().map(Url::parse) {
                         None => problems.push(Problem::new(at("url"), "required: the base URL of the files")),
+                        Some(Ok(u)) if !u.username().is_empty() || u.password().is_some() => problems.push(
+                            Problem::new(at("url"), "credentials do not belong in the URL: put them in a secret"),
+                        ),
+                        Some(Ok(u)) if u.scheme() == "http" && self.secret.is_some() => problems.push(Problem::new(
+                            at("url"),
+                            "a secret is sent only over https://, never in clear",
+                        )),
                         Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => {}
                         Some(_) => problems.push(Problem::new(at("url"), "must be an http:// or https:// URL")),
                     }
@@ -234,6 +242,17 @@ impl SourceDef {
         }
         problems
     }
+}
+
+/// A file path stays under its source's URL or bucket: no URL of its own,
+/// no `..`, no query or fragment.
+fn plain_path(path: &str) -> std::result::Result<(), String> {
+    if path.contains("://") || path.contains(['?', '#', '\\']) || path.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "`{path}`: a path under the source's URL or bucket, without `://`, `..`, `?` or `#`"
+        ));
+    }
+    Ok(())
 }
 
 /// The problems of a connector's sources: each entry's, and names used twice.
@@ -320,31 +339,40 @@ impl RemoteQueries {
             .push(params);
     }
 
-    /// Cancels every query the run's sessions still run; gives up on a
-    /// server that does not answer in 5 seconds.
+    /// Cancels every query the run's sessions still run, on all servers at
+    /// once; gives up after 3 seconds (a worker is stopped 5 seconds after
+    /// a cancel).
     pub async fn cancel(&self) {
         let servers = std::mem::take(&mut *self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for mut params in servers {
-            let sql = format!(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = '{}' AND pid <> pg_backend_pid()",
-                self.tag
-            );
+        let sql = format!(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = '{}' AND pid <> pg_backend_pid()",
+            self.tag
+        );
+        let cancels = servers.into_iter().map(|mut params| {
+            let sql = sql.clone();
+            let password = params.get("pass").cloned();
             params.insert("application_name".into(), format!("{} cancel", self.tag));
             params.insert("connection_pool_size".into(), "1".into());
-            let cancel = async {
-                let pool = PostgresConnectionPool::new(to_secret_map(params))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let session = pool.connect_direct().await.map_err(|e| e.to_string())?;
-                session.conn.batch_execute(&sql).await.map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(Duration::from_secs(5), cancel).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "canceling a source's query failed"),
-                Err(_) => tracing::warn!("canceling a source's query took too long"),
+            async move {
+                let cancel = async {
+                    let pool = PostgresConnectionPool::new(to_secret_map(params))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let session = pool.connect_direct().await.map_err(|e| e.to_string())?;
+                    session.conn.batch_execute(&sql).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(3), cancel).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let e = scrub(&e, password.as_deref());
+                        tracing::warn!(error = %e, "canceling a source's query failed");
+                    }
+                    Err(_) => tracing::warn!("canceling a source's query took too long"),
+                }
             }
-        }
+        });
+        futures::future::join_all(cancels).await;
     }
 }
 
@@ -432,6 +460,9 @@ pub async fn register(
 
 type Tables = Vec<(String, Arc<dyn TableProvider>)>;
 
+/// A provider's connection parameters.
+type Params = HashMap<String, String>;
+
 /// Reaches `source` and opens its tables; the error is a driver's message.
 async fn open(
     ctx: &SessionContext,
@@ -442,6 +473,7 @@ async fn open(
     match source.kind {
         SourceKind::Postgres => {
             let mut params = postgres_params(secret.unwrap_or_default())?;
+            reachable(&params["host"], &params["port"]).await?;
             params.insert("application_name".into(), remote.tag.clone());
             remote.watch(params.clone());
             let pool = PostgresConnectionPool::new(to_secret_map(params))
@@ -459,7 +491,9 @@ async fn open(
             Ok(tables)
         }
         SourceKind::Mysql => {
-            let pool = MySQLConnectionPool::new(to_secret_map(mysql_params(secret.unwrap_or_default())?))
+            let (params, (host, port)) = mysql_params(secret.unwrap_or_default())?;
+            reachable(&host, &port).await?;
+            let pool = MySQLConnectionPool::new(to_secret_map(params))
                 .await
                 .map_err(|e| e.to_string())?;
             let factory = MySQLTableFactory::new(Arc::new(pool));
@@ -475,13 +509,16 @@ async fn open(
         }
         SourceKind::Http | SourceKind::S3 => {
             let (root, store) = file_store(source, secret)?;
-            ctx.register_object_store(&root, store);
+            // Each source has a store of its own, under a URL of its own:
+            // stores are found by scheme and host, which two sources on one
+            // server (or one bucket name at two endpoints) share.
+            let own = Url::parse(&format!("weir-source://{}/", source.name)).map_err(|e| e.to_string())?;
+            ctx.register_object_store(&own, store);
             let mut tables = Tables::new();
             for (name, path) in &source.files {
                 let kind = FileKind::of(path)?;
-                let url = root
-                    .join(path.trim_start_matches('/'))
-                    .map_err(|e| format!("`{path}`: {e}"))?;
+                let under = format!("{}{}", root.trim_start_matches('/'), path.trim_start_matches('/'));
+                let url = own.join(&under).map_err(|e| format!("`{path}`: {e}"))?;
                 let url = ListingTableUrl::parse(url.as_str()).map_err(|e| format!("`{path}`: {e}"))?;
                 let options = kind.options(path);
                 let schema = options
@@ -499,8 +536,8 @@ async fn open(
     }
 }
 
-/// The store of a file source and the URL its paths are under.
-fn file_store(source: &SourceDef, secret: Option<&str>) -> std::result::Result<(Url, Arc<dyn ObjectStore>), String> {
+/// The store of a file source and the path its files are under in it.
+fn file_store(source: &SourceDef, secret: Option<&str>) -> std::result::Result<(String, Arc<dyn ObjectStore>), String> {
     let client = ClientOptions::new()
         .with_allow_http(true)
         .with_connect_timeout(Duration::from_secs(10))
@@ -536,11 +573,10 @@ fn file_store(source: &SourceDef, secret: Option<&str>) -> std::result::Result<(
                 .with_retry(retry)
                 .build()
                 .map_err(|e| e.to_string())?;
-            Ok((root, Arc::new(store)))
+            Ok((root.path().to_string(), Arc::new(store)))
         }
         _ => {
             let bucket = source.bucket.as_deref().unwrap_or_default();
-            let root = Url::parse(&format!("s3://{bucket}/")).map_err(|e| format!("bucket: {e}"))?;
             let mut builder = AmazonS3Builder::new()
                 .with_bucket_name(bucket)
                 .with_region(source.region.as_deref().unwrap_or("us-east-1"))
@@ -560,38 +596,49 @@ fn file_store(source: &SourceDef, secret: Option<&str>) -> std::result::Result<(
                 }
                 None => builder.with_skip_signature(true),
             };
-            Ok((root, Arc::new(builder.build().map_err(|e| e.to_string())?)))
+            Ok((String::new(), Arc::new(builder.build().map_err(|e| e.to_string())?)))
         }
     }
 }
 
-/// The provider's parameters for a `postgres://` URL. Sessions are read-only
-/// and end their query when the connection closes (a canceled run).
+/// The provider's parameters for a `postgres://` URL (its parts
+/// percent-decoded; `sslmode` and `sslrootcert` the only query parameters).
 fn postgres_params(secret: &str) -> std::result::Result<HashMap<String, String>, String> {
     let url = Url::parse(secret).map_err(|_| "the secret is not a postgres:// URL".to_string())?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err("the secret is not a postgres:// URL".into());
     }
     let mut params = HashMap::new();
-    let decode = |s: &str| percent_decode(s);
-    if let Some(host) = url.host_str() {
-        params.insert("host".into(), host.trim_matches(['[', ']']).to_string());
-    }
+    let host = url.host_str().unwrap_or("localhost").trim_matches(['[', ']']);
+    params.insert("host".into(), host.to_string());
     params.insert("port".into(), url.port().unwrap_or(5432).to_string());
+    // The provider writes these into a `key=value` connection string.
+    let plain = |what: &str, value: String| {
+        if value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+            Err(format!(
+                "the {what} in the URL has a space or quote, which the connection cannot carry"
+            ))
+        } else {
+            Ok(value)
+        }
+    };
     if !url.username().is_empty() {
-        params.insert("user".into(), decode(url.username()));
+        params.insert("user".into(), plain("user name", percent_decode(url.username()))?);
     }
     if let Some(password) = url.password() {
-        params.insert("pass".into(), decode(password));
+        params.insert("pass".into(), percent_decode(password));
     }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() {
-        params.insert("db".into(), decode(db));
+        params.insert("db".into(), plain("database name", percent_decode(db))?);
     }
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
-            "sslmode" | "sslrootcert" => {
-                params.insert(key.into_owned(), value.into_owned());
+            "sslmode" => {
+                params.insert("sslmode".into(), value.to_lowercase());
+            }
+            "sslrootcert" => {
+                params.insert("sslrootcert".into(), value.into_owned());
             }
             other => {
                 return Err(format!(
@@ -600,46 +647,51 @@ fn postgres_params(secret: &str) -> std::result::Result<HashMap<String, String>,
             }
         }
     }
-    params.insert(
-        "options".into(),
-        "-c default_transaction_read_only=on -c client_connection_check_interval=1000".into(),
-    );
     Ok(params)
 }
 
-/// The provider's parameters for a `mysql://` URL; `sslmode` (disabled,
-/// preferred, required) is taken out of the URL for the provider.
-fn mysql_params(secret: &str) -> std::result::Result<HashMap<String, String>, String> {
+/// The provider's parameters for a `mysql://` URL, and its host and port;
+/// `sslmode` (disabled, preferred, required) is taken out of the URL for
+/// the provider, and no other query parameter is passed on.
+fn mysql_params(secret: &str) -> std::result::Result<(Params, (String, String)), String> {
     let mut url = Url::parse(secret).map_err(|_| "the secret is not a mysql:// URL".to_string())?;
     if url.scheme() != "mysql" {
         return Err("the secret is not a mysql:// URL".into());
     }
     let mut params = HashMap::new();
-    let rest: Vec<(String, String)> = url
-        .query_pairs()
-        .filter_map(|(k, v)| {
-            if k == "sslmode" {
-                params.insert("sslmode".to_string(), v.into_owned());
-                None
-            } else {
-                Some((k.into_owned(), v.into_owned()))
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "sslmode" => {
+                params.insert("sslmode".to_string(), value.to_lowercase());
             }
-        })
-        .collect();
-    if rest.is_empty() {
-        url.set_query(None);
-    } else {
-        url.query_pairs_mut().clear().extend_pairs(rest);
+            other => return Err(format!("the URL parameter `{other}` is not supported (only sslmode)")),
+        }
     }
+    url.set_query(None);
+    let host = url
+        .host_str()
+        .unwrap_or("localhost")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = url.port().unwrap_or(3306).to_string();
     params.insert("connection_string".into(), url.to_string());
-    Ok(params)
+    Ok((params, (host, port)))
+}
+
+/// Whether `host:port` takes a connection within 10 seconds; the providers'
+/// own connects block their thread for much longer on a host that drops
+/// packets.
+async fn reachable(host: &str, port: &str) -> std::result::Result<(), String> {
+    let port: u16 = port.parse().map_err(|_| format!("`{port}` is not a port"))?;
+    match tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+        Err(_) => Err(format!("{host}:{port} did not answer within 10s")),
+    }
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 fn first_line(s: &str) -> &str {
@@ -730,9 +782,43 @@ mod tests {
 
     #[test]
     fn a_mysql_url_gives_its_sslmode_to_the_provider() {
-        let p = mysql_params("mysql://u:pw@127.0.0.1:3307/shop?sslmode=disabled").expect("params");
+        let (p, at) = mysql_params("mysql://u:pw@127.0.0.1:3307/shop?sslmode=DISABLED").expect("params");
         assert_eq!(p["sslmode"], "disabled");
         assert_eq!(p["connection_string"], "mysql://u:pw@127.0.0.1:3307/shop");
+        assert_eq!(at, ("127.0.0.1".to_string(), "3307".to_string()));
+        let e = mysql_params("mysql://u:pw@h/shop?socket=/tmp/x").expect_err("only sslmode");
+        assert!(e.contains("`socket`"), "{e}");
+    }
+
+    #[test]
+    fn a_password_keeps_every_character_and_names_with_spaces_are_refused() {
+        let p = postgres_params("postgres://u:a&b%3Dc+d@h/db").expect("params");
+        assert_eq!(p["pass"], "a&b=c+d");
+        assert_eq!(p["host"], "h");
+        assert_eq!(p["port"], "5432");
+        let e = postgres_params("postgres://u:pw@h/my%20db").expect_err("a space");
+        assert!(e.contains("database name"), "{e}");
+    }
+
+    #[test]
+    fn file_paths_stay_under_their_source_and_secrets_go_only_over_https() {
+        for path in ["https://elsewhere.test/a.csv", "../up.csv", "a.csv?x=1", "a.csv#f"] {
+            let s = source(&format!(
+                "name = \"web\"\nkind = \"http\"\nurl = \"https://x.test/\"\nfiles = {{ a = \"{path}\" }}"
+            ));
+            assert_eq!(problems(&[s]).len(), 1, "{path}");
+        }
+        let clear = source(
+            "name = \"web\"\nkind = \"http\"\nurl = \"http://x.test/\"\nsecret = \"token\"\nfiles = { a = \"a.csv\" }",
+        );
+        let p = problems(&[clear]);
+        assert!(p[0].message.contains("https"), "{p:?}");
+        let inline =
+            source("name = \"web\"\nkind = \"http\"\nurl = \"https://u:pw@x.test/\"\nfiles = { a = \"a.csv\" }");
+        assert!(problems(&[inline])[0].message.contains("secret"));
+        let pasted =
+            source("name = \"crm\"\nkind = \"postgres\"\nsecret = \"postgres://u:hunter2@h/db\"\ntables = [\"t\"]");
+        assert!(problems(&[pasted]).iter().all(|p| !p.message.contains("hunter2")));
     }
 
     #[test]

@@ -496,6 +496,54 @@ async fn a_limited_key_pages_through_its_own_connectors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_key_of_the_whole_workspace_points_a_source_and_its_secret_elsewhere() {
+    let s = start().await;
+    let source = json!({"name": "crm", "kind": "postgres", "secret": "crm_db", "tables": ["customers"]});
+    let c = s
+        .post(
+            "/connectors",
+            ADMIN,
+            json!({"api_name": "sync", "type": "schedule", "schedule": {"cron": "0 0 * * * *"}, "sources": [source]}),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    // An admin of this connector only may change what it does, but not
+    // send the workspace's secret to a server of its choosing.
+    let limited = s.key("default", Role::Admin, Some(vec!["sync".into()]));
+    let patch = |sources: Value| Some(json!({ "sources": sources }));
+    let elsewhere = json!([{"name": "crm", "kind": "http", "url": "https://collector.example/", "secret": "crm_db",
+        "files": {"customers": "c.csv"}}]);
+    let p = s
+        .send(
+            Method::PATCH,
+            "/connectors/sync",
+            Some(&limited),
+            patch(elsewhere.clone()),
+        )
+        .await;
+    assert_problem(&p, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        p.body["detail"].as_str().is_some_and(|d| d.contains("whole workspace")),
+        "{}",
+        p.body
+    );
+    let p = s
+        .send(
+            Method::PATCH,
+            "/connectors/sync",
+            Some(&limited),
+            Some(json!({"description": "nightly"})),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let p = s
+        .send(Method::PATCH, "/connectors/sync", Some(ADMIN), patch(elsewhere))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_shown_once_listed_without_secrets_and_revoked_at_once() {
     let s = start().await;
     let created = s.post("/keys", ADMIN, json!({"name": "ci", "role": "operator"})).await;

@@ -212,6 +212,20 @@ async fn scripts_are_planned_against_a_sample_without_reading_its_rows() {
         .expect_err("records.contact is unknown without objects");
     assert!(e.to_string().contains("contact"), "{e}");
 
+    // A source's tables are known only by reaching it, which a check does
+    // not: a script that reads a declared source is left to its run, and
+    // one naming an undeclared schema is still refused.
+    let sourced =
+        connector("[[sources]]\nname = \"crm\"\nkind = \"postgres\"\nsecret = \"crm_db\"\ntables = [\"customers\"]\n");
+    let reads = "CREATE VIEW output.o AS SELECT d.order_id, c.email FROM input.data d JOIN crm.customers c ON c.id = d.customer";
+    check::script(&sourced, reads, Some(&sample), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = check::script(&sourced, &reads.replace("crm.", "erp."), Some(&sample), None)
+        .await
+        .expect_err("an undeclared schema is unknown");
+    assert!(e.to_string().contains("erp"), "{e}");
+
     // Rows are not read: a value that only fails when cast passes the check
     // and fails the run.
     let cast =

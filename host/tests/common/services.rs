@@ -85,11 +85,21 @@ impl Postgres {
     /// A fresh cluster with role `weir` (password `password`) owning
     /// database `shop`; `None` when PostgreSQL is not installed.
     pub fn start(password: &str) -> Option<Self> {
+        // The newest installed version, by number (16 after 9.6).
         let Some(bin) = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|versions| {
             versions
-                .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
-                .filter(|b| b.join("initdb").exists())
-                .max()
+                .filter_map(|v| v.ok().map(|v| v.path()))
+                .filter(|v| v.join("bin/initdb").exists())
+                .max_by_key(|v| {
+                    let name = v
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    name.split('.')
+                        .map(|p| p.parse::<u32>().unwrap_or(0))
+                        .collect::<Vec<_>>()
+                })
+                .map(|v| v.join("bin"))
         }) else {
             missing("PostgreSQL", "apt-get install postgresql");
             return None;
@@ -225,8 +235,10 @@ impl Mariadb {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting mariadbd: {e}"));
-        wait_for_port(port, "mariadbd");
+        // Built before the wait, so that a server that never listens is
+        // still stopped.
         let db = Mariadb { dir, child, port };
+        wait_for_port(port, "mariadbd");
         db.sql_in(
             "mysql",
             &format!(
@@ -286,11 +298,12 @@ impl S3 {
                 return None;
             }
         };
-        wait_for_port(port, "moto_server");
-        Some(S3 {
+        let s3 = S3 {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
-        })
+        };
+        wait_for_port(port, "moto_server");
+        Some(s3)
     }
 
     /// Creates `bucket` and puts `bytes` at `key` in it.

@@ -338,6 +338,17 @@ pub(super) async fn replace(
         check_script(draft)?;
     }
     super::objects::keep_within_reach(app, caller, row, Some(&submitted.connector), submitted.draft.as_deref())?;
+    // A source decides where its secret is sent: only a key of the whole
+    // workspace, which may manage the secrets, may point one elsewhere.
+    let before: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    if submitted.connector.sources != before.sources && submitted.connector.sources.iter().any(|s| s.secret.is_some()) {
+        caller.require_whole_workspace().map_err(|_| {
+            ApiError::forbidden(
+                "sources that use workspace secrets decide where those secrets are sent; \
+                 changing them needs a key of the whole workspace",
+            )
+        })?;
+    }
     if let Some(live) = row.live_version
         && submitted.connector.status == ConnectorStatus::Operational
     {
