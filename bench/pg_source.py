@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, directory: Path, rows: int):
+    def __init__(self, directory: Path):
         self.bin = pg_bin()
         self.dir = directory
         self.port = free_port()
@@ -66,14 +66,19 @@ class Cluster:
                                     "-o", f"-p {self.port} -k {directory} -c listen_addresses=127.0.0.1 "
                                           "-c shared_buffers=512MB", "-w", "start"]),
                        check=True, stdout=subprocess.DEVNULL)
-        self.psql("postgres", f"CREATE ROLE weir LOGIN PASSWORD '{PASSWORD}'; CREATE DATABASE shop OWNER weir;")
+
+    def load(self, rows: int) -> None:
+        self.psql("postgres", f"CREATE ROLE weir LOGIN PASSWORD '{PASSWORD}'")
+        # CREATE DATABASE cannot share a transaction with anything.
+        self.psql("postgres", "CREATE DATABASE shop OWNER weir")
         self.psql("shop", f"""
             CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, email text,
                                  amount double precision, paid boolean, created_at timestamptz);
             INSERT INTO orders SELECT i, 'Customer ' || (i % 50000), 'customer' || (i % 50000) || '@example.com',
                    (i % 10000) / 100.0, i % 4 <> 0, timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second'
               FROM generate_series(1, {rows}) i;
-            ALTER TABLE orders OWNER TO weir; VACUUM ANALYZE orders;""")
+            ALTER TABLE orders OWNER TO weir;""")
+        self.psql("shop", "VACUUM ANALYZE orders")
 
     def psql(self, db: str, sql: str) -> None:
         subprocess.run([str(self.bin / "psql"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres",
@@ -126,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weir", help="a built weir binary (default: build one in release)")
     args = parser.parse_args(argv)
     weir = harness.locate_weir(args.weir)
-    cluster = Cluster(WORK_DIR / "cluster", args.rows)
+    cluster = Cluster(WORK_DIR / "cluster")
     try:
+        cluster.load(args.rows)
         job = job_dir(WORK_DIR / "job")
         weir_out, psql_out = WORK_DIR / "weir", WORK_DIR / "psql.csv"
         weir_cmd = [str(weir), "run", str(job), "--out", str(weir_out), "--threads", str(args.threads), "--json"]

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -480,15 +481,7 @@ async fn open(
                 .await
                 .map_err(|e| e.to_string())?;
             let factory = PostgresTableFactory::new(Arc::new(pool));
-            let mut tables = Tables::new();
-            for (name, table) in source.table_names() {
-                let provider = factory
-                    .table_provider(TableReference::parse_str(&table))
-                    .await
-                    .map_err(|e| format!("table `{table}`: {e}"))?;
-                tables.push((name, provider));
-            }
-            Ok(tables)
+            database_tables(source, |t| factory.table_provider(t)).await
         }
         SourceKind::Mysql => {
             let (params, (host, port)) = mysql_params(secret.unwrap_or_default())?;
@@ -497,15 +490,7 @@ async fn open(
                 .await
                 .map_err(|e| e.to_string())?;
             let factory = MySQLTableFactory::new(Arc::new(pool));
-            let mut tables = Tables::new();
-            for (name, table) in source.table_names() {
-                let provider = factory
-                    .table_provider(TableReference::parse_str(&table))
-                    .await
-                    .map_err(|e| format!("table `{table}`: {e}"))?;
-                tables.push((name, provider));
-            }
-            Ok(tables)
+            database_tables(source, |t| factory.table_provider(t)).await
         }
         SourceKind::Http | SourceKind::S3 => {
             let (root, store) = file_store(source, secret)?;
@@ -534,6 +519,23 @@ async fn open(
             Ok(tables)
         }
     }
+}
+
+/// The tables of a database source, each opened by `open` (a provider's
+/// factory, which reads the table's columns from the database).
+async fn database_tables<F, Fut>(source: &SourceDef, open: F) -> std::result::Result<Tables, String>
+where
+    F: Fn(TableReference) -> Fut,
+    Fut: Future<Output = std::result::Result<Arc<dyn TableProvider>, Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let mut tables = Tables::new();
+    for (name, table) in source.table_names() {
+        let provider = open(TableReference::parse_str(&table))
+            .await
+            .map_err(|e| format!("table `{table}`: {e}"))?;
+        tables.push((name, provider));
+    }
+    Ok(tables)
 }
 
 /// The store of a file source and the path its files are under in it.

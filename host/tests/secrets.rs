@@ -106,22 +106,7 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
     let (s, c) = call(&base, Method::POST, "/connectors", Some(doc)).await;
     assert_eq!(s, 201, "{c}");
     let id = c["id"].as_str().unwrap_or_default().to_string();
-    let (s, b) = call(
-        &base,
-        Method::POST,
-        &format!("/connectors/{id}/sql/publish"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = call(
-        &base,
-        Method::PATCH,
-        &format!("/connectors/{id}"),
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    common::go_live(&base, &id).await;
     let (s, b) = deliver(&base, &id, "msg_1", "{\"id\":\"o1\"}", FIRST).await;
     assert_eq!(s, 202, "{b}");
     let first_run = b["execution_id"].as_str().unwrap_or_default().to_string();
@@ -181,7 +166,7 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
         assert!(!shows(&seen, secret), "a secret was shown");
     }
     let mut stored = Vec::new();
-    for entry in walk(&data) {
+    for entry in common::walk(&data) {
         stored.extend(std::fs::read(entry).unwrap_or_default());
     }
     let stored = String::from_utf8_lossy(&stored);
@@ -211,18 +196,4 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
     assert_eq!(s, 404);
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

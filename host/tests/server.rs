@@ -1,6 +1,8 @@
 //! The HTTP API over real HTTP: a server on 127.0.0.1:0 with a fresh data
 //! directory per test, driven with reqwest as an integrator would.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,16 +122,7 @@ impl Server {
     /// `output/<scope>.csv` of execution `id`, from its `output.zip`.
     async fn output_csv(&self, id: &str, scope: &str) -> String {
         let out = self.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.bytes)).unwrap_or_else(|e| panic!("{e}"));
-        let mut csv = String::new();
-        std::io::Read::read_to_string(
-            &mut zip
-                .by_name(&format!("output/{scope}.csv"))
-                .unwrap_or_else(|e| panic!("{e}")),
-            &mut csv,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        csv
+        common::scope_csv(out.bytes, scope)
     }
 
     fn key(&self, workspace: &str, role: Role, connectors: Option<Vec<String>>) -> String {
@@ -1613,12 +1606,7 @@ impl Server {
 
 /// How many files are under `dir`, at any depth.
 fn files_under(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
-            .sum()
-    })
+    common::walk(dir).len()
 }
 
 fn plugin_bytes(name: &str) -> Vec<u8> {

@@ -43,6 +43,13 @@ async fn run_sources(sources: &str, script: &str, secrets: &[(&str, &str)], canc
     .await
 }
 
+/// The message of a run that failed `source_unavailable`.
+fn unavailable(outcome: &Outcome) -> String {
+    let doc = outcome.json();
+    assert_eq!(doc["error"]["code"], "source_unavailable", "{doc}");
+    doc["error"]["message"].as_str().unwrap_or_default().to_string()
+}
+
 fn succeeded(outcome: &Outcome) {
     assert_eq!(outcome.status(), "success", "{}", outcome.json());
 }
@@ -51,7 +58,7 @@ fn succeeded(outcome: &Outcome) {
 fn holds_no_password(outcome: &Outcome) {
     assert!(!outcome.json().to_string().contains(PASSWORD), "{}", outcome.json());
     assert!(!outcome.logs.join("\n").contains(PASSWORD));
-    for entry in walk(outcome.out.path()) {
+    for entry in common::walk(outcome.out.path()) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         assert!(
             !String::from_utf8_lossy(&bytes).contains(PASSWORD),
@@ -59,19 +66,6 @@ fn holds_no_password(outcome: &Outcome) {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,16 +184,7 @@ async fn csv_and_parquet_files_are_read_over_http() {
         CancellationToken::new(),
     )
     .await;
-    assert_eq!(
-        outcome.code().as_deref(),
-        Some("source_unavailable"),
-        "{}",
-        outcome.json()
-    );
-    let message = outcome.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let message = unavailable(&outcome);
     assert!(message.contains("`web`") && message.contains("gone.csv"), "{message}");
 }
 
@@ -249,25 +234,12 @@ async fn an_unreachable_source_or_a_missing_secret_fails_naming_the_source_never
         started.elapsed()
     );
     assert_eq!(outcome.status(), "failed");
-    assert_eq!(
-        outcome.code().as_deref(),
-        Some("source_unavailable"),
-        "{}",
-        outcome.json()
-    );
-    let message = outcome.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let message = unavailable(&outcome);
     assert!(message.starts_with("source `crm` is unavailable"), "{message}");
     holds_no_password(&outcome);
 
     let outcome = run_sources(sources, script, &[], CancellationToken::new()).await;
-    assert_eq!(outcome.code().as_deref(), Some("source_unavailable"));
-    let message = outcome.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let message = unavailable(&outcome);
     assert!(message.contains("`crm_db`") && message.contains("not set"), "{message}");
 
     // A source the script does not read is never reached.
@@ -349,7 +321,7 @@ const KEY: &str = "c291cmNlcyB0ZXN0cyBzZWNyZXRzIGtleSwgMzIgYiE=";
 
 /// Every file under `dir` that holds `needle`.
 fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
-    walk(dir)
+    common::walk(dir)
         .into_iter()
         .filter(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).contains(needle))
         .collect()
@@ -430,22 +402,7 @@ async fn a_schedule_pulls_each_change_once_through_a_source_with_a_workspace_sec
     let (s, c) = call(&base, Method::POST, "/connectors", Some(doc)).await;
     assert_eq!(s, 201, "{c}");
     let id = c["id"].as_str().unwrap_or_default().to_string();
-    let (s, b) = call(
-        &base,
-        Method::POST,
-        &format!("/connectors/{id}/sql/publish"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = call(
-        &base,
-        Method::PATCH,
-        &format!("/connectors/{id}"),
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    common::go_live(&base, &id).await;
 
     // Ticks come every five seconds; a tick with nothing new pulls nothing.
     // What the ticks pull, in order, is each change exactly once.

@@ -228,11 +228,46 @@ pub async fn get_bytes(base: &str, path: &str) -> (u16, Vec<u8>) {
     (status, bytes.to_vec())
 }
 
+/// Every file under `dir`.
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Publishes connector `id`'s draft (a dry run on its sample) and makes it
+/// operational.
+pub async fn go_live(base: &str, id: &str) {
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        &format!("/connectors/{id}/sql/publish"),
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let status = serde_json::json!({"status": "operational"});
+    let (s, b) = call(base, reqwest::Method::PATCH, &format!("/connectors/{id}"), Some(status)).await;
+    assert_eq!(s, 200, "{b}");
+}
+
 /// Scope `scope`'s output CSV of execution `id`, from its `output.zip`.
 pub async fn output_csv(base: &str, id: &str, scope: &str) -> String {
     let (status, bytes) = get_bytes(base, &format!("/executions/{id}/output.zip")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap_or_else(|e| panic!("{e}"));
+    scope_csv(bytes, scope)
+}
+
+/// Scope `scope`'s CSV in the bytes of an `output.zip`.
+pub fn scope_csv(output_zip: Vec<u8>, scope: &str) -> String {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(output_zip)).unwrap_or_else(|e| panic!("{e}"));
     let mut csv = String::new();
     std::io::Read::read_to_string(
         &mut zip
