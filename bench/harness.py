@@ -394,7 +394,8 @@ def _has_gnu_time() -> bool:
     return probe.returncode == 0
 
 
-def run_measured(cmd: list[str], log_dir: Path, cwd: Path | None = None) -> Measured:
+def run_measured(cmd: list[str], log_dir: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> Measured:
     """Runs `cmd`, timing it from spawn to exit and reading its peak RSS.
 
     The peak RSS is the child's `ru_maxrss` as `wait4(2)` reports it. It
@@ -417,7 +418,8 @@ def run_measured(cmd: list[str], log_dir: Path, cwd: Path | None = None) -> Meas
         wrapped = [sys.executable, "-c", _RSS_LAUNCHER, str(rss_path), *cmd]
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
-        result = subprocess.run(wrapped, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd)
+        result = subprocess.run(wrapped, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+                                env={**os.environ, **env} if env else None)
         wall = time.perf_counter() - start
     return Measured(
         wall_s=wall,
@@ -457,6 +459,43 @@ def _total_memory() -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
 
+
+
+def alternate(commands: dict[str, list[str]], repeat: int, log_root: Path, fresh: Path | None = None,
+              env: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Runs the commands in turn, once to warm up and `repeat` times more;
+    the wall times of the timed runs, by name. `fresh` (the first command's
+    output) is removed before each of its runs; a failed run ends the script."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    first = next(iter(commands))
+    for i in range(repeat + 1):
+        for name, cmd in commands.items():
+            if fresh is not None and name == first:
+                shutil.rmtree(fresh, ignore_errors=True)
+            measured = run_measured(cmd, log_root / f"{name}-logs", env=env)
+            if measured.returncode != 0:
+                sys.exit(f"{name} failed with exit code {measured.returncode}\n{measured.stderr[-4000:]}")
+            if i > 0:
+                times[name].append(measured.wall_s)
+    return times
+
+
+def report_ratio(name: str, title: str, times: dict[str, list[float]], ours: str, theirs: str,
+                 rows: int, target: float, label: str, extra: dict[str, Any]) -> float:
+    """Prints the medians of `times` (per engine), their throughput ratio
+    (`theirs` median over `ours`) against `target`, and saves the results
+    as `name`; returns the ratio."""
+    import statistics
+    medians = {engine: statistics.median(t) for engine, t in times.items()}
+    ratio = medians[theirs] / medians[ours]
+    print(title)
+    for engine in (ours, theirs):
+        print(f"  {engine:7} {medians[engine]:8.2f} s   {rows / medians[engine]:12,.0f} rows/s")
+    print(f"  {label} throughput: {ratio:.2f} (target >= {target}) {'PASS' if ratio >= target else 'BELOW TARGET'}")
+    path = write_results(name, {**extra, "rows": rows, "machine": machine_info(),
+                                "median_s": medians, "runs_s": times, "ratio": ratio, "target": target})
+    print(f"results: {path}")
+    return ratio
 
 
 def write_results(name: str, document: dict[str, Any]) -> Path:

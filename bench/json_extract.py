@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
@@ -106,13 +105,6 @@ def job_dir(directory: Path) -> Path:
     return directory
 
 
-def run(cmd: list[str], logs: Path, what: str) -> harness.Measured:
-    measured = harness.run_measured(cmd, logs)
-    if measured.returncode != 0:
-        sys.exit(f"{what} failed with exit code {measured.returncode}\n{measured.stderr[-4000:]}")
-    return measured
-
-
 def first_lines(path: Path, n: int) -> list[str]:
     with path.open() as f:
         return [next(f, "").rstrip("\n") for _ in range(n)]
@@ -133,14 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     weir_cmd = [str(weir), "run", str(job), "--input", str(data), "--out", str(weir_out),
                 "--threads", str(args.threads), "--json"]
     duck_cmd = [sys.executable, "-c", DUCKDB_CHILD, DUCKDB_SQL.format(input=data, output=duck_out), str(args.threads)]
-    times: dict[str, list[float]] = {"weir": [], "duckdb": []}
-    for i in range(args.repeat + 1):
-        for engine, cmd in (("weir", weir_cmd), ("duckdb", duck_cmd)):
-            if engine == "weir":
-                shutil.rmtree(weir_out, ignore_errors=True)
-            measured = run(cmd, WORK_DIR / f"{engine}-logs", engine)
-            if i > 0:
-                times[engine].append(measured.wall_s)
+    times = harness.alternate({"weir": weir_cmd, "duckdb": duck_cmd}, args.repeat, WORK_DIR, weir_out)
     # The same rows come out of both: as many, and the first ones' text
     # fields and integers alike (numbers are written each engine's way).
     weir_csv = weir_out / "output" / "orders.csv"
@@ -151,18 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = [sum(1 for _ in path.open()) for path in (weir_csv, duck_out)]
     if counts[0] != counts[1]:
         sys.exit(f"the engines wrote {counts[0]} and {counts[1]} lines")
-    medians = {engine: statistics.median(t) for engine, t in times.items()}
-    ratio = medians["duckdb"] / medians["weir"]
-    print(f"JSON extraction, {args.rows} rows, {args.threads} thread(s), median of {args.repeat} runs")
-    for engine in ("weir", "duckdb"):
-        print(f"  {engine:7} {medians[engine]:8.2f} s   {args.rows / medians[engine]:12,.0f} rows/s")
-    print(f"  Weir/DuckDB throughput: {ratio:.2f} (target >= 1.0) {'PASS' if ratio >= 1.0 else 'BELOW TARGET'}")
-    path = harness.write_results("json", {
-        "rows": args.rows, "threads": args.threads, "repeat": args.repeat,
-        "weir_version": harness.weir_version(weir), "machine": harness.machine_info(),
-        "median_s": medians, "runs_s": times, "ratio": ratio, "target": 1.0,
-    })
-    print(f"results: {path}")
+    harness.report_ratio(
+        "json", f"JSON extraction, {args.rows} rows, {args.threads} thread(s), median of {args.repeat} runs",
+        times, "weir", "duckdb", args.rows, 1.0, "Weir/DuckDB",
+        {"threads": args.threads, "repeat": args.repeat, "weir_version": harness.weir_version(weir)})
     return 0
 
 

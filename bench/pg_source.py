@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -105,19 +104,6 @@ def job_dir(directory: Path) -> Path:
     return directory
 
 
-def run(cmd: list[str], logs: Path, what: str, env: dict[str, str] | None = None) -> harness.Measured:
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        measured = harness.run_measured(cmd, logs)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if measured.returncode != 0:
-        sys.exit(f"{what} failed with exit code {measured.returncode}\n{measured.stderr[-4000:]}")
-    return measured
-
-
 def count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(1 for _ in f)
@@ -140,31 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         psql_cmd = [str(cluster.bin / "psql"), f"postgresql://weir@127.0.0.1:{cluster.port}/shop?sslmode=disable",
                     "-v", "ON_ERROR_STOP=1", "-q", "-c", f"\\copy ({QUERY}) TO '{psql_out}' CSV HEADER"]
         env = {"WEIR_SECRET_BENCH_DB": cluster.url(), "PGPASSWORD": PASSWORD}
-        times: dict[str, list[float]] = {"weir": [], "psql": []}
-        for i in range(args.repeat + 1):
-            for engine, cmd in (("weir", weir_cmd), ("psql", psql_cmd)):
-                if engine == "weir":
-                    shutil.rmtree(weir_out, ignore_errors=True)
-                measured = run(cmd, WORK_DIR / f"{engine}-logs", engine, env)
-                if i > 0:
-                    times[engine].append(measured.wall_s)
+        times = harness.alternate({"weir": weir_cmd, "psql": psql_cmd}, args.repeat, WORK_DIR, weir_out, env)
         counts = [count_lines(weir_out / "output" / "orders.csv"), count_lines(psql_out)]
         if counts[0] != counts[1] or counts[0] != args.rows + 1:
             sys.exit(f"Weir wrote {counts[0]} lines and psql {counts[1]}, for {args.rows} rows")
     finally:
         cluster.stop()
-    medians = {engine: statistics.median(t) for engine, t in times.items()}
-    ratio = medians["psql"] / medians["weir"]
-    print(f"PostgreSQL source, {args.rows} rows, {args.threads} thread(s), median of {args.repeat} runs")
-    for engine in ("weir", "psql"):
-        print(f"  {engine:5} {medians[engine]:8.2f} s   {args.rows / medians[engine]:12,.0f} rows/s")
-    print(f"  Weir/psql \\copy throughput: {ratio:.2f} (target >= 0.5) {'PASS' if ratio >= 0.5 else 'BELOW TARGET'}")
-    path = harness.write_results("pg_source", {
-        "rows": args.rows, "threads": args.threads, "repeat": args.repeat,
-        "weir_version": harness.weir_version(weir), "machine": harness.machine_info(),
-        "median_s": medians, "runs_s": times, "ratio": ratio, "target": 0.5,
-    })
-    print(f"results: {path}")
+    harness.report_ratio(
+        "pg_source", f"PostgreSQL source, {args.rows} rows, {args.threads} thread(s), median of {args.repeat} runs",
+        times, "weir", "psql", args.rows, 0.5, "Weir/psql \\copy",
+        {"threads": args.threads, "repeat": args.repeat, "weir_version": harness.weir_version(weir)})
     return 0
 
 
