@@ -536,16 +536,23 @@ impl Run {
             &connector.parameters,
         )?;
 
+        let named = sql::Named::in_session(&ctx, &script)?;
         if !connector.sources.is_empty() {
             // Only the sources the script names are reached.
-            let used = sql::schemas_named(&ctx, &script)?;
-            sources::register(&ctx, &connector.sources, &used, &self.secrets, &self.shared.remote).await?;
+            sources::register(
+                &ctx,
+                &connector.sources,
+                &named.schemas(),
+                &self.secrets,
+                &self.shared.remote,
+            )
+            .await?;
         }
 
         if let Some(records) = &self.records {
             // Reading every record of an object costs a whole table scan;
             // only the objects the script reads are snapshotted.
-            let read = sql::records_read(&ctx, &script)?;
+            let read = named.tables_in(sql::RECORDS_SCHEMA);
             for object in &records.objects.objects {
                 records.store.ensure_object(&records.workspace, object)?;
                 if !read.contains(&object.name) {

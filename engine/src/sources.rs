@@ -41,17 +41,6 @@ use crate::error::{Error, Problem, Result};
 /// `source_unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Schema names a source cannot take: the script's own schemas.
-const RESERVED: &[&str] = &[
-    "input",
-    "output",
-    "meta",
-    "records",
-    "public",
-    "information_schema",
-    "datafusion",
-];
-
 /// One `[[sources]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceDef {
@@ -134,7 +123,7 @@ impl SourceDef {
         let mut problems = Vec::new();
         if !is_identifier(&self.name) {
             problems.push(Problem::new(at("name"), format!("`{}` is not a valid name", self.name)));
-        } else if RESERVED.contains(&self.name.as_str()) {
+        } else if crate::sql::is_reserved_schema(&self.name) {
             problems.push(Problem::new(
                 at("name"),
                 format!(
@@ -279,6 +268,11 @@ pub fn secrets_needed(sources: &[SourceDef]) -> Vec<String> {
     names
 }
 
+/// The environment variable `weir run` reads secret `name` from.
+pub fn secret_variable(name: &str) -> String {
+    format!("WEIR_SECRET_{}", name.to_uppercase())
+}
+
 /// Secret values handed to a run: name → value. Its `Debug` shows names only.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -388,12 +382,7 @@ enum FileKind {
 
 impl FileKind {
     fn of(path: &str) -> std::result::Result<Self, String> {
-        let name = path.trim_end_matches('/');
-        let ext = name
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_ascii_lowercase())
-            .unwrap_or_default();
-        match ext.as_str() {
+        match extension(path).to_ascii_lowercase().as_str() {
             "csv" => Ok(FileKind::Csv),
             "tsv" => Ok(FileKind::Tsv),
             "json" | "jsonl" | "ndjson" => Ok(FileKind::Json),
@@ -411,11 +400,14 @@ impl FileKind {
             FileKind::Json => Arc::new(JsonFormat::default()),
             FileKind::Parquet => Arc::new(ParquetFormat::default()),
         };
-        let name = path.trim_end_matches('/');
-        let ext = name.rsplit_once('.').map(|(_, e)| format!(".{e}")).unwrap_or_default();
         // A folder `orders.parquet/` reads every `.parquet` file under it.
-        ListingOptions::new(format).with_file_extension(ext)
+        ListingOptions::new(format).with_file_extension(format!(".{}", extension(path)))
     }
+}
+
+/// The extension of a file (or of a folder, `orders.parquet/`), as written.
+fn extension(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit_once('.').map_or("", |(_, e)| e)
 }
 
 /// Registers, as schemas of `ctx`, the sources among `sources` the script

@@ -62,6 +62,16 @@ pub const INPUT_SCHEMA: &str = "input";
 pub const OUTPUT_SCHEMA: &str = "output";
 /// The schema of the workspace's existing records (read-only).
 pub const RECORDS_SCHEMA: &str = "records";
+/// The schema of `current_execution` and `parameters`.
+pub const META_SCHEMA: &str = "meta";
+/// The schemas every run's session has.
+const SCRIPT_SCHEMAS: [&str; 4] = [INPUT_SCHEMA, OUTPUT_SCHEMA, META_SCHEMA, RECORDS_SCHEMA];
+
+/// Whether `name` is a schema of the session itself (the script's own, or
+/// the engine's), which nothing else may take.
+pub fn is_reserved_schema(name: &str) -> bool {
+    SCRIPT_SCHEMAS.contains(&name) || [CATALOG, DEFAULT_SCHEMA, "information_schema"].contains(&name)
+}
 const CATALOG: &str = "datafusion";
 const DEFAULT_SCHEMA: &str = "public";
 
@@ -604,7 +614,7 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
     let catalog = ctx
         .catalog(CATALOG)
         .ok_or_else(|| Error::Internal("default catalog missing".into()))?;
-    for schema in [INPUT_SCHEMA, OUTPUT_SCHEMA, "meta", RECORDS_SCHEMA] {
+    for schema in SCRIPT_SCHEMAS {
         catalog
             .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -639,58 +649,62 @@ pub fn register_inputs(ctx: &SessionContext, tables: &[(&str, Arc<dyn TableProvi
     Ok(())
 }
 
-/// The objects whose records the script reads (`records.<object>`), so a
-/// run reads only those from the store.
-pub fn records_read(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
-    tables_in(ctx, script, RECORDS_SCHEMA)
-}
+/// The tables a script names, each reference resolved once.
+pub struct Named(Vec<datafusion::common::TableReference>);
 
-/// Every table reference of the script, in order.
-fn references(ctx: &SessionContext, script: &Script) -> Result<Vec<datafusion::common::TableReference>> {
-    let state = ctx.state();
-    let mut all = Vec::new();
-    for s in &script.statements {
-        let references = state
-            .resolve_table_references(&s.statement)
-            .map_err(|e| map_error(e, Some(s)))?;
-        all.extend(references);
-    }
-    Ok(all)
-}
-
-/// The tables of `schema` the script names, each once.
-fn tables_in(ctx: &SessionContext, script: &Script, schema: &str) -> Result<Vec<String>> {
-    let mut tables: Vec<String> = Vec::new();
-    for r in references(ctx, script)? {
-        if r.schema() == Some(schema) && !tables.iter().any(|t| t == r.table()) {
-            tables.push(r.table().to_string());
+impl Named {
+    /// The references of `script` as `ctx` resolves them.
+    pub fn in_session(ctx: &SessionContext, script: &Script) -> Result<Self> {
+        let state = ctx.state();
+        let mut all = Vec::new();
+        for s in &script.statements {
+            let references = state
+                .resolve_table_references(&s.statement)
+                .map_err(|e| map_error(e, Some(s)))?;
+            all.extend(references);
         }
+        Ok(Self(all))
     }
-    Ok(tables)
-}
 
-/// The schemas a script reads tables of, each once.
-pub fn schemas_named(ctx: &SessionContext, script: &Script) -> Result<Vec<String>> {
-    let mut schemas: Vec<String> = Vec::new();
-    for r in references(ctx, script)? {
-        if let Some(schema) = r.schema()
-            && !schemas.iter().any(|x| x == schema)
-        {
-            schemas.push(schema.to_string());
-        }
+    /// The references of `script`, outside a run.
+    pub fn in_script(script: &Script) -> Result<Self> {
+        Self::in_session(&SessionContext::new(), script)
     }
-    Ok(schemas)
+
+    /// The tables of `schema` named, each once.
+    pub fn tables_in(&self, schema: &str) -> Vec<String> {
+        let mut tables: Vec<String> = Vec::new();
+        for r in &self.0 {
+            if r.schema() == Some(schema) && !tables.iter().any(|t| t == r.table()) {
+                tables.push(r.table().to_string());
+            }
+        }
+        tables
+    }
+
+    /// The schemas whose tables are named, each once.
+    pub fn schemas(&self) -> Vec<String> {
+        let mut schemas: Vec<String> = Vec::new();
+        for r in &self.0 {
+            if let Some(schema) = r.schema()
+                && !schemas.iter().any(|x| x == schema)
+            {
+                schemas.push(schema.to_string());
+            }
+        }
+        schemas
+    }
 }
 
 /// The objects a script names as `records.<object>`, outside a run (what
 /// an edit makes a connector read).
 pub fn records_named(script: &Script) -> Result<Vec<String>> {
-    records_read(&SessionContext::new(), script)
+    Ok(Named::in_script(script)?.tables_in(RECORDS_SCHEMA))
 }
 
 /// The input tables a script names (`input.<table>`), outside a run.
 pub fn inputs_named(script: &Script) -> Result<Vec<String>> {
-    tables_in(&SessionContext::new(), script, INPUT_SCHEMA)
+    Ok(Named::in_script(script)?.tables_in(INPUT_SCHEMA))
 }
 
 /// Registers `records.<object>`: a snapshot of an object's records taken
@@ -776,7 +790,7 @@ pub fn register_meta(
         ],
     )
     .map_err(internal)?;
-    let meta_schema = schema_of(ctx, "meta")?;
+    let meta_schema = schema_of(ctx, META_SCHEMA)?;
     for (name, schema, batch) in [
         ("current_execution", exec_schema, exec),
         ("parameters", param_schema, params),

@@ -212,7 +212,7 @@ fn local_secrets(connector: &Connector, file: Option<&Path>) -> anyhow::Result<S
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for name in needed {
-        let variable = format!("WEIR_SECRET_{}", name.to_uppercase());
+        let variable = weir_engine::sources::secret_variable(&name);
         match std::env::var(&variable).ok().or_else(|| from_file.get(&name).cloned()) {
             Some(value) => {
                 values.insert(name, value);

@@ -219,10 +219,7 @@ async fn parquet_in_an_s3_bucket_is_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_source_or_a_missing_secret_fails_naming_the_source_never_the_secret() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let port = common::services::free_port();
     let sources = "[[sources]]\nname = \"crm\"\nkind = \"postgres\"\nsecret = \"crm_db\"\ntables = [\"customers\"]\n";
     let script = "CREATE VIEW output.c AS SELECT * FROM crm.customers";
     let url = format!("postgres://weir:{PASSWORD}@127.0.0.1:{port}/shop?sslmode=disable");

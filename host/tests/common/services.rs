@@ -20,7 +20,8 @@ pub fn missing(what: &str, install: &str) {
     eprintln!("skipped: {message}");
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

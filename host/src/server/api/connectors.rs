@@ -340,8 +340,13 @@ pub(super) async fn replace(
     super::objects::keep_within_reach(app, caller, row, Some(&submitted.connector), submitted.draft.as_deref())?;
     // A source decides where its secret is sent: only a key of the whole
     // workspace, which may manage the secrets, may point one elsewhere.
-    let before: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-    if submitted.connector.sources != before.sources && submitted.connector.sources.iter().any(|s| s.secret.is_some()) {
+    let uses_secrets = submitted.connector.sources.iter().any(|s| s.secret.is_some());
+    if uses_secrets
+        && submitted.connector.sources
+            != serde_json::from_str::<Connector>(&row.definition)
+                .map_err(ApiError::internal)?
+                .sources
+    {
         caller.require_whole_workspace().map_err(|_| {
             ApiError::forbidden(
                 "sources that use workspace secrets decide where those secrets are sent; \

@@ -160,9 +160,11 @@ pub fn run_input(
             .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
         return Ok(file);
     }
-    let schedule = serde_json::from_str::<weir_engine::connector::Connector>(&row.definition)
-        .is_ok_and(|c| c.kind == weir_engine::connector::ConnectorType::Schedule);
-    if schedule && source_file_id.is_none() && row.sample_file_id.is_none() {
+    let schedule = || {
+        serde_json::from_str::<weir_engine::connector::Connector>(&row.definition)
+            .is_ok_and(|c| c.kind == weir_engine::connector::ConnectorType::Schedule)
+    };
+    if source_file_id.is_none() && row.sample_file_id.is_none() && schedule() {
         // A schedule connector's input is its tick: a dry run gets one of now.
         return crate::server::schedules::tick_file(app, &caller.workspace_id, chrono::Utc::now())
             .map_err(ApiError::internal);

@@ -448,7 +448,7 @@ fn readme(api_name: &str, data: Option<&str>, records: bool, secrets: &[String])
     } else {
         let list: Vec<String> = secrets
             .iter()
-            .map(|s| format!("`{s}` (`WEIR_SECRET_{}`)", s.to_uppercase()))
+            .map(|s| format!("`{s}` (`{}`)", weir_engine::sources::secret_variable(s)))
             .collect();
         format!(
             "Its sources need the secrets {}: set those variables, or pass `--secrets FILE` with one\n\
