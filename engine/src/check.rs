@@ -138,12 +138,7 @@ async fn plan(
         &connector.parameters,
     )?;
     for object in objects.map_or(&[][..], |o| &o.objects) {
-        let schema = store::arrow_schema(object);
-        sql::register_records(
-            &ctx,
-            &object.name,
-            datafusion::arrow::array::RecordBatch::new_empty(schema),
-        )?;
+        sql::register_records(&ctx, &object.name, empty(store::arrow_schema(object))?)?;
     }
     // Views are planned when created; building each scope's physical plan
     // catches what only shows there.

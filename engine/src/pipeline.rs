@@ -550,16 +550,13 @@ impl Run {
         }
 
         if let Some(records) = &self.records {
-            // Reading every record of an object costs a whole table scan;
-            // only the objects the script reads are snapshotted.
             let read = named.tables_in(sql::RECORDS_SCHEMA);
             for object in &records.objects.objects {
                 records.store.ensure_object(&records.workspace, object)?;
-                if !read.contains(&object.name) {
-                    continue;
+                if read.contains(&object.name) {
+                    let table = crate::records::RecordsTable::new(records.store.clone(), &records.workspace, object);
+                    sql::register_records(&ctx, &object.name, Arc::new(table))?;
                 }
-                let batch = records.store.scan(&records.workspace, object)?;
-                sql::register_records(&ctx, &object.name, batch)?;
             }
         }
 

@@ -707,12 +707,11 @@ pub fn inputs_named(script: &Script) -> Result<Vec<String>> {
     Ok(Named::in_script(script)?.tables_in(INPUT_SCHEMA))
 }
 
-/// Registers `records.<object>`: a snapshot of an object's records taken
-/// when the run starts, so a script can join new input against them.
-pub fn register_records(ctx: &SessionContext, object: &str, batch: RecordBatch) -> Result<()> {
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| Error::Internal(e.to_string()))?;
+/// Registers `records.<object>`: the object's records, read from the store
+/// as the script runs.
+pub fn register_records(ctx: &SessionContext, object: &str, table: Arc<dyn TableProvider>) -> Result<()> {
     schema_of(ctx, RECORDS_SCHEMA)?
-        .register_table(object.to_string(), Arc::new(table))
+        .register_table(object.to_string(), table)
         .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
 }

@@ -362,9 +362,105 @@ pub trait RecordStore: Send + Sync {
     /// How many records the object has.
     fn count(&self, workspace: &str, object: &str) -> Result<u64>;
 
-    /// Every record of the object as one Arrow batch (`records.<object>` in
-    /// SQL): `id`, `name`, then the declared fields, typed by field type.
-    fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch>;
+    /// Reads the object's records that meet every condition of `scan`, in
+    /// Arrow batches of at most `scan.batch_rows` rows with the fields it
+    /// names (typed as [`arrow_schema`] types them), handing each to `each`
+    /// as it is read; stops early when `each` returns false. One scan reads
+    /// one consistent state of the object: commits made while it runs are
+    /// not seen. A store may leave a condition it cannot apply (and then the
+    /// limit) to the caller, which applies them all again. `records.<object>`
+    /// in connector SQL is read this way.
+    fn scan(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        scan: &Scan,
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<()>;
+
+    /// Every record of the object as one Arrow batch: `id`, `name`, then
+    /// the declared fields.
+    fn scan_all(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch> {
+        let schema = arrow_schema(object);
+        let scan = Scan {
+            fields: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            ..Scan::default()
+        };
+        let mut batches = Vec::new();
+        self.scan(workspace, object, &scan, &mut |b| {
+            batches.push(b);
+            true
+        })?;
+        datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// What a read of an object's records asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// The fields to read, in order (`id`, `name` or declared fields); none
+    /// reads only how many records there are.
+    pub fields: Vec<String>,
+    /// Conditions every record read meets.
+    pub conditions: Vec<Condition>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// Records per batch.
+    pub batch_rows: usize,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Self {
+            fields: Vec::new(),
+            conditions: Vec::new(),
+            limit: None,
+            batch_rows: 8192,
+        }
+    }
+}
+
+/// A condition on one field's stored value, compared the way the record
+/// store compares values (as match keys are: numbers by value, text
+/// exactly); a null value meets no comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The field compared with a value.
+    Compare(String, Comparison, Value),
+    /// The field is null (`true`) or is not (`false`).
+    Null(String, bool),
+    /// The field equals one of the values.
+    In(String, Vec<Value>),
+}
+
+/// How a condition compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// `=`
+    Eq,
+    /// `<>`
+    NotEq,
+    /// `<`
+    Lt,
+    /// `<=`
+    LtEq,
+    /// `>`
+    Gt,
+    /// `>=`
+    GtEq,
+}
+
+impl Comparison {
+    fn sql(self) -> &'static str {
+        match self {
+            Comparison::Eq => "=",
+            Comparison::NotEq => "<>",
+            Comparison::Lt => "<",
+            Comparison::LtEq => "<=",
+            Comparison::Gt => ">",
+            Comparison::GtEq => ">=",
+        }
+    }
 }
 
 /// The Arrow schema of an object's records.
@@ -412,6 +508,9 @@ pub struct SqliteStore {
     /// the writer commits, each seeing the last commit before it began.
     reader: Option<Mutex<Connection>>,
     conn: Mutex<Connection>,
+    /// The database file (none in memory): each scan reads on a connection
+    /// of its own, so a long read blocks neither lookups nor commits.
+    path: Option<std::path::PathBuf>,
 }
 
 /// Copies the WAL into the database file on a thread of its own, so a
@@ -576,6 +675,7 @@ impl SqliteStore {
         reader.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
         store.reader = Some(Mutex::new(reader));
         store.checkpoints = Some(Checkpointer::start(path, wal_limit)?);
+        store.path = Some(path.to_path_buf());
         Ok(store)
     }
 
@@ -604,6 +704,7 @@ impl SqliteStore {
             checkpoints: None,
             reader: None,
             conn: Mutex::new(conn),
+            path: None,
         })
     }
 
@@ -863,30 +964,35 @@ impl RecordStore for SqliteStore {
         }
     }
 
-    fn scan(&self, workspace: &str, object: &ObjectDef) -> Result<RecordBatch> {
-        let conn = self.read();
-        let names = stored_fields(object);
-        let columns: Vec<String> = names.iter().map(|(n, _)| column(n)).collect();
-        let sql = format!(
-            "SELECT \"id\", {} FROM {} ORDER BY \"id\"",
-            columns.join(", "),
-            table(workspace, &object.name)
-        );
-        let mut ids = StringBuilder::new();
-        let mut builders: Vec<Builder> = names.iter().map(|(_, k)| Builder::new(*k)).collect();
-        let mut stmt = conn.prepare(&sql).map_err(store_error)?;
-        let mut rows = stmt.query([]).map_err(store_error)?;
-        while let Some(row) = rows.next().map_err(store_error)? {
-            let id: String = row.get(0).map_err(store_error)?;
-            ids.append_value(id);
-            for (i, ((_, kind), b)) in names.iter().zip(builders.iter_mut()).enumerate() {
-                let v: SqlValue = row.get(i + 1).map_err(store_error)?;
-                b.push(Value::from_sql(*kind, v));
+    fn scan(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        scan: &Scan,
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<()> {
+        let Some(path) = &self.path else {
+            // In memory there is one connection, which commits wait for:
+            // read everything first, then hand it out.
+            let mut batches = Vec::new();
+            read_records(&self.lock(), workspace, object, scan, &mut |b| {
+                batches.push(b);
+                true
+            })?;
+            for b in batches {
+                if !each(b) {
+                    break;
+                }
             }
-        }
-        let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids.finish())];
-        arrays.extend(builders.into_iter().map(Builder::finish));
-        RecordBatch::try_new(arrow_schema(object), arrays).map_err(|e| Error::Internal(e.to_string()))
+            return Ok(());
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(store_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        read_records(&conn, workspace, object, scan, each)
     }
 
     fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
@@ -921,6 +1027,97 @@ impl RecordStore for SqliteStore {
             .map(|n| n.max(0) as u64)
             .map_err(store_error)
     }
+}
+
+/// Runs one scan on `conn`: a single statement, so one consistent state of
+/// the object (WAL keeps it while commits go on).
+fn read_records(
+    conn: &Connection,
+    workspace: &str,
+    object: &ObjectDef,
+    scan: &Scan,
+    each: &mut dyn FnMut(RecordBatch) -> bool,
+) -> Result<()> {
+    let all = arrow_schema(object);
+    let mut fields = Vec::with_capacity(scan.fields.len());
+    for name in &scan.fields {
+        let field = all
+            .field_with_name(name)
+            .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
+        fields.push(field.clone());
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let kinds: Vec<FieldType> = scan
+        .fields
+        .iter()
+        .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
+        .collect();
+    let mut selected: Vec<String> = scan.fields.iter().map(|f| column(f)).collect();
+    if selected.is_empty() {
+        // Only the number of records is wanted.
+        selected.push("1".into());
+    }
+    let mut sql = format!("SELECT {} FROM {}", selected.join(", "), table(workspace, &object.name));
+    let mut params: Vec<&Value> = Vec::new();
+    let mut clauses = Vec::new();
+    let mut all_applied = true;
+    for condition in &scan.conditions {
+        match condition {
+            Condition::Compare(f, op, v) => {
+                clauses.push(format!("{} {} ?", column(f), op.sql()));
+                params.push(v);
+            }
+            Condition::Null(f, true) => clauses.push(format!("{} IS NULL", column(f))),
+            Condition::Null(f, false) => clauses.push(format!("{} IS NOT NULL", column(f))),
+            Condition::In(_, values) if values.is_empty() => clauses.push("0".into()),
+            Condition::In(f, values) if params.len() + values.len() <= MAX_PARAMS => {
+                clauses.push(format!("{} IN ({})", column(f), vec!["?"; values.len()].join(",")));
+                params.extend(values);
+            }
+            // A list too long to bind is left to the caller, and so is the
+            // limit, which only holds after every condition.
+            Condition::In(..) => all_applied = false,
+        }
+    }
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    if let Some(limit) = scan.limit.filter(|_| all_applied) {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let batch_rows = scan.batch_rows.max(1);
+    let mut stmt = conn.prepare(&sql).map_err(store_error)?;
+    let mut rows = stmt.query(params_from_iter(params)).map_err(store_error)?;
+    let fresh = || -> Vec<Builder> { kinds.iter().map(|k| Builder::new(*k)).collect() };
+    let mut builders = fresh();
+    let mut n = 0usize;
+    let finish = |builders: Vec<Builder>, n: usize| -> Result<RecordBatch> {
+        let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            arrays,
+            &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| Error::Internal(e.to_string()))
+    };
+    while let Some(row) = rows.next().map_err(store_error)? {
+        for (i, (kind, b)) in kinds.iter().zip(builders.iter_mut()).enumerate() {
+            let v: SqlValue = row.get(i).map_err(store_error)?;
+            b.push(Value::from_sql(*kind, v));
+        }
+        n += 1;
+        if n == batch_rows {
+            if !each(finish(std::mem::replace(&mut builders, fresh()), n)?) {
+                return Ok(());
+            }
+            n = 0;
+        }
+    }
+    if n > 0 {
+        each(finish(builders, n)?);
+    }
+    Ok(())
 }
 
 /// Builds one Arrow column of field values.
@@ -1146,7 +1343,7 @@ name = "contact"
         store
             .commit("w", "contact", &creates(vec![create("a@x.io", 2.5)]))
             .expect("commit");
-        let batch = store.scan("w", &def).expect("scan");
+        let batch = store.scan_all("w", &def).expect("scan");
         assert_eq!(batch.num_rows(), 1);
         let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["id", "name", "email", "score", "vip", "born"]);
@@ -1159,6 +1356,91 @@ name = "contact"
             2.5
         );
         assert!(batch.column(4).is_null(0));
+    }
+
+    #[test]
+    fn a_scan_reads_the_fields_asked_for_that_meet_its_conditions_in_batches() {
+        use datafusion::arrow::array::AsArray;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("r.db")).expect("store");
+        let def = contact();
+        store.ensure_object("w", &def).expect("ensure");
+        let writes = (0..10).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
+        store.commit("w", "contact", &creates(writes)).expect("commit");
+        let read = |scan: Scan| -> Vec<RecordBatch> {
+            let mut batches = Vec::new();
+            store
+                .scan("w", &def, &scan, &mut |b| {
+                    batches.push(b);
+                    true
+                })
+                .expect("scan");
+            batches
+        };
+        let emails = |batches: &[RecordBatch]| -> Vec<String> {
+            let mut out: Vec<String> = batches
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let batches = read(Scan {
+            fields: vec!["email".into(), "score".into()],
+            conditions: vec![
+                Condition::Compare("score".into(), Comparison::GtEq, Value::Number(3.0)),
+                Condition::Compare("score".into(), Comparison::Lt, Value::Number(8.0)),
+                Condition::In(
+                    "email".into(),
+                    ["u3@x.io", "u5@x.io", "u9@x.io"]
+                        .map(|e| Value::Text(e.into()))
+                        .to_vec(),
+                ),
+                Condition::Null("vip".into(), true),
+            ],
+            limit: None,
+            batch_rows: 1,
+        });
+        assert_eq!(batches.len(), 2, "one record a batch");
+        assert_eq!(batches[0].schema().field(1).name(), "score");
+        assert_eq!(emails(&batches), ["u3@x.io", "u5@x.io"]);
+
+        // No fields: only how many; a limit; an empty list matches nothing.
+        let counted = read(Scan {
+            limit: Some(4),
+            batch_rows: 3,
+            ..Scan::default()
+        });
+        assert_eq!(counted.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), [3, 1]);
+        assert_eq!(counted[0].num_columns(), 0);
+        let none = read(Scan {
+            fields: vec!["email".into()],
+            conditions: vec![Condition::In("email".into(), vec![])],
+            ..Scan::default()
+        });
+        assert!(none.is_empty());
+
+        // Stopping early reads no further.
+        let mut handed = 0;
+        let one_at_a_time = Scan {
+            fields: vec!["id".into()],
+            batch_rows: 1,
+            ..Scan::default()
+        };
+        store
+            .scan("w", &def, &one_at_a_time, &mut |_| {
+                handed += 1;
+                handed < 2
+            })
+            .expect("scan");
+        assert_eq!(handed, 2);
     }
 
     #[test]

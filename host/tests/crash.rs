@@ -74,7 +74,7 @@ fn records(dir: &std::path::Path) -> (u64, u64) {
     let contact = objects.get("contact").unwrap_or_else(|| panic!("no contact"));
     let store = SqliteStore::open(&dir.join("records.db")).unwrap_or_else(|e| panic!("{e}"));
     let count = store.count(&ws, "contact").unwrap_or_else(|e| panic!("{e}"));
-    let batch = store.scan(&ws, contact).unwrap_or_else(|e| panic!("{e}"));
+    let batch = store.scan_all(&ws, contact).unwrap_or_else(|e| panic!("{e}"));
     let emails = batch
         .column_by_name("email")
         .map(|c| {

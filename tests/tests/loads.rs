@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::objects::ObjectDef;
 use weir_engine::objects::Objects;
 use weir_engine::pipeline::{InputFile, Records, RunSettings};
-use weir_engine::store::{Found, Record, RecordId, RecordStore, SqliteStore, Value, WriteBatch};
+use weir_engine::store::{
+    Comparison, Condition, Found, Record, RecordId, RecordStore, Scan, SqliteStore, Value, WriteBatch,
+};
 use weir_tests::{connector, input, run_with};
 
 const LOAD: &str = r#"
@@ -89,31 +91,40 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
     );
 }
 
-/// A store that records the size of every commit and the objects scanned,
-/// and passes everything on.
+/// A store that records the size of every commit and every scan (the
+/// object, what was asked, how many records it handed over), and passes
+/// everything on.
 struct Recording {
     inner: SqliteStore,
     commits: Mutex<Vec<usize>>,
-    scans: Mutex<Vec<String>>,
+    scans: Mutex<Vec<(String, Scan, usize)>>,
     /// The commit (counted from 1) that fails, if any.
     failing: Option<usize>,
 }
 
 impl Recording {
     fn new() -> Self {
+        Self::over(SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn over(inner: SqliteStore) -> Self {
         Self {
-            inner: SqliteStore::in_memory().unwrap_or_else(|e| panic!("{e}")),
+            inner,
             commits: Mutex::default(),
             scans: Mutex::default(),
             failing: None,
         }
     }
 
-    fn scans(&self) -> Vec<String> {
+    fn scans(&self) -> Vec<(String, Scan, usize)> {
         self.scans
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    fn objects_scanned(&self) -> Vec<String> {
+        self.scans().into_iter().map(|(object, _, _)| object).collect()
     }
 }
 
@@ -161,12 +172,23 @@ impl RecordStore for Recording {
     fn count(&self, workspace: &str, object: &str) -> weir_engine::Result<u64> {
         self.inner.count(workspace, object)
     }
-    fn scan(&self, workspace: &str, object: &ObjectDef) -> weir_engine::Result<RecordBatch> {
+    fn scan(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        scan: &Scan,
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> weir_engine::Result<()> {
+        let mut handed = 0;
+        let read = self.inner.scan(workspace, object, scan, &mut |batch| {
+            handed += batch.num_rows();
+            each(batch)
+        });
         self.scans
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(object.name.clone());
-        self.inner.scan(workspace, object)
+            .push((object.name.clone(), scan.clone(), handed));
+        read
     }
 }
 
@@ -201,16 +223,109 @@ async fn only_the_records_a_script_reads_are_scanned() {
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
     assert!(store.scans().is_empty(), "a script without records.* reads no records");
 
-    // A script joining its input against what is loaded snapshots that object.
+    // A script joining its input against what is loaded reads that object.
     let joins = "CREATE VIEW output.people AS SELECT d.email FROM input.data d \
                  LEFT JOIN records.contact c ON c.email = d.email WHERE c.id IS NULL";
     let o = load_people(store.clone(), "email\na@x.io\nc@x.io\n", joins, RunSettings::default()).await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
-    assert_eq!(store.scans(), ["contact"]);
+    assert_eq!(store.objects_scanned(), ["contact"]);
     let doc = o.json();
     assert_eq!(
         doc["step_progress"][4]["steps"][0]["created"], 1,
         "only c@x.io is new: {doc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reads_only_the_columns_and_records_a_script_asks_for() {
+    let store = Arc::new(Recording::new());
+    let plain = "CREATE VIEW output.people AS SELECT email FROM input.data";
+    let o = load_people(
+        store.clone(),
+        "email\na@x.io\nb@x.io\nc@x.io\n",
+        plain,
+        RunSettings::default(),
+    )
+    .await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+
+    let filtered = "CREATE VIEW output.people AS SELECT c.email FROM records.contact c \
+                    WHERE c.email = 'b@x.io' OR c.email IN ('c@x.io')";
+    let o = load_people(store.clone(), "email\nz@x.io\n", filtered, RunSettings::default()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    let scans = store.scans();
+    let (object, scan, handed) = scans.last().unwrap_or_else(|| panic!("no scan"));
+    assert_eq!(object, "contact");
+    assert_eq!(scan.fields, ["email"], "only the column the script uses");
+    assert_eq!(
+        scan.conditions,
+        [Condition::In(
+            "email".into(),
+            vec![Value::Text("b@x.io".into()), Value::Text("c@x.io".into())]
+        )],
+        "the WHERE reaches the store"
+    );
+    assert_eq!(*handed, 2, "the store applied it");
+    assert_eq!(o.json()["step_progress"][4]["steps"][0]["updated"], 2);
+
+    let ranged =
+        "CREATE VIEW output.people AS SELECT email FROM records.contact WHERE email > 'a@x.io' AND name IS NULL";
+    let o = load_people(store.clone(), "email\nz@x.io\n", ranged, RunSettings::default()).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    let scans = store.scans();
+    let (_, scan, handed) = scans.last().unwrap_or_else(|| panic!("no scan"));
+    assert_eq!(
+        scan.conditions,
+        [
+            Condition::Compare("email".into(), Comparison::Gt, Value::Text("a@x.io".into())),
+            Condition::Null("name".into(), true),
+        ]
+    );
+    assert_eq!(*handed, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_is_read_as_the_script_goes_not_whole() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(Recording::over(
+        SqliteStore::open(&dir.path().join("records.db")).unwrap_or_else(|e| panic!("{e}")),
+    ));
+    let objects =
+        Objects::from_toml("[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let contact = &objects.objects[0];
+    store.ensure_object("w", contact).unwrap_or_else(|e| panic!("{e}"));
+    const RECORDS: usize = 100_000;
+    let creates = (0..RECORDS)
+        .map(|i| weir_engine::store::Write {
+            id: RecordId::now_v7(),
+            values: vec![Some(Value::Text(format!("u{i}@x.io")))],
+        })
+        .collect();
+    let batch = WriteBatch {
+        fields: vec!["email".into()],
+        creates,
+        ..WriteBatch::default()
+    };
+    store.commit("w", "contact", &batch).unwrap_or_else(|e| panic!("{e}"));
+
+    // `lower(...)` stays with DataFusion, so the limit cannot reach the
+    // store: the read stops because the query stops asking.
+    let script = "CREATE VIEW output.people AS SELECT email FROM records.contact \
+                  WHERE lower(email) LIKE '%@x.io' LIMIT 3";
+    let settings = RunSettings {
+        threads: 1,
+        ..RunSettings::default()
+    };
+    let o = load_people(store.clone(), "email\nz@x.io\n", script, settings).await;
+    assert_eq!(o.status(), "success", "{:?}", o.doc.error);
+    assert_eq!(o.json()["step_progress"][4]["steps"][0]["updated"], 3);
+    let scans = store.scans();
+    let (_, scan, handed) = scans.last().unwrap_or_else(|| panic!("no scan"));
+    assert_eq!(scan.limit, None);
+    assert!(
+        *handed < RECORDS / 2,
+        "{handed} of {RECORDS} records read for three rows: the object was read whole"
     );
 }
 

@@ -110,7 +110,7 @@ async fn run_transforms(
     .await;
     let elapsed = started.elapsed();
     let object = objects.get("item").unwrap_or_else(|| panic!("no item object"));
-    let batch = store.scan("w", object).unwrap_or_else(|e| panic!("{e}"));
+    let batch = store.scan_all("w", object).unwrap_or_else(|e| panic!("{e}"));
     Ran {
         outcome,
         rows: rows_by_id(&batch, columns),
