@@ -37,6 +37,8 @@ use url::Url;
 use crate::connector::is_identifier;
 use crate::error::{Error, Problem, Result};
 
+mod query;
+
 /// How long reaching a source may take before the run fails with
 /// `source_unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -57,6 +59,9 @@ pub struct SourceDef {
     /// its last name part.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<String>,
+    /// `postgres`: table name → a query the database runs, read as a table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queries: BTreeMap<String, String>,
     /// Files: table name → path under `url` or in `bucket`. A path ending
     /// in `/` is every file under it with the same extension.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -111,6 +116,7 @@ impl SourceDef {
             self.tables
                 .iter()
                 .map(|t| (t.rsplit('.').next().unwrap_or(t).to_string(), t.clone()))
+                .chain(self.queries.iter().map(|(k, q)| (k.clone(), q.clone())))
                 .collect()
         } else {
             self.files.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -156,24 +162,45 @@ impl SourceDef {
                     "required: the workspace secret holding the connection URL",
                 ));
             }
-            if self.tables.is_empty() {
-                problems.push(Problem::new(at("tables"), "list at least one table"));
+            if self.tables.is_empty() && self.queries.is_empty() {
+                problems.push(Problem::new(at("tables"), "list at least one table (or give a query)"));
+            }
+            if self.kind == SourceKind::Mysql && !self.queries.is_empty() {
+                problems.push(Problem::new(
+                    at("queries"),
+                    "a `mysql` source reads tables and views: make the query a view in the database",
+                ));
+            }
+            for (name, q) in &self.queries {
+                if q.trim().trim_end_matches(';').trim().is_empty() {
+                    problems.push(Problem::new(
+                        format!("sources[{i}].queries.{name}"),
+                        "the query is empty",
+                    ));
+                }
             }
             only("files", !self.files.is_empty(), &mut problems);
             only("url", self.url.is_some(), &mut problems);
             only("bucket", self.bucket.is_some(), &mut problems);
             let mut seen = Vec::new();
             for (j, (name, table)) in self.table_names().iter().enumerate() {
+                let key = match j.checked_sub(self.tables.len()) {
+                    None => format!("sources[{i}].tables[{j}]"),
+                    Some(_) => format!("sources[{i}].queries.{name}"),
+                };
                 if !is_identifier(name) {
+                    let what = if j < self.tables.len() {
+                        format!("`{table}`: ")
+                    } else {
+                        String::new()
+                    };
                     problems.push(Problem::new(
-                        format!("sources[{i}].tables[{j}]"),
-                        format!(
-                            "`{table}`: `{name}` is not a name a script can use; use lowercase letters, digits and `_`"
-                        ),
+                        key,
+                        format!("{what}`{name}` is not a name a script can use; use lowercase letters, digits and `_`"),
                     ));
                 } else if seen.contains(name) {
                     problems.push(Problem::new(
-                        format!("sources[{i}].tables[{j}]"),
+                        key,
                         format!("a second table named `{name}` in this source"),
                     ));
                 }
@@ -181,6 +208,7 @@ impl SourceDef {
             }
         } else {
             only("tables", !self.tables.is_empty(), &mut problems);
+            only("queries", !self.queries.is_empty(), &mut problems);
             if self.files.is_empty() {
                 problems.push(Problem::new(at("files"), "give at least one file: name = \"path\""));
             }
@@ -472,8 +500,13 @@ async fn open(
             let pool = PostgresConnectionPool::new(to_secret_map(params))
                 .await
                 .map_err(|e| e.to_string())?;
-            let factory = PostgresTableFactory::new(Arc::new(pool));
-            database_tables(source, |t| factory.table_provider(t)).await
+            let pool = Arc::new(pool);
+            let factory = PostgresTableFactory::new(pool.clone());
+            let mut tables = database_tables(source, |t| factory.table_provider(t)).await?;
+            for (name, q) in &source.queries {
+                tables.push((name.clone(), query::open(pool.clone(), name, q).await?));
+            }
+            Ok(tables)
         }
         SourceKind::Mysql => {
             let (params, (host, port)) = mysql_params(secret.unwrap_or_default())?;
@@ -521,7 +554,7 @@ where
     Fut: Future<Output = std::result::Result<Arc<dyn TableProvider>, Box<dyn std::error::Error + Send + Sync>>>,
 {
     let mut tables = Tables::new();
-    for (name, table) in source.table_names() {
+    for (name, table) in source.table_names().into_iter().take(source.tables.len()) {
         let provider = open(TableReference::parse_str(&table))
             .await
             .map_err(|e| format!("table `{table}`: {e}"))?;

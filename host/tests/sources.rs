@@ -98,6 +98,84 @@ async fn a_postgres_table_is_read_with_its_filter_and_columns_pushed_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_query_is_read_as_a_table_that_only_reads() {
+    let Some(pg) = Postgres::start(PASSWORD) else { return };
+    pg.sql(
+        "CREATE TABLE buyers (id int PRIMARY KEY, country text);
+         CREATE TABLE purchases (id int PRIMARY KEY, buyer int, total numeric(10,2));
+         INSERT INTO buyers VALUES (1, 'FR'), (2, 'DE'), (3, 'FR');
+         INSERT INTO purchases VALUES (1, 1, 10.50), (2, 1, 5.00), (3, 2, 7.25), (4, 3, 1.25);
+         ALTER TABLE buyers OWNER TO weir; ALTER TABLE purchases OWNER TO weir;",
+    );
+    let sources = r#"
+[[sources]]
+name = "crm"
+kind = "postgres"
+secret = "crm_db"
+  [sources.queries]
+  spend = """
+    SELECT b.country, sum(p.total) AS spent, count(*) AS purchases
+    FROM purchases p JOIN buyers b ON b.id = p.buyer GROUP BY b.country;
+  """
+  nobody = "SELECT id, country FROM buyers WHERE false"
+"#;
+    let secrets = [("crm_db", pg.url(PASSWORD))];
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let outcome = run_sources(
+        sources,
+        "CREATE VIEW output.fr AS SELECT country, CAST(spent AS DOUBLE) AS spent, purchases \
+           FROM crm.spend WHERE country = 'FR';
+         CREATE VIEW output.none AS SELECT id, country FROM crm.nobody",
+        &secrets,
+        CancellationToken::new(),
+    )
+    .await;
+    succeeded(&outcome);
+    assert_eq!(outcome.output("fr"), "country,spent,purchases\nFR,16.75,3\n");
+    // A query with no rows still has its columns.
+    assert_eq!(outcome.output("none"), "id,country\n");
+    let log = pg.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("AS weir_query WHERE \"country\" = 'FR'")),
+        "the filter did not reach the server:\n{log}"
+    );
+    holds_no_password(&outcome);
+
+    // A query that does not describe, or that would write, fails the run
+    // before anything runs, naming the query.
+    for (query, says) in [
+        ("SELECT nope FROM buyers", "nope"),
+        (
+            "WITH gone AS (DELETE FROM purchases RETURNING id) SELECT id FROM gone",
+            "data-modifying",
+        ),
+        ("SELECT 1; DELETE FROM purchases", "syntax error"),
+    ] {
+        let sources = format!(
+            "[[sources]]\nname = \"crm\"\nkind = \"postgres\"\nsecret = \"crm_db\"\n[sources.queries]\nbad = {query:?}\n"
+        );
+        let outcome = run_sources(
+            &sources,
+            "CREATE VIEW output.x AS SELECT * FROM crm.bad",
+            &secrets,
+            CancellationToken::new(),
+        )
+        .await;
+        let message = unavailable(&outcome);
+        assert!(
+            message.contains("crm") && message.contains("query `bad`") && message.contains(says),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM purchases").trim(),
+        "4",
+        "nothing was deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mysql_table_is_read() {
     let Some(db) = Mariadb::start(PASSWORD) else { return };
     db.sql(
