@@ -550,11 +550,17 @@ impl Run {
         }
 
         if let Some(records) = &self.records {
-            let read = named.tables_in(sql::RECORDS_SCHEMA);
             for object in &records.objects.objects {
                 records.store.ensure_object(&records.workspace, object)?;
-                if read.contains(&object.name) {
-                    let table = crate::records::RecordsTable::new(records.store.clone(), &records.workspace, object);
+            }
+            // Every object the script reads, as it is before this run loads
+            // anything: scopes that read after others loaded see what a dry
+            // run would see.
+            let read = named.tables_in(sql::RECORDS_SCHEMA);
+            if records.objects.objects.iter().any(|o| read.contains(&o.name)) {
+                let snapshot = records.store.snapshot()?;
+                for object in records.objects.objects.iter().filter(|o| read.contains(&o.name)) {
+                    let table = crate::records::RecordsTable::new(snapshot.clone(), &records.workspace, object);
                     sql::register_records(&ctx, &object.name, Arc::new(table))?;
                 }
             }

@@ -1,6 +1,6 @@
 //! `records.<object>` in connector SQL (docs/loads.md "Reading what is
-//! loaded"): a table that reads the record store as the query runs, batch
-//! by batch, with the columns the query uses and the conditions on them
+//! loaded"): a table that reads a snapshot of the record store taken when
+//! the run starts, batch by batch as the query runs, with the columns the query uses and the conditions on them
 //! that the store can apply, so a script can join its input against a large
 //! object without holding the object in memory.
 
@@ -18,7 +18,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
 use crate::objects::ObjectDef;
-use crate::store::{Comparison, Condition, RecordStore, Scan, Value, arrow_schema};
+use crate::store::{Comparison, Condition, RecordSnapshot, Scan, Value, arrow_schema};
 
 /// Batches read ahead of the query: the memory a scan holds beyond the
 /// batch the query works on.
@@ -33,7 +33,7 @@ pub struct RecordsTable {
 
 /// Where an object's records are.
 struct Records {
-    store: Arc<dyn RecordStore>,
+    snapshot: Arc<dyn RecordSnapshot>,
     workspace: String,
     object: ObjectDef,
 }
@@ -48,11 +48,11 @@ impl std::fmt::Debug for Records {
 }
 
 impl RecordsTable {
-    /// The records of `object` in `workspace`'s store.
-    pub fn new(store: Arc<dyn RecordStore>, workspace: &str, object: &ObjectDef) -> Self {
+    /// The records of `object` in `workspace`, as `snapshot` holds them.
+    pub fn new(snapshot: Arc<dyn RecordSnapshot>, workspace: &str, object: &ObjectDef) -> Self {
         Self {
             records: Arc::new(Records {
-                store,
+                snapshot,
                 workspace: workspace.to_string(),
                 object: object.clone(),
             }),
@@ -140,11 +140,11 @@ impl PartitionStream for RecordsPartition {
         // the receiver; the next hand-over fails and the read ends.
         tokio::task::spawn_blocking(move || {
             let Records {
-                store,
+                snapshot,
                 workspace,
                 object,
             } = records.as_ref();
-            let read = store.scan(workspace, object, &scan, &mut |batch| {
+            let read = snapshot.scan(workspace, object, &scan, &mut |batch| {
                 tx.blocking_send(Ok(batch)).is_ok()
             });
             if let Err(e) = read {

@@ -362,21 +362,11 @@ pub trait RecordStore: Send + Sync {
     /// How many records the object has.
     fn count(&self, workspace: &str, object: &str) -> Result<u64>;
 
-    /// Reads the object's records that meet every condition of `scan`, in
-    /// Arrow batches of at most `scan.batch_rows` rows with the fields it
-    /// names (typed as [`arrow_schema`] types them), handing each to `each`
-    /// as it is read; stops early when `each` returns false. One scan reads
-    /// one consistent state of the object: commits made while it runs are
-    /// not seen. A store may leave a condition it cannot apply (and then the
-    /// limit) to the caller, which applies them all again. `records.<object>`
-    /// in connector SQL is read this way.
-    fn scan(
-        &self,
-        workspace: &str,
-        object: &ObjectDef,
-        scan: &Scan,
-        each: &mut dyn FnMut(RecordBatch) -> bool,
-    ) -> Result<()>;
+    /// The records as they are now, for reads that must all see this one
+    /// state whatever is committed after (a run's `records.<object>`: what
+    /// a script reads does not depend on what the same run loads, so a dry
+    /// run reads what the real run would).
+    fn snapshot(&self) -> Result<Arc<dyn RecordSnapshot>>;
 
     /// Every record of the object as one Arrow batch: `id`, `name`, then
     /// the declared fields.
@@ -387,12 +377,29 @@ pub trait RecordStore: Send + Sync {
             ..Scan::default()
         };
         let mut batches = Vec::new();
-        self.scan(workspace, object, &scan, &mut |b| {
+        self.snapshot()?.scan(workspace, object, &scan, &mut |b| {
             batches.push(b);
             true
         })?;
         datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::Internal(e.to_string()))
     }
+}
+
+/// One state of the records, read while commits go on.
+pub trait RecordSnapshot: Send + Sync {
+    /// Reads the object's records that meet every condition of `scan`, in
+    /// Arrow batches of at most `scan.batch_rows` rows with the fields it
+    /// names (typed as [`arrow_schema`] types them), handing each to `each`
+    /// as it is read; stops early when `each` returns false. A store may
+    /// leave a condition it cannot apply (and then the limit) to the
+    /// caller, which applies them all again.
+    fn scan(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        scan: &Scan,
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<()>;
 }
 
 /// What a read of an object's records asks for.
@@ -508,9 +515,13 @@ pub struct SqliteStore {
     /// the writer commits, each seeing the last commit before it began.
     reader: Option<Mutex<Connection>>,
     conn: Mutex<Connection>,
-    /// The database file (none in memory): each scan reads on a connection
-    /// of its own, so a long read blocks neither lookups nor commits.
+    /// The database file (none in memory): a snapshot reads on a
+    /// connection of its own, so a long read blocks neither lookups nor
+    /// commits.
     path: Option<std::path::PathBuf>,
+    /// Snapshots open: while one is, the WAL cannot be truncated (it holds
+    /// the snapshot's pages), so the writer does not try.
+    pinned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Copies the WAL into the database file on a thread of its own, so a
@@ -579,9 +590,11 @@ impl Checkpointer {
 
     /// After a commit: wakes the thread, or checkpoints and truncates the
     /// WAL on the writer's connection when it has outgrown the limit.
-    fn committed(&self, conn: &Connection) -> Result<()> {
+    fn committed(&self, conn: &Connection, pinned: bool) -> Result<()> {
         let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        if size > self.wal_limit {
+        // An open snapshot keeps the WAL's pages: a truncate would wait for
+        // it in vain, so the WAL grows until the snapshot ends.
+        if size > self.wal_limit && !pinned {
             // Another process's checkpoint can still refuse this one; the
             // next commit tries again.
             let _running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -705,6 +718,7 @@ impl SqliteStore {
             reader: None,
             conn: Mutex::new(conn),
             path: None,
+            pinned: Arc::default(),
         })
     }
 
@@ -959,40 +973,44 @@ impl RecordStore for SqliteStore {
         }
         tx.commit().map_err(store_error)?;
         match &self.checkpoints {
-            Some(c) => c.committed(&conn),
+            Some(c) => c.committed(&conn, self.pinned.load(std::sync::atomic::Ordering::Acquire) > 0),
             None => Ok(()),
         }
     }
 
-    fn scan(
-        &self,
-        workspace: &str,
-        object: &ObjectDef,
-        scan: &Scan,
-        each: &mut dyn FnMut(RecordBatch) -> bool,
-    ) -> Result<()> {
-        let Some(path) = &self.path else {
-            // In memory there is one connection, which commits wait for:
-            // read everything first, then hand it out.
-            let mut batches = Vec::new();
-            read_records(&self.lock(), workspace, object, scan, &mut |b| {
-                batches.push(b);
-                true
-            })?;
-            for b in batches {
-                if !each(b) {
-                    break;
-                }
+    fn snapshot(&self) -> Result<Arc<dyn RecordSnapshot>> {
+        let conn = match &self.path {
+            Some(path) => {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(store_error)?;
+                conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+                // A read transaction holds the state of its first read
+                // (WAL) until it ends.
+                conn.execute_batch("BEGIN").map_err(store_error)?;
+                conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                    .map_err(store_error)?;
+                conn
             }
-            return Ok(());
+            None => {
+                // In memory there is no second connection to the same
+                // database: the snapshot is a copy.
+                let mut copy = Connection::open_in_memory().map_err(store_error)?;
+                let source = self.lock();
+                rusqlite::backup::Backup::new(&source, &mut copy)
+                    .and_then(|b| b.run_to_completion(i32::MAX, Duration::ZERO, None))
+                    .map_err(store_error)?;
+                drop(source);
+                copy
+            }
         };
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(store_error)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
-        read_records(&conn, workspace, object, scan, each)
+        self.pinned.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(Arc::new(SqliteSnapshot {
+            conn: Mutex::new(conn),
+            pinned: self.pinned.clone(),
+        }))
     }
 
     fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
@@ -1029,95 +1047,112 @@ impl RecordStore for SqliteStore {
     }
 }
 
-/// Runs one scan on `conn`: a single statement, so one consistent state of
-/// the object (WAL keeps it while commits go on).
-fn read_records(
-    conn: &Connection,
-    workspace: &str,
-    object: &ObjectDef,
-    scan: &Scan,
-    each: &mut dyn FnMut(RecordBatch) -> bool,
-) -> Result<()> {
-    let all = arrow_schema(object);
-    let mut fields = Vec::with_capacity(scan.fields.len());
-    for name in &scan.fields {
-        let field = all
-            .field_with_name(name)
-            .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
-        fields.push(field.clone());
+/// A snapshot of the embedded store: one read transaction (or, in memory,
+/// a copy), read a batch at a time in rowid order, so scans of it can
+/// interleave and none holds the connection while its reader waits.
+struct SqliteSnapshot {
+    conn: Mutex<Connection>,
+    pinned: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for SqliteSnapshot {
+    fn drop(&mut self) {
+        self.pinned.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
-    let schema = Arc::new(Schema::new(fields));
-    let kinds: Vec<FieldType> = scan
-        .fields
-        .iter()
-        .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
-        .collect();
-    let mut selected: Vec<String> = scan.fields.iter().map(|f| column(f)).collect();
-    if selected.is_empty() {
-        // Only the number of records is wanted.
-        selected.push("1".into());
-    }
-    let mut sql = format!("SELECT {} FROM {}", selected.join(", "), table(workspace, &object.name));
-    let mut params: Vec<&Value> = Vec::new();
-    let mut clauses = Vec::new();
-    let mut all_applied = true;
-    for condition in &scan.conditions {
-        match condition {
-            Condition::Compare(f, op, v) => {
-                clauses.push(format!("{} {} ?", column(f), op.sql()));
-                params.push(v);
-            }
-            Condition::Null(f, true) => clauses.push(format!("{} IS NULL", column(f))),
-            Condition::Null(f, false) => clauses.push(format!("{} IS NOT NULL", column(f))),
-            Condition::In(_, values) if values.is_empty() => clauses.push("0".into()),
-            Condition::In(f, values) if params.len() + values.len() <= MAX_PARAMS => {
-                clauses.push(format!("{} IN ({})", column(f), vec!["?"; values.len()].join(",")));
-                params.extend(values);
-            }
-            // A list too long to bind is left to the caller, and so is the
-            // limit, which only holds after every condition.
-            Condition::In(..) => all_applied = false,
+}
+
+impl RecordSnapshot for SqliteSnapshot {
+    fn scan(
+        &self,
+        workspace: &str,
+        object: &ObjectDef,
+        scan: &Scan,
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<()> {
+        let all = arrow_schema(object);
+        let mut fields = Vec::with_capacity(scan.fields.len());
+        for name in &scan.fields {
+            let field = all
+                .field_with_name(name)
+                .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
+            fields.push(field.clone());
         }
-    }
-    if !clauses.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&clauses.join(" AND "));
-    }
-    if let Some(limit) = scan.limit.filter(|_| all_applied) {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    let batch_rows = scan.batch_rows.max(1);
-    let mut stmt = conn.prepare(&sql).map_err(store_error)?;
-    let mut rows = stmt.query(params_from_iter(params)).map_err(store_error)?;
-    let fresh = || -> Vec<Builder> { kinds.iter().map(|k| Builder::new(*k)).collect() };
-    let mut builders = fresh();
-    let mut n = 0usize;
-    let finish = |builders: Vec<Builder>, n: usize| -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-        RecordBatch::try_new_with_options(
-            schema.clone(),
-            arrays,
-            &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-        )
-        .map_err(|e| Error::Internal(e.to_string()))
-    };
-    while let Some(row) = rows.next().map_err(store_error)? {
-        for (i, (kind, b)) in kinds.iter().zip(builders.iter_mut()).enumerate() {
-            let v: SqlValue = row.get(i).map_err(store_error)?;
-            b.push(Value::from_sql(*kind, v));
-        }
-        n += 1;
-        if n == batch_rows {
-            if !each(finish(std::mem::replace(&mut builders, fresh()), n)?) {
-                return Ok(());
+        let schema = Arc::new(Schema::new(fields));
+        let kinds: Vec<FieldType> = scan
+            .fields
+            .iter()
+            .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
+            .collect();
+        let selected: String = scan.fields.iter().map(|f| format!(", {}", column(f))).collect();
+        let mut params: Vec<&Value> = Vec::new();
+        let mut clauses = Vec::new();
+        let mut all_applied = true;
+        for condition in &scan.conditions {
+            match condition {
+                Condition::Compare(f, op, v) => {
+                    clauses.push(format!("{} {} ?", column(f), op.sql()));
+                    params.push(v);
+                }
+                Condition::Null(f, true) => clauses.push(format!("{} IS NULL", column(f))),
+                Condition::Null(f, false) => clauses.push(format!("{} IS NOT NULL", column(f))),
+                Condition::In(_, values) if values.is_empty() => clauses.push("0".into()),
+                Condition::In(f, values) if params.len() + values.len() < MAX_PARAMS => {
+                    clauses.push(format!("{} IN ({})", column(f), vec!["?"; values.len()].join(",")));
+                    params.extend(values);
+                }
+                // A list too long to bind is left to the caller, and so is
+                // the limit, which only holds after every condition.
+                Condition::In(..) => all_applied = false,
             }
-            n = 0;
         }
+        clauses.push("rowid > ?".into());
+        let sql = format!(
+            "SELECT rowid{selected} FROM {} WHERE {} ORDER BY rowid LIMIT ?",
+            table(workspace, &object.name),
+            clauses.join(" AND ")
+        );
+        let batch_rows = scan.batch_rows.max(1);
+        let mut left = scan.limit.filter(|_| all_applied).unwrap_or(usize::MAX);
+        let mut after: i64 = i64::MIN;
+        while left > 0 {
+            let want = batch_rows.min(left);
+            let mut builders: Vec<Builder> = kinds.iter().map(|k| Builder::new(*k)).collect();
+            let mut n = 0usize;
+            {
+                let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut stmt = conn.prepare_cached(&sql).map_err(store_error)?;
+                let want_rows = i64::try_from(want).unwrap_or(i64::MAX);
+                let page = params
+                    .iter()
+                    .map(|v| *v as &dyn ToSql)
+                    .chain([&after as &dyn ToSql, &want_rows as &dyn ToSql]);
+                let mut rows = stmt.query(params_from_iter(page)).map_err(store_error)?;
+                while let Some(row) = rows.next().map_err(store_error)? {
+                    after = row.get(0).map_err(store_error)?;
+                    for (i, (kind, b)) in kinds.iter().zip(builders.iter_mut()).enumerate() {
+                        let v: SqlValue = row.get(i + 1).map_err(store_error)?;
+                        b.push(Value::from_sql(*kind, v));
+                    }
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+            let batch = RecordBatch::try_new_with_options(
+                schema.clone(),
+                arrays,
+                &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            if !each(batch) || n < want {
+                break;
+            }
+            left -= n;
+        }
+        Ok(())
     }
-    if n > 0 {
-        each(finish(builders, n)?);
-    }
-    Ok(())
 }
 
 /// Builds one Arrow column of field values.
@@ -1367,9 +1402,13 @@ name = "contact"
         store.ensure_object("w", &def).expect("ensure");
         let writes = (0..10).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
         store.commit("w", "contact", &creates(writes)).expect("commit");
+        let snapshot = store.snapshot().expect("snapshot");
+        // Committed after the snapshot: never read from it.
+        let later = (10..20).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
+        store.commit("w", "contact", &creates(later)).expect("commit");
         let read = |scan: Scan| -> Vec<RecordBatch> {
             let mut batches = Vec::new();
-            store
+            snapshot
                 .scan("w", &def, &scan, &mut |b| {
                     batches.push(b);
                     true
@@ -1419,6 +1458,16 @@ name = "contact"
             ..Scan::default()
         });
         assert_eq!(counted.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), [3, 1]);
+        let every = read(Scan {
+            batch_rows: 4,
+            ..Scan::default()
+        });
+        assert_eq!(
+            every.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
+            [4, 4, 2],
+            "the ten records of the snapshot, not the twenty of the store"
+        );
+        assert_eq!(store.count("w", "contact").expect("count"), 20);
         assert_eq!(counted[0].num_columns(), 0);
         let none = read(Scan {
             fields: vec!["email".into()],
@@ -1434,7 +1483,7 @@ name = "contact"
             batch_rows: 1,
             ..Scan::default()
         };
-        store
+        snapshot
             .scan("w", &def, &one_at_a_time, &mut |_| {
                 handed += 1;
                 handed < 2

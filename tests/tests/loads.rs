@@ -10,7 +10,7 @@ use weir_engine::objects::ObjectDef;
 use weir_engine::objects::Objects;
 use weir_engine::pipeline::{InputFile, Records, RunSettings};
 use weir_engine::store::{
-    Comparison, Condition, Found, Record, RecordId, RecordStore, Scan, SqliteStore, Value, WriteBatch,
+    Comparison, Condition, Found, Record, RecordId, RecordSnapshot, RecordStore, Scan, SqliteStore, Value, WriteBatch,
 };
 use weir_tests::{connector, input, run_with};
 
@@ -97,7 +97,7 @@ async fn a_run_failing_mid_way_keeps_exactly_the_committed_batches() {
 struct Recording {
     inner: SqliteStore,
     commits: Mutex<Vec<usize>>,
-    scans: Mutex<Vec<(String, Scan, usize)>>,
+    scans: Arc<Mutex<Vec<(String, Scan, usize)>>>,
     /// The commit (counted from 1) that fails, if any.
     failing: Option<usize>,
 }
@@ -111,7 +111,7 @@ impl Recording {
         Self {
             inner,
             commits: Mutex::default(),
-            scans: Mutex::default(),
+            scans: Arc::default(),
             failing: None,
         }
     }
@@ -172,6 +172,21 @@ impl RecordStore for Recording {
     fn count(&self, workspace: &str, object: &str) -> weir_engine::Result<u64> {
         self.inner.count(workspace, object)
     }
+    fn snapshot(&self) -> weir_engine::Result<Arc<dyn RecordSnapshot>> {
+        Ok(Arc::new(RecordingSnapshot {
+            inner: self.inner.snapshot()?,
+            scans: self.scans.clone(),
+        }))
+    }
+}
+
+/// A snapshot that records every scan of it.
+struct RecordingSnapshot {
+    inner: Arc<dyn RecordSnapshot>,
+    scans: Arc<Mutex<Vec<(String, Scan, usize)>>>,
+}
+
+impl RecordSnapshot for RecordingSnapshot {
     fn scan(
         &self,
         workspace: &str,
@@ -320,6 +335,11 @@ async fn a_large_object_is_read_as_the_script_goes_not_whole() {
     let o = load_people(store.clone(), "email\nz@x.io\n", script, settings).await;
     assert_eq!(o.status(), "success", "{:?}", o.doc.error);
     assert_eq!(o.json()["step_progress"][4]["steps"][0]["updated"], 3);
+    // The read ends on its own thread once the query has let it go.
+    let started = std::time::Instant::now();
+    while store.scans().is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let scans = store.scans();
     let (_, scan, handed) = scans.last().unwrap_or_else(|| panic!("no scan"));
     assert_eq!(scan.limit, None);
