@@ -103,7 +103,7 @@ async fn run_async(args: RunArgs, threads: usize) -> anyhow::Result<ExitCode> {
         args.dry_run,
     );
     execution.source_file_id = match &input {
-        Some(i) => Some(sha256_of(&i.path).with_context(|| format!("reading {}", i.path.display()))?),
+        Some(i) => Some(file_id(&i.path).with_context(|| format!("reading {}", i.path.display()))?),
         None => None,
     };
     let out = args.out.clone();
@@ -275,12 +275,27 @@ fn records(package: &Package, args: &RunArgs) -> weir_engine::Result<Option<Reco
 /// The workspace of records written by local runs.
 const LOCAL_WORKSPACE: &str = "local";
 
-fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
+/// The id of a local run's input file: a UUID derived from its full path,
+/// size and modification time, so the same unchanged file keeps its id from
+/// run to run and an edited one gets a new one, without reading the file
+/// first (hashing a gigabyte would delay every run by a second).
+fn file_id(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
-    let mut file = std::fs::File::open(path)?;
+    let meta = std::fs::metadata(path)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let full = std::fs::canonicalize(path)?;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    hasher.update(full.as_os_str().as_encoded_bytes());
+    hasher.update(meta.len().to_le_bytes());
+    hasher.update(modified.to_le_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Ok(uuid::Uuid::new_v8(bytes).to_string())
 }
 
 fn spawn_display(progress: &Progress) -> (ProgressBar, tokio::task::JoinHandle<()>) {

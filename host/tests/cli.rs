@@ -85,11 +85,8 @@ fn json_prints_the_execution_document() {
     assert_eq!(doc["trigger_type"], "local");
     assert_eq!(doc["is_dry_run"], true);
     assert_eq!(doc["connector"]["api_name"], "orders_summary");
-    assert_eq!(
-        doc["source_file_id"].as_str().map(str::len),
-        Some(64),
-        "sha256 of the input"
-    );
+    let file_id = doc["source_file_id"].as_str().unwrap_or_default().to_string();
+    assert!(uuid::Uuid::parse_str(&file_id).is_ok(), "{doc}");
     let stages: Vec<&str> = doc["step_progress"]
         .as_array()
         .into_iter()
@@ -99,6 +96,16 @@ fn json_prints_the_execution_document() {
     assert_eq!(stages, ["intake", "sql", "transform", "variables", "load"]);
     assert_eq!(doc["step_progress"][0]["status"], "completed");
     assert_eq!(doc["step_progress"][2]["status"], "skipped");
+    // The same unchanged file keeps its id.
+    let again = weir(&[
+        "run",
+        "examples/orders-summary",
+        "--out",
+        &out.path().join("again").to_string_lossy(),
+        "--json",
+        "--dry-run",
+    ]);
+    assert_eq!(json(&again)["source_file_id"], file_id.as_str());
 }
 
 fn connector_dir(script: &str, data: Option<(&str, &[u8])>) -> tempfile::TempDir {
