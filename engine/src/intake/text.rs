@@ -217,6 +217,14 @@ impl TextTable {
     fn scan(&self, keys: &[String], emit: &mut Emit<'_>) -> Result<()> {
         match self.kind {
             TextKind::Delimited(delimiter) => self.scan_delimited(delimiter, emit),
+            TextKind::JsonLines if !keys.is_empty() => {
+                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                let reader = BufReader::with_capacity(1 << 20, self.reader()?);
+                scan_json_line_cells(reader, &index, self.options.sample_rows, emit).map_err(|e| match e {
+                    JsonStop::Io(e) => Error::io(format!("reading {}", self.ctx.file_name), e),
+                    JsonStop::Error(e) => e,
+                })
+            }
             TextKind::JsonLines | TextKind::JsonArray => {
                 let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
                 // Both callbacks below report records; they are never called
@@ -589,6 +597,258 @@ fn scan_json_lines(
     }
 }
 
+/// Reads a JSON Lines file's records as cells: each line is parsed straight
+/// into the cells of its keys (a string without escapes borrowed from the
+/// line), with no JSON value built per line. Cells, messages and rejected
+/// rows are those the value-by-value reading gives.
+fn scan_json_line_cells(
+    mut reader: impl BufRead,
+    index: &HashMap<&str, usize>,
+    sample_rows: usize,
+    emit: &mut Emit<'_>,
+) -> std::result::Result<(), JsonStop> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(JsonStop::Io)?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                let go = emit(Record::Bad {
+                    line: Some(line),
+                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+                    raw: vec![String::from_utf8_lossy(&buf).trim().to_string()],
+                })?;
+                if !go {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let bad = |reason: String, raw: String| Record::Bad {
+            line: Some(line),
+            reason,
+            raw: vec![raw],
+        };
+        let go = match parse_line(text, index) {
+            Ok(JsonLine::Cells(cells)) => emit(Record::Cells {
+                line: Some(line),
+                cells: Cells::Owned(cells),
+            })?,
+            Ok(JsonLine::Unknown(keys)) => {
+                // As the object reads back: keys sorted, values compact.
+                let raw = serde_json::from_str::<Value>(text).map_or_else(|_| text.to_string(), |v| v.to_string());
+                emit(bad(
+                    format!(
+                        "keys not seen in the first {sample_rows} objects: {}",
+                        keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                    raw,
+                ))?
+            }
+            Ok(JsonLine::NotObject(kind)) => {
+                emit(bad(format!("expected a JSON object, found {kind}"), text.to_string()))?
+            }
+            // The line is the row's own; serde's position within it is
+            // only its column.
+            Err(e) => emit(bad(
+                format!("invalid JSON: {} at column {}", json_reason(&e), e.column()),
+                text.to_string(),
+            ))?,
+        };
+        if !go {
+            return Ok(());
+        }
+    }
+}
+
+/// One line of a JSON Lines file, parsed for its cells.
+enum JsonLine<'a> {
+    /// The cells of an object whose keys are all columns.
+    Cells(Vec<Option<Cow<'a, str>>>),
+    /// An object with keys that are not columns (sorted).
+    Unknown(Vec<String>),
+    /// Not an object: what it is.
+    NotObject(&'static str),
+}
+
+fn parse_line<'a>(text: &'a str, index: &HashMap<&str, usize>) -> serde_json::Result<JsonLine<'a>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let line = serde::Deserializer::deserialize_any(&mut de, LineVisitor { index })?;
+    de.end()?;
+    Ok(line)
+}
+
+struct LineVisitor<'i, 'k> {
+    index: &'i HashMap<&'k str, usize>,
+}
+
+impl<'de> serde::de::Visitor<'de> for LineVisitor<'_, '_> {
+    type Value = JsonLine<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<JsonLine<'de>, A::Error> {
+        let mut cells = vec![None; self.index.len()];
+        let mut unknown: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key_seed(TextSeed)? {
+            match self.index.get(key.as_ref()) {
+                Some(&i) => cells[i] = map.next_value_seed(CellSeed)?,
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    unknown.push(key.into_owned());
+                }
+            }
+        }
+        if unknown.is_empty() {
+            Ok(JsonLine::Cells(cells))
+        } else {
+            unknown.sort();
+            unknown.dedup();
+            Ok(JsonLine::Unknown(unknown))
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<JsonLine<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonLine::NotObject("an array"))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<JsonLine<'de>, E> {
+        Ok(JsonLine::NotObject("a string"))
+    }
+}
+
+/// A string borrowed from the line when it holds no escape.
+struct TextSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E>(self, s: &str) -> std::result::Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> std::result::Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s))
+    }
+}
+
+/// A value as the text of its cell, as [`json_cells`] gives it: null is no
+/// cell, a string its text, a number or boolean as JSON writes it, an array
+/// or object as compact JSON.
+struct CellSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for CellSeed {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(CellVisitor)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CellVisitor {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(if b { "true" } else { "false" })))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(n.to_string())))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(n.to_string())))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> std::result::Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(f).map(|n| Cow::Owned(n.to_string())))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> std::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(s)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -723,6 +983,56 @@ impl PartitionStream for TextTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_line_parsed_for_its_cells_gives_what_its_value_gives() {
+        let keys = ["a", "b", "c"];
+        let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        for line in [
+            r#"{"a":"plain","b":"esc\"aped\u00e9\n","c":null}"#,
+            r#"{"a":1,"b":-0,"c":1.0}"#,
+            r#"{"a":1e3,"b":2.50,"c":-12.5e-3}"#,
+            r#"{"a":18446744073709551615,"b":-9223372036854775808,"c":123456789012345678901234}"#,
+            r#"{"a":true,"b":false}"#,
+            r#"{"a":{"z":1,"y":[1,{"x":"q"}]},"b":[],"c":{}}"#,
+            r#"{ "c" : "spaced" , "a" : [ 1 , 2 ] }"#,
+            r#"{"a":"first","a":"last"}"#,
+            r#"{}"#,
+        ] {
+            let Ok(JsonLine::Cells(fast)) = parse_line(line, &index) else {
+                panic!("{line}: not read as cells");
+            };
+            let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line) else {
+                panic!("{line}: not an object");
+            };
+            assert_eq!(fast, json_cells(&object, &index, keys.len()), "{line}");
+        }
+        // Unknown keys are named sorted, once; what is not an object says what it is.
+        assert!(matches!(
+            parse_line(r#"{"z":1,"a":2,"y":3,"z":4}"#, &index),
+            Ok(JsonLine::Unknown(k)) if k == ["y", "z"]
+        ));
+        for (line, kind) in [
+            ("[1,2]", "an array"),
+            ("\"s\"", "a string"),
+            ("3", "a number"),
+            ("null", "null"),
+        ] {
+            assert!(
+                matches!(parse_line(line, &index), Ok(JsonLine::NotObject(k)) if k == kind),
+                "{line}"
+            );
+        }
+        // Errors are serde's own, with their column.
+        for line in [r#"{"a":1"#, r#"{"a":1} x"#, r#"{"a":nul}"#] {
+            let fast = parse_line(line, &index).err().map(|e| (e.to_string(), e.column()));
+            let slow = serde_json::from_str::<Value>(line)
+                .err()
+                .map(|e| (e.to_string(), e.column()));
+            assert_eq!(fast, slow, "{line}");
+            assert!(fast.is_some(), "{line}");
+        }
+    }
 
     #[test]
     fn records_after_crlf_lines_are_on_their_physical_lines() {
