@@ -595,12 +595,14 @@ impl Checkpointer {
         // An open snapshot keeps the WAL's pages: a truncate would wait for
         // it in vain, so the WAL grows until the snapshot ends.
         if size > self.wal_limit && !pinned {
-            // Another process's checkpoint can still refuse this one; the
-            // next commit tries again.
+            // Another process's checkpoint, or its reader of an older state
+            // (a run's snapshot), can still refuse this one: it does not
+            // wait for them, and the next commit tries again.
             let _running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            return conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(store_error);
+            conn.busy_timeout(Duration::ZERO).map_err(store_error)?;
+            let truncated = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+            return truncated.map_err(store_error);
         }
         if let Some(wake) = &self.wake {
             // A full channel means a checkpoint is already due.
@@ -1645,5 +1647,62 @@ name = "contact"
         drop(store);
         let reopened = SqliteStore::open(&path).expect("reopen");
         assert_eq!(reopened.count("w", "contact").expect("count"), 8000);
+    }
+
+    #[test]
+    fn a_snapshot_held_elsewhere_lets_the_wal_grow_and_never_stalls_a_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("records.db");
+        let wal = dir.path().join("records.db-wal");
+        let limit = 64 * 1024;
+        let store = SqliteStore::open_with_wal_limit(&path, limit).expect("open");
+        let def = contact();
+        store.ensure_object("w", &def).expect("ensure");
+        store
+            .commit("w", "contact", &creates(vec![create("first@x.io", 1.0)]))
+            .expect("commit");
+        // Another store on the file, as another process's run holds it.
+        let other = SqliteStore::open(&path).expect("other");
+        let snapshot = other.snapshot().expect("snapshot");
+        let mut slowest = Duration::ZERO;
+        for batch in 0..20 {
+            let writes = (0..200)
+                .map(|i| create(&format!("u{batch}-{i}@x.io"), f64::from(i)))
+                .collect();
+            let started = std::time::Instant::now();
+            store.commit("w", "contact", &creates(writes)).expect("commit");
+            slowest = slowest.max(started.elapsed());
+        }
+        // A truncate waiting for the snapshot would take the busy timeout.
+        assert!(
+            slowest < BUSY_TIMEOUT / 2,
+            "a commit waited {slowest:?} for the snapshot"
+        );
+        assert!(
+            std::fs::metadata(&wal).map_or(0, |m| m.len()) > limit,
+            "the snapshot keeps the WAL"
+        );
+        assert_eq!(snapshot_count(snapshot.as_ref(), &def), 1, "the snapshot's state");
+        drop(snapshot);
+        store
+            .commit("w", "contact", &creates(vec![create("last@x.io", 1.0)]))
+            .expect("commit");
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(
+            size <= limit,
+            "once the snapshot ends the WAL is truncated again: {size} bytes"
+        );
+        assert_eq!(store.count("w", "contact").expect("count"), 4002);
+    }
+
+    fn snapshot_count(snapshot: &dyn RecordSnapshot, def: &ObjectDef) -> usize {
+        let mut n = 0;
+        snapshot
+            .scan("w", def, &Scan::default(), &mut |b| {
+                n += b.num_rows();
+                true
+            })
+            .expect("scan");
+        n
     }
 }
