@@ -50,6 +50,7 @@ pub mod output;
 pub mod package;
 pub mod pipeline;
 pub mod plugin;
+mod pushdown;
 pub mod records;
 pub mod report;
 pub mod runlog;

@@ -15,9 +15,10 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 
 use crate::objects::ObjectDef;
+use crate::pushdown;
 use crate::store::{Comparison, Condition, RecordSnapshot, Scan, Value, arrow_schema};
 
 /// Batches read ahead of the query: the memory a scan holds beyond the
@@ -74,16 +75,7 @@ impl TableProvider for RecordsTable {
     /// The store applies what it can; DataFusion applies every filter again
     /// (inexact), so a store that leaves one out is still right.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if condition(f, &self.schema).is_some() {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(pushdown::inexact(filters, |f| condition(f, &self.schema).is_some()))
     }
 
     async fn scan(
@@ -93,10 +85,7 @@ impl TableProvider for RecordsTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = match projection {
-            Some(columns) => Arc::new(self.schema.project(columns)?),
-            None => self.schema.clone(),
-        };
+        let schema = pushdown::projected(&self.schema, projection)?;
         let scan = Scan {
             fields: schema.fields().iter().map(|f| f.name().clone()).collect(),
             conditions: filters.iter().filter_map(|f| condition(f, &self.schema)).collect(),
@@ -108,14 +97,7 @@ impl TableProvider for RecordsTable {
             schema: schema.clone(),
             scan,
         });
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            vec![partition],
-            None,
-            [],
-            false,
-            limit,
-        )?))
+        pushdown::one_stream(schema, partition, limit)
     }
 }
 
@@ -160,11 +142,7 @@ impl PartitionStream for RecordsPartition {
 /// with a literal of the column's own type, a null test, or a list of such
 /// literals.
 fn condition(filter: &Expr, schema: &SchemaRef) -> Option<Condition> {
-    let column_of = |e: &Expr| -> Option<(String, DataType)> {
-        let Expr::Column(c) = e else { return None };
-        let field = schema.field_with_name(&c.name).ok()?;
-        Some((c.name.clone(), field.data_type().clone()))
-    };
+    let column_of = |e: &Expr| pushdown::column(e, schema).map(|f| (f.name().clone(), f.data_type()));
     match filter {
         // `a = 1 OR a = 2 OR a IN (3)`: one list of values of one column.
         Expr::BinaryExpr(BinaryExpr {
@@ -180,11 +158,7 @@ fn condition(filter: &Expr, schema: &SchemaRef) -> Option<Condition> {
             })
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (column, literal, op) = match (column_of(left), column_of(right)) {
-                (Some(c), None) => (c, right.as_ref(), *op),
-                (None, Some(c)) => (c, left.as_ref(), op.swap()?),
-                _ => return None,
-            };
+            let (column, op, literal) = pushdown::compared(left, *op, right, schema)?;
             let comparison = match op {
                 Operator::Eq => Comparison::Eq,
                 Operator::NotEq => Comparison::NotEq,
@@ -194,8 +168,8 @@ fn condition(filter: &Expr, schema: &SchemaRef) -> Option<Condition> {
                 Operator::GtEq => Comparison::GtEq,
                 _ => return None,
             };
-            let value = value_of(literal, &column.1)?;
-            Some(Condition::Compare(column.0, comparison, value))
+            let value = value_of(literal, column.data_type())?;
+            Some(Condition::Compare(column.name().clone(), comparison, value))
         }
         Expr::IsNull(e) => column_of(e).map(|(name, _)| Condition::Null(name, true)),
         Expr::IsNotNull(e) => column_of(e).map(|(name, _)| Condition::Null(name, false)),
@@ -204,7 +178,7 @@ fn condition(filter: &Expr, schema: &SchemaRef) -> Option<Condition> {
             let values = list
                 .list
                 .iter()
-                .map(|e| value_of(e, &kind))
+                .map(|e| value_of(e, kind))
                 .collect::<Option<Vec<_>>>()?;
             Some(Condition::In(name, values))
         }

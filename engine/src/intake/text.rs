@@ -545,10 +545,15 @@ impl From<Error> for JsonStop {
     }
 }
 
-fn scan_json_lines(
+/// A line of a JSON Lines file: its text (trimmed), or, when it is not
+/// UTF-8, why and its text.
+type LineText<'a> = std::result::Result<&'a str, (String, String)>;
+
+/// Calls `each` with the number and text of every non-blank line of a JSON
+/// Lines file; stops when `each` returns false.
+fn for_each_json_line(
     mut reader: impl BufRead,
-    object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
-    event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
+    each: &mut dyn FnMut(u64, LineText<'_>) -> std::result::Result<bool, JsonStop>,
 ) -> std::result::Result<(), JsonStop> {
     let mut buf = Vec::with_capacity(4096);
     let mut line = 0u64;
@@ -560,41 +565,48 @@ fn scan_json_lines(
         }
         line += 1;
         let text = match std::str::from_utf8(&buf) {
-            Ok(t) => t.trim(),
-            Err(e) => {
-                let go = event(JsonEvent::Bad {
-                    line: Some(line),
-                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-                    raw: String::from_utf8_lossy(&buf).trim().to_string(),
-                })?;
-                if !go {
-                    return Ok(());
-                }
-                continue;
-            }
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => Ok(t.trim()),
+            Err(e) => Err((
+                format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+                String::from_utf8_lossy(&buf).trim().to_string(),
+            )),
         };
-        if text.is_empty() {
-            continue;
-        }
-        let go = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => event(JsonEvent::Line(line))? && object(map)?,
-            Ok(other) => event(JsonEvent::Bad {
-                line: Some(line),
-                reason: format!("expected a JSON object, found {}", json_kind(&other)),
-                raw: text.to_string(),
-            })?,
-            // The line is the row's own; serde's position within it is
-            // only its column.
-            Err(e) => event(JsonEvent::Bad {
-                line: Some(line),
-                reason: format!("invalid JSON: {} at column {}", json_reason(&e), e.column()),
-                raw: text.to_string(),
-            })?,
-        };
-        if !go {
+        if !each(line, text)? {
             return Ok(());
         }
     }
+}
+
+fn scan_json_lines(
+    reader: impl BufRead,
+    object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
+    event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
+) -> std::result::Result<(), JsonStop> {
+    for_each_json_line(reader, &mut |line, text| {
+        let bad = |reason: String, raw: String| JsonEvent::Bad {
+            line: Some(line),
+            reason,
+            raw,
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err((reason, raw)) => return Ok(event(bad(reason, raw))?),
+        };
+        Ok(match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => event(JsonEvent::Line(line))? && object(map)?,
+            Ok(other) => event(bad(
+                format!("expected a JSON object, found {}", json_kind(&other)),
+                text.to_string(),
+            ))?,
+            // The line is the row's own; serde's position within it is
+            // only its column.
+            Err(e) => event(bad(
+                format!("invalid JSON: {} at column {}", json_reason(&e), e.column()),
+                text.to_string(),
+            ))?,
+        })
+    })
 }
 
 /// Reads a JSON Lines file's records as cells: each line is parsed straight
@@ -602,43 +614,22 @@ fn scan_json_lines(
 /// line), with no JSON value built per line. Cells, messages and rejected
 /// rows are those the value-by-value reading gives.
 fn scan_json_line_cells(
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     index: &HashMap<&str, usize>,
     sample_rows: usize,
     emit: &mut Emit<'_>,
 ) -> std::result::Result<(), JsonStop> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut line = 0u64;
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(JsonStop::Io)?;
-        if n == 0 {
-            return Ok(());
-        }
-        line += 1;
-        let text = match std::str::from_utf8(&buf) {
-            Ok(t) => t.trim(),
-            Err(e) => {
-                let go = emit(Record::Bad {
-                    line: Some(line),
-                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-                    raw: vec![String::from_utf8_lossy(&buf).trim().to_string()],
-                })?;
-                if !go {
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        if text.is_empty() {
-            continue;
-        }
+    for_each_json_line(reader, &mut |line, text| {
         let bad = |reason: String, raw: String| Record::Bad {
             line: Some(line),
             reason,
             raw: vec![raw],
         };
-        let go = match parse_line(text, index) {
+        let text = match text {
+            Ok(t) => t,
+            Err((reason, raw)) => return Ok(emit(bad(reason, raw))?),
+        };
+        Ok(match parse_line(text, index) {
             Ok(JsonLine::Cells(cells)) => emit(Record::Cells {
                 line: Some(line),
                 cells: Cells::Owned(cells),
@@ -663,11 +654,8 @@ fn scan_json_line_cells(
                 format!("invalid JSON: {} at column {}", json_reason(&e), e.column()),
                 text.to_string(),
             ))?,
-        };
-        if !go {
-            return Ok(());
-        }
-    }
+        })
+    })
 }
 
 /// One line of a JSON Lines file, parsed for its cells.

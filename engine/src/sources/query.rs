@@ -17,12 +17,14 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion_table_providers::sql::arrow_sql_gen::postgres::rows_to_arrow;
 use datafusion_table_providers::sql::db_connection_pool::postgrespool::PostgresConnectionPool;
 use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::types::Type;
+
+use crate::pushdown;
 
 /// The scale of a `numeric` column declared without one: the table
 /// provider reads such columns with this scale too.
@@ -128,16 +130,7 @@ impl TableProvider for QueryTable {
     /// Simple conditions go to the database too; DataFusion applies every
     /// filter again (inexact).
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if condition(f, &self.schema).is_some() {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(pushdown::inexact(filters, |f| condition(f, &self.schema).is_some()))
     }
 
     async fn scan(
@@ -147,10 +140,7 @@ impl TableProvider for QueryTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = match projection {
-            Some(columns) => Arc::new(self.schema.project(columns)?),
-            None => self.schema.clone(),
-        };
+        let schema = pushdown::projected(&self.schema, projection)?;
         let columns: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
         let mut sql = format!("SELECT {} FROM ({}) AS weir_query", columns.join(", "), self.query);
         let conditions: Vec<String> = filters.iter().filter_map(|f| condition(f, &self.schema)).collect();
@@ -167,14 +157,7 @@ impl TableProvider for QueryTable {
             schema: schema.clone(),
             batch_rows: state.config().batch_size(),
         });
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            vec![partition],
-            None,
-            [],
-            false,
-            limit,
-        )?))
+        pushdown::one_stream(schema, partition, limit)
     }
 }
 
@@ -255,10 +238,7 @@ fn quote(name: &str) -> String {
 /// the database's collation may order text differently), a null test, a
 /// list of literals, and `OR`s of those.
 fn condition(filter: &Expr, schema: &SchemaRef) -> Option<String> {
-    let column = |e: &Expr| -> Option<String> {
-        let Expr::Column(c) = e else { return None };
-        schema.field_with_name(&c.name).ok().map(|_| quote(&c.name))
-    };
+    let column = |e: &Expr| pushdown::column(e, schema).map(|f| quote(f.name()));
     match filter {
         Expr::BinaryExpr(BinaryExpr {
             left,
@@ -270,11 +250,8 @@ fn condition(filter: &Expr, schema: &SchemaRef) -> Option<String> {
             condition(right, schema)?
         )),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (c, literal, op) = match (column(left), column(right)) {
-                (Some(c), None) => (c, right.as_ref(), *op),
-                (None, Some(c)) => (c, left.as_ref(), op.swap()?),
-                _ => return None,
-            };
+            let (c, op, literal) = pushdown::compared(left, *op, right, schema)?;
+            let c = quote(c.name());
             let (value, ordered) = literal_sql(literal)?;
             let op = match op {
                 Operator::Eq => "=",
