@@ -519,9 +519,6 @@ pub struct SqliteStore {
     /// connection of its own, so a long read blocks neither lookups nor
     /// commits.
     path: Option<std::path::PathBuf>,
-    /// Snapshots open: while one is, the WAL cannot be truncated (it holds
-    /// the snapshot's pages), so the writer does not try.
-    pinned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Copies the WAL into the database file on a thread of its own, so a
@@ -590,14 +587,14 @@ impl Checkpointer {
 
     /// After a commit: wakes the thread, or checkpoints and truncates the
     /// WAL on the writer's connection when it has outgrown the limit.
-    fn committed(&self, conn: &Connection, pinned: bool) -> Result<()> {
+    fn committed(&self, conn: &Connection) -> Result<()> {
         let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        // An open snapshot keeps the WAL's pages: a truncate would wait for
-        // it in vain, so the WAL grows until the snapshot ends.
-        if size > self.wal_limit && !pinned {
-            // Another process's checkpoint, or its reader of an older state
-            // (a run's snapshot), can still refuse this one: it does not
-            // wait for them, and the next commit tries again.
+        if size > self.wal_limit {
+            // Another process's checkpoint, or a reader of an older state
+            // (a run's snapshot, in this process or another), can still
+            // refuse this one: it does not wait for them (the WAL keeps the
+            // snapshot's pages until it ends), and the next commit tries
+            // again.
             let _running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             conn.busy_timeout(Duration::ZERO).map_err(store_error)?;
             let truncated = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -720,7 +717,6 @@ impl SqliteStore {
             reader: None,
             conn: Mutex::new(conn),
             path: None,
-            pinned: Arc::default(),
         })
     }
 
@@ -975,7 +971,7 @@ impl RecordStore for SqliteStore {
         }
         tx.commit().map_err(store_error)?;
         match &self.checkpoints {
-            Some(c) => c.committed(&conn, self.pinned.load(std::sync::atomic::Ordering::Acquire) > 0),
+            Some(c) => c.committed(&conn),
             None => Ok(()),
         }
     }
@@ -1008,11 +1004,7 @@ impl RecordStore for SqliteStore {
                 copy
             }
         };
-        self.pinned.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(Arc::new(SqliteSnapshot {
-            conn: Mutex::new(conn),
-            pinned: self.pinned.clone(),
-        }))
+        Ok(Arc::new(SqliteSnapshot { conn: Mutex::new(conn) }))
     }
 
     fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
@@ -1054,13 +1046,6 @@ impl RecordStore for SqliteStore {
 /// interleave and none holds the connection while its reader waits.
 struct SqliteSnapshot {
     conn: Mutex<Connection>,
-    pinned: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Drop for SqliteSnapshot {
-    fn drop(&mut self) {
-        self.pinned.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 impl RecordSnapshot for SqliteSnapshot {
