@@ -43,6 +43,7 @@ pub mod document;
 pub mod error;
 pub mod execution;
 pub mod intake;
+mod json_paths;
 pub mod loads;
 pub mod naming;
 pub mod objects;

@@ -24,6 +24,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateMemoryTable, DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -607,7 +608,14 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
     }
     let runtime = runtime.build_arc().map_err(|e| Error::Internal(e.to_string()))?;
     let config = config.with_extension(Arc::new(HeldRows::default()));
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        // Many JSON fields read from one text share one walk of it.
+        .with_physical_optimizer_rule(Arc::new(crate::json_paths::ShareJsonPaths))
+        .build();
+    let mut ctx = SessionContext::new_with_state(state);
     // JSON in text columns (a webhook's `body`, a nested JSON-lines value):
     // `json_get_str(body, 'a', 0)`, `body->'a'->>'b'`, `json_length`, …
     datafusion_functions_json::register_all(&mut ctx).map_err(|e| Error::Internal(e.to_string()))?;
