@@ -22,9 +22,7 @@ use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::SessionContext;
-use datafusion_table_providers::mysql::MySQLTableFactory;
 use datafusion_table_providers::postgres::PostgresTableFactory;
-use datafusion_table_providers::sql::db_connection_pool::mysqlpool::MySQLConnectionPool;
 use datafusion_table_providers::sql::db_connection_pool::postgrespool::PostgresConnectionPool;
 use datafusion_table_providers::util::secrets::to_secret_map;
 use object_store::ObjectStore;
@@ -37,6 +35,7 @@ use url::Url;
 use crate::connector::is_identifier;
 use crate::error::{Error, Problem, Result};
 
+mod mysql;
 mod query;
 
 /// How long reaching a source may take before the run fails with
@@ -329,16 +328,19 @@ impl fmt::Debug for SecretValues {
     }
 }
 
-/// The PostgreSQL sources of a run, so that a run that stops early can
-/// end the queries it started: a server goes on with a query whose reader
-/// has gone (until it next writes to it), so each is canceled by the
-/// session's `application_name`, which names the run. The cancel comes from
-/// a session of its own: the run's pooled sessions may be the ones busy.
+/// The database sources of a run, so that a run that stops early can end
+/// the queries it started: a server goes on with a query whose reader has
+/// gone (until it next writes to it). A PostgreSQL query is canceled by the
+/// session's `application_name`, which names the run; a MySQL one by the
+/// connection ids of the run's sessions. The cancel comes from a session of
+/// its own: the run's pooled sessions may be the ones busy.
 #[derive(Clone)]
 pub struct RemoteQueries {
     tag: String,
     /// The connection parameters of each PostgreSQL source reached.
     servers: Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
+    /// The sessions of each MySQL source reached.
+    mysql: Arc<std::sync::Mutex<Vec<Arc<mysql::Sessions>>>>,
 }
 
 impl RemoteQueries {
@@ -352,6 +354,7 @@ impl RemoteQueries {
         Self {
             tag,
             servers: Arc::default(),
+            mysql: Arc::default(),
         }
     }
 
@@ -362,10 +365,35 @@ impl RemoteQueries {
             .push(params);
     }
 
+    fn watch_mysql(&self, params: Params) -> Arc<mysql::Sessions> {
+        let sessions = mysql::Sessions::new(params);
+        self.mysql
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sessions.clone());
+        sessions
+    }
+
     /// Cancels every query the run's sessions still run, on all servers at
     /// once; gives up after 3 seconds (a worker is stopped 5 seconds after
     /// a cancel).
     pub async fn cancel(&self) {
+        futures::future::join(self.cancel_postgres(), self.cancel_mysql()).await;
+    }
+
+    async fn cancel_mysql(&self) {
+        let servers = std::mem::take(&mut *self.mysql.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let cancels = servers.into_iter().map(|sessions| async move {
+            let secret = sessions.params.get("connection_string").cloned();
+            log_cancel(
+                tokio::time::timeout(Duration::from_secs(3), sessions.kill_queries()).await,
+                secret.as_deref(),
+            );
+        });
+        futures::future::join_all(cancels).await;
+    }
+
+    async fn cancel_postgres(&self) {
         let servers = std::mem::take(&mut *self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let sql = format!(
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
@@ -385,17 +413,28 @@ impl RemoteQueries {
                     let session = pool.connect_direct().await.map_err(|e| e.to_string())?;
                     session.conn.batch_execute(&sql).await.map_err(|e| e.to_string())
                 };
-                match tokio::time::timeout(Duration::from_secs(3), cancel).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        let e = scrub(&e, password.as_deref());
-                        tracing::warn!(error = %e, "canceling a source's query failed");
-                    }
-                    Err(_) => tracing::warn!("canceling a source's query took too long"),
-                }
+                log_cancel(
+                    tokio::time::timeout(Duration::from_secs(3), cancel).await,
+                    password.as_deref(),
+                );
             }
         });
         futures::future::join_all(cancels).await;
+    }
+}
+
+/// Logs how a cancel of a source's queries went, if not well.
+fn log_cancel(
+    outcome: std::result::Result<std::result::Result<(), String>, tokio::time::error::Elapsed>,
+    password: Option<&str>,
+) {
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let e = scrub(&e, password);
+            tracing::warn!(error = %e, "canceling a source's query failed");
+        }
+        Err(_) => tracing::warn!("canceling a source's query took too long"),
     }
 }
 
@@ -511,11 +550,8 @@ async fn open(
         SourceKind::Mysql => {
             let (params, (host, port)) = mysql_params(secret.unwrap_or_default())?;
             reachable(&host, &port).await?;
-            let pool = MySQLConnectionPool::new(to_secret_map(params))
-                .await
-                .map_err(|e| e.to_string())?;
-            let factory = MySQLTableFactory::new(Arc::new(pool));
-            database_tables(source, |t| factory.table_provider(t)).await
+            let pool = mysql::pool(remote.watch_mysql(params)).await?;
+            database_tables(source, |t| mysql::table(&pool, t)).await
         }
         SourceKind::Http | SourceKind::S3 => {
             let (root, store) = file_store(source, secret)?;

@@ -373,6 +373,49 @@ async fn a_cancel_ends_a_slow_remote_query_on_the_server_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_slow_mysql_query_on_the_server_too() {
+    let Some(db) = Mariadb::start(PASSWORD) else { return };
+    // The condition is evaluated for the row whatever columns are read.
+    db.sql("CREATE VIEW slow AS SELECT 1 AS x FROM DUAL WHERE SLEEP(60) = 0");
+    let cancel = CancellationToken::new();
+    let run = {
+        let (cancel, url) = (cancel.clone(), db.url(PASSWORD));
+        tokio::spawn(async move {
+            run_sources(
+                "[[sources]]\nname = \"shop\"\nkind = \"mysql\"\nsecret = \"shop_db\"\ntables = [\"slow\"]\n",
+                "CREATE VIEW output.s AS SELECT x FROM shop.slow",
+                &[("shop_db", &url)],
+                cancel,
+            )
+            .await
+        })
+    };
+    let active = || {
+        db.sql(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE USER = 'weir' AND INFO LIKE 'SELECT%slow%'",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while active().trim() != "1" {
+        assert!(Instant::now() < deadline, "the slow query never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let canceled_at = Instant::now();
+    cancel.cancel();
+    let outcome = run.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.status(), "canceled", "{}", outcome.json());
+    assert!(
+        canceled_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        canceled_at.elapsed()
+    );
+    // The run killed the query on the server, which would otherwise sleep
+    // on with nobody reading.
+    assert_eq!(active().trim(), "0", "the remote query still runs after the cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_still_cannot_read_a_file_or_url_the_connector_does_not_declare() {
     let sources = "[[sources]]\nname = \"web\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\nfiles = { prices = \"prices.csv\" }\n";
     for script in [
