@@ -55,7 +55,7 @@ pub struct InputFile {
 /// Tunables of a run that are not part of the connector.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    /// Threads for the SQL engine.
+    /// Threads for the SQL engine and for parsing a JSON Lines input.
     pub threads: usize,
     /// Most rows written per scope output CSV (`None`: all).
     pub output_row_cap: Option<u64>,
@@ -497,6 +497,7 @@ impl Run {
             Some(file) => {
                 let mut options = IntakeOptions::new(&connector.input, limits)?;
                 options.batch_size = self.settings.batch_size;
+                options.threads = self.settings.threads;
                 options.unpack_dir = Some(self.out_dir.clone());
                 let path = std::fs::canonicalize(&file.path)
                     .map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;

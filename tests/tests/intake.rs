@@ -621,3 +621,117 @@ async fn a_zip_unpacks_into_its_run_and_holds_a_bounded_number_of_entries() {
     assert!(message.contains(&format!("at most {MAX_MEMBERS}")), "{message}");
     assert_eq!(entries(run_dir.path()), 0, "nothing was unpacked");
 }
+
+/// A JSON Lines file read on several threads gives what one thread gives:
+/// the rows in file order with their lines, the rejected rows with their
+/// numbers, lines, reasons and values, and the counts; also when
+/// `max_rows` stops the read part way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_read_on_several_threads_gives_what_one_thread_gives() {
+    use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+    use weir_engine::connector::{InputOptions, LimitsDef};
+    use weir_engine::intake::{self, IntakeOptions, RejectSink};
+    use weir_engine::report::RejectedRow;
+    use weir_engine::sql::{self, SessionSettings};
+
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<RejectedRow>>);
+    impl RejectSink for Keep {
+        fn reject(&self, row: RejectedRow) {
+            self.0.lock().unwrap_or_else(|e| panic!("{e}")).push(row);
+        }
+    }
+
+    // Clean lines first (the sample infers `id` as an integer), then every
+    // kind of line a worker must report as one thread does.
+    let mut text = String::new();
+    for i in 0..6000u32 {
+        let line = match i {
+            _ if i < 1200 => format!(r#"{{"id":{i},"name":"n{i}","tags":["a","b"],"amount":{}.5}}"#, i % 50),
+            _ if i % 97 == 0 => "not json at all".to_string(),
+            _ if i % 131 == 0 => "   ".to_string(),
+            _ if i % 157 == 0 => format!(r#"{{"id":"x{i}","name":"n{i}"}}"#),
+            _ if i % 173 == 0 => "[1, 2]".to_string(),
+            _ if i % 199 == 0 => format!(r#"{{"id":{i},"surprise":true}}"#),
+            _ => format!(r#"{{"name":"m{i}","id":{i},"amount":{}}}"#, i % 7),
+        };
+        text.push_str(&line);
+        text.push_str(if i % 7 == 0 { "\r\n" } else { "\n" });
+    }
+    let (_dir, path) = weir_tests::input("deliveries.jsonl", text.as_bytes());
+    let limits = LimitsDef::default().parse().unwrap_or_else(|e| panic!("{e:?}"));
+
+    let read = |threads: usize, max_rows: u64| {
+        let path = path.clone();
+        let mut options = IntakeOptions::new(&InputOptions::default(), &limits).unwrap_or_else(|e| panic!("{e}"));
+        // Small batches: many runs, each cut on its own.
+        options.batch_size = 64;
+        options.threads = threads;
+        options.max_rows = max_rows;
+        async move {
+            let ctx = sql::session(&SessionSettings {
+                threads,
+                max_memory: 1 << 30,
+                batch_size: 64,
+                spill_dir: None,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            let keep = Arc::new(Keep::default());
+            let intake = intake::open(
+                &ctx,
+                &path,
+                "deliveries.jsonl",
+                &options,
+                keep.clone(),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            let table = &intake.tables[0];
+            let rows = match ctx.read_table(table.provider.clone()) {
+                Ok(df) => df.collect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let shown = rows.map(|batches| {
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .to_string()
+            });
+            let rejected = keep.0.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+            (shown, rejected, table.stats.rows(), table.stats.invalid())
+        }
+    };
+
+    let one = read(1, u64::MAX).await;
+    let (shown, rejected, rows, invalid) = &one;
+    let shown = shown.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert!(*rows > 5000 && *invalid > 100, "{rows} rows, {invalid} invalid");
+    assert_eq!(rejected.len() as u64, *invalid);
+    // The lines are the file's: the last row is on the last line.
+    assert!(
+        shown.contains("| 6000  |") || shown.contains("| 6000 |"),
+        "{}",
+        &shown[shown.len() - 400..]
+    );
+    for threads in [2, 4] {
+        let many = read(threads, u64::MAX).await;
+        assert!(many == one, "{threads} threads read otherwise than one");
+    }
+
+    // Stopped by `max_rows` in the middle of the file: the same error, the
+    // same rows counted and the same rejected rows before the limit.
+    let one = read(1, 3000).await;
+    assert!(
+        one.0.as_ref().is_err_and(|e| e.contains("more than 3000 rows")),
+        "{:?}",
+        one.0
+    );
+    assert_eq!(one.2, 3000);
+    for threads in [2, 4] {
+        let many = read(threads, 3000).await;
+        assert_eq!(many.0.as_ref().err(), one.0.as_ref().err());
+        assert_eq!((many.2, many.3), (one.2, one.3), "{threads} threads");
+        assert!(many.1 == one.1, "{threads} threads rejected otherwise");
+    }
+}

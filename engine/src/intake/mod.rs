@@ -115,6 +115,8 @@ pub struct IntakeOptions {
     pub infer: bool,
     /// Rows per Arrow batch.
     pub batch_size: usize,
+    /// Threads a JSON Lines file is parsed on.
+    pub threads: usize,
     /// Rows sampled for type inference.
     pub sample_rows: usize,
     /// Most rows a table may have.
@@ -160,6 +162,7 @@ impl IntakeOptions {
             header: input.header,
             infer: input.infer,
             batch_size: 8192,
+            threads: 1,
             sample_rows: 1000,
             max_rows: limits.max_rows,
             max_unpacked_bytes: 16 * 1024 * 1024 * 1024,

@@ -30,6 +30,8 @@ use crate::error::{Error, Limit, Result, Stage, json_reason};
 use crate::naming::normalise_headers;
 use crate::report::RejectedRow;
 
+mod parallel;
+
 /// The syntax of a text table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextKind {
@@ -220,7 +222,7 @@ impl TextTable {
             TextKind::JsonLines if !keys.is_empty() => {
                 let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
                 let reader = BufReader::with_capacity(1 << 20, self.reader()?);
-                scan_json_line_cells(reader, &index, self.options.sample_rows, emit).map_err(|e| match e {
+                scan_json_line_cells(reader, 1, &index, self.options.sample_rows, emit).map_err(|e| match e {
                     JsonStop::Io(e) => Error::io(format!("reading {}", self.ctx.file_name), e),
                     JsonStop::Error(e) => e,
                 })
@@ -329,115 +331,206 @@ impl TextTable {
 
     /// Reads the whole table, sending batches until the file ends or the
     /// receiver is gone. Rejected rows and counts are reported when `report`.
+    /// A JSON Lines file is parsed on `threads` threads, a run of lines
+    /// each, and its rows arrive in file order all the same.
     fn read(&self, report: bool, send: &mut dyn FnMut(RecordBatch) -> bool) -> Result<()> {
-        let mut builder = RowBuilder::new(&self.names, &self.types);
-        let mut seen_header = !(self.header && matches!(self.kind, TextKind::Delimited(_)));
-        let mut row_number: u64 = 0;
-        let mut good: u64 = 0;
-        let width = self.names.len();
-        let names = &self.names;
-        let stats = &self.ctx.stats;
-        let batch_size = self.options.batch_size;
-        let max_rows = self.options.max_rows;
-        let cancel = &self.ctx.cancel;
-        let mut stopped = false;
-        let reject = |row_number: u64, line: Option<u64>, reason: String, values: Vec<(String, Option<String>)>| {
-            if report {
-                stats.add_invalid(1);
-                self.ctx.sink.reject(RejectedRow {
-                    stage: Stage::Intake,
-                    source: self.ctx.table.clone(),
-                    row: row_number,
-                    line,
-                    reasons: vec![reason],
-                    values,
-                    failed: false,
-                });
-            }
+        let mut out = Delivery {
+            table: self,
+            report,
+            send,
+            records: 0,
+            good: 0,
+            counted: 0,
         };
+        if self.kind == TextKind::JsonLines && !self.keys.is_empty() && self.options.threads > 1 {
+            return parallel::read(self, &mut out);
+        }
+        let mut rows = Rows::new(self);
+        let mut seen_header = !(self.header && matches!(self.kind, TextKind::Delimited(_)));
         self.scan(&self.keys, &mut |record| {
             if !seen_header {
                 seen_header = true;
                 return Ok(true);
             }
-            row_number += 1;
-            match record {
-                Record::Bad { line, reason, raw } => {
-                    reject(
-                        row_number,
-                        line,
-                        reason,
-                        raw.into_iter()
-                            .enumerate()
-                            .map(|(i, v)| (format!("_raw{}", i + 1), Some(v)))
-                            .collect(),
-                    );
-                }
-                Record::Cells { line, cells } => {
-                    if cells.len() != width {
-                        let values = cells
-                            .iter()
-                            .enumerate()
-                            .map(|(i, c)| {
-                                (
-                                    names
-                                        .get(i)
-                                        .cloned()
-                                        .unwrap_or_else(|| format!("_extra{}", i + 1 - width)),
-                                    c.map(str::to_string),
-                                )
-                            })
-                            .collect();
-                        reject(
-                            row_number,
-                            line,
-                            format!("expected {width} fields, found {}", cells.len()),
-                            values,
-                        );
-                    } else if let Err(e) = builder.push(line, cells.iter()) {
-                        let values = names
-                            .iter()
-                            .cloned()
-                            .zip(cells.iter().map(|c| c.map(str::to_string)))
-                            .collect();
-                        reject(row_number, line, e.to_string(), values);
-                    } else {
-                        good += 1;
-                        if good > max_rows {
-                            // The rows within the limit were read.
-                            if report {
-                                stats.add_rows(builder.len() as u64 - 1);
-                            }
-                            return Err(Error::LimitExceeded {
-                                limit: Limit::MaxRows,
-                                message: format!("input table `{}` has more than {max_rows} rows", self.ctx.table),
-                            });
-                        }
-                        if builder.len() >= batch_size {
-                            if cancel.is_cancelled() {
-                                return Err(Error::Canceled);
-                            }
-                            let n = builder.len() as u64;
-                            if !send(builder.finish()) {
-                                stopped = true;
-                                return Ok(false);
-                            }
-                            if report {
-                                stats.add_rows(n);
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(true)
+            rows.take(record);
+            out.deliver(&mut rows)
         })?;
-        if !stopped && !builder.is_empty() {
-            let n = builder.len() as u64;
-            if send(builder.finish()) && report {
-                stats.add_rows(n);
+        rows.flush();
+        out.deliver(&mut rows)?;
+        Ok(())
+    }
+}
+
+/// Records made into rows of a table's batches (a batch each
+/// `batch_size` rows), and the records that cannot be rows, each with its
+/// place.
+struct Rows<'t> {
+    names: &'t [String],
+    batch_size: usize,
+    builder: RowBuilder,
+    batches: Vec<RecordBatch>,
+    /// Records taken, good and bad.
+    records: u64,
+    /// Rows made.
+    good: u64,
+    rejected: Vec<Rejected>,
+}
+
+/// A record that is no row.
+struct Rejected {
+    /// Its number among the records taken, from 1.
+    record: u64,
+    /// Rows made before it.
+    good_before: u64,
+    line: Option<u64>,
+    reason: String,
+    values: Vec<(String, Option<String>)>,
+}
+
+impl<'t> Rows<'t> {
+    fn new(table: &'t TextTable) -> Self {
+        Self {
+            names: &table.names,
+            batch_size: table.options.batch_size.max(1),
+            builder: RowBuilder::new(&table.names, &table.types),
+            batches: Vec::new(),
+            records: 0,
+            good: 0,
+            rejected: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, record: Record<'_>) {
+        self.records += 1;
+        let width = self.names.len();
+        let (line, reason, values) = match record {
+            Record::Bad { line, reason, raw } => {
+                let values = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("_raw{}", i + 1), Some(v)))
+                    .collect();
+                (line, reason, values)
+            }
+            Record::Cells { line, cells } if cells.len() != width => {
+                let values = cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let name = self
+                            .names
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("_extra{}", i + 1 - width));
+                        (name, c.map(str::to_string))
+                    })
+                    .collect();
+                (line, format!("expected {width} fields, found {}", cells.len()), values)
+            }
+            Record::Cells { line, cells } => match self.builder.push(line, cells.iter()) {
+                Ok(()) => {
+                    self.good += 1;
+                    if self.builder.len() >= self.batch_size {
+                        self.flush();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let values = self
+                        .names
+                        .iter()
+                        .cloned()
+                        .zip(cells.iter().map(|c| c.map(str::to_string)))
+                        .collect();
+                    (line, e.to_string(), values)
+                }
+            },
+        };
+        self.rejected.push(Rejected {
+            record: self.records,
+            good_before: self.good,
+            line,
+            reason,
+            values,
+        });
+    }
+
+    /// Makes the rows not yet in a batch one.
+    fn flush(&mut self) {
+        if !self.builder.is_empty() {
+            self.batches.push(self.builder.finish());
+        }
+    }
+}
+
+/// Where a table's rows go, in file order: batches to the scan, rejected
+/// rows and counts to the report (when `report`), within `max_rows`.
+struct Delivery<'a, 't> {
+    table: &'t TextTable,
+    report: bool,
+    send: &'a mut dyn FnMut(RecordBatch) -> bool,
+    /// Records and rows of the parts delivered whole.
+    records: u64,
+    good: u64,
+    /// Rows counted in the table's stats.
+    counted: u64,
+}
+
+impl Delivery<'_, '_> {
+    /// Delivers what `rows` holds (they follow every record delivered
+    /// before): `Ok(false)` once the receiver is gone.
+    fn deliver(&mut self, rows: &mut Rows<'_>) -> Result<bool> {
+        let max_rows = self.table.options.max_rows;
+        for r in rows.rejected.drain(..) {
+            // Past the limit, the run has already failed.
+            if self.good + r.good_before > max_rows {
+                break;
+            }
+            if self.report {
+                self.table.ctx.stats.add_invalid(1);
+                self.table.ctx.sink.reject(RejectedRow {
+                    stage: Stage::Intake,
+                    source: self.table.ctx.table.clone(),
+                    row: self.records + r.record,
+                    line: r.line,
+                    reasons: vec![r.reason],
+                    values: r.values,
+                    failed: false,
+                });
             }
         }
-        Ok(())
+        if self.good + rows.good > max_rows {
+            // The rows within the limit were read.
+            if self.report {
+                self.table.ctx.stats.add_rows(max_rows - self.counted);
+            }
+            return Err(Error::LimitExceeded {
+                limit: Limit::MaxRows,
+                message: format!("input table `{}` has more than {max_rows} rows", self.table.ctx.table),
+            });
+        }
+        for batch in rows.batches.drain(..) {
+            if self.table.ctx.cancel.is_cancelled() {
+                return Err(Error::Canceled);
+            }
+            let n = batch.num_rows() as u64;
+            if !(self.send)(batch) {
+                return Ok(false);
+            }
+            if self.report {
+                self.table.ctx.stats.add_rows(n);
+                self.counted += n;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Delivers a whole part of the file, read on its own.
+    fn deliver_part(&mut self, mut rows: Rows<'_>) -> Result<bool> {
+        let going = self.deliver(&mut rows)?;
+        self.records += rows.records;
+        self.good += rows.good;
+        Ok(going)
     }
 }
 
@@ -550,13 +643,15 @@ impl From<Error> for JsonStop {
 type LineText<'a> = std::result::Result<&'a str, (String, String)>;
 
 /// Calls `each` with the number and text of every non-blank line of a JSON
-/// Lines file; stops when `each` returns false.
+/// Lines text whose first line is line `first_line` of its file; stops when
+/// `each` returns false.
 fn for_each_json_line(
     mut reader: impl BufRead,
+    first_line: u64,
     each: &mut dyn FnMut(u64, LineText<'_>) -> std::result::Result<bool, JsonStop>,
 ) -> std::result::Result<(), JsonStop> {
     let mut buf = Vec::with_capacity(4096);
-    let mut line = 0u64;
+    let mut line = first_line.saturating_sub(1);
     loop {
         buf.clear();
         let n = reader.read_until(b'\n', &mut buf).map_err(JsonStop::Io)?;
@@ -583,7 +678,7 @@ fn scan_json_lines(
     object: &mut dyn FnMut(serde_json::Map<String, Value>) -> Result<bool>,
     event: &mut dyn FnMut(JsonEvent) -> Result<bool>,
 ) -> std::result::Result<(), JsonStop> {
-    for_each_json_line(reader, &mut |line, text| {
+    for_each_json_line(reader, 1, &mut |line, text| {
         let bad = |reason: String, raw: String| JsonEvent::Bad {
             line: Some(line),
             reason,
@@ -615,11 +710,12 @@ fn scan_json_lines(
 /// rows are those the value-by-value reading gives.
 fn scan_json_line_cells(
     reader: impl BufRead,
+    first_line: u64,
     index: &HashMap<&str, usize>,
     sample_rows: usize,
     emit: &mut Emit<'_>,
 ) -> std::result::Result<(), JsonStop> {
-    for_each_json_line(reader, &mut |line, text| {
+    for_each_json_line(reader, first_line, &mut |line, text| {
         let bad = |reason: String, raw: String| Record::Bad {
             line: Some(line),
             reason,
