@@ -55,7 +55,7 @@ pub struct InputFile {
 /// Tunables of a run that are not part of the connector.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    /// Threads for the SQL engine and for parsing a JSON Lines input.
+    /// Threads for the SQL engine and for parsing a CSV/TSV or JSON Lines input.
     pub threads: usize,
     /// Most rows written per scope output CSV (`None`: all).
     pub output_row_cap: Option<u64>,

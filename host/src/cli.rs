@@ -63,7 +63,7 @@ pub struct RunArgs {
     /// Print the execution document as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
-    /// Threads for the SQL engine and for parsing a JSON Lines input
+    /// Threads for the SQL engine and for parsing a CSV/TSV or JSON Lines input
     /// (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -67,7 +67,7 @@ pub struct Job {
     pub input: Option<JobInput>,
     /// Where artifacts go.
     pub out_dir: PathBuf,
-    /// Threads for the SQL engine and for parsing a JSON Lines input.
+    /// Threads for the SQL engine and for parsing a CSV/TSV or JSON Lines input.
     pub threads: usize,
     /// Most rows per scope output CSV.
     pub output_row_cap: Option<u64>,

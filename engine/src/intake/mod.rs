@@ -115,7 +115,7 @@ pub struct IntakeOptions {
     pub infer: bool,
     /// Rows per Arrow batch.
     pub batch_size: usize,
-    /// Threads a JSON Lines file is parsed on.
+    /// Threads a CSV/TSV or JSON Lines file is parsed on.
     pub threads: usize,
     /// Rows sampled for type inference.
     pub sample_rows: usize,

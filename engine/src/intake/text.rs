@@ -270,47 +270,7 @@ impl TextTable {
     }
 
     fn scan_delimited(&self, delimiter: u8, emit: &mut Emit<'_>) -> Result<()> {
-        let crlf = CrlfOffsets::default();
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(1 << 20)
-            .from_reader(crlf.watch(self.reader()?));
-        let mut record = csv::StringRecord::new();
-        loop {
-            match reader.read_record(&mut record) {
-                Ok(false) => return Ok(()),
-                Ok(true) => {
-                    let line = record.position().map(|p| crlf.line(p));
-                    if !emit(Record::Cells {
-                        line,
-                        cells: Cells::Csv(&record),
-                    })? {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    let line = e.position().map(|p| crlf.line(p));
-                    let reason = match e.kind() {
-                        csv::ErrorKind::Utf8 { err, .. } => {
-                            format!("invalid UTF-8 in field {}", err.field() + 1)
-                        }
-                        csv::ErrorKind::Io(io) => {
-                            return Err(Error::io(format!("reading {}", self.ctx.file_name), clone_io(io)));
-                        }
-                        _ => e.to_string(),
-                    };
-                    if !emit(Record::Bad {
-                        line,
-                        reason,
-                        raw: Vec::new(),
-                    })? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        scan_delimited(self.reader()?, delimiter, 1, &self.ctx.file_name, emit)
     }
 
     fn scan_json(
@@ -331,8 +291,8 @@ impl TextTable {
 
     /// Reads the whole table, sending batches until the file ends or the
     /// receiver is gone. Rejected rows and counts are reported when `report`.
-    /// A JSON Lines file is parsed on `threads` threads, a run of lines
-    /// each, and its rows arrive in file order all the same.
+    /// A CSV/TSV or JSON Lines file is parsed on `threads` threads, a run
+    /// of records each, and its rows arrive in file order all the same.
     fn read(&self, report: bool, send: &mut dyn FnMut(RecordBatch) -> bool) -> Result<()> {
         let mut out = Delivery {
             table: self,
@@ -342,7 +302,7 @@ impl TextTable {
             good: 0,
             counted: 0,
         };
-        if self.kind == TextKind::JsonLines && !self.keys.is_empty() && self.options.threads > 1 {
+        if parallel::applies(self) {
             return parallel::read(self, &mut out);
         }
         let mut rows = Rows::new(self);
@@ -358,6 +318,53 @@ impl TextTable {
         rows.flush();
         out.deliver(&mut rows)?;
         Ok(())
+    }
+}
+
+/// Reads the records of a delimited text whose first line is line
+/// `first_line` of file `file_name`, calling `emit` with each.
+fn scan_delimited(text: impl Read, delimiter: u8, first_line: u64, file_name: &str, emit: &mut Emit<'_>) -> Result<()> {
+    let crlf = CrlfOffsets::default();
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(crlf.watch(text));
+    let line = |p: &csv::Position| crlf.line(p) + first_line - 1;
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let line = record.position().map(line);
+                if !emit(Record::Cells {
+                    line,
+                    cells: Cells::Csv(&record),
+                })? {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                let line = e.position().map(line);
+                let reason = match e.kind() {
+                    csv::ErrorKind::Utf8 { err, .. } => {
+                        format!("invalid UTF-8 in field {}", err.field() + 1)
+                    }
+                    csv::ErrorKind::Io(io) => {
+                        return Err(Error::io(format!("reading {file_name}"), clone_io(io)));
+                    }
+                    _ => e.to_string(),
+                };
+                if !emit(Record::Bad {
+                    line,
+                    reason,
+                    raw: Vec::new(),
+                })? {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
