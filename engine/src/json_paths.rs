@@ -344,6 +344,8 @@ struct JsonPaths {
     signature: Signature,
     calls: Vec<Call>,
     root: Node,
+    /// How many values the walk looks for.
+    wanted: usize,
     return_type: DataType,
 }
 
@@ -363,6 +365,7 @@ impl JsonPaths {
         Self {
             signature: Signature::any(1, Volatility::Immutable),
             calls: calls.to_vec(),
+            wanted: root.count(),
             root,
             return_type: DataType::Struct(fields),
         }
@@ -372,7 +375,7 @@ impl JsonPaths {
     fn find(&self, text: &str) -> Vec<Option<(usize, usize)>> {
         let mut found = Found {
             ranges: vec![None; self.calls.len()],
-            missing: self.root.count(),
+            missing: self.wanted,
         };
         let mut jiter = Jiter::new(text.as_bytes());
         // A malformed text keeps what was found before the fault.

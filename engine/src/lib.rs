@@ -42,6 +42,7 @@ pub mod connector;
 pub mod document;
 pub mod error;
 pub mod execution;
+mod in_order;
 pub mod intake;
 mod json_paths;
 pub mod loads;

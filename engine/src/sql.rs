@@ -614,6 +614,8 @@ pub fn session(settings: &SessionSettings) -> Result<SessionContext> {
         .with_default_features()
         // Many JSON fields read from one text share one walk of it.
         .with_physical_optimizer_rule(Arc::new(crate::json_paths::ShareJsonPaths))
+        // A single stream's function calls run on the run's threads.
+        .with_physical_optimizer_rule(Arc::new(crate::in_order::ProjectOnThreads))
         .build();
     let mut ctx = SessionContext::new_with_state(state);
     // JSON in text columns (a webhook's `body`, a nested JSON-lines value):
