@@ -63,23 +63,29 @@ pub(super) fn read(table: &TextTable, out: &mut Delivery<'_, '_>) -> Result<()> 
         for _ in 0..in_flight {
             let _ = tokens_tx.send(());
         }
+        // A parsed run's buffer goes back to the cutter for a later run, so
+        // the text is read into memory already mapped.
+        let (spare_tx, spare_rx) = channel::<Vec<u8>>();
         {
             let parts_tx = parts_tx.clone();
-            scope.spawn(move || cut(reader, table, &runs_tx, &tokens_rx, &parts_tx));
+            scope.spawn(move || cut(reader, table, &runs_tx, &tokens_rx, &parts_tx, &spare_rx));
         }
         for _ in 0..threads {
-            let parts_tx = parts_tx.clone();
+            let (parts_tx, spare_tx) = (parts_tx.clone(), spare_tx.clone());
             let (runs_rx, index) = (&runs_rx, &index);
             scope.spawn(move || {
                 loop {
                     let run = runs_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     let Ok(run) = run else { return };
-                    if parts_tx.send((run.seq, parse(table, index, &run))).is_err() {
+                    let part = parse(table, index, &run);
+                    let _ = spare_tx.send(run.text);
+                    if parts_tx.send((run.seq, part)).is_err() {
                         return;
                     }
                 }
             });
         }
+        drop(spare_tx);
         drop(parts_tx);
         // In file order; the loop ends once every thread is done.
         let mut waiting = BTreeMap::new();
@@ -106,6 +112,7 @@ fn cut(
     runs: &SyncSender<Run>,
     tokens: &Receiver<()>,
     parts: &Sender<Part<'_>>,
+    spare: &Receiver<Vec<u8>>,
 ) {
     let lines_per_run = table.options.batch_size.max(1);
     let mut carry: Vec<u8> = Vec::new();
@@ -122,7 +129,9 @@ fn cut(
             let _ = parts.send((seq, Err(Error::Canceled)));
             return;
         }
-        let mut text = std::mem::take(&mut carry);
+        let mut text = spare.try_recv().unwrap_or_default();
+        text.clear();
+        text.extend_from_slice(&carry);
         let mut target = run_bytes;
         let mut ended;
         let (end, lines) = loop {
@@ -147,7 +156,9 @@ fn cut(
             return;
         }
         run_bytes = (end + end / 8).clamp(64 << 10, RUN_BYTES);
-        carry = text.split_off(end);
+        carry.clear();
+        carry.extend_from_slice(&text[end..]);
+        text.truncate(end);
         if runs.send(Run { seq, first_line, text }).is_err() {
             return;
         }
@@ -166,6 +177,7 @@ fn fill(reader: &mut dyn Read, text: &mut Vec<u8>, target: usize) -> std::io::Re
     if want == 0 {
         return Ok(false);
     }
+    text.reserve(want);
     let n = reader.take(want as u64).read_to_end(text)?;
     Ok(n < want)
 }
