@@ -32,6 +32,14 @@ use crate::report::RejectedRow;
 
 mod parallel;
 
+/// The column of each JSON key (hashed with a fast hasher: every key of
+/// every line is looked up).
+type KeyIndex<'k> = HashMap<&'k str, usize, foldhash::fast::RandomState>;
+
+fn key_index(keys: &[String]) -> KeyIndex<'_> {
+    keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect()
+}
+
 /// The syntax of a text table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextKind {
@@ -201,7 +209,7 @@ impl TextTable {
                     },
                     &mut |_| Ok(true),
                 )?;
-                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                let index = key_index(&keys);
                 for object in &objects {
                     rows.push(
                         json_cells(object, &index, keys.len())
@@ -220,7 +228,7 @@ impl TextTable {
         match self.kind {
             TextKind::Delimited(delimiter) => self.scan_delimited(delimiter, emit),
             TextKind::JsonLines if !keys.is_empty() => {
-                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                let index = key_index(keys);
                 let reader = BufReader::with_capacity(1 << 20, self.reader()?);
                 scan_json_line_cells(reader, 1, &index, self.options.sample_rows, emit).map_err(|e| match e {
                     JsonStop::Io(e) => Error::io(format!("reading {}", self.ctx.file_name), e),
@@ -228,7 +236,7 @@ impl TextTable {
                 })
             }
             TextKind::JsonLines | TextKind::JsonArray => {
-                let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+                let index = key_index(keys);
                 // Both callbacks below report records; they are never called
                 // at the same time, so they share `emit` through a RefCell.
                 let emit = std::cell::RefCell::new(emit);
@@ -605,7 +613,7 @@ fn clone_io(e: &std::io::Error) -> std::io::Error {
 /// numbers and booleans as written, nested values as JSON text.
 fn json_cells<'a>(
     object: &'a serde_json::Map<String, Value>,
-    index: &HashMap<&str, usize>,
+    index: &KeyIndex<'_>,
     width: usize,
 ) -> Vec<Option<Cow<'a, str>>> {
     let mut cells = vec![None; width];
@@ -718,7 +726,7 @@ fn scan_json_lines(
 fn scan_json_line_cells(
     reader: impl BufRead,
     first_line: u64,
-    index: &HashMap<&str, usize>,
+    index: &KeyIndex<'_>,
     sample_rows: usize,
     emit: &mut Emit<'_>,
 ) -> std::result::Result<(), JsonStop> {
@@ -771,7 +779,7 @@ enum JsonLine<'a> {
     NotObject(&'static str),
 }
 
-fn parse_line<'a>(text: &'a str, index: &HashMap<&str, usize>) -> serde_json::Result<JsonLine<'a>> {
+fn parse_line<'a>(text: &'a str, index: &KeyIndex<'_>) -> serde_json::Result<JsonLine<'a>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let line = serde::Deserializer::deserialize_any(&mut de, LineVisitor { index })?;
     de.end()?;
@@ -779,7 +787,7 @@ fn parse_line<'a>(text: &'a str, index: &HashMap<&str, usize>) -> serde_json::Re
 }
 
 struct LineVisitor<'i, 'k> {
-    index: &'i HashMap<&'k str, usize>,
+    index: &'i KeyIndex<'k>,
 }
 
 impl<'de> serde::de::Visitor<'de> for LineVisitor<'_, '_> {
@@ -1078,7 +1086,7 @@ mod tests {
     #[test]
     fn a_json_line_parsed_for_its_cells_gives_what_its_value_gives() {
         let keys = ["a", "b", "c"];
-        let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let index: KeyIndex<'_> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         for line in [
             r#"{"a":"plain","b":"esc\"aped\u00e9\n","c":null}"#,
             r#"{"a":1,"b":-0,"c":1.0}"#,

@@ -10,12 +10,14 @@
 //! CSV reader does: a quote opens a quoted field only at the start of a
 //! field, and a doubled quote inside one is a quote.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
-use super::{Delivery, JsonStop, Record, Rows, TextKind, TextTable, scan_delimited, scan_json_line_cells};
+use super::{
+    Delivery, JsonStop, KeyIndex, Record, Rows, TextKind, TextTable, key_index, scan_delimited, scan_json_line_cells,
+};
 use crate::error::{Error, Result};
 
 /// The most bytes a run holds, unless one line is longer.
@@ -51,7 +53,7 @@ pub(super) fn applies(table: &TextTable) -> bool {
 /// Reads `table` (see [`applies`]) on its threads.
 pub(super) fn read(table: &TextTable, out: &mut Delivery<'_, '_>) -> Result<()> {
     let threads = table.options.threads.clamp(1, MAX_THREADS);
-    let index: HashMap<&str, usize> = table.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let index = key_index(&table.keys);
     let reader = table.reader()?;
     let in_flight = threads * 2;
     let (runs_tx, runs_rx) = sync_channel::<Run>(threads);
@@ -237,7 +239,7 @@ fn delimited_record_end(text: &[u8], delimiter: u8, records: usize) -> Option<us
 }
 
 /// Makes one run into rows.
-fn parse<'t>(table: &'t TextTable, index: &HashMap<&str, usize>, run: &Run) -> Result<Rows<'t>> {
+fn parse<'t>(table: &'t TextTable, index: &KeyIndex<'_>, run: &Run) -> Result<Rows<'t>> {
     let mut rows = Rows::new(table);
     // The file's first record is its header, when it has one.
     let mut skip = run.seq == 0 && table.header && matches!(table.kind, TextKind::Delimited(_));
