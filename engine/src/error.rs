@@ -299,6 +299,10 @@ pub enum Error {
     /// The record store refused or failed a read or write.
     #[error("record store: {0}")]
     Store(String),
+    /// The run's commits were revoked: another process resolved it after
+    /// its lease expired, so nothing more of it is committed.
+    #[error("execution {0} was resolved by another process after its lease expired; nothing more of it is committed")]
+    Revoked(String),
     /// An unexpected internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -336,6 +340,7 @@ impl Error {
                 PluginFailure::InvalidConfig => ErrorCode::InvalidConfig,
             },
             Error::Store(_) => ErrorCode::StoreError,
+            Error::Revoked(_) => ErrorCode::WorkerLost,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }

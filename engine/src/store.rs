@@ -349,8 +349,16 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<Vec<Record>>;
 
     /// Applies one batch atomically: all of it or nothing, its tally
-    /// included.
+    /// included. A batch whose tally names a revoked execution (see
+    /// [`RecordStore::revoke`]) is refused with [`Error::Revoked`], checked
+    /// in the same transaction.
     fn commit(&self, workspace: &str, object: &str, batch: &WriteBatch) -> Result<()>;
+
+    /// Refuses every later commit of the execution: once this returns, no
+    /// commit of it is applied, whichever process tries. A process that
+    /// resolves a run whose lease expired revokes it first, so the counts
+    /// it then reads are final (docs/architecture.md, "Leased runs").
+    fn revoke(&self, execution_id: &str) -> Result<()>;
 
     /// The committed tallies of an execution's load steps, by `order`
     /// (empty for a store that keeps none).
@@ -709,7 +717,8 @@ impl SqliteStore {
                 execution_id TEXT NOT NULL, step INTEGER NOT NULL,
                 total INTEGER NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,
                 skipped INTEGER NOT NULL, failed INTEGER NOT NULL,
-                PRIMARY KEY (execution_id, step))",
+                PRIMARY KEY (execution_id, step));
+             CREATE TABLE IF NOT EXISTS weir_revoked_runs (execution_id TEXT PRIMARY KEY NOT NULL)",
         )
         .map_err(store_error)?;
         Ok(Self {
@@ -917,7 +926,11 @@ impl RecordStore for SqliteStore {
         let mut conn = self.lock();
         let t = table(workspace, object);
         let columns: Vec<String> = batch.fields.iter().map(|f| column(f)).collect();
-        let tx = conn.transaction().map_err(store_error)?;
+        // Immediate: the write lock first, so the revocation check below
+        // reads the newest state.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(store_error)?;
         for (written, run) in runs(&batch.creates) {
             let cols: Vec<&str> = std::iter::once("\"id\"")
                 .chain(written.iter().map(|&i| columns[i].as_str()))
@@ -950,6 +963,13 @@ impl RecordStore for SqliteStore {
             execute(&tx, &sql, run, &written)?;
         }
         if let Some(t) = &batch.tally {
+            let revoked = tx
+                .prepare_cached("SELECT 1 FROM weir_revoked_runs WHERE execution_id = ?1")
+                .and_then(|mut stmt| stmt.exists([&t.execution_id]))
+                .map_err(store_error)?;
+            if revoked {
+                return Err(Error::Revoked(t.execution_id.clone()));
+            }
             tx.execute(
                 "INSERT INTO weir_load_tallies (execution_id, step, total, created, updated, skipped, failed)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -1005,6 +1025,18 @@ impl RecordStore for SqliteStore {
             }
         };
         Ok(Arc::new(SqliteSnapshot { conn: Mutex::new(conn) }))
+    }
+
+    fn revoke(&self, execution_id: &str) -> Result<()> {
+        // The writer's lock: a commit in flight ends before this, one after
+        // it sees the row.
+        self.lock()
+            .execute(
+                "INSERT INTO weir_revoked_runs (execution_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                [execution_id],
+            )
+            .map_err(store_error)?;
+        Ok(())
     }
 
     fn tallies(&self, execution_id: &str) -> Result<Vec<Tally>> {
@@ -1192,6 +1224,7 @@ impl Builder {
 mod tests {
     use super::*;
     use crate::document::Document;
+    use crate::error::ErrorCode;
     use crate::objects::Objects;
 
     fn contact() -> ObjectDef {
@@ -1678,6 +1711,41 @@ name = "contact"
             "once the snapshot ends the WAL is truncated again: {size} bytes"
         );
         assert_eq!(store.count("w", "contact").expect("count"), 4002);
+    }
+
+    #[test]
+    fn a_revoked_execution_commits_nothing_more_from_any_connection() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("records.db");
+        let runner = SqliteStore::open(&path).expect("open");
+        let def = contact();
+        runner.ensure_object("w", &def).expect("ensure");
+        let batch = |email: &str, execution: &str| WriteBatch {
+            tally: Some(Tally {
+                execution_id: execution.into(),
+                order: 1,
+                total: 1,
+                created: 1,
+                ..Tally::default()
+            }),
+            ..creates(vec![create(email, 1.0)])
+        };
+        runner.commit("w", "contact", &batch("a@x.io", "e1")).expect("before");
+        // Another process (another connection to the file) resolves the run.
+        let resolver = SqliteStore::open(&path).expect("resolver");
+        resolver.revoke("e1").expect("revoke");
+        resolver.revoke("e1").expect("revoking twice is no error");
+        let refused = runner.commit("w", "contact", &batch("b@x.io", "e1"));
+        assert!(matches!(&refused, Err(Error::Revoked(id)) if id == "e1"), "{refused:?}");
+        assert_eq!(refused.err().map(|e| e.code()), Some(ErrorCode::WorkerLost));
+        // Nothing of the refused batch is applied, its tally included.
+        assert_eq!(resolver.count("w", "contact").expect("count"), 1);
+        assert_eq!(resolver.tallies("e1").expect("tallies")[0].created, 1);
+        // Other executions commit as before.
+        runner
+            .commit("w", "contact", &batch("c@x.io", "e2"))
+            .expect("other run");
+        assert_eq!(resolver.count("w", "contact").expect("count"), 2);
     }
 
     fn snapshot_count(snapshot: &dyn RecordSnapshot, def: &ObjectDef) -> usize {

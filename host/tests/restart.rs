@@ -3,71 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, serve, status_of, upload, wait};
-use serde_json::json;
+use common::{quick, serve, slow, status_of, upload, wait};
 use weir_host::server::state::Db;
-
-/// An operational connector whose script runs for minutes. Publishing
-/// would run it, so the test makes version 1 live in the state database
-/// directly (the server allows a second writer).
-async fn slow(base: &str, data_dir: &Path) {
-    let sql = "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3";
-    let (s, b) = call(
-        base,
-        reqwest::Method::POST,
-        "/connectors",
-        Some(json!({"api_name": "slow", "type": "spreadsheet", "sql": {"text": sql}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let db = Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
-    let id = b["id"].as_str().unwrap_or_default();
-    assert_eq!(db.publish(id, 1).ok(), Some(true));
-    let (s, b) = call(
-        base,
-        reqwest::Method::PATCH,
-        "/connectors/slow",
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-}
-
-/// An operational connector that runs in a moment.
-async fn quick(base: &str) {
-    let (_, file) = upload(base, "/files", b"a\n1\n").await;
-    let (s, b) = call(
-        base,
-        reqwest::Method::POST,
-        "/connectors",
-        Some(
-            json!({"api_name": "quick", "type": "spreadsheet", "sample_file_id": file["id"],
-                    "sql": {"text": "CREATE VIEW output.a AS SELECT * FROM input.data"}}),
-        ),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = call(
-        base,
-        reqwest::Method::POST,
-        "/connectors/quick/sql/publish",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = call(
-        base,
-        reqwest::Method::PATCH,
-        "/connectors/quick",
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_fails_its_running_execution_and_runs_the_queued_one_after_restart() {

@@ -770,7 +770,7 @@ async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved()
         .commit(&ws, "contact", &batch)
         .unwrap_or_else(|e| panic!("{e}"));
 
-    assert_eq!(server::queue::recover(&s.app).ok(), Some(1));
+    assert_eq!(server::leases::sweep(&s.app).ok(), Some(1));
     let lost = s.get("/executions/lost", ADMIN).await.body;
     assert_eq!(lost["status"], "failed", "{lost}");
     assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");

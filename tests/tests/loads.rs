@@ -169,6 +169,9 @@ impl RecordStore for Recording {
         }
         self.inner.commit(workspace, object, batch)
     }
+    fn revoke(&self, execution_id: &str) -> weir_engine::Result<()> {
+        self.inner.revoke(execution_id)
+    }
     fn count(&self, workspace: &str, object: &str) -> weir_engine::Result<u64> {
         self.inner.count(workspace, object)
     }

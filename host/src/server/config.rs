@@ -96,6 +96,16 @@ pub struct ServerConfig {
     /// The most a dev package's records snapshot (`?records=true`) may
     /// hold, as JSON lines before compression, e.g. `"64MiB"`.
     pub package_records_max: String,
+    /// This process's name among the processes sharing the state store
+    /// (letters, digits, `.`, `_`, `-`); a new one at every start when
+    /// not given.
+    pub worker_id: Option<String>,
+    /// How long a process holds a run it claimed without renewing the
+    /// lease, e.g. `"30s"`; past it any process resolves the run as lost.
+    pub lease: String,
+    /// How often a process renews the leases of its runs, e.g. `"5s"`; at
+    /// most half of `lease`.
+    pub heartbeat: String,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -141,6 +151,9 @@ impl Default for ServerConfig {
             connector_max_rows: 100_000_000,
             plugin_memory: "256MiB".into(),
             output_row_cap: None,
+            worker_id: None,
+            lease: "30s".into(),
+            heartbeat: "5s".into(),
         }
     }
 }
@@ -177,6 +190,9 @@ const ENV_KEYS: &[&str] = &[
     "retention",
     "workspace_retention",
     "retention_sweep",
+    "worker_id",
+    "lease",
+    "heartbeat",
 ];
 
 /// Config values checked and converted.
@@ -218,6 +234,12 @@ pub struct Settings {
     /// The key workspace secrets are sealed with (`WEIR_SECRETS_KEY`, read
     /// from the environment only: it is never in a configuration file).
     pub secrets_key: Option<crate::server::secrets::SecretsKey>,
+    /// This process's worker id (`worker_id`, or a new one).
+    pub worker_id: String,
+    /// `lease`.
+    pub lease: Duration,
+    /// `heartbeat`.
+    pub heartbeat: Duration,
 }
 
 impl Settings {
@@ -284,7 +306,22 @@ impl ServerConfig {
             return Err(ConfigError("max_connections must be at least 1".into()));
         }
         check_prefixes(&self.webhook_secret_prefixes)?;
+        let lease = positive("lease", duration("lease", &self.lease)?)?;
+        let heartbeat = positive("heartbeat", duration("heartbeat", &self.heartbeat)?)?;
+        if heartbeat * 2 > lease {
+            return Err(ConfigError(format!(
+                "heartbeat = {:?} must be at most half of lease = {:?}, so that one late renewal does not lose a run",
+                self.heartbeat, self.lease
+            )));
+        }
+        let worker_id = match &self.worker_id {
+            Some(id) => check_worker_id(id)?,
+            None => format!("w-{}", uuid::Uuid::now_v7().simple()),
+        };
         Ok(Settings {
+            worker_id,
+            lease,
+            heartbeat,
             max_upload: size("max_upload", &self.max_upload)?,
             max_json_body: usize::try_from(size("max_json_body", &self.max_json_body)?)
                 .map_err(|_| ConfigError("max_json_body is too large".into()))?,
@@ -333,6 +370,22 @@ fn caps(caps: LimitCaps) -> Result<LimitCaps, ConfigError> {
                 .collect::<Vec<_>>()
                 .join("; ")
         ))),
+    }
+}
+
+/// `id` when it can name a worker (and its lock file).
+fn check_worker_id(id: &str) -> Result<String, ConfigError> {
+    let fits = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.starts_with('.');
+    if fits {
+        Ok(id.to_string())
+    } else {
+        Err(ConfigError(format!(
+            "worker_id = {id:?}: 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
     }
 }
 

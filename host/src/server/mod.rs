@@ -11,7 +11,9 @@
 //! - [`state`]: the state database and its migrations.
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
 //! - [`files`]: the content-addressed file store.
-//! - [`queue`]: queue, workers, cancel, restart recovery, shutdown drain.
+//! - [`queue`]: queue, workers, cancel, shutdown drain.
+//! - [`leases`]: worker ids, leases and heartbeats, cancels between
+//!   processes, and resolving runs whose process was lost.
 //! - [`webhooks`]: webhook batches and Standard Webhooks signatures.
 //! - [`schedules`]: cron ticks of schedule connectors.
 //! - [`retention`]: what is deleted once past its workspace's retention.
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod leases;
 pub mod listen;
 pub mod metrics;
 pub mod queue;
@@ -64,6 +67,8 @@ pub struct App {
     pub batches: webhooks::Batches,
     /// The scheduler's clock.
     pub schedules: schedules::Schedules,
+    /// This process among those sharing the state store.
+    pub worker: leases::Worker,
 }
 
 /// A started server: listening, with its dispatcher running.
@@ -95,6 +100,9 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error("plugin runtime: {0}")]
     Plugins(String),
+    /// The worker id is taken or its lock cannot be had.
+    #[error(transparent)]
+    Worker(#[from] leases::WorkerError),
     /// Bootstrap failed.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
@@ -156,6 +164,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
+    let worker = leases::Worker::register(&dir, &settings.worker_id)?;
     let db = Db::open(&dir.join("state.db"))?;
     let files = FileStore::open(&dir, settings.upload_pace).map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
@@ -179,14 +188,19 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         settings,
         batches: webhooks::Batches::default(),
         schedules: schedules::Schedules::new(clock),
+        worker,
     });
-    let recovered = queue::recover(&app)?;
+    // What a process that is gone left running is resolved before this one
+    // claims anything; the runs of live processes go on.
+    let recovered = leases::sweep(&app)?;
     if recovered > 0 {
         tracing::warn!(
             executions = recovered,
-            "resolved executions a previous process left running"
+            "resolved executions a process that is gone left running"
         );
     }
+    tracing::info!(worker = app.worker.id(), "worker registered");
+    tokio::spawn(leases::keeper(app.clone()));
     tokio::spawn(queue::dispatch(app.clone()));
     tokio::spawn(webhooks::batcher(app.clone()));
     tokio::spawn(schedules::scheduler(app.clone()));

@@ -1,13 +1,15 @@
 //! Executions from trigger to terminal status: the queue, the worker pool,
-//! cancel, and recovery after a restart.
+//! cancel, and the shutdown drain.
 //!
-//! The state database is the queue: a trigger stores a `queued` execution
-//! (with the connector definition and script it will run) and wakes the
-//! dispatcher. The dispatcher claims queued executions oldest first while
-//! a worker is free, skipping those whose connector is not operational
-//! (dry runs always run) or already runs `max_concurrency` executions.
-//! Claiming is a conditional update (`queued → running`), so a cancel and a
-//! claim never both win.
+//! The state database is the queue, shared by every process on it: a
+//! trigger stores a `queued` execution (with the connector definition and
+//! script it will run) and wakes the dispatcher. The dispatcher claims
+//! queued executions oldest first while a worker of this process is free,
+//! skipping those whose connector is not operational (dry runs always run)
+//! or already runs `max_concurrency` executions in any process. Claiming is
+//! a conditional update (`queued → running`, with this process as owner and
+//! a lease, see [`super::leases`]), so a cancel and a claim, or two
+//! processes' claims, never both win.
 //!
 //! While a run runs, its live document is in memory (status reads come from
 //! there) and a persister task writes it to the database as it changes, with
@@ -37,7 +39,6 @@ use crate::worker::{self, Bounds, Job, JobInput, JobRecords};
 
 /// A running execution, as the process knows it.
 struct Running {
-    connector_id: String,
     cancel: CancellationToken,
     progress: Progress,
     /// The live document last answered, so that answers never go back to
@@ -46,9 +47,8 @@ struct Running {
 }
 
 impl Running {
-    fn new(connector_id: String, cancel: CancellationToken, progress: Progress) -> Self {
+    fn new(cancel: CancellationToken, progress: Progress) -> Self {
         Self {
-            connector_id,
             cancel,
             progress,
             shown: None,
@@ -130,6 +130,24 @@ impl Runs {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// The executions running here.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Whether execution `id` runs here.
+    pub fn has(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Stops a run this process no longer holds: it is told to stop, and
+    /// its persister stores nothing more (its writes are refused).
+    pub fn stop(&self, id: &str) {
+        if let Some(run) = self.lock().get(id) {
+            run.cancel.cancel();
+        }
+    }
 }
 
 /// Stores a new queued execution and wakes the dispatcher.
@@ -162,19 +180,16 @@ pub fn queued(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
 }
 
 /// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`
-/// at once; a running one becomes `canceling` and its run is told to stop.
+/// at once; a running one becomes `canceling` and its run is told to stop,
+/// here or, through the stored request, in the process that runs it.
 pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
     // The map lock is held across the check so that a claim (which takes
     // it too) cannot slip between reading `queued` and canceling.
     let mut running = app.runs.lock();
     if let Some(run) = running.get_mut(id) {
-        run.progress.update(|doc| {
-            if matches!(doc.status, Status::Queued | Status::Running) {
-                let _ = doc.transition(Status::Canceling);
-            }
-        });
-        run.cancel.cancel();
-        if let Some(doc) = run.show() {
+        // Stored too, so that every process shows it `canceling`.
+        app.db.request_cancel(id)?;
+        if let Some(doc) = cancel_run(run) {
             return Ok(CancelOutcome::Accepted(Box::new(doc)));
         }
         // Ended before anything was answered, and not stored yet: answer
@@ -184,6 +199,19 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
         return Ok(CancelOutcome::Finished);
     };
     let mut doc = row.document;
+    if doc.status == Status::Running {
+        // Another process runs it: it reads the request within
+        // [`leases`](super::leases)' poll.
+        drop(running);
+        if app.db.request_cancel(id)? {
+            let _ = doc.transition(Status::Canceling);
+            app.db.append_log(id, "info", "cancel requested")?;
+            return Ok(CancelOutcome::Accepted(Box::new(doc)));
+        }
+        // It ended meanwhile: answer what it became.
+        let now = app.db.execution(id)?.map(|r| r.document);
+        return Ok(now.map_or(CancelOutcome::Finished, CancelOutcome::of));
+    }
     match doc.status {
         Status::Queued => {
             let _ = doc.transition(Status::Canceled);
@@ -199,58 +227,38 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
             app.metrics.finished(doc.status);
             Ok(CancelOutcome::Accepted(Box::new(doc)))
         }
-        // Canceling but not running here: a previous process was stopping
-        // it; recovery resolves it. Repeating the cancel is accepted, as it
-        // is once the cancel has taken effect.
+        // Canceling elsewhere, or ended. Repeating the cancel is accepted,
+        // as it is once the cancel has taken effect.
         _ => Ok(CancelOutcome::of(doc)),
     }
 }
 
-/// Resolves what a previous process left: `running` executions failed with
-/// `worker_lost` (what they committed stays), `canceling` ones canceled.
-/// Queued ones are left for the dispatcher.
-pub fn recover(app: &App) -> Result<usize, StateError> {
-    let mut n = 0;
-    for mut doc in app.db.executions_in(&[Status::Running, Status::Canceling])? {
-        let from = doc.status;
-        let stage = doc
-            .step_progress
-            .iter()
-            .rev()
-            .find(|p| p.status() == StageStatus::Running)
-            .map_or(Stage::Intake, |p| p.stage());
-        if from == Status::Canceling {
-            doc.close_open_stages(StageStatus::Canceled, StageStatus::Skipped);
-            let _ = doc.transition(Status::Canceled);
-        } else {
-            doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
-            doc.error = Some(ExecutionError {
-                stage,
-                code: ErrorCode::WorkerLost,
-                message: "the server stopped while this execution ran; records it committed before that stay".into(),
-                line: None,
-                column: None,
-                plugin: None,
-            });
-            let _ = doc.transition(Status::Failed);
+/// Tells a run of this process to stop for a cancel; the document it now
+/// shows.
+fn cancel_run(run: &mut Running) -> Option<Execution> {
+    run.progress.update(|doc| {
+        if matches!(doc.status, Status::Queued | Status::Running) {
+            let _ = doc.transition(Status::Canceling);
         }
-        committed_counts(app, &mut doc);
-        if app.db.save_document(&doc, Some(from))? {
-            app.db.append_log(
-                &doc.id,
-                "error",
-                &format!("resolved after a restart: {}", doc.status.as_str()),
-            )?;
-            n += 1;
-        }
+    });
+    run.cancel.cancel();
+    run.show()
+}
+
+/// Delivers a cancel another process stored for a run of this one.
+pub fn cancel_here(app: &App, id: &str) {
+    if let Some(run) = app.runs.lock().get_mut(id)
+        && !run.cancel.is_cancelled()
+    {
+        tracing::info!(execution = %id, "canceling at the request of another process");
+        cancel_run(run);
     }
-    Ok(n)
 }
 
 /// Sets a lost run's load counts to what its commits left in the record
 /// store: each commit keeps its step's tally in its own transaction, while
 /// the document was saved up to 100 ms behind.
-fn committed_counts(app: &App, doc: &mut Execution) {
+pub fn committed_counts(app: &App, doc: &mut Execution) {
     let tallies = match app.records.tallies(&doc.id) {
         Ok(t) => t,
         Err(e) => {
@@ -303,9 +311,11 @@ pub async fn dispatch(app: Arc<App>) {
         if let Err(e) = claim_and_start(&app) {
             tracing::error!(error = %e, "claiming queued executions failed");
         }
+        // A trigger another process stored wakes no one here: the queue is
+        // looked at again within this.
         tokio::select! {
             _ = app.runs.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = app.runs.draining.cancelled() => return,
         }
     }
@@ -366,22 +376,24 @@ fn claim_and_start(app: &Arc<App>) -> Result<(), StateError> {
             .as_ref()
             .map_or(snapshot.limits.max_concurrency, |c| c.limits.max_concurrency)
             .max(1);
-        let busy = running.values().filter(|r| r.connector_id == connector_id).count();
-        if busy >= max as usize {
-            continue;
-        }
+        // The claim counts the connector's runs in every process.
         let mut row = row;
+        let worker = app.worker.id();
         if row.document.transition(Status::Running).is_err()
-            || !app.db.save_document(&row.document, Some(Status::Queued))?
+            || !app.db.claim(
+                &row.document,
+                &connector_id,
+                max,
+                worker,
+                super::leases::lease_until(app),
+            )?
         {
             continue;
         }
+        app.db.append_log(&id, "info", &format!("claimed by worker {worker}"))?;
         let progress = Progress::new(row.document.clone());
         let cancel = CancellationToken::new();
-        running.insert(
-            id.clone(),
-            Running::new(connector_id.clone(), cancel.clone(), progress.clone()),
-        );
+        running.insert(id.clone(), Running::new(cancel.clone(), progress.clone()));
         drop(running);
         let app = app.clone();
         let span = tracing::info_span!("execution", id = %id, connector = %connector_id);
@@ -476,7 +488,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
     // The persister writes the terminal document and then ends.
     if let Err(e) = persister.await {
         tracing::error!(execution = %id, error = %e, "the persister task failed");
-        if let Err(e) = app.db.save_document(&doc, None) {
+        if let Err(e) = app.db.save_owned(&doc, app.worker.id()) {
             tracing::error!(execution = %id, error = %e, "storing the final document failed");
         }
     }
@@ -627,10 +639,20 @@ async fn persist(app: Arc<App>, progress: Progress) {
                 tracing::error!(execution = %doc.id, error = %e, "writing a log line failed");
             }
         }
-        if let Err(e) = app.db.save_document(&doc, None) {
-            tracing::error!(execution = %doc.id, error = %e, "storing progress failed");
-            if doc.status.is_terminal() {
-                store_terminal(&app, &doc).await;
+        match app.db.save_owned(&doc, app.worker.id()) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another process resolved it after its lease expired:
+                // what it stored stands, and the run stops.
+                tracing::error!(execution = %doc.id, "the run is no longer this process's; its document is not stored");
+                app.runs.stop(&doc.id);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(execution = %doc.id, error = %e, "storing progress failed");
+                if doc.status.is_terminal() {
+                    store_terminal(&app, &doc).await;
+                }
             }
         }
         if doc.status.is_terminal() {
@@ -654,7 +676,8 @@ async fn persist(app: Arc<App>, progress: Progress) {
 /// again until it lands: the run is over, and what it did and why it ended
 /// must not be left as `running`. The worker stays taken meanwhile, so no
 /// other run starts into the same full disk. A server that stops first
-/// leaves it to recovery, which ends it `failed` (`worker_lost`).
+/// leaves it to the next sweep (see [`super::leases`]), which ends it
+/// `failed` (`worker_lost`).
 async fn store_terminal(app: &App, doc: &Execution) {
     let mut wait = Duration::from_millis(100);
     loop {
@@ -662,9 +685,9 @@ async fn store_terminal(app: &App, doc: &Execution) {
             () = tokio::time::sleep(wait) => {}
             () = app.runs.draining().cancelled() => return,
         }
-        match app.db.save_document(doc, None) {
-            Ok(_) => {
-                tracing::info!(execution = %doc.id, "the final document is stored");
+        match app.db.save_owned(doc, app.worker.id()) {
+            Ok(stored) => {
+                tracing::info!(execution = %doc.id, stored, "the final document is stored (or the run was resolved elsewhere)");
                 return;
             }
             Err(e) => tracing::warn!(execution = %doc.id, error = %e, "storing the final document failed again"),
@@ -725,7 +748,7 @@ mod tests {
         let mut doc = Execution::new(id.into(), connector, TriggerType::FileUpload, false);
         doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
         let progress = Progress::new(doc);
-        let run = Running::new("c1".into(), CancellationToken::new(), progress.clone());
+        let run = Running::new(CancellationToken::new(), progress.clone());
         runs.lock().insert(id.into(), run);
         progress
     }

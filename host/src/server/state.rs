@@ -251,7 +251,25 @@ CREATE TABLE secrets (
     PRIMARY KEY (workspace_id, name)
 );
 "#,
+    // Leased runs (docs/architecture.md): the process that runs an
+    // execution, until when its lease holds, and a cancel asked of it by
+    // any process.
+    r#"
+ALTER TABLE executions ADD COLUMN owner TEXT;
+ALTER TABLE executions ADD COLUMN lease_until INTEGER;
+ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX executions_by_owner ON executions (owner) WHERE owner IS NOT NULL;
+CREATE INDEX executions_by_connector_status ON executions (connector_id, status);
+"#,
 ];
+
+/// An execution's document as readers see it: a running execution whose
+/// cancel was asked of another process is already `canceling`.
+const DOCUMENT: &str = "CASE WHEN cancel_requested = 1 AND status = 'running' \
+     THEN json_set(document, '$.status', 'canceling') ELSE document END";
+
+/// The statuses of an execution a process runs (and holds a lease on).
+const LEASED: &str = "('running', 'canceling')";
 
 /// A workspace secret as stored: its value sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +422,19 @@ pub struct ExecutionRow {
     pub document: Execution,
 }
 
+/// The lease of a running execution: the process that runs it and until
+/// when (milliseconds since the Unix epoch). No owner: a run of a server
+/// from before leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The execution.
+    pub id: String,
+    /// The worker id of the process that runs it.
+    pub owner: Option<String>,
+    /// When the lease ends unless extended.
+    pub until: Option<i64>,
+}
+
 /// An `Idempotency-Key` of a request that creates an execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
@@ -535,18 +566,22 @@ impl Db {
 
     fn migrate(&self) -> Result<()> {
         let mut conn = self.lock();
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
-        if found > known {
-            return Err(StateError::TooNew { found, known });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = conn.transaction()?;
+        loop {
+            // Read and apply under the write lock: processes starting
+            // together on one data directory apply each migration once.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if found > known {
+                return Err(StateError::TooNew { found, known });
+            }
+            let Some(sql) = MIGRATIONS.get(found as usize) else {
+                return Ok(());
+            };
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.pragma_update(None, "user_version", found + 1)?;
             tx.commit()?;
         }
-        Ok(())
     }
 
     // ----- workspaces -------------------------------------------------------
@@ -1582,7 +1617,111 @@ impl Db {
         Ok(n > 0)
     }
 
-    const EXECUTION_COLUMNS: &str = "workspace_id, connector_id, definition, script, input_name, document";
+    /// Claims a queued execution for `owner`, leased until `lease_until`:
+    /// it becomes `running` with `doc`, unless it has left the queue or its
+    /// connector already runs `max` executions in any process (false).
+    pub fn claim(&self, doc: &Execution, connector_id: &str, max: u32, owner: &str, lease_until: i64) -> Result<bool> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE executions SET status = ?2, document = ?3, owner = ?4, lease_until = ?5
+             WHERE id = ?1 AND status = 'queued'
+               AND (SELECT count(*) FROM executions WHERE connector_id = ?6 AND status IN {LEASED}) < ?7"
+        ))?;
+        let n = stmt.execute(params![
+            doc.id,
+            doc.status.as_str(),
+            serde_json::to_string(doc)?,
+            owner,
+            lease_until,
+            connector_id,
+            max
+        ])?;
+        Ok(n > 0)
+    }
+
+    /// Saves the document of an execution `owner` runs; false once the run
+    /// is no longer its own (another process resolved it).
+    pub fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND owner = ?4 AND status IN {LEASED}"
+        ))?;
+        let n = stmt.execute(params![doc.id, doc.status.as_str(), serde_json::to_string(doc)?, owner])?;
+        Ok(n > 0)
+    }
+
+    /// Extends `owner`'s leases on `ids` to `until`; the ids whose lease
+    /// it no longer holds.
+    pub fn extend_leases(&self, owner: &str, ids: &[String], until: i64) -> Result<Vec<String>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut lost = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE executions SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND status IN {LEASED}"
+            ))?;
+            for id in ids {
+                if stmt.execute(params![id, owner, until])? == 0 {
+                    lost.push(id.clone());
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(lost)
+    }
+
+    /// The executions `owner` runs whose cancel was asked (of any process).
+    pub fn cancel_requests(&self, owner: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id FROM executions WHERE owner = ?1 AND cancel_requested = 1 AND status IN {LEASED}"
+        ))?;
+        let rows = stmt.query_map([owner], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Asks whichever process runs the execution to cancel it; false when
+    /// it does not run.
+    pub fn request_cancel(&self, id: &str) -> Result<bool> {
+        let conn = self.lock();
+        let n = conn.execute(
+            &format!("UPDATE executions SET cancel_requested = 1 WHERE id = ?1 AND status IN {LEASED}"),
+            [id],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every running (or canceling) execution's lease.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, owner, lease_until FROM executions WHERE status IN {LEASED} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Lease {
+                id: r.get(0)?,
+                owner: r.get(1)?,
+                until: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Takes a lost run over for resolving it, only while its lease is
+    /// still `seen` (its owner did not extend it meanwhile): its owner
+    /// becomes `by`, whose lease has already expired (so that a resolver
+    /// that stops half-way leaves it to the next).
+    pub fn take_over(&self, seen: &Lease, by: &str) -> Result<bool> {
+        let conn = self.lock();
+        let n = conn.execute(
+            &format!(
+                "UPDATE executions SET owner = ?4, lease_until = 0
+                 WHERE id = ?1 AND status IN {LEASED} AND owner IS ?2 AND lease_until IS ?3"
+            ),
+            params![seen.id, seen.owner, seen.until, by],
+        )?;
+        Ok(n > 0)
+    }
 
     fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawExecution> {
         Ok(RawExecution {
@@ -1600,8 +1739,8 @@ impl Db {
         let found = {
             let conn = self.lock();
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {} FROM executions WHERE id = ?1",
-                Self::EXECUTION_COLUMNS
+                "SELECT workspace_id, connector_id, definition, script, input_name, {DOCUMENT}
+                 FROM executions WHERE id = ?1"
             ))?;
             stmt.query_row([id], Self::execution_row).optional()?
         };
@@ -1628,14 +1767,14 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<Execution>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT document FROM executions
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DOCUMENT} FROM executions
              WHERE connector_id = ?1 AND (?2 IS NULL OR id < ?2)
                AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger_type = ?4)
                AND (?5 IS NULL OR is_dry_run = ?5)
                AND (?6 IS NULL OR created_at >= ?6) AND (?7 IS NULL OR created_at < ?7)
-             ORDER BY id DESC LIMIT ?8",
-        )?;
+             ORDER BY id DESC LIMIT ?8"
+        ))?;
         let rows = stmt.query_map(
             params![
                 connector_id,
@@ -1665,25 +1804,14 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// How many queued executions are ahead of `id`.
-    pub fn queue_position(&self, id: &str) -> Result<u64> {
+    /// How many queued executions of the workspace are ahead of `id`.
+    pub fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM executions WHERE status = 'queued' AND id < ?1")?;
-        let n: i64 = stmt.query_row([id], |r| r.get(0))?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND workspace_id = ?1 AND id < ?2",
+        )?;
+        let n: i64 = stmt.query_row([workspace_id, id], |r| r.get(0))?;
         Ok(n as u64)
-    }
-
-    /// Executions in any of `statuses` (recovery after a restart).
-    pub fn executions_in(&self, statuses: &[Status]) -> Result<Vec<Execution>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT document FROM executions WHERE status = ?1 ORDER BY id")?;
-        let mut out = Vec::new();
-        for status in statuses {
-            for doc in stmt.query_map([status.as_str()], |r| r.get::<_, String>(0))? {
-                out.push(serde_json::from_str(&doc?)?);
-            }
-        }
-        Ok(out)
     }
 
     /// Executions of the workspace that have ended and were created before

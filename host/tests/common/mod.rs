@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub mod services;
 
@@ -308,4 +308,72 @@ pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap_or_else(|e| panic!("{e}"));
     mac.update(format!("{id}.{ts}.{body}").as_bytes());
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// An operational connector `slow` whose script runs for minutes, up to
+/// four runs at a time. Publishing
+/// would run it, so the test makes version 1 live in the state database
+/// directly (the server allows a second writer).
+pub async fn slow(base: &str, data_dir: &Path) {
+    let sql = "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3";
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(json!({"api_name": "slow", "type": "spreadsheet", "sql": {"text": sql},
+                    "limits": {"max_concurrency": 4}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    let id = b["id"].as_str().unwrap_or_default();
+    assert_eq!(db.publish(id, 1).ok(), Some(true));
+    let (s, b) = call(
+        base,
+        reqwest::Method::PATCH,
+        "/connectors/slow",
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// An operational connector `quick` that runs in a moment, one run at a
+/// time.
+pub async fn quick(base: &str) {
+    quick_named(base, "quick", 1).await;
+}
+
+/// An operational connector `name` that runs in a moment, `concurrency`
+/// runs at a time.
+pub async fn quick_named(base: &str, name: &str, concurrency: u32) {
+    let (_, file) = upload(base, "/files", b"a\n1\n").await;
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(
+            json!({"api_name": name, "type": "spreadsheet", "sample_file_id": file["id"],
+                    "limits": {"max_concurrency": concurrency},
+                    "sql": {"text": "CREATE VIEW output.a AS SELECT * FROM input.data"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::POST,
+        &format!("/connectors/{name}/sql/publish"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        base,
+        reqwest::Method::PATCH,
+        &format!("/connectors/{name}"),
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
 }

@@ -116,7 +116,7 @@ async fn follow(app: &App, id: &str, mut after: u64, tx: &mpsc::Sender<Event>) -
         let doc = if ended {
             stored.document
         } else {
-            current(app, stored.document)?
+            current(app, &stored.workspace_id, stored.document)?
         };
         let json = serde_json::to_string(&doc).map_err(ApiError::internal)?;
         if sent.as_ref() != Some(&json) {

@@ -102,15 +102,15 @@ pub fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> 
 pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     caller.require(Role::Viewer)?;
     let row = visible(&app, &caller, &id)?;
-    Ok(Json(current(&app, row.document)?))
+    Ok(Json(current(&app, &row.workspace_id, row.document)?))
 }
 
 /// A stored execution as it is now: live counts while it runs, its queue
 /// position while queued.
-pub fn current(app: &App, stored: Execution) -> ApiResult<Execution> {
+pub fn current(app: &App, workspace_id: &str, stored: Execution) -> ApiResult<Execution> {
     let mut doc = live_view(app, stored);
     if doc.status == Status::Queued {
-        doc.queue_position = Some(app.db.queue_position(&doc.id)?);
+        doc.queue_position = Some(app.db.queue_position(workspace_id, &doc.id)?);
     }
     Ok(doc)
 }

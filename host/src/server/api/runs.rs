@@ -136,7 +136,7 @@ pub fn start(
         return replay(app, key, &used);
     }
     let mut doc = execution.document;
-    doc.queue_position = Some(app.db.queue_position(&doc.id)?);
+    doc.queue_position = Some(app.db.queue_position(&execution.workspace_id, &doc.id)?);
     Ok(Started { doc, replayed: false })
 }
 
@@ -218,7 +218,7 @@ fn replay(app: &App, key: Option<&IdempotencyKey>, used: &KeyUse) -> ApiResult<S
         .execution(&used.execution_id)?
         .ok_or_else(|| ApiError::internal("an idempotency key names a missing execution"))?;
     Ok(Started {
-        doc: super::executions::current(app, stored.document)?,
+        doc: super::executions::current(app, &stored.workspace_id, stored.document)?,
         replayed: true,
     })
 }

@@ -1,0 +1,346 @@
+//! Several `weir serve` processes on one data directory share the queue:
+//! each execution runs once, in one process, under a lease; any process
+//! answers for any execution, cancels it, and resolves it when the process
+//! running it is lost (docs/architecture.md, "Leased runs").
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Process, call, get_bytes, quick_named, serve, slow, status_of, upload, wait, wait_end};
+use serde_json::{Value, json};
+
+/// Process `name` on `dir`, with `workers` workers and short leases.
+fn process(dir: &Path, name: &str, workers: &str) -> Process {
+    serve(
+        dir,
+        &[
+            ("WEIR_WORKER_ID", name),
+            ("WEIR_WORKERS", workers),
+            ("WEIR_LEASE", "2s"),
+            ("WEIR_HEARTBEAT", "200ms"),
+        ],
+    )
+}
+
+/// The worker that claimed execution `id`, from its log.
+async fn claimer(base: &str, id: &str) -> String {
+    let lines = log_lines(base, id).await;
+    let claims: Vec<&String> = lines.iter().filter(|l| l.starts_with("claimed by worker ")).collect();
+    assert_eq!(claims.len(), 1, "claimed once: {lines:?}");
+    claims[0].trim_start_matches("claimed by worker ").to_string()
+}
+
+async fn log_lines(base: &str, id: &str) -> Vec<String> {
+    let (s, b) = call(
+        base,
+        reqwest::Method::GET,
+        &format!("/executions/{id}/logs?limit=500"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    b["data"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| l["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn signal(p: &Process, name: &str) {
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {}", p.child.id())])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(sent.success(), "kill -{name}");
+}
+
+async fn trigger(base: &str, connector: &str) -> String {
+    let (s, b) = upload(base, &format!("/connectors/{connector}/runs"), b"a\n1\n2\n").await;
+    assert_eq!(s, 202, "{b}");
+    b["id"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_sent_round_robin_to_three_processes_each_run_exactly_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| process(dir.path(), n, "2")).collect();
+    quick_named(&processes[0].base, "quick", 6).await;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(trigger(&processes[i % 3].base, "quick").await);
+    }
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let base = &processes[(i + 1) % 3].base;
+        let doc = wait_end(base, id).await;
+        assert_eq!(doc["status"], "success", "{doc}");
+        assert_eq!(doc["step_progress"][1]["scopes"][0]["rows"], 2, "{doc}");
+        *by_worker.entry(claimer(base, id).await).or_default() += 1;
+    }
+    assert_eq!(by_worker.values().sum::<usize>(), 300);
+    assert!(by_worker.len() >= 2, "the processes share the work: {by_worker:?}");
+    for p in processes {
+        p.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_process_cancels_follows_and_serves_a_run_another_process_runs() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = process(dir.path(), "a", "1");
+    slow(&a.base, dir.path()).await;
+    quick_named(&a.base, "quick", 1).await;
+    // Only `a` is up: it claims the slow run.
+    let id = trigger(&a.base, "slow").await;
+    wait(&a.base, &id, |s| s == "running").await;
+    let b = process(dir.path(), "b", "1");
+    assert_eq!(
+        status_of(&b.base, &id).await["status"],
+        "running",
+        "starting a process leaves another's live run alone"
+    );
+    assert_eq!(claimer(&b.base, &id).await, "a");
+
+    // Events from the process that does not run it, to the end.
+    let events = tokio::spawn({
+        let url = format!("{}/executions/{id}/events", b.base);
+        async move {
+            let mut response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(common::ADMIN)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut text = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let (s, body) = call(
+        &b.base,
+        reqwest::Method::POST,
+        &format!("/executions/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["status"], "canceling", "{body}");
+    assert_eq!(status_of(&a.base, &id).await["status"], "canceling");
+    let end = wait_end(&b.base, &id).await;
+    assert_eq!(end["status"], "canceled", "{end}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the cancel reached the other process: {:?}",
+        asked.elapsed()
+    );
+    let events = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .unwrap_or_else(|_| panic!("the event stream did not end"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        events.contains("event: end") && events.contains("data: canceled"),
+        "{events}"
+    );
+    assert!(
+        events.contains("canceling at the request") || events.contains("cancel requested"),
+        "{events}"
+    );
+
+    // A run's artifacts from the process that did not run it.
+    let ran = trigger(&a.base, "quick").await;
+    let doc = wait_end(&a.base, &ran).await;
+    assert_eq!(doc["status"], "success", "{doc}");
+    let other = if claimer(&a.base, &ran).await == "a" {
+        &b.base
+    } else {
+        &a.base
+    };
+    assert_eq!(common::output_csv(other, &ran, "a").await, "a\n1\n2\n");
+    let (s, report) = get_bytes(other, &format!("/executions/{ran}/report.xlsx")).await;
+    assert_eq!(s, 200);
+    assert!(report.starts_with(b"PK"), "a workbook");
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_run_is_resolved_by_another_while_the_other_runs_go_on() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = process(dir.path(), "a", "1");
+    slow(&a.base, dir.path()).await;
+    let on_a = trigger(&a.base, "slow").await;
+    wait(&a.base, &on_a, |s| s == "running").await;
+    let b = process(dir.path(), "b", "1");
+    let on_b = trigger(&b.base, "slow").await;
+    wait(&b.base, &on_b, |s| s == "running").await;
+    assert_eq!(claimer(&b.base, &on_b).await, "b");
+
+    a.stop();
+    let lost = wait_end(&b.base, &on_a).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    assert!(
+        log_lines(&b.base, &on_a)
+            .await
+            .iter()
+            .any(|l| l.starts_with("resolved by worker b")),
+        "resolved by the live process"
+    );
+    // A new process on the data directory leaves `b`'s run alone too.
+    let c = process(dir.path(), "c", "1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status_of(&c.base, &on_b).await["status"], "running");
+    let (s, _) = call(
+        &c.base,
+        reqwest::Method::POST,
+        &format!("/executions/{on_b}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert_eq!(wait_end(&c.base, &on_b).await["status"], "canceled");
+    b.stop();
+    c.stop();
+}
+
+/// Three processes of one worker each and a connector of two runs at a
+/// time: two of its runs may run together only in two processes, and a
+/// third never joins them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_holds_across_processes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| process(dir.path(), n, "1")).collect();
+    // Long enough that overlapping runs would be seen.
+    let sql =
+        "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 30000000) AS t(v) WHERE v % 7 = 3";
+    let (s, b) = call(
+        &processes[0].base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(json!({"api_name": "one", "type": "spreadsheet", "sql": {"text": sql},
+                    "limits": {"max_concurrency": 2}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let db = weir_host::server::state::Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(db.publish(b["id"].as_str().unwrap_or_default(), 1).ok(), Some(true));
+    let (s, b) = call(
+        &processes[0].base,
+        reqwest::Method::PATCH,
+        "/connectors/one",
+        Some(json!({"status": "operational"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(trigger(&processes[i % 3].base, "one").await);
+    }
+    let mut spans: Vec<(String, String, String)> = Vec::new();
+    for id in &ids {
+        let doc = wait_end(&processes[0].base, id).await;
+        assert_eq!(doc["status"], "success", "{doc}");
+        let at = |k: &str| doc[k].as_str().unwrap_or_default().to_string();
+        spans.push((at("started_at"), at("ended_at"), claimer(&processes[0].base, id).await));
+    }
+    // Starts and ends in time order (an end before a start at the same
+    // instant): the most runs at once.
+    let mut edges: Vec<(chrono::DateTime<chrono::FixedOffset>, i32)> = Vec::new();
+    for (start, end, _) in &spans {
+        let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        edges.push((parse(start), 1));
+        edges.push((parse(end), -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    assert!(most <= 2, "more than max_concurrency at once: {spans:?}");
+    let workers: std::collections::BTreeSet<&String> = spans.iter().map(|s| &s.2).collect();
+    assert!(workers.len() >= 2, "several processes ran them: {spans:?}");
+    for p in processes {
+        p.stop();
+    }
+}
+
+/// A process stopped past its lease: another resolves the run, and once
+/// resumed the stopped one commits nothing more of it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let small_batches = [
+        ("WEIR_WORKER_ID", "a"),
+        ("WEIR_WORKERS", "1"),
+        ("WEIR_LEASE", "2s"),
+        ("WEIR_HEARTBEAT", "200ms"),
+        ("WEIR_LOAD_BATCH_SIZE", "20"),
+    ];
+    let a = serve(dir.path(), &small_batches);
+    common::importer(&a.base).await;
+    let rows: String = std::iter::once("email,city\n".to_string())
+        .chain((0..200_000).map(|i| format!("u{i}@x.io,Oslo\n")))
+        .collect();
+    let (s, run) = common::post_bytes_as(
+        &a.base,
+        common::ADMIN,
+        "/connectors/people/runs?filename=people.csv",
+        "application/octet-stream",
+        rows,
+    )
+    .await;
+    assert_eq!(s, 202, "{run}");
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    // Stopped once it has committed some records.
+    let committed = |doc: &Value| doc["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(&status_of(&a.base, &id).await) == 0 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = process(dir.path(), "b", "1");
+    signal(&a, "STOP");
+    let lost = wait_end(&b.base, &id).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    let counted = committed(&lost);
+    assert!(counted > 0 && counted < 200_000, "{lost}");
+
+    signal(&a, "CONT");
+    // Time for the resumed process to try whatever it had left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = status_of(&a.base, &id).await;
+    assert_eq!(after["status"], "failed", "{after}");
+    assert_eq!(after["error"]["code"], "worker_lost", "{after}");
+    let store = weir_engine::store::SqliteStore::open(&dir.path().join("records.db")).unwrap_or_else(|e| panic!("{e}"));
+    let tally = weir_engine::store::RecordStore::tallies(&store, &id).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        tally.iter().map(|t| t.created).sum::<u64>(),
+        counted,
+        "no commit after the run was resolved"
+    );
+    let workspace = weir_host::server::state::Db::open(&dir.path().join("state.db"))
+        .and_then(|db| db.workspace_named("default"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        weir_engine::store::RecordStore::count(&store, &workspace.id, "contact").ok(),
+        Some(counted),
+        "the records are those the resolved document counts"
+    );
+    a.stop();
+    b.stop();
+}
