@@ -826,8 +826,9 @@ impl Connector {
                 if self.webhook.is_some() {
                     problems.push(Problem::new("webhook", "only for type = \"webhook\""));
                 }
-                if self.schedule.is_none() {
-                    problems.push(Problem::new("schedule", "required for type = \"schedule\""));
+                match &self.schedule {
+                    None => problems.push(Problem::new("schedule", "required for type = \"schedule\"")),
+                    Some(def) => problems.extend(crate::schedule::parse(def).err().unwrap_or_default()),
                 }
             }
             ConnectorType::Spreadsheet => {

@@ -56,6 +56,7 @@ mod pushdown;
 pub mod records;
 pub mod report;
 pub mod runlog;
+pub mod schedule;
 pub mod snapshot;
 pub mod sources;
 pub mod sql;

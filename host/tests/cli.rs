@@ -453,6 +453,30 @@ fn every_problem_of_a_package_is_reported_at_once() {
     );
 }
 
+/// The server refuses this schedule with the same paths
+/// (`host/tests/server.rs::a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones`).
+#[test]
+fn a_bad_cron_or_time_zone_is_refused_by_weir_run_as_by_the_server() {
+    let dir = connector_dir("CREATE VIEW output.a AS SELECT * FROM input.schedule", None);
+    let toml = "api_name = \"nightly\"\ntype = \"schedule\"\n[sql]\nfile = \"script.sql\"\n\
+        [schedule]\ncron = \"every night\"\ntimezone = \"Mars/Base\"\n";
+    std::fs::write(dir.path().join("connector.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+    let o = weir(&["run", &dir.path().to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().map(str::trim).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("connector.toml:6:")
+            && l.contains("schedule.cron: `every night` is not a cron expression")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("connector.toml:7:")
+            && l.contains("schedule.timezone: `Mars/Base` is not an IANA time zone")),
+        "{err}"
+    );
+}
+
 #[test]
 fn loads_without_objects_are_a_clear_error() {
     let dir = connector_dir(

@@ -168,7 +168,6 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
     let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
     problems.extend(connector.limits.over(&app.settings.limit_caps));
-    problems.extend(crate::server::schedules::check(&connector));
     if let Some(name) = connector.webhook.as_ref().and_then(|w| w.secret_env.as_deref()) {
         let workspace = app
             .db
