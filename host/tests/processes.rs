@@ -137,7 +137,12 @@ async fn any_process_cancels_follows_and_serves_a_run_another_process_runs() {
     .await;
     assert_eq!(s, 202, "{body}");
     assert_eq!(body["status"], "canceling", "{body}");
-    assert_eq!(status_of(&a.base, &id).await["status"], "canceling");
+    // The owner shows it stopping, or already stopped (its poll is quick).
+    let at_owner = status_of(&a.base, &id).await;
+    assert!(
+        matches!(at_owner["status"].as_str(), Some("canceling" | "canceled")),
+        "{at_owner}"
+    );
     let end = wait_end(&b.base, &id).await;
     assert_eq!(end["status"], "canceled", "{end}");
     assert!(

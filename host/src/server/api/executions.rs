@@ -77,7 +77,16 @@ pub async fn list(
 
 /// The freshest document: the live one while this process runs it.
 fn live_view(app: &App, stored: Execution) -> Execution {
-    app.runs.live(&stored.id).unwrap_or(stored)
+    match app.runs.live(&stored.id) {
+        // A cancel another process stored shows before this process's run
+        // has read it.
+        Some(mut live) if live.status == Status::Running && stored.status == Status::Canceling => {
+            live.status = Status::Canceling;
+            live
+        }
+        Some(live) => live,
+        None => stored,
+    }
 }
 
 /// The execution `id` if the caller may see it (else 404 or 403).
