@@ -1975,6 +1975,72 @@ mod tests {
         assert_eq!(stored, Some(Status::Canceled));
     }
 
+    #[test]
+    fn queue_positions_count_one_workspace_and_claims_hold_leases() {
+        let (_dir, db) = db();
+        let acme = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let other = db.workspace_named("other").unwrap_or_else(|e| panic!("{e}")).id;
+        for (ws, id) in [(&other, "e1"), (&acme, "e2"), (&other, "e3"), (&acme, "e4")] {
+            db.insert_execution(&queued(ws, id)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        // Another workspace's runs ahead are not counted.
+        assert_eq!(db.queue_position(&acme, "e4").ok(), Some(1));
+        assert_eq!(db.queue_position(&other, "e3").ok(), Some(1));
+
+        // Two claims of one connector allowed at once, whichever process.
+        let claim = |id: &str, owner: &str| {
+            let mut doc = queued(&acme, id).document;
+            doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+            db.claim(&doc, "c1", 2, owner, 1_000).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(claim("e1", "p1"));
+        assert!(!claim("e1", "p2"), "claimed once");
+        assert!(claim("e2", "p2"));
+        assert!(!claim("e3", "p3"), "max_concurrency counts every process's runs");
+
+        // The owner's writes hold until another process takes the run over.
+        let leases = db.leases().unwrap_or_else(|e| panic!("{e}"));
+        let e1 = leases
+            .iter()
+            .find(|l| l.id == "e1")
+            .cloned()
+            .unwrap_or_else(|| panic!("{leases:?}"));
+        assert_eq!((e1.owner.as_deref(), e1.until), (Some("p1"), Some(1_000)));
+        assert_eq!(db.extend_leases("p1", &["e1".into()], 2_000).ok(), Some(vec![]));
+        assert!(
+            !db.take_over(&e1, "p2").unwrap_or(true),
+            "a lease renewed meanwhile is not taken"
+        );
+        let renewed = Lease {
+            until: Some(2_000),
+            ..e1
+        };
+        assert!(db.take_over(&renewed, "p2").unwrap_or(false));
+        assert_eq!(
+            db.extend_leases("p1", &["e1".into()], 3_000).ok(),
+            Some(vec!["e1".to_string()])
+        );
+        let doc = db
+            .execution("e1")
+            .ok()
+            .flatten()
+            .map(|r| r.document)
+            .unwrap_or_else(|| panic!("e1"));
+        assert_eq!(
+            db.save_owned(&doc, "p1").ok(),
+            Some(false),
+            "the old owner writes nothing"
+        );
+        assert_eq!(db.save_owned(&doc, "p2").ok(), Some(true));
+
+        // A cancel stored by any process shows at once, and reaches the owner.
+        assert_eq!(db.request_cancel("e2").ok(), Some(true));
+        let shown = db.execution("e2").ok().flatten().map(|r| r.document.status);
+        assert_eq!(shown, Some(Status::Canceling));
+        assert_eq!(db.cancel_requests("p2").ok(), Some(vec!["e2".to_string()]));
+        assert_eq!(db.request_cancel("e4").ok(), Some(false), "a queued run is not running");
+    }
+
     fn queued(workspace_id: &str, id: &str) -> ExecutionRow {
         let doc = Execution::new(
             id.into(),
