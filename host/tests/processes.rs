@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Process, call, get_bytes, quick_named, serve, slow, status_of, upload, wait, wait_end};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Process `name` on `dir`, with `workers` workers and short leases.
 fn process(dir: &Path, name: &str, workers: &str) -> Process {
@@ -230,25 +230,7 @@ async fn max_concurrency_holds_across_processes() {
     // Long enough that overlapping runs would be seen.
     let sql =
         "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 30000000) AS t(v) WHERE v % 7 = 3";
-    let (s, b) = call(
-        &processes[0].base,
-        reqwest::Method::POST,
-        "/connectors",
-        Some(json!({"api_name": "one", "type": "spreadsheet", "sql": {"text": sql},
-                    "limits": {"max_concurrency": 2}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    let db = weir_host::server::state::Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(db.publish(b["id"].as_str().unwrap_or_default(), 1).ok(), Some(true));
-    let (s, b) = call(
-        &processes[0].base,
-        reqwest::Method::PATCH,
-        "/connectors/one",
-        Some(json!({"status": "operational"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    common::live_unchecked(&processes[0].base, dir.path(), "one", sql, 2).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(trigger(&processes[i % 3].base, "one").await);

@@ -179,17 +179,18 @@ pub fn sweep(app: &App) -> Result<usize, StateError> {
     let me = app.worker.id();
     let dir = &app.settings.config.data_dir;
     let mut resolved = 0;
-    for lease in app.db.leases()? {
+    let leases = app.db.leases()?;
+    for lease in &leases {
         let lost = match (&lease.owner, lease.until) {
             (Some(owner), Some(until)) if owner == me => until < now || !app.runs.has(&lease.id),
             (Some(owner), Some(until)) => until < now || gone(dir, owner),
             _ => true,
         };
-        if lost && app.db.take_over(&lease, me)? && resolve(app, &lease)? {
+        if lost && app.db.take_over(lease, me)? && resolve(app, lease)? {
             resolved += 1;
         }
     }
-    forget_gone_workers(app);
+    forget_gone_workers(app, &leases);
     Ok(resolved)
 }
 
@@ -247,14 +248,12 @@ fn resolve(app: &App, lease: &Lease) -> Result<bool, StateError> {
     Ok(true)
 }
 
-/// Removes the lock files of workers that are gone and hold no run.
-fn forget_gone_workers(app: &App) {
+/// Removes the lock files of workers that are gone and hold none of
+/// `leases` (a run resolved just now still names its owner there: its file
+/// goes at the next sweep).
+fn forget_gone_workers(app: &App, leases: &[Lease]) {
     let dir = app.settings.config.data_dir.join("workers");
     let Ok(entries) = std::fs::read_dir(&dir) else { return };
-    let owners: Vec<String> = match app.db.leases() {
-        Ok(leases) => leases.into_iter().filter_map(|l| l.owner).collect(),
-        Err(_) => return,
-    };
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(id) = path
@@ -264,7 +263,7 @@ fn forget_gone_workers(app: &App) {
         else {
             continue;
         };
-        if id == app.worker.id() || owners.iter().any(|o| o == id) {
+        if id == app.worker.id() || leases.iter().any(|l| l.owner.as_deref() == Some(id)) {
             continue;
         }
         let Ok(file) = File::options().write(true).open(&path) else {
