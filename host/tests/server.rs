@@ -2886,6 +2886,205 @@ async fn a_pushed_package_creates_the_connector_and_hostile_zips_are_refused() {
     s.stop().await;
 }
 
+/// The live importer as a package's `connector.toml`, with a second load
+/// step into `lead` (filling `lead_field`) and a transform on `plugin`.
+fn importer_package_toml(lead_field: &str, plugin: &str) -> String {
+    let step = |order: u32, object: &str, fields: &[(&str, &str)]| {
+        let mut text = format!(
+            "[[loads]]\norder = {order}\nscope = \"people\"\nobject = \"{object}\"\n\
+             [[loads.match]]\nfield = \"email\"\nvariable = \"email\"\nno_match = \"create_new\"\n\
+             single_match = \"update_current\"\nmultiple_match = \"do_not_upload\"\n"
+        );
+        for (field, variable) in fields {
+            text.push_str(&format!(
+                "[[loads.fields]]\nfield = \"{field}\"\nvariables = [\"{variable}\"]\n"
+            ));
+        }
+        text
+    };
+    format!(
+        "api_name = \"contacts_import\"\nname = \"Contacts import\"\ntype = \"spreadsheet\"\n\
+         [sql]\nfile = \"script.sql\"\n\
+         [[variables]]\nname = \"email\"\nscope = \"people\"\ncolumn = \"email\"\ntype = \"email\"\nrequired = true\n\
+         [[variables]]\nname = \"city\"\nscope = \"people\"\ncolumn = \"city\"\ntype = \"string\"\n\
+         {}{}[[transforms]]\nscope = \"people\"\nplugin = \"{plugin}\"\n",
+        step(1, "contact", &[("email", "email"), ("city", "city")]),
+        step(2, "lead", &[(lead_field, "email")]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_package_leaves_objects_plugins_and_the_connector_as_they_were() {
+    let s = start().await;
+    operational_importer(&s).await;
+    let identity = plugin_bytes("identity");
+    let published = s.publish_plugin(ADMIN, "identity", "1.0.0", &identity).await;
+    assert_eq!(published.status, StatusCode::CREATED, "{}", published.body);
+    let put = |bytes: Vec<u8>| {
+        let request = s
+            .client
+            .put(format!("{}/connectors/contacts_import/package", s.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/zip")
+            .body(bytes);
+        async move { answer(request.send().await.unwrap_or_else(|e| panic!("{e}"))).await }
+    };
+    let files = s.app.settings.config.data_dir.join("files");
+    let state = || async {
+        (
+            s.get("/objects", ADMIN).await.body,
+            s.get("/plugins", ADMIN).await.body,
+            s.get("/connectors/contacts_import", ADMIN).await.body,
+            s.get("/connectors/contacts_import/sql", ADMIN).await.body,
+            files_under(&files),
+        )
+    };
+    let before = state().await;
+
+    // The good package: a new object `lead`, a new plugin version, a new
+    // sample and a connector that loads into `lead` through the plugin.
+    // Each refused one below breaks exactly one part of it.
+    let lead = "[[objects]]\nname = \"lead\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\nunique = true\n";
+    let contact = "[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\nunique = true\n\
+                   [[objects.fields]]\nname = \"city\"\ntype = \"text\"\n";
+    let objects = format!("{contact}{lead}");
+    let sample = b"Email,City\nada@example.com,Paris\n".as_slice();
+    let package = |toml: &str, script: &str, objects: &str, plugins: &[(&str, &[u8])]| {
+        let mut entries: Vec<(&str, &[u8])> = vec![
+            ("connector.toml", toml.as_bytes()),
+            ("script.sql", script.as_bytes()),
+            ("objects.toml", objects.as_bytes()),
+            ("data/fresh.csv", sample),
+        ];
+        entries.extend(plugins.iter().map(|(name, bytes)| (*name, *bytes)));
+        zip_of(&entries, None)
+    };
+    let good_toml = importer_package_toml("email", "identity@2.0.0");
+    let good_plugin: &[(&str, &[u8])] = &[("plugins/identity-2.0.0.wasm", &identity)];
+    let row_filter = plugin_bytes("row-filter");
+    let with_ghost =
+        format!("{objects}[[objects.fields]]\nname = \"owner\"\ntype = \"relation\"\nobject = \"ghost\"\n");
+    let refused: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "a load into a field the package's object lacks",
+            package(
+                &importer_package_toml("nope", "identity@2.0.0"),
+                IMPORT_SQL,
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_package",
+        ),
+        (
+            "limits beyond what the server allows",
+            package(
+                &format!("{good_toml}[limits]\nmax_memory = \"64GiB\"\n"),
+                IMPORT_SQL,
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_connector",
+        ),
+        (
+            "a script that does not parse",
+            package(
+                &good_toml,
+                "CREATE VIEW output.people AS SELEC email",
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sql_error",
+        ),
+        (
+            "an edit that does not fit the live script's output",
+            package(
+                // The check reads the scopes a plugin does not reshape.
+                &good_toml
+                    .replace("[[transforms]]\nscope = \"people\"\nplugin = \"identity@2.0.0\"\n", "")
+                    .replace("column = \"email\"", "column = \"mail\""),
+                IMPORT_SQL,
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_connector",
+        ),
+        (
+            "a file that is not a component",
+            package(
+                &good_toml,
+                IMPORT_SQL,
+                &objects,
+                &[("plugins/identity-2.0.0.wasm", b"\0asm not really")],
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+        ),
+        (
+            "a published version with other content",
+            package(
+                &importer_package_toml("email", "identity@1.0.0"),
+                IMPORT_SQL,
+                &objects,
+                &[("plugins/identity-1.0.0.wasm", &row_filter)],
+            ),
+            StatusCode::CONFLICT,
+            "plugin_version_exists",
+        ),
+        (
+            "a plugin neither the package nor the workspace has",
+            package(
+                &importer_package_toml("email", "absent@1.0.0"),
+                IMPORT_SQL,
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_package",
+        ),
+        (
+            "an object related to an object that does not exist",
+            package(&good_toml, IMPORT_SQL, &with_ghost, good_plugin),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_package",
+        ),
+        (
+            "another connector's package",
+            package(
+                &good_toml.replace("api_name = \"contacts_import\"", "api_name = \"elsewhere\""),
+                IMPORT_SQL,
+                &objects,
+                good_plugin,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_package",
+        ),
+    ];
+    for (what, bytes, status, code) in refused {
+        let a = put(bytes).await;
+        assert_problem(&a, status, code);
+        assert!(before == state().await, "{what} changed something: {}", a.body);
+    }
+
+    let good = put(package(&good_toml, IMPORT_SQL, &objects, good_plugin)).await;
+    assert_eq!(good.status, StatusCode::OK, "{}", good.body);
+    let after = state().await;
+    let names = |list: &Value, key: &str| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|o| o[key].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    assert!(names(&after.0, "name").contains(&"lead".to_string()), "{}", after.0);
+    assert!(names(&after.1, "version").contains(&"2.0.0".to_string()), "{}", after.1);
+    assert_ne!(after.2["sample_file_id"], before.2["sample_file_id"], "the new sample");
+    assert_eq!(after.2["status"], "operational", "{}", after.2);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     // A quarter-hourly schedule on a clock the test moves.

@@ -111,13 +111,20 @@ impl FileStore {
     /// store: no content leaves it until the answer is dropped. Write the
     /// row that keeps the content before dropping it.
     pub fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<Held<'_>> {
+        self.place_all(vec![(tmp, sha256.to_string())])
+    }
+
+    /// [`Self::place`] for several files under one hold.
+    pub fn place_all(&self, staged: Vec<(tempfile::TempPath, String)>) -> std::io::Result<Held<'_>> {
         let held = self.hold();
-        let target = self.path(sha256);
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
+        for (tmp, sha256) in staged {
+            let target = self.path(&sha256);
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Same content, same name: a concurrent upload of it ends the same.
+            tmp.persist(&target).map_err(|e| e.error)?;
         }
-        // Same content, same name: a concurrent upload of it ends the same.
-        tmp.persist(&target).map_err(|e| e.error)?;
         Ok(held)
     }
 

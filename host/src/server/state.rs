@@ -358,6 +358,48 @@ pub struct FileRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a package push writes (see [`Db::write_package`]).
+#[derive(Debug)]
+pub struct PackageWrite {
+    /// New objects: name and definition (JSON). One that exists meanwhile
+    /// is left as it is.
+    pub objects: Vec<(String, String)>,
+    /// New plugin versions; their content is in the file store already.
+    pub plugins: Vec<PluginRow>,
+    /// The sample file and the key that pushed it.
+    pub sample: Option<(FileRow, String)>,
+    /// The connector.
+    pub connector: ConnectorWrite,
+}
+
+/// The connector a package push writes.
+#[derive(Debug)]
+pub enum ConnectorWrite {
+    /// A new connector with its first draft.
+    Insert {
+        /// The row.
+        row: ConnectorRow,
+        /// The draft's text.
+        draft: String,
+    },
+    /// An existing connector, and its draft when the package has one.
+    Update {
+        /// The row as it is to be.
+        row: ConnectorRow,
+        /// The draft's text.
+        draft: Option<String>,
+    },
+}
+
+/// Why a package push was refused by what another request wrote meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRefused {
+    /// The api_name is taken.
+    NameTaken,
+    /// This plugin version was published with other content.
+    PluginTaken(String),
+}
+
 /// What deleting a file of a workspace did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDeletion {
@@ -543,6 +585,107 @@ fn now() -> String {
 
 fn time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map_or_else(|_| DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
+}
+
+// Writes shared by single calls and the transactions that group them.
+
+fn insert_object(conn: &Connection, workspace_id: &str, name: &str, definition: &str) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT INTO objects (workspace_id, name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT DO NOTHING",
+        params![workspace_id, name, definition, now()],
+    )?;
+    Ok(n > 0)
+}
+
+fn insert_file(conn: &Connection, workspace_id: &str, file: &FileRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO files (workspace_id, sha256, size, name, content_type, created_at, uploaded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT DO UPDATE SET uploaded_at = excluded.uploaded_at",
+        params![
+            workspace_id,
+            file.sha256,
+            file.size as i64,
+            file.name,
+            file.content_type,
+            file.created_at.to_rfc3339()
+        ],
+    )?;
+    Ok(())
+}
+
+fn note_uploader(conn: &Connection, workspace_id: &str, sha256: &str, key_id: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO file_uploaders (workspace_id, sha256, key_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        [workspace_id, sha256, key_id],
+    )?;
+    Ok(())
+}
+
+/// True when the version is new (an existing one is left as it is).
+fn insert_plugin(conn: &Connection, workspace_id: &str, plugin: &PluginRow) -> Result<bool> {
+    Ok(conn.execute(
+        "INSERT INTO plugins (workspace_id, name, version, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT DO NOTHING",
+        params![
+            workspace_id,
+            plugin.name,
+            plugin.version,
+            plugin.sha256,
+            plugin.size as i64,
+            plugin.created_at.to_rfc3339()
+        ],
+    )? == 1)
+}
+
+/// False when the api_name is taken. Writes two rows: call it inside a
+/// transaction.
+fn insert_connector(conn: &Connection, row: &ConnectorRow, draft: &str) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT INTO connectors (id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, NULL, ?6, ?6) ON CONFLICT DO NOTHING",
+        params![row.id, row.workspace_id, row.api_name, row.definition, row.sample_file_id, now()],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO sql_versions (connector_id, version, text, created_at) VALUES (?1, 1, ?2, ?3)",
+        params![row.id, draft, now()],
+    )?;
+    Ok(true)
+}
+
+/// False when the new api_name is taken.
+fn update_connector(conn: &Connection, row: &ConnectorRow) -> Result<bool> {
+    let r = conn.execute(
+        "UPDATE connectors SET api_name = ?2, definition = ?3, sample_file_id = ?4, updated_at = ?5 WHERE id = ?1",
+        params![row.id, row.api_name, row.definition, row.sample_file_id, now()],
+    );
+    match r {
+        Ok(_) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The draft's version. Writes two rows: call it inside a transaction.
+fn save_draft(conn: &Connection, connector_id: &str, text: &str) -> Result<u32> {
+    let draft: u32 = conn.query_row(
+        "SELECT draft_version FROM connectors WHERE id = ?1",
+        [connector_id],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "UPDATE sql_versions SET text = ?3, created_at = ?4 WHERE connector_id = ?1 AND version = ?2",
+        params![connector_id, draft, text, now()],
+    )?;
+    conn.execute(
+        "UPDATE connectors SET updated_at = ?2 WHERE id = ?1",
+        params![connector_id, now()],
+    )?;
+    Ok(draft)
 }
 
 impl Db {
@@ -750,12 +893,7 @@ impl Db {
 
     /// Creates an object; false when one of that name exists.
     pub fn insert_object(&self, workspace_id: &str, name: &str, definition: &str) -> Result<bool> {
-        let n = self.lock().execute(
-            "INSERT INTO objects (workspace_id, name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT DO NOTHING",
-            params![workspace_id, name, definition, now()],
-        )?;
-        Ok(n > 0)
+        insert_object(&self.lock(), workspace_id, name, definition)
     }
 
     /// Replaces an object's definition.
@@ -773,32 +911,14 @@ impl Db {
     /// its name and type, and counts as uploaded now for retention.
     /// Returns the stored row.
     pub fn insert_file(&self, workspace_id: &str, file: &FileRow) -> Result<FileRow> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO files (workspace_id, sha256, size, name, content_type, created_at, uploaded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-             ON CONFLICT DO UPDATE SET uploaded_at = excluded.uploaded_at",
-            params![
-                workspace_id,
-                file.sha256,
-                file.size as i64,
-                file.name,
-                file.content_type,
-                file.created_at.to_rfc3339()
-            ],
-        )?;
-        drop(conn);
+        insert_file(&self.lock(), workspace_id, file)?;
         self.file(workspace_id, &file.sha256)?
             .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// Notes that key `key_id` uploaded the file.
     pub fn note_uploader(&self, workspace_id: &str, sha256: &str, key_id: &str) -> Result<()> {
-        self.lock().execute(
-            "INSERT INTO file_uploaders (workspace_id, sha256, key_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            [workspace_id, sha256, key_id],
-        )?;
-        Ok(())
+        note_uploader(&self.lock(), workspace_id, sha256, key_id)
     }
 
     /// Whether a key limited to connectors `only` (ids or api_names)
@@ -927,20 +1047,7 @@ impl Db {
     /// with the same content returns the stored row (`false`), with other
     /// content is refused with the stored row.
     pub fn insert_plugin(&self, workspace_id: &str, plugin: &PluginRow) -> Result<(PluginRow, bool)> {
-        let conn = self.lock();
-        let inserted = conn.execute(
-            "INSERT INTO plugins (workspace_id, name, version, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT DO NOTHING",
-            params![
-                workspace_id,
-                plugin.name,
-                plugin.version,
-                plugin.sha256,
-                plugin.size as i64,
-                plugin.created_at.to_rfc3339()
-            ],
-        )? == 1;
-        drop(conn);
+        let inserted = insert_plugin(&self.lock(), workspace_id, plugin)?;
         // A row is never deleted, so the one just written or found is there.
         let stored = self
             .plugin(workspace_id, &plugin.name, &plugin.version)?
@@ -1101,18 +1208,9 @@ impl Db {
     pub fn insert_connector(&self, row: &ConnectorRow, draft: &str) -> Result<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "INSERT INTO connectors (id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, NULL, ?6, ?6) ON CONFLICT DO NOTHING",
-            params![row.id, row.workspace_id, row.api_name, row.definition, row.sample_file_id, now()],
-        )?;
-        if n == 0 {
+        if !insert_connector(&tx, row, draft)? {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO sql_versions (connector_id, version, text, created_at) VALUES (?1, 1, ?2, ?3)",
-            params![row.id, draft, now()],
-        )?;
         tx.commit()?;
         Ok(true)
     }
@@ -1172,17 +1270,7 @@ impl Db {
     /// Saves a connector's definition, api_name and sample file; false when
     /// the new api_name is taken.
     pub fn update_connector(&self, row: &ConnectorRow) -> Result<bool> {
-        let r = self.lock().execute(
-            "UPDATE connectors SET api_name = ?2, definition = ?3, sample_file_id = ?4, updated_at = ?5 WHERE id = ?1",
-            params![row.id, row.api_name, row.definition, row.sample_file_id, now()],
-        );
-        match r {
-            Ok(_) => Ok(true),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
+        update_connector(&self.lock(), row)
     }
 
     /// Deletes a connector and its SQL versions (its executions stay).
@@ -1195,21 +1283,56 @@ impl Db {
     pub fn save_draft(&self, connector_id: &str, text: &str) -> Result<u32> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let draft: u32 = tx.query_row(
-            "SELECT draft_version FROM connectors WHERE id = ?1",
-            [connector_id],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "UPDATE sql_versions SET text = ?3, created_at = ?4 WHERE connector_id = ?1 AND version = ?2",
-            params![connector_id, draft, text, now()],
-        )?;
-        tx.execute(
-            "UPDATE connectors SET updated_at = ?2 WHERE id = ?1",
-            params![connector_id, now()],
-        )?;
+        let draft = save_draft(&tx, connector_id, text)?;
         tx.commit()?;
         Ok(draft)
+    }
+
+    /// Writes what a package push brings in one transaction: its new
+    /// objects, its new plugin versions, its sample file and the connector
+    /// with its draft. Nothing is written when any part is refused.
+    pub fn write_package(&self, workspace_id: &str, push: &PackageWrite) -> Result<Result<(), PushRefused>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (name, definition) in &push.objects {
+            insert_object(&tx, workspace_id, name, definition)?;
+        }
+        for plugin in &push.plugins {
+            if !insert_plugin(&tx, workspace_id, plugin)? {
+                let stored: String = tx.query_row(
+                    "SELECT sha256 FROM plugins WHERE workspace_id = ?1 AND name = ?2 AND version = ?3",
+                    [workspace_id, &plugin.name, &plugin.version],
+                    |r| r.get(0),
+                )?;
+                if stored != plugin.sha256 {
+                    return Ok(Err(PushRefused::PluginTaken(format!(
+                        "{}@{}",
+                        plugin.name, plugin.version
+                    ))));
+                }
+            }
+        }
+        if let Some((file, key_id)) = &push.sample {
+            insert_file(&tx, workspace_id, file)?;
+            note_uploader(&tx, workspace_id, &file.sha256, key_id)?;
+        }
+        match &push.connector {
+            ConnectorWrite::Insert { row, draft } => {
+                if !insert_connector(&tx, row, draft)? {
+                    return Ok(Err(PushRefused::NameTaken));
+                }
+            }
+            ConnectorWrite::Update { row, draft } => {
+                if !update_connector(&tx, row)? {
+                    return Ok(Err(PushRefused::NameTaken));
+                }
+                if let Some(draft) = draft {
+                    save_draft(&tx, &row.id, draft)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(()))
     }
 
     /// Makes draft `version` live and starts a new draft with the same

@@ -15,6 +15,7 @@ use weir_engine::check;
 use weir_engine::connector::{Connector, ConnectorStatus, SqlSource};
 use weir_engine::error::Problem;
 use weir_engine::execution::{Execution, TriggerType};
+use weir_engine::objects::Objects;
 use weir_engine::pipeline::InputFile;
 use weir_engine::sql::Script;
 
@@ -121,9 +122,9 @@ pub(super) fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
 
 /// What a connector document sent by a client holds.
 pub(super) struct Submitted {
-    connector: Connector,
-    sample_file_id: Option<String>,
-    draft: Option<String>,
+    pub(super) connector: Connector,
+    pub(super) sample_file_id: Option<String>,
+    pub(super) draft: Option<String>,
 }
 
 fn invalid(problems: Vec<Problem>) -> ApiError {
@@ -133,7 +134,20 @@ fn invalid(problems: Vec<Problem>) -> ApiError {
 /// Parses a connector document and checks everything that does not need
 /// the SQL's output: the document's own rules, the sample file, the load
 /// steps against the workspace's objects, and whether it may be operational.
-pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) -> ApiResult<Submitted> {
+pub(super) fn parse(app: &App, caller: &Caller, doc: Json_, has_live: bool) -> ApiResult<Submitted> {
+    let objects = app.db.object_defs(&caller.workspace_id)?;
+    parse_among(app, caller, doc, has_live, &objects)
+}
+
+/// [`parse`], with the load steps checked against `objects` (the
+/// workspace's, and those a package brings).
+pub(super) fn parse_among(
+    app: &App,
+    caller: &Caller,
+    mut doc: Json_,
+    has_live: bool,
+    objects: &Objects,
+) -> ApiResult<Submitted> {
     let Json_::Object(map) = &mut doc else {
         return Err(invalid(vec![Problem::new("", "the connector must be a JSON object")]));
     };
@@ -165,7 +179,6 @@ pub(super) fn parse(app: &App, caller: &Caller, mut doc: Json_, has_live: bool) 
     {
         problems.push(Problem::new("sample_file_id", format!("there is no file `{id}`")));
     }
-    let objects = app.db.object_defs(&caller.workspace_id)?;
     problems.extend(objects.check_loads(&connector));
     problems.extend(connector.limits.over(&app.settings.limit_caps));
     if let Some(name) = connector.webhook.as_ref().and_then(|w| w.secret_env.as_deref()) {
@@ -251,6 +264,22 @@ pub async fn create(
 
 /// Stores a new connector; its draft is checked first.
 pub(super) fn insert(app: &App, caller: &Caller, submitted: Submitted) -> ApiResult<ConnectorRow> {
+    let (row, draft) = new_row(caller, submitted)?;
+    if !app.db.insert_connector(&row, &draft)? {
+        return Err(taken(&row.api_name));
+    }
+    app.db
+        .connector(&caller.workspace_id, &row.id)?
+        .ok_or_else(|| ApiError::not_found("connector"))
+}
+
+fn taken(api_name: &str) -> ApiError {
+    ApiError::conflict("connector_exists", format!("a connector named `{api_name}` exists"))
+}
+
+/// The row of a new connector and its first draft, once the draft is
+/// checked; nothing is written.
+pub(super) fn new_row(caller: &Caller, submitted: Submitted) -> ApiResult<(ConnectorRow, String)> {
     let draft = submitted.draft.unwrap_or_default();
     if !draft.trim().is_empty() {
         check_script(&draft)?;
@@ -266,15 +295,7 @@ pub(super) fn insert(app: &App, caller: &Caller, submitted: Submitted) -> ApiRes
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
-    if !app.db.insert_connector(&row, &draft)? {
-        return Err(ApiError::conflict(
-            "connector_exists",
-            format!("a connector named `{}` exists", row.api_name),
-        ));
-    }
-    app.db
-        .connector(&caller.workspace_id, &row.id)?
-        .ok_or_else(|| ApiError::not_found("connector"))
+    Ok((row, draft))
 }
 
 /// One connector.
@@ -333,6 +354,44 @@ pub(super) async fn replace(
     row: &ConnectorRow,
     submitted: Submitted,
 ) -> ApiResult<ConnectorRow> {
+    let objects = app.db.object_defs(&caller.workspace_id)?;
+    let sample = match &submitted.sample_file_id {
+        Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
+            path: app.files.path(&f.sha256),
+            name: f.name,
+        }),
+        None => None,
+    };
+    let updated = check_replace(app, caller, row, &submitted, &objects, sample.as_ref()).await?;
+    if !app.db.update_connector(&updated)? {
+        return Err(taken(&updated.api_name));
+    }
+    if let Some(draft) = &submitted.draft {
+        app.db.save_draft(&row.id, draft)?;
+    }
+    replaced(app, caller, row)
+}
+
+/// After a connector was replaced: an inactive connector that became
+/// operational runs what it queued, and a schedule may have changed.
+pub(super) fn replaced(app: &App, caller: &Caller, row: &ConnectorRow) -> ApiResult<ConnectorRow> {
+    app.runs.wake();
+    app.schedules.wake();
+    app.db
+        .connector(&caller.workspace_id, &row.id)?
+        .ok_or_else(|| ApiError::not_found("connector"))
+}
+
+/// Checks a replacement of `row` against `objects` and the connector's
+/// `sample`, and gives the row as it is to be; nothing is written.
+pub(super) async fn check_replace(
+    app: &App,
+    caller: &Caller,
+    row: &ConnectorRow,
+    submitted: &Submitted,
+    objects: &Objects,
+    sample: Option<&InputFile>,
+) -> ApiResult<ConnectorRow> {
     if let Some(draft) = &submitted.draft {
         check_script(draft)?;
     }
@@ -356,30 +415,14 @@ pub(super) async fn replace(
     if let Some(live) = row.live_version
         && submitted.connector.status == ConnectorStatus::Operational
     {
-        check_live(app, caller, row, &submitted, live).await?;
+        check_live(app, row, submitted, live, objects, sample).await?;
     }
-    let updated = ConnectorRow {
+    Ok(ConnectorRow {
         api_name: submitted.connector.api_name.clone(),
         definition: definition_text(&submitted.connector)?,
-        sample_file_id: submitted.sample_file_id,
+        sample_file_id: submitted.sample_file_id.clone(),
         ..row.clone()
-    };
-    if !app.db.update_connector(&updated)? {
-        return Err(ApiError::conflict(
-            "connector_exists",
-            format!("a connector named `{}` exists", updated.api_name),
-        ));
-    }
-    if let Some(draft) = &submitted.draft {
-        app.db.save_draft(&row.id, draft)?;
-    }
-    // An inactive connector that becomes operational runs what it queued;
-    // a schedule may have changed.
-    app.runs.wake();
-    app.schedules.wake();
-    app.db
-        .connector(&caller.workspace_id, &row.id)?
-        .ok_or_else(|| ApiError::not_found("connector"))
+    })
 }
 
 /// Deletes a connector and its SQL versions; its executions stay readable.
@@ -527,20 +570,19 @@ async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str)
 /// does not make, a load step of a scope it does not make. Planned against
 /// the sample, as a draft is; without a sample there is nothing to plan
 /// against, and the next run says it.
-async fn check_live(app: &App, caller: &Caller, row: &ConnectorRow, submitted: &Submitted, live: u32) -> ApiResult<()> {
+async fn check_live(
+    app: &App,
+    row: &ConnectorRow,
+    submitted: &Submitted,
+    live: u32,
+    objects: &Objects,
+    sample: Option<&InputFile>,
+) -> ApiResult<()> {
     let script = app
         .db
         .sql_version(&row.id, live)?
         .ok_or_else(|| ApiError::internal("the live SQL version is missing"))?;
-    let sample = match &submitted.sample_file_id {
-        Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
-            path: app.files.path(&f.sha256),
-            name: f.name,
-        }),
-        None => None,
-    };
-    let objects = app.db.object_defs(&caller.workspace_id)?;
-    let (sample, objects) = (sample.as_ref(), Some(&objects));
+    let objects = Some(objects);
     let Err(refused) = check::connector(&submitted.connector, &script.text, sample, objects).await else {
         return Ok(());
     };

@@ -24,12 +24,6 @@ use crate::server::state::ConnectorRow;
 /// Parses and validates an object definition, checking relation targets
 /// against the workspace's objects.
 fn parse_object(app: &App, workspace_id: &str, value: Json_) -> ApiResult<ObjectDef> {
-    let def = ObjectDef::from_json(&value.to_string()).map_err(|e| match e {
-        EngineError::InvalidObjects(problems) => {
-            ApiError::invalid("invalid_object", "the object definition is not valid", problems)
-        }
-        other => ApiError::internal(other),
-    })?;
     let known: Vec<String> = app
         .db
         .object_defs(workspace_id)?
@@ -37,6 +31,22 @@ fn parse_object(app: &App, workspace_id: &str, value: Json_) -> ApiResult<Object
         .into_iter()
         .map(|o| o.name)
         .collect();
+    parse_object_among(value, &known)
+}
+
+/// An object definition, checked as a new object of a workspace whose
+/// objects are named `known`; nothing is written.
+pub(super) fn checked(def: &ObjectDef, known: &[String]) -> ApiResult<ObjectDef> {
+    parse_object_among(serde_json::to_value(def).map_err(ApiError::internal)?, known)
+}
+
+fn parse_object_among(value: Json_, known: &[String]) -> ApiResult<ObjectDef> {
+    let def = ObjectDef::from_json(&value.to_string()).map_err(|e| match e {
+        EngineError::InvalidObjects(problems) => {
+            ApiError::invalid("invalid_object", "the object definition is not valid", problems)
+        }
+        other => ApiError::internal(other),
+    })?;
     let problems: Vec<Problem> = def
         .fields
         .iter()
@@ -201,16 +211,6 @@ pub async fn create(
         ));
     }
     Ok((StatusCode::CREATED, Json(def)))
-}
-
-/// Validates and stores a new object; false when one of its name exists.
-pub(super) fn create_new(app: &App, workspace_id: &str, def: &ObjectDef) -> ApiResult<bool> {
-    let def = parse_object(
-        app,
-        workspace_id,
-        serde_json::to_value(def).map_err(ApiError::internal)?,
-    )?;
-    insert(app, workspace_id, &def)
 }
 
 fn insert(app: &App, workspace_id: &str, def: &ObjectDef) -> ApiResult<bool> {

@@ -37,13 +37,14 @@ use weir_engine::connector::{Connector, PluginRef, SqlSource};
 use weir_engine::error::Problem;
 use weir_engine::objects::Objects;
 use weir_engine::package::Package;
+use weir_engine::pipeline::InputFile;
 
 use super::connector_of;
 use super::connectors::ConnectorView;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::state::ConnectorRow;
+use crate::server::state::{ConnectorRow, ConnectorWrite, FileRow, PackageWrite, PluginRow, PushRefused};
 
 /// The package format this server writes.
 const FORMAT: u32 = 1;
@@ -178,33 +179,64 @@ pub async fn push(
     if caller.connectors.is_some() {
         within_reach(&app, &caller, &package, existing.is_some())?;
     }
-    if let Some(objects) = &package.objects {
-        for def in &objects.objects {
-            super::objects::create_new(&app, &caller.workspace_id, def)?;
+
+    // Everything is checked before anything is written: a refused package
+    // changes nothing (README "Dev packages", docs/reliability.md).
+    let workspace = caller.workspace_id.clone();
+    let mut objects = app.db.object_defs(&workspace)?;
+    let mut new_objects = Vec::new();
+    if let Some(brought) = &package.objects {
+        // Relations may point to the workspace's objects and the package's.
+        let known: Vec<String> = objects
+            .objects
+            .iter()
+            .chain(&brought.objects)
+            .map(|o| o.name.clone())
+            .collect();
+        for def in &brought.objects {
+            if objects.get(&def.name).is_none() {
+                new_objects.push(super::objects::checked(def, &known)?);
+            }
+        }
+        objects.objects.extend(new_objects.iter().cloned());
+    }
+    let mut new_plugins: Vec<(PluginRow, Vec<u8>)> = Vec::new();
+    for t in &package.connector.transforms {
+        if let Some((row, wasm)) = plugin_to_publish(&app, &caller, &package, &t.plugin).await?
+            && !new_plugins
+                .iter()
+                .any(|(r, _)| r.name == row.name && r.version == row.version)
+        {
+            new_plugins.push((row, wasm));
         }
     }
-    for t in &package.connector.transforms {
-        publish_plugin(&app, &caller, &package, &t.plugin).await?;
-    }
+    let mut staged = Vec::new();
     let sample = match &package.data_file {
         Some(file) => {
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
+            let size = bytes.len() as u64;
+            let files = app.files.clone();
             // Hashing and writing a sample of up to the package limit is
-            // blocking work.
-            let (kept_by, workspace, name) = (app.clone(), caller.workspace_id.clone(), file.name.clone());
-            let row = tokio::task::spawn_blocking(move || {
-                kept_by.keep_file(&workspace, &name, "application/octet-stream", &bytes)
+            // blocking work; the staged copy is not in the store yet.
+            let (tmp, sha256) = tokio::task::spawn_blocking(move || files.stage_bytes(&bytes))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            staged.push((tmp, sha256.clone()));
+            Some(FileRow {
+                sha256,
+                size,
+                name: file.name.clone(),
+                content_type: "application/octet-stream".into(),
+                created_at: chrono::Utc::now(),
             })
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-            // A key limited to the connector reaches the sample it pushed.
-            app.db
-                .note_uploader(&caller.workspace_id, &row.sha256, &caller.key_id)?;
-            Some(row.sha256)
         }
-        None => existing.as_ref().and_then(|r| r.sample_file_id.clone()),
+        None => None,
     };
+    let sample_file_id = sample
+        .as_ref()
+        .map(|f| f.sha256.clone())
+        .or_else(|| existing.as_ref().and_then(|r| r.sample_file_id.clone()));
 
     // The package's definition, its script as the draft; the status stays
     // the server's (a new connector starts in setup).
@@ -220,27 +252,85 @@ pub async fn push(
     if let serde_json::Value::Object(map) = &mut doc {
         map.insert("sql".into(), serde_json::json!({"text": package.script}));
         map.insert("status".into(), status);
-        map.insert(
-            "sample_file_id".into(),
-            sample.map_or(serde_json::Value::Null, serde_json::Value::String),
-        );
     }
-    match existing {
+    let (connector, answer) = match &existing {
         Some(row) => {
-            let submitted = super::connectors::parse(&app, &caller, doc, row.live_version.is_some())?;
-            let stored = super::connectors::replace(&app, &caller, &row, submitted).await?;
-            Ok((StatusCode::OK, Json(super::connectors::view(&stored)?)))
+            let mut submitted =
+                super::connectors::parse_among(&app, &caller, doc, row.live_version.is_some(), &objects)?;
+            submitted.sample_file_id = sample_file_id;
+            let sample = match (&package.data_file, &row.sample_file_id) {
+                (Some(file), _) => Some(file.clone()),
+                (None, Some(id)) => app.db.file(&workspace, id)?.map(|f| InputFile {
+                    path: app.files.path(&f.sha256),
+                    name: f.name,
+                }),
+                (None, None) => None,
+            };
+            let updated =
+                super::connectors::check_replace(&app, &caller, row, &submitted, &objects, sample.as_ref()).await?;
+            let draft = submitted.draft;
+            (ConnectorWrite::Update { row: updated, draft }, StatusCode::OK)
         }
         None => {
-            let submitted = super::connectors::parse(&app, &caller, doc, false)?;
-            let stored = super::connectors::insert(&app, &caller, submitted)?;
-            Ok((StatusCode::CREATED, Json(super::connectors::view(&stored)?)))
+            let mut submitted = super::connectors::parse_among(&app, &caller, doc, false, &objects)?;
+            submitted.sample_file_id = sample_file_id;
+            let (row, draft) = super::connectors::new_row(&caller, submitted)?;
+            (ConnectorWrite::Insert { row, draft }, StatusCode::CREATED)
         }
+    };
+
+    // Then one transaction; the content it refers to is placed first and
+    // leaves again when the transaction does not happen.
+    let mut plugins = Vec::new();
+    for (row, wasm) in new_plugins {
+        let files = app.files.clone();
+        let (tmp, sha256) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        staged.push((tmp, sha256));
+        plugins.push(row);
     }
+    let contents: Vec<String> = staged.iter().map(|(_, sha)| sha.clone()).collect();
+    let write = PackageWrite {
+        objects: new_objects
+            .iter()
+            .map(|def| Ok((def.name.clone(), serde_json::to_string(def)?)))
+            .collect::<Result<_, serde_json::Error>>()
+            .map_err(ApiError::internal)?,
+        plugins,
+        sample: sample.map(|f| (f, caller.key_id.clone())),
+        connector,
+    };
+    let written = match app.files.place_all(staged) {
+        Ok(_held) => app.db.write_package(&workspace, &write).map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(e)),
+    };
+    let refused = match written {
+        Ok(Ok(())) => None,
+        Ok(Err(PushRefused::NameTaken)) => Some(ApiError::conflict(
+            "connector_exists",
+            format!("a connector named `{}` exists", package.connector.api_name),
+        )),
+        Ok(Err(PushRefused::PluginTaken(reference))) => Some(super::plugins::version_taken(&reference)),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = refused {
+        for sha256 in &contents {
+            app.forget_content(sha256);
+        }
+        return Err(e);
+    }
+    for def in &new_objects {
+        app.records.ensure_object(&workspace, def).map_err(ApiError::internal)?;
+    }
+    let row = match &write.connector {
+        ConnectorWrite::Insert { row, .. } | ConnectorWrite::Update { row, .. } => row,
+    };
+    let stored = super::connectors::replaced(&app, &caller, row)?;
+    Ok((answer, Json(super::connectors::view(&stored)?)))
 }
 
-/// Publishes the package's component for a transform's `plugin` reference,
-/// unless the workspace has it already.
 /// Refuses (403) a push by a key limited to some connectors that would
 /// reach further than its connector: create the connector, an object or a
 /// plugin version the workspace does not have yet.
@@ -269,12 +359,20 @@ fn within_reach(app: &App, caller: &Caller, package: &Package, exists: bool) -> 
     Ok(())
 }
 
-async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference: &str) -> ApiResult<()> {
+/// The component the package brings for a transform's `plugin` reference,
+/// checked, when the workspace does not have it yet; refused when neither
+/// has it.
+async fn plugin_to_publish(
+    app: &App,
+    caller: &Caller,
+    package: &Package,
+    reference: &str,
+) -> ApiResult<Option<(PluginRow, Vec<u8>)>> {
     let plugin = PluginRef::parse(reference).map_err(ApiError::internal)?;
     let known = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?;
     let PluginRef::Named { name, version } = plugin else {
         return match known {
-            Some(_) => Ok(()),
+            Some(_) => Ok(None),
             None => Err(ApiError::invalid(
                 "invalid_package",
                 format!(
@@ -290,7 +388,7 @@ async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference
         .find(|p| p.is_file());
     let Some(file) = file else {
         return match known {
-            Some(_) => Ok(()),
+            Some(_) => Ok(None),
             None => Err(ApiError::invalid(
                 "invalid_package",
                 format!("the package has no plugins/{name}-{version}.wasm, and the workspace has no {name}@{version}"),
@@ -299,8 +397,10 @@ async fn publish_plugin(app: &App, caller: &Caller, package: &Package, reference
         };
     };
     let bytes = tokio::fs::read(&file).await.map_err(ApiError::internal)?;
-    super::plugins::register(app, &caller.workspace_id, name.to_string(), version.to_string(), bytes).await?;
-    Ok(())
+    match super::plugins::check(app, &caller.workspace_id, name.to_string(), version.to_string(), bytes).await? {
+        super::plugins::Checked::Published(_) => Ok(None),
+        super::plugins::Checked::New(row, wasm) => Ok(Some((row, wasm))),
+    }
 }
 
 /// The zip's bytes and its file name.

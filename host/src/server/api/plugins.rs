@@ -117,24 +117,56 @@ pub(super) async fn register(
     version: String,
     wasm: Vec<u8>,
 ) -> ApiResult<(PluginRow, bool)> {
+    let (row, wasm) = match check(app, workspace_id, name, version, wasm).await? {
+        Checked::Published(known) => return Ok((known, false)),
+        Checked::New(row, wasm) => (row, wasm),
+    };
+    let files = app.files.clone();
+    let (staged, _) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let (stored_row, inserted) = {
+        let _held = app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
+        app.db.insert_plugin(workspace_id, &row)?
+    };
+    if stored_row.sha256 != row.sha256 {
+        // Another publish of this version won a race: its content stays,
+        // this one's is refused and leaves unless something else holds it.
+        app.forget_content(&row.sha256);
+        return Err(version_taken(&format!("{}@{}", row.name, row.version)));
+    }
+    Ok((stored_row, inserted))
+}
+
+/// A component checked for publishing.
+pub(super) enum Checked {
+    /// The version is published with this very content.
+    Published(PluginRow),
+    /// A new version: its row and its content, not yet stored.
+    New(PluginRow, Vec<u8>),
+}
+
+/// Checks `wasm` against the transform world as `name@version` of the
+/// workspace; nothing is written.
+pub(super) async fn check(
+    app: &App,
+    workspace_id: &str,
+    name: String,
+    version: String,
+    wasm: Vec<u8>,
+) -> ApiResult<Checked> {
     let reference = format!("{name}@{version}");
     let sha256 = hex::encode(Sha256::digest(&wasm));
-    let taken = || {
-        ApiError::conflict(
-            "plugin_version_exists",
-            format!("{reference} is already published with other content; publish a new version"),
-        )
-    };
     if let Some(known) = app.db.plugin(workspace_id, &name, &version)? {
         return if known.sha256 == sha256 {
-            Ok((known, false))
+            Ok(Checked::Published(known))
         } else {
-            Err(taken())
+            Err(version_taken(&reference))
         };
     }
     let runtime = app.plugins.clone();
-    let label = reference.clone();
-    let (checked, wasm) = tokio::task::spawn_blocking(move || (runtime.load(&label, &wasm), wasm))
+    let (checked, wasm) = tokio::task::spawn_blocking(move || (runtime.load(&reference, &wasm), wasm))
         .await
         .map_err(ApiError::internal)?;
     if let Err(e) = checked {
@@ -145,11 +177,6 @@ pub(super) async fn register(
         ));
     }
     let size = wasm.len() as u64;
-    let files = app.files.clone();
-    let (staged, _) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
     let row = PluginRow {
         name,
         version,
@@ -157,17 +184,15 @@ pub(super) async fn register(
         size,
         created_at: Utc::now(),
     };
-    let (stored_row, inserted) = {
-        let _held = app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
-        app.db.insert_plugin(workspace_id, &row)?
-    };
-    if stored_row.sha256 != row.sha256 {
-        // Another publish of this version won a race: its content stays,
-        // this one's is refused and leaves unless something else holds it.
-        app.forget_content(&row.sha256);
-        return Err(taken());
-    }
-    Ok((stored_row, inserted))
+    Ok(Checked::New(row, wasm))
+}
+
+/// The answer to a version published with other content.
+pub(super) fn version_taken(reference: &str) -> ApiError {
+    ApiError::conflict(
+        "plugin_version_exists",
+        format!("{reference} is already published with other content; publish a new version"),
+    )
 }
 
 /// The workspace's plugins, by name and version.
