@@ -561,7 +561,12 @@ impl Run {
             if records.objects.objects.iter().any(|o| read.contains(&o.name)) {
                 let snapshot = records.store.snapshot()?;
                 for object in records.objects.objects.iter().filter(|o| read.contains(&o.name)) {
-                    let table = crate::records::RecordsTable::new(snapshot.clone(), &records.workspace, object);
+                    let table = crate::records::RecordsTable::new(
+                        snapshot.clone(),
+                        &records.workspace,
+                        object,
+                        self.log.clone(),
+                    );
                     sql::register_records(&ctx, &object.name, Arc::new(table))?;
                 }
             }

@@ -19,6 +19,7 @@ use datafusion::physical_plan::streaming::PartitionStream;
 
 use crate::objects::ObjectDef;
 use crate::pushdown;
+use crate::runlog::{LogLevel, RunLog};
 use crate::store::{Comparison, Condition, RecordSnapshot, Scan, Value, arrow_schema};
 
 /// Batches read ahead of the query: the memory a scan holds beyond the
@@ -32,11 +33,13 @@ pub struct RecordsTable {
     schema: SchemaRef,
 }
 
-/// Where an object's records are.
+/// Where an object's records are, and the run's log, which hears how many
+/// records each read took from the store.
 struct Records {
     snapshot: Arc<dyn RecordSnapshot>,
     workspace: String,
     object: ObjectDef,
+    log: Arc<dyn RunLog>,
 }
 
 impl std::fmt::Debug for Records {
@@ -50,12 +53,13 @@ impl std::fmt::Debug for Records {
 
 impl RecordsTable {
     /// The records of `object` in `workspace`, as `snapshot` holds them.
-    pub fn new(snapshot: Arc<dyn RecordSnapshot>, workspace: &str, object: &ObjectDef) -> Self {
+    pub fn new(snapshot: Arc<dyn RecordSnapshot>, workspace: &str, object: &ObjectDef, log: Arc<dyn RunLog>) -> Self {
         Self {
             records: Arc::new(Records {
                 snapshot,
                 workspace: workspace.to_string(),
                 object: object.clone(),
+                log,
             }),
             schema: arrow_schema(object),
         }
@@ -125,16 +129,42 @@ impl PartitionStream for RecordsPartition {
                 snapshot,
                 workspace,
                 object,
+                log,
             } = records.as_ref();
+            let mut handed = 0usize;
             let read = snapshot.scan(workspace, object, &scan, &mut |batch| {
+                handed += batch.num_rows();
                 tx.blocking_send(Ok(batch)).is_ok()
             });
-            if let Err(e) = read {
-                let _ = tx.blocking_send(Err(DataFusionError::External(Box::new(e))));
+            match read {
+                Ok(()) => log.line(LogLevel::Info, &read_line(&object.name, handed, &scan)),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(DataFusionError::External(Box::new(e))));
+                }
             }
         });
         let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
+    }
+}
+
+/// What a read of `records.<object>` took from the store, for the run's log:
+/// how a script sees that its `WHERE` reached the store.
+fn read_line(object: &str, records: usize, scan: &Scan) -> String {
+    let noun = if records == 1 { "record" } else { "records" };
+    let mut fields: Vec<&str> = Vec::new();
+    for field in scan.conditions.iter().map(Condition::field) {
+        if !fields.contains(&field) {
+            fields.push(field);
+        }
+    }
+    if fields.is_empty() {
+        format!("records.{object}: {records} {noun} read from the store")
+    } else {
+        format!(
+            "records.{object}: {records} {noun} read from the store, which applied the conditions on {}",
+            fields.join(", ")
+        )
     }
 }
 

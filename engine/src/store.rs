@@ -448,6 +448,15 @@ pub enum Condition {
     In(String, Vec<Value>),
 }
 
+impl Condition {
+    /// The field the condition is on.
+    pub fn field(&self) -> &str {
+        match self {
+            Condition::Compare(field, ..) | Condition::Null(field, _) | Condition::In(field, _) => field,
+        }
+    }
+}
+
 /// How a condition compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comparison {

@@ -989,3 +989,131 @@ fn weir_run_takes_source_secrets_from_the_environment_or_a_file_and_names_a_miss
         "{err}"
     );
 }
+
+/// Runs `weir` with `args` to its end, watching its peak resident memory
+/// (`VmHWM`, which only grows) as it goes: its output and the peak in bytes.
+fn weir_with_peak(args: &[&str]) -> (Output, u64) {
+    let logs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
+    let file = |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(repo())
+        .env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"))
+        .stdout(file(&out))
+        .stderr(file(&err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("running weir: {e}"));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib * 1024);
+        }
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{e}"));
+    (
+        Output {
+            status,
+            stdout: read(&out),
+            stderr: read(&err),
+        },
+        peak,
+    )
+}
+
+#[test]
+fn a_selective_where_over_two_million_records_runs_in_64_mib() {
+    use weir_engine::objects::Objects;
+    use weir_engine::store::{RecordId, RecordStore, SqliteStore, Value, Write, WriteBatch};
+    const RECORDS: usize = 2_000_000;
+    const OBJECTS: &str = "[[objects]]\nname = \"contact\"\n[[objects.fields]]\nname = \"email\"\ntype = \"email\"\n\
+                           [[objects.fields]]\nname = \"note\"\ntype = \"text\"\n";
+    let dir = connector_dir("", Some(("probe.csv", b"a\n1\n")));
+    std::fs::write(
+        dir.path().join("connector.toml"),
+        "api_name = \"t\"\ntype = \"spreadsheet\"\n[sql]\nfile = \"script.sql\"\n[limits]\nmax_memory = \"64MiB\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("objects.toml"), OBJECTS).unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("records.db");
+    {
+        let store = SqliteStore::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        let objects = Objects::from_toml(OBJECTS).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .ensure_object("local", &objects.objects[0])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // About 200 MB of Arrow if the object were read whole.
+        for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(100_000) {
+            let creates = chunk
+                .iter()
+                .map(|i| Write {
+                    id: RecordId::now_v7(),
+                    values: vec![
+                        Some(Value::Text(format!("u{i}@example.com"))),
+                        Some(Value::Text(format!("a note long enough to weigh something, {i}"))),
+                    ],
+                })
+                .collect();
+            let batch = WriteBatch {
+                fields: vec!["email".into(), "note".into()],
+                creates,
+                ..WriteBatch::default()
+            };
+            store
+                .commit("local", "contact", &batch)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let run = |script: &str| {
+        std::fs::write(dir.path().join("script.sql"), script).unwrap_or_else(|e| panic!("{e}"));
+        let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (o, peak) = weir_with_peak(&[
+            "run",
+            &dir.path().to_string_lossy(),
+            "--db",
+            &db.to_string_lossy(),
+            "--out",
+            &out.path().to_string_lossy(),
+            "--threads",
+            "1",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (out, err, peak)
+    };
+    // The same process reading nothing of the object: what a run costs.
+    let (_, _, before) = run("CREATE VIEW output.found AS SELECT a FROM input.data");
+    let (out, err, peak) =
+        run("CREATE VIEW output.found AS SELECT email, note FROM records.contact WHERE email = 'u1234567@example.com'");
+    let found = std::fs::read_to_string(out.path().join("output/found.csv")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        found,
+        "email,note\nu1234567@example.com,\"a note long enough to weigh something, 1234567\"\n"
+    );
+    assert!(
+        err.contains("records.contact: 1 record read from the store, which applied the conditions on email"),
+        "{err}"
+    );
+    let mib = |b: u64| b / (1024 * 1024);
+    eprintln!(
+        "peak: {} MiB reading one record, {} MiB reading none",
+        mib(peak),
+        mib(before)
+    );
+    assert!(
+        peak < before + 64 * 1024 * 1024,
+        "reading one record of {RECORDS} took {} MiB at its peak, a run that reads none {} MiB",
+        mib(peak),
+        mib(before)
+    );
+}
