@@ -212,6 +212,34 @@ pub enum PluginFailure {
     InvalidConfig,
 }
 
+/// What kind of record store failure an [`Error::Store`] is, the same for
+/// every backend: what a caller may do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// A write conflicts with what is stored (a unique field).
+    Conflict,
+    /// The store is out of space.
+    Full,
+    /// The store may only be read.
+    ReadOnly,
+    /// The store cannot be reached, or stayed busy past its timeout:
+    /// trying again later may work.
+    Unavailable,
+    /// Anything else: a damaged store, or what it holds is not what Weir
+    /// wrote.
+    Other,
+}
+
+impl Error {
+    /// A record store failure of `kind`.
+    pub fn store(kind: StoreFault, message: impl Into<String>) -> Self {
+        Error::Store {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
 /// An engine error. Each variant is a different kind of failure because
 /// callers treat them differently (a cancel is not a bug, bad input is not a
 /// limit).
@@ -297,8 +325,13 @@ pub enum Error {
         message: String,
     },
     /// The record store refused or failed a read or write.
-    #[error("record store: {0}")]
-    Store(String),
+    #[error("record store: {message}")]
+    Store {
+        /// What kind of failure, whatever the backend.
+        kind: StoreFault,
+        /// The backend's words.
+        message: String,
+    },
     /// The run's commits were revoked: another process resolved it after
     /// its lease expired, so nothing more of it is committed.
     #[error("execution {0} was resolved by another process after its lease expired; nothing more of it is committed")]
@@ -339,7 +372,7 @@ impl Error {
                 PluginFailure::Protocol => ErrorCode::PluginProtocol,
                 PluginFailure::InvalidConfig => ErrorCode::InvalidConfig,
             },
-            Error::Store(_) => ErrorCode::StoreError,
+            Error::Store { .. } => ErrorCode::StoreError,
             Error::Revoked(_) => ErrorCode::WorkerLost,
             Error::Internal(_) => ErrorCode::Internal,
         }

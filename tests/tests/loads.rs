@@ -165,7 +165,10 @@ impl RecordStore for Recording {
             commits.len()
         };
         if self.failing == Some(n) {
-            return Err(weir_engine::Error::Store("disk I/O error".into()));
+            return Err(weir_engine::Error::store(
+                weir_engine::error::StoreFault::Unavailable,
+                "disk I/O error",
+            ));
         }
         self.inner.commit(workspace, object, batch)
     }

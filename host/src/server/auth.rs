@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
-use super::state::{Db, KeyRow, StateError, Workspace};
+use super::state::{Db, KeyRow, StateError, StateFault, Workspace};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -123,13 +123,9 @@ pub fn create_key(
 ) -> Result<NewKey, String> {
     let ws = db.workspace_named(workspace).map_err(|e| e.to_string())?;
     let key = new_key(&ws, name, role, connectors, secret).map_err(|e| format!("no randomness: {e}"))?;
-    db.insert_key(&key.row).map_err(|e| match e {
-        StateError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            "this key already exists".to_string()
-        }
-        e => e.to_string(),
+    db.insert_key(&key.row).map_err(|e| match e.kind() {
+        StateFault::Conflict => "this key already exists".to_string(),
+        _ => e.to_string(),
     })?;
     Ok(key)
 }

@@ -6,9 +6,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use weir_engine::error::Problem;
+use weir_engine::error::{Problem, StoreFault};
 
-use super::state::StateError;
+use super::state::{StateError, StateFault};
 
 /// A problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -190,10 +190,17 @@ impl StorageFault {
                     _ => {}
                 }
             }
-            if let Some(rusqlite::Error::SqliteFailure(failure, _)) = e.downcast_ref::<rusqlite::Error>() {
-                match failure.code {
-                    rusqlite::ErrorCode::DiskFull => return Some(Self::Full),
-                    rusqlite::ErrorCode::ReadOnly => return Some(Self::ReadOnly),
+            if let Some(state) = e.downcast_ref::<StateError>() {
+                match state.kind() {
+                    StateFault::Full => return Some(Self::Full),
+                    StateFault::ReadOnly => return Some(Self::ReadOnly),
+                    _ => {}
+                }
+            }
+            if let Some(weir_engine::Error::Store { kind, .. }) = e.downcast_ref::<weir_engine::Error>() {
+                match kind {
+                    StoreFault::Full => return Some(Self::Full),
+                    StoreFault::ReadOnly => return Some(Self::ReadOnly),
                     _ => {}
                 }
             }
@@ -209,9 +216,6 @@ impl StorageFault {
             return Self::of(e);
         }
         if let Some(e) = value.downcast_ref::<StateError>() {
-            return Self::of(e);
-        }
-        if let Some(e) = value.downcast_ref::<rusqlite::Error>() {
             return Self::of(e);
         }
         if let Some(e) = value.downcast_ref::<weir_engine::error::Error>() {
@@ -331,14 +335,18 @@ mod tests {
             answered(ApiError::internal(Error::from(ErrorKind::ReadOnlyFilesystem))),
             read_only
         );
-        let sqlite = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error { code, extended_code: 0 }, None);
+        let state = |kind| StateError::Store {
+            kind,
+            source: "the backend's words".into(),
+        };
+        assert_eq!(answered(state(StateFault::Full).into()), full);
+        assert_eq!(answered(ApiError::internal(state(StateFault::ReadOnly))), read_only);
+        let records = |kind| weir_engine::Error::store(kind, "the backend's words");
+        assert_eq!(answered(ApiError::internal(records(StoreFault::Full))), full);
+        assert_eq!(answered(ApiError::internal(records(StoreFault::ReadOnly))), read_only);
         assert_eq!(
-            answered(StateError::from(sqlite(rusqlite::ErrorCode::DiskFull)).into()),
-            full
-        );
-        assert_eq!(
-            answered(ApiError::internal(sqlite(rusqlite::ErrorCode::ReadOnly))),
-            read_only
+            answered(ApiError::internal(records(StoreFault::Unavailable))),
+            (500, "internal".to_string())
         );
         let wrapped = anyhow::Error::new(Error::from(ErrorKind::StorageFull)).context("keeping webhooks.jsonl");
         assert_eq!(answered(ApiError::internal(wrapped)), full);

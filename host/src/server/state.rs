@@ -24,12 +24,18 @@ use weir_engine::connector::PluginRef;
 use weir_engine::execution::{Execution, Status};
 use weir_engine::objects::Objects;
 
-/// A state store failure.
+/// A state store failure, in terms of what a caller may do about it
+/// whatever the backend: the backend's own error is its source.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// SQLite failed.
-    #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The store failed or refused an operation.
+    #[error("state database: {source}")]
+    Store {
+        /// What kind of failure.
+        kind: StateFault,
+        /// The backend's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored document did not parse.
     #[error("state database holds a document that does not parse: {0}")]
     Document(#[from] serde_json::Error),
@@ -41,6 +47,53 @@ pub enum StateError {
         /// Newest version this binary knows.
         known: i64,
     },
+}
+
+/// What kind of state store failure a [`StateError::Store`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFault {
+    /// A write conflicts with what is stored (a key or name taken).
+    Conflict,
+    /// What the operation needs is not stored.
+    NotFound,
+    /// The store is out of space.
+    Full,
+    /// The store may only be read.
+    ReadOnly,
+    /// The store cannot be reached, or stayed busy past its timeout:
+    /// trying again later may work.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+impl StateError {
+    /// What kind of failure it is; a stored document that does not parse
+    /// and a database too new are `Other`.
+    pub fn kind(&self) -> StateFault {
+        match self {
+            StateError::Store { kind, .. } => *kind,
+            StateError::Document(_) | StateError::TooNew { .. } => StateFault::Other,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        let kind = match (&e, e.sqlite_error_code()) {
+            (rusqlite::Error::QueryReturnedNoRows, _) => StateFault::NotFound,
+            (_, Some(Code::ConstraintViolation)) => StateFault::Conflict,
+            (_, Some(Code::DiskFull)) => StateFault::Full,
+            (_, Some(Code::ReadOnly)) => StateFault::ReadOnly,
+            (_, Some(Code::DatabaseBusy | Code::DatabaseLocked | Code::CannotOpen)) => StateFault::Unavailable,
+            _ => StateFault::Other,
+        };
+        StateError::Store {
+            kind,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Result of state operations.
@@ -913,7 +966,7 @@ impl Db {
     pub fn insert_file(&self, workspace_id: &str, file: &FileRow) -> Result<FileRow> {
         insert_file(&self.lock(), workspace_id, file)?;
         self.file(workspace_id, &file.sha256)?
-            .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or_else(|| StateError::from(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// Notes that key `key_id` uploaded the file.
@@ -1051,7 +1104,7 @@ impl Db {
         // A row is never deleted, so the one just written or found is there.
         let stored = self
             .plugin(workspace_id, &plugin.name, &plugin.version)?
-            .ok_or(StateError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
+            .ok_or_else(|| StateError::from(rusqlite::Error::QueryReturnedNoRows))?;
         Ok((stored, inserted))
     }
 
