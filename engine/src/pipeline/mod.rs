@@ -19,6 +19,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,10 @@ use crate::sql::{self, ExecutionMeta, Script, ScriptStatement, SessionSettings};
 use crate::store::{RecordStore, Value};
 use crate::transform::{Chain, Plugins, StageContext};
 use crate::variables::{Converted, ScopeVariables};
+
+mod load;
+
+use load::*;
 
 /// The input file of a run.
 #[derive(Debug, Clone)]
@@ -450,41 +455,15 @@ impl Run {
             .update(|d| d.set_stage_status(stage, StageStatus::Completed));
     }
 
+    /// The run's stages, each a step below: the output directory, what
+    /// the connector needs, the input tables, what the script may read, the
+    /// scopes it makes, their variables, the load steps, then every scope's
+    /// rows streamed through to the end.
     async fn execute(&mut self, script_text: &str, input: Option<&InputFile>, limits: &Limits) -> Result<()> {
-        let connector = &self.connector;
-        std::fs::create_dir_all(self.out_dir.join("output"))
-            .map_err(|e| Error::io(format!("creating {}", self.out_dir.display()), e))?;
-        *Rejects::lock(&self.shared.rejects.writer) = Some(RejectedWriter::create(&self.out_dir.join("rejected.csv"))?);
-
+        self.open_outputs()?;
         self.at(Stage::Sql);
         let script = Script::parse(script_text)?;
-        if !connector.transforms.is_empty() && self.plugins.is_none() {
-            self.at(Stage::Transform);
-            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
-                "transforms",
-                "the connector has transform steps but the run has no plugin runtime",
-            )]));
-        }
-        let mut load_defs: Vec<&LoadDef> = connector.loads.iter().collect();
-        load_defs.sort_by_key(|l| l.order);
-        let records = match (&self.records, load_defs.is_empty()) {
-            (_, true) => None,
-            (None, false) => {
-                self.at(Stage::Load);
-                return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
-                    "loads",
-                    "the connector has load steps but the run has no record store and objects (objects.toml)",
-                )]));
-            }
-            (Some(records), false) => {
-                let problems = records.objects.check_loads(connector);
-                if !problems.is_empty() {
-                    self.at(Stage::Load);
-                    return Err(Error::InvalidConnector(problems));
-                }
-                Some(records)
-            }
-        };
+        let load_defs = self.check_needs()?;
 
         self.enter(Stage::Intake);
         let ctx = sql::session(&SessionSettings {
@@ -493,35 +472,130 @@ impl Run {
             batch_size: self.settings.batch_size,
             spill_dir: None,
         })?;
-        let _intake = match input {
-            Some(file) => {
-                let mut options = IntakeOptions::new(&connector.input, limits)?;
-                options.batch_size = self.settings.batch_size;
-                options.threads = self.settings.threads;
-                options.unpack_dir = Some(self.out_dir.clone());
-                let path = std::fs::canonicalize(&file.path)
-                    .map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;
-                let sink: Arc<dyn RejectSink> = self.shared.rejects.clone();
-                let intake = intake::open(&ctx, &path, &file.name, &options, sink, self.cancel.clone()).await?;
-                let tables: Vec<_> = intake
-                    .tables
-                    .iter()
-                    .map(|t| (t.name.as_str(), t.provider.clone()))
-                    .collect();
-                sql::register_inputs(&ctx, &tables)?;
-                lock(&self.shared.tables).extend(intake.tables.iter().map(|t| (t.name.clone(), t.stats.clone())));
-                Some(intake)
-            }
-            None => None,
-        };
+        let _intake = self.open_input(&ctx, input, limits).await?;
+        self.register_meta(&ctx, input)?;
+        let named = sql::Named::in_session(&ctx, &script)?;
+        self.register_sources(&ctx, &named).await?;
+        self.register_records(&ctx, &named)?;
+
+        self.enter(Stage::Sql);
+        let mut scopes = self.open_scopes(&ctx, &script).await?;
+        let compiled = self.compile_variables(&scopes)?;
+        let steps = self.open_loads(&load_defs)?;
+        self.shared
+            .progress
+            .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
+        for ((scope, sql_schema, _), vars) in scopes.schemas.iter().zip(&compiled) {
+            self.at(Stage::Sql);
+            let source = ScopeSource {
+                scope,
+                stream: sql::scope_stream(&ctx, scope, &script).await?,
+                csv: CsvOutput::create(
+                    &output::scope_file(&self.out_dir, scope)?,
+                    sql_schema,
+                    self.settings.output_row_cap,
+                )?,
+                chain: scopes.chains.remove(scope),
+                vars,
+                statement: sql::statement_of(&script, scope),
+            };
+            let scope_steps = steps.iter().filter(|s| &s.def().scope == scope).cloned().collect();
+            self.stream_scope(source, scope_steps, limits).await?;
+        }
         self.shared.refresh_tables();
+        self.complete(Stage::Intake);
+        self.complete(Stage::Sql);
+        if !self.connector.transforms.is_empty() {
+            self.complete(Stage::Transform);
+        }
+        self.complete(Stage::Variables);
+        if !steps.is_empty() {
+            self.complete(Stage::Load);
+        }
+        self.check_invalid_ratio(limits)
+    }
+
+    /// The output directory and `rejected.csv`, before anything can be
+    /// rejected.
+    fn open_outputs(&self) -> Result<()> {
+        std::fs::create_dir_all(self.out_dir.join("output"))
+            .map_err(|e| Error::io(format!("creating {}", self.out_dir.display()), e))?;
+        *Rejects::lock(&self.shared.rejects.writer) = Some(RejectedWriter::create(&self.out_dir.join("rejected.csv"))?);
+        Ok(())
+    }
+
+    /// What the connector needs of the run (a plugin runtime for its
+    /// transforms, a record store holding the objects its load steps
+    /// write), checked before any input is read; its load steps in order.
+    fn check_needs(&self) -> Result<Vec<LoadDef>> {
+        let connector = &self.connector;
+        if !connector.transforms.is_empty() && self.plugins.is_none() {
+            self.at(Stage::Transform);
+            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
+                "transforms",
+                "the connector has transform steps but the run has no plugin runtime",
+            )]));
+        }
+        let mut load_defs = connector.loads.clone();
+        load_defs.sort_by_key(|l| l.order);
+        if load_defs.is_empty() {
+            return Ok(load_defs);
+        }
+        let Some(records) = &self.records else {
+            self.at(Stage::Load);
+            return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
+                "loads",
+                "the connector has load steps but the run has no record store and objects (objects.toml)",
+            )]));
+        };
+        let problems = records.objects.check_loads(connector);
+        if !problems.is_empty() {
+            self.at(Stage::Load);
+            return Err(Error::InvalidConnector(problems));
+        }
+        Ok(load_defs)
+    }
+
+    /// The input file's tables, registered as `input.<table>`; intake goes
+    /// on while the script streams.
+    async fn open_input(
+        &self,
+        ctx: &SessionContext,
+        input: Option<&InputFile>,
+        limits: &Limits,
+    ) -> Result<Option<intake::Intake>> {
+        let Some(file) = input else {
+            self.shared.refresh_tables();
+            return Ok(None);
+        };
+        let mut options = IntakeOptions::new(&self.connector.input, limits)?;
+        options.batch_size = self.settings.batch_size;
+        options.threads = self.settings.threads;
+        options.unpack_dir = Some(self.out_dir.clone());
+        let path =
+            std::fs::canonicalize(&file.path).map_err(|e| Error::io(format!("opening {}", file.path.display()), e))?;
+        let sink: Arc<dyn RejectSink> = self.shared.rejects.clone();
+        let intake = intake::open(ctx, &path, &file.name, &options, sink, self.cancel.clone()).await?;
+        let tables: Vec<_> = intake
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.provider.clone()))
+            .collect();
+        sql::register_inputs(ctx, &tables)?;
+        lock(&self.shared.tables).extend(intake.tables.iter().map(|t| (t.name.clone(), t.stats.clone())));
+        self.shared.refresh_tables();
+        Ok(Some(intake))
+    }
+
+    /// `meta.current_execution` and `meta.parameters`.
+    fn register_meta(&self, ctx: &SessionContext, input: Option<&InputFile>) -> Result<()> {
         let doc = self.shared.progress.snapshot();
         sql::register_meta(
-            &ctx,
+            ctx,
             &ExecutionMeta {
                 execution_id: doc.id.clone(),
                 connector_id: doc.connector.id.clone(),
-                connector_api_name: connector.api_name.clone(),
+                connector_api_name: self.connector.api_name.clone(),
                 trigger_type: doc.trigger_type.as_str().to_string(),
                 is_dry_run: doc.is_dry_run,
                 source_file_id: doc.source_file_id.clone(),
@@ -534,85 +608,99 @@ impl Run {
                 window: (doc.window_start, doc.window_end),
                 started_at: doc.started_at.unwrap_or_else(chrono::Utc::now),
             },
-            &connector.parameters,
-        )?;
+            &self.connector.parameters,
+        )
+    }
 
-        let named = sql::Named::in_session(&ctx, &script)?;
-        if !connector.sources.is_empty() {
-            // Only the sources the script names are reached.
-            sources::register(
-                &ctx,
-                &connector.sources,
-                &named.schemas(),
-                &self.secrets,
-                &self.shared.remote,
-            )
-            .await?;
+    /// The sources the script names; only those are reached.
+    async fn register_sources(&self, ctx: &SessionContext, named: &sql::Named) -> Result<()> {
+        if self.connector.sources.is_empty() {
+            return Ok(());
         }
+        sources::register(
+            ctx,
+            &self.connector.sources,
+            &named.schemas(),
+            &self.secrets,
+            &self.shared.remote,
+        )
+        .await
+    }
 
-        if let Some(records) = &self.records {
-            for object in &records.objects.objects {
-                records.store.ensure_object(&records.workspace, object)?;
-            }
-            // Every object the script reads, as it is before this run loads
-            // anything: scopes that read after others loaded see what a dry
-            // run would see.
-            let read = named.tables_in(sql::RECORDS_SCHEMA);
-            if records.objects.objects.iter().any(|o| read.contains(&o.name)) {
-                let snapshot = records.store.snapshot()?;
-                for object in records.objects.objects.iter().filter(|o| read.contains(&o.name)) {
-                    let table = crate::records::RecordsTable::new(
-                        snapshot.clone(),
-                        &records.workspace,
-                        object,
-                        self.log.clone(),
-                    );
-                    sql::register_records(&ctx, &object.name, Arc::new(table))?;
-                }
-            }
+    /// `records.<object>` for every object the script reads, as it is
+    /// before this run loads anything: scopes that read after others loaded
+    /// see what a dry run would see.
+    fn register_records(&self, ctx: &SessionContext, named: &sql::Named) -> Result<()> {
+        let Some(records) = &self.records else {
+            return Ok(());
+        };
+        for object in &records.objects.objects {
+            records.store.ensure_object(&records.workspace, object)?;
         }
+        let read = named.tables_in(sql::RECORDS_SCHEMA);
+        if !records.objects.objects.iter().any(|o| read.contains(&o.name)) {
+            return Ok(());
+        }
+        let snapshot = records.store.snapshot()?;
+        for object in records.objects.objects.iter().filter(|o| read.contains(&o.name)) {
+            let table =
+                crate::records::RecordsTable::new(snapshot.clone(), &records.workspace, object, self.log.clone());
+            sql::register_records(ctx, &object.name, Arc::new(table))?;
+        }
+        Ok(())
+    }
 
-        // The script: intake goes on while the SQL stage streams.
-        self.enter(Stage::Sql);
-        let scopes = sql::run_script(&ctx, &script, sql::ScriptMode::Run).await?;
-        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
-        // Per scope: the SQL output schema and the schema after its transforms.
-        let mut schemas = Vec::new();
-        let mut chains: HashMap<String, Chain> = HashMap::new();
+    /// The script's scopes: each one's SQL output schema, its transform
+    /// chain opened, and the schema its variables read.
+    async fn open_scopes(&self, ctx: &SessionContext, script: &Script) -> Result<Scopes> {
+        let names = sql::run_script(ctx, script, sql::ScriptMode::Run).await?;
+        let mut scopes = Scopes {
+            names,
+            ..Scopes::default()
+        };
         let stage = self.stage_context();
-        for scope in &scopes {
+        for scope in &scopes.names {
             let table = ctx
                 .table(datafusion::common::TableReference::partial(
                     sql::OUTPUT_SCHEMA,
                     scope.as_str(),
                 ))
                 .await
-                .map_err(|e| sql::map_error(e, sql::statement_of(&script, scope)))?;
+                .map_err(|e| sql::map_error(e, sql::statement_of(script, scope)))?;
             let sql_schema = Arc::new(table.schema().as_arrow().clone());
             let mut schema = sql_schema.clone();
             if let Some(plugins) = &self.plugins
-                && connector.transforms.iter().any(|t| &t.scope == scope)
+                && self.connector.transforms.iter().any(|t| &t.scope == scope)
             {
                 self.enter(Stage::Transform);
-                if let Some((chain, out)) = Chain::open(plugins, connector, scope, sql_schema.clone(), &stage).await? {
+                if let Some((chain, out)) =
+                    Chain::open(plugins, &self.connector, scope, sql_schema.clone(), &stage).await?
+                {
                     schema = out;
                     self.transform_counts(&chain);
-                    chains.insert(scope.clone(), chain);
+                    scopes.chains.insert(scope.clone(), chain);
                 }
             }
-            columns.insert(
+            scopes.columns.insert(
                 scope.clone(),
                 schema.fields().iter().map(|f| f.name().clone()).collect(),
             );
-            schemas.push((scope.clone(), sql_schema, schema));
+            scopes.schemas.push((scope.clone(), sql_schema, schema));
         }
+        Ok(scopes)
+    }
+
+    /// Every scope's variables, checked against its columns; the report's
+    /// sheets and the document's per-scope counts.
+    fn compile_variables(&self, scopes: &Scopes) -> Result<Vec<ScopeVariables>> {
         self.at(Stage::Variables);
-        let problems = connector.check_scopes(&columns);
+        let connector = &self.connector;
+        let problems = connector.check_scopes(&scopes.columns);
         if !problems.is_empty() {
             return Err(Error::InvalidConnector(problems));
         }
         let mut compiled = Vec::new();
-        for (scope, _, schema) in &schemas {
+        for (scope, _, schema) in &scopes.schemas {
             let defs: Vec<_> = connector
                 .variables
                 .iter()
@@ -625,7 +713,7 @@ impl Run {
             let mut report = Rejects::lock(&self.shared.rejects.report);
             report.add_sheet(
                 scope,
-                columns[scope]
+                scopes.columns[scope]
                     .iter()
                     .filter(|c| c.as_str() != LINE_COLUMN)
                     .cloned()
@@ -640,9 +728,10 @@ impl Run {
                     .map(|f| f.name().as_str()),
             );
         }
+        let names = &scopes.names;
         self.shared.progress.update(|d| {
             if let Some(StepProgress::Sql { scopes: s, .. }) = d.stage_mut(Stage::Sql) {
-                *s = scopes
+                *s = names
                     .iter()
                     .map(|n| ScopeCount {
                         scope: n.clone(),
@@ -651,7 +740,7 @@ impl Run {
                     .collect();
             }
             if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables) {
-                *s = scopes
+                *s = names
                     .iter()
                     .map(|n| VariableCount {
                         scope: n.clone(),
@@ -660,68 +749,42 @@ impl Run {
                     .collect();
             }
         });
+        Ok(compiled)
+    }
 
+    /// The load steps, in order, each over its object in the record store.
+    fn open_loads(&self, load_defs: &[LoadDef]) -> Result<Vec<Arc<LoadStep>>> {
+        let Some(records) = self.records.as_ref().filter(|_| !load_defs.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        self.at(Stage::Load);
         let (dry_run, execution_id) = {
             let doc = self.shared.progress.snapshot();
             (doc.is_dry_run, doc.id)
         };
-        let mut steps: Vec<Arc<LoadStep>> = Vec::new();
-        if let Some(records) = records {
-            self.at(Stage::Load);
-            for def in &load_defs {
-                let object = records
-                    .objects
-                    .get(&def.object)
-                    .ok_or_else(|| Error::Internal(format!("object {} vanished", def.object)))?;
-                let step = LoadStep::new(
-                    (*def).clone(),
-                    object.clone(),
-                    &records.workspace,
-                    records.store.clone(),
-                    dry_run,
-                )?
-                .with_tally(&execution_id);
-                steps.push(Arc::new(step));
+        let mut steps = Vec::new();
+        for def in load_defs {
+            let object = records
+                .objects
+                .get(&def.object)
+                .ok_or_else(|| Error::Internal(format!("object {} vanished", def.object)))?;
+            let step = LoadStep::new(
+                def.clone(),
+                object.clone(),
+                &records.workspace,
+                records.store.clone(),
+                dry_run,
+            )?
+            .with_tally(&execution_id);
+            steps.push(Arc::new(step));
+        }
+        self.shared.progress.update(|d| {
+            if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load) {
+                *s = load_defs.iter().map(LoadCount::of).collect();
             }
-            self.shared.progress.update(|d| {
-                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load) {
-                    *s = load_defs.iter().map(|l| LoadCount::of(l)).collect();
-                }
-                d.set_stage_status(Stage::Load, StageStatus::Running);
-            });
-        }
-        self.shared
-            .progress
-            .update(|d| d.set_stage_status(Stage::Variables, StageStatus::Running));
-        for ((scope, sql_schema, _), vars) in schemas.iter().zip(&compiled) {
-            self.at(Stage::Sql);
-            let source = ScopeSource {
-                scope,
-                stream: sql::scope_stream(&ctx, scope, &script).await?,
-                csv: CsvOutput::create(
-                    &output::scope_file(&self.out_dir, scope)?,
-                    sql_schema,
-                    self.settings.output_row_cap,
-                )?,
-                chain: chains.remove(scope),
-                vars,
-                statement: sql::statement_of(&script, scope),
-            };
-            let scope_steps = steps.iter().filter(|s| &s.def().scope == scope).cloned().collect();
-            self.stream_scope(source, scope_steps, limits).await?;
-        }
-        self.shared.refresh_tables();
-        self.complete(Stage::Intake);
-        self.complete(Stage::Sql);
-        if !connector.transforms.is_empty() {
-            self.complete(Stage::Transform);
-        }
-        self.complete(Stage::Variables);
-        if !steps.is_empty() {
-            self.complete(Stage::Load);
-        }
-        self.check_invalid_ratio(limits)?;
-        Ok(())
+            d.set_stage_status(Stage::Load, StageStatus::Running);
+        });
+        Ok(steps)
     }
 
     /// Runs one scope to its end. The rows are read, written to the output
@@ -928,6 +991,18 @@ impl Run {
     }
 }
 
+/// The scopes a script makes, in order, as the stages after SQL see them.
+#[derive(Default)]
+struct Scopes {
+    names: Vec<String>,
+    /// Per scope: its SQL output schema and its schema after transforms.
+    schemas: Vec<(String, SchemaRef, SchemaRef)>,
+    /// Per scope: the columns its variables read.
+    columns: HashMap<String, Vec<String>>,
+    /// The transform chains of the scopes that have some.
+    chains: HashMap<String, Chain>,
+}
+
 /// What a scope's rows come from: its SQL output, the output CSV they are
 /// written to, its transforms and its variables.
 struct ScopeSource<'a> {
@@ -938,321 +1013,4 @@ struct ScopeSource<'a> {
     vars: &'a ScopeVariables,
     /// The statement that defines the scope, for the errors it raises.
     statement: Option<&'a ScriptStatement>,
-}
-
-/// One batch of a scope's final rows, converted, on its way to the loader.
-struct Prepared {
-    batch: RecordBatch,
-    converted: Converted,
-    /// How many rows of the scope came before the batch.
-    first_row: u64,
-    /// The valid rows' indexes in the batch (only when the scope has load
-    /// steps).
-    valid: Vec<usize>,
-    /// The valid rows' values for the load steps, in the order of `valid`.
-    rows: Vec<Row>,
-}
-
-/// The names of a scope's load rows: its variables, then a slot for each
-/// record id variable its steps fill in.
-fn load_names(schema: &SchemaRef, steps: &[Arc<LoadStep>]) -> Arc<Vec<String>> {
-    let mut names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    for step in steps {
-        if let Some(var) = &step.def().record_id_variable
-            && !names.contains(var)
-        {
-            names.push(var.clone());
-        }
-    }
-    Arc::new(names)
-}
-
-/// The valid rows of a converted batch: their indexes, and their values
-/// as load rows.
-fn load_rows(converted: &Converted, names: &Arc<Vec<String>>) -> Result<(Vec<usize>, Vec<Row>)> {
-    if converted.values.num_rows() != converted.valid.len() {
-        return Err(Error::Internal(
-            "variable values do not line up with the scope rows".into(),
-        ));
-    }
-    let valid: Vec<usize> = converted
-        .valid
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| **v)
-        .map(|(i, _)| i)
-        .collect();
-    let columns = converted.values.columns();
-    let rows = valid
-        .iter()
-        .map(|&r| {
-            let mut values: Vec<Value> = columns.iter().map(|c| value_at(c, r)).collect();
-            values.resize(names.len(), Value::Null);
-            Row::new(names.clone(), values)
-        })
-        .collect();
-    Ok((valid, rows))
-}
-
-/// Reports the invalid rows of a scope and loads its valid ones, batch by
-/// batch in order, on a thread of its own.
-///
-/// Rows are loaded in chunks, one transaction each. A chunk is decided
-/// while the chunk before it commits (on a second thread, the decisions
-/// seeing the committing chunk's records), and its outcomes are reported
-/// and counted only once its commit has landed: the counts say exactly
-/// what was written. A cancel is honoured between chunks: it waits for the
-/// commit in flight, and the chunk decided beside it is dropped unwritten.
-struct Loader {
-    scope: String,
-    /// The scope's load steps, in order.
-    steps: Vec<Arc<LoadStep>>,
-    shared: Shared,
-    /// Rows per commit.
-    chunk: usize,
-}
-
-/// A chunk decided by every load step of its scope, not yet reported.
-struct Pending {
-    /// Each step's decisions, in step order.
-    decided: Vec<Decided>,
-    /// The batch the chunk's rows come from, for the values of rejected rows.
-    batch: RecordBatch,
-    /// How many rows of the scope came before that batch.
-    first_row: u64,
-    /// The chunk's rows' indexes in the batch.
-    rows: Vec<usize>,
-    /// Invalid rows of the batch, reported just before the chunk's outcomes
-    /// to keep the rejected rows in order.
-    invalid: Vec<RejectedRow>,
-}
-
-impl Loader {
-    fn run(self, mut rx: mpsc::Receiver<Prepared>) -> Result<()> {
-        let mut pending = None;
-        while let Some(prepared) = rx.blocking_recv() {
-            if self.shared.halt.is_cancelled() {
-                return Err(Error::Canceled);
-            }
-            self.accept(prepared, &mut pending)?;
-        }
-        self.flush(&mut pending)
-    }
-
-    /// Reports and loads one batch; its last chunk may be left pending.
-    fn accept(&self, prepared: Prepared, pending: &mut Option<Pending>) -> Result<()> {
-        let Prepared {
-            batch,
-            converted,
-            first_row,
-            valid,
-            mut rows,
-        } = prepared;
-        let mut invalid = self.invalid(&batch, &converted, first_row)?;
-        let (valid_count, invalid_count) = (converted.valid.len() - invalid.len(), invalid.len());
-        if self.steps.is_empty() || rows.is_empty() {
-            self.flush(pending)?;
-            invalid.drain(..).for_each(|row| self.shared.rejects.reject(row));
-        }
-        for start in (0..rows.len()).step_by(self.chunk) {
-            if self.shared.halt.is_cancelled() {
-                return Err(Error::Canceled);
-            }
-            let end = (start + self.chunk).min(rows.len());
-            let decided = self.advance(pending, &mut rows[start..end])?;
-            *pending = Some(Pending {
-                decided,
-                batch: batch.clone(),
-                first_row,
-                rows: valid[start..end].to_vec(),
-                invalid: std::mem::take(&mut invalid),
-            });
-        }
-        self.shared.progress.update(|d| {
-            if let Some(StepProgress::Variables { scopes: s, .. }) = d.stage_mut(Stage::Variables)
-                && let Some(c) = s.iter_mut().find(|c| c.scope == self.scope)
-            {
-                c.total += (valid_count + invalid_count) as u64;
-                c.valid += valid_count as u64;
-                c.invalid += invalid_count as u64;
-            }
-        });
-        Ok(())
-    }
-
-    /// The invalid rows of a converted batch, as rejected rows.
-    fn invalid(&self, batch: &RecordBatch, converted: &Converted, first_row: u64) -> Result<Vec<RejectedRow>> {
-        if converted.valid.iter().all(|v| *v) {
-            return Ok(Vec::new());
-        }
-        let values = RowValues::new(batch)?;
-        let mut issues = converted.issues.iter().peekable();
-        let mut out = Vec::new();
-        for (row, ok) in converted.valid.iter().enumerate() {
-            let mut reasons = Vec::new();
-            while let Some((r, issue)) = issues.peek() {
-                if *r != row {
-                    break;
-                }
-                reasons.push(issue.to_string());
-                issues.next();
-            }
-            if !*ok {
-                out.push(self.rejected(Stage::Variables, first_row + row as u64 + 1, reasons, values.row(row)));
-            }
-        }
-        Ok(out)
-    }
-
-    fn rejected(
-        &self,
-        stage: Stage,
-        row: u64,
-        reasons: Vec<String>,
-        values: Vec<(String, Option<String>)>,
-    ) -> RejectedRow {
-        RejectedRow {
-            stage,
-            source: self.scope.clone(),
-            row,
-            line: None,
-            reasons,
-            values,
-            failed: false,
-        }
-    }
-
-    /// Decides a chunk with every step while the pending chunk commits,
-    /// then reports the pending one. A step's `record_id_variable` is
-    /// visible to the later steps.
-    fn advance(&self, pending: &mut Option<Pending>, rows: &mut [Row]) -> Result<Vec<Decided>> {
-        let previous = pending.take();
-        let (committed, decided) = std::thread::scope(|s| {
-            let commit = previous.as_ref().map(|p| s.spawn(|| self.commit(p)));
-            let decided = self.decide(rows, previous.as_ref());
-            let committed = commit.map_or(Ok(()), |c| {
-                c.join()
-                    .unwrap_or_else(|_| Err(Error::Internal("the commit thread panicked".into())))
-            });
-            (committed, decided)
-        });
-        committed?;
-        if let Some(p) = previous {
-            self.report(p)?;
-        }
-        decided
-    }
-
-    fn decide(&self, rows: &mut [Row], previous: Option<&Pending>) -> Result<Vec<Decided>> {
-        let mut out = Vec::with_capacity(self.steps.len());
-        for (i, step) in self.steps.iter().enumerate() {
-            let decided = step.decide(rows, previous.map(|p| &p.decided[i]))?;
-            if let Some(var) = &step.def().record_id_variable {
-                for (row, o) in rows.iter_mut().zip(decided.outcomes()) {
-                    row.set(var, o.record().map_or(Value::Null, |id| Value::Text(id.to_string())));
-                }
-            }
-            out.push(decided);
-        }
-        Ok(out)
-    }
-
-    fn commit(&self, pending: &Pending) -> Result<()> {
-        for (step, decided) in self.steps.iter().zip(&pending.decided) {
-            step.commit(decided)?;
-        }
-        Ok(())
-    }
-
-    /// Commits the pending chunk, if any, and reports it.
-    fn flush(&self, pending: &mut Option<Pending>) -> Result<()> {
-        if let Some(p) = pending.take() {
-            self.commit(&p)?;
-            self.report(p)?;
-        }
-        Ok(())
-    }
-
-    /// Reports a committed chunk: its rejected rows, then its counts.
-    fn report(&self, pending: Pending) -> Result<()> {
-        let Pending {
-            decided,
-            batch,
-            first_row,
-            rows,
-            invalid,
-        } = pending;
-        invalid.into_iter().for_each(|row| self.shared.rejects.reject(row));
-        let mut values = None;
-        for (step, decided) in self.steps.iter().zip(&decided) {
-            let def = step.def();
-            let outcomes = decided.outcomes();
-            for (k, o) in outcomes.iter().enumerate() {
-                let reason = match o {
-                    Outcome::Skipped(r) | Outcome::Failed(r) => r,
-                    _ => continue,
-                };
-                let values = match &values {
-                    Some(v) => v,
-                    None => values.insert(RowValues::new(&batch)?),
-                };
-                let row = rows[k];
-                let reasons = vec![format!("load {} into {}: {reason}", def.order, def.object)];
-                let mut rejected = self.rejected(Stage::Load, first_row + row as u64 + 1, reasons, values.row(row));
-                rejected.failed = matches!(o, Outcome::Failed(_));
-                self.shared.rejects.reject(rejected);
-            }
-            let counts = loads::count(outcomes);
-            self.shared.progress.update(|d| {
-                if let Some(StepProgress::Load { steps: s, .. }) = d.stage_mut(Stage::Load)
-                    && let Some(c) = s.iter_mut().find(|c| c.order == def.order)
-                {
-                    c.total += counts.total;
-                    c.created += counts.created;
-                    c.updated += counts.updated;
-                    c.skipped += counts.skipped;
-                    c.failed += counts.failed;
-                }
-            });
-        }
-        Ok(())
-    }
-}
-
-/// One variable value as the store takes it.
-fn value_at(array: &datafusion::arrow::array::ArrayRef, row: usize) -> Value {
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
-    if array.is_null(row) {
-        return Value::Null;
-    }
-    match array.data_type() {
-        DataType::Utf8 => Value::Text(array.as_string::<i32>().value(row).to_string()),
-        DataType::Float64 => Value::Number(array.as_primitive::<Float64Type>().value(row)),
-        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
-        DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(row)),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            Value::Datetime(array.as_primitive::<TimestampMicrosecondType>().value(row))
-        }
-        DataType::List(_) => {
-            let list = array.as_list::<i32>().value(row);
-            let options = FormatOptions::default();
-            let texts: Vec<String> = match ArrayFormatter::try_new(list.as_ref(), &options) {
-                Ok(f) => (0..list.len())
-                    .filter(|i| !list.is_null(*i))
-                    .map(|i| f.value(i).to_string())
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            if texts.is_empty() {
-                Value::Null
-            } else {
-                Value::Text(texts.join(", "))
-            }
-        }
-        _ => match ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()) {
-            Ok(f) => Value::Text(f.value(row).to_string()),
-            Err(_) => Value::Null,
-        },
-    }
 }
