@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +25,43 @@ use weir_engine::sql::Script;
 use weir_engine::store::{RecordStore, SqliteStore};
 use weir_engine::transform::{PluginDir, Plugins};
 
-use crate::cli::RunArgs;
+/// Arguments of `weir run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A dev package (.zip) or a directory with connector.toml, script.sql and data/.
+    pub package: PathBuf,
+    /// The input file (default: the one file under data/).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where outputs go: output/<scope>.csv, report.xlsx, rejected.csv.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Do everything except writing records.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the execution document as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Threads for the SQL engine and for parsing a CSV/TSV or JSON Lines input
+    /// (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Most rows written per scope output CSV.
+    #[arg(long)]
+    pub output_rows: Option<u64>,
+    /// Rows per load commit: a cancel waits for at most one such commit,
+    /// and a failed or canceled run keeps every commit before it.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// The local record store load steps write to (default: OUT/records.db).
+    /// Running again against the same file updates the records it holds.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// A file of the secrets the connector's sources need, one
+    /// `name = "value"` per line (TOML); `WEIR_SECRET_<NAME>` variables win.
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
+}
 
 /// Runs `weir run`. The exit code is 0 for success and partial success, 1
 /// for a failed run, 130 for a canceled one.

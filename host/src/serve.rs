@@ -2,15 +2,74 @@
 //! configuration layering with flags on top, the runtime, signals, and the
 //! bootstrap key printed once.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{KeysCommand, ServeArgs};
 use crate::server::auth::{self, Role};
 use crate::server::config::ServerConfig;
 use crate::server::state::Db;
+
+/// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win
+/// over the config file, which wins over the defaults.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The data directory (state, records, files, artifacts).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `weir keys` commands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (and the workspace, when new); prints the secret once.
+    Create {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name.
+        #[arg(long)]
+        workspace: String,
+        /// admin, operator, viewer or webhook.
+        #[arg(long)]
+        role: String,
+        /// Display name.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Limit the key to these connectors (ids or api_names), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        connectors: Option<Vec<String>>,
+    },
+    /// List a workspace's keys (never their secrets).
+    List {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The data directory.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        /// The key's id.
+        id: String,
+    },
+}
 
 /// Runs `weir serve` until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
