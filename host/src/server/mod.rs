@@ -14,8 +14,12 @@
 //! - [`queue`]: queue, workers, cancel, shutdown drain.
 //! - [`leases`]: worker ids, leases and heartbeats, cancels between
 //!   processes, and resolving runs whose process was lost.
+//! - [`triggers`]: the execution a trigger makes (API, webhook batch or
+//!   schedule tick): its script, and whether the connector may run now.
 //! - [`webhooks`]: webhook batches and Standard Webhooks signatures.
 //! - [`schedules`]: cron ticks of schedule connectors.
+//! - [`secrets`]: sealing workspace secrets, and opening one for the code
+//!   that uses it.
 //! - [`retention`]: what is deleted once past its workspace's retention.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
@@ -33,6 +37,7 @@ pub mod retention;
 pub mod schedules;
 pub mod secrets;
 pub mod state;
+pub mod triggers;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -605,7 +605,7 @@ pub fn job_plugins(app: &App, workspace_id: &str, connector: &Connector) -> BTre
 pub fn job_secrets(app: &App, workspace_id: &str, connector: &Connector) -> SecretValues {
     let mut values = BTreeMap::new();
     for name in weir_engine::sources::secrets_needed(&connector.sources) {
-        match super::api::secrets::value(app, workspace_id, &name) {
+        match super::secrets::open(&app.db, app.settings.secrets_key.as_ref(), workspace_id, &name) {
             Ok(Some(value)) => {
                 values.insert(name, value);
             }

@@ -26,9 +26,9 @@ use weir_engine::execution::TriggerType;
 use weir_engine::schedule::parse;
 
 use super::App;
-use super::api::runs::{Version, prepare};
 use super::queue;
 use super::state::{ConnectorRow, FileRow};
+use super::triggers::{Version, prepare};
 
 /// The longest the scheduler sleeps between two looks.
 const IDLE: Duration = Duration::from_secs(1);
@@ -153,15 +153,14 @@ pub fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::
 fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
     let file = tick_file(app, &row.workspace_id, tick)?;
     let mut execution = prepare(
-        app,
+        &app.db,
         &row.workspace_id,
         row,
         Version::Live,
         Some(file),
         false,
         TriggerType::Schedule,
-    )
-    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    )?;
     execution.document.window_start = app.db.last_successful_tick(&row.id, tick)?;
     execution.document.window_end = Some(tick);
     if !app.db.record_tick(&row.id, tick, &execution)? {

@@ -35,9 +35,9 @@ use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::execution::TriggerType;
 
 use super::App;
-use super::api::runs::{Version, prepare};
 use super::queue;
 use super::state::{FileRow, OpenBatch, WebhookRow, Workspace};
+use super::triggers::{Version, prepare};
 
 /// The largest payload accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -138,15 +138,14 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
     let payloads = app.db.batch_payloads(&batch.id)?;
     let file = batch_file(app, &batch.workspace_id, &payloads)?;
     let execution = prepare(
-        app,
+        &app.db,
         &batch.workspace_id,
         &row,
         Version::Live,
         Some(file),
         false,
         TriggerType::Webhook,
-    )
-    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+    )?;
     // A payload may join the batch while its file is written; then the claim
     // fails and the batch, still due, closes on the batcher's next look.
     if !app.db.close_batch(&batch.id, payloads.len(), &execution)? {
@@ -183,7 +182,7 @@ pub fn check_secret_env(
 pub fn secret_of(app: &App, workspace: &Workspace, connector: &Connector) -> Option<String> {
     let webhook = connector.webhook.as_ref()?;
     if let Some(name) = &webhook.secret {
-        return match super::api::secrets::value(app, &workspace.id, name) {
+        return match super::secrets::open(&app.db, app.settings.secrets_key.as_ref(), &workspace.id, name) {
             Ok(value) => value,
             Err(e) => {
                 tracing::warn!(secret = %name, error = %e, "a webhook signing secret cannot be opened");

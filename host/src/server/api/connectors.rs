@@ -681,7 +681,7 @@ pub async fn publish(
         &app,
         &caller,
         &row,
-        super::runs::Version::Draft,
+        crate::server::triggers::Version::Draft,
         Some(file),
         true,
         TriggerType::Publish,

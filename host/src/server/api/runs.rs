@@ -13,25 +13,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::connector::Connector;
 use weir_engine::error::Problem;
-use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType, TriggeredBy};
+use weir_engine::execution::{Execution, TriggerType, TriggeredBy};
 
 use super::connector_of;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::queue;
-use crate::server::state::{ConnectorRow, ExecutionRow, FileRow, IdempotencyKey, KeyUse};
-
-/// Which script a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    /// The live script (the draft for a dry run when nothing is live).
-    Live,
-    /// The draft.
-    Draft,
-}
+use crate::server::state::{ConnectorRow, FileRow, IdempotencyKey, KeyUse};
+use crate::server::triggers::{self, Version};
 
 /// `?dry_run=&filename=&parameters=` of a trigger.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -73,17 +65,6 @@ struct SourceFile {
     parameters: BTreeMap<String, serde_json::Value>,
 }
 
-/// Links of an execution's document.
-pub fn links(id: &str) -> Links {
-    let base = format!("/api/v1/executions/{id}");
-    Links {
-        report: format!("{base}/report.xlsx"),
-        rejected: format!("{base}/rejected.csv"),
-        output: format!("{base}/output.zip"),
-        self_: base,
-    }
-}
-
 /// The execution a trigger answers with.
 #[derive(Debug)]
 pub struct Started {
@@ -107,7 +88,7 @@ pub fn start(
     key: Option<&IdempotencyKey>,
     parameters: &BTreeMap<String, serde_json::Value>,
 ) -> ApiResult<Started> {
-    let mut execution = prepare(app, &caller.workspace_id, row, version, file, dry_run, trigger)?;
+    let mut execution = triggers::prepare(&app.db, &caller.workspace_id, row, version, file, dry_run, trigger)?;
     execution.document.triggered_by = Some(TriggeredBy {
         key_id: caller.key_id.clone(),
         key_name: caller.key_name.clone(),
@@ -138,69 +119,6 @@ pub fn start(
     let mut doc = execution.document;
     doc.queue_position = Some(app.db.queue_position(&execution.workspace_id, &doc.id)?);
     Ok(Started { doc, replayed: false })
-}
-
-/// A new queued execution of `row` on `file`, not stored yet.
-pub fn prepare(
-    app: &App,
-    workspace_id: &str,
-    row: &ConnectorRow,
-    version: Version,
-    file: Option<FileRow>,
-    dry_run: bool,
-    trigger: TriggerType,
-) -> ApiResult<ExecutionRow> {
-    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-    if !dry_run {
-        if connector.status == ConnectorStatus::Setup {
-            return Err(ApiError::conflict(
-                "connector_not_operational",
-                "the connector is in setup; only dry runs are possible until it is operational",
-            ));
-        }
-        if trigger == TriggerType::FileUpload && connector.kind != ConnectorType::Spreadsheet {
-            return Err(ApiError::conflict(
-                "wrong_connector_type",
-                "only spreadsheet connectors run on uploaded files (dry runs excepted)",
-            ));
-        }
-    }
-    let number = match (version, row.live_version) {
-        (Version::Live, Some(live)) => live,
-        (Version::Live, None) if dry_run => row.draft_version,
-        (Version::Live, None) => {
-            return Err(ApiError::conflict(
-                "no_live_script",
-                "the connector has no live SQL script; publish the draft first",
-            ));
-        }
-        (Version::Draft, _) => row.draft_version,
-    };
-    let script = app
-        .db
-        .sql_version(&row.id, number)?
-        .ok_or_else(|| ApiError::internal("a SQL version is missing"))?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let mut doc = Execution::new(
-        id.clone(),
-        ConnectorRef {
-            id: Some(row.id.clone()),
-            api_name: row.api_name.clone(),
-            version: Some(number),
-        },
-        trigger,
-        dry_run,
-    );
-    doc.source_file_id = file.as_ref().map(|f| f.sha256.clone());
-    doc.links = links(&id);
-    Ok(ExecutionRow {
-        workspace_id: workspace_id.to_string(),
-        connector_id: row.id.clone(),
-        definition: row.definition.clone(),
-        script: script.text,
-        input_name: file.map(|f| f.name),
-        document: doc,
-    })
 }
 
 /// The answer to a retry: the execution the key's first use created, if

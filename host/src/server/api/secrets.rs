@@ -144,17 +144,3 @@ pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(name): Pat
         Err(ApiError::not_found("secret"))
     }
 }
-
-/// The value of secret `name` of a workspace, opened for the code that
-/// uses it; `Ok(None)` when there is no such secret.
-pub fn value(app: &App, workspace_id: &str, name: &str) -> Result<Option<String>, String> {
-    let Some(row) = app.db.secret(workspace_id, name).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let key = app
-        .settings
-        .secrets_key
-        .as_ref()
-        .ok_or_else(|| format!("secret `{name}` cannot be opened: the server has no {KEY_VARIABLE}"))?;
-    key.open(workspace_id, name, &row.sealed).map(Some)
-}

@@ -1,0 +1,118 @@
+//! Making an execution of a connector, whatever triggered it (the API, a
+//! webhook batch, a schedule tick): which script it runs, and whether the
+//! connector may run it now. The caller stores and queues it.
+
+use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
+
+use super::error::ApiError;
+use super::state::{ConnectorRow, Db, ExecutionRow, FileRow, StateError};
+
+/// Which script a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The live script (the draft for a dry run when nothing is live).
+    Live,
+    /// The draft.
+    Draft,
+}
+
+/// Why an execution cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// A real run of a connector in setup.
+    #[error("the connector is in setup; only dry runs are possible until it is operational")]
+    NotOperational,
+    /// A real run of an uploaded file by a connector of another type.
+    #[error("only spreadsheet connectors run on uploaded files (dry runs excepted)")]
+    NotASpreadsheet,
+    /// A real run of a connector that has published nothing.
+    #[error("the connector has no live SQL script; publish the draft first")]
+    NoLiveScript,
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The stored definition does not parse.
+    #[error("the connector's stored definition does not parse: {0}")]
+    Definition(#[from] serde_json::Error),
+    /// The SQL version the connector names is not stored.
+    #[error("SQL version {0} is missing")]
+    MissingVersion(u32),
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        let detail = refused.to_string();
+        match refused {
+            Refused::NotOperational => ApiError::conflict("connector_not_operational", detail),
+            Refused::NotASpreadsheet => ApiError::conflict("wrong_connector_type", detail),
+            Refused::NoLiveScript => ApiError::conflict("no_live_script", detail),
+            Refused::State(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Links of an execution's document.
+pub fn links(id: &str) -> Links {
+    let base = format!("/api/v1/executions/{id}");
+    Links {
+        report: format!("{base}/report.xlsx"),
+        rejected: format!("{base}/rejected.csv"),
+        output: format!("{base}/output.zip"),
+        self_: base,
+    }
+}
+
+/// A new queued execution of `row` on `file`, not stored yet.
+pub fn prepare(
+    db: &Db,
+    workspace_id: &str,
+    row: &ConnectorRow,
+    version: Version,
+    file: Option<FileRow>,
+    dry_run: bool,
+    trigger: TriggerType,
+) -> Result<ExecutionRow, Refused> {
+    let connector: Connector = serde_json::from_str(&row.definition)?;
+    if !dry_run {
+        if connector.status == ConnectorStatus::Setup {
+            return Err(Refused::NotOperational);
+        }
+        if trigger == TriggerType::FileUpload && connector.kind != ConnectorType::Spreadsheet {
+            return Err(Refused::NotASpreadsheet);
+        }
+    }
+    let number = match (version, row.live_version) {
+        (Version::Live, Some(live)) => live,
+        (Version::Live, None) if dry_run => row.draft_version,
+        (Version::Live, None) => {
+            return Err(Refused::NoLiveScript);
+        }
+        (Version::Draft, _) => row.draft_version,
+    };
+    let script = db
+        .sql_version(&row.id, number)?
+        .ok_or(Refused::MissingVersion(number))?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut doc = Execution::new(
+        id.clone(),
+        ConnectorRef {
+            id: Some(row.id.clone()),
+            api_name: row.api_name.clone(),
+            version: Some(number),
+        },
+        trigger,
+        dry_run,
+    );
+    doc.source_file_id = file.as_ref().map(|f| f.sha256.clone());
+    doc.links = links(&id);
+    Ok(ExecutionRow {
+        workspace_id: workspace_id.to_string(),
+        connector_id: row.id.clone(),
+        definition: row.definition.clone(),
+        script: script.text,
+        input_name: file.map(|f| f.name),
+        document: doc,
+    })
+}
