@@ -52,7 +52,14 @@ class Api:
         headers = {"Authorization": f"Bearer {KEY}"}
         if content_type:
             headers["Content-Type"] = content_type
-        self.conn.request(method, "/api/v1" + path, body=body, headers=headers)
+        try:
+            self.conn.request(method, "/api/v1" + path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server closes a keep-alive connection left idle past its
+            # header timeout; nothing of this request was read: send it again.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            self.conn.request(method, "/api/v1" + path, body=body, headers=headers)
         r = self.conn.getresponse()
         data = r.read()
         try:

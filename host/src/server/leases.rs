@@ -32,7 +32,7 @@ use super::state::{Lease, StateError};
 
 /// How often a process reads the cancels stored for its runs: a cancel
 /// sent to another process reaches the run within this (and a write).
-const CANCEL_POLL: Duration = Duration::from_millis(25);
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 /// This process among those sharing the state store, and its life lock.
 #[derive(Debug)]
