@@ -742,7 +742,7 @@ async fn a_lost_run_gets_its_committed_counts_even_before_its_steps_were_saved()
     let row = ExecutionRow {
         workspace_id: ws.clone(),
         connector_id: connector.id.clone(),
-        definition: connector.definition.clone(),
+        definition: serde_json::to_string(&connector.connector).unwrap_or_else(|e| panic!("{e}")),
         script: String::new(),
         input_name: Some("c.csv".into()),
         document: doc,

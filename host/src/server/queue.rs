@@ -364,10 +364,7 @@ fn claim_and_start(app: &Arc<App>) -> Result<(), StateError> {
         };
         // The connector as it is now decides whether live runs may start
         // (an inactive connector holds them); a deleted one runs its snapshot.
-        let current: Option<Connector> = app
-            .db
-            .connector_by_id(&connector_id)?
-            .and_then(|c| serde_json::from_str(&c.definition).ok());
+        let current: Option<Connector> = app.db.connector_by_id(&connector_id)?.map(|c| c.connector);
         let status = current.as_ref().map_or(snapshot.status, |c| c.status);
         if !is_dry_run && status != ConnectorStatus::Operational {
             continue;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
-use weir_engine::connector::{Connector, ConnectorStatus};
+use weir_engine::connector::ConnectorStatus;
 use weir_engine::execution::TriggerType;
 use weir_engine::schedule::parse;
 
@@ -119,7 +119,7 @@ pub fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
     let now = app.schedules.clock.now();
     let mut next: Option<DateTime<Utc>> = None;
     for row in app.db.schedule_connectors()? {
-        let connector: Connector = serde_json::from_str(&row.definition)?;
+        let connector = &row.connector;
         let Some(def) = &connector.schedule else { continue };
         if connector.status == ConnectorStatus::Setup || row.live_version.is_none() {
             continue;

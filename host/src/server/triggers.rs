@@ -2,7 +2,7 @@
 //! webhook batch, a schedule tick): which script it runs, and whether the
 //! connector may run it now. The caller stores and queues it.
 
-use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
 
 use super::error::ApiError;
@@ -32,8 +32,8 @@ pub enum Refused {
     /// The state store failed.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The stored definition does not parse.
-    #[error("the connector's stored definition does not parse: {0}")]
+    /// The definition cannot be written into the execution.
+    #[error("the connector's definition cannot be written as JSON: {0}")]
     Definition(#[from] serde_json::Error),
     /// The SQL version the connector names is not stored.
     #[error("SQL version {0} is missing")]
@@ -74,7 +74,7 @@ pub fn prepare(
     dry_run: bool,
     trigger: TriggerType,
 ) -> Result<ExecutionRow, Refused> {
-    let connector: Connector = serde_json::from_str(&row.definition)?;
+    let connector = &row.connector;
     if !dry_run {
         if connector.status == ConnectorStatus::Setup {
             return Err(Refused::NotOperational);
@@ -110,7 +110,7 @@ pub fn prepare(
     Ok(ExecutionRow {
         workspace_id: workspace_id.to_string(),
         connector_id: row.id.clone(),
-        definition: row.definition.clone(),
+        definition: serde_json::to_string(&row.connector)?,
         script: script.text,
         input_name: file.map(|f| f.name),
         document: doc,

@@ -131,7 +131,7 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
     let Some(row) = app.db.connector(&batch.workspace_id, &batch.connector_id)? else {
         return Ok(None);
     };
-    let connector: Connector = serde_json::from_str(&row.definition)?;
+    let connector = &row.connector;
     if connector.status != ConnectorStatus::Operational || row.live_version.is_none() {
         return Ok(None);
     }

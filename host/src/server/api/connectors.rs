@@ -96,7 +96,7 @@ pub struct ConnectorRequest {
 }
 
 pub(super) fn view(row: &ConnectorRow) -> ApiResult<ConnectorView> {
-    let definition: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let definition = row.connector.clone();
     let mut warnings = Vec::new();
     if let Some(name) = definition.webhook.as_ref().and_then(|w| w.secret_env.as_deref())
         && std::env::var_os(name).is_none()
@@ -207,10 +207,6 @@ pub(super) fn parse_among(
     })
 }
 
-fn definition_text(connector: &Connector) -> ApiResult<String> {
-    serde_json::to_string(connector).map_err(ApiError::internal)
-}
-
 /// The workspace's connectors, newest first.
 #[utoipa::path(get, path = "/connectors", tag = "connectors", params(PageParams),
     responses(
@@ -288,7 +284,7 @@ pub(super) fn new_row(caller: &Caller, submitted: Submitted) -> ApiResult<(Conne
         id: uuid::Uuid::now_v7().to_string(),
         workspace_id: caller.workspace_id.clone(),
         api_name: submitted.connector.api_name.clone(),
-        definition: definition_text(&submitted.connector)?,
+        connector: submitted.connector,
         sample_file_id: submitted.sample_file_id,
         draft_version: 1,
         live_version: None,
@@ -332,7 +328,7 @@ pub async fn update(
 ) -> ApiResult<Json<ConnectorView>> {
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
-    let mut doc: Json_ = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let mut doc = serde_json::to_value(&row.connector).map_err(ApiError::internal)?;
     if let Json_::Object(map) = &mut doc {
         map.insert(
             "sample_file_id".into(),
@@ -399,12 +395,7 @@ pub(super) async fn check_replace(
     // A source decides where its secret is sent: only a key of the whole
     // workspace, which may manage the secrets, may point one elsewhere.
     let uses_secrets = submitted.connector.sources.iter().any(|s| s.secret.is_some());
-    if uses_secrets
-        && submitted.connector.sources
-            != serde_json::from_str::<Connector>(&row.definition)
-                .map_err(ApiError::internal)?
-                .sources
-    {
+    if uses_secrets && submitted.connector.sources != row.connector.sources {
         caller.require_whole_workspace().map_err(|_| {
             ApiError::forbidden(
                 "sources that use workspace secrets decide where those secrets are sent; \
@@ -419,7 +410,7 @@ pub(super) async fn check_replace(
     }
     Ok(ConnectorRow {
         api_name: submitted.connector.api_name.clone(),
-        definition: definition_text(&submitted.connector)?,
+        connector: submitted.connector.clone(),
         sample_file_id: submitted.sample_file_id.clone(),
         ..row.clone()
     })
@@ -550,7 +541,7 @@ pub async fn save_draft(
 /// objects when the connector loads records (as a run would see them).
 /// Without a sample only the parse is checked.
 async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str) -> ApiResult<()> {
-    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let connector = &row.connector;
     let sample = match &row.sample_file_id {
         Some(id) => app.db.file(&caller.workspace_id, id)?.map(|f| InputFile {
             path: app.files.path(&f.sha256),
@@ -560,7 +551,7 @@ async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str)
     };
     // A script reads `records.<object>` of every object of the workspace.
     let objects = app.db.object_defs(&caller.workspace_id)?;
-    check::script(&connector, text, sample.as_ref(), Some(&objects))
+    check::script(connector, text, sample.as_ref(), Some(&objects))
         .await
         .map_err(refused_script)
 }
@@ -589,8 +580,10 @@ async fn check_live(
     // An edit is refused for what it breaks, not for what was broken
     // before it (a sample the live script no longer reads, a variable
     // already missing its column): the next run says those.
-    let current: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
-    match (refused, check::connector(&current, &script.text, sample, objects).await) {
+    match (
+        refused,
+        check::connector(&row.connector, &script.text, sample, objects).await,
+    ) {
         (EngineError::InvalidConnector(problems), before) => {
             let before = match before {
                 Ok(()) => Vec::new(),
@@ -689,9 +682,12 @@ pub async fn publish(
         &std::collections::BTreeMap::new(),
     )?
     .doc;
-    let limit = serde_json::from_str::<Connector>(&row.definition)
+    let limit = row
+        .connector
+        .limits
+        .capped(&app.settings.limit_caps)
+        .parse()
         .ok()
-        .and_then(|c| c.limits.capped(&app.settings.limit_caps).parse().ok())
         .map_or(Duration::from_secs(300), |l| l.max_runtime);
     let done = wait_for_end(&app, &doc.id, limit + Duration::from_secs(30)).await?;
     if !matches!(

@@ -142,8 +142,7 @@ pub fn run_input(
     unknown: &str,
 ) -> ApiResult<FileRow> {
     if let Some(payloads) = payloads {
-        let connector: weir_engine::connector::Connector =
-            serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+        let connector = &row.connector;
         let refuse = |message: &str| Err(ApiError::invalid("validation_failed", message.to_string(), vec![]));
         if connector.kind != weir_engine::connector::ConnectorType::Webhook {
             return refuse("payloads are sample webhook payloads: the connector is not a webhook connector");
@@ -160,11 +159,8 @@ pub fn run_input(
             .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
         return Ok(file);
     }
-    let schedule = || {
-        serde_json::from_str::<weir_engine::connector::Connector>(&row.definition)
-            .is_ok_and(|c| c.kind == weir_engine::connector::ConnectorType::Schedule)
-    };
-    if source_file_id.is_none() && row.sample_file_id.is_none() && schedule() {
+    let schedule = row.connector.kind == weir_engine::connector::ConnectorType::Schedule;
+    if source_file_id.is_none() && row.sample_file_id.is_none() && schedule {
         // A schedule connector's input is its tick: a dry run gets one of now.
         return crate::server::schedules::tick_file(app, &caller.workspace_id, chrono::Utc::now())
             .map_err(ApiError::internal);

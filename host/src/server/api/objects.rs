@@ -100,7 +100,7 @@ fn reached(app: &App, caller: &Caller) -> ApiResult<Option<BTreeSet<String>>> {
     };
     let mut connectors = Vec::new();
     for row in app.db.connectors(&caller.workspace_id, Some(only), None, usize::MAX)? {
-        connectors.push(serde_json::from_str::<Connector>(&row.definition).map_err(ApiError::internal)?);
+        connectors.push(row.connector);
     }
     Ok(Some(used_by(&app.db.object_defs(&caller.workspace_id)?, &connectors)))
 }
@@ -160,7 +160,7 @@ fn load_object(app: &App, caller: &Caller, name: &str) -> ApiResult<ObjectDef> {
         .db
         .object(&caller.workspace_id, name)?
         .ok_or_else(|| ApiError::not_found("object"))?;
-    serde_json::from_str(&row.definition).map_err(ApiError::internal)
+    Ok(row.def)
 }
 
 /// The workspace's objects, by name.
@@ -177,10 +177,12 @@ pub async fn list(
 ) -> ApiResult<Json<Page<ObjectDef>>> {
     caller.require(Role::Viewer)?;
     let reached = reached(&app, &caller)?;
-    let mut out: Vec<ObjectDef> = Vec::new();
-    for row in app.db.objects(&caller.workspace_id)? {
-        out.push(serde_json::from_str(&row.definition).map_err(ApiError::internal)?);
-    }
+    let mut out: Vec<ObjectDef> = app
+        .db
+        .objects(&caller.workspace_id)?
+        .into_iter()
+        .map(|r| r.def)
+        .collect();
     if let Some(reached) = reached {
         out.retain(|o| reached.contains(&o.name));
     }
@@ -214,8 +216,7 @@ pub async fn create(
 }
 
 fn insert(app: &App, workspace_id: &str, def: &ObjectDef) -> ApiResult<bool> {
-    let text = serde_json::to_string(def).map_err(ApiError::internal)?;
-    if !app.db.insert_object(workspace_id, &def.name, &text)? {
+    if !app.db.insert_object(workspace_id, def)? {
         return Ok(false);
     }
     app.records
@@ -287,11 +288,10 @@ pub async fn update(
             problems,
         ));
     }
-    let text = serde_json::to_string(&def).map_err(ApiError::internal)?;
     app.records
         .ensure_object(&caller.workspace_id, &def)
         .map_err(ApiError::internal)?;
-    app.db.update_object(&caller.workspace_id, &name, &text)?;
+    app.db.update_object(&caller.workspace_id, &def)?;
     Ok(Json(def))
 }
 

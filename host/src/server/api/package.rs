@@ -242,11 +242,7 @@ pub async fn push(
     // the server's (a new connector starts in setup).
     let mut doc = serde_json::to_value(&package.connector).map_err(ApiError::internal)?;
     let status = match &existing {
-        Some(row) => serde_json::from_str::<serde_json::Value>(&row.definition)
-            .map_err(ApiError::internal)?
-            .get("status")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
+        Some(row) => serde_json::to_value(row.connector.status).map_err(ApiError::internal)?,
         None => serde_json::Value::String("setup".into()),
     };
     if let serde_json::Value::Object(map) = &mut doc {
@@ -293,11 +289,7 @@ pub async fn push(
     }
     let contents: Vec<String> = staged.iter().map(|(_, sha)| sha.clone()).collect();
     let write = PackageWrite {
-        objects: new_objects
-            .iter()
-            .map(|def| Ok((def.name.clone(), serde_json::to_string(def)?)))
-            .collect::<Result<_, serde_json::Error>>()
-            .map_err(ApiError::internal)?,
+        objects: new_objects.clone(),
         plugins,
         sample: sample.map(|f| (f, caller.key_id.clone())),
         connector,
@@ -412,7 +404,7 @@ fn build(
     params: &DevPackageParams,
 ) -> ApiResult<(Vec<u8>, String)> {
     let source_file_id = params.source_file_id.clone();
-    let mut connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let mut connector = row.connector.clone();
     let script = app
         .db
         .sql_version(&row.id, version)?

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use weir_engine::connector::Connector;
+
 use weir_engine::error::Stage;
 use weir_engine::execution::{ConnectorRef, Execution, StepProgress, TriggerType};
 use weir_engine::pipeline::Progress;
@@ -162,7 +162,7 @@ pub async fn preview(
         .db
         .sql_version(&row.id, version)?
         .ok_or_else(|| ApiError::internal("a SQL version is missing"))?;
-    let mut connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let mut connector = row.connector.clone();
     connector.limits = connector.limits.capped(&app.settings.limit_caps);
     let bound = connector.limits.parse().map_or(app.settings.preview_timeout, |l| {
         l.max_runtime.min(app.settings.preview_timeout)

@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use weir_engine::connector::{Connector, ConnectorStatus, ConnectorType};
+use weir_engine::connector::{ConnectorStatus, ConnectorType};
 
 use crate::server::App;
 use crate::server::auth::{authenticate, key_in};
@@ -69,7 +69,7 @@ pub async fn receive(
         )
     })?;
     let (row, signed_id) = sender(&app, &c, &headers, &body)?;
-    let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+    let connector = &row.connector;
     if connector.kind != ConnectorType::Webhook {
         return Err(ApiError::conflict(
             "wrong_connector_type",
@@ -94,7 +94,7 @@ pub async fn receive(
     })?;
     // Without [webhook], the default window; a stored connector's window
     // was checked when it was saved.
-    let webhook = connector.webhook.unwrap_or_default();
+    let webhook = connector.webhook.clone().unwrap_or_default();
     let window = webhook
         .window()
         .ok_or_else(|| ApiError::internal(format!("batch_window `{}` does not parse", webhook.batch_window)))?;
@@ -188,9 +188,9 @@ fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Co
     let row = app.db.connector_by_id(c)?;
     let secret = match &row {
         Some(row) => {
-            let connector: Connector = serde_json::from_str(&row.definition).map_err(ApiError::internal)?;
+            let connector = &row.connector;
             match app.db.workspace(&row.workspace_id)? {
-                Some(workspace) => secret_of(app, &workspace, &connector),
+                Some(workspace) => secret_of(app, &workspace, connector),
                 None => None,
             }
         }

@@ -4,13 +4,14 @@ use super::files::{insert_file, note_uploader};
 use super::objects::insert_object;
 use super::plugins::insert_plugin;
 use super::*;
+use weir_engine::connector::Connector;
+use weir_engine::objects::ObjectDef;
 
 /// What a package push writes (see [`Db::write_package`]).
 #[derive(Debug)]
 pub struct PackageWrite {
-    /// New objects: name and definition (JSON). One that exists meanwhile
-    /// is left as it is.
-    pub objects: Vec<(String, String)>,
+    /// New objects. One that exists meanwhile is left as it is.
+    pub objects: Vec<ObjectDef>,
     /// New plugin versions; their content is in the file store already.
     pub plugins: Vec<PluginRow>,
     /// The sample file and the key that pushed it.
@@ -56,8 +57,8 @@ pub struct ConnectorRow {
     pub workspace_id: String,
     /// `api_name`.
     pub api_name: String,
-    /// The definition (JSON of `Connector`, without SQL text).
-    pub definition: String,
+    /// The definition, parsed (its SQL lives in the SQL versions).
+    pub connector: Connector,
     /// The sample file.
     pub sample_file_id: Option<String>,
     /// The draft SQL version.
@@ -89,7 +90,7 @@ pub(super) fn insert_connector(conn: &Connection, row: &ConnectorRow, draft: &st
     let n = conn.execute(
         "INSERT INTO connectors (id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 1, NULL, ?6, ?6) ON CONFLICT DO NOTHING",
-        params![row.id, row.workspace_id, row.api_name, row.definition, row.sample_file_id, now()],
+        params![row.id, row.workspace_id, row.api_name, serde_json::to_string(&row.connector)?, row.sample_file_id, now()],
     )?;
     if n == 0 {
         return Ok(false);
@@ -105,7 +106,13 @@ pub(super) fn insert_connector(conn: &Connection, row: &ConnectorRow, draft: &st
 fn update_connector(conn: &Connection, row: &ConnectorRow) -> Result<bool> {
     let r = conn.execute(
         "UPDATE connectors SET api_name = ?2, definition = ?3, sample_file_id = ?4, updated_at = ?5 WHERE id = ?1",
-        params![row.id, row.api_name, row.definition, row.sample_file_id, now()],
+        params![
+            row.id,
+            row.api_name,
+            serde_json::to_string(&row.connector)?,
+            row.sample_file_id,
+            now()
+        ],
     );
     match r {
         Ok(_) => Ok(true),
@@ -141,7 +148,8 @@ impl Db {
             id: r.get(0)?,
             workspace_id: r.get(1)?,
             api_name: r.get(2)?,
-            definition: r.get(3)?,
+            connector: serde_json::from_str(&r.get::<_, String>(3)?)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?,
             sample_file_id: r.get(4)?,
             draft_version: r.get(5)?,
             live_version: r.get(6)?,
@@ -240,8 +248,8 @@ impl Db {
     pub fn write_package(&self, workspace_id: &str, push: &PackageWrite) -> Result<Result<(), PushRefused>> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for (name, definition) in &push.objects {
-            insert_object(&tx, workspace_id, name, definition)?;
+        for def in &push.objects {
+            insert_object(&tx, workspace_id, def)?;
         }
         for plugin in &push.plugins {
             if !insert_plugin(&tx, workspace_id, plugin)? {

@@ -439,11 +439,16 @@ mod tests {
     fn publishing_keeps_every_version_and_starts_a_new_draft() {
         let (_dir, db) = db();
         let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
+        let connector = weir_engine::connector::Connector::parse_json_value(serde_json::json!({
+            "api_name": "orders", "type": "spreadsheet"
+        }))
+        .document
+        .unwrap_or_else(|| panic!("a connector"));
         let row = ConnectorRow {
             id: "c1".into(),
             workspace_id: ws.id.clone(),
             api_name: "orders".into(),
-            definition: "{}".into(),
+            connector,
             sample_file_id: None,
             draft_version: 1,
             live_version: None,
@@ -460,6 +465,11 @@ mod tests {
         );
         assert_eq!(db.save_draft("c1", "v2").ok(), Some(2));
         let c = db.connector(&ws.id, "orders").ok().flatten();
+        assert_eq!(
+            c.as_ref().map(|c| &c.connector),
+            Some(&row.connector),
+            "a stored connector comes back parsed"
+        );
         assert_eq!(c.map(|c| (c.live_version, c.draft_version)), Some((Some(1), 2)));
         let versions = db.sql_versions("c1").unwrap_or_default();
         let texts: Vec<_> = versions.iter().map(|v| (v.version, v.text.as_str())).collect();

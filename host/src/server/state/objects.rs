@@ -1,19 +1,21 @@
 //! Object definitions.
 
 use super::*;
+use weir_engine::objects::ObjectDef;
 
 /// An object definition as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectRow {
-    /// The definition (JSON of `ObjectDef`).
-    pub definition: String,
+    /// The definition, parsed.
+    pub def: ObjectDef,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
 }
 
-pub(super) fn insert_object(conn: &Connection, workspace_id: &str, name: &str, definition: &str) -> Result<bool> {
+pub(super) fn insert_object(conn: &Connection, workspace_id: &str, def: &ObjectDef) -> Result<bool> {
+    let (name, definition) = (&def.name, serde_json::to_string(def)?);
     let n = conn.execute(
         "INSERT INTO objects (workspace_id, name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT DO NOTHING",
@@ -34,7 +36,8 @@ impl Db {
 
     fn object_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectRow> {
         Ok(ObjectRow {
-            definition: r.get(0)?,
+            def: serde_json::from_str(&r.get::<_, String>(0)?)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
             created_at: time(&r.get::<_, String>(1)?),
             updated_at: time(&r.get::<_, String>(2)?),
         })
@@ -42,10 +45,7 @@ impl Db {
 
     /// The workspace's object definitions, parsed (what load steps write to).
     pub fn object_defs(&self, workspace_id: &str) -> Result<Objects> {
-        let mut objects = Vec::new();
-        for o in self.objects(workspace_id)? {
-            objects.push(serde_json::from_str(&o.definition)?);
-        }
+        let objects = self.objects(workspace_id)?.into_iter().map(|o| o.def).collect();
         Ok(Objects { objects })
     }
 
@@ -62,15 +62,15 @@ impl Db {
     }
 
     /// Creates an object; false when one of that name exists.
-    pub fn insert_object(&self, workspace_id: &str, name: &str, definition: &str) -> Result<bool> {
-        insert_object(&self.lock(), workspace_id, name, definition)
+    pub fn insert_object(&self, workspace_id: &str, def: &ObjectDef) -> Result<bool> {
+        insert_object(&self.lock(), workspace_id, def)
     }
 
     /// Replaces an object's definition.
-    pub fn update_object(&self, workspace_id: &str, name: &str, definition: &str) -> Result<()> {
+    pub fn update_object(&self, workspace_id: &str, def: &ObjectDef) -> Result<()> {
         self.lock().execute(
             "UPDATE objects SET definition = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND name = ?2",
-            params![workspace_id, name, definition, now()],
+            params![workspace_id, def.name, serde_json::to_string(def)?, now()],
         )?;
         Ok(())
     }
