@@ -310,7 +310,6 @@ impl PluginRuntime {
 /// epoch interruption cannot reach, so a plugin sleeping for an hour would
 /// hold its thread past any cancel or deadline. With no files, sockets or
 /// stdin, clock subscriptions are the only things a guest could wait on;
-
 /// they trap instead (reading the clock stays allowed).
 fn forbid_waiting(linker: &mut Linker<Guest>) -> wasmtime::Result<()> {
     use wasmtime::component::Resource;
