@@ -16,6 +16,10 @@ pub struct Lease {
     pub until: Option<i64>,
 }
 
+/// The workspace's queued executions ahead of one.
+pub(super) const QUEUE_POSITION: &str =
+    "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND workspace_id = ?1 AND id < ?2";
+
 impl Db {
     /// Saves an execution's document; with `from`, only while the stored
     /// status is still `from` (false otherwise).
@@ -151,9 +155,7 @@ impl Db {
     /// How many queued executions of the workspace are ahead of `id`.
     pub fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND workspace_id = ?1 AND id < ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(QUEUE_POSITION)?;
         let n: i64 = stmt.query_row([workspace_id, id], |r| r.get(0))?;
         Ok(n as u64)
     }

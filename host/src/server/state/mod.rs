@@ -335,6 +335,11 @@ ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX executions_by_owner ON executions (owner) WHERE owner IS NOT NULL;
 CREATE INDEX executions_by_connector_status ON executions (connector_id, status);
 "#,
+    // A queue position counts the workspace's queued executions ahead of
+    // one, from this index alone, however long the queue.
+    r#"
+CREATE INDEX executions_queued ON executions (workspace_id, id) WHERE status = 'queued';
+"#,
 ];
 
 /// An execution's document as readers see it: a running execution whose
@@ -507,6 +512,25 @@ mod tests {
         assert_eq!(db.save_document(&running, Some(Status::Queued)).ok(), Some(false));
         let stored = db.execution("e1").ok().flatten().map(|r| r.document.status);
         assert_eq!(stored, Some(Status::Canceled));
+    }
+
+    #[test]
+    fn a_queue_position_is_counted_from_an_index_of_queued_executions_alone() {
+        let (_dir, db) = db();
+        let plan: Vec<String> = {
+            let conn = db.lock();
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", super::leases::QUEUE_POSITION))
+                .unwrap_or_else(|e| panic!("{e}"));
+            stmt.query_map(["w", "e"], |r| r.get::<_, String>(3))
+                .and_then(|rows| rows.collect())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(
+            plan,
+            ["SEARCH executions USING COVERING INDEX executions_queued (workspace_id=? AND id<?)"],
+            "no row of the table is read"
+        );
     }
 
     #[test]
