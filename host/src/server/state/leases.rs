@@ -71,7 +71,8 @@ impl Db {
     }
 
     /// Extends `owner`'s leases on `ids` to `until`; the ids whose lease
-    /// it no longer holds.
+    /// another process holds now (a run that has just ended, still owned,
+    /// is not one of them).
     pub fn extend_leases(&self, owner: &str, ids: &[String], until: i64) -> Result<Vec<String>> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -80,8 +81,12 @@ impl Db {
             let mut stmt = tx.prepare_cached(&format!(
                 "UPDATE executions SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND status IN {LEASED}"
             ))?;
+            let mut still_ours =
+                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM executions WHERE id = ?1 AND owner = ?2)")?;
             for id in ids {
-                if stmt.execute(params![id, owner, until])? == 0 {
+                if stmt.execute(params![id, owner, until])? == 0
+                    && !still_ours.query_row(params![id, owner], |r| r.get::<_, bool>(0))?
+                {
                     lost.push(id.clone());
                 }
             }

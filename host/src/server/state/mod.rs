@@ -597,6 +597,18 @@ mod tests {
         assert_eq!(shown, Some(Status::Canceling));
         assert_eq!(db.cancel_requests("p2").ok(), Some(vec!["e2".to_string()]));
         assert_eq!(db.request_cancel("e4").ok(), Some(false), "a queued run is not running");
+
+        // A run that has just ended is not a lost lease: its owner renewing
+        // in the same moment stops nothing.
+        let mut ended = db
+            .execution("e2")
+            .ok()
+            .flatten()
+            .map(|r| r.document)
+            .unwrap_or_else(|| panic!("e2"));
+        ended.transition(Status::Canceled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_owned(&ended, "p2").ok(), Some(true));
+        assert_eq!(db.extend_leases("p2", &["e2".into()], 4_000).ok(), Some(vec![]));
     }
 
     fn queued(workspace_id: &str, id: &str) -> ExecutionRow {
