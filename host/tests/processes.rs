@@ -331,3 +331,52 @@ async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_on_one_data_directory_run_each_tick_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let p0 = process(dir.path(), "p0", "2");
+    let p1 = process(dir.path(), "p1", "2");
+    let (s, b) = call(
+        &p0.base,
+        reqwest::Method::POST,
+        "/connectors",
+        Some(serde_json::json!({
+            "api_name": "ticks", "type": "schedule",
+            "schedule": {"cron": "* * * * * *", "timezone": "UTC"},
+            "limits": {"max_concurrency": 4},
+            "sql": {"text": "CREATE VIEW output.tick AS SELECT CAST(schedule_trigger_time AS VARCHAR) AS at FROM input.schedule"},
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    common::go_live(&p0.base, "ticks").await;
+    // Both processes look at least every second; let several ticks pass.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (s, b) = call(
+        &p1.base,
+        reqwest::Method::GET,
+        "/connectors/ticks/executions?limit=100",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let runs: Vec<Value> = b["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["trigger_type"] == "schedule")
+        .collect();
+    let mut ticks: Vec<String> = runs.iter().map(|e| e["window_end"].to_string()).collect();
+    assert!(ticks.len() >= 2, "ticks ran: {runs:?}");
+    let all = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), all, "a tick ran twice: {runs:?}");
+    for run in &runs {
+        let id = run["id"].as_str().unwrap_or_default();
+        let done = wait_end(&p0.base, id).await;
+        assert_eq!(done["status"], "success", "{done}");
+    }
+}
