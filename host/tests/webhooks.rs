@@ -361,3 +361,47 @@ async fn a_zero_window_runs_each_webhook_and_an_inactive_connector_buffers_acros
     assert_eq!(executions(&p.base, "held").await.len(), 1);
     p.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_sent_to_two_processes_each_land_in_exactly_one_run() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = secret();
+    let p0 = serve(dir.path(), &[(SECRET_ENV, &secret), ("WEIR_WORKER_ID", "p0")]);
+    let p1 = serve(dir.path(), &[(SECRET_ENV, &secret), ("WEIR_WORKER_ID", "p1")]);
+    hooks(&p0.base, "shared", "1s", "operational").await;
+    const SENT: usize = 40;
+    for i in 0..SENT {
+        let base = if i % 2 == 0 { &p0.base } else { &p1.base };
+        let (s, b) = post(base, "shared", format!("{{\"n\":\"marker-{i}\"}}").into_bytes(), None).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    // Either process closes the batches; every payload is in one ended run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let texts = loop {
+        let list = executions(&p1.base, "shared").await;
+        let ended = list
+            .iter()
+            .all(|e| matches!(e["status"].as_str(), Some("success" | "partial_success" | "failed")));
+        if ended && !list.is_empty() {
+            let mut texts = Vec::new();
+            for e in &list {
+                assert_eq!(e["status"], "success", "{e}");
+                texts.push(events(&p0.base, e["id"].as_str().unwrap_or_default()).await);
+            }
+            let rows: usize = texts.iter().map(|t| t.lines().count().saturating_sub(1)).sum();
+            if rows >= SENT {
+                break texts;
+            }
+        }
+        assert!(Instant::now() < deadline, "not every payload ran: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let all = texts.concat();
+    for i in 0..SENT {
+        assert_eq!(
+            all.matches(&format!("marker-{i}\"")).count(),
+            1,
+            "payload {i} must be in exactly one run"
+        );
+    }
+}
