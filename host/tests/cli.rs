@@ -6,13 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn weir(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    weir_command(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running weir: {e}"))
+}
+
+/// `weir` with `args`, run from the repository.
+fn weir_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
         .args(args)
         .current_dir(repo())
         // Compiled plugins are cached here, not in the user's cache.
-        .env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"))
-        .output()
-        .unwrap_or_else(|e| panic!("running weir: {e}"))
+        .env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"));
+    command
 }
 
 fn repo() -> PathBuf {
@@ -996,10 +1003,7 @@ fn weir_with_peak(args: &[&str]) -> (Output, u64) {
     let logs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (out, err) = (logs.path().join("out"), logs.path().join("err"));
     let file = |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(repo())
-        .env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"))
+    let mut child = weir_command(args)
         .stdout(file(&out))
         .stderr(file(&err))
         .spawn()

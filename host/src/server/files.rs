@@ -184,6 +184,15 @@ impl FileStore {
         Ok((tmp.into_temp_path(), sha256))
     }
 
+    /// [`Self::stage_bytes`] on a blocking thread: hashing, writing and
+    /// syncing a file of up to the upload limit is blocking work.
+    pub async fn stage(&self, bytes: Vec<u8>) -> std::io::Result<(tempfile::TempPath, String)> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.stage_bytes(&bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// Removes the content with `sha256` unless `in_use` says something
     /// still holds it; true when it was removed (or was not there).
     pub fn remove_unless(&self, sha256: &str, in_use: impl FnOnce() -> std::io::Result<bool>) -> std::io::Result<bool> {

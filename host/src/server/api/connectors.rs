@@ -350,13 +350,19 @@ pub(super) async fn replace(
     row: &ConnectorRow,
     submitted: Submitted,
 ) -> ApiResult<ConnectorRow> {
-    let objects = app.db.object_defs(&caller.workspace_id)?;
-    let sample = match &submitted.sample_file_id {
-        Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
-            path: app.files.path(&f.sha256),
-            name: f.name,
-        }),
-        None => None,
+    // What an operational connector's edit is checked against, read only
+    // when it is checked.
+    let (objects, sample) = if needs_live_check(row, &submitted) {
+        let sample = match &submitted.sample_file_id {
+            Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
+                path: app.files.path(&f.sha256),
+                name: f.name,
+            }),
+            None => None,
+        };
+        (app.db.object_defs(&caller.workspace_id)?, sample)
+    } else {
+        (Objects::default(), None)
     };
     let updated = check_replace(app, caller, row, &submitted, &objects, sample.as_ref()).await?;
     if !app.db.update_connector(&updated)? {
@@ -378,8 +384,15 @@ pub(super) fn replaced(app: &App, caller: &Caller, row: &ConnectorRow) -> ApiRes
         .ok_or_else(|| ApiError::not_found("connector"))
 }
 
+/// Whether a replacement of `row` must fit its live script's output: the
+/// connector has one and stays (or becomes) operational.
+fn needs_live_check(row: &ConnectorRow, submitted: &Submitted) -> bool {
+    row.live_version.is_some() && submitted.connector.status == ConnectorStatus::Operational
+}
+
 /// Checks a replacement of `row` against `objects` and the connector's
-/// `sample`, and gives the row as it is to be; nothing is written.
+/// `sample` (both read only for an operational connector with a live
+/// script), and gives the row as it is to be; nothing is written.
 pub(super) async fn check_replace(
     app: &App,
     caller: &Caller,
@@ -403,9 +416,7 @@ pub(super) async fn check_replace(
             )
         })?;
     }
-    if let Some(live) = row.live_version
-        && submitted.connector.status == ConnectorStatus::Operational
-    {
+    if let Some(live) = row.live_version.filter(|_| needs_live_check(row, submitted)) {
         check_live(app, row, submitted, live, objects, sample).await?;
     }
     Ok(ConnectorRow {

@@ -215,13 +215,8 @@ pub async fn push(
         Some(file) => {
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
             let size = bytes.len() as u64;
-            let files = app.files.clone();
-            // Hashing and writing a sample of up to the package limit is
-            // blocking work; the staged copy is not in the store yet.
-            let (tmp, sha256) = tokio::task::spawn_blocking(move || files.stage_bytes(&bytes))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(ApiError::internal)?;
+            // The staged copy is not in the store yet.
+            let (tmp, sha256) = app.files.stage(bytes).await.map_err(ApiError::internal)?;
             staged.push((tmp, sha256.clone()));
             Some(FileRow {
                 sha256,
@@ -279,12 +274,7 @@ pub async fn push(
     // leaves again when the transaction does not happen.
     let mut plugins = Vec::new();
     for (row, wasm) in new_plugins {
-        let files = app.files.clone();
-        let (tmp, sha256) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        staged.push((tmp, sha256));
+        staged.push(app.files.stage(wasm).await.map_err(ApiError::internal)?);
         plugins.push(row);
     }
     let contents: Vec<String> = staged.iter().map(|(_, sha)| sha.clone()).collect();

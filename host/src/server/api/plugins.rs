@@ -121,11 +121,7 @@ pub(super) async fn register(
         Checked::Published(known) => return Ok((known, false)),
         Checked::New(row, wasm) => (row, wasm),
     };
-    let files = app.files.clone();
-    let (staged, _) = tokio::task::spawn_blocking(move || files.stage_bytes(&wasm))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let (staged, _) = app.files.stage(wasm).await.map_err(ApiError::internal)?;
     let (stored_row, inserted) = {
         let _held = app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
         app.db.insert_plugin(workspace_id, &row)?
