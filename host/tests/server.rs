@@ -31,6 +31,19 @@ async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Server {
 }
 
 async fn start_clocked(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Clock>) -> Server {
+    start_full(edit, clock, None).await
+}
+
+/// A server keeping files, plugins and artifacts in `store`.
+async fn start_on_blob_store(store: Arc<dyn object_store::ObjectStore>) -> Server {
+    start_full(|_| {}, Arc::new(SystemClock), Some(store)).await
+}
+
+async fn start_full(
+    edit: impl FnOnce(&mut ServerConfig),
+    clock: Arc<dyn Clock>,
+    blob_store: Option<Arc<dyn object_store::ObjectStore>>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = ServerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -44,6 +57,7 @@ async fn start_clocked(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Cloc
     let mut settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
     // Runs execute in worker processes of the weir binary, not of this test.
     settings.worker_program = env!("CARGO_BIN_EXE_weir").into();
+    settings.blob_store = blob_store;
     let server = server::start_with_clock(settings, clock)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1662,6 +1676,117 @@ async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_blob_store_that_is_not_a_directory_keeps_and_serves_everything_from_it() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let store = Arc::new(object_store::memory::InMemory::new());
+    let s = start_on_blob_store(store.clone()).await;
+    let keys = || async {
+        let listed: Vec<_> = store.list(None).try_collect().await.unwrap_or_else(|e| panic!("{e}"));
+        listed.into_iter().map(|m| m.location.to_string()).collect::<Vec<_>>()
+    };
+    let p = s
+        .publish_plugin(ADMIN, "phone-normalize", "0.1.0", &plugin_bytes("phone-normalize"))
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    operational_importer_with(&s, |doc| {
+        doc["sql"]["text"] =
+            json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
+        doc["transforms"] =
+            json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
+    })
+    .await;
+
+    // A run reads its input and plugin from the store and leaves its
+    // artifacts there; the data directory holds none of them.
+    let csv = b"Email,City\nada@example.com,London\nbad-email,Paris\n";
+    let id = trigger(&s, "june.csv", csv).await;
+    let done = s.wait_end(&id).await;
+    assert_eq!(done["status"], "partial_success", "{done}");
+    assert_eq!(done["step_progress"][2]["status"], "completed", "{done}");
+    let data_dir = &s.app.settings.config.data_dir;
+    for local in ["files", "executions"] {
+        assert_eq!(files_under(&data_dir.join(local)), 0, "{local}/ in the data directory");
+    }
+    let stored = keys().await;
+    let input = done["source_file_id"].as_str().unwrap_or_default();
+    assert!(stored.contains(&format!("files/{}/{input}", &input[..2])), "{stored:?}");
+    for artifact in ["report.xlsx", "rejected.csv", "output/people.csv"] {
+        assert!(
+            stored.contains(&format!("executions/{id}/{artifact}")),
+            "{artifact}: {stored:?}"
+        );
+    }
+
+    // Served from the store: the input, each artifact, output.zip.
+    assert_eq!(s.get(&format!("/executions/{id}/input"), ADMIN).await.bytes, csv);
+    let rejected = s.get(&format!("/executions/{id}/rejected.csv"), ADMIN).await;
+    assert_eq!(rejected.status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&rejected.bytes).contains("bad-email"),
+        "{}",
+        rejected.body
+    );
+    let report = s.get(&format!("/executions/{id}/report.xlsx"), ADMIN).await;
+    assert_eq!(report.status, StatusCode::OK);
+    assert!(report.bytes.starts_with(b"PK"), "report.xlsx is a zip");
+    let zip = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
+    assert_eq!(zip.status, StatusCode::OK, "{}", zip.body);
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut people = String::new();
+    std::io::Read::read_to_string(
+        &mut archive.by_name("output/people.csv").unwrap_or_else(|e| panic!("{e}")),
+        &mut people,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        people.starts_with("email,city,phone") && people.contains("ada@example.com"),
+        "{people}"
+    );
+    assert!(
+        keys().await.contains(&format!("executions/{id}/output.zip")),
+        "output.zip is kept"
+    );
+
+    // A preview and a dev package read the same store.
+    let preview = s.post("/connectors/contacts_import/preview", ADMIN, json!({})).await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    let package = s
+        .get("/connectors/contacts_import/dev-package?version=draft", ADMIN)
+        .await;
+    assert_eq!(package.status, StatusCode::OK, "{}", package.body);
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(package.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["plugins/phone-normalize-0.1.0.wasm", "data/contacts.csv"] {
+        let mut bytes = Vec::new();
+        let mut entry = archive.by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!bytes.is_empty(), "{name}");
+    }
+
+    // Deleting the execution and the file takes them out of the store.
+    assert_eq!(
+        s.send(Method::DELETE, &format!("/executions/{id}"), Some(ADMIN), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.send(Method::DELETE, &format!("/files/{input}"), Some(ADMIN), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let left = keys().await;
+    assert!(
+        !left.iter().any(|k| k.starts_with(&format!("executions/{id}"))),
+        "{left:?}"
+    );
+    assert!(!left.iter().any(|k| k.ends_with(input)), "{left:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one() {
     let s = start().await;
     for name in ["phone-normalize", "hostile"] {
@@ -3138,7 +3263,9 @@ async fn a_schedule_runs_each_tick_once_and_only_the_latest_of_missed_ones() {
     };
     let settle = || async {
         s.app.schedules.wake();
-        weir_host::server::schedules::run_due(&s.app).unwrap_or_else(|e| panic!("{e}"));
+        weir_host::server::schedules::run_due(&s.app)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     settle().await;
@@ -3408,8 +3535,18 @@ async fn executions_and_files_are_deleted_on_request_unless_in_use() {
     let id = trigger(&s, "run.csv", b"Email,City\nx@example.com,Paris\n").await;
     let done = s.wait_end(&id).await;
     let input = done["source_file_id"].as_str().unwrap_or_default().to_string();
-    let artifacts = weir_host::server::queue::artifacts_dir(&s.app, &id);
-    assert!(artifacts.join("report.xlsx").exists());
+    let artifacts = || async {
+        s.app
+            .blobs
+            .artifact_names(&id, "")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(
+        artifacts().await.contains(&"report.xlsx".to_string()),
+        "{:?}",
+        artifacts().await
+    );
     let viewer = s.key("default", Role::Viewer, None);
     let refused = s
         .send(Method::DELETE, &format!("/executions/{id}"), Some(&viewer), None)
@@ -3429,7 +3566,7 @@ async fn executions_and_files_are_deleted_on_request_unless_in_use() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    assert!(!artifacts.exists(), "the artifacts are gone");
+    assert_eq!(artifacts().await, Vec::<String>::new(), "the artifacts are gone");
     assert_problem(
         &delete(format!("/executions/{id}"), ADMIN).await,
         StatusCode::NOT_FOUND,
@@ -3465,7 +3602,7 @@ async fn executions_and_files_are_deleted_on_request_unless_in_use() {
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     assert!(
-        !s.app.files.path(&input).exists(),
+        !s.app.blobs.contains(&input).await.unwrap_or(true),
         "no workspace holds it: its content is gone"
     );
 
@@ -3533,10 +3670,19 @@ async fn what_is_past_its_workspaces_retention_goes_and_what_is_in_use_stays() {
     // and the file no one used.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     wait_answer(&s, &format!("/executions/{ended}"), ADMIN, StatusCode::NOT_FOUND).await;
-    assert!(!weir_host::server::queue::artifacts_dir(&s.app, &ended).exists());
+    let artifacts = s
+        .app
+        .blobs
+        .artifact_names(&ended, "")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(artifacts.is_empty(), "{artifacts:?}");
     for file in [&input, &loose] {
         wait_answer(&s, &format!("/files/{file}/download"), ADMIN, StatusCode::NOT_FOUND).await;
-        assert!(!s.app.files.path(file).exists(), "{file}: its content is gone");
+        assert!(
+            !s.app.blobs.contains(file).await.unwrap_or(true),
+            "{file}: its content is gone"
+        );
     }
     // A few more sweeps change nothing of what is in use or kept longer.
     tokio::time::sleep(Duration::from_millis(500)).await;

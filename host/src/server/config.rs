@@ -5,14 +5,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use weir_engine::connector::LimitCaps;
 
-use super::files::Pace;
+use super::blobs::Pace;
 
 /// Everything `weir serve` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +242,9 @@ pub struct Settings {
     pub lease: Duration,
     /// `heartbeat`.
     pub heartbeat: Duration,
+    /// Where files and artifacts are kept when not in the data directory
+    /// (for embedding the server; a setting for it comes with remote stores).
+    pub blob_store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Settings {
@@ -322,6 +327,7 @@ impl ServerConfig {
             worker_id,
             lease,
             heartbeat,
+            blob_store: None,
             max_upload: size("max_upload", &self.max_upload)?,
             max_json_body: usize::try_from(size("max_json_body", &self.max_json_body)?)
                 .map_err(|_| ConfigError("max_json_body is too large".into()))?,

@@ -26,9 +26,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod error;
-pub mod files;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
@@ -48,16 +48,16 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::store::{RecordStore, SqliteStore};
 
+use self::blobs::Blobs;
 use self::config::Settings;
-use self::files::FileStore;
 use self::state::Db;
 
 /// Everything the handlers and workers share.
 pub struct App {
     /// The state database.
     pub db: Db,
-    /// Uploaded files.
-    pub files: FileStore,
+    /// Files, plugins and artifacts.
+    pub blobs: Blobs,
     /// Records of every workspace.
     pub records: Arc<dyn RecordStore>,
     /// Configuration.
@@ -171,7 +171,11 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         .map_err(|source| StartError::Listen { addr, source })?;
     let worker = leases::Worker::register(&dir, &settings.worker_id)?;
     let db = Db::open(&dir.join("state.db"))?;
-    let files = FileStore::open(&dir, settings.upload_pace).map_err(data_dir_error)?;
+    let blobs = match &settings.blob_store {
+        Some(store) => Blobs::remote(store.clone(), &dir, settings.upload_pace),
+        None => Blobs::local(&dir, settings.upload_pace),
+    }
+    .map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     check_secrets_key(&db, settings.secrets_key.as_ref())?;
     let bootstrap_key = bootstrap(&db, &settings)?;
@@ -186,7 +190,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     let app = Arc::new(App {
         plugins,
         db,
-        files,
+        blobs,
         records,
         runs: queue::Runs::default(),
         metrics: metrics::Metrics::new(),
@@ -242,10 +246,11 @@ impl App {
     /// Removes content `sha256` from the file store unless a workspace's
     /// file or a plugin still holds it. Content left behind by a failure is
     /// only space, removed by the next deletion of the same content.
-    pub fn forget_content(&self, sha256: &str) {
+    pub async fn forget_content(&self, sha256: &str) {
         let removed = self
-            .files
-            .remove_unless(sha256, || self.db.content_in_use(sha256).map_err(std::io::Error::other));
+            .blobs
+            .remove_unless(sha256, || self.db.content_in_use(sha256).map_err(std::io::Error::other))
+            .await;
         if let Err(e) = removed {
             tracing::warn!(error = %e, "removing content from the file store failed");
         }
@@ -253,20 +258,21 @@ impl App {
 
     /// Stores `bytes` as a file of the workspace, as an upload named `name`
     /// would be (for inputs the server makes itself).
-    pub fn keep_file(
+    pub async fn keep_file(
         &self,
         workspace_id: &str,
         name: &str,
         content_type: &str,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> anyhow::Result<state::FileRow> {
-        let (staged, sha256) = self.files.stage_bytes(bytes)?;
-        let _held = self.files.place(staged, &sha256)?;
+        let size = bytes.len() as u64;
+        let (staged, sha256) = self.blobs.stage(bytes).await?;
+        let _held = self.blobs.place(staged, &sha256).await?;
         Ok(self.db.insert_file(
             workspace_id,
             &state::FileRow {
                 sha256,
-                size: bytes.len() as u64,
+                size,
                 name: name.to_string(),
                 content_type: content_type.to_string(),
                 created_at: chrono::Utc::now(),

@@ -33,6 +33,7 @@ use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::sources::SecretValues;
 
 use super::App;
+use super::blobs::OnDisk;
 use super::config::Isolation;
 use super::state::{ExecutionRow, IdempotencyKey, KeyUse, StateError};
 use crate::worker::{self, Bounds, Job, JobInput, JobRecords};
@@ -439,14 +440,15 @@ impl RunLog for ExecutionLog {
     }
 }
 
-/// Where an execution's artifacts live.
-pub fn artifacts_dir(app: &App, id: &str) -> PathBuf {
-    app.settings.config.data_dir.join("executions").join(id)
-}
-
 async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress: Progress, cancel: CancellationToken) {
     let id = row.document.id.clone();
-    let persister = tokio::spawn(persist(app.clone(), progress.clone()));
+    // The terminal document waits for the artifacts: a run seen ended has
+    // its artifacts in the store.
+    let kept = CancellationToken::new();
+    if app.blobs.keeps_in_place() {
+        kept.cancel();
+    }
+    let persister = tokio::spawn(persist(app.clone(), progress.clone(), kept.clone()));
     let records = match job_records(app, &row.workspace_id) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -454,16 +456,24 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
             None
         }
     };
-    let input = row.document.source_file_id.as_ref().map(|sha| JobInput {
-        path: app.files.path(sha),
-        name: row.input_name.clone().unwrap_or_else(|| "input".into()),
+    let input = match &row.document.source_file_id {
+        Some(sha) => Some(job_input(app, &id, sha).await),
+        None => None,
+    };
+    let (plugins, plugin_files) = job_plugins(app, &row.workspace_id, &connector).await;
+    let out_dir = app.blobs.artifacts_out(&id).unwrap_or_else(|e| {
+        tracing::error!(execution = %id, error = %e, "the artifacts' directory is not known");
+        std::env::temp_dir().join(format!("weir-{id}"))
     });
     let job = Job {
-        plugins: job_plugins(app, &row.workspace_id, &connector),
+        plugins,
         script: row.script,
-        input,
+        input: input.as_ref().map(|on_disk| JobInput {
+            path: on_disk.path().to_path_buf(),
+            name: row.input_name.clone().unwrap_or_else(|| "input".into()),
+        }),
         execution: row.document,
-        out_dir: artifacts_dir(app, &id),
+        out_dir,
         threads: app.settings.config.threads_per_run,
         output_row_cap: app.settings.config.output_row_cap,
         report_rows: RunSettings::default().report_rows,
@@ -481,6 +491,14 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
     });
     let started = std::time::Instant::now();
     let doc = run_in_worker(app, job, &progress, log, &cancel).await;
+    drop((input, plugin_files));
+    if let Err(e) = app.blobs.keep_artifacts(&id).await {
+        tracing::error!(execution = %id, error = %e, "keeping the artifacts failed");
+        let _ = app
+            .db
+            .append_log(&id, "error", &format!("keeping the run's artifacts failed: {e}"));
+    }
+    kept.cancel();
     app.metrics.run_seconds.observe(started.elapsed().as_secs_f64());
     // The persister writes the terminal document and then ends.
     if let Err(e) = persister.await {
@@ -576,24 +594,51 @@ pub fn plugin_cache(app: &App) -> PathBuf {
     app.settings.config.data_dir.join("plugin-cache")
 }
 
+/// The run's input file on this machine. One the blob store cannot give
+/// is said in the run's log, and the run then fails reading its input.
+async fn job_input(app: &App, id: &str, sha256: &str) -> OnDisk {
+    app.blobs.on_disk(sha256).await.unwrap_or_else(|e| {
+        let why = format!("reading the input file from the blob store failed: {e}");
+        tracing::error!(execution = %id, error = %e, "reading the input failed");
+        let _ = app.db.append_log(id, "error", &why);
+        OnDisk::missing(sha256)
+    })
+}
+
 /// The files of the plugins the connector's transforms name, or why each
-/// cannot be had, resolved before the worker starts.
-pub fn job_plugins(app: &App, workspace_id: &str, connector: &Connector) -> BTreeMap<String, Result<PathBuf, String>> {
-    connector
+/// cannot be had, resolved before the worker starts; the second part keeps
+/// the files on this machine until the run ends.
+pub async fn job_plugins(
+    app: &App,
+    workspace_id: &str,
+    connector: &Connector,
+) -> (BTreeMap<String, Result<PathBuf, String>>, Vec<OnDisk>) {
+    let mut found = BTreeMap::new();
+    let mut files = Vec::new();
+    for plugin in connector
         .transforms
         .iter()
         .filter_map(|t| PluginRef::parse(&t.plugin).ok())
-        .map(|plugin| {
-            let found = match app.db.plugin_by_ref(workspace_id, &plugin) {
-                Ok(Some(row)) => Ok(app.files.path(&row.sha256)),
-                Ok(None) => Err(format!(
-                    "no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"
-                )),
-                Err(e) => Err(format!("looking up the plugin: {e}")),
-            };
-            (plugin.to_string(), found)
-        })
-        .collect()
+    {
+        let file = match app.db.plugin_by_ref(workspace_id, &plugin) {
+            Ok(Some(row)) => app
+                .blobs
+                .on_disk(&row.sha256)
+                .await
+                .map_err(|e| format!("reading plugin {plugin} from the blob store: {e}")),
+            Ok(None) => Err(format!(
+                "no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"
+            )),
+            Err(e) => Err(format!("looking up the plugin: {e}")),
+        };
+        let path = file.map(|file| {
+            let path = file.path().to_path_buf();
+            files.push(file);
+            path
+        });
+        found.insert(plugin.to_string(), path);
+    }
+    (found, files)
 }
 
 /// The secrets the connector's sources need, opened for the worker (which
@@ -625,12 +670,15 @@ pub fn job_records(app: &App, workspace_id: &str) -> Result<JobRecords, StateErr
 
 /// Writes the live document to the database as it changes (at most every
 /// 100 ms, and always the terminal one), with a log line per stage change.
-async fn persist(app: Arc<App>, progress: Progress) {
+async fn persist(app: Arc<App>, progress: Progress, kept: CancellationToken) {
     let mut rx = progress.subscribe();
     let mut last_stages: Vec<StageStatus> = Vec::new();
     let mut last_status = None;
     loop {
         let doc = rx.borrow_and_update().clone();
+        if doc.status.is_terminal() {
+            kept.cancelled().await;
+        }
         for line in changes(&doc, &mut last_stages, &mut last_status) {
             if let Err(e) = app.db.append_log(&doc.id, line.0, &line.1) {
                 tracing::error!(execution = %doc.id, error = %e, "writing a log line failed");

@@ -10,7 +10,7 @@
 //!   sample and no kept execution used as its input.
 //!
 //! `DELETE /executions/{id}` and `DELETE /files/{id}` do the same for one
-//! execution or file at once. The content of a file leaves the disk once no
+//! execution or file at once. The content of a file leaves the blob store once no
 //! workspace holds it and no plugin is it.
 
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::App;
-use super::queue::artifacts_dir;
 use super::state::{FileDeletion, StateError};
 
 /// What one sweep deleted.
@@ -33,20 +32,15 @@ pub struct Swept {
 /// Sweeps every `retention_sweep`, until the server drains.
 pub async fn sweeper(app: Arc<App>) {
     loop {
-        let swept = {
-            let app = app.clone();
-            tokio::task::spawn_blocking(move || sweep(&app, Utc::now())).await
-        };
-        match swept {
-            Ok(Ok(swept)) if swept != Swept::default() => {
+        match sweep(&app, Utc::now()).await {
+            Ok(swept) if swept != Swept::default() => {
                 tracing::info!(
                     executions = swept.executions,
                     files = swept.files,
                     "deleted what is past its workspace's retention"
                 );
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "the retention sweep failed"),
+            Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "the retention sweep failed"),
         }
         tokio::select! {
@@ -57,7 +51,7 @@ pub async fn sweeper(app: Arc<App>) {
 }
 
 /// Deletes, in every workspace, what is older than its retention at `now`.
-pub fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
+pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
     let mut swept = Swept::default();
     for workspace in app.db.workspaces()? {
         let retention =
@@ -66,12 +60,12 @@ pub fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
             continue;
         };
         for id in app.db.ended_before(&workspace.id, before)? {
-            if delete_execution(app, &id)? {
+            if delete_execution(app, &id).await? {
                 swept.executions += 1;
             }
         }
         for sha256 in app.db.unused_files_before(&workspace.id, before)? {
-            if delete_file(app, &workspace.id, &sha256)? == FileDeletion::Deleted {
+            if delete_file(app, &workspace.id, &sha256).await? == FileDeletion::Deleted {
                 swept.files += 1;
             }
         }
@@ -81,26 +75,24 @@ pub fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
 
 /// Deletes an execution that has ended, with everything it holds; false
 /// when there is no such execution or it has not ended.
-pub fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
+pub async fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
     if !app.db.delete_execution(id)? {
         return Ok(false);
     }
-    match std::fs::remove_dir_all(artifacts_dir(app, id)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        // The execution is gone; what is left on disk is only space.
-        Err(e) => tracing::warn!(execution = id, error = %e, "removing an execution's artifacts failed"),
+    if let Err(e) = app.blobs.remove_artifacts(id).await {
+        // The execution is gone; what is left in the store is only space.
+        tracing::warn!(execution = id, error = %e, "removing an execution's artifacts failed");
     }
     Ok(true)
 }
 
 /// Deletes a file of the workspace unless a connector uses it as its
 /// sample or an execution that has not ended reads it; its content leaves
-/// the disk once nothing else holds it.
-pub fn delete_file(app: &App, workspace_id: &str, sha256: &str) -> Result<FileDeletion, StateError> {
+/// the blob store once nothing else holds it.
+pub async fn delete_file(app: &App, workspace_id: &str, sha256: &str) -> Result<FileDeletion, StateError> {
     let deletion = app.db.delete_file(workspace_id, sha256)?;
     if deletion == FileDeletion::Deleted {
-        app.forget_content(sha256);
+        app.forget_content(sha256).await;
     }
     Ok(deletion)
 }

@@ -96,7 +96,7 @@ impl Schedules {
 /// Queues the executions of every tick due now, until the server drains.
 pub async fn scheduler(app: Arc<App>) {
     loop {
-        let next = match run_due(&app) {
+        let next = match run_due(&app).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "running due schedule ticks failed");
@@ -115,7 +115,7 @@ pub async fn scheduler(app: Arc<App>) {
 
 /// Queues an execution for each schedule connector whose tick is due;
 /// returns when the next tick of any of them comes.
-pub fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
+pub async fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
     let now = app.schedules.clock.now();
     let mut next: Option<DateTime<Utc>> = None;
     for row in app.db.schedule_connectors()? {
@@ -127,7 +127,7 @@ pub fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
         let Ok(parsed) = parse(def) else { continue };
         let last = app.db.last_tick(&row.id)?.unwrap_or(row.created_at);
         if let Some((tick, skipped)) = parsed.latest_due(last, now) {
-            tick_once(app, &row, tick, skipped)?;
+            tick_once(app, &row, tick, skipped).await?;
         }
         let after = parsed.next_after(now.max(last));
         next = match (next, after) {
@@ -140,18 +140,19 @@ pub fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
 
 /// The input of a tick at `tick`: `input.schedule`, one row with
 /// `schedule_trigger_time`.
-pub fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::Result<FileRow> {
+pub async fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::Result<FileRow> {
     let csv = format!(
         "schedule_trigger_time\n{}\n",
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    app.keep_file(workspace_id, "schedule.csv", "text/csv", csv.as_bytes())
+    app.keep_file(workspace_id, "schedule.csv", "text/csv", csv.into_bytes())
+        .await
 }
 
 /// Records `tick` of `row` with its queued execution; nothing when the tick
 /// ran already.
-fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
-    let file = tick_file(app, &row.workspace_id, tick)?;
+async fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
+    let file = tick_file(app, &row.workspace_id, tick).await?;
     let mut execution = prepare(
         &app.db,
         &row.workspace_id,

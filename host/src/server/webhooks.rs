@@ -67,7 +67,7 @@ impl Batches {
 /// Closes due batches into executions, until the server drains.
 pub async fn batcher(app: Arc<App>) {
     loop {
-        if let Err(e) = close_due(&app) {
+        if let Err(e) = close_due(&app).await {
             tracing::error!(error = %e, "closing webhook batches failed");
         }
         let next = app.db.next_batch_due().ok().flatten();
@@ -84,10 +84,10 @@ pub async fn batcher(app: Arc<App>) {
 
 /// Closes every batch that is due and whose connector is operational;
 /// returns how many became executions.
-pub fn close_due(app: &App) -> anyhow::Result<usize> {
+pub async fn close_due(app: &App) -> anyhow::Result<usize> {
     let mut closed = 0;
     for batch in app.db.due_batches(Utc::now())? {
-        if close(app, &batch)?.is_some() {
+        if close(app, &batch).await?.is_some() {
             closed += 1;
         }
     }
@@ -97,19 +97,20 @@ pub fn close_due(app: &App) -> anyhow::Result<usize> {
 /// The input file of a batch of `payloads`: `webhooks.jsonl`, one payload
 /// a line with when it came, its id, content type, query string and body,
 /// which the connector reads as `input.webhooks`.
-pub fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) -> anyhow::Result<FileRow> {
+pub async fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) -> anyhow::Result<FileRow> {
     let mut jsonl = Vec::new();
     for p in payloads {
         serde_json::to_writer(&mut jsonl, p)?;
         jsonl.push(b'\n');
     }
-    app.keep_file(workspace_id, "webhooks.jsonl", "application/x-ndjson", &jsonl)
+    app.keep_file(workspace_id, "webhooks.jsonl", "application/x-ndjson", jsonl)
+        .await
 }
 
 /// The input file a batch of the JSON `payloads`, received now, would
 /// make: what publishing or previewing a webhook connector runs on when
 /// given sample payloads instead of a file.
-pub fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::Value]) -> anyhow::Result<FileRow> {
+pub async fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::Value]) -> anyhow::Result<FileRow> {
     let now = Utc::now().to_rfc3339();
     let rows: Vec<WebhookRow> = payloads
         .iter()
@@ -122,12 +123,12 @@ pub fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::Value]
             body: payload.to_string(),
         })
         .collect();
-    batch_file(app, workspace_id, &rows)
+    batch_file(app, workspace_id, &rows).await
 }
 
 /// Closes one batch into a queued execution; `None` while its connector
 /// cannot run (not operational, no live script), which keeps it open.
-pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
+pub async fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
     let Some(row) = app.db.connector(&batch.workspace_id, &batch.connector_id)? else {
         return Ok(None);
     };
@@ -136,7 +137,7 @@ pub fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let payloads = app.db.batch_payloads(&batch.id)?;
-    let file = batch_file(app, &batch.workspace_id, &payloads)?;
+    let file = batch_file(app, &batch.workspace_id, &payloads).await?;
     let execution = prepare(
         &app.db,
         &batch.workspace_id,

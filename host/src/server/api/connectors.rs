@@ -354,17 +354,21 @@ pub(super) async fn replace(
     // when it is checked.
     let (objects, sample) = if needs_live_check(row, &submitted) {
         let sample = match &submitted.sample_file_id {
-            Some(id) => super::files::file_of(app, caller, id)?.map(|f| InputFile {
-                path: app.files.path(&f.sha256),
-                name: f.name,
-            }),
+            Some(id) => match super::files::file_of(app, caller, id)? {
+                Some(f) => Some((app.blobs.on_disk(&f.sha256).await.map_err(ApiError::internal)?, f.name)),
+                None => None,
+            },
             None => None,
         };
         (app.db.object_defs(&caller.workspace_id)?, sample)
     } else {
         (Objects::default(), None)
     };
-    let updated = check_replace(app, caller, row, &submitted, &objects, sample.as_ref()).await?;
+    let sample_file = sample.as_ref().map(|(on_disk, name)| InputFile {
+        path: on_disk.path().to_path_buf(),
+        name: name.clone(),
+    });
+    let updated = check_replace(app, caller, row, &submitted, &objects, sample_file.as_ref()).await?;
     if !app.db.update_connector(&updated)? {
         return Err(taken(&updated.api_name));
     }
@@ -553,13 +557,17 @@ pub async fn save_draft(
 /// Without a sample only the parse is checked.
 async fn check_draft(app: &App, caller: &Caller, row: &ConnectorRow, text: &str) -> ApiResult<()> {
     let connector = &row.connector;
-    let sample = match &row.sample_file_id {
-        Some(id) => app.db.file(&caller.workspace_id, id)?.map(|f| InputFile {
-            path: app.files.path(&f.sha256),
-            name: f.name,
-        }),
+    let stored = match &row.sample_file_id {
+        Some(id) => match app.db.file(&caller.workspace_id, id)? {
+            Some(f) => Some((app.blobs.on_disk(&f.sha256).await.map_err(ApiError::internal)?, f.name)),
+            None => None,
+        },
         None => None,
     };
+    let sample = stored.as_ref().map(|(on_disk, name)| InputFile {
+        path: on_disk.path().to_path_buf(),
+        name: name.clone(),
+    });
     // A script reads `records.<object>` of every object of the workspace.
     let objects = app.db.object_defs(&caller.workspace_id)?;
     check::script(connector, text, sample.as_ref(), Some(&objects))
@@ -675,7 +683,8 @@ pub async fn publish(
         request.payloads,
         "publishing runs the draft on a file first",
         "no_sample_file",
-    )?;
+    )
+    .await?;
     let draft = app
         .db
         .sql_version(&row.id, row.draft_version)?

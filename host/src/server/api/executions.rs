@@ -14,6 +14,7 @@ use weir_engine::execution::{Execution, Status};
 use super::{Page, PageParams, connector_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
+use crate::server::blobs::OnDisk;
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
 use crate::server::queue::{self, CancelOutcome};
 use crate::server::retention;
@@ -223,13 +224,7 @@ pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
     visible(&app, &caller, &id)?;
-    let deleted = {
-        let (app, id) = (app.clone(), id.clone());
-        tokio::task::spawn_blocking(move || retention::delete_execution(&app, &id))
-            .await
-            .map_err(ApiError::internal)??
-    };
-    if deleted {
+    if retention::delete_execution(&app, &id).await? {
         return Ok(StatusCode::NO_CONTENT);
     }
     match app.db.execution(&id)? {
@@ -244,15 +239,14 @@ pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
 /// An artifact file of a finished (or running) execution.
 async fn artifact(app: &App, caller: &Caller, id: &str, file: &str, content_type: &str) -> ApiResult<Response> {
     visible(app, caller, id)?;
-    let path = queue::artifacts_dir(app, id).join(file);
-    if !path.exists() {
-        return Err(ApiError::new(
+    match app.blobs.artifact(id, file).await.map_err(ApiError::internal)? {
+        Some(download) => Ok(super::files::send(download, file, content_type)),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "artifact_not_available",
             format!("{file} is not available (the run has not written it)"),
-        ));
+        )),
     }
-    super::files::send_file(&path, file, content_type).await
 }
 
 /// The execution's input file.
@@ -273,7 +267,9 @@ pub async fn input(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<S
         .db
         .file(&row.workspace_id, sha)?
         .ok_or_else(|| ApiError::not_found("input file"))?;
-    super::files::send_file(&app.files.path(sha), &file.name, &file.content_type).await
+    let download = app.blobs.download(sha).await.map_err(ApiError::internal)?;
+    let download = download.ok_or_else(|| ApiError::not_found("input file"))?;
+    Ok(super::files::send(download, &file.name, &file.content_type))
 }
 
 /// The SQL output of every scope, as `output/<scope>.csv` files in a zip.
@@ -293,49 +289,69 @@ pub async fn output(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
             "output.zip is made once the execution has finished",
         ));
     }
-    let dir = queue::artifacts_dir(&app, &id);
-    let zip_path = dir.join("output.zip");
-    if !zip_path.exists() {
-        let output = dir.join("output");
-        if !output.is_dir() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "artifact_not_available",
-                "the run has not written any output",
-            ));
-        }
-        let (o, z) = (output.clone(), zip_path.clone());
-        tokio::task::spawn_blocking(move || zip_dir(&o, &z))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    if let Some(zip) = app
+        .blobs
+        .artifact(&id, "output.zip")
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok(super::files::send(zip, "output.zip", "application/zip"));
     }
-    super::files::send_file(&zip_path, "output.zip", "application/zip").await
+    let names = app
+        .blobs
+        .artifact_names(&id, "output")
+        .await
+        .map_err(ApiError::internal)?;
+    if names.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_available",
+            "the run has not written any output",
+        ));
+    }
+    let mut outputs = Vec::with_capacity(names.len());
+    for name in names {
+        let file = app
+            .blobs
+            .artifact_on_disk(&id, &name)
+            .await
+            .map_err(ApiError::internal)?;
+        outputs.push((name, file));
+    }
+    let zip = app.blobs.scratch_file().map_err(ApiError::internal)?;
+    let zip = tokio::task::spawn_blocking(move || zip_files(&outputs, zip))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    // Made once and kept: a concurrent request makes the same zip.
+    app.blobs
+        .put_artifact(&id, "output.zip", zip)
+        .await
+        .map_err(ApiError::internal)?;
+    let zip = app
+        .blobs
+        .artifact(&id, "output.zip")
+        .await
+        .map_err(ApiError::internal)?;
+    let zip = zip.ok_or_else(|| ApiError::internal("output.zip went as it was made"))?;
+    Ok(super::files::send(zip, "output.zip", "application/zip"))
 }
 
-/// Zips the CSV files of `dir` into `target` (via a temporary file, so a
-/// concurrent reader never sees half a zip).
-fn zip_dir(dir: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
-    let parent = target.parent().unwrap_or(dir);
-    let tmp = tempfile::NamedTempFile::new_in(parent)?;
+/// Zips `outputs` (`output/<scope>.csv` and their files on disk) into `zip`.
+fn zip_files(outputs: &[(String, OnDisk)], zip: tempfile::NamedTempFile) -> std::io::Result<tempfile::TempPath> {
     {
-        let mut zip = zip::ZipWriter::new(tmp.as_file());
+        let mut writer = zip::ZipWriter::new(zip.as_file());
         let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            if !entry.file_type()?.is_file() {
-                continue;
-            }
-            let name = format!("output/{}", entry.file_name().to_string_lossy());
-            zip.start_file(name, options).map_err(std::io::Error::other)?;
-            let mut file = std::fs::File::open(entry.path())?;
-            std::io::copy(&mut file, &mut zip)?;
+        for (name, file) in outputs {
+            writer
+                .start_file(name.as_str(), options)
+                .map_err(std::io::Error::other)?;
+            std::io::copy(&mut std::fs::File::open(file.path())?, &mut writer)?;
         }
-        zip.finish().map_err(std::io::Error::other)?.flush()?;
+        writer.finish().map_err(std::io::Error::other)?.flush()?;
     }
-    tmp.persist(target).map_err(|e| e.error)?;
-    Ok(())
+    zip.as_file().sync_all()?;
+    Ok(zip.into_temp_path())
 }
 
 /// The run report (counts, invalid and rejected rows).

@@ -11,12 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::io::ReaderStream;
 
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
+use crate::server::blobs::{Download, UploadError};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::files::UploadError;
 use crate::server::retention;
 use crate::server::state::{FileDeletion, FileRow};
 
@@ -157,7 +156,7 @@ pub async fn receive(
             }
             let name = clean_name(field.file_name().or(filename.as_deref()).unwrap_or("upload"));
             let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
-            let received = app.files.receive(field, limit).await.map_err(upload_error)?;
+            let received = app.blobs.receive(field, limit).await.map_err(upload_error)?;
             break (name, content_type, received);
         }
     } else {
@@ -173,7 +172,7 @@ pub async fn receive(
             .unwrap_or("application/octet-stream")
             .to_string();
         let stream = request.into_body().into_data_stream();
-        let received = app.files.receive(stream, limit).await.map_err(upload_error)?;
+        let received = app.blobs.receive(stream, limit).await.map_err(upload_error)?;
         (clean_name(&name), content_type, received)
     };
     if stored.size == 0 {
@@ -184,7 +183,11 @@ pub async fn receive(
         ));
     }
     let row = {
-        let _held = app.files.place(staged, &stored.sha256).map_err(ApiError::internal)?;
+        let _held = app
+            .blobs
+            .place(staged, &stored.sha256)
+            .await
+            .map_err(ApiError::internal)?;
         app.db.insert_file(
             workspace_id,
             &FileRow {
@@ -262,10 +265,7 @@ pub fn file_of(app: &App, caller: &Caller, id: &str) -> ApiResult<Option<FileRow
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
     file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
-    let workspace_id = caller.workspace_id.clone();
-    let deletion = tokio::task::spawn_blocking(move || retention::delete_file(&app, &workspace_id, &id))
-        .await
-        .map_err(ApiError::internal)??;
+    let deletion = retention::delete_file(&app, &caller.workspace_id, &id).await?;
     match deletion {
         FileDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
         FileDeletion::InUse(what) => Err(ApiError::conflict("file_in_use", format!("the file is kept: {what}"))),
@@ -273,11 +273,10 @@ pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
     }
 }
 
-/// Streams a stored file from disk with its name and type.
-pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -> ApiResult<Response> {
-    let file = tokio::fs::File::open(path).await.map_err(ApiError::internal)?;
-    let size = file.metadata().await.map_err(ApiError::internal)?.len();
-    let mut response = RawBody::from_stream(ReaderStream::new(file)).into_response();
+/// Streams a stored object with its name and type.
+pub fn send(download: Download, name: &str, content_type: &str) -> Response {
+    let size = download.size;
+    let mut response = RawBody::from_stream(download.body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -297,7 +296,7 @@ pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok(response)
+    response
 }
 
 /// Downloads a file.
@@ -311,7 +310,9 @@ pub async fn send_file(path: &std::path::Path, name: &str, content_type: &str) -
 pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let row = file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
-    send_file(&app.files.path(&row.sha256), &row.name, &row.content_type).await
+    let download = app.blobs.download(&row.sha256).await.map_err(ApiError::internal)?;
+    let download = download.ok_or_else(|| ApiError::not_found("file"))?;
+    Ok(send(download, &row.name, &row.content_type))
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shap
 /// connector a tick of now. `purpose` says what
 /// needs one when there is none; an id the workspace does not have is
 /// refused with `unknown`.
-pub fn run_input(
+pub async fn run_input(
     app: &App,
     caller: &Caller,
     row: &ConnectorRow,
@@ -153,8 +153,9 @@ pub fn run_input(
         if payloads.is_empty() {
             return refuse("payloads needs at least one payload");
         }
-        let file =
-            crate::server::webhooks::sample_file(app, &caller.workspace_id, &payloads).map_err(ApiError::internal)?;
+        let file = crate::server::webhooks::sample_file(app, &caller.workspace_id, &payloads)
+            .await
+            .map_err(ApiError::internal)?;
         app.db
             .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
         return Ok(file);
@@ -163,6 +164,7 @@ pub fn run_input(
     if source_file_id.is_none() && row.sample_file_id.is_none() && schedule {
         // A schedule connector's input is its tick: a dry run gets one of now.
         return crate::server::schedules::tick_file(app, &caller.workspace_id, chrono::Utc::now())
+            .await
             .map_err(ApiError::internal);
     }
     let file_id = source_file_id.or_else(|| row.sample_file_id.clone()).ok_or_else(|| {

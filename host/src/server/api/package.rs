@@ -100,9 +100,7 @@ pub async fn dev_package(
             ));
         }
     };
-    let bytes = tokio::task::spawn_blocking(move || build(&app, &caller, &row, version, &params))
-        .await
-        .map_err(ApiError::internal)??;
+    let bytes = build(&app, &caller, &row, version, &params).await?;
     let mut response = bytes.0.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
@@ -138,7 +136,7 @@ pub async fn push(
     // The zip is read where it was received and goes when the push ends:
     // what a package brings is kept as its own files (sample, plugins).
     let (received, _) = app
-        .files
+        .blobs
         .receive(stream, app.settings.max_upload)
         .await
         .map_err(super::files::upload_error)?;
@@ -216,7 +214,7 @@ pub async fn push(
             let bytes = tokio::fs::read(&file.path).await.map_err(ApiError::internal)?;
             let size = bytes.len() as u64;
             // The staged copy is not in the store yet.
-            let (tmp, sha256) = app.files.stage(bytes).await.map_err(ApiError::internal)?;
+            let (tmp, sha256) = app.blobs.stage(bytes).await.map_err(ApiError::internal)?;
             staged.push((tmp, sha256.clone()));
             Some(FileRow {
                 sha256,
@@ -249,11 +247,18 @@ pub async fn push(
             let mut submitted =
                 super::connectors::parse_among(&app, &caller, doc, row.live_version.is_some(), &objects)?;
             submitted.sample_file_id = sample_file_id;
-            let sample = match (&package.data_file, &row.sample_file_id) {
+            let stored_sample = match (&package.data_file, &row.sample_file_id) {
+                (None, Some(id)) => match app.db.file(&workspace, id)? {
+                    Some(f) => Some((app.blobs.on_disk(&f.sha256).await.map_err(ApiError::internal)?, f.name)),
+                    None => None,
+                },
+                _ => None,
+            };
+            let sample = match (&package.data_file, &stored_sample) {
                 (Some(file), _) => Some(file.clone()),
-                (None, Some(id)) => app.db.file(&workspace, id)?.map(|f| InputFile {
-                    path: app.files.path(&f.sha256),
-                    name: f.name,
+                (None, Some((on_disk, name))) => Some(InputFile {
+                    path: on_disk.path().to_path_buf(),
+                    name: name.clone(),
                 }),
                 (None, None) => None,
             };
@@ -274,7 +279,7 @@ pub async fn push(
     // leaves again when the transaction does not happen.
     let mut plugins = Vec::new();
     for (row, wasm) in new_plugins {
-        staged.push(app.files.stage(wasm).await.map_err(ApiError::internal)?);
+        staged.push(app.blobs.stage(wasm).await.map_err(ApiError::internal)?);
         plugins.push(row);
     }
     let contents: Vec<String> = staged.iter().map(|(_, sha)| sha.clone()).collect();
@@ -284,7 +289,7 @@ pub async fn push(
         sample: sample.map(|f| (f, caller.key_id.clone())),
         connector,
     };
-    let written = match app.files.place_all(staged) {
+    let written = match app.blobs.place_all(staged).await {
         Ok(_held) => app.db.write_package(&workspace, &write).map_err(ApiError::from),
         Err(e) => Err(ApiError::internal(e)),
     };
@@ -299,7 +304,7 @@ pub async fn push(
     };
     if let Some(e) = refused {
         for sha256 in &contents {
-            app.forget_content(sha256);
+            app.forget_content(sha256).await;
         }
         return Err(e);
     }
@@ -386,7 +391,7 @@ async fn plugin_to_publish(
 }
 
 /// The zip's bytes and its file name.
-fn build(
+async fn build(
     app: &App,
     caller: &Caller,
     row: &ConnectorRow,
@@ -441,24 +446,29 @@ fn build(
             .filter(|o| connector.loads.iter().any(|l| l.object == o.name))
             .cloned()
             .collect();
-        let snapshot = weir_engine::snapshot::take(app.records.as_ref(), &caller.workspace_id, &loaded, max)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "records_too_large",
-                    format!(
-                        "the records of {} come to more than package_records_max ({}); \
+        let (records, workspace, wanted) = (app.records.clone(), caller.workspace_id.clone(), loaded.clone());
+        let snapshot = tokio::task::spawn_blocking(move || {
+            weir_engine::snapshot::take(records.as_ref(), &workspace, &wanted, max)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        let snapshot = snapshot.ok_or_else(|| {
+            ApiError::invalid(
+                "records_too_large",
+                format!(
+                    "the records of {} come to more than package_records_max ({}); \
                          download the package without ?records=true",
-                        loaded
-                            .iter()
-                            .map(|o| format!("`{}`", o.name))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        bytesize::ByteSize::b(max).display().iec()
-                    ),
-                    vec![],
-                )
-            })?;
+                    loaded
+                        .iter()
+                        .map(|o| format!("`{}`", o.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    bytesize::ByteSize::b(max).display().iec()
+                ),
+                vec![],
+            )
+        })?;
         files.extend(snapshot);
     }
     for t in &connector.transforms {
@@ -469,12 +479,15 @@ fn build(
                 format!("transform plugin {plugin} is not published in this workspace"),
             )
         })?;
-        let bytes = std::fs::read(app.files.path(&stored.sha256)).map_err(ApiError::internal)?;
-        files.insert(format!("plugins/{}-{}.wasm", stored.name, stored.version), bytes);
+        let bytes = app.blobs.read(&stored.sha256).await.map_err(ApiError::internal)?;
+        files.insert(
+            format!("plugins/{}-{}.wasm", stored.name, stored.version),
+            bytes.to_vec(),
+        );
     }
     if let Some(file) = &file {
-        let bytes = std::fs::read(app.files.path(&file.sha256)).map_err(ApiError::internal)?;
-        files.insert(format!("data/{}", file.name), bytes);
+        let bytes = app.blobs.read(&file.sha256).await.map_err(ApiError::internal)?;
+        files.insert(format!("data/{}", file.name), bytes.to_vec());
     }
     files.insert(
         "README.md".into(),
@@ -502,15 +515,24 @@ fn build(
     });
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(ApiError::internal)?;
 
+    let bytes = tokio::task::spawn_blocking(move || zip_package(&manifest, &files))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok((bytes, format!("{}-v{version}.zip", row.api_name)))
+}
+
+/// The package's zip: its manifest, then its files.
+fn zip_package(manifest: &[u8], files: &BTreeMap<String, Vec<u8>>) -> zip::result::ZipResult<Vec<u8>> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    for (name, bytes) in std::iter::once(("manifest.json", &manifest)).chain(files.iter().map(|(n, b)| (n.as_str(), b)))
+    for (name, bytes) in
+        std::iter::once(("manifest.json", manifest)).chain(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
     {
-        zip.start_file(name, options).map_err(ApiError::internal)?;
-        zip.write_all(bytes).map_err(ApiError::internal)?;
+        zip.start_file(name, options)?;
+        zip.write_all(bytes)?;
     }
-    let bytes = zip.finish().map_err(ApiError::internal)?.into_inner();
-    Ok((bytes, format!("{}-v{version}.zip", row.api_name)))
+    Ok(zip.finish()?.into_inner())
 }
 
 /// The objects the connector's load steps write to, with the objects their

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use weir_engine::connector::PluginRef;
 use weir_engine::error::Problem;
-use weir_engine::transform::PluginSource;
 
 use super::{Page, PageParams, page_of};
 use crate::server::App;
@@ -96,7 +95,7 @@ pub async fn publish(
     }
     let stream = request.into_body().into_data_stream();
     let (received, _) = app
-        .files
+        .blobs
         .receive(stream, app.settings.max_upload)
         .await
         .map_err(super::files::upload_error)?;
@@ -121,15 +120,15 @@ pub(super) async fn register(
         Checked::Published(known) => return Ok((known, false)),
         Checked::New(row, wasm) => (row, wasm),
     };
-    let (staged, _) = app.files.stage(wasm).await.map_err(ApiError::internal)?;
+    let (staged, _) = app.blobs.stage(wasm).await.map_err(ApiError::internal)?;
     let (stored_row, inserted) = {
-        let _held = app.files.place(staged, &row.sha256).map_err(ApiError::internal)?;
+        let _held = app.blobs.place(staged, &row.sha256).await.map_err(ApiError::internal)?;
         app.db.insert_plugin(workspace_id, &row)?
     };
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
         // this one's is refused and leaves unless something else holds it.
-        app.forget_content(&row.sha256);
+        app.forget_content(&row.sha256).await;
         return Err(version_taken(&format!("{}@{}", row.name, row.version)));
     }
     Ok((stored_row, inserted))
@@ -212,24 +211,4 @@ pub async fn list(
         |p| format!("{}\u{0}{}", p.name, p.version),
         PluginView::of,
     )?))
-}
-
-/// A workspace's published plugins, as runs find them.
-pub struct WorkspacePlugins {
-    /// The server.
-    pub app: Arc<App>,
-    /// The workspace.
-    pub workspace_id: String,
-}
-
-impl PluginSource for WorkspacePlugins {
-    fn fetch(&self, plugin: &PluginRef) -> Result<Vec<u8>, String> {
-        let row = self
-            .app
-            .db
-            .plugin_by_ref(&self.workspace_id, plugin)
-            .map_err(|e| format!("looking up the plugin: {e}"))?
-            .ok_or_else(|| format!("no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"))?;
-        std::fs::read(self.app.files.path(&row.sha256)).map_err(|e| format!("reading plugin {plugin}: {e}"))
-    }
 }

@@ -157,7 +157,8 @@ pub async fn preview(
         request.payloads,
         "a preview runs on a file",
         "unknown_file",
-    )?;
+    )
+    .await?;
     let script = app
         .db
         .sql_version(&row.id, version)?
@@ -168,12 +169,9 @@ pub async fn preview(
         l.max_runtime.min(app.settings.preview_timeout)
     });
 
-    let tmp = app.settings.config.data_dir.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(ApiError::internal)?;
-    let dir = tempfile::Builder::new()
-        .prefix("preview-")
-        .tempdir_in(&tmp)
-        .map_err(ApiError::internal)?;
+    let dir = app.blobs.scratch_dir("preview-").map_err(ApiError::internal)?;
+    let input = app.blobs.on_disk(&file.sha256).await.map_err(ApiError::internal)?;
+    let (plugins, _plugin_files) = queue::job_plugins(&app, &caller.workspace_id, &connector).await;
     let mut doc = Execution::new(
         uuid::Uuid::now_v7().to_string(),
         ConnectorRef {
@@ -189,11 +187,11 @@ pub async fn preview(
     let cancel = CancellationToken::new();
     let log = Arc::new(Lines::default());
     let job = Job {
-        plugins: queue::job_plugins(&app, &caller.workspace_id, &connector),
+        plugins,
         records: Some(queue::job_records(&app, &caller.workspace_id)?),
         script: script.text,
         input: Some(JobInput {
-            path: app.files.path(&file.sha256),
+            path: input.path().to_path_buf(),
             name: file.name.clone(),
         }),
         execution: doc,

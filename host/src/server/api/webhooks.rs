@@ -140,7 +140,7 @@ pub async fn receive(
                 workspace_id: row.workspace_id.clone(),
                 connector_id: row.id.clone(),
             };
-            execution_id = close(&app, &batch).map_err(ApiError::internal)?;
+            execution_id = close(&app, &batch).await.map_err(ApiError::internal)?;
         } else {
             app.batches.wake();
         }

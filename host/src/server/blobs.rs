@@ -1,0 +1,813 @@
+//! The blob store: uploaded files, the files the server makes itself
+//! (webhook batches, schedule ticks), plugin components, and the artifacts
+//! of executions, in an [`ObjectStore`] — by default the data directory on
+//! local disk. Nothing outside this module opens a path for them: a run
+//! reads its input and plugins from [`OnDisk`] copies (the stored files
+//! themselves when the store is local), and writes its artifacts where
+//! [`Blobs::artifacts_out`] says, from where [`Blobs::keep_artifacts`]
+//! moves them into the store. See `docs/architecture.md`.
+//!
+//! Keys: content by hash under `files/<first two hex digits>/<sha256>`,
+//! an execution's artifacts under `executions/<id>/<name>`.
+//!
+//! An upload is streamed to a temporary file on local disk while it is
+//! hashed and counted, then placed under its hash, so content is either
+//! whole under its hash or absent, and an upload over the size limit stops
+//! as soon as it passes it. An upload that sends less than its [`Pace`]
+//! over any window is let go, so a slow client holds a connection only
+//! while it keeps sending.
+//!
+//! Content is removed ([`Blobs::remove_unless`]) only once nothing holds
+//! it. [`Blobs::place`] holds the store until its caller has recorded what
+//! holds the content, so no removal falls between the two.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Why an upload was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// Larger than the limit.
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The client's body failed mid-way.
+    #[error("the upload was interrupted: {0}")]
+    Body(String),
+    /// The client sent less than the pace asks over a window.
+    #[error("the upload sent less than {} bytes in {}", .0.bytes, humantime::format_duration(.0.window))]
+    TooSlow(Pace),
+    /// Writing the file failed.
+    #[error("storing the upload failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The least an upload must send: `bytes` in every `window` (the
+/// `upload_min_rate` over `upload_rate_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Bytes due in each window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for Pace {
+    /// 16 KiB a second over 30 s.
+    fn default() -> Self {
+        Self {
+            bytes: 16 * 1024 * 30,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A stored file: its hash and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// sha256, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Content by hash and artifacts by execution, in an object store.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    /// The same store when it is a directory on this machine: content is
+    /// then read in place and a run writes its artifacts where they stay.
+    local: Option<Arc<LocalFileSystem>>,
+    /// Local scratch space: uploads being received, copies for runs.
+    tmp: PathBuf,
+    pace: Pace,
+    /// Held from placing content until its holder is recorded, and while
+    /// content is removed.
+    placing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// While alive, no content leaves the store ([`Blobs::place`]).
+pub type Held<'a> = tokio::sync::MutexGuard<'a, ()>;
+
+/// Stored content as a file on this machine, for the engine to read: the
+/// stored file itself when the store is local, otherwise a copy that goes
+/// when this is dropped.
+#[derive(Debug)]
+pub struct OnDisk {
+    path: PathBuf,
+    _copy: Option<tempfile::TempPath>,
+}
+
+impl OnDisk {
+    /// A path where nothing is, for content that could not be had: what
+    /// reads it fails as it would for a file that is gone.
+    pub fn missing(sha256: &str) -> Self {
+        Self {
+            path: std::env::temp_dir().join(format!("weir-missing-{sha256}")),
+            _copy: None,
+        }
+    }
+
+    /// Where the content is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A stored object being served: its size and its bytes.
+pub struct Download {
+    /// Size in bytes.
+    pub size: u64,
+    /// The bytes, as the store sends them.
+    pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// Bytes read from a local file at a time when copying it into the store,
+/// and the most parts of a multipart upload in flight: the memory an
+/// upload holds is bounded by their product, whatever its size.
+const PART: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
+
+fn file_key(sha256: &str) -> Key {
+    let prefix = sha256.get(..2).unwrap_or("xx");
+    Key::from_iter(["files", prefix, sha256])
+}
+
+fn artifacts_key(execution: &str) -> Key {
+    Key::from_iter(["executions", execution])
+}
+
+/// `executions/<id>/<name>`, `name` a relative path with `/` between parts.
+fn artifact_key(execution: &str, name: &str) -> Key {
+    Key::from_iter(
+        std::iter::once("executions")
+            .chain(std::iter::once(execution))
+            .chain(name.split('/')),
+    )
+}
+
+/// An object store failure as an I/O error of the kind underneath it (a
+/// full disk stays a full disk), `NotFound` for an object that is not there.
+fn io_error(e: object_store::Error) -> std::io::Error {
+    if let object_store::Error::NotFound { .. } = e {
+        return std::io::Error::new(std::io::ErrorKind::NotFound, e);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return std::io::Error::new(io.kind(), e.to_string());
+        }
+        source = s.source();
+    }
+    std::io::Error::other(e)
+}
+
+fn not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl Blobs {
+    /// The store in `data_dir` on this machine; uploads keep to `pace`.
+    pub fn local(data_dir: &Path, pace: Pace) -> std::io::Result<Self> {
+        std::fs::create_dir_all(data_dir.join("files"))?;
+        let local = Arc::new(
+            LocalFileSystem::new_with_prefix(data_dir)
+                .map_err(io_error)?
+                .with_automatic_cleanup(true),
+        );
+        Self::open(local.clone(), Some(local), data_dir, pace)
+    }
+
+    /// The store `store`, with local scratch space in `data_dir`.
+    pub fn remote(store: Arc<dyn ObjectStore>, data_dir: &Path, pace: Pace) -> std::io::Result<Self> {
+        Self::open(store, None, data_dir, pace)
+    }
+
+    fn open(
+        store: Arc<dyn ObjectStore>,
+        local: Option<Arc<LocalFileSystem>>,
+        data_dir: &Path,
+        pace: Pace,
+    ) -> std::io::Result<Self> {
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Self {
+            store,
+            local,
+            tmp,
+            pace,
+            placing: Arc::default(),
+        })
+    }
+
+    /// Whether a run's artifacts are written where they stay (the store is
+    /// local), so that [`Self::keep_artifacts`] has nothing to do.
+    pub fn keeps_in_place(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// Where `key` is on this machine's disk, when the store is local.
+    fn local_path(&self, key: &Key) -> Option<std::io::Result<PathBuf>> {
+        self.local
+            .as_ref()
+            .map(|local| local.path_to_filesystem(key).map_err(io_error))
+    }
+
+    /// No content leaves the store while the answer is alive.
+    async fn hold(&self) -> Held<'_> {
+        self.placing.lock().await
+    }
+
+    /// Places a received file under its hash, and holds the store: no
+    /// content leaves it until the answer is dropped. Write the row that
+    /// keeps the content before dropping it.
+    pub async fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<Held<'_>> {
+        self.place_all(vec![(tmp, sha256.to_string())]).await
+    }
+
+    /// [`Self::place`] for several files under one hold.
+    pub async fn place_all(&self, staged: Vec<(tempfile::TempPath, String)>) -> std::io::Result<Held<'_>> {
+        if self.local.is_some() {
+            let held = self.hold().await;
+            for (tmp, sha256) in staged {
+                self.move_in(tmp, &file_key(&sha256))?;
+            }
+            return Ok(held);
+        }
+        // Uploaded before the hold, so a long upload holds up no one;
+        // content removed in between is uploaded again under it.
+        for (tmp, sha256) in &staged {
+            if !self.contains(sha256).await? {
+                self.upload(&file_key(sha256), tmp).await?;
+            }
+        }
+        let held = self.hold().await;
+        for (tmp, sha256) in &staged {
+            if !self.contains(sha256).await? {
+                self.upload(&file_key(sha256), tmp).await?;
+            }
+        }
+        Ok(held)
+    }
+
+    /// Moves a local file to `key` of a local store.
+    fn move_in(&self, tmp: tempfile::TempPath, key: &Key) -> std::io::Result<()> {
+        let Some(target) = self.local_path(key).transpose()? else {
+            return Err(std::io::Error::other("the blob store is not local"));
+        };
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Same content, same name: a concurrent upload of it ends the same.
+        tmp.persist(&target).map_err(|e| e.error)
+    }
+
+    /// Copies the local file at `path` to `key`: in one request when it is
+    /// small, in parts of [`PART`] bytes otherwise.
+    async fn upload(&self, key: &Key, path: &Path) -> std::io::Result<()> {
+        let mut file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        if size <= PART as u64 {
+            let bytes = tokio::fs::read(path).await?;
+            self.store.put(key, PutPayload::from(bytes)).await.map_err(io_error)?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(key).await.map_err(io_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0u8; PART];
+        let copied: std::io::Result<()> = async {
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(io_error)?;
+                writer.write(&buf[..n]);
+            }
+        }
+        .await;
+        match copied {
+            Ok(()) => writer.finish().await.map(drop).map_err(io_error),
+            Err(e) => {
+                // What was sent of it is let go; the store keeps nothing.
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the content with `sha256` is stored.
+    pub async fn contains(&self, sha256: &str) -> std::io::Result<bool> {
+        match self.store.head(&file_key(sha256)).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// The content with `sha256`, whole (for what is read whole anyway: a
+    /// plugin component, a file put into a package).
+    pub async fn read(&self, sha256: &str) -> std::io::Result<Bytes> {
+        let got = self.store.get(&file_key(sha256)).await.map_err(io_error)?;
+        got.bytes().await.map_err(io_error)
+    }
+
+    /// The content with `sha256`, to be served; `None` when it is not stored.
+    pub async fn download(&self, sha256: &str) -> std::io::Result<Option<Download>> {
+        self.download_key(&file_key(sha256)).await
+    }
+
+    async fn download_key(&self, key: &Key) -> std::io::Result<Option<Download>> {
+        match self.store.get(key).await {
+            Ok(got) => Ok(Some(Download {
+                size: got.meta.size,
+                body: got.into_stream().map_err(io_error).boxed(),
+            })),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// The content with `sha256` as a file on this machine, for a run to
+    /// read: in place when the store is local, else copied to scratch space.
+    pub async fn on_disk(&self, sha256: &str) -> std::io::Result<OnDisk> {
+        self.key_on_disk(&file_key(sha256)).await
+    }
+
+    async fn key_on_disk(&self, key: &Key) -> std::io::Result<OnDisk> {
+        if let Some(path) = self.local_path(key).transpose()? {
+            return Ok(OnDisk { path, _copy: None });
+        }
+        let got = self.store.get(key).await.map_err(io_error)?;
+        let (file, copy) = tempfile::Builder::new()
+            .prefix("copy-")
+            .tempfile_in(&self.tmp)?
+            .into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut body = got.into_stream();
+        while let Some(chunk) = body.next().await {
+            file.write_all(&chunk.map_err(io_error)?).await?;
+        }
+        file.flush().await?;
+        Ok(OnDisk {
+            path: copy.to_path_buf(),
+            _copy: Some(copy),
+        })
+    }
+
+    /// Removes the content with `sha256` unless `in_use` says something
+    /// still holds it; true when it was removed (or was not there).
+    pub async fn remove_unless(
+        &self,
+        sha256: &str,
+        in_use: impl FnOnce() -> std::io::Result<bool>,
+    ) -> std::io::Result<bool> {
+        let _held = self.hold().await;
+        if in_use()? {
+            return Ok(false);
+        }
+        match self.store.delete(&file_key(sha256)).await {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(true),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// The directory a run of `execution` writes its artifacts into: where
+    /// they stay when the store is local, scratch space otherwise (then
+    /// [`Self::keep_artifacts`] moves them into the store).
+    pub fn artifacts_out(&self, execution: &str) -> std::io::Result<PathBuf> {
+        match self.local_path(&artifacts_key(execution)) {
+            Some(path) => path,
+            None => Ok(self.tmp.join(format!("run-{execution}"))),
+        }
+    }
+
+    /// Puts what a run of `execution` wrote in [`Self::artifacts_out`] into
+    /// the store (nothing to do when the store is local).
+    pub async fn keep_artifacts(&self, execution: &str) -> std::io::Result<()> {
+        if self.local.is_some() {
+            return Ok(());
+        }
+        let dir = self.artifacts_out(execution)?;
+        let walk = dir.clone();
+        let files = tokio::task::spawn_blocking(move || files_under(&walk))
+            .await
+            .map_err(std::io::Error::other)??;
+        for name in files {
+            let path = dir.join(&name);
+            self.upload(&artifact_key(execution, &name), &path).await?;
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The artifact `name` of `execution` (`output/<scope>.csv` for one in
+    /// a folder), to be served; `None` when the run has not written it.
+    pub async fn artifact(&self, execution: &str, name: &str) -> std::io::Result<Option<Download>> {
+        self.download_key(&artifact_key(execution, name)).await
+    }
+
+    /// The artifact `name` of `execution` as a file on this machine.
+    pub async fn artifact_on_disk(&self, execution: &str, name: &str) -> std::io::Result<OnDisk> {
+        self.key_on_disk(&artifact_key(execution, name)).await
+    }
+
+    /// The names of the artifacts of `execution` in the folder `folder`
+    /// (`""` for all), sorted, relative to the execution.
+    pub async fn artifact_names(&self, execution: &str, folder: &str) -> std::io::Result<Vec<String>> {
+        let base = artifacts_key(execution);
+        let prefix = if folder.is_empty() {
+            base.clone()
+        } else {
+            artifact_key(execution, folder)
+        };
+        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(io_error)?;
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                let parts: Vec<String> = meta
+                    .location
+                    .prefix_match(&base)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some(parts.join("/"))
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Stores the local file `file` as the artifact `name` of `execution`.
+    pub async fn put_artifact(&self, execution: &str, name: &str, file: tempfile::TempPath) -> std::io::Result<()> {
+        let key = artifact_key(execution, name);
+        if self.local.is_some() {
+            return self.move_in(file, &key);
+        }
+        self.upload(&key, &file).await
+    }
+
+    /// Local scratch space for a file about to become an artifact.
+    pub fn scratch_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new().prefix("make-").tempfile_in(&self.tmp)
+    }
+
+    /// A local scratch directory (a preview's outputs), removed when dropped.
+    pub fn scratch_dir(&self, prefix: &str) -> std::io::Result<tempfile::TempDir> {
+        tempfile::Builder::new().prefix(prefix).tempdir_in(&self.tmp)
+    }
+
+    /// Removes every artifact of `execution`, and what a run of it left in
+    /// scratch space.
+    pub async fn remove_artifacts(&self, execution: &str) -> std::io::Result<()> {
+        let out = self.artifacts_out(execution)?;
+        match tokio::fs::remove_dir_all(&out).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if self.local.is_some() {
+            return Ok(());
+        }
+        let prefix = artifacts_key(execution);
+        let keys = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        self.store
+            .delete_stream(keys)
+            .try_for_each(|_| futures::future::ready(Ok(())))
+            .await
+            .map_err(io_error)
+    }
+
+    /// Streams `body` to a temporary file of the store, hashed and counted;
+    /// at most `limit` bytes, and at least the store's pace in every
+    /// window. The file goes when the path is dropped: what is refused
+    /// after reading leaves nothing behind.
+    pub async fn receive<S, E>(&self, body: S, limit: u64) -> Result<(tempfile::TempPath, Stored), UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let mut body = std::pin::pin!(body);
+        let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.tmp)?;
+        let (std_file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(std_file);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut window_end = tokio::time::Instant::now() + self.pace.window;
+        let mut in_window = 0u64;
+        loop {
+            let next = tokio::time::timeout_at(window_end, body.next()).await;
+            // A window that closed must have brought its due.
+            if tokio::time::Instant::now() >= window_end {
+                if in_window < self.pace.bytes {
+                    return Err(UploadError::TooSlow(self.pace));
+                }
+                in_window = 0;
+                window_end = tokio::time::Instant::now() + self.pace.window;
+            }
+            let chunk = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| UploadError::Body(e.to_string()))?,
+            };
+            size += chunk.len() as u64;
+            in_window += chunk.len() as u64;
+            if size > limit {
+                return Err(UploadError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        drop(file);
+        let sha256 = hex::encode(hasher.finalize());
+        Ok((tmp_path, Stored { sha256, size }))
+    }
+
+    /// Writes `bytes` to a temporary file of the store; returns it with its
+    /// sha256, for [`Blobs::place`].
+    pub fn stage_bytes(&self, bytes: &[u8]) -> std::io::Result<(tempfile::TempPath, String)> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(&self.tmp)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.as_file().sync_all()?;
+        Ok((tmp.into_temp_path(), sha256))
+    }
+
+    /// [`Self::stage_bytes`] on a blocking thread: hashing, writing and
+    /// syncing a file of up to the upload limit is blocking work.
+    pub async fn stage(&self, bytes: Vec<u8>) -> std::io::Result<(tempfile::TempPath, String)> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.stage_bytes(&bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+/// The files under `dir`, as relative paths with `/` between parts.
+fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((at, prefix)) = pending.pop() {
+        let entries = match std::fs::read_dir(&at) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.file_type()?.is_dir() {
+                pending.push((entry.path(), format!("{name}/")));
+            } else {
+                found.push(name);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+    }
+
+    /// `count` chunks of `size` bytes, one every `every`.
+    fn trickle(count: usize, size: usize, every: Duration) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::unfold(0, move |sent| async move {
+            if sent == count {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Bytes::from(vec![b'x'; size])), sent + 1))
+        })
+    }
+
+    fn store(dir: &Path) -> Blobs {
+        Blobs::local(dir, Pace::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The default store, and one that is not a directory (as a remote one
+    /// is not): every behaviour must hold on both.
+    fn backends(dir: &Path) -> Vec<(&'static str, Blobs)> {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let remote = Blobs::remote(memory, &dir.join("remote"), Pace::default()).unwrap_or_else(|e| panic!("{e}"));
+        vec![("local", store(&dir.join("local"))), ("remote", remote)]
+    }
+
+    async fn bytes_of(download: Option<Download>) -> Vec<u8> {
+        let Some(download) = download else { return Vec::new() };
+        let size = download.size;
+        let chunks: Vec<Bytes> = download.body.try_collect().await.unwrap_or_else(|e| panic!("{e}"));
+        let bytes = chunks.concat();
+        assert_eq!(bytes.len() as u64, size);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn content_is_stored_under_its_hash_and_read_back_every_way() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, store) in backends(dir.path()) {
+            let (tmp, stored) = store
+                .receive(chunks(&[b"a,b\n", b"1,2\n"]), 100)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            drop(store.place(tmp, &stored.sha256).await.unwrap_or_else(|e| panic!("{e}")));
+            assert_eq!(stored.size, 8);
+            assert_eq!(stored.sha256, hex::encode(Sha256::digest(b"a,b\n1,2\n")));
+            assert!(store.contains(&stored.sha256).await.unwrap_or(false), "{name}");
+            let read = store.read(&stored.sha256).await.ok();
+            assert_eq!(read.as_deref(), Some(&b"a,b\n1,2\n"[..]), "{name}");
+            let served = bytes_of(store.download(&stored.sha256).await.unwrap_or_else(|e| panic!("{e}"))).await;
+            assert_eq!(served, b"a,b\n1,2\n", "{name}");
+            let on_disk = store.on_disk(&stored.sha256).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                std::fs::read(on_disk.path()).ok(),
+                Some(b"a,b\n1,2\n".to_vec()),
+                "{name}"
+            );
+            let copy = on_disk.path().to_path_buf();
+            drop(on_disk);
+            // A copy made for a run goes with it; the stored file stays.
+            assert_eq!(copy.exists(), name == "local", "{name}: {}", copy.display());
+            assert!(
+                store
+                    .download("0".repeat(64).as_str())
+                    .await
+                    .ok()
+                    .is_some_and(|d| d.is_none()),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_store_keeps_content_where_the_data_directory_always_did() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(dir.path());
+        let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
+        drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
+        let path = dir.path().join("files").join(&sha256[..2]).join(&sha256);
+        assert_eq!(std::fs::read(path).ok(), Some(b"kept".to_vec()));
+        assert_eq!(
+            store.artifacts_out("e1").ok(),
+            Some(dir.path().join("executions").join("e1"))
+        );
+    }
+
+    #[tokio::test]
+    async fn content_larger_than_a_part_goes_up_in_parts_and_comes_back_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let big: Vec<u8> = (0..PART * 2 + 12_345).map(|i| (i % 251) as u8).collect();
+        for (name, store) in backends(dir.path()) {
+            let (tmp, sha256) = store.stage(big.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+            drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
+            let read = store.read(&sha256).await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(read == big, "{name}: {} bytes back", read.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_the_limit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let r = store(dir.path()).receive(chunks(&[b"12345", b"67890"]), 8).await;
+        assert!(matches!(r, Err(UploadError::TooLarge { limit: 8 })));
+        let leftovers = std::fs::read_dir(dir.path().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(1);
+        assert_eq!(leftovers, 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_held_to_its_pace_not_to_a_total_time() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pace = Pace {
+            bytes: 1000,
+            window: Duration::from_millis(300),
+        };
+        let store = Blobs::local(dir.path(), pace).unwrap_or_else(|e| panic!("{e}"));
+        // Ten windows long, and never below the pace: stored whole.
+        let steady = store
+            .receive(trickle(30, 500, Duration::from_millis(100)), u64::MAX)
+            .await;
+        assert_eq!(steady.map(|(_, s)| s.size).ok(), Some(15_000));
+        // A few bytes, then too few: let go within about a window.
+        let started = std::time::Instant::now();
+        let slow = store
+            .receive(trickle(100, 10, Duration::from_millis(100)), u64::MAX)
+            .await;
+        assert!(matches!(slow, Err(UploadError::TooSlow(p)) if p == pace), "{slow:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        // A client that stops sending altogether is let go too.
+        let silent = store
+            .receive(futures::stream::pending::<Result<Bytes, std::io::Error>>(), u64::MAX)
+            .await;
+        assert!(matches!(silent, Err(UploadError::TooSlow(_))), "{silent:?}");
+    }
+
+    #[tokio::test]
+    async fn content_is_removed_only_once_nothing_holds_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, store) in backends(dir.path()) {
+            let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
+            drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
+            let held = store.remove_unless(&sha256, || Ok(true)).await;
+            assert!(matches!(held, Ok(false)), "{name}");
+            assert!(store.contains(&sha256).await.unwrap_or(false), "{name}");
+            let gone = store.remove_unless(&sha256, || Ok(false)).await;
+            assert!(matches!(gone, Ok(true)), "{name}");
+            assert!(!store.contains(&sha256).await.unwrap_or(true), "{name}");
+            // Removing what is not there is no failure.
+            assert!(
+                matches!(store.remove_unless(&sha256, || Ok(false)).await, Ok(true)),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_runs_artifacts_reach_the_store_are_served_from_it_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, store) in backends(dir.path()) {
+            let out = store.artifacts_out("run-1").unwrap_or_else(|e| panic!("{e}"));
+            std::fs::create_dir_all(out.join("output")).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(out.join("rejected.csv"), b"row,problem\n").unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(out.join("output").join("contacts.csv"), b"email\nx@example.com\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+            store.keep_artifacts("run-1").await.unwrap_or_else(|e| panic!("{e}"));
+            let names = store
+                .artifact_names("run-1", "")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(names, ["output/contacts.csv", "rejected.csv"], "{name}");
+            let outputs = store
+                .artifact_names("run-1", "output")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(outputs, ["output/contacts.csv"], "{name}");
+            let served = bytes_of(
+                store
+                    .artifact("run-1", "rejected.csv")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .await;
+            assert_eq!(served, b"row,problem\n", "{name}");
+            let on_disk = store
+                .artifact_on_disk("run-1", "output/contacts.csv")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                std::fs::read(on_disk.path()).ok(),
+                Some(b"email\nx@example.com\n".to_vec()),
+                "{name}"
+            );
+            drop(on_disk);
+            let made = store.scratch_file().unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(made.path(), b"zip").unwrap_or_else(|e| panic!("{e}"));
+            store
+                .put_artifact("run-1", "output.zip", made.into_temp_path())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let zip = bytes_of(
+                store
+                    .artifact("run-1", "output.zip")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .await;
+            assert_eq!(zip, b"zip", "{name}");
+            assert!(
+                store
+                    .artifact("run-1", "report.xlsx")
+                    .await
+                    .ok()
+                    .is_some_and(|a| a.is_none()),
+                "{name}"
+            );
+            store.remove_artifacts("run-1").await.unwrap_or_else(|e| panic!("{e}"));
+            let left = store
+                .artifact_names("run-1", "")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(left.is_empty(), "{name}: {left:?}");
+            assert!(!out.exists(), "{name}: {}", out.display());
+        }
+    }
+}
