@@ -3638,6 +3638,80 @@ async fn executions_and_files_are_deleted_on_request_unless_in_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_again() {
+    use weir_host::server::state::FileRow;
+    let s = start().await;
+    let app = &s.app;
+    let workspace = app.db.workspaces().unwrap_or_else(|e| panic!("{e}"))[0].id.clone();
+    let row = |sha256: &str, name: &str| FileRow {
+        sha256: sha256.to_string(),
+        size: 4,
+        name: name.into(),
+        content_type: "text/csv".into(),
+        created_at: chrono::Utc::now(),
+    };
+    let contains = |sha256: String| async move { app.blobs.contains(&sha256).await.unwrap_or(false) };
+
+    // A removal (here, or in another process) that runs whole between
+    // placing content and recording its holder: the content comes back.
+    let (tmp, first) = app
+        .blobs
+        .stage(b"a\n1\n".to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placing = app
+        .place_content(vec![(tmp, first.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.forget_content(&first).await;
+    assert!(!contains(first.clone()).await, "nothing held it yet: it was removed");
+    app.db
+        .insert_file(&workspace, &row(&first, "first.csv"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    placing.settle().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        contains(first.clone()).await,
+        "placed again once its holder is recorded"
+    );
+    assert_eq!(s.get(&format!("/files/{first}/download"), ADMIN).await.bytes, b"a\n1\n");
+
+    // A removal under way when the holder is recorded: placing waits for
+    // its end, then places the content again.
+    let (tmp, second) = app
+        .blobs
+        .stage(b"b\n2\n".to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placing = app
+        .place_content(vec![(tmp, second.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(app.db.begin_content_removal(&second).ok(), Some(true));
+    app.db
+        .insert_file(&workspace, &row(&second, "second.csv"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let remover = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.blobs.remove(&second).await.unwrap_or_else(|e| panic!("{e}"));
+        app.db.end_content_removal(&second).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let started = Instant::now();
+    let (settled, ()) = tokio::join!(placing.settle(), remover);
+    settled.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the removal"
+    );
+    assert!(contains(second.clone()).await, "placed again after the removal ended");
+
+    // A removal that begins once the holder is recorded finds it.
+    app.forget_content(&second).await;
+    assert_eq!(app.db.begin_content_removal(&second).ok(), Some(false));
+    assert!(contains(second.clone()).await);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_past_its_workspaces_retention_goes_and_what_is_in_use_stays() {
     // The default workspace keeps what has ended for 2 s, `acme` for 30
     // days; the sweep runs every 100 ms.

@@ -17,9 +17,8 @@
 //! over any window is let go, so a slow client holds a connection only
 //! while it keeps sending.
 //!
-//! Content is removed ([`Blobs::remove_unless`]) only once nothing holds
-//! it. [`Blobs::place`] holds the store until its caller has recorded what
-//! holds the content, so no removal falls between the two.
+//! When content may go, and that no removal takes it from under a new
+//! holder, is decided with the state store (`server/content.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,13 +92,7 @@ pub struct Blobs {
     /// Local scratch space: uploads being received, copies for runs.
     tmp: PathBuf,
     pace: Pace,
-    /// Held from placing content until its holder is recorded, and while
-    /// content is removed.
-    placing: Arc<tokio::sync::Mutex<()>>,
 }
-
-/// While alive, no content leaves the store ([`Blobs::place`]).
-pub type Held<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 /// Stored content as a file on this machine, for the engine to read: the
 /// stored file itself when the store is local, otherwise a copy that goes
@@ -208,7 +201,6 @@ impl Blobs {
             local,
             tmp,
             pace,
-            placing: Arc::default(),
         })
     }
 
@@ -225,41 +217,19 @@ impl Blobs {
             .map(|local| local.path_to_filesystem(key).map_err(io_error))
     }
 
-    /// No content leaves the store while the answer is alive.
-    async fn hold(&self) -> Held<'_> {
-        self.placing.lock().await
-    }
-
-    /// Places a received file under its hash, and holds the store: no
-    /// content leaves it until the answer is dropped. Write the row that
-    /// keeps the content before dropping it.
-    pub async fn place(&self, tmp: tempfile::TempPath, sha256: &str) -> std::io::Result<Held<'_>> {
-        self.place_all(vec![(tmp, sha256.to_string())]).await
-    }
-
-    /// [`Self::place`] for several files under one hold.
-    pub async fn place_all(&self, staged: Vec<(tempfile::TempPath, String)>) -> std::io::Result<Held<'_>> {
-        if self.local.is_some() {
-            let held = self.hold().await;
-            for (tmp, sha256) in staged {
-                self.move_in(tmp, &file_key(&sha256))?;
-            }
-            return Ok(held);
-        }
-        // Uploaded before the hold, so a long upload holds up no one;
-        // content removed in between is uploaded again under it.
-        for (tmp, sha256) in &staged {
-            if !self.contains(sha256).await? {
-                self.upload(&file_key(sha256), tmp).await?;
+    /// Places staged files (each with its sha256) under their hash, each
+    /// unless it is there already. The staged files stay, so that content
+    /// a removal took meanwhile can be placed again.
+    pub async fn place_all(&self, staged: &[(tempfile::TempPath, String)]) -> std::io::Result<()> {
+        for (tmp, sha256) in staged {
+            let key = file_key(sha256);
+            if let Some(target) = self.local_path(&key).transpose()? {
+                link_in(tmp, &target)?;
+            } else if !self.contains(sha256).await? {
+                self.upload(&key, tmp).await?;
             }
         }
-        let held = self.hold().await;
-        for (tmp, sha256) in &staged {
-            if !self.contains(sha256).await? {
-                self.upload(&file_key(sha256), tmp).await?;
-            }
-        }
-        Ok(held)
+        Ok(())
     }
 
     /// Moves a local file to `key` of a local store.
@@ -367,21 +337,12 @@ impl Blobs {
         })
     }
 
-    /// Removes the content with `sha256` unless `in_use` says something
-    /// still holds it; true when it was removed (or was not there).
-    pub async fn remove_unless(
-        &self,
-        sha256: &str,
-        in_use: impl FnOnce() -> std::io::Result<bool>,
-    ) -> std::io::Result<bool> {
-        let _held = self.hold().await;
-        if in_use()? {
-            return Ok(false);
-        }
+    /// Removes the content with `sha256` (nothing when it is not there).
+    /// Only once nothing holds it: see `server/content.rs`.
+    pub async fn remove(&self, sha256: &str) -> std::io::Result<()> {
         match self.store.delete(&file_key(sha256)).await {
-            Ok(()) => Ok(true),
-            Err(e) if not_found(&e) => Ok(true),
-            Err(e) => Err(io_error(e)),
+            Err(e) if !not_found(&e) => Err(io_error(e)),
+            _ => Ok(()),
         }
     }
 
@@ -557,6 +518,27 @@ impl Blobs {
     }
 }
 
+/// Puts the local file `tmp` at `target` unless something is there (the
+/// same content, as names are hashes), without moving `tmp`: a hard link,
+/// or a copy renamed into place where no link can be made.
+fn link_in(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    if target.exists() {
+        return Ok(());
+    }
+    let dir = target.parent().unwrap_or(target);
+    std::fs::create_dir_all(dir)?;
+    match std::fs::hard_link(tmp, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => {
+            let copy = tempfile::NamedTempFile::new_in(dir)?;
+            std::fs::copy(tmp, copy.path())?;
+            copy.as_file().sync_all()?;
+            copy.persist(target).map(drop).map_err(|e| e.error)
+        }
+    }
+}
+
 /// The files under `dir`, as relative paths with `/` between parts.
 fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut found = Vec::new();
@@ -628,7 +610,9 @@ mod tests {
                 .receive(chunks(&[b"a,b\n", b"1,2\n"]), 100)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            drop(store.place(tmp, &stored.sha256).await.unwrap_or_else(|e| panic!("{e}")));
+            let staged = [(tmp, stored.sha256.clone())];
+            store.place_all(&staged).await.unwrap_or_else(|e| panic!("{e}"));
+            drop(staged);
             assert_eq!(stored.size, 8);
             assert_eq!(stored.sha256, hex::encode(Sha256::digest(b"a,b\n1,2\n")));
             assert!(store.contains(&stored.sha256).await.unwrap_or(false), "{name}");
@@ -662,7 +646,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = store(dir.path());
         let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
-        drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
+        store
+            .place_all(&[(tmp, sha256.clone())])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("files").join(&sha256[..2]).join(&sha256);
         assert_eq!(std::fs::read(path).ok(), Some(b"kept".to_vec()));
         assert_eq!(
@@ -677,7 +664,10 @@ mod tests {
         let big: Vec<u8> = (0..PART * 2 + 12_345).map(|i| (i % 251) as u8).collect();
         for (name, store) in backends(dir.path()) {
             let (tmp, sha256) = store.stage(big.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-            drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
+            store
+                .place_all(&[(tmp, sha256.clone())])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             let read = store.read(&sha256).await.unwrap_or_else(|e| panic!("{e}"));
             assert!(read == big, "{name}: {} bytes back", read.len());
         }
@@ -722,21 +712,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn content_is_removed_only_once_nothing_holds_it() {
+    async fn content_a_removal_took_is_placed_again_from_the_staged_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for (name, store) in backends(dir.path()) {
             let (tmp, sha256) = store.stage_bytes(b"kept").unwrap_or_else(|e| panic!("{e}"));
-            drop(store.place(tmp, &sha256).await.unwrap_or_else(|e| panic!("{e}")));
-            let held = store.remove_unless(&sha256, || Ok(true)).await;
-            assert!(matches!(held, Ok(false)), "{name}");
-            assert!(store.contains(&sha256).await.unwrap_or(false), "{name}");
-            let gone = store.remove_unless(&sha256, || Ok(false)).await;
-            assert!(matches!(gone, Ok(true)), "{name}");
+            let staged = [(tmp, sha256.clone())];
+            store.place_all(&staged).await.unwrap_or_else(|e| panic!("{e}"));
+            // Placing what is there changes nothing.
+            store.place_all(&staged).await.unwrap_or_else(|e| panic!("{e}"));
+            store.remove(&sha256).await.unwrap_or_else(|e| panic!("{e}"));
             assert!(!store.contains(&sha256).await.unwrap_or(true), "{name}");
             // Removing what is not there is no failure.
-            assert!(
-                matches!(store.remove_unless(&sha256, || Ok(false)).await, Ok(true)),
-                "{name}"
+            store.remove(&sha256).await.unwrap_or_else(|e| panic!("{e}"));
+            store.place_all(&staged).await.unwrap_or_else(|e| panic!("{e}"));
+            drop(staged);
+            let read = store.read(&sha256).await.ok();
+            assert_eq!(
+                read.as_deref(),
+                Some(&b"kept"[..]),
+                "{name}: back, and it outlives its staged file"
             );
         }
     }

@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod leases;
 pub mod listen;
@@ -241,43 +242,6 @@ impl App {
             text = text.replace(&format!("{form}/"), "").replace(form.as_str(), "");
         }
         text
-    }
-
-    /// Removes content `sha256` from the file store unless a workspace's
-    /// file or a plugin still holds it. Content left behind by a failure is
-    /// only space, removed by the next deletion of the same content.
-    pub async fn forget_content(&self, sha256: &str) {
-        let removed = self
-            .blobs
-            .remove_unless(sha256, || self.db.content_in_use(sha256).map_err(std::io::Error::other))
-            .await;
-        if let Err(e) = removed {
-            tracing::warn!(error = %e, "removing content from the file store failed");
-        }
-    }
-
-    /// Stores `bytes` as a file of the workspace, as an upload named `name`
-    /// would be (for inputs the server makes itself).
-    pub async fn keep_file(
-        &self,
-        workspace_id: &str,
-        name: &str,
-        content_type: &str,
-        bytes: Vec<u8>,
-    ) -> anyhow::Result<state::FileRow> {
-        let size = bytes.len() as u64;
-        let (staged, sha256) = self.blobs.stage(bytes).await?;
-        let _held = self.blobs.place(staged, &sha256).await?;
-        Ok(self.db.insert_file(
-            workspace_id,
-            &state::FileRow {
-                sha256,
-                size,
-                name: name.to_string(),
-                content_type: content_type.to_string(),
-                created_at: chrono::Utc::now(),
-            },
-        )?)
     }
 }
 

@@ -182,23 +182,21 @@ pub async fn receive(
             vec![weir_engine::error::Problem::new("file", "has no bytes")],
         ));
     }
-    let row = {
-        let _held = app
-            .blobs
-            .place(staged, &stored.sha256)
-            .await
-            .map_err(ApiError::internal)?;
-        app.db.insert_file(
-            workspace_id,
-            &FileRow {
-                sha256: stored.sha256,
-                size: stored.size,
-                name: name.clone(),
-                content_type: content_type.clone(),
-                created_at: Utc::now(),
-            },
-        )?
-    };
+    let placing = app
+        .place_content(vec![(staged, stored.sha256.clone())])
+        .await
+        .map_err(ApiError::internal)?;
+    let row = app.db.insert_file(
+        workspace_id,
+        &FileRow {
+            sha256: stored.sha256,
+            size: stored.size,
+            name: name.clone(),
+            content_type: content_type.clone(),
+            created_at: Utc::now(),
+        },
+    )?;
+    placing.settle().await.map_err(ApiError::internal)?;
     app.db.note_uploader(workspace_id, &row.sha256, &caller.key_id)?;
     // The store keeps one copy of the same bytes, under the name they first
     // came with; this upload (and the run it triggers, whose input tables

@@ -289,8 +289,12 @@ pub async fn push(
         sample: sample.map(|f| (f, caller.key_id.clone())),
         connector,
     };
-    let written = match app.blobs.place_all(staged).await {
-        Ok(_held) => app.db.write_package(&workspace, &write).map_err(ApiError::from),
+    let written = match app.place_content(staged).await {
+        Ok(placing) => {
+            let written = app.db.write_package(&workspace, &write).map_err(ApiError::from);
+            placing.settle().await.map_err(ApiError::internal)?;
+            written
+        }
         Err(e) => Err(ApiError::internal(e)),
     };
     let refused = match written {

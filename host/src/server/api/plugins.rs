@@ -121,10 +121,12 @@ pub(super) async fn register(
         Checked::New(row, wasm) => (row, wasm),
     };
     let (staged, _) = app.blobs.stage(wasm).await.map_err(ApiError::internal)?;
-    let (stored_row, inserted) = {
-        let _held = app.blobs.place(staged, &row.sha256).await.map_err(ApiError::internal)?;
-        app.db.insert_plugin(workspace_id, &row)?
-    };
+    let placing = app
+        .place_content(vec![(staged, row.sha256.clone())])
+        .await
+        .map_err(ApiError::internal)?;
+    let (stored_row, inserted) = app.db.insert_plugin(workspace_id, &row)?;
+    placing.settle().await.map_err(ApiError::internal)?;
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
         // this one's is refused and leaves unless something else holds it.

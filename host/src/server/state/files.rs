@@ -17,6 +17,23 @@ pub struct FileRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The removals of one content hash ([`Db::content_removals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentRemovals {
+    /// How many have begun.
+    pub begun: i64,
+    /// When the one under way began.
+    pub active_since: Option<DateTime<Utc>>,
+}
+
+fn content_in_use(conn: &Connection, sha256: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE sha256 = ?1) OR EXISTS (SELECT 1 FROM plugins WHERE sha256 = ?1)",
+        [sha256],
+        |r| r.get(0),
+    )?)
+}
+
 /// What deleting a file of a workspace did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDeletion {
@@ -156,11 +173,54 @@ impl Db {
 
     /// Whether any workspace holds the content, or a plugin is it.
     pub fn content_in_use(&self, sha256: &str) -> Result<bool> {
-        Ok(self.lock().query_row(
-            "SELECT EXISTS (SELECT 1 FROM files WHERE sha256 = ?1) OR EXISTS (SELECT 1 FROM plugins WHERE sha256 = ?1)",
+        content_in_use(&self.lock(), sha256)
+    }
+
+    /// Begins removing content `sha256` from the blob store, unless a file
+    /// or plugin holds it (false then): one transaction checks and marks
+    /// the removal under way. End it with [`Db::end_content_removal`].
+    pub fn begin_content_removal(&self, sha256: &str) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if content_in_use(&tx, sha256)? {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO content_removals (sha256, generation, active_since) VALUES (?1, 1, ?2)
+             ON CONFLICT (sha256) DO UPDATE SET generation = generation + 1, active_since = ?2",
+            params![sha256, now()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The removal of content `sha256` is over.
+    pub fn end_content_removal(&self, sha256: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE content_removals SET active_since = NULL WHERE sha256 = ?1",
             [sha256],
-            |r| r.get(0),
-        )?)
+        )?;
+        Ok(())
+    }
+
+    /// How many removals of content `sha256` have begun, and since when
+    /// one is under way.
+    pub fn content_removals(&self, sha256: &str) -> Result<ContentRemovals> {
+        let found = self
+            .lock()
+            .query_row(
+                "SELECT generation, active_since FROM content_removals WHERE sha256 = ?1",
+                [sha256],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .optional()?;
+        Ok(match found {
+            Some((begun, active_since)) => ContentRemovals {
+                begun,
+                active_since: active_since.as_deref().map(time),
+            },
+            None => ContentRemovals::default(),
+        })
     }
 
     /// Files of the workspace last uploaded before `before` that no

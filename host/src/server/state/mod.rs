@@ -28,7 +28,7 @@ mod webhooks;
 
 pub use connectors::{ConnectorRow, ConnectorWrite, PackageWrite, PushRefused, SqlVersion};
 pub use executions::{ExecutionFilter, ExecutionRow, IdempotencyKey, KeyUse, LogLine};
-pub use files::{FileDeletion, FileRow};
+pub use files::{ContentRemovals, FileDeletion, FileRow};
 pub use keys::{KeyRow, Workspace};
 pub use leases::Lease;
 pub use objects::ObjectRow;
@@ -339,6 +339,17 @@ CREATE INDEX executions_by_connector_status ON executions (connector_id, status)
     // one, from this index alone, however long the queue.
     r#"
 CREATE INDEX executions_queued ON executions (workspace_id, id) WHERE status = 'queued';
+"#,
+    // Removals of content from the blob store, per hash: how many have
+    // begun, and since when one is under way. What places content reads
+    // them around recording what holds it, so that a removal in any
+    // process never takes content from under a new holder.
+    r#"
+CREATE TABLE content_removals (
+    sha256 TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    active_since TEXT
+);
 "#,
 ];
 
