@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::document::{self, Document};
 use crate::error::{Error, Problem, Result};
 use crate::sources::SourceDef;
+use crate::written::{Bytes, EncodingChoice, Written};
 
 /// How a connector is triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -88,7 +89,8 @@ pub struct InputOptions {
     /// The CSV delimiter (one character); sniffed when absent.
     pub delimiter: Option<String>,
     /// `auto` or an encoding label (`utf-8`, `latin-1`, `windows-1252`, `utf-16`, …).
-    pub encoding: String,
+    #[schema(value_type = String)]
+    pub encoding: Written<EncodingChoice>,
     /// Whether the first row is a header.
     pub header: bool,
     /// `false`: every column is text.
@@ -187,9 +189,11 @@ impl std::fmt::Display for ParamValue {
 #[serde(default)]
 pub struct LimitsDef {
     /// Wall-clock limit of a run, e.g. `"5m"`.
-    pub max_runtime: String,
+    #[schema(value_type = String)]
+    pub max_runtime: Written<Duration>,
     /// Memory limit of the SQL engine, e.g. `"2GiB"`.
-    pub max_memory: String,
+    #[schema(value_type = String)]
+    pub max_memory: Written<Bytes>,
     /// Most rows an input table or a scope may have.
     pub max_rows: u64,
     /// Executions of this connector at once.
@@ -226,33 +230,21 @@ pub struct Limits {
 }
 
 impl LimitsDef {
-    /// Parses the limits, listing every problem.
+    /// The limits, or every problem of them.
     pub fn parse(&self) -> std::result::Result<Limits, Vec<Problem>> {
         let mut problems = Vec::new();
-        let max_runtime = humantime::parse_duration(self.max_runtime.trim())
-            .map_err(|e| {
-                problems.push(Problem::new(
-                    "limits.max_runtime",
-                    format!("`{}` is not a duration like \"5m\" or \"30s\": {e}", self.max_runtime),
-                ))
-            })
-            .unwrap_or_default();
-        let max_memory = self
-            .max_memory
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|e| {
-                problems.push(Problem::new(
-                    "limits.max_memory",
-                    format!("`{}` is not a size like \"2GiB\": {e}", self.max_memory),
-                ))
-            })
-            .unwrap_or_default();
+        if let Some(p) = self.max_runtime.problem() {
+            problems.push(Problem::new("limits.max_runtime", p));
+        }
+        if let Some(p) = self.max_memory.problem() {
+            problems.push(Problem::new("limits.max_memory", p));
+        }
+        let max_runtime = self.max_runtime.get().copied().unwrap_or_default();
+        let max_memory = self.max_memory.get().map_or(0, |b| b.0);
         if max_runtime.is_zero() && problems.is_empty() {
             problems.push(Problem::new("limits.max_runtime", "must be more than zero"));
         }
-        if max_memory < 16 * 1024 * 1024 && !self.max_memory.trim().is_empty() && problems.is_empty() {
+        if max_memory < 16 * 1024 * 1024 && !self.max_memory.text().trim().is_empty() && problems.is_empty() {
             problems.push(Problem::new("limits.max_memory", "must be at least 16MiB"));
         }
         if self.max_rows == 0 {
@@ -335,10 +327,10 @@ impl LimitsDef {
         let mut capped = self.clone();
         if let Ok(limits) = self.parse() {
             if limits.max_runtime > caps.max_runtime {
-                capped.max_runtime = humantime::format_duration(caps.max_runtime).to_string();
+                capped.max_runtime = Written::of(caps.max_runtime);
             }
             if limits.max_memory > caps.max_memory {
-                capped.max_memory = format!("{}B", caps.max_memory);
+                capped.max_memory = Written::of(Bytes(caps.max_memory));
             }
             capped.max_rows = self.max_rows.min(caps.max_rows);
         }
@@ -351,7 +343,8 @@ impl LimitsDef {
 pub struct WebhookDef {
     /// How long payloads are buffered into one execution; `"0"` = one each.
     #[serde(default = "default_batch_window")]
-    pub batch_window: String,
+    #[schema(value_type = String)]
+    pub batch_window: Written<Duration>,
     /// Name of the environment variable holding the signing secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
@@ -361,7 +354,7 @@ pub struct WebhookDef {
     pub secret: Option<String>,
 }
 
-fn default_batch_window() -> String {
+fn default_batch_window() -> Written<Duration> {
     "30s".into()
 }
 
@@ -379,8 +372,8 @@ impl Default for WebhookDef {
 impl WebhookDef {
     /// `batch_window` as a duration (`"0"`: one batch per payload); `None`
     /// when it is not one.
-    pub fn window(&self) -> Option<std::time::Duration> {
-        humantime::parse_duration(self.batch_window.trim()).ok()
+    pub fn window(&self) -> Option<Duration> {
+        self.batch_window.get().copied()
     }
 }
 
@@ -388,13 +381,15 @@ impl WebhookDef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleDef {
     /// Cron expression with seconds.
-    pub cron: String,
+    #[schema(value_type = String)]
+    pub cron: Written<cron::Schedule>,
     /// IANA time zone of the expression.
     #[serde(default = "default_timezone")]
-    pub timezone: String,
+    #[schema(value_type = String)]
+    pub timezone: Written<chrono_tz::Tz>,
 }
 
-fn default_timezone() -> String {
+fn default_timezone() -> Written<chrono_tz::Tz> {
     "UTC".into()
 }
 
@@ -415,7 +410,8 @@ pub struct TransformDef {
     /// The scope the step runs on.
     pub scope: String,
     /// `name@version` or `sha256:<hex>`.
-    pub plugin: String,
+    #[schema(value_type = String)]
+    pub plugin: Written<PluginRef>,
     /// Configuration handed to the plugin as JSON (absent: `null`).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub config: serde_json::Value,
@@ -784,11 +780,8 @@ impl Connector {
         {
             problems.push(Problem::new("input.delimiter", "must be exactly one character"));
         }
-        if self.input.encoding != "auto" && crate::intake::encoding::lookup(&self.input.encoding).is_none() {
-            problems.push(Problem::new(
-                "input.encoding",
-                format!("unknown encoding `{}`", self.input.encoding),
-            ));
+        if let Some(p) = self.input.encoding.problem() {
+            problems.push(Problem::new("input.encoding", p));
         }
         if self.sql.file.is_some() && self.sql.text.is_some() {
             problems.push(Problem::new("sql", "give either `file` or `text`, not both"));
@@ -844,7 +837,7 @@ impl Connector {
             if !is_identifier(&t.scope) {
                 problems.push(Problem::new(format!("transforms[{i}].scope"), "not a valid scope name"));
             }
-            if let Err(message) = PluginRef::parse(&t.plugin) {
+            if let Some(message) = t.plugin.problem() {
                 problems.push(Problem::new(format!("transforms[{i}].plugin"), message));
             }
             // A config sent as JSON must still be writable as connector.toml

@@ -63,5 +63,6 @@ pub mod sql;
 pub mod store;
 pub mod transform;
 pub mod variables;
+pub mod written;
 
 pub use error::{Error, Result};

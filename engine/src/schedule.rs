@@ -4,8 +4,6 @@
 //! all year, across daylight saving changes. Checked with the rest of the
 //! connector, so `weir run` and the server refuse the same schedules.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use cron::Schedule;
@@ -26,29 +24,18 @@ pub struct Parsed {
 /// Parses a `[schedule]`; the problems name `schedule.cron` or
 /// `schedule.timezone`.
 pub fn parse(def: &ScheduleDef) -> Result<Parsed, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let schedule = Schedule::from_str(def.cron.trim())
-        .map_err(|e| {
-            problems.push(Problem::new(
-                "schedule.cron",
-                format!(
-                    "`{}` is not a cron expression with seconds (sec min hour day month weekday): {e}",
-                    def.cron
-                ),
-            ));
-        })
-        .ok();
-    let zone = Tz::from_str(def.timezone.trim())
-        .map_err(|_| {
-            problems.push(Problem::new(
-                "schedule.timezone",
-                format!("`{}` is not an IANA time zone (e.g. Europe/Oslo)", def.timezone),
-            ));
-        })
-        .ok();
-    match (schedule, zone) {
-        (Some(schedule), Some(zone)) if problems.is_empty() => Ok(Parsed { schedule, zone }),
-        _ => Err(problems),
+    match (def.cron.get(), def.timezone.get()) {
+        (Some(schedule), Some(zone)) => Ok(Parsed {
+            schedule: schedule.clone(),
+            zone: *zone,
+        }),
+        _ => Err([
+            ("schedule.cron", def.cron.problem()),
+            ("schedule.timezone", def.timezone.problem()),
+        ]
+        .into_iter()
+        .filter_map(|(path, problem)| problem.map(|p| Problem::new(path, p)))
+        .collect()),
     }
 }
 

@@ -165,23 +165,25 @@ impl Chain {
             let mut schema = input;
             let mut steps = Vec::with_capacity(defs.len());
             for (i, def) in defs {
-                let reference = PluginRef::parse(&def.plugin)
-                    .map_err(|m| Error::InvalidConnector(vec![Problem::new(format!("transforms[{i}].plugin"), m)]))?;
+                let reference = def.plugin.get().ok_or_else(|| {
+                    let why = def.plugin.problem().unwrap_or_default().to_string();
+                    Error::InvalidConnector(vec![Problem::new(format!("transforms[{i}].plugin"), why)])
+                })?;
                 let wasm = plugins
                     .source
-                    .fetch(&reference)
+                    .fetch(reference)
                     .map_err(|m| Error::InvalidConnector(vec![Problem::new(format!("transforms[{i}].plugin"), m)]))?;
                 let name = format!("transforms[{i}] on {scope}");
                 let plugin = plugins
                     .runtime
-                    .load_logged(&def.plugin, &wasm, ctx.log.as_ref())
+                    .load_logged(def.plugin.text(), &wasm, ctx.log.as_ref())
                     .map_err(|e| e.in_step(&name))?;
                 let started = Instant::now();
                 let mut instance = plugins.runtime.instantiate(
                     &plugin,
                     StepInfo {
                         name: name.clone(),
-                        plugin: def.plugin.clone(),
+                        plugin: def.plugin.to_string(),
                         log: ctx.log.clone(),
                         cancel: ctx.cancel.clone(),
                         deadline: ctx.deadline,
@@ -192,12 +194,12 @@ impl Chain {
                 steps.push(Step {
                     index: i,
                     name,
-                    plugin: def.plugin.clone(),
+                    plugin: def.plugin.to_string(),
                     on_error: def.on_error,
                     instance: Some(instance),
                     count: TransformCount {
                         scope: scope.clone(),
-                        plugin: def.plugin.clone(),
+                        plugin: def.plugin.to_string(),
                         ..TransformCount::default()
                     },
                 });

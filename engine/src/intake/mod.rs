@@ -146,14 +146,15 @@ impl IntakeOptions {
                 )]));
             }
         };
-        let encoding = match input.encoding.as_str() {
-            "auto" => None,
-            label => Some(encoding::lookup(label).ok_or_else(|| {
-                Error::InvalidConnector(vec![crate::error::Problem::new(
+        let encoding = match input.encoding.get() {
+            Some(choice) => choice.named(),
+            None => {
+                let why = input.encoding.problem().unwrap_or_default();
+                return Err(Error::InvalidConnector(vec![crate::error::Problem::new(
                     "input.encoding",
-                    format!("unknown encoding `{label}`"),
-                )])
-            })?),
+                    why,
+                )]));
+            }
         };
         Ok(Self {
             format: input.format,

@@ -298,7 +298,7 @@ pub async fn run(request: RunRequest, progress: &Progress) -> Execution {
 }
 
 fn connector_max_runtime(connector: &Connector) -> String {
-    connector.limits.max_runtime.clone()
+    connector.limits.max_runtime.to_string()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use weir_engine::connector::{Connector, ConnectorStatus, PluginRef};
+use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
 use weir_engine::execution::{Execution, ExecutionError, LoadCount, StageStatus, Status, StepProgress};
 use weir_engine::pipeline::{Progress, RunSettings};
@@ -615,11 +615,7 @@ pub async fn job_plugins(
 ) -> (BTreeMap<String, Result<PathBuf, String>>, Vec<OnDisk>) {
     let mut found = BTreeMap::new();
     let mut files = Vec::new();
-    for plugin in connector
-        .transforms
-        .iter()
-        .filter_map(|t| PluginRef::parse(&t.plugin).ok())
-    {
+    for plugin in connector.transforms.iter().filter_map(|t| t.plugin.get().cloned()) {
         let file = match app.db.plugin_by_ref(workspace_id, &plugin) {
             Ok(Some(row)) => app
                 .blobs

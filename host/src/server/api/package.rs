@@ -38,6 +38,7 @@ use weir_engine::error::Problem;
 use weir_engine::objects::Objects;
 use weir_engine::package::Package;
 use weir_engine::pipeline::InputFile;
+use weir_engine::written::Written;
 
 use super::connector_of;
 use super::connectors::ConnectorView;
@@ -339,8 +340,8 @@ fn within_reach(app: &App, caller: &Caller, package: &Package, exists: bool) -> 
         )));
     }
     for t in &package.connector.transforms {
-        let plugin = PluginRef::parse(&t.plugin).map_err(ApiError::internal)?;
-        if app.db.plugin_by_ref(&caller.workspace_id, &plugin)?.is_none() {
+        let plugin = t.plugin.value().map_err(ApiError::internal)?;
+        if app.db.plugin_by_ref(&caller.workspace_id, plugin)?.is_none() {
             return Err(ApiError::forbidden(format!(
                 "plugin {} is not published, and a key limited to some connectors cannot publish plugins",
                 t.plugin
@@ -357,9 +358,9 @@ async fn plugin_to_publish(
     app: &App,
     caller: &Caller,
     package: &Package,
-    reference: &str,
+    reference: &Written<PluginRef>,
 ) -> ApiResult<Option<(PluginRow, Vec<u8>)>> {
-    let plugin = PluginRef::parse(reference).map_err(ApiError::internal)?;
+    let plugin = reference.value().map_err(ApiError::internal)?.clone();
     let known = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?;
     let PluginRef::Named { name, version } = plugin else {
         return match known {
@@ -476,8 +477,8 @@ async fn build(
         files.extend(snapshot);
     }
     for t in &connector.transforms {
-        let plugin = PluginRef::parse(&t.plugin).map_err(ApiError::internal)?;
-        let stored = app.db.plugin_by_ref(&caller.workspace_id, &plugin)?.ok_or_else(|| {
+        let plugin = t.plugin.value().map_err(ApiError::internal)?;
+        let stored = app.db.plugin_by_ref(&caller.workspace_id, plugin)?.ok_or_else(|| {
             ApiError::conflict(
                 "unknown_plugin",
                 format!("transform plugin {plugin} is not published in this workspace"),
