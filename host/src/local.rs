@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// The input file (default: the one file under data/).
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Where outputs go: output/<scope>.csv, report.xlsx, rejected.csv.
+    /// Where outputs go: `output/<scope>.csv`, `report.xlsx`, `rejected.csv`.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Do everything except writing records.

@@ -46,7 +46,7 @@ pub enum PackageCommand {
         /// Package the draft script instead of the live one.
         #[arg(long)]
         draft: bool,
-        /// Where to write it (default: <connector>.zip).
+        /// Where to write it (default: `<connector>.zip`).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },

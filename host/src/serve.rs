@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::auth::{self, Role};
 use crate::server::config::ServerConfig;
-use crate::server::state::Db;
+use crate::server::state::{Db, KeyState};
 
 /// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win
 /// over the config file, which wins over the defaults.

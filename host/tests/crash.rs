@@ -17,7 +17,7 @@ use common::{call, importer_with, publish_plugin, serve, upload_named, wait_end}
 use reqwest::Method;
 use serde_json::{Value, json};
 use weir_engine::store::{RecordStore, SqliteStore};
-use weir_host::server::state::Db;
+use weir_host::server::state::{Db, KeyState, ObjectState};
 
 /// Distinct e-mails in the input.
 const PEOPLE: usize = 60_000;

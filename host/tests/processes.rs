@@ -320,6 +320,7 @@ async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
         counted,
         "no commit after the run was resolved"
     );
+    use weir_host::server::state::KeyState;
     let workspace = weir_host::server::state::Db::open(&dir.path().join("state.db"))
         .and_then(|db| db.workspace_named("default"))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{quick, serve, slow, status_of, upload, wait};
-use weir_host::server::state::Db;
+use weir_host::server::state::{Db, ExecutionState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_fails_its_running_execution_and_runs_the_queued_one_after_restart() {

@@ -140,7 +140,7 @@ impl Server {
     }
 
     fn key(&self, workspace: &str, role: Role, connectors: Option<Vec<String>>) -> String {
-        auth::create_key(&self.app.db, workspace, "test", role, connectors, None)
+        auth::create_key(self.app.db.as_ref(), workspace, "test", role, connectors, None)
             .unwrap_or_else(|e| panic!("{e}"))
             .secret
     }

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
-use super::state::{Db, KeyRow, StateError, StateFault, Workspace};
+use super::state::{KeyRow, StateError, StateFault, StateStore, Workspace};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -114,7 +114,7 @@ pub fn new_key(
 
 /// Creates a key in workspace `workspace` (made when new) and stores it.
 pub fn create_key(
-    db: &Db,
+    db: &dyn StateStore,
     workspace: &str,
     name: &str,
     role: Role,
@@ -210,7 +210,7 @@ pub fn key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 /// Checks a presented key against the store.
-pub fn authenticate(db: &Db, presented: &str) -> Result<Option<Caller>, StateError> {
+pub fn authenticate(db: &dyn StateStore, presented: &str) -> Result<Option<Caller>, StateError> {
     let hash = hash_secret(presented);
     let Some(row) = db.key_by_hash(&hash)? else {
         return Ok(None);
@@ -240,7 +240,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 "an API key is required (Authorization: Bearer <key> or X-API-KEY)",
             ));
         };
-        match authenticate(&app.db, key)? {
+        match authenticate(app.db.as_ref(), key)? {
             Some(caller) => Ok(caller),
             None => Err(ApiError::unauthorized("the API key is not valid")),
         }
@@ -272,8 +272,9 @@ mod tests {
 
     #[test]
     fn keys_are_stored_hashed_and_revoked_keys_stop_working() {
+        use crate::server::state::KeyState;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+        let db = crate::server::state::Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
         let key = create_key(&db, "acme", "ci", Role::Operator, None, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(key.secret.starts_with("weir_") && key.secret.len() == 69);
         assert_ne!(key.row.secret_sha256, key.secret);

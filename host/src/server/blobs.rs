@@ -499,7 +499,7 @@ impl Blobs {
     }
 
     /// Writes `bytes` to a temporary file of the store; returns it with its
-    /// sha256, for [`Blobs::place`].
+    /// sha256, for [`Blobs::place_all`].
     pub fn stage_bytes(&self, bytes: &[u8]) -> std::io::Result<(tempfile::TempPath, String)> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(&self.tmp)?;

@@ -1,6 +1,6 @@
 //! `weir serve`: the HTTP API over the engine (SPEC §6, §8).
 //!
-//! [`start`] opens the data directory (state database, record store, file
+//! [`start`] opens the data directory (state store, record store, blob
 //! store), resolves what a previous process left running, bootstraps the
 //! first workspace and admin key, and starts the dispatcher; [`Server::run`]
 //! serves until a shutdown signal and then drains running executions.
@@ -8,9 +8,10 @@
 //! # Layout
 //!
 //! - [`config`]: layered configuration (defaults → file → `WEIR_*` env).
-//! - [`state`]: the state database and its migrations.
+//! - [`state`]: the state store: its traits per aggregate, and SQLite.
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
-//! - [`files`]: the content-addressed file store.
+//! - [`blobs`]: files, plugins and artifacts in an object store.
+//! - [`content`]: when content may leave the blob store.
 //! - [`queue`]: queue, workers, cancel, shutdown drain.
 //! - [`leases`]: worker ids, leases and heartbeats, cancels between
 //!   processes, and resolving runs whose process was lost.
@@ -51,12 +52,12 @@ use weir_engine::store::{RecordStore, SqliteStore};
 
 use self::blobs::Blobs;
 use self::config::Settings;
-use self::state::Db;
+use self::state::{Db, StateStore};
 
 /// Everything the handlers and workers share.
 pub struct App {
     /// The state database.
-    pub db: Db,
+    pub db: Arc<dyn StateStore>,
     /// Files, plugins and artifacts.
     pub blobs: Blobs,
     /// Records of every workspace.
@@ -129,7 +130,7 @@ pub enum StartError {
 /// Refuses to start when secrets are stored and the key to open them is
 /// missing or another one: every connector using one would fail later, one
 /// by one, with a less clear error.
-fn check_secrets_key(db: &Db, key: Option<&secrets::SecretsKey>) -> Result<(), StartError> {
+fn check_secrets_key(db: &dyn StateStore, key: Option<&secrets::SecretsKey>) -> Result<(), StartError> {
     let Some((workspace_id, secret)) = db.any_secret().map_err(|e| StartError::Secrets(e.to_string()))? else {
         return Ok(());
     };
@@ -171,15 +172,15 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let worker = leases::Worker::register(&dir, &settings.worker_id)?;
-    let db = Db::open(&dir.join("state.db"))?;
+    let db: Arc<dyn StateStore> = Arc::new(Db::open(&dir.join("state.db"))?);
     let blobs = match &settings.blob_store {
         Some(store) => Blobs::remote(store.clone(), &dir, settings.upload_pace),
         None => Blobs::local(&dir, settings.upload_pace),
     }
     .map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
-    check_secrets_key(&db, settings.secrets_key.as_ref())?;
-    let bootstrap_key = bootstrap(&db, &settings)?;
+    check_secrets_key(db.as_ref(), settings.secrets_key.as_ref())?;
+    let bootstrap_key = bootstrap(db.as_ref(), &settings)?;
     let plugins = Arc::new(
         PluginRuntime::new(PluginSettings {
             cache_dir: Some(dir.join("plugin-cache")),
@@ -246,7 +247,7 @@ impl App {
 }
 
 /// Creates the first workspace and admin key when the state is empty.
-fn bootstrap(db: &Db, settings: &Settings) -> Result<Option<String>, StartError> {
+fn bootstrap(db: &dyn StateStore, settings: &Settings) -> Result<Option<String>, StartError> {
     if !db.is_empty()? {
         return Ok(None);
     }

@@ -643,7 +643,7 @@ pub async fn job_plugins(
 pub fn job_secrets(app: &App, workspace_id: &str, connector: &Connector) -> SecretValues {
     let mut values = BTreeMap::new();
     for name in weir_engine::sources::secrets_needed(&connector.sources) {
-        match super::secrets::open(&app.db, app.settings.secrets_key.as_ref(), workspace_id, &name) {
+        match super::secrets::open(app.db.as_ref(), app.settings.secrets_key.as_ref(), workspace_id, &name) {
             Ok(Some(value)) => {
                 values.insert(name, value);
             }

@@ -154,7 +154,7 @@ pub async fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> an
 async fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
     let file = tick_file(app, &row.workspace_id, tick).await?;
     let mut execution = prepare(
-        &app.db,
+        app.db.as_ref(),
         &row.workspace_id,
         row,
         Version::Live,

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use super::state::Db;
+use super::state::StateStore;
 
 /// The environment variable the key is read from.
 pub const KEY_VARIABLE: &str = "WEIR_SECRETS_KEY";
@@ -25,7 +25,12 @@ const NONCE_LEN: usize = 24;
 /// The value of secret `name` of a workspace, opened for the code that
 /// uses it (a run's sources, a webhook's signature check); `Ok(None)`
 /// when there is no such secret.
-pub fn open(db: &Db, key: Option<&SecretsKey>, workspace_id: &str, name: &str) -> Result<Option<String>, String> {
+pub fn open(
+    db: &dyn StateStore,
+    key: Option<&SecretsKey>,
+    workspace_id: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
     let Some(row) = db.secret(workspace_id, name).map_err(|e| e.to_string())? else {
         return Ok(None);
     };

@@ -6,7 +6,7 @@ use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
 
 use super::error::ApiError;
-use super::state::{ConnectorRow, Db, ExecutionRow, FileRow, StateError};
+use super::state::{ConnectorRow, ExecutionRow, FileRow, StateError, StateStore};
 
 /// Which script a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn links(id: &str) -> Links {
 
 /// A new queued execution of `row` on `file`, not stored yet.
 pub fn prepare(
-    db: &Db,
+    db: &dyn StateStore,
     workspace_id: &str,
     row: &ConnectorRow,
     version: Version,

@@ -139,7 +139,7 @@ pub async fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String
     let payloads = app.db.batch_payloads(&batch.id)?;
     let file = batch_file(app, &batch.workspace_id, &payloads).await?;
     let execution = prepare(
-        &app.db,
+        app.db.as_ref(),
         &batch.workspace_id,
         &row,
         Version::Live,
@@ -183,7 +183,7 @@ pub fn check_secret_env(
 pub fn secret_of(app: &App, workspace: &Workspace, connector: &Connector) -> Option<String> {
     let webhook = connector.webhook.as_ref()?;
     if let Some(name) = &webhook.secret {
-        return match super::secrets::open(&app.db, app.settings.secrets_key.as_ref(), &workspace.id, name) {
+        return match super::secrets::open(app.db.as_ref(), app.settings.secrets_key.as_ref(), &workspace.id, name) {
             Ok(value) => value,
             Err(e) => {
                 tracing::warn!(secret = %name, error = %e, "a webhook signing secret cannot be opened");

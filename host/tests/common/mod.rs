@@ -332,6 +332,7 @@ pub async fn live_unchecked(base: &str, data_dir: &Path, name: &str, sql: &str, 
     )
     .await;
     assert_eq!(s, 201, "{b}");
+    use weir_host::server::state::ConnectorState;
     let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
     let id = b["id"].as_str().unwrap_or_default();
     assert_eq!(db.publish(id, 1).ok(), Some(true));

@@ -88,7 +88,15 @@ pub fn start(
     key: Option<&IdempotencyKey>,
     parameters: &BTreeMap<String, serde_json::Value>,
 ) -> ApiResult<Started> {
-    let mut execution = triggers::prepare(&app.db, &caller.workspace_id, row, version, file, dry_run, trigger)?;
+    let mut execution = triggers::prepare(
+        app.db.as_ref(),
+        &caller.workspace_id,
+        row,
+        version,
+        file,
+        dry_run,
+        trigger,
+    )?;
     execution.document.triggered_by = Some(TriggeredBy {
         key_id: caller.key_id.clone(),
         key_name: caller.key_name.clone(),

@@ -37,8 +37,8 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
     let token = app.settings.config.metrics_token.as_deref().unwrap_or_default();
     let is_token = !token.is_empty() && bool::from(presented.as_bytes().ct_eq(token.as_bytes()));
     if !is_token {
-        let caller =
-            authenticate(&app.db, presented)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        let caller = authenticate(app.db.as_ref(), presented)?
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
         caller.require(Role::Admin)?;
         caller.require_whole_workspace()?;
         let operators = app.db.workspace(&app.settings.config.bootstrap_workspace)?;

@@ -169,7 +169,8 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 /// learns nothing about which connectors exist.
 fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(ConnectorRow, Option<String>)> {
     if let Some(key) = key_in(headers) {
-        let caller = authenticate(&app.db, key)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+        let caller =
+            authenticate(app.db.as_ref(), key)?.ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
         // Every role but a viewer's may post webhooks to the connectors it
         // reaches.
         caller.require_webhook_sender()?;

@@ -15,85 +15,21 @@ pub struct SecretRow {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Db {
+/// Sealed workspace secrets.
+pub trait SecretState {
     /// Sets secret `name` of the workspace to `sealed`; whether it is new.
-    pub fn put_secret(&self, workspace_id: &str, name: &str, sealed: &[u8], now: DateTime<Utc>) -> Result<bool> {
-        let conn = self.lock();
-        let existed: bool = conn
-            .query_row(
-                "SELECT 1 FROM secrets WHERE workspace_id = ?1 AND name = ?2",
-                [workspace_id, name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        conn.execute(
-            "INSERT INTO secrets (workspace_id, name, sealed, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (workspace_id, name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
-            params![workspace_id, name, sealed, now.to_rfc3339()],
-        )?;
-        Ok(!existed)
-    }
+    fn put_secret(&self, workspace_id: &str, name: &str, sealed: &[u8], now: DateTime<Utc>) -> Result<bool>;
 
     /// The workspace's secrets, by name.
-    pub fn secrets(&self, workspace_id: &str) -> Result<Vec<SecretRow>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT name, sealed, created_at, updated_at FROM secrets WHERE workspace_id = ?1 ORDER BY name",
-        )?;
-        let rows = stmt.query_map([workspace_id], Self::secret_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
+    fn secrets(&self, workspace_id: &str) -> Result<Vec<SecretRow>>;
 
     /// Secret `name` of the workspace.
-    pub fn secret(&self, workspace_id: &str, name: &str) -> Result<Option<SecretRow>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT name, sealed, created_at, updated_at FROM secrets WHERE workspace_id = ?1 AND name = ?2",
-                [workspace_id, name],
-                Self::secret_row,
-            )
-            .optional()?)
-    }
+    fn secret(&self, workspace_id: &str, name: &str) -> Result<Option<SecretRow>>;
 
     /// Some secret of any workspace, with its workspace: what a start checks
     /// its secrets key against.
-    pub fn any_secret(&self) -> Result<Option<(String, SecretRow)>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT workspace_id, name, sealed, created_at, updated_at FROM secrets LIMIT 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        SecretRow {
-                            name: r.get(1)?,
-                            sealed: r.get(2)?,
-                            created_at: time(&r.get::<_, String>(3)?),
-                            updated_at: time(&r.get::<_, String>(4)?),
-                        },
-                    ))
-                },
-            )
-            .optional()?)
-    }
+    fn any_secret(&self) -> Result<Option<(String, SecretRow)>>;
 
     /// Deletes secret `name`; whether it was there.
-    pub fn delete_secret(&self, workspace_id: &str, name: &str) -> Result<bool> {
-        Ok(self.lock().execute(
-            "DELETE FROM secrets WHERE workspace_id = ?1 AND name = ?2",
-            [workspace_id, name],
-        )? == 1)
-    }
-
-    fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
-        Ok(SecretRow {
-            name: r.get(0)?,
-            sealed: r.get(1)?,
-            created_at: time(&r.get::<_, String>(2)?),
-            updated_at: time(&r.get::<_, String>(3)?),
-        })
-    }
+    fn delete_secret(&self, workspace_id: &str, name: &str) -> Result<bool>;
 }
