@@ -3660,10 +3660,11 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let placing = app
+        .files
         .place_content(vec![(tmp, first.clone())])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    app.forget_content(&first).await;
+    app.files.forget_content(&first).await;
     assert!(!contains(first.clone()).await, "nothing held it yet: it was removed");
     app.db
         .insert_file(&workspace, &row(&first, "first.csv"))
@@ -3683,6 +3684,7 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let placing = app
+        .files
         .place_content(vec![(tmp, second.clone())])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -3704,8 +3706,69 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
     );
     assert!(contains(second.clone()).await, "placed again after the removal ended");
 
+    // A removal already under way when placing begins, over content that
+    // is there: placing finds it placed, the removal takes it, and settling
+    // places it again.
+    let (tmp, third) = app
+        .blobs
+        .stage(b"c\n3\n".to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let unheld = [(tmp, third.clone())];
+    app.blobs.place_all(&unheld).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(app.db.begin_content_removal(&third).ok(), Some(true));
+    let (tmp, _) = app
+        .blobs
+        .stage(b"c\n3\n".to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placing = app
+        .files
+        .place_content(vec![(tmp, third.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.blobs.remove(&third).await.unwrap_or_else(|e| panic!("{e}"));
+    app.db.end_content_removal(&third).unwrap_or_else(|e| panic!("{e}"));
+    app.db
+        .insert_file(&workspace, &row(&third, "third.csv"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    placing.settle().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(contains(third.clone()).await, "placed again: the removal was under way");
+
+    // Two removals of the same content at once: placing waits for both.
+    let (tmp, fourth) = app
+        .blobs
+        .stage(b"d\n4\n".to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placing = app
+        .files
+        .place_content(vec![(tmp, fourth.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(app.db.begin_content_removal(&fourth).ok(), Some(true));
+    assert_eq!(app.db.begin_content_removal(&fourth).ok(), Some(true));
+    app.db
+        .insert_file(&workspace, &row(&fourth, "fourth.csv"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.blobs.remove(&fourth).await.unwrap_or_else(|e| panic!("{e}"));
+    app.db.end_content_removal(&fourth).unwrap_or_else(|e| panic!("{e}"));
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.blobs.remove(&fourth).await.unwrap_or_else(|e| panic!("{e}"));
+        app.db.end_content_removal(&fourth).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let started = Instant::now();
+    let (settled, ()) = tokio::join!(placing.settle(), late);
+    settled.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the second removal"
+    );
+    assert!(contains(fourth.clone()).await, "placed again after both removals ended");
+
     // A removal that begins once the holder is recorded finds it.
-    app.forget_content(&second).await;
+    app.files.forget_content(&second).await;
     assert_eq!(app.db.begin_content_removal(&second).ok(), Some(false));
     assert!(contains(second.clone()).await);
     s.stop().await;

@@ -268,10 +268,15 @@ impl Blobs {
             }
         }
         .await;
-        match copied {
+        // Every part sent before the upload is completed; a part that
+        // failed lets the whole upload go, so the store keeps nothing of it.
+        let sent = match copied {
+            Ok(()) => writer.wait_for_capacity(0).await.map_err(io_error),
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(()) => writer.finish().await.map(drop).map_err(io_error),
             Err(e) => {
-                // What was sent of it is let go; the store keeps nothing.
                 let _ = writer.abort().await;
                 Err(e)
             }

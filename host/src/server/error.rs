@@ -245,6 +245,15 @@ impl From<StorageFault> for ApiError {
     }
 }
 
+impl From<crate::server::files::FileError> for ApiError {
+    fn from(e: crate::server::files::FileError) -> Self {
+        match e {
+            crate::server::files::FileError::State(e) => e.into(),
+            crate::server::files::FileError::Blob(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         ApiError::internal(e)

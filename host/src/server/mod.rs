@@ -11,7 +11,8 @@
 //! - [`state`]: the state store: its traits per aggregate, and SQLite.
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
 //! - [`blobs`]: files, plugins and artifacts in an object store.
-//! - [`content`]: when content may leave the blob store.
+//! - [`files`]: the files service: workspaces' files, and when content
+//!   may leave the blob store.
 //! - [`queue`]: queue, workers, cancel, shutdown drain.
 //! - [`leases`]: worker ids, leases and heartbeats, cancels between
 //!   processes, and resolving runs whose process was lost.
@@ -29,8 +30,8 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
-pub mod content;
 pub mod error;
+pub mod files;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
@@ -60,6 +61,8 @@ pub struct App {
     pub db: Arc<dyn StateStore>,
     /// Files, plugins and artifacts.
     pub blobs: Blobs,
+    /// The files of workspaces and the content they hold.
+    pub files: files::Files,
     /// Records of every workspace.
     pub records: Arc<dyn RecordStore>,
     /// Configuration.
@@ -191,6 +194,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     );
     let app = Arc::new(App {
         plugins,
+        files: files::Files::new(db.clone(), blobs.clone()),
         db,
         blobs,
         records,

@@ -671,9 +671,11 @@ async fn persist(app: Arc<App>, progress: Progress, kept: CancellationToken) {
     let mut last_stages: Vec<StageStatus> = Vec::new();
     let mut last_status = None;
     loop {
-        let doc = rx.borrow_and_update().clone();
+        let mut doc = rx.borrow_and_update().clone();
         if doc.status.is_terminal() {
             kept.cancelled().await;
+            // The end as the run last told it, now that its artifacts are kept.
+            doc = rx.borrow_and_update().clone();
         }
         for line in changes(&doc, &mut last_stages, &mut last_status) {
             if let Err(e) = app.db.append_log(&doc.id, line.0, &line.1) {

@@ -65,7 +65,7 @@ pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
             }
         }
         for sha256 in app.db.unused_files_before(&workspace.id, before)? {
-            if delete_file(app, &workspace.id, &sha256).await? == FileDeletion::Deleted {
+            if app.files.delete(&workspace.id, &sha256).await? == FileDeletion::Deleted {
                 swept.files += 1;
             }
         }
@@ -84,15 +84,4 @@ pub async fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
         tracing::warn!(execution = id, error = %e, "removing an execution's artifacts failed");
     }
     Ok(true)
-}
-
-/// Deletes a file of the workspace unless a connector uses it as its
-/// sample or an execution that has not ended reads it; its content leaves
-/// the blob store once nothing else holds it.
-pub async fn delete_file(app: &App, workspace_id: &str, sha256: &str) -> Result<FileDeletion, StateError> {
-    let deletion = app.db.delete_file(workspace_id, sha256)?;
-    if deletion == FileDeletion::Deleted {
-        app.forget_content(sha256).await;
-    }
-    Ok(deletion)
 }

@@ -145,8 +145,10 @@ pub async fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> an
         "schedule_trigger_time\n{}\n",
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    app.keep_file(workspace_id, "schedule.csv", "text/csv", csv.into_bytes())
-        .await
+    Ok(app
+        .files
+        .keep_bytes(workspace_id, "schedule.csv", "text/csv", csv.into_bytes())
+        .await?)
 }
 
 /// Records `tick` of `row` with its queued execution; nothing when the tick

@@ -103,8 +103,10 @@ pub async fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) 
         serde_json::to_writer(&mut jsonl, p)?;
         jsonl.push(b'\n');
     }
-    app.keep_file(workspace_id, "webhooks.jsonl", "application/x-ndjson", jsonl)
-        .await
+    Ok(app
+        .files
+        .keep_bytes(workspace_id, "webhooks.jsonl", "application/x-ndjson", jsonl)
+        .await?)
 }
 
 /// The input file a batch of the JSON `payloads`, received now, would

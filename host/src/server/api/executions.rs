@@ -224,7 +224,15 @@ pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
     visible(&app, &caller, &id)?;
-    if retention::delete_execution(&app, &id).await? {
+    // In a task of its own: a request dropped half-way does not leave the
+    // artifacts of a deleted execution behind.
+    let deleted = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::spawn(async move { retention::delete_execution(&app, &id).await })
+            .await
+            .map_err(ApiError::internal)??
+    };
+    if deleted {
         return Ok(StatusCode::NO_CONTENT);
     }
     match app.db.execution(&id)? {

@@ -16,7 +16,6 @@ use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::blobs::{Download, UploadError};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::retention;
 use crate::server::state::{FileDeletion, FileRow};
 
 /// A stored file.
@@ -182,30 +181,10 @@ pub async fn receive(
             vec![weir_engine::error::Problem::new("file", "has no bytes")],
         ));
     }
-    let placing = app
-        .place_content(vec![(staged, stored.sha256.clone())])
-        .await
-        .map_err(ApiError::internal)?;
-    let row = app.db.insert_file(
-        workspace_id,
-        &FileRow {
-            sha256: stored.sha256,
-            size: stored.size,
-            name: name.clone(),
-            content_type: content_type.clone(),
-            created_at: Utc::now(),
-        },
-    )?;
-    placing.settle().await.map_err(ApiError::internal)?;
-    app.db.note_uploader(workspace_id, &row.sha256, &caller.key_id)?;
-    // The store keeps one copy of the same bytes, under the name they first
-    // came with; this upload (and the run it triggers, whose input tables
-    // are named after it) is known by the name it was sent with.
-    Ok(FileRow {
-        name,
-        content_type,
-        ..row
-    })
+    Ok(app
+        .files
+        .keep_upload(workspace_id, &caller.key_id, staged, stored, name, content_type)
+        .await?)
 }
 
 /// Uploads a file: a raw body with `?filename=`, or multipart `file`.
@@ -230,21 +209,11 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(FileView::of(row))))
 }
 
-/// A file of the caller's workspace that the caller reaches: any, for a
-/// key of the whole workspace; for a key limited to some connectors, those
-/// it uploaded and those its connectors use (samples, inputs). A file out
-/// of reach is answered as missing.
+/// A file of the caller's workspace that the caller reaches
+/// ([`crate::server::files::Files::reached`]); one out of reach is
+/// answered as missing.
 pub fn file_of(app: &App, caller: &Caller, id: &str) -> ApiResult<Option<FileRow>> {
-    let Some(file) = app.db.file(&caller.workspace_id, id)? else {
-        return Ok(None);
-    };
-    match &caller.connectors {
-        None => Ok(Some(file)),
-        Some(only) => Ok(app
-            .db
-            .file_reached(&caller.workspace_id, id, &caller.key_id, only)?
-            .then_some(file)),
-    }
+    Ok(app.files.reached(caller, id)?)
 }
 
 /// Deletes a file of the workspace, unless a connector uses it as its
@@ -263,7 +232,7 @@ pub fn file_of(app: &App, caller: &Caller, id: &str) -> ApiResult<Option<FileRow
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
     file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
-    let deletion = retention::delete_file(&app, &caller.workspace_id, &id).await?;
+    let deletion = app.files.delete(&caller.workspace_id, &id).await?;
     match deletion {
         FileDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
         FileDeletion::InUse(what) => Err(ApiError::conflict("file_in_use", format!("the file is kept: {what}"))),
@@ -308,8 +277,11 @@ pub fn send(download: Download, name: &str, content_type: &str) -> Response {
 pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let row = file_of(&app, &caller, &id)?.ok_or_else(|| ApiError::not_found("file"))?;
-    let download = app.blobs.download(&row.sha256).await.map_err(ApiError::internal)?;
-    let download = download.ok_or_else(|| ApiError::not_found("file"))?;
+    let download = app
+        .files
+        .download(&row)
+        .await?
+        .ok_or_else(|| ApiError::not_found("file"))?;
     Ok(send(download, &row.name, &row.content_type))
 }
 

@@ -290,13 +290,14 @@ pub async fn push(
         sample: sample.map(|f| (f, caller.key_id.clone())),
         connector,
     };
-    let written = match app.place_content(staged).await {
-        Ok(placing) => {
-            let written = app.db.write_package(&workspace, &write).map_err(ApiError::from);
-            placing.settle().await.map_err(ApiError::internal)?;
-            written
-        }
-        Err(e) => Err(ApiError::internal(e)),
+    let (into, writing) = (workspace.clone(), write.clone());
+    let written = match app
+        .files
+        .keep_with(staged, move |db| db.write_package(&into, &writing))
+        .await
+    {
+        Ok(written) => written.map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(e)),
     };
     let refused = match written {
         Ok(Ok(())) => None,
@@ -309,7 +310,7 @@ pub async fn push(
     };
     if let Some(e) = refused {
         for sha256 in &contents {
-            app.forget_content(sha256).await;
+            app.files.forget_content(sha256).await;
         }
         return Err(e);
     }

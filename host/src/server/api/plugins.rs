@@ -121,16 +121,17 @@ pub(super) async fn register(
         Checked::New(row, wasm) => (row, wasm),
     };
     let (staged, _) = app.blobs.stage(wasm).await.map_err(ApiError::internal)?;
-    let placing = app
-        .place_content(vec![(staged, row.sha256.clone())])
-        .await
-        .map_err(ApiError::internal)?;
-    let (stored_row, inserted) = app.db.insert_plugin(workspace_id, &row)?;
-    placing.settle().await.map_err(ApiError::internal)?;
+    let (workspace, publishing) = (workspace_id.to_string(), row.clone());
+    let (stored_row, inserted) = app
+        .files
+        .keep_with(vec![(staged, row.sha256.clone())], move |db| {
+            db.insert_plugin(&workspace, &publishing)
+        })
+        .await??;
     if stored_row.sha256 != row.sha256 {
         // Another publish of this version won a race: its content stays,
         // this one's is refused and leaves unless something else holds it.
-        app.forget_content(&row.sha256).await;
+        app.files.forget_content(&row.sha256).await;
         return Err(version_taken(&format!("{}@{}", row.name, row.version)));
     }
     Ok((stored_row, inserted))

@@ -5,7 +5,7 @@ use weir_engine::connector::Connector;
 use weir_engine::objects::ObjectDef;
 
 /// What a package push writes (see [`ConnectorState::write_package`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PackageWrite {
     /// New objects. One that exists meanwhile is left as it is.
     pub objects: Vec<ObjectDef>,
@@ -18,7 +18,7 @@ pub struct PackageWrite {
 }
 
 /// The connector a package push writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ConnectorWrite {
     /// A new connector with its first draft.
     Insert {

@@ -22,7 +22,9 @@ pub struct FileRow {
 pub struct ContentRemovals {
     /// How many have begun.
     pub begun: i64,
-    /// When the one under way began.
+    /// How many are under way.
+    pub active: i64,
+    /// When the latest under way began.
     pub active_since: Option<DateTime<Utc>>,
 }
 

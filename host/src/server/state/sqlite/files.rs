@@ -136,8 +136,8 @@ impl FileState for Db {
             return Ok(false);
         }
         tx.execute(
-            "INSERT INTO content_removals (sha256, generation, active_since) VALUES (?1, 1, ?2)
-             ON CONFLICT (sha256) DO UPDATE SET generation = generation + 1, active_since = ?2",
+            "INSERT INTO content_removals (sha256, generation, active, active_since) VALUES (?1, 1, 1, ?2)
+             ON CONFLICT (sha256) DO UPDATE SET generation = generation + 1, active = active + 1, active_since = ?2",
             params![sha256, now()],
         )?;
         tx.commit()?;
@@ -146,7 +146,8 @@ impl FileState for Db {
 
     fn end_content_removal(&self, sha256: &str) -> Result<()> {
         self.lock().execute(
-            "UPDATE content_removals SET active_since = NULL WHERE sha256 = ?1",
+            "UPDATE content_removals SET active = MAX(active - 1, 0),
+             active_since = CASE WHEN active > 1 THEN active_since END WHERE sha256 = ?1",
             [sha256],
         )?;
         Ok(())
@@ -156,14 +157,15 @@ impl FileState for Db {
         let found = self
             .lock()
             .query_row(
-                "SELECT generation, active_since FROM content_removals WHERE sha256 = ?1",
+                "SELECT generation, active, active_since FROM content_removals WHERE sha256 = ?1",
                 [sha256],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?)),
             )
             .optional()?;
         Ok(match found {
-            Some((begun, active_since)) => ContentRemovals {
+            Some((begun, active, active_since)) => ContentRemovals {
                 begun,
+                active,
                 active_since: active_since.as_deref().map(time),
             },
             None => ContentRemovals::default(),

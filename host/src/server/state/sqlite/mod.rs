@@ -277,6 +277,12 @@ CREATE TABLE content_removals (
     active_since TEXT
 );
 "#,
+    // Removals of one content hash may run at once (two workspaces
+    // deleting the same bytes): how many are under way.
+    r#"
+ALTER TABLE content_removals ADD COLUMN active INTEGER NOT NULL DEFAULT 0;
+UPDATE content_removals SET active = 1 WHERE active_since IS NOT NULL;
+"#,
 ];
 
 /// An execution's document as readers see it: a running execution whose
