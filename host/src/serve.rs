@@ -4,14 +4,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::auth::{self, Role};
+use crate::server::auth::Role;
 use crate::server::config::ServerConfig;
-use crate::server::state::{Db, KeyState};
+use crate::server::keys::Keys;
+use crate::server::state::Db;
 
 /// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win
 /// over the config file, which wins over the defaults.
@@ -127,9 +129,10 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn open(data_dir: &std::path::Path) -> anyhow::Result<Db> {
+/// The keys service over the state store in `data_dir`.
+fn open(data_dir: &std::path::Path) -> anyhow::Result<Keys> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    Ok(Db::open(&data_dir.join("state.db"))?)
+    Ok(Keys::new(Arc::new(Db::open(&data_dir.join("state.db"))?)))
 }
 
 /// Runs a `weir keys` command.
@@ -143,19 +146,18 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             connectors,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let db = open(&data_dir)?;
-            let key = auth::create_key(&db, &workspace, &name, role, connectors, None).map_err(anyhow::Error::msg)?;
+            let key = open(&data_dir)?.create_in(&workspace, &name, role, connectors, None)?;
             println!("id: {}", key.row.id);
             println!("workspace: {workspace}");
             println!("role: {}", role.as_str());
             println!("secret (shown once): {}", key.secret);
         }
         KeysCommand::List { data_dir, workspace } => {
-            let db = open(&data_dir)?;
-            let ws = db
+            let keys = open(&data_dir)?;
+            let ws = keys
                 .workspace(&workspace)?
                 .with_context(|| format!("there is no workspace `{workspace}`"))?;
-            for k in db.keys(&ws.id)? {
+            for k in keys.list(&ws.id)? {
                 let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                 let limited = k.connectors.map(|c| c.join(",")).unwrap_or_else(|| "*".into());
                 println!("{}\t{}\t{}\t{}\t{}", k.id, k.role, state, limited, k.name);
@@ -166,11 +168,11 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             workspace,
             id,
         } => {
-            let db = open(&data_dir)?;
-            let ws = db
+            let keys = open(&data_dir)?;
+            let ws = keys
                 .workspace(&workspace)?
                 .with_context(|| format!("there is no workspace `{workspace}`"))?;
-            if !db.revoke_key(&ws.id, &id)? {
+            if !keys.revoke(&ws.id, &id)? {
                 anyhow::bail!("workspace `{workspace}` has no key `{id}`");
             }
             println!("revoked {id}");

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use weir_engine::execution::Status;
-use weir_host::server::auth::{self, Role};
+use weir_host::server::auth::Role;
 use weir_host::server::config::ServerConfig;
 use weir_host::server::schedules::{Clock, ManualClock, SystemClock};
 use weir_host::server::{self, App};
@@ -140,7 +140,9 @@ impl Server {
     }
 
     fn key(&self, workspace: &str, role: Role, connectors: Option<Vec<String>>) -> String {
-        auth::create_key(self.app.db.as_ref(), workspace, "test", role, connectors, None)
+        self.app
+            .keys
+            .create_in(workspace, "test", role, connectors, None)
             .unwrap_or_else(|e| panic!("{e}"))
             .secret
     }

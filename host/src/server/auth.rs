@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
-use super::state::{KeyRow, StateError, StateFault, StateStore, Workspace};
+use super::state::{KeyRow, StateError, StateStore, Workspace};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -110,24 +110,6 @@ pub fn new_key(
         },
         secret,
     })
-}
-
-/// Creates a key in workspace `workspace` (made when new) and stores it.
-pub fn create_key(
-    db: &dyn StateStore,
-    workspace: &str,
-    name: &str,
-    role: Role,
-    connectors: Option<Vec<String>>,
-    secret: Option<String>,
-) -> Result<NewKey, String> {
-    let ws = db.workspace_named(workspace).map_err(|e| e.to_string())?;
-    let key = new_key(&ws, name, role, connectors, secret).map_err(|e| format!("no randomness: {e}"))?;
-    db.insert_key(&key.row).map_err(|e| match e.kind() {
-        StateFault::Conflict => "this key already exists".to_string(),
-        _ => e.to_string(),
-    })?;
-    Ok(key)
 }
 
 /// The authenticated caller of a request.
@@ -272,18 +254,21 @@ mod tests {
 
     #[test]
     fn keys_are_stored_hashed_and_revoked_keys_stop_working() {
-        use crate::server::state::KeyState;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let db = crate::server::state::Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
-        let key = create_key(&db, "acme", "ci", Role::Operator, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let db: std::sync::Arc<dyn crate::server::state::StateStore> = std::sync::Arc::new(
+            crate::server::state::Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let keys = crate::server::keys::Keys::new(db.clone());
+        let key = keys
+            .create_in("acme", "ci", Role::Operator, None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(key.secret.starts_with("weir_") && key.secret.len() == 69);
         assert_ne!(key.row.secret_sha256, key.secret);
-        let stored = db.keys(&key.row.workspace_id).unwrap_or_default();
+        let stored = keys.list(&key.row.workspace_id).unwrap_or_default();
         assert!(stored.iter().all(|k| !k.secret_sha256.contains(&key.secret)));
-        assert!(authenticate(&db, &key.secret).ok().flatten().is_some());
-        assert!(authenticate(&db, "weir_0000").ok().flatten().is_none());
-        db.revoke_key(&key.row.workspace_id, &key.row.id)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(authenticate(&db, &key.secret).ok().flatten().is_none());
+        assert!(authenticate(db.as_ref(), &key.secret).ok().flatten().is_some());
+        assert!(authenticate(db.as_ref(), "weir_0000").ok().flatten().is_none());
+        assert!(matches!(keys.revoke(&key.row.workspace_id, &key.row.id), Ok(true)));
+        assert!(authenticate(db.as_ref(), &key.secret).ok().flatten().is_none());
     }
 }

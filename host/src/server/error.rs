@@ -254,6 +254,19 @@ impl From<crate::server::files::FileError> for ApiError {
     }
 }
 
+impl From<crate::server::keys::KeyError> for ApiError {
+    fn from(e: crate::server::keys::KeyError) -> Self {
+        use crate::server::keys::KeyError;
+        match e {
+            KeyError::Invalid(problems) => ApiError::invalid("validation_failed", "the key is not valid", problems),
+            KeyError::ReachesFurther(message) => ApiError::forbidden(message),
+            KeyError::Exists => ApiError::conflict("key_exists", "this key already exists"),
+            KeyError::NoRandomness(e) => ApiError::internal(e),
+            KeyError::State(e) => e.into(),
+        }
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         ApiError::internal(e)

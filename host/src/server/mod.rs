@@ -10,6 +10,7 @@
 //! - [`config`]: layered configuration (defaults → file → `WEIR_*` env).
 //! - [`state`]: the state store: its traits per aggregate, and SQLite.
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
+//! - [`keys`]: the keys service: making, listing and revoking keys.
 //! - [`blobs`]: files, plugins and artifacts in an object store.
 //! - [`files`]: the files service: workspaces' files, and when content
 //!   may leave the blob store.
@@ -32,6 +33,7 @@ pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod keys;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
@@ -63,6 +65,8 @@ pub struct App {
     pub blobs: Blobs,
     /// The files of workspaces and the content they hold.
     pub files: files::Files,
+    /// API keys.
+    pub keys: keys::Keys,
     /// Records of every workspace.
     pub records: Arc<dyn RecordStore>,
     /// Configuration.
@@ -183,7 +187,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     .map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     check_secrets_key(db.as_ref(), settings.secrets_key.as_ref())?;
-    let bootstrap_key = bootstrap(db.as_ref(), &settings)?;
+    let bootstrap_key = bootstrap(&keys::Keys::new(db.clone()), db.as_ref(), &settings)?;
     let plugins = Arc::new(
         PluginRuntime::new(PluginSettings {
             cache_dir: Some(dir.join("plugin-cache")),
@@ -195,6 +199,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     let app = Arc::new(App {
         plugins,
         files: files::Files::new(db.clone(), blobs.clone()),
+        keys: keys::Keys::new(db.clone()),
         db,
         blobs,
         records,
@@ -251,19 +256,19 @@ impl App {
 }
 
 /// Creates the first workspace and admin key when the state is empty.
-fn bootstrap(db: &dyn StateStore, settings: &Settings) -> Result<Option<String>, StartError> {
+fn bootstrap(keys: &keys::Keys, db: &dyn StateStore, settings: &Settings) -> Result<Option<String>, StartError> {
     if !db.is_empty()? {
         return Ok(None);
     }
-    let key = auth::create_key(
-        db,
-        &settings.config.bootstrap_workspace,
-        "bootstrap admin",
-        auth::Role::Admin,
-        None,
-        settings.config.bootstrap_key.clone(),
-    )
-    .map_err(StartError::Bootstrap)?;
+    let key = keys
+        .create_in(
+            &settings.config.bootstrap_workspace,
+            "bootstrap admin",
+            auth::Role::Admin,
+            None,
+            settings.config.bootstrap_key.clone(),
+        )
+        .map_err(|e| StartError::Bootstrap(e.to_string()))?;
     Ok(Some(key.secret))
 }
 

@@ -8,11 +8,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use weir_engine::error::Problem;
 
 use super::{Page, PageParams, page_of};
 use crate::server::App;
-use crate::server::auth::{self, Caller, Role};
+use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
 use crate::server::state::KeyRow;
 
@@ -83,7 +82,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<KeyView>>> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    let keys = app.db.keys(&caller.workspace_id)?;
+    let keys = app.keys.list(&caller.workspace_id)?;
     Ok(Json(page_of(keys, &params, |k| k.id.clone(), KeyView::of)?))
 }
 
@@ -101,32 +100,9 @@ pub async fn create(
     Body(request): Body<NewKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     caller.require(Role::Admin)?;
-    if request.name.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "validation_failed",
-            "the key is not valid",
-            vec![Problem::new("name", "must not be empty")],
-        ));
-    }
-    if request.role == Role::Webhook && request.connectors.as_ref().is_none_or(Vec::is_empty) {
-        return Err(ApiError::invalid(
-            "validation_failed",
-            "the key is not valid",
-            vec![Problem::new(
-                "connectors",
-                "a webhook key must name the connectors it may trigger",
-            )],
-        ));
-    }
-    if let Some(own) = &caller.connectors {
-        reaches_no_further(&app, &caller.workspace_id, own, request.connectors.as_deref())?;
-    }
-    let ws = app
-        .db
-        .workspace(&caller.workspace_id)?
-        .ok_or_else(|| ApiError::internal("the caller's workspace is missing"))?;
-    let key = auth::new_key(&ws, &request.name, request.role, request.connectors, None).map_err(ApiError::internal)?;
-    app.db.insert_key(&key.row)?;
+    let key = app
+        .keys
+        .create(&caller, &request.name, request.role, request.connectors)?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -134,29 +110,6 @@ pub async fn create(
             secret: key.secret,
         }),
     ))
-}
-
-/// Refuses (403) a key for `wanted` connectors that a caller limited to
-/// `own` would mint: a key reaches no further than the key that made it.
-/// Each connector may be named by its id or its api_name, in either list.
-fn reaches_no_further(app: &App, workspace_id: &str, own: &[String], wanted: Option<&[String]>) -> ApiResult<()> {
-    let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
-        return Err(ApiError::forbidden(
-            "this key is limited to some connectors; the keys it makes must name connectors it reaches",
-        ));
-    };
-    for name in wanted {
-        let reached = match app.db.connector(workspace_id, name)? {
-            Some(row) => own.iter().any(|c| *c == row.id || *c == row.api_name),
-            None => own.contains(name),
-        };
-        if !reached {
-            return Err(ApiError::forbidden(format!(
-                "this key does not reach connector `{name}`, so it cannot make a key that does"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Revokes a key; it stops working at once.
@@ -171,7 +124,7 @@ fn reaches_no_further(app: &App, workspace_id: &str, own: &[String], wanted: Opt
 pub async fn revoke(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    if app.db.revoke_key(&caller.workspace_id, &id)? {
+    if app.keys.revoke(&caller.workspace_id, &id)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("key"))

@@ -94,6 +94,14 @@ pub enum StateFault {
 }
 
 impl StateError {
+    /// `what` should be stored and is not.
+    pub fn missing(what: &str) -> Self {
+        StateError::Store {
+            kind: StateFault::NotFound,
+            source: format!("{what} is missing").into(),
+        }
+    }
+
     /// What kind of failure it is; a stored document that does not parse
     /// and a database too new are `Other`.
     pub fn kind(&self) -> StateFault {
