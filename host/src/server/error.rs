@@ -267,6 +267,27 @@ impl From<crate::server::keys::KeyError> for ApiError {
     }
 }
 
+impl From<crate::server::plugins::PluginError> for ApiError {
+    fn from(e: crate::server::plugins::PluginError) -> Self {
+        use crate::server::plugins::PluginError;
+        match e {
+            PluginError::BadReference(message) => ApiError::invalid(
+                "invalid_plugin",
+                "the plugin's name or version is not valid",
+                vec![Problem::new("name@version", message)],
+            ),
+            PluginError::NotAComponent(message) => ApiError::invalid(
+                "invalid_plugin",
+                "the file is not a component Weir can run as a transform step",
+                vec![Problem::new("body", message)],
+            ),
+            e @ PluginError::VersionTaken(_) => ApiError::conflict("plugin_version_exists", e.to_string()),
+            PluginError::Files(e) => e.into(),
+            PluginError::State(e) => e.into(),
+        }
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         ApiError::internal(e)

@@ -26,6 +26,7 @@
 //! - [`retention`]: what is deleted once past its workspace's retention.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
+//! - [`plugins`]: the plugins service: checking and publishing components.
 
 pub mod api;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod keys;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
+pub mod plugins;
 pub mod queue;
 pub mod retention;
 pub mod schedules;
@@ -76,7 +78,9 @@ pub struct App {
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// The Wasm plugin runtime every run shares.
-    pub plugins: Arc<PluginRuntime>,
+    pub plugin_runtime: Arc<PluginRuntime>,
+    /// Published plugins.
+    pub plugins: plugins::Plugins,
     /// Wakes the webhook batcher.
     pub batches: webhooks::Batches,
     /// The scheduler's clock.
@@ -187,8 +191,9 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     .map_err(data_dir_error)?;
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     check_secrets_key(db.as_ref(), settings.secrets_key.as_ref())?;
-    let bootstrap_key = bootstrap(&keys::Keys::new(db.clone()), db.as_ref(), &settings)?;
-    let plugins = Arc::new(
+    let keys = keys::Keys::new(db.clone());
+    let bootstrap_key = bootstrap(&keys, db.as_ref(), &settings)?;
+    let plugin_runtime = Arc::new(
         PluginRuntime::new(PluginSettings {
             cache_dir: Some(dir.join("plugin-cache")),
             memory_limit: settings.plugin_memory,
@@ -196,10 +201,12 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         })
         .map_err(|e| StartError::Plugins(e.to_string()))?,
     );
+    let files = files::Files::new(db.clone(), blobs.clone());
     let app = Arc::new(App {
-        plugins,
-        files: files::Files::new(db.clone(), blobs.clone()),
-        keys: keys::Keys::new(db.clone()),
+        plugins: plugins::Plugins::new(db.clone(), files.clone(), blobs.clone(), plugin_runtime.clone()),
+        plugin_runtime,
+        files,
+        keys,
         db,
         blobs,
         records,

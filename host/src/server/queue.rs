@@ -526,7 +526,7 @@ pub async fn run_in_worker(
     // they were lowered.
     job.connector.limits = job.connector.limits.capped(&app.settings.limit_caps);
     let mut doc = if app.settings.config.isolation == Isolation::None {
-        let (store, plugins) = (app.records.clone(), app.plugins.clone());
+        let (store, plugins) = (app.records.clone(), app.plugin_runtime.clone());
         worker::run_here(job, progress, log, cancel, store, plugins).await
     } else {
         supervised(app, job, progress, log, cancel).await

@@ -40,6 +40,8 @@ use weir_engine::package::Package;
 use weir_engine::pipeline::InputFile;
 use weir_engine::written::Written;
 
+use crate::server::plugins::{Checked, PluginError};
+
 use super::connector_of;
 use super::connectors::ConnectorView;
 use crate::server::App;
@@ -305,7 +307,7 @@ pub async fn push(
             "connector_exists",
             format!("a connector named `{}` exists", package.connector.api_name),
         )),
-        Ok(Err(PushRefused::PluginTaken(reference))) => Some(super::plugins::version_taken(&reference)),
+        Ok(Err(PushRefused::PluginTaken(reference))) => Some(PluginError::VersionTaken(reference).into()),
         Err(e) => Some(e),
     };
     if let Some(e) = refused {
@@ -390,9 +392,13 @@ async fn plugin_to_publish(
         };
     };
     let bytes = tokio::fs::read(&file).await.map_err(ApiError::internal)?;
-    match super::plugins::check(app, &caller.workspace_id, name.to_string(), version.to_string(), bytes).await? {
-        super::plugins::Checked::Published(_) => Ok(None),
-        super::plugins::Checked::New(row, wasm) => Ok(Some((row, wasm))),
+    match app
+        .plugins
+        .check(&caller.workspace_id, name.to_string(), version.to_string(), bytes)
+        .await?
+    {
+        Checked::Published(_) => Ok(None),
+        Checked::New(row, wasm) => Ok(Some((row, wasm))),
     }
 }
 
