@@ -288,6 +288,21 @@ impl From<crate::server::plugins::PluginError> for ApiError {
     }
 }
 
+impl From<crate::server::objects::ObjectError> for ApiError {
+    fn from(e: crate::server::objects::ObjectError) -> Self {
+        use crate::server::objects::ObjectError;
+        match e {
+            ObjectError::Invalid { title, problems } => ApiError::invalid("invalid_object", title, problems),
+            e @ ObjectError::Exists(_) => ApiError::conflict("object_exists", e.to_string()),
+            ObjectError::NotFound(what) => ApiError::not_found(what),
+            ObjectError::OutOfReach(message) => ApiError::forbidden(message),
+            ObjectError::BadFilter(message) => ApiError::bad_request(message),
+            ObjectError::Engine(e) => ApiError::internal(e),
+            ObjectError::State(e) => e.into(),
+        }
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         ApiError::internal(e)

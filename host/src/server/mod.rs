@@ -27,6 +27,7 @@
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
 //! - [`plugins`]: the plugins service: checking and publishing components.
+//! - [`objects`]: the objects service: objects, reach, and their records.
 
 pub mod api;
 pub mod auth;
@@ -38,6 +39,7 @@ pub mod keys;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
+pub mod objects;
 pub mod plugins;
 pub mod queue;
 pub mod retention;
@@ -81,6 +83,8 @@ pub struct App {
     pub plugin_runtime: Arc<PluginRuntime>,
     /// Published plugins.
     pub plugins: plugins::Plugins,
+    /// Objects and their records.
+    pub objects: objects::ObjectService,
     /// Wakes the webhook batcher.
     pub batches: webhooks::Batches,
     /// The scheduler's clock.
@@ -205,6 +209,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     let app = Arc::new(App {
         plugins: plugins::Plugins::new(db.clone(), files.clone(), blobs.clone(), plugin_runtime.clone()),
         plugin_runtime,
+        objects: objects::ObjectService::new(db.clone(), records.clone()),
         files,
         keys,
         db,

@@ -408,7 +408,8 @@ pub(super) async fn check_replace(
     if let Some(draft) = &submitted.draft {
         check_script(draft)?;
     }
-    super::objects::keep_within_reach(app, caller, row, Some(&submitted.connector), submitted.draft.as_deref())?;
+    app.objects
+        .keep_within_reach(caller, row, Some(&submitted.connector), submitted.draft.as_deref())?;
     // A source decides where its secret is sent: only a key of the whole
     // workspace, which may manage the secrets, may point one elsewhere.
     let uses_secrets = submitted.connector.sources.iter().any(|s| s.secret.is_some());
@@ -544,7 +545,8 @@ pub async fn save_draft(
 ) -> ApiResult<Json<SqlView>> {
     caller.require(Role::Admin)?;
     let row = connector_of(&app, &caller, &c)?;
-    super::objects::keep_within_reach(&app, &caller, &row, None, Some(&request.text))?;
+    app.objects
+        .keep_within_reach(&caller, &row, None, Some(&request.text))?;
     let version = app.db.save_draft(&row.id, &request.text)?;
     check_draft(&app, &caller, &row, &request.text)
         .await

@@ -196,7 +196,7 @@ pub async fn push(
             .collect();
         for def in &brought.objects {
             if objects.get(&def.name).is_none() {
-                new_objects.push(super::objects::checked(def, &known)?);
+                new_objects.push(crate::server::objects::checked(def, &known)?);
             }
         }
         objects.objects.extend(new_objects.iter().cloned());
@@ -551,7 +551,7 @@ fn zip_package(manifest: &[u8], files: &BTreeMap<String, Vec<u8>>) -> zip::resul
 /// relation fields point to.
 fn objects_of(app: &App, workspace_id: &str, connector: &Connector) -> ApiResult<Objects> {
     let all = app.db.object_defs(workspace_id)?;
-    let wanted = super::objects::used_by(&all, [connector]);
+    let wanted = crate::server::objects::used_by(&all, [connector]);
     Ok(Objects {
         objects: all.objects.into_iter().filter(|o| wanted.contains(&o.name)).collect(),
     })
