@@ -432,6 +432,35 @@ impl Blobs {
         tempfile::Builder::new().prefix("make-").tempfile_in(&self.tmp)
     }
 
+    /// Removes what scratch space holds that nothing has written for
+    /// `older_than`: what a process that stopped left behind (an upload cut
+    /// off, a run's copies). Processes share scratch space, so what is in
+    /// use must look it: an upload writes at least at its pace, and a run's
+    /// files are written within its runtime; give more than both. The
+    /// number of entries removed.
+    pub fn sweep_scratch(&self, older_than: Duration) -> std::io::Result<usize> {
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.tmp)? {
+            let path = entry?.path();
+            let Ok(touched) = last_written(&path) else { continue };
+            if now.duration_since(touched).unwrap_or_default() < older_than {
+                continue;
+            }
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
     /// A local scratch directory (a preview's outputs), removed when dropped.
     pub fn scratch_dir(&self, prefix: &str) -> std::io::Result<tempfile::TempDir> {
         tempfile::Builder::new().prefix(prefix).tempdir_in(&self.tmp)
@@ -542,6 +571,21 @@ fn link_in(tmp: &Path, target: &Path) -> std::io::Result<()> {
             copy.persist(target).map(drop).map_err(|e| e.error)
         }
     }
+}
+
+/// When anything at `path` was last written: a file's own time, a
+/// directory's newest file's (its own when it holds none).
+fn last_written(path: &Path) -> std::io::Result<std::time::SystemTime> {
+    let own = std::fs::symlink_metadata(path)?.modified()?;
+    if !path.is_dir() {
+        return Ok(own);
+    }
+    let mut newest = None;
+    for name in files_under(path)? {
+        let at = std::fs::symlink_metadata(path.join(name))?.modified()?;
+        newest = Some(newest.map_or(at, |n: std::time::SystemTime| n.max(at)));
+    }
+    Ok(newest.unwrap_or(own))
 }
 
 /// The files under `dir`, as relative paths with `/` between parts.
@@ -738,6 +782,42 @@ mod tests {
                 "{name}: back, and it outlives its staged file"
             );
         }
+    }
+
+    #[test]
+    fn scratch_space_left_behind_goes_and_what_is_being_written_stays() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(dir.path());
+        let tmp = dir.path().join("tmp");
+        let day = Duration::from_secs(24 * 3600);
+        let age = |path: &Path, by: Duration| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("{e}"));
+            file.set_modified(std::time::SystemTime::now() - by)
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        let write = |path: &Path| std::fs::write(path, b"x").unwrap_or_else(|e| panic!("{e}"));
+        // An upload cut off two days ago, and one in flight.
+        write(&tmp.join("upload-old"));
+        age(&tmp.join("upload-old"), 2 * day);
+        write(&tmp.join("upload-now"));
+        // A run's directory whose files were all written long ago, and one
+        // with an old copy it still writes beside.
+        for run in ["run-old", "run-now"] {
+            std::fs::create_dir_all(tmp.join(run).join("output")).unwrap_or_else(|e| panic!("{e}"));
+            write(&tmp.join(run).join("output").join("a.csv"));
+            age(&tmp.join(run).join("output").join("a.csv"), 3 * day);
+        }
+        write(&tmp.join("run-now").join("report.xlsx"));
+        assert_eq!(store.sweep_scratch(day).ok(), Some(2));
+        let mut left: Vec<String> = std::fs::read_dir(&tmp)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["run-now", "upload-now"]);
     }
 
     #[tokio::test]

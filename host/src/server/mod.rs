@@ -51,6 +51,7 @@ pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -193,6 +194,18 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         None => Blobs::local(&dir, settings.upload_pace),
     }
     .map_err(data_dir_error)?;
+    // What a stopped process left in scratch space: nothing written there
+    // for a day, nor for twice the longest a run may take.
+    let untouched = settings
+        .limit_caps
+        .max_runtime
+        .saturating_mul(2)
+        .max(Duration::from_secs(24 * 3600));
+    match blobs.sweep_scratch(untouched) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "removed what stopped processes left in scratch space"),
+        Err(e) => tracing::warn!(error = %e, "sweeping scratch space failed"),
+    }
     let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
     check_secrets_key(db.as_ref(), settings.secrets_key.as_ref())?;
     let keys = keys::Keys::new(db.clone());
