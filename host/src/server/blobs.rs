@@ -18,7 +18,7 @@
 //! while it keeps sending.
 //!
 //! When content may go, and that no removal takes it from under a new
-//! holder, is decided with the state store (`server/content.rs`).
+//! holder, is decided with the state store (`server/files.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -343,7 +343,7 @@ impl Blobs {
     }
 
     /// Removes the content with `sha256` (nothing when it is not there).
-    /// Only once nothing holds it: see `server/content.rs`.
+    /// Only once nothing holds it: see `server/files.rs`.
     pub async fn remove(&self, sha256: &str) -> std::io::Result<()> {
         match self.store.delete(&file_key(sha256)).await {
             Err(e) if !not_found(&e) => Err(io_error(e)),
