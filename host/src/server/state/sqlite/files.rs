@@ -154,13 +154,14 @@ impl FileState for Db {
     }
 
     fn content_removals(&self, sha256: &str) -> Result<ContentRemovals> {
-        let found = self
-            .lock()
-            .query_row(
-                "SELECT generation, active, active_since FROM content_removals WHERE sha256 = ?1",
-                [sha256],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?)),
-            )
+        // Read twice by every upload: a cached statement.
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT generation, active, active_since FROM content_removals WHERE sha256 = ?1")?;
+        let found = stmt
+            .query_row([sha256], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?))
+            })
             .optional()?;
         Ok(match found {
             Some((begun, active, active_since)) => ContentRemovals {
