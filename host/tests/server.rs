@@ -253,6 +253,18 @@ fn importer(status: &str) -> Value {
     })
 }
 
+/// [`operational_importer`] whose scope goes through the published
+/// `phone-normalize@0.1.0` plugin.
+async fn phone_importer(s: &Server) -> Value {
+    operational_importer_with(s, |doc| {
+        doc["sql"]["text"] =
+            json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
+        doc["transforms"] =
+            json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
+    })
+    .await
+}
+
 /// An operational connector with a published script: object, sample,
 /// connector, publish, status.
 async fn operational_importer(s: &Server) -> Value {
@@ -1691,13 +1703,7 @@ async fn a_server_on_a_blob_store_that_is_not_a_directory_keeps_and_serves_every
         .publish_plugin(ADMIN, "phone-normalize", "0.1.0", &plugin_bytes("phone-normalize"))
         .await;
     assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
-    operational_importer_with(&s, |doc| {
-        doc["sql"]["text"] =
-            json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
-        doc["transforms"] =
-            json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
-    })
-    .await;
+    phone_importer(&s).await;
 
     // A run reads its input and plugin from the store and leaves its
     // artifacts there; the data directory holds none of them.
@@ -1734,13 +1740,7 @@ async fn a_server_on_a_blob_store_that_is_not_a_directory_keeps_and_serves_every
     assert!(report.bytes.starts_with(b"PK"), "report.xlsx is a zip");
     let zip = s.get(&format!("/executions/{id}/output.zip"), ADMIN).await;
     assert_eq!(zip.status, StatusCode::OK, "{}", zip.body);
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip.bytes.clone())).unwrap_or_else(|e| panic!("{e}"));
-    let mut people = String::new();
-    std::io::Read::read_to_string(
-        &mut archive.by_name("output/people.csv").unwrap_or_else(|e| panic!("{e}")),
-        &mut people,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let people = common::scope_csv(zip.bytes, "people");
     assert!(
         people.starts_with("email,city,phone") && people.contains("ada@example.com"),
         "{people}"
@@ -1796,13 +1796,7 @@ async fn a_run_uses_the_workspaces_plugins_and_a_cancel_interrupts_a_looping_one
         assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
     }
     // A connector whose scope goes through the phone normaliser.
-    operational_importer_with(&s, |doc| {
-        doc["sql"]["text"] =
-            json!("CREATE VIEW output.people AS SELECT email, city, '(202) 555-0143' AS phone FROM input.data");
-        doc["transforms"] =
-            json!([{"scope": "people", "plugin": "phone-normalize@0.1.0", "config": {"column": "phone"}}]);
-    })
-    .await;
+    phone_importer(&s).await;
     let run = s
         .upload("/connectors/contacts_import/runs", ADMIN, "contacts.csv", CONTACTS_CSV)
         .await;
@@ -3653,24 +3647,38 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
         created_at: chrono::Utc::now(),
     };
     let contains = |sha256: String| async move { app.blobs.contains(&sha256).await.unwrap_or(false) };
+    let stage =
+        |bytes: &'static [u8]| async move { app.blobs.stage(bytes.to_vec()).await.unwrap_or_else(|e| panic!("{e}")) };
+    let place = |bytes: &'static [u8]| async move {
+        let (tmp, sha256) = stage(bytes).await;
+        let placing = app
+            .files
+            .place_content(vec![(tmp, sha256.clone())])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (placing, sha256)
+    };
+    let hold = |sha256: &str, name: &str| {
+        app.db
+            .insert_file(&workspace, &row(sha256, name))
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    // What a removal in another process does once it has begun.
+    let finish_removal = |sha256: String| async move {
+        app.blobs.remove(&sha256).await.unwrap_or_else(|e| panic!("{e}"));
+        app.db.end_content_removal(&sha256).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let later = |sha256: String| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        finish_removal(sha256).await;
+    };
 
     // A removal (here, or in another process) that runs whole between
     // placing content and recording its holder: the content comes back.
-    let (tmp, first) = app
-        .blobs
-        .stage(b"a\n1\n".to_vec())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let placing = app
-        .files
-        .place_content(vec![(tmp, first.clone())])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (placing, first) = place(b"a\n1\n").await;
     app.files.forget_content(&first).await;
     assert!(!contains(first.clone()).await, "nothing held it yet: it was removed");
-    app.db
-        .insert_file(&workspace, &row(&first, "first.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    hold(&first, "first.csv");
     placing.settle().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         contains(first.clone()).await,
@@ -3680,27 +3688,11 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
 
     // A removal under way when the holder is recorded: placing waits for
     // its end, then places the content again.
-    let (tmp, second) = app
-        .blobs
-        .stage(b"b\n2\n".to_vec())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let placing = app
-        .files
-        .place_content(vec![(tmp, second.clone())])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (placing, second) = place(b"b\n2\n").await;
     assert_eq!(app.db.begin_content_removal(&second).ok(), Some(true));
-    app.db
-        .insert_file(&workspace, &row(&second, "second.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let remover = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        app.blobs.remove(&second).await.unwrap_or_else(|e| panic!("{e}"));
-        app.db.end_content_removal(&second).unwrap_or_else(|e| panic!("{e}"));
-    };
+    hold(&second, "second.csv");
     let started = Instant::now();
-    let (settled, ()) = tokio::join!(placing.settle(), remover);
+    let (settled, ()) = tokio::join!(placing.settle(), later(second.clone()));
     settled.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         started.elapsed() >= Duration::from_millis(300),
@@ -3711,57 +3703,24 @@ async fn content_a_removal_takes_while_its_new_holder_is_recorded_is_placed_agai
     // A removal already under way when placing begins, over content that
     // is there: placing finds it placed, the removal takes it, and settling
     // places it again.
-    let (tmp, third) = app
-        .blobs
-        .stage(b"c\n3\n".to_vec())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (tmp, third) = stage(b"c\n3\n").await;
     let unheld = [(tmp, third.clone())];
     app.blobs.place_all(&unheld).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(app.db.begin_content_removal(&third).ok(), Some(true));
-    let (tmp, _) = app
-        .blobs
-        .stage(b"c\n3\n".to_vec())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let placing = app
-        .files
-        .place_content(vec![(tmp, third.clone())])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    app.blobs.remove(&third).await.unwrap_or_else(|e| panic!("{e}"));
-    app.db.end_content_removal(&third).unwrap_or_else(|e| panic!("{e}"));
-    app.db
-        .insert_file(&workspace, &row(&third, "third.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (placing, _) = place(b"c\n3\n").await;
+    finish_removal(third.clone()).await;
+    hold(&third, "third.csv");
     placing.settle().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(contains(third.clone()).await, "placed again: the removal was under way");
 
     // Two removals of the same content at once: placing waits for both.
-    let (tmp, fourth) = app
-        .blobs
-        .stage(b"d\n4\n".to_vec())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let placing = app
-        .files
-        .place_content(vec![(tmp, fourth.clone())])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (placing, fourth) = place(b"d\n4\n").await;
     assert_eq!(app.db.begin_content_removal(&fourth).ok(), Some(true));
     assert_eq!(app.db.begin_content_removal(&fourth).ok(), Some(true));
-    app.db
-        .insert_file(&workspace, &row(&fourth, "fourth.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    app.blobs.remove(&fourth).await.unwrap_or_else(|e| panic!("{e}"));
-    app.db.end_content_removal(&fourth).unwrap_or_else(|e| panic!("{e}"));
-    let late = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        app.blobs.remove(&fourth).await.unwrap_or_else(|e| panic!("{e}"));
-        app.db.end_content_removal(&fourth).unwrap_or_else(|e| panic!("{e}"));
-    };
+    hold(&fourth, "fourth.csv");
+    finish_removal(fourth.clone()).await;
     let started = Instant::now();
-    let (settled, ()) = tokio::join!(placing.settle(), late);
+    let (settled, ()) = tokio::join!(placing.settle(), later(fourth.clone()));
     settled.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         started.elapsed() >= Duration::from_millis(300),

@@ -250,7 +250,8 @@ impl Blobs {
         let mut file = tokio::fs::File::open(path).await?;
         let size = file.metadata().await?.len();
         if size <= PART as u64 {
-            let bytes = tokio::fs::read(path).await?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes).await?;
             self.store.put(key, PutPayload::from(bytes)).await.map_err(io_error)?;
             return Ok(());
         }

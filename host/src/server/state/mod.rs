@@ -131,19 +131,3 @@ pub trait StateStore:
     + Sync
 {
 }
-
-impl<T> StateStore for T where
-    T: ConnectorState
-        + ExecutionState
-        + FileState
-        + KeyState
-        + LeaseState
-        + ObjectState
-        + PluginState
-        + ScheduleState
-        + SecretState
-        + WebhookState
-        + Send
-        + Sync
-{
-}

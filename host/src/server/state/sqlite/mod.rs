@@ -301,6 +301,8 @@ pub struct Db {
     conn: Mutex<Connection>,
 }
 
+impl StateStore for Db {}
+
 /// SQLite's busy handler: true while it is worth trying again (about ten
 /// seconds in all).
 fn wait_for_writer(tries: i32) -> bool {
