@@ -163,13 +163,19 @@ impl Caller {
         }
     }
 
+    /// Whether the caller's key reaches connector `id` (named `api_name`).
+    pub fn reaches(&self, id: &str, api_name: &str) -> bool {
+        self.connectors
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == id || c == api_name))
+    }
+
     /// Refuses (403) a caller limited to other connectors.
     pub fn require_connector(&self, id: &str, api_name: &str) -> Result<(), ApiError> {
-        match &self.connectors {
-            Some(list) if !list.iter().any(|c| c == id || c == api_name) => Err(ApiError::forbidden(
-                "this key is limited to other connectors".to_string(),
-            )),
-            _ => Ok(()),
+        if self.reaches(id, api_name) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this key is limited to other connectors"))
         }
     }
 }

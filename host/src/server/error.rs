@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use weir_engine::error::{Problem, StoreFault};
 
+use super::refusal::{Kind, Refusal};
 use super::state::{StateError, StateFault};
 
 /// A problem with one field of a request.
@@ -211,7 +212,7 @@ impl StorageFault {
 
     /// The fault behind a value handed to [`ApiError::internal`], for the
     /// error types that carry one.
-    fn in_value(value: &dyn std::any::Any) -> Option<Self> {
+    pub fn in_value(value: &dyn std::any::Any) -> Option<Self> {
         if let Some(e) = value.downcast_ref::<std::io::Error>() {
             return Self::of(e);
         }
@@ -245,15 +246,6 @@ impl From<StorageFault> for ApiError {
     }
 }
 
-impl From<crate::server::files::FileError> for ApiError {
-    fn from(e: crate::server::files::FileError) -> Self {
-        match e {
-            crate::server::files::FileError::State(e) => e.into(),
-            crate::server::files::FileError::Blob(e) => ApiError::internal(e),
-        }
-    }
-}
-
 impl From<crate::server::keys::KeyError> for ApiError {
     fn from(e: crate::server::keys::KeyError) -> Self {
         use crate::server::keys::KeyError;
@@ -267,41 +259,58 @@ impl From<crate::server::keys::KeyError> for ApiError {
     }
 }
 
-impl From<crate::server::plugins::PluginError> for ApiError {
-    fn from(e: crate::server::plugins::PluginError) -> Self {
-        use crate::server::plugins::PluginError;
-        match e {
-            PluginError::BadReference(message) => ApiError::invalid(
-                "invalid_plugin",
-                "the plugin's name or version is not valid",
-                vec![Problem::new("name@version", message)],
-            ),
-            PluginError::NotAComponent(message) => ApiError::invalid(
-                "invalid_plugin",
-                "the file is not a component Weir can run as a transform step",
-                vec![Problem::new("body", message)],
-            ),
-            e @ PluginError::VersionTaken(_) => ApiError::conflict("plugin_version_exists", e.to_string()),
-            PluginError::Files(e) => e.into(),
-            PluginError::State(e) => e.into(),
-        }
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let r = r.into_detail();
+        let status = match r.kind {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::StorageFull => return StorageFault::Full.into(),
+            Kind::StorageReadOnly => return StorageFault::ReadOnly.into(),
+            // Logged where it was made.
+            Kind::Internal => {
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to handle this request; the error is in its log",
+                );
+            }
+        };
+        let mut e = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            Self::invalid(&r.code, r.detail, r.problems)
+        } else {
+            Self::new(status, &r.code, r.detail)
+        };
+        e.doc.line = r.line;
+        e.doc.column = r.column;
+        e.doc.draft_version = r.draft_version;
+        e.doc.execution = r.execution.and_then(|doc| serde_json::to_value(*doc).ok());
+        e
     }
 }
 
-impl From<crate::server::objects::ObjectError> for ApiError {
-    fn from(e: crate::server::objects::ObjectError) -> Self {
-        use crate::server::objects::ObjectError;
-        match e {
-            ObjectError::Invalid { title, problems } => ApiError::invalid("invalid_object", title, problems),
-            e @ ObjectError::Exists(_) => ApiError::conflict("object_exists", e.to_string()),
-            ObjectError::NotFound(what) => ApiError::not_found(what),
-            ObjectError::OutOfReach(message) => ApiError::forbidden(message),
-            ObjectError::BadFilter(message) => ApiError::bad_request(message),
-            ObjectError::Engine(e) => ApiError::internal(e),
-            ObjectError::State(e) => e.into(),
+/// The service errors the API answers as their [`Refusal`].
+macro_rules! refused_as {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                Refusal::from(e).into()
+            }
         }
-    }
+    )*};
 }
+
+refused_as!(
+    crate::server::files::FileError,
+    crate::server::plugins::PluginError,
+    crate::server::objects::ObjectError,
+    crate::server::triggers::CannotRun
+);
 
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {

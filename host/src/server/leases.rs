@@ -230,7 +230,7 @@ fn resolve(app: &App, lease: &Lease) -> Result<bool, StateError> {
         });
         let _ = doc.transition(Status::Failed);
     }
-    queue::committed_counts(app, &mut doc);
+    app.runner.committed_counts(&mut doc);
     if !app.db.save_owned(&doc, app.worker.id())? {
         return Ok(false);
     }

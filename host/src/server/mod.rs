@@ -10,11 +10,19 @@
 //! - [`config`]: layered configuration (defaults → file → `WEIR_*` env).
 //! - [`state`]: the state store: its traits per aggregate, and SQLite.
 //! - [`auth`]: API keys, roles and the [`auth::Caller`] of a request.
+//! - [`connectors`]: the connectors service: connectors, drafts,
+//!   publishing and SQL versions.
 //! - [`keys`]: the keys service: making, listing and revoking keys.
 //! - [`blobs`]: files, plugins and artifacts in an object store.
 //! - [`files`]: the files service: workspaces' files, and when content
 //!   may leave the blob store.
+//! - [`executions`]: the executions service: a trigger made into a
+//!   queued execution, and executions read, canceled, deleted and their
+//!   artifacts handed out.
 //! - [`queue`]: queue, workers, cancel, shutdown drain.
+//! - [`runner`]: what a job needs to run (input, plugins, records,
+//!   secrets) and running it held to its limits.
+//! - [`refusal`]: what a service answers when it refuses, free of HTTP.
 //! - [`leases`]: worker ids, leases and heartbeats, cancels between
 //!   processes, and resolving runs whose process was lost.
 //! - [`triggers`]: the execution a trigger makes (API, webhook batch or
@@ -26,6 +34,8 @@
 //! - [`retention`]: what is deleted once past its workspace's retention.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`metrics`]: Prometheus counters.
+//! - [`previews`]: the previews service: a dry run within the call.
+//! - [`packages`]: the packages service: dev packages made and pushed.
 //! - [`plugins`]: the plugins service: checking and publishing components.
 //! - [`objects`]: the objects service: objects, reach, and their records.
 
@@ -33,16 +43,22 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod connectors;
 pub mod error;
+pub mod executions;
 pub mod files;
 pub mod keys;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
 pub mod objects;
+pub mod packages;
 pub mod plugins;
+pub mod previews;
 pub mod queue;
+pub mod refusal;
 pub mod retention;
+pub mod runner;
 pub mod schedules;
 pub mod secrets;
 pub mod state;
@@ -75,21 +91,33 @@ pub struct App {
     /// Records of every workspace.
     pub records: Arc<dyn RecordStore>,
     /// Configuration.
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     /// Running executions and the dispatcher's wake-up.
-    pub runs: queue::Runs,
+    pub runs: Arc<queue::Runs>,
     /// Prometheus metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
+    /// What running a job needs.
+    pub runner: runner::Runner,
+    /// Executions: triggers, status, cancel, artifacts.
+    pub executions: executions::Executions,
+    /// Connectors and their SQL.
+    pub connectors: connectors::Connectors,
+    /// Previews of connectors.
+    pub previews: previews::Previews,
+    /// Dev packages: made and pushed.
+    pub packages: packages::Packages,
+    /// Workspace secrets.
+    pub secrets: secrets::Secrets,
     /// The Wasm plugin runtime every run shares.
     pub plugin_runtime: Arc<PluginRuntime>,
     /// Published plugins.
     pub plugins: plugins::Plugins,
     /// Objects and their records.
     pub objects: objects::ObjectService,
-    /// Wakes the webhook batcher.
+    /// Webhook payloads and their batches.
     pub batches: webhooks::Batches,
     /// The scheduler's clock.
-    pub schedules: schedules::Schedules,
+    pub schedules: Arc<schedules::Schedules>,
     /// This process among those sharing the state store.
     pub worker: leases::Worker,
 }
@@ -219,20 +247,75 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         .map_err(|e| StartError::Plugins(e.to_string()))?,
     );
     let files = files::Files::new(db.clone(), blobs.clone());
+    let settings = Arc::new(settings);
+    let runs = Arc::new(queue::Runs::default());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let runner = runner::Runner::new(
+        db.clone(),
+        blobs.clone(),
+        records.clone(),
+        plugin_runtime.clone(),
+        settings.clone(),
+    );
+    let executions = executions::Executions::new(
+        db.clone(),
+        blobs.clone(),
+        files.clone(),
+        runs.clone(),
+        metrics.clone(),
+        settings.clone(),
+    );
+    let objects = objects::ObjectService::new(db.clone(), records.clone());
+    let schedules = Arc::new(schedules::Schedules::new(clock));
+    let connectors = connectors::Connectors::new(
+        db.clone(),
+        blobs.clone(),
+        files.clone(),
+        objects.clone(),
+        executions.clone(),
+        runs.clone(),
+        schedules.clone(),
+        settings.clone(),
+    );
+    let previews = previews::Previews::new(
+        db.clone(),
+        blobs.clone(),
+        executions.clone(),
+        runner.clone(),
+        settings.clone(),
+    );
+    let plugins = plugins::Plugins::new(db.clone(), files.clone(), blobs.clone(), plugin_runtime.clone());
+    let packages = packages::Packages::new(
+        db.clone(),
+        blobs.clone(),
+        records.clone(),
+        files.clone(),
+        plugins.clone(),
+        connectors.clone(),
+        settings.clone(),
+    );
+    let batches = webhooks::Batches::new(db.clone(), files.clone(), executions.clone(), settings.clone());
+    let secrets = secrets::Secrets::new(db.clone(), settings.secrets_key.clone());
     let app = Arc::new(App {
-        plugins: plugins::Plugins::new(db.clone(), files.clone(), blobs.clone(), plugin_runtime.clone()),
+        secrets,
+        packages,
+        previews,
+        runner,
+        executions,
+        connectors,
+        plugins,
         plugin_runtime,
-        objects: objects::ObjectService::new(db.clone(), records.clone()),
+        objects,
         files,
         keys,
         db,
         blobs,
         records,
-        runs: queue::Runs::default(),
-        metrics: metrics::Metrics::new(),
+        runs,
+        metrics,
         settings,
-        batches: webhooks::Batches::default(),
-        schedules: schedules::Schedules::new(clock),
+        batches,
+        schedules,
         worker,
     });
     // What a process that is gone left running is resolved before this one
@@ -258,25 +341,10 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
 }
 
 impl App {
-    /// `text` without the data directory's place on this machine: paths
-    /// under it are shown relative to it, as no client needs to know where
-    /// the server keeps its files.
+    /// `text` without the data directory's place on this machine
+    /// ([`runner::Runner::hide_paths`]).
     pub fn hide_paths(&self, text: &str) -> String {
-        let dir = &self.settings.config.data_dir;
-        let mut forms: Vec<String> = Vec::new();
-        if let Ok(canonical) = dir.canonicalize() {
-            forms.push(canonical.display().to_string());
-        }
-        if let Ok(absolute) = std::path::absolute(dir) {
-            forms.push(absolute.display().to_string());
-        }
-        // Longest first, so that no form leaves a piece of a longer one.
-        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-        let mut text = text.to_string();
-        for form in forms.iter().filter(|f| f.len() > 1) {
-            text = text.replace(&format!("{form}/"), "").replace(form.as_str(), "");
-        }
-        text
+        self.runner.hide_paths(text)
     }
 }
 

@@ -17,8 +17,7 @@
 //! writer of a running execution's document, so the final document is never
 //! overwritten by a late progress write.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,16 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::error::{ErrorCode, Stage};
-use weir_engine::execution::{Execution, ExecutionError, LoadCount, StageStatus, Status, StepProgress};
+use weir_engine::execution::{Execution, ExecutionError, StageStatus, Status};
 use weir_engine::pipeline::{Progress, RunSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
-use weir_engine::sources::SecretValues;
 
 use super::App;
 use super::blobs::OnDisk;
-use super::config::Isolation;
-use super::state::{ExecutionRow, IdempotencyKey, KeyUse, StateError};
-use crate::worker::{self, Bounds, Job, JobInput, JobRecords};
+use super::metrics::Metrics;
+use super::state::{ExecutionRow, StateError, StateStore};
+use crate::worker::{Job, JobInput};
 
 /// A running execution, as the process knows it.
 struct Running {
@@ -151,52 +149,30 @@ impl Runs {
     }
 }
 
-/// Stores a new queued execution and wakes the dispatcher.
-///
-/// Under an idempotency key, the execution is stored only if the key is
-/// new; else nothing happens and the key's first use is returned.
-pub fn enqueue(app: &App, row: &ExecutionRow, key: Option<&IdempotencyKey>) -> Result<Option<KeyUse>, StateError> {
-    match key {
-        Some(key) => {
-            if let Some(used) = app
-                .db
-                .insert_execution_once(row, key, app.settings.idempotency_expired())?
-            {
-                return Ok(Some(used));
-            }
-        }
-        None => app.db.insert_execution(row)?,
+impl Runs {
+    /// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`
+    /// at once; a running one becomes `canceling` and its run is told to
+    /// stop, here or, through the stored request, in the process that runs
+    /// it.
+    pub fn cancel(&self, db: &dyn StateStore, metrics: &Metrics, id: &str) -> Result<CancelOutcome, StateError> {
+        cancel(self, db, metrics, id)
     }
-    queued(app, row)?;
-    Ok(None)
 }
 
-/// After a new execution is stored: its first log line, the count, and a
-/// wake-up for the dispatcher.
-pub fn queued(app: &App, row: &ExecutionRow) -> Result<(), StateError> {
-    app.db.append_log(&row.document.id, "info", "queued")?;
-    app.metrics.executions_created.inc();
-    app.runs.wake();
-    Ok(())
-}
-
-/// Requests a cancel (SPEC §6.4): a queued execution becomes `canceled`
-/// at once; a running one becomes `canceling` and its run is told to stop,
-/// here or, through the stored request, in the process that runs it.
-pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
+fn cancel(runs: &Runs, db: &dyn StateStore, metrics: &Metrics, id: &str) -> Result<CancelOutcome, StateError> {
     // The map lock is held across the check so that a claim (which takes
     // it too) cannot slip between reading `queued` and canceling.
-    let mut running = app.runs.lock();
+    let mut running = runs.lock();
     if let Some(run) = running.get_mut(id) {
         // Stored too, so that every process shows it `canceling`.
-        app.db.request_cancel(id)?;
+        db.request_cancel(id)?;
         if let Some(doc) = cancel_run(run) {
             return Ok(CancelOutcome::Accepted(Box::new(doc)));
         }
         // Ended before anything was answered, and not stored yet: answer
         // as stored, as a status request would.
     }
-    let Some(row) = app.db.execution(id)? else {
+    let Some(row) = db.execution(id)? else {
         return Ok(CancelOutcome::Finished);
     };
     let mut doc = row.document;
@@ -204,28 +180,28 @@ pub fn cancel(app: &App, id: &str) -> Result<CancelOutcome, StateError> {
         // Another process runs it: it reads the request within
         // [`leases`](super::leases)' poll.
         drop(running);
-        if app.db.request_cancel(id)? {
+        if db.request_cancel(id)? {
             let _ = doc.transition(Status::Canceling);
-            app.db.append_log(id, "info", "cancel requested")?;
+            db.append_log(id, "info", "cancel requested")?;
             return Ok(CancelOutcome::Accepted(Box::new(doc)));
         }
         // It ended meanwhile: answer what it became.
-        let now = app.db.execution(id)?.map(|r| r.document);
+        let now = db.execution(id)?.map(|r| r.document);
         return Ok(now.map_or(CancelOutcome::Finished, CancelOutcome::of));
     }
     match doc.status {
         Status::Queued => {
             let _ = doc.transition(Status::Canceled);
             doc.close_open_stages(StageStatus::Skipped, StageStatus::Skipped);
-            if !app.db.save_document(&doc, Some(Status::Queued))? {
+            if !db.save_document(&doc, Some(Status::Queued))? {
                 // It left the queue meanwhile (it could not start): answer
                 // what it became.
-                let now = app.db.execution(id)?.map(|r| r.document);
+                let now = db.execution(id)?.map(|r| r.document);
                 return Ok(now.map_or(CancelOutcome::Finished, CancelOutcome::of));
             }
             drop(running);
-            app.db.append_log(id, "info", "canceled while queued")?;
-            app.metrics.finished(doc.status);
+            db.append_log(id, "info", "canceled while queued")?;
+            metrics.finished(doc.status);
             Ok(CancelOutcome::Accepted(Box::new(doc)))
         }
         // Canceling elsewhere, or ended. Repeating the cancel is accepted,
@@ -254,53 +230,6 @@ pub fn cancel_here(app: &App, id: &str) {
         tracing::info!(execution = %id, "canceling at the request of another process");
         cancel_run(run);
     }
-}
-
-/// Sets a lost run's load counts to what its commits left in the record
-/// store: each commit keeps its step's tally in its own transaction, while
-/// the document was saved up to 100 ms behind.
-pub fn committed_counts(app: &App, doc: &mut Execution) {
-    let tallies = match app.records.tallies(&doc.id) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(execution = %doc.id, error = %e, "reading the load tallies failed");
-            return;
-        }
-    };
-    if tallies.is_empty() {
-        return;
-    }
-    // The last saved document may predate the load's start, and list no
-    // step yet: the steps are then those of the run's connector.
-    let id = doc.id.clone();
-    if let Some(StepProgress::Load { steps, .. }) = doc.stage_mut(Stage::Load) {
-        if steps.is_empty() {
-            *steps = app
-                .db
-                .execution(&id)
-                .ok()
-                .flatten()
-                .and_then(|row| serde_json::from_str::<Connector>(&row.definition).ok())
-                .map(|c| c.loads.iter().map(LoadCount::of).collect())
-                .unwrap_or_default();
-        }
-        for t in tallies {
-            if let Some(c) = steps.iter_mut().find(|c| c.order == t.order) {
-                c.total = t.total;
-                c.created = t.created;
-                c.updated = t.updated;
-                c.skipped = t.skipped;
-                c.failed = t.failed;
-            }
-        }
-    }
-    // It committed, so the load ran: it ended with the run, not skipped.
-    let ended = if doc.status == Status::Canceled {
-        StageStatus::Canceled
-    } else {
-        StageStatus::Failed
-    };
-    doc.set_stage_status(Stage::Load, ended);
 }
 
 /// Claims and starts queued executions until shutdown.
@@ -449,7 +378,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         kept.cancel();
     }
     let persister = tokio::spawn(persist(app.clone(), progress.clone(), kept.clone()));
-    let records = match job_records(app, &row.workspace_id) {
+    let records = match app.runner.records(&row.workspace_id) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(execution = %id, error = %e, "loading the workspace's objects failed");
@@ -460,7 +389,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         Some(sha) => Some(job_input(app, &id, sha).await),
         None => None,
     };
-    let (plugins, plugin_files) = job_plugins(app, &row.workspace_id, &connector).await;
+    let (plugins, plugin_files) = app.runner.plugins(&row.workspace_id, &connector).await;
     let out_dir = app.blobs.artifacts_out(&id).unwrap_or_else(|e| {
         tracing::error!(execution = %id, error = %e, "the artifacts' directory is not known");
         std::env::temp_dir().join(format!("weir-{id}"))
@@ -479,10 +408,10 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         report_rows: RunSettings::default().report_rows,
         load_batch_size: app.settings.config.load_batch_size,
         records,
-        plugin_cache: Some(plugin_cache(app)),
+        plugin_cache: Some(app.runner.plugin_cache()),
         plugin_memory: app.settings.plugin_memory,
         cpu_seconds: 0,
-        secrets: job_secrets(app, &row.workspace_id, &connector),
+        secrets: app.runner.secrets(&row.workspace_id, &connector),
         connector,
     };
     let log: Arc<dyn RunLog> = Arc::new(ExecutionLog {
@@ -490,7 +419,7 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         execution_id: id.clone(),
     });
     let started = std::time::Instant::now();
-    let doc = run_in_worker(app, job, &progress, log, &cancel).await;
+    let doc = app.runner.run(job, &progress, log, &cancel).await;
     drop((input, plugin_files));
     if let Err(e) = app.blobs.keep_artifacts(&id).await {
         tracing::error!(execution = %id, error = %e, "keeping the artifacts failed");
@@ -511,89 +440,6 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
     tracing::info!(status = doc.status.as_str(), "finished");
 }
 
-/// Runs `job` in a worker process held to the connector's limits (or in
-/// this process under `isolation = "none"`), and shows its end on
-/// `progress`. A worker that died is reconciled with the
-/// record store as a lost run is: its counts are those of its commits.
-pub async fn run_in_worker(
-    app: &Arc<App>,
-    mut job: Job,
-    progress: &Progress,
-    log: Arc<dyn RunLog>,
-    cancel: &CancellationToken,
-) -> Execution {
-    // The server's caps bound every run, also of a connector saved before
-    // they were lowered.
-    job.connector.limits = job.connector.limits.capped(&app.settings.limit_caps);
-    let mut doc = if app.settings.config.isolation == Isolation::None {
-        let (store, plugins) = (app.records.clone(), app.plugin_runtime.clone());
-        worker::run_here(job, progress, log, cancel, store, plugins).await
-    } else {
-        supervised(app, job, progress, log, cancel).await
-    };
-    if !doc.status.is_terminal() {
-        doc.close_open_stages(StageStatus::Failed, StageStatus::Skipped);
-        let _ = doc.transition(Status::Failed);
-    }
-    if let Some(error) = &mut doc.error {
-        error.message = app.hide_paths(&error.message);
-    }
-    progress.update(|d| *d = doc.clone());
-    doc
-}
-
-/// Runs `job` in a worker process held to the connector's limits.
-async fn supervised(
-    app: &Arc<App>,
-    mut job: Job,
-    progress: &Progress,
-    log: Arc<dyn RunLog>,
-    cancel: &CancellationToken,
-) -> Execution {
-    // A connector whose limits do not parse fails inside the worker; the
-    // defaults bound that worker meanwhile.
-    let limits = job
-        .connector
-        .limits
-        .parse()
-        .or_else(|_| weir_engine::connector::LimitsDef::default().parse());
-    let (runtime, memory) = limits.map_or((Duration::from_secs(3600), 2 << 30), |l| (l.max_runtime, l.max_memory));
-    let bounds = Bounds {
-        runtime,
-        memory: memory.saturating_add(worker::MEMORY_OVERHEAD),
-    };
-    // Every thread busy for the whole run, with a little to spare.
-    job.cpu_seconds = (runtime.as_secs() + 2).saturating_mul(job.threads as u64 + 2);
-    let program = app.settings.worker_program.clone();
-    let (progress_for, cancel_for) = (progress.clone(), cancel.clone());
-    let supervised =
-        tokio::task::spawn_blocking(move || worker::supervise(&program, &job, &progress_for, log, &cancel_for, bounds))
-            .await;
-    match supervised {
-        Ok(s) if s.reported_end => s.execution,
-        Ok(s) => {
-            let mut doc = s.execution;
-            tracing::warn!(
-                execution = %doc.id,
-                peak_mib = s.peak_memory >> 20,
-                error = ?doc.error.as_ref().map(|e| &e.message),
-                "a worker ended without finishing its run"
-            );
-            committed_counts(app, &mut doc);
-            doc
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "supervising a worker failed");
-            progress.snapshot()
-        }
-    }
-}
-
-/// Where compiled plugins are cached, shared by every worker.
-pub fn plugin_cache(app: &App) -> PathBuf {
-    app.settings.config.data_dir.join("plugin-cache")
-}
-
 /// The run's input file on this machine. One the blob store cannot give
 /// is said in the run's log, and the run then fails reading its input.
 async fn job_input(app: &App, id: &str, sha256: &str) -> OnDisk {
@@ -602,65 +448,6 @@ async fn job_input(app: &App, id: &str, sha256: &str) -> OnDisk {
         tracing::error!(execution = %id, error = %e, "reading the input failed");
         let _ = app.db.append_log(id, "error", &why);
         OnDisk::missing(sha256)
-    })
-}
-
-/// The files of the plugins the connector's transforms name, or why each
-/// cannot be had, resolved before the worker starts; the second part keeps
-/// the files on this machine until the run ends.
-pub async fn job_plugins(
-    app: &App,
-    workspace_id: &str,
-    connector: &Connector,
-) -> (BTreeMap<String, Result<PathBuf, String>>, Vec<OnDisk>) {
-    let mut found = BTreeMap::new();
-    let mut files = Vec::new();
-    for plugin in connector.transforms.iter().filter_map(|t| t.plugin.get().cloned()) {
-        let file = match app.db.plugin_by_ref(workspace_id, &plugin) {
-            Ok(Some(row)) => app
-                .blobs
-                .on_disk(&row.sha256)
-                .await
-                .map_err(|e| format!("reading plugin {plugin} from the blob store: {e}")),
-            Ok(None) => Err(format!(
-                "no plugin {plugin} is published in this workspace (POST /api/v1/plugins)"
-            )),
-            Err(e) => Err(format!("looking up the plugin: {e}")),
-        };
-        let path = file.map(|file| {
-            let path = file.path().to_path_buf();
-            files.push(file);
-            path
-        });
-        found.insert(plugin.to_string(), path);
-    }
-    (found, files)
-}
-
-/// The secrets the connector's sources need, opened for the worker (which
-/// never holds the secrets key). One that is not set or cannot be opened is
-/// left out: the run then fails `source_unavailable` naming it.
-pub fn job_secrets(app: &App, workspace_id: &str, connector: &Connector) -> SecretValues {
-    let mut values = BTreeMap::new();
-    for name in weir_engine::sources::secrets_needed(&connector.sources) {
-        match super::secrets::open(app.db.as_ref(), app.settings.secrets_key.as_ref(), workspace_id, &name) {
-            Ok(Some(value)) => {
-                values.insert(name, value);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(secret = %name, error = %e, "a source's secret cannot be opened"),
-        }
-    }
-    SecretValues::new(values)
-}
-
-/// The record store and the workspace's objects a worker loads into and
-/// reads `records.<object>` from (with or without load steps).
-pub fn job_records(app: &App, workspace_id: &str) -> Result<JobRecords, StateError> {
-    Ok(JobRecords {
-        db: app.settings.config.data_dir.join("records.db"),
-        workspace: workspace_id.to_string(),
-        objects: app.db.object_defs(workspace_id)?,
     })
 }
 

@@ -60,7 +60,7 @@ pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
             continue;
         };
         for id in app.db.ended_before(&workspace.id, before)? {
-            if delete_execution(app, &id).await? {
+            if app.executions.remove(&id).await? {
                 swept.executions += 1;
             }
         }
@@ -71,17 +71,4 @@ pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<Swept, StateError> {
         }
     }
     Ok(swept)
-}
-
-/// Deletes an execution that has ended, with everything it holds; false
-/// when there is no such execution or it has not ended.
-pub async fn delete_execution(app: &App, id: &str) -> Result<bool, StateError> {
-    if !app.db.delete_execution(id)? {
-        return Ok(false);
-    }
-    if let Err(e) = app.blobs.remove_artifacts(id).await {
-        // The execution is gone; what is left in the store is only space.
-        tracing::warn!(execution = id, error = %e, "removing an execution's artifacts failed");
-    }
-    Ok(true)
 }

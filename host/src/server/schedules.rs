@@ -26,7 +26,7 @@ use weir_engine::execution::TriggerType;
 use weir_engine::schedule::parse;
 
 use super::App;
-use super::queue;
+use super::files::Files;
 use super::state::{ConnectorRow, FileRow};
 use super::triggers::{Version, prepare};
 
@@ -140,13 +140,12 @@ pub async fn run_due(app: &App) -> anyhow::Result<Option<DateTime<Utc>>> {
 
 /// The input of a tick at `tick`: `input.schedule`, one row with
 /// `schedule_trigger_time`.
-pub async fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::Result<FileRow> {
+pub async fn tick_file(files: &Files, workspace_id: &str, tick: DateTime<Utc>) -> anyhow::Result<FileRow> {
     let csv = format!(
         "schedule_trigger_time\n{}\n",
         tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    Ok(app
-        .files
+    Ok(files
         .keep_bytes(workspace_id, "schedule.csv", "text/csv", csv.into_bytes())
         .await?)
 }
@@ -154,7 +153,7 @@ pub async fn tick_file(app: &App, workspace_id: &str, tick: DateTime<Utc>) -> an
 /// Records `tick` of `row` with its queued execution; nothing when the tick
 /// ran already.
 async fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: usize) -> anyhow::Result<()> {
-    let file = tick_file(app, &row.workspace_id, tick).await?;
+    let file = tick_file(&app.files, &row.workspace_id, tick).await?;
     let mut execution = prepare(
         app.db.as_ref(),
         &row.workspace_id,
@@ -169,7 +168,7 @@ async fn tick_once(app: &App, row: &ConnectorRow, tick: DateTime<Utc>, skipped: 
     if !app.db.record_tick(&row.id, tick, &execution)? {
         return Ok(());
     }
-    queue::queued(app, &execution)?;
+    app.executions.queued(&execution)?;
     if skipped > 0 {
         app.db.append_log(
             &execution.document.id,

@@ -14,10 +14,95 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use super::state::StateStore;
+use std::sync::Arc;
+
+use chrono::Utc;
+use weir_engine::connector::is_identifier;
+use weir_engine::error::Problem;
+
+use super::refusal::{Kind, Refusal, Refused};
+use super::state::{SecretRow, StateStore};
 
 /// The environment variable the key is read from.
 pub const KEY_VARIABLE: &str = "WEIR_SECRETS_KEY";
+
+/// The longest value a secret may have, in bytes.
+pub const MAX_VALUE: usize = 64 * 1024;
+
+/// The secrets of workspaces: set (sealed), listed by name, deleted. It
+/// holds the state store and the server's secrets key, if it has one.
+#[derive(Clone)]
+pub struct Secrets {
+    db: Arc<dyn StateStore>,
+    key: Option<SecretsKey>,
+}
+
+/// A secret as it was set.
+#[derive(Debug)]
+pub struct Set {
+    /// The stored secret (its name and times; never its value).
+    pub row: SecretRow,
+    /// It did not exist before.
+    pub created: bool,
+}
+
+impl Secrets {
+    /// The service.
+    pub fn new(db: Arc<dyn StateStore>, key: Option<SecretsKey>) -> Self {
+        Self { db, key }
+    }
+
+    /// Sets secret `name` of the workspace to `value`, sealed; refused
+    /// when the server has no secrets key.
+    pub fn set(&self, workspace_id: &str, name: &str, value: &str) -> Refused<Set> {
+        let mut problems = Vec::new();
+        if !is_identifier(name) {
+            problems.push(Problem::new("name", "must match [a-z][a-z0-9_]{0,62}"));
+        }
+        if value.is_empty() {
+            problems.push(Problem::new("value", "must not be empty"));
+        } else if value.len() > MAX_VALUE {
+            problems.push(Problem::new("value", format!("must be at most {MAX_VALUE} bytes")));
+        }
+        if !problems.is_empty() {
+            return Err(Refusal::invalid(
+                "validation_failed",
+                "the secret is not valid",
+                problems,
+            ));
+        }
+        let key = self.key.as_ref().ok_or_else(|| {
+            Refusal::new(
+                Kind::Unavailable,
+                "secrets_unavailable",
+                format!("the server keeps no secrets until it is started with {KEY_VARIABLE}"),
+            )
+        })?;
+        let sealed = key.seal(workspace_id, name, value).map_err(Refusal::internal)?;
+        let created = self.db.put_secret(workspace_id, name, &sealed, Utc::now())?;
+        let row = self
+            .db
+            .secret(workspace_id, name)?
+            .ok_or_else(|| Refusal::not_found("secret"))?;
+        tracing::info!(secret = %name, created, "a workspace secret was set");
+        Ok(Set { row, created })
+    }
+
+    /// The workspace's secrets, by name.
+    pub fn list(&self, workspace_id: &str) -> Refused<Vec<SecretRow>> {
+        Ok(self.db.secrets(workspace_id)?)
+    }
+
+    /// Deletes secret `name` of the workspace.
+    pub fn delete(&self, workspace_id: &str, name: &str) -> Refused<()> {
+        if self.db.delete_secret(workspace_id, name)? {
+            tracing::info!(secret = %name, "a workspace secret was deleted");
+            Ok(())
+        } else {
+            Err(Refusal::not_found("secret"))
+        }
+    }
+}
 
 /// Bytes of a nonce, stored before the sealed value.
 const NONCE_LEN: usize = 24;

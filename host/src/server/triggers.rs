@@ -5,7 +5,6 @@
 use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use weir_engine::execution::{ConnectorRef, Execution, Links, TriggerType};
 
-use super::error::ApiError;
 use super::state::{ConnectorRow, ExecutionRow, FileRow, StateError, StateStore};
 
 /// Which script a run uses.
@@ -19,7 +18,7 @@ pub enum Version {
 
 /// Why an execution cannot be made.
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub enum CannotRun {
     /// A real run of a connector in setup.
     #[error("the connector is in setup; only dry runs are possible until it is operational")]
     NotOperational,
@@ -38,19 +37,6 @@ pub enum Refused {
     /// The SQL version the connector names is not stored.
     #[error("SQL version {0} is missing")]
     MissingVersion(u32),
-}
-
-impl From<Refused> for ApiError {
-    fn from(refused: Refused) -> Self {
-        let detail = refused.to_string();
-        match refused {
-            Refused::NotOperational => ApiError::conflict("connector_not_operational", detail),
-            Refused::NotASpreadsheet => ApiError::conflict("wrong_connector_type", detail),
-            Refused::NoLiveScript => ApiError::conflict("no_live_script", detail),
-            Refused::State(e) => e.into(),
-            other => ApiError::internal(other),
-        }
-    }
 }
 
 /// Links of an execution's document.
@@ -73,27 +59,27 @@ pub fn prepare(
     file: Option<FileRow>,
     dry_run: bool,
     trigger: TriggerType,
-) -> Result<ExecutionRow, Refused> {
+) -> Result<ExecutionRow, CannotRun> {
     let connector = &row.connector;
     if !dry_run {
         if connector.status == ConnectorStatus::Setup {
-            return Err(Refused::NotOperational);
+            return Err(CannotRun::NotOperational);
         }
         if trigger == TriggerType::FileUpload && connector.kind != ConnectorType::Spreadsheet {
-            return Err(Refused::NotASpreadsheet);
+            return Err(CannotRun::NotASpreadsheet);
         }
     }
     let number = match (version, row.live_version) {
         (Version::Live, Some(live)) => live,
         (Version::Live, None) if dry_run => row.draft_version,
         (Version::Live, None) => {
-            return Err(Refused::NoLiveScript);
+            return Err(CannotRun::NoLiveScript);
         }
         (Version::Draft, _) => row.draft_version,
     };
     let script = db
         .sql_version(&row.id, number)?
-        .ok_or(Refused::MissingVersion(number))?;
+        .ok_or(CannotRun::MissingVersion(number))?;
     let id = uuid::Uuid::now_v7().to_string();
     let mut doc = Execution::new(
         id.clone(),

@@ -35,8 +35,11 @@ use weir_engine::connector::{Connector, ConnectorStatus};
 use weir_engine::execution::TriggerType;
 
 use super::App;
-use super::queue;
-use super::state::{FileRow, OpenBatch, WebhookRow, Workspace};
+use super::config::Settings;
+use super::executions::Executions;
+use super::files::Files;
+use super::refusal::{Refusal, Refused};
+use super::state::{ConnectorRow, FileRow, OpenBatch, StateStore, WebhookRow, Workspace};
 use super::triggers::{Version, prepare};
 
 /// The largest payload accepted.
@@ -51,23 +54,181 @@ pub const NO_MATCH: &str = "no v1 signature in webhook-signature matches the con
 /// The longest the batcher sleeps between two looks at the open batches.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// Wakes the batcher when a batch opens.
-#[derive(Debug, Default)]
+/// Webhook batches: payloads received into them, and batches closed into
+/// executions. It holds the state store, the files and executions services,
+/// the settings, and the batcher's wake-up.
 pub struct Batches {
+    db: Arc<dyn StateStore>,
+    files: Files,
+    executions: Executions,
+    settings: Arc<Settings>,
     wake: Notify,
 }
 
+/// Where a received payload went.
+#[derive(Debug)]
+pub struct Received {
+    /// The execution its batch became, once closed (at once for a zero
+    /// window).
+    pub execution_id: Option<String>,
+    /// When its batch closes (or closed).
+    pub closes_at: DateTime<Utc>,
+    /// It had been received before under its id and was not stored again.
+    pub duplicate: bool,
+}
+
 impl Batches {
+    /// The service.
+    pub fn new(db: Arc<dyn StateStore>, files: Files, executions: Executions, settings: Arc<Settings>) -> Self {
+        Self {
+            db,
+            files,
+            executions,
+            settings,
+            wake: Notify::new(),
+        }
+    }
+
     /// A batch opened: the batcher looks again.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Stores `payload` in the open batch of connector `row` (opening one
+    /// `window` long if there is none); a zero window closes it at once. A
+    /// `signed` payload's id is the sender's Standard Webhooks id, kept
+    /// apart from keyed senders' ids. Refused when its id was received
+    /// before with another body.
+    pub async fn receive(
+        &self,
+        row: &ConnectorRow,
+        payload: &WebhookRow,
+        signed: bool,
+        window: Duration,
+    ) -> Refused<Received> {
+        let receipt = self.db.receive_webhook(
+            &row.workspace_id,
+            &row.id,
+            payload,
+            signed,
+            window,
+            row.connector.status != ConnectorStatus::Operational,
+        )?;
+        if receipt.differs {
+            return Err(Refusal::invalid(
+                "idempotency_key_reused",
+                format!(
+                    "payload `{}` was received before with another body; a new payload needs a new id",
+                    payload.webhook_id
+                ),
+                vec![],
+            ));
+        }
+        let mut execution_id = receipt.execution_id.clone();
+        if !receipt.duplicate {
+            if window.is_zero() {
+                // One execution per payload, known in the answer.
+                let batch = OpenBatch {
+                    id: receipt.batch_id.clone(),
+                    workspace_id: row.workspace_id.clone(),
+                    connector_id: row.id.clone(),
+                };
+                execution_id = self.close(&batch).await.map_err(Refusal::internal)?;
+            } else {
+                self.wake();
+            }
+        }
+        Ok(Received {
+            execution_id,
+            closes_at: receipt.closes_at,
+            duplicate: receipt.duplicate,
+        })
+    }
+
+    /// Closes every batch that is due and whose connector is operational;
+    /// returns how many became executions.
+    pub async fn close_due(&self) -> anyhow::Result<usize> {
+        let mut closed = 0;
+        for batch in self.db.due_batches(Utc::now())? {
+            if self.close(&batch).await?.is_some() {
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Closes one batch into a queued execution; `None` while its connector
+    /// cannot run (not operational, no live script), which keeps it open.
+    pub async fn close(&self, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
+        let Some(row) = self.db.connector(&batch.workspace_id, &batch.connector_id)? else {
+            return Ok(None);
+        };
+        let connector = &row.connector;
+        if connector.status != ConnectorStatus::Operational || row.live_version.is_none() {
+            return Ok(None);
+        }
+        let payloads = self.db.batch_payloads(&batch.id)?;
+        let file = batch_file(&self.files, &batch.workspace_id, &payloads).await?;
+        let execution = prepare(
+            self.db.as_ref(),
+            &batch.workspace_id,
+            &row,
+            Version::Live,
+            Some(file),
+            false,
+            TriggerType::Webhook,
+        )?;
+        // A payload may join the batch while its file is written; then the claim
+        // fails and the batch, still due, closes on the batcher's next look.
+        if !self.db.close_batch(&batch.id, payloads.len(), &execution)? {
+            return Ok(None);
+        }
+        self.executions.queued(&execution)?;
+        Ok(Some(execution.document.id))
+    }
+
+    /// The connector `id` a signed sender addresses, with the signing secret
+    /// it may be checked against (`None` when it has none set).
+    pub fn signed_target(&self, id: &str) -> Refused<(Option<ConnectorRow>, Option<String>)> {
+        let Some(row) = self.db.connector_by_id(id)? else {
+            return Ok((None, None));
+        };
+        let secret = match self.db.workspace(&row.workspace_id)? {
+            Some(workspace) => self.secret_of(&workspace, &row.connector),
+            None => None,
+        };
+        Ok((Some(row), secret))
+    }
+
+    /// The signing secret of a connector of a workspace: the workspace secret
+    /// `webhook.secret` names, or the environment variable `webhook.secret_env`
+    /// names when it is one the workspace may read; `None` when it is not set.
+    pub fn secret_of(&self, workspace: &Workspace, connector: &Connector) -> Option<String> {
+        let webhook = connector.webhook.as_ref()?;
+        if let Some(name) = &webhook.secret {
+            return match super::secrets::open(
+                self.db.as_ref(),
+                self.settings.secrets_key.as_ref(),
+                &workspace.id,
+                name,
+            ) {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::warn!(secret = %name, error = %e, "a webhook signing secret cannot be opened");
+                    None
+                }
+            };
+        }
+        let name = webhook.secret_env.as_deref()?;
+        check_secret_env(&self.settings.config.webhook_secret_prefixes, &workspace.name, name).ok()?;
+        std::env::var(name).ok()
     }
 }
 
 /// Closes due batches into executions, until the server drains.
 pub async fn batcher(app: Arc<App>) {
     loop {
-        if let Err(e) = close_due(&app).await {
+        if let Err(e) = app.batches.close_due().await {
             tracing::error!(error = %e, "closing webhook batches failed");
         }
         let next = app.db.next_batch_due().ok().flatten();
@@ -82,29 +243,16 @@ pub async fn batcher(app: Arc<App>) {
     }
 }
 
-/// Closes every batch that is due and whose connector is operational;
-/// returns how many became executions.
-pub async fn close_due(app: &App) -> anyhow::Result<usize> {
-    let mut closed = 0;
-    for batch in app.db.due_batches(Utc::now())? {
-        if close(app, &batch).await?.is_some() {
-            closed += 1;
-        }
-    }
-    Ok(closed)
-}
-
 /// The input file of a batch of `payloads`: `webhooks.jsonl`, one payload
 /// a line with when it came, its id, content type, query string and body,
 /// which the connector reads as `input.webhooks`.
-pub async fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) -> anyhow::Result<FileRow> {
+pub async fn batch_file(files: &Files, workspace_id: &str, payloads: &[WebhookRow]) -> anyhow::Result<FileRow> {
     let mut jsonl = Vec::new();
     for p in payloads {
         serde_json::to_writer(&mut jsonl, p)?;
         jsonl.push(b'\n');
     }
-    Ok(app
-        .files
+    Ok(files
         .keep_bytes(workspace_id, "webhooks.jsonl", "application/x-ndjson", jsonl)
         .await?)
 }
@@ -112,7 +260,7 @@ pub async fn batch_file(app: &App, workspace_id: &str, payloads: &[WebhookRow]) 
 /// The input file a batch of the JSON `payloads`, received now, would
 /// make: what publishing or previewing a webhook connector runs on when
 /// given sample payloads instead of a file.
-pub async fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::Value]) -> anyhow::Result<FileRow> {
+pub async fn sample_file(files: &Files, workspace_id: &str, payloads: &[serde_json::Value]) -> anyhow::Result<FileRow> {
     let now = Utc::now().to_rfc3339();
     let rows: Vec<WebhookRow> = payloads
         .iter()
@@ -125,37 +273,7 @@ pub async fn sample_file(app: &App, workspace_id: &str, payloads: &[serde_json::
             body: payload.to_string(),
         })
         .collect();
-    batch_file(app, workspace_id, &rows).await
-}
-
-/// Closes one batch into a queued execution; `None` while its connector
-/// cannot run (not operational, no live script), which keeps it open.
-pub async fn close(app: &App, batch: &OpenBatch) -> anyhow::Result<Option<String>> {
-    let Some(row) = app.db.connector(&batch.workspace_id, &batch.connector_id)? else {
-        return Ok(None);
-    };
-    let connector = &row.connector;
-    if connector.status != ConnectorStatus::Operational || row.live_version.is_none() {
-        return Ok(None);
-    }
-    let payloads = app.db.batch_payloads(&batch.id)?;
-    let file = batch_file(app, &batch.workspace_id, &payloads).await?;
-    let execution = prepare(
-        app.db.as_ref(),
-        &batch.workspace_id,
-        &row,
-        Version::Live,
-        Some(file),
-        false,
-        TriggerType::Webhook,
-    )?;
-    // A payload may join the batch while its file is written; then the claim
-    // fails and the batch, still due, closes on the batcher's next look.
-    if !app.db.close_batch(&batch.id, payloads.len(), &execution)? {
-        return Ok(None);
-    }
-    queue::queued(app, &execution)?;
-    Ok(Some(execution.document.id))
+    batch_file(files, workspace_id, &rows).await
 }
 
 /// Refuses a `webhook.secret_env` outside the variables the workspace
@@ -177,25 +295,6 @@ pub fn check_secret_env(
             "workspace `{workspace}` may read no environment variable: the operator gives it a prefix in webhook_secret_prefixes"
         )),
     }
-}
-
-/// The signing secret of a connector of a workspace: the workspace secret
-/// `webhook.secret` names, or the environment variable `webhook.secret_env`
-/// names when it is one the workspace may read; `None` when it is not set.
-pub fn secret_of(app: &App, workspace: &Workspace, connector: &Connector) -> Option<String> {
-    let webhook = connector.webhook.as_ref()?;
-    if let Some(name) = &webhook.secret {
-        return match super::secrets::open(app.db.as_ref(), app.settings.secrets_key.as_ref(), &workspace.id, name) {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "a webhook signing secret cannot be opened");
-                None
-            }
-        };
-    }
-    let name = webhook.secret_env.as_deref()?;
-    check_secret_env(&app.settings.config.webhook_secret_prefixes, &workspace.name, name).ok()?;
-    std::env::var(name).ok()
 }
 
 /// Checks a Standard Webhooks signature at `now`: the timestamp within

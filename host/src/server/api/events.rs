@@ -24,7 +24,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use weir_engine::execution::Execution;
 
-use super::executions::{LogView, current, visible};
+use super::executions::LogView;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument};
@@ -72,7 +72,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     caller.require(Role::Viewer)?;
-    visible(&app, &caller, &id)?;
+    app.executions.visible(&caller, &id)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -95,12 +95,12 @@ async fn follow(app: &App, id: &str, mut after: u64, tx: &mpsc::Sender<Event>) -
     loop {
         // The stored document says when the run has ended: by then its last
         // log line is stored too.
-        let Some(stored) = app.db.execution(id)? else {
+        let Some(stored) = app.executions.stored(id)? else {
             return Ok(());
         };
         let ended = stored.document.status.is_terminal();
         loop {
-            let lines = app.db.logs(id, after, LOG_PAGE)?;
+            let lines = app.executions.logs(id, after, LOG_PAGE)?;
             let full = lines.len() == LOG_PAGE;
             for line in lines {
                 after = line.seq;
@@ -116,7 +116,7 @@ async fn follow(app: &App, id: &str, mut after: u64, tx: &mpsc::Sender<Event>) -
         let doc = if ended {
             stored.document
         } else {
-            current(app, &stored.workspace_id, stored.document)?
+            app.executions.current(&stored.workspace_id, stored.document)?
         };
         let json = serde_json::to_string(&doc).map_err(ApiError::internal)?;
         if sent.as_ref() != Some(&json) {
@@ -135,7 +135,7 @@ async fn follow(app: &App, id: &str, mut after: u64, tx: &mpsc::Sender<Event>) -
             return Ok(());
         }
         if changes.is_none() {
-            changes = app.runs.subscribe(id);
+            changes = app.executions.subscribe(id);
         }
         tokio::time::sleep(MIN_GAP).await;
         // The next change of a running execution, else the next poll.

@@ -1,6 +1,5 @@
 //! Executions: list, status, logs, cancel (SPEC §6.4) and artifacts.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use axum::Json;
@@ -9,16 +8,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use weir_engine::execution::{Execution, Status};
+use weir_engine::execution::Execution;
 
 use super::{Page, PageParams, connector_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
-use crate::server::blobs::OnDisk;
-use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::queue::{self, CancelOutcome};
-use crate::server::retention;
-use crate::server::state::{ExecutionFilter, ExecutionRow, LogLine};
+use crate::server::error::{ApiResult, Path, ProblemDocument, Query};
+use crate::server::state::{ExecutionFilter, LogLine};
 
 /// Filters of an execution list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -70,34 +66,9 @@ pub async fn list(
         created_before: params.created_before,
     };
     let docs = app
-        .db
-        .executions(&row.id, &filter, params.cursor.as_deref(), limit + 1)?;
-    let page = super::page(docs, limit, |d| d.id.clone(), |d| live_view(&app, d));
-    Ok(Json(page))
-}
-
-/// The freshest document: the live one while this process runs it.
-fn live_view(app: &App, stored: Execution) -> Execution {
-    match app.runs.live(&stored.id) {
-        // A cancel another process stored shows before this process's run
-        // has read it.
-        Some(mut live) if live.status == Status::Running && stored.status == Status::Canceling => {
-            live.status = Status::Canceling;
-            live
-        }
-        Some(live) => live,
-        None => stored,
-    }
-}
-
-/// The execution `id` if the caller may see it (else 404 or 403).
-pub fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> {
-    let row = app.db.execution(id)?.ok_or_else(|| ApiError::not_found("execution"))?;
-    if row.workspace_id != caller.workspace_id {
-        return Err(ApiError::not_found("execution"));
-    }
-    caller.require_connector(&row.connector_id, &row.document.connector.api_name)?;
-    Ok(row)
+        .executions
+        .list(&row, &filter, params.cursor.as_deref(), limit + 1)?;
+    Ok(Json(super::page(docs, limit, |d| d.id.clone(), |d| d)))
 }
 
 /// **Execution status**: status, step progress with live counts, error,
@@ -111,18 +82,8 @@ pub fn visible(app: &App, caller: &Caller, id: &str) -> ApiResult<ExecutionRow> 
     ))]
 pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Execution>> {
     caller.require(Role::Viewer)?;
-    let row = visible(&app, &caller, &id)?;
-    Ok(Json(current(&app, &row.workspace_id, row.document)?))
-}
-
-/// A stored execution as it is now: live counts while it runs, its queue
-/// position while queued.
-pub fn current(app: &App, workspace_id: &str, stored: Execution) -> ApiResult<Execution> {
-    let mut doc = live_view(app, stored);
-    if doc.status == Status::Queued {
-        doc.queue_position = Some(app.db.queue_position(workspace_id, &doc.id)?);
-    }
-    Ok(doc)
+    let row = app.executions.visible(&caller, &id)?;
+    Ok(Json(app.executions.current(&row.workspace_id, row.document)?))
 }
 
 /// `?after=&limit=` of the log.
@@ -174,13 +135,13 @@ pub async fn logs(
     Query(params): Query<LogParams>,
 ) -> ApiResult<Json<Page<LogView>>> {
     caller.require(Role::Viewer)?;
-    visible(&app, &caller, &id)?;
+    app.executions.visible(&caller, &id)?;
     let limit = PageParams {
         limit: params.limit,
         cursor: None,
     }
     .limit()?;
-    let lines = app.db.logs(&id, params.cursor.unwrap_or(0), limit + 1)?;
+    let lines = app.executions.logs(&id, params.cursor.unwrap_or(0), limit + 1)?;
     Ok(Json(super::page(lines, limit, |l| l.seq.to_string(), LogView::from)))
 }
 
@@ -198,14 +159,9 @@ pub async fn logs(
     ))]
 pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Operator)?;
-    visible(&app, &caller, &id)?;
-    match queue::cancel(&app, &id)? {
-        CancelOutcome::Accepted(doc) => Ok((StatusCode::ACCEPTED, Json(*doc)).into_response()),
-        CancelOutcome::Finished => Err(ApiError::conflict(
-            "execution_finished",
-            "the execution has already finished",
-        )),
-    }
+    app.executions.visible(&caller, &id)?;
+    let doc = app.executions.cancel(&id)?;
+    Ok((StatusCode::ACCEPTED, Json(doc)).into_response())
 }
 
 /// Deletes an execution that has ended, with its artifacts, log lines
@@ -223,38 +179,16 @@ pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
     ))]
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
-    visible(&app, &caller, &id)?;
-    // In a task of its own: a request dropped half-way does not leave the
-    // artifacts of a deleted execution behind.
-    let deleted = {
-        let (app, id) = (app.clone(), id.clone());
-        tokio::spawn(async move { retention::delete_execution(&app, &id).await })
-            .await
-            .map_err(ApiError::internal)??
-    };
-    if deleted {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    match app.db.execution(&id)? {
-        Some(_) => Err(ApiError::conflict(
-            "execution_not_finished",
-            "the execution has not ended; cancel it first, or wait for it to end",
-        )),
-        None => Err(ApiError::not_found("execution")),
-    }
+    app.executions.visible(&caller, &id)?;
+    app.executions.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// An artifact file of a finished (or running) execution.
 async fn artifact(app: &App, caller: &Caller, id: &str, file: &str, content_type: &str) -> ApiResult<Response> {
-    visible(app, caller, id)?;
-    match app.blobs.artifact(id, file).await.map_err(ApiError::internal)? {
-        Some(download) => Ok(super::files::send(download, file, content_type)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "artifact_not_available",
-            format!("{file} is not available (the run has not written it)"),
-        )),
-    }
+    app.executions.visible(caller, id)?;
+    let download = app.executions.artifact(id, file).await?;
+    Ok(super::files::send(download, file, content_type))
 }
 
 /// The execution's input file.
@@ -267,16 +201,8 @@ async fn artifact(app: &App, caller: &Caller, id: &str, file: &str, content_type
     ))]
 pub async fn input(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    let row = visible(&app, &caller, &id)?;
-    let Some(sha) = &row.document.source_file_id else {
-        return Err(ApiError::not_found("input file"));
-    };
-    let file = app
-        .db
-        .file(&row.workspace_id, sha)?
-        .ok_or_else(|| ApiError::not_found("input file"))?;
-    let download = app.blobs.download(sha).await.map_err(ApiError::internal)?;
-    let download = download.ok_or_else(|| ApiError::not_found("input file"))?;
+    let row = app.executions.visible(&caller, &id)?;
+    let (file, download) = app.executions.input(&row).await?;
     Ok(super::files::send(download, &file.name, &file.content_type))
 }
 
@@ -290,76 +216,9 @@ pub async fn input(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<S
     ))]
 pub async fn output(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    let row = visible(&app, &caller, &id)?;
-    if !live_view(&app, row.document).status.is_terminal() {
-        return Err(ApiError::conflict(
-            "execution_running",
-            "output.zip is made once the execution has finished",
-        ));
-    }
-    if let Some(zip) = app
-        .blobs
-        .artifact(&id, "output.zip")
-        .await
-        .map_err(ApiError::internal)?
-    {
-        return Ok(super::files::send(zip, "output.zip", "application/zip"));
-    }
-    let names = app
-        .blobs
-        .artifact_names(&id, "output")
-        .await
-        .map_err(ApiError::internal)?;
-    if names.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "artifact_not_available",
-            "the run has not written any output",
-        ));
-    }
-    let mut outputs = Vec::with_capacity(names.len());
-    for name in names {
-        let file = app
-            .blobs
-            .artifact_on_disk(&id, &name)
-            .await
-            .map_err(ApiError::internal)?;
-        outputs.push((name, file));
-    }
-    let zip = app.blobs.scratch_file().map_err(ApiError::internal)?;
-    let zip = tokio::task::spawn_blocking(move || zip_files(&outputs, zip))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    // Made once and kept: a concurrent request makes the same zip.
-    app.blobs
-        .put_artifact(&id, "output.zip", zip)
-        .await
-        .map_err(ApiError::internal)?;
-    let zip = app
-        .blobs
-        .artifact(&id, "output.zip")
-        .await
-        .map_err(ApiError::internal)?;
-    let zip = zip.ok_or_else(|| ApiError::internal("output.zip went as it was made"))?;
+    let row = app.executions.visible(&caller, &id)?;
+    let zip = app.executions.output_zip(row).await?;
     Ok(super::files::send(zip, "output.zip", "application/zip"))
-}
-
-/// Zips `outputs` (`output/<scope>.csv` and their files on disk) into `zip`.
-fn zip_files(outputs: &[(String, OnDisk)], zip: tempfile::NamedTempFile) -> std::io::Result<tempfile::TempPath> {
-    {
-        let mut writer = zip::ZipWriter::new(zip.as_file());
-        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-        for (name, file) in outputs {
-            writer
-                .start_file(name.as_str(), options)
-                .map_err(std::io::Error::other)?;
-            std::io::copy(&mut std::fs::File::open(file.path())?, &mut writer)?;
-        }
-        writer.finish().map_err(std::io::Error::other)?.flush()?;
-    }
-    zip.as_file().sync_all()?;
-    Ok(zip.into_temp_path())
 }
 
 /// The run report (counts, invalid and rejected rows).
@@ -405,6 +264,6 @@ pub async fn rejected(State(app): State<Arc<App>>, caller: Caller, Path(id): Pat
     ))]
 pub async fn sql(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    let row = visible(&app, &caller, &id)?;
+    let row = app.executions.visible(&caller, &id)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], row.script).into_response())
 }

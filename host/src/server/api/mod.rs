@@ -43,7 +43,7 @@ use super::App;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::metrics::RequestLabel;
-use super::state::{ConnectorRow, FileRow};
+use super::state::ConnectorRow;
 
 /// Largest `?limit=` of a list.
 pub const MAX_LIMIT: usize = 500;
@@ -126,67 +126,10 @@ pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shap
     })
 }
 
-/// The file a dry run of `row` works on: the file a batch of `payloads`
-/// would make (a webhook connector's sample payloads), else
-/// `source_file_id`, else the connector's sample, else for a schedule
-/// connector a tick of now. `purpose` says what
-/// needs one when there is none; an id the workspace does not have is
-/// refused with `unknown`.
-pub async fn run_input(
-    app: &App,
-    caller: &Caller,
-    row: &ConnectorRow,
-    source_file_id: Option<String>,
-    payloads: Option<Vec<serde_json::Value>>,
-    purpose: &str,
-    unknown: &str,
-) -> ApiResult<FileRow> {
-    if let Some(payloads) = payloads {
-        let connector = &row.connector;
-        let refuse = |message: &str| Err(ApiError::invalid("validation_failed", message.to_string(), vec![]));
-        if connector.kind != weir_engine::connector::ConnectorType::Webhook {
-            return refuse("payloads are sample webhook payloads: the connector is not a webhook connector");
-        }
-        if source_file_id.is_some() {
-            return refuse("give payloads or source_file_id, not both");
-        }
-        if payloads.is_empty() {
-            return refuse("payloads needs at least one payload");
-        }
-        let file = crate::server::webhooks::sample_file(app, &caller.workspace_id, &payloads)
-            .await
-            .map_err(ApiError::internal)?;
-        app.db
-            .note_uploader(&caller.workspace_id, &file.sha256, &caller.key_id)?;
-        return Ok(file);
-    }
-    let schedule = row.connector.kind == weir_engine::connector::ConnectorType::Schedule;
-    if source_file_id.is_none() && row.sample_file_id.is_none() && schedule {
-        // A schedule connector's input is its tick: a dry run gets one of now.
-        return crate::server::schedules::tick_file(app, &caller.workspace_id, chrono::Utc::now())
-            .await
-            .map_err(ApiError::internal);
-    }
-    let file_id = source_file_id.or_else(|| row.sample_file_id.clone()).ok_or_else(|| {
-        ApiError::invalid(
-            "no_sample_file",
-            format!("{purpose}: set the connector's sample_file_id or pass source_file_id"),
-            vec![],
-        )
-    })?;
-    files::file_of(app, caller, &file_id)?
-        .ok_or_else(|| ApiError::invalid(unknown, format!("there is no file `{file_id}`"), vec![]))
-}
-
 /// The connector `{connector}` (id or api_name) of the caller's workspace,
 /// refusing keys limited to other connectors.
 pub fn connector_of(app: &App, caller: &Caller, id_or_name: &str) -> ApiResult<ConnectorRow> {
-    let row = app
-        .db
-        .connector(&caller.workspace_id, id_or_name)?
-        .ok_or_else(|| ApiError::not_found("connector"))?;
-    caller.require_connector(&row.id, &row.api_name)?;
-    Ok(row)
+    Ok(app.connectors.find(caller, id_or_name)?)
 }
 
 #[derive(OpenApi)]

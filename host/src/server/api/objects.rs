@@ -91,7 +91,7 @@ pub async fn update(
     caller.require_whole_workspace()?;
     let current = app.objects.get(&caller, &name)?;
     let mut doc = serde_json::to_value(&current).map_err(ApiError::internal)?;
-    super::connectors::merge_patch(&mut doc, patch);
+    crate::server::connectors::merge_patch(&mut doc, patch);
     Ok(Json(app.objects.update(&caller, &current, doc)?))
 }
 

@@ -13,17 +13,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_engine::connector::Connector;
 use weir_engine::error::Problem;
-use weir_engine::execution::{Execution, TriggerType, TriggeredBy};
+use weir_engine::execution::{Execution, TriggerType};
 
 use super::connector_of;
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument, Query};
-use crate::server::queue;
-use crate::server::state::{ConnectorRow, FileRow, IdempotencyKey, KeyUse};
-use crate::server::triggers::{self, Version};
+use crate::server::executions::{Started, Trigger};
+use crate::server::state::{FileRow, IdempotencyKey};
+use crate::server::triggers::Version;
 
 /// `?dry_run=&filename=&parameters=` of a trigger.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -63,90 +62,6 @@ struct SourceFile {
     source_file_id: String,
     #[serde(default)]
     parameters: BTreeMap<String, serde_json::Value>,
-}
-
-/// The execution a trigger answers with.
-#[derive(Debug)]
-pub struct Started {
-    /// The execution.
-    pub doc: Execution,
-    /// True for a retry: the execution its `Idempotency-Key` first created.
-    pub replayed: bool,
-}
-
-/// Creates and queues an execution of `row` on `file`; under an
-/// idempotency key already used, answers with the execution it created.
-#[expect(clippy::too_many_arguments, reason = "every trigger names each of these")]
-pub fn start(
-    app: &App,
-    caller: &Caller,
-    row: &ConnectorRow,
-    version: Version,
-    file: Option<FileRow>,
-    dry_run: bool,
-    trigger: TriggerType,
-    key: Option<&IdempotencyKey>,
-    parameters: &BTreeMap<String, serde_json::Value>,
-) -> ApiResult<Started> {
-    let mut execution = triggers::prepare(
-        app.db.as_ref(),
-        &caller.workspace_id,
-        row,
-        version,
-        file,
-        dry_run,
-        trigger,
-    )?;
-    execution.document.triggered_by = Some(TriggeredBy {
-        key_id: caller.key_id.clone(),
-        key_name: caller.key_name.clone(),
-    });
-    if !parameters.is_empty() {
-        // The run's own definition carries them, so every part of the run
-        // (`meta.parameters`, variables' defaults) sees the same values.
-        let mut connector: Connector = serde_json::from_str(&execution.definition).map_err(ApiError::internal)?;
-        let run = connector.run_parameters(parameters).map_err(|problems| {
-            ApiError::invalid(
-                "invalid_parameters",
-                "the run's parameters do not fit the connector's",
-                problems,
-            )
-        })?;
-        execution.document.parameters = run
-            .iter()
-            .filter(|(name, _)| parameters.contains_key(*name))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        connector.parameters = run;
-        execution.definition = serde_json::to_string(&connector).map_err(ApiError::internal)?;
-    }
-    if let Some(used) = queue::enqueue(app, &execution, key)? {
-        // A retry that raced the first request: that one stored first.
-        return replay(app, key, &used);
-    }
-    let mut doc = execution.document;
-    doc.queue_position = Some(app.db.queue_position(&execution.workspace_id, &doc.id)?);
-    Ok(Started { doc, replayed: false })
-}
-
-/// The answer to a retry: the execution the key's first use created, if
-/// the request is the same (else 422).
-fn replay(app: &App, key: Option<&IdempotencyKey>, used: &KeyUse) -> ApiResult<Started> {
-    if key.is_some_and(|k| k.fingerprint != used.fingerprint) {
-        return Err(ApiError::invalid(
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request; use a new key for a new request",
-            vec![],
-        ));
-    }
-    let stored = app
-        .db
-        .execution(&used.execution_id)?
-        .ok_or_else(|| ApiError::internal("an idempotency key names a missing execution"))?;
-    Ok(Started {
-        doc: super::executions::current(app, &stored.workspace_id, stored.document)?,
-        replayed: true,
-    })
 }
 
 /// The `Idempotency-Key` of a request, checked: 1 to 255 visible ASCII
@@ -298,20 +213,17 @@ pub async fn trigger(
         key,
     });
     if let Some(key) = &key
-        && let Some(used) = app.db.key_use(&row.id, &key.key, app.settings.idempotency_expired())?
+        && let Some(started) = app.executions.retried(&row.id, key)?
     {
-        return Ok(accepted_start(&replay(&app, Some(key), &used)?));
+        return Ok(accepted_start(&started));
     }
-    let started = start(
-        &app,
-        &caller,
-        &row,
-        Version::Live,
-        Some(file),
-        params.dry_run,
-        TriggerType::FileUpload,
-        key.as_ref(),
-        &parameters,
-    )?;
+    let trigger = Trigger {
+        version: Version::Live,
+        dry_run: params.dry_run,
+        kind: TriggerType::FileUpload,
+    };
+    let started = app
+        .executions
+        .start(&caller, &row, trigger, Some(file), key.as_ref(), &parameters)?;
     Ok(accepted_start(&started))
 }

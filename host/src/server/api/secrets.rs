@@ -9,18 +9,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use weir_engine::connector::is_identifier;
-use weir_engine::error::Problem;
 
 use super::{Page, PageParams, page_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
-use crate::server::error::{ApiError, ApiResult, Body, Path, ProblemDocument, Query};
-use crate::server::secrets::KEY_VARIABLE;
+use crate::server::error::{ApiResult, Body, Path, ProblemDocument, Query};
 use crate::server::state::SecretRow;
-
-/// The longest value a secret may hold, in bytes.
-pub const MAX_VALUE: usize = 64 * 1024;
 
 /// A secret, by name: never its value.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -70,40 +64,13 @@ pub async fn put(
 ) -> ApiResult<(StatusCode, Json<SecretView>)> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    let mut problems = Vec::new();
-    if !is_identifier(&name) {
-        problems.push(Problem::new("name", "must match [a-z][a-z0-9_]{0,62}"));
-    }
-    if body.value.is_empty() {
-        problems.push(Problem::new("value", "must not be empty"));
-    } else if body.value.len() > MAX_VALUE {
-        problems.push(Problem::new("value", format!("must be at most {MAX_VALUE} bytes")));
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::invalid(
-            "validation_failed",
-            "the secret is not valid",
-            problems,
-        ));
-    }
-    let key = app.settings.secrets_key.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "secrets_unavailable",
-            format!("the server keeps no secrets until it is started with {KEY_VARIABLE}"),
-        )
-    })?;
-    let sealed = key
-        .seal(&caller.workspace_id, &name, &body.value)
-        .map_err(ApiError::internal)?;
-    let created = app.db.put_secret(&caller.workspace_id, &name, &sealed, Utc::now())?;
-    let row = app
-        .db
-        .secret(&caller.workspace_id, &name)?
-        .ok_or_else(|| ApiError::not_found("secret"))?;
-    tracing::info!(secret = %name, created, "a workspace secret was set");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(SecretView::of(row))))
+    let set = app.secrets.set(&caller.workspace_id, &name, &body.value)?;
+    let status = if set.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SecretView::of(set.row))))
 }
 
 /// The workspace's secrets, by name: names and times only.
@@ -120,7 +87,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<SecretView>>> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    let secrets = app.db.secrets(&caller.workspace_id)?;
+    let secrets = app.secrets.list(&caller.workspace_id)?;
     Ok(Json(page_of(secrets, &params, |s| s.name.clone(), SecretView::of)?))
 }
 
@@ -137,10 +104,6 @@ pub async fn list(
 pub async fn delete(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     caller.require_whole_workspace()?;
-    if app.db.delete_secret(&caller.workspace_id, &name)? {
-        tracing::info!(secret = %name, "a workspace secret was deleted");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("secret"))
-    }
+    app.secrets.delete(&caller.workspace_id, &name)?;
+    Ok(StatusCode::NO_CONTENT)
 }

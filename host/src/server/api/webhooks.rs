@@ -17,8 +17,8 @@ use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use crate::server::App;
 use crate::server::auth::{authenticate, key_in};
 use crate::server::error::{ApiError, ApiResult, Path, ProblemDocument};
-use crate::server::state::{ConnectorRow, OpenBatch, WebhookRow};
-use crate::server::webhooks::{MAX_BODY, NO_MATCH, close, secret_of, verify};
+use crate::server::state::{ConnectorRow, WebhookRow};
+use crate::server::webhooks::{MAX_BODY, NO_MATCH, verify};
 
 /// Where a payload went.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -116,42 +116,14 @@ pub async fn receive(
         querystring,
         body: text,
     };
-    let receipt = app.db.receive_webhook(
-        &row.workspace_id,
-        &row.id,
-        &payload,
-        signed,
-        window,
-        connector.status != ConnectorStatus::Operational,
-    )?;
-    if receipt.differs {
-        return Err(ApiError::invalid(
-            "idempotency_key_reused",
-            format!("payload `{webhook_id}` was received before with another body; a new payload needs a new id"),
-            vec![],
-        ));
-    }
-    let mut execution_id = receipt.execution_id.clone();
-    if !receipt.duplicate {
-        if window.is_zero() {
-            // One execution per payload, known in the answer.
-            let batch = OpenBatch {
-                id: receipt.batch_id.clone(),
-                workspace_id: row.workspace_id.clone(),
-                connector_id: row.id.clone(),
-            };
-            execution_id = close(&app, &batch).await.map_err(ApiError::internal)?;
-        } else {
-            app.batches.wake();
-        }
-    }
+    let received = app.batches.receive(&row, &payload, signed, window).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Receipt {
             webhook_id,
-            execution_id,
-            batch_closes_at: receipt.closes_at,
-            duplicate: receipt.duplicate,
+            execution_id: received.execution_id,
+            batch_closes_at: received.closes_at,
+            duplicate: received.duplicate,
         }),
     ))
 }
@@ -186,17 +158,7 @@ fn sender(app: &App, c: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<(Co
             "a webhook needs an API key, or a Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature)",
         ));
     };
-    let row = app.db.connector_by_id(c)?;
-    let secret = match &row {
-        Some(row) => {
-            let connector = &row.connector;
-            match app.db.workspace(&row.workspace_id)? {
-                Some(workspace) => secret_of(app, &workspace, connector),
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let (row, secret) = app.batches.signed_target(c)?;
     // Without a secret the signature is still checked, against one nobody
     // holds: the answer and its time are those of a wrong signature.
     let checked = verify(
