@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where files, plugins and artifacts are kept: s3://bucket/prefix
+    /// (configured by the AWS_* variables) or file:///dir; the data
+    /// directory when not given.
+    #[arg(long)]
+    pub object_store: Option<String>,
 }
 
 /// `weir keys` commands.
@@ -81,6 +86,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(url) = args.object_store {
+        config.object_store = Some(url);
     }
     let from_env = config.bootstrap_key.is_some();
     let settings = config.settings()?;

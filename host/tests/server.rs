@@ -1691,9 +1691,32 @@ async fn plugins_are_published_immutable_checked_before_acceptance_and_listed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_a_blob_store_that_is_not_a_directory_keeps_and_serves_everything_from_it() {
+    keeps_and_serves_everything_from(Arc::new(object_store::memory::InMemory::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_an_s3_bucket_keeps_and_serves_everything_from_it() {
+    let Some(s3) = common::services::S3::start() else {
+        return;
+    };
+    s3.bucket("weir");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("weir")
+        .with_endpoint(&s3.endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("weir-test")
+        .with_secret_access_key("weir-test-secret")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    keeps_and_serves_everything_from(Arc::new(store)).await;
+}
+
+/// A whole server on `store`: a run with a plugin, its input, artifacts,
+/// `output.zip`, a preview and a dev package from the store, and nothing
+/// left of an execution or a file once deleted.
+async fn keeps_and_serves_everything_from(store: Arc<dyn object_store::ObjectStore>) {
     use futures::TryStreamExt;
-    use object_store::ObjectStore;
-    let store = Arc::new(object_store::memory::InMemory::new());
     let s = start_on_blob_store(store.clone()).await;
     let keys = || async {
         let listed: Vec<_> = store.list(None).try_collect().await.unwrap_or_else(|e| panic!("{e}"));

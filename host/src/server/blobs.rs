@@ -27,9 +27,13 @@ use std::time::Duration;
 use axum::body::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::prefix::PrefixStore;
+use object_store::{
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig, WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -153,9 +157,79 @@ fn artifact_key(execution: &str, name: &str) -> Key {
 
 /// An object store failure as an I/O error of the kind underneath it (a
 /// full disk stays a full disk), `NotFound` for an object that is not there.
+/// The blob store a URL names: `s3://bucket[/prefix]` (an S3-compatible
+/// store configured by the standard `AWS_*` variables: `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// `AWS_ALLOW_HTTP`), or `file:///dir` (a directory, used as a store that is
+/// not the data directory).
+///
+/// Requests to a remote store give up well within the 30 s a placement
+/// waits for a removal under way (`server/files.rs`): 5 s to connect, 60 s
+/// for a request (an 8 MiB part at a slow link), and retries for at most
+/// 10 s, so that a store that does not answer is answered 503 in seconds,
+/// not minutes.
+pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!(
+                "object_store = {url:?}: name the bucket, as s3://bucket/prefix"
+            ));
+        }
+        // As keys, so that the client options the environment set
+        // (`AWS_ALLOW_HTTP`) stay.
+        let client = |key| AmazonS3ConfigKey::Client(key);
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_config(client(ClientConfigKey::ConnectTimeout), "5s")
+            .with_config(client(ClientConfigKey::Timeout), "60s")
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+            })
+            .build()
+            .map_err(|e| format!("object_store = {url:?}: {e}"))?;
+        let prefix = prefix.trim_matches('/');
+        return Ok(if prefix.is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        });
+    }
+    if let Some(dir) = url.strip_prefix("file://") {
+        if !dir.starts_with('/') {
+            return Err(format!(
+                "object_store = {url:?}: a file URL names an absolute directory, as file:///dir"
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("object_store = {url:?}: {e}"))?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| format!("object_store = {url:?}: {e}"))?
+            .with_automatic_cleanup(true);
+        return Ok(Arc::new(store));
+    }
+    Err(format!(
+        "object_store = {url:?}: give s3://bucket/prefix or file:///dir (or leave it out for the data directory)"
+    ))
+}
+
+/// A remote blob store that did not answer (or refused): nothing of the
+/// request was kept, and the client may retry (503).
+#[derive(Debug, thiserror::Error)]
+#[error("the blob store did not answer: {0}")]
+pub struct Unavailable(String);
+
 fn io_error(e: object_store::Error) -> std::io::Error {
     if let object_store::Error::NotFound { .. } = e {
         return std::io::Error::new(std::io::ErrorKind::NotFound, e);
+    }
+    // A store over the network: its failures are the store's, whatever
+    // the transport said underneath.
+    if let object_store::Error::Generic { store, .. } = &e
+        && !matches!(*store, "LocalFileSystem" | "InMemory")
+    {
+        return std::io::Error::other(Unavailable(e.to_string()));
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
@@ -252,8 +326,16 @@ impl Blobs {
         if size <= PART as u64 {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes).await?;
-            self.store.put(key, PutPayload::from(bytes)).await.map_err(io_error)?;
-            return Ok(());
+            // Content-addressed: what is there under the key is this
+            // content, so it is never written over.
+            return match self
+                .store
+                .put_opts(key, PutPayload::from(bytes), PutMode::Create.into())
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(io_error(e)),
+            };
         }
         let upload = self.store.put_multipart(key).await.map_err(io_error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
@@ -281,6 +363,15 @@ impl Blobs {
                 let _ = writer.abort().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Whether the store answers: a look at a key nothing writes.
+    pub async fn answers(&self) -> std::io::Result<()> {
+        match self.store.head(&Key::from("healthz")).await {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(io_error(e)),
         }
     }
 
@@ -635,12 +726,78 @@ mod tests {
         Blobs::local(dir, Pace::default()).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The default store, and one that is not a directory (as a remote one
-    /// is not): every behaviour must hold on both.
+    /// The default store, one that is not a directory (as a remote one is
+    /// not), and a directory named by a `file://` URL: every behaviour must
+    /// hold on each.
     fn backends(dir: &Path) -> Vec<(&'static str, Blobs)> {
         let memory = Arc::new(object_store::memory::InMemory::new());
         let remote = Blobs::remote(memory, &dir.join("remote"), Pace::default()).unwrap_or_else(|e| panic!("{e}"));
-        vec![("local", store(&dir.join("local"))), ("remote", remote)]
+        let url = format!("file://{}", dir.join("elsewhere").display());
+        let named = open_store(&url).unwrap_or_else(|e| panic!("{e}"));
+        let named = Blobs::remote(named, &dir.join("named"), Pace::default()).unwrap_or_else(|e| panic!("{e}"));
+        vec![
+            ("local", store(&dir.join("local"))),
+            ("remote", remote),
+            ("file URL", named),
+        ]
+    }
+
+    #[test]
+    fn an_object_store_url_names_a_bucket_and_prefix_or_a_directory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(open_store("s3://bucket").is_ok());
+        assert!(open_store("s3://bucket/some/prefix/").is_ok());
+        assert!(open_store(&format!("file://{}", dir.path().display())).is_ok());
+        for (url, said) in [
+            ("s3://", "name the bucket"),
+            ("s3:///prefix", "name the bucket"),
+            ("file://relative", "absolute directory"),
+            ("gs://bucket", "give s3://bucket/prefix or file:///dir"),
+            ("/some/dir", "give s3://bucket/prefix or file:///dir"),
+        ] {
+            let refused = open_store(url).err().unwrap_or_default();
+            assert!(refused.contains(said), "{url}: {refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_store_that_does_not_answer_is_a_fault_of_its_own() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // Nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s3 = AmazonS3Builder::new()
+            .with_bucket_name("gone")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("k")
+            .with_secret_access_key("s")
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 0,
+                retry_timeout: Duration::from_secs(1),
+            })
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let blobs = Blobs::remote(Arc::new(s3), dir.path(), Pace::default()).unwrap_or_else(|e| panic!("{e}"));
+        let failed = blobs.answers().await.err();
+        let fault = failed.as_ref().and_then(|e| crate::server::error::StorageFault::of(e));
+        assert_eq!(
+            fault,
+            Some(crate::server::error::StorageFault::Unavailable),
+            "{failed:?}"
+        );
+        let (tmp, sha256) = blobs.stage_bytes(b"kept?").unwrap_or_else(|e| panic!("{e}"));
+        let placed = blobs.place_all(&[(tmp, sha256)]).await.err();
+        let fault = placed.as_ref().and_then(|e| crate::server::error::StorageFault::of(e));
+        assert_eq!(
+            fault,
+            Some(crate::server::error::StorageFault::Unavailable),
+            "{placed:?}"
+        );
     }
 
     async fn bytes_of(download: Option<Download>) -> Vec<u8> {

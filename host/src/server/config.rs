@@ -108,6 +108,10 @@ pub struct ServerConfig {
     /// How often a process renews the leases of its runs, e.g. `"5s"`; at
     /// most half of `lease`.
     pub heartbeat: String,
+    /// Where files, plugins and artifacts are kept: `s3://bucket/prefix`
+    /// (configured by the standard `AWS_*` variables) or `file:///dir`;
+    /// the data directory when not given.
+    pub object_store: Option<String>,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             worker_id: None,
             lease: "30s".into(),
             heartbeat: "5s".into(),
+            object_store: None,
         }
     }
 }
@@ -195,6 +200,7 @@ const ENV_KEYS: &[&str] = &[
     "worker_id",
     "lease",
     "heartbeat",
+    "object_store",
 ];
 
 /// Config values checked and converted.
@@ -327,7 +333,10 @@ impl ServerConfig {
             worker_id,
             lease,
             heartbeat,
-            blob_store: None,
+            blob_store: match &self.object_store {
+                Some(url) => Some(crate::server::blobs::open_store(url).map_err(ConfigError)?),
+                None => None,
+            },
             max_upload: size("max_upload", &self.max_upload)?,
             max_json_body: usize::try_from(size("max_json_body", &self.max_json_body)?)
                 .map_err(|_| ConfigError("max_json_body is too large".into()))?,

@@ -177,6 +177,8 @@ pub enum StorageFault {
     Full,
     /// The data directory is read-only.
     ReadOnly,
+    /// The blob store (a remote object store) does not answer.
+    Unavailable,
 }
 
 impl StorageFault {
@@ -185,6 +187,12 @@ impl StorageFault {
         let mut next = Some(error);
         while let Some(e) = next {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<crate::server::blobs::Unavailable>())
+                {
+                    return Some(Self::Unavailable);
+                }
                 match io.kind() {
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => return Some(Self::Full),
                     std::io::ErrorKind::ReadOnlyFilesystem => return Some(Self::ReadOnly),
@@ -242,6 +250,11 @@ impl From<StorageFault> for ApiError {
                 "storage_read_only",
                 "the server's data directory is read-only: nothing of this request was kept; retry once it is writable",
             ),
+            StorageFault::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob_store_unavailable",
+                "the server's object store does not answer: nothing of this request was kept; retry later",
+            ),
         }
     }
 }
@@ -272,6 +285,7 @@ impl From<Refusal> for ApiError {
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::StorageFull => return StorageFault::Full.into(),
             Kind::StorageReadOnly => return StorageFault::ReadOnly.into(),
+            Kind::StorageUnavailable => return StorageFault::Unavailable.into(),
             // Logged where it was made.
             Kind::Internal => {
                 return Self::new(

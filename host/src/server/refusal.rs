@@ -33,6 +33,8 @@ pub enum Kind {
     StorageFull,
     /// The server's storage is read-only: nothing was kept.
     StorageReadOnly,
+    /// The server's object store does not answer: nothing was kept.
+    StorageUnavailable,
     /// The server failed; the detail is in its log, not in the refusal.
     Internal,
 }
@@ -116,6 +118,7 @@ impl Refusal {
             return match fault {
                 StorageFault::Full => Self::new(Kind::StorageFull, "storage_full", ""),
                 StorageFault::ReadOnly => Self::new(Kind::StorageReadOnly, "storage_read_only", ""),
+                StorageFault::Unavailable => Self::new(Kind::StorageUnavailable, "blob_store_unavailable", ""),
             };
         }
         tracing::error!(error = %detail, "internal error");

@@ -307,6 +307,35 @@ impl S3 {
         Some(s3)
     }
 
+    /// Creates `bucket`.
+    pub fn bucket(&self, bucket: &str) {
+        let mut make = Command::new("curl");
+        make.args(["-sS", "-f", "-X", "PUT", &format!("{}/{bucket}", self.endpoint)]);
+        run(make, "creating the bucket");
+    }
+
+    /// The keys in `bucket` under `prefix`.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut list = Command::new("curl");
+        list.args(["-sS", "-f", &format!("{}/{bucket}?prefix={prefix}", self.endpoint)]);
+        let xml = String::from_utf8_lossy(&run(list, "listing the bucket").stdout).into_owned();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_string()))
+            .collect()
+    }
+
+    /// The environment a `weir serve` needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "weir-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "weir-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
     /// Creates `bucket` and puts `bytes` at `key` in it.
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
         let file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));

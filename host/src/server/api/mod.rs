@@ -357,10 +357,10 @@ async fn hide_paths(
     next: Next,
 ) -> Response {
     let response = next.run(request).await;
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    // A problem already, or `/healthz` saying which store does not answer.
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/problem+json") || v.as_bytes().starts_with(b"application/health+json")
+    });
     if !is_problem {
         return response;
     }
@@ -378,10 +378,10 @@ async fn hide_paths(
 /// problem document like every other error, keeping their headers (`Allow`).
 async fn bare_errors_as_problems(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    // A problem already, or `/healthz` saying which store does not answer.
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/problem+json") || v.as_bytes().starts_with(b"application/health+json")
+    });
     if is_problem || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }

@@ -130,4 +130,6 @@ pub trait StateStore:
     + Send
     + Sync
 {
+    /// Whether the store answers now (for `/healthz`).
+    fn answers(&self) -> Result<()>;
 }
