@@ -148,6 +148,20 @@ impl Postgres {
         )
     }
 
+    /// A new empty database `name` owned by `weir`, and its URL.
+    pub fn database(&self, name: &str, password: &str) -> String {
+        self.psql(&format!("CREATE DATABASE {name} OWNER weir"));
+        format!(
+            "postgres://weir:{password}@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Runs `sql` in database `name` as the superuser; its rows, unaligned.
+    pub fn sql_in(&self, name: &str, sql: &str) -> String {
+        self.psql_in(name, sql)
+    }
+
     /// Runs `sql` in database `shop` as the superuser; its rows, unaligned.
     pub fn sql(&self, sql: &str) -> String {
         self.psql_in("shop", sql)

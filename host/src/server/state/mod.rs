@@ -21,6 +21,7 @@ mod schedules;
 mod secrets;
 mod webhooks;
 
+pub mod postgres;
 pub mod sqlite;
 
 pub use connectors::{ConnectorRow, ConnectorWrite, PackageWrite, PushRefused, SqlVersion};
@@ -40,6 +41,7 @@ pub use keys::KeyState;
 pub use leases::LeaseState;
 pub use objects::ObjectState;
 pub use plugins::PluginState;
+pub use postgres::PgState;
 pub use schedules::ScheduleState;
 pub use secrets::SecretState;
 pub use sqlite::Db;

@@ -1,0 +1,320 @@
+//! The state store on PostgreSQL, for several `weir serve` processes on
+//! several machines (docs/deployment.md). Every SQL text and driver type
+//! of this backend is in this module.
+//!
+//! The driver is `tokio-postgres` (already what the engine's PostgreSQL
+//! sources use): asynchronous, with `COPY` and `LISTEN/NOTIFY`. The state
+//! store's traits are synchronous, as SQLite is, so the connections run on
+//! a small runtime of the store's own and a call waits for its answer on
+//! the calling thread: the client half of a connection needs no runtime,
+//! so a call borrows its arguments and works from any thread, in or out of
+//! the server's runtime.
+//!
+//! Schema changes are numbered migrations, applied once under an advisory
+//! lock (processes starting together apply each once) and recorded in
+//! `weir_schema`; a database newer than this binary is refused.
+
+use std::future::Future;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use super::*;
+
+mod keys;
+mod objects;
+mod secrets;
+
+impl From<tokio_postgres::Error> for StateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let kind = match e.code() {
+            Some(code) => fault_of(code),
+            // No SQL state: the connection failed or closed.
+            None if e.is_closed() || std::error::Error::source(&e).is_some() => StateFault::Unavailable,
+            None => StateFault::Other,
+        };
+        StateError::Store {
+            kind,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The kind of failure a SQL state is.
+fn fault_of(code: &SqlState) -> StateFault {
+    let class = &code.code()[..2];
+    match class {
+        // Integrity constraint violations; a serialization failure is a
+        // conflict between two writers.
+        "23" | "40" => StateFault::Conflict,
+        "53" if *code == SqlState::DISK_FULL => StateFault::Full,
+        // Insufficient resources other than disk, connection failures,
+        // an operator's shutdown or cancel: try again later.
+        "53" | "08" | "57" => StateFault::Unavailable,
+        _ if *code == SqlState::READ_ONLY_SQL_TRANSACTION => StateFault::ReadOnly,
+        _ => StateFault::Other,
+    }
+}
+
+/// A lock key of this schema's migrations (any number no other part of the
+/// database uses for an advisory lock).
+const MIGRATION_LOCK: i64 = 0x5745_4952_5f53_4348; // "WEIR_SCH"
+
+/// Migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE workspaces (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    connectors    TEXT,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    created_at    TIMESTAMPTZ NOT NULL,
+    revoked_at    TIMESTAMPTZ
+);
+CREATE TABLE objects (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    name         TEXT NOT NULL,
+    definition   TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (workspace_id, name)
+);
+CREATE TABLE secrets (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    name         TEXT NOT NULL,
+    sealed       BYTEA NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (workspace_id, name)
+);
+"#];
+
+/// The state database on PostgreSQL.
+pub struct PgState {
+    runtime: tokio::runtime::Runtime,
+    url: String,
+    pool: Pool,
+}
+
+/// Connections, at most `size` at once; a caller waits for a free one.
+struct Pool {
+    size: usize,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+/// A connection of the pool, returned to it when dropped (or closed for
+/// good when it broke).
+struct Conn<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.lock();
+        match self.client.take() {
+            Some(client) if !client.is_closed() => state.idle.push(client),
+            _ => state.open -= 1,
+        }
+        self.pool.freed.notify_one();
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How long a call waits for a free connection before it is refused as
+/// unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+impl PgState {
+    /// Connects to the database at `url` (`postgres://…`) with at most
+    /// `pool_size` connections, and applies the migrations this binary
+    /// knows.
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StateError::Store {
+                kind: StateFault::Other,
+                source: Box::new(e),
+            })?;
+        let store = Self {
+            runtime,
+            url: url.to_string(),
+            pool: Pool {
+                size: pool_size.max(1),
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
+            },
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Runs `work` to its end on this thread. Only the connections'
+    /// sockets need the store's runtime, which drives them.
+    fn wait<T>(&self, work: impl Future<Output = T>) -> T {
+        futures::executor::block_on(work)
+    }
+
+    /// A connection: an idle one, a new one while fewer than the pool's
+    /// size are open, else the first one freed.
+    fn conn(&self) -> Result<Conn<'_>> {
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut state = self.pool.lock();
+        loop {
+            while let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(Conn {
+                    client: Some(client),
+                    pool: &self.pool,
+                });
+            }
+            if state.open < self.pool.size {
+                state.open += 1;
+                drop(state);
+                return match self.open() {
+                    Ok(client) => Ok(Conn {
+                        client: Some(client),
+                        pool: &self.pool,
+                    }),
+                    Err(e) => {
+                        self.pool.lock().open -= 1;
+                        self.pool.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StateError::Store {
+                    kind: StateFault::Unavailable,
+                    source: format!("all {} connections to the state database stayed busy", self.pool.size).into(),
+                });
+            }
+            state = self
+                .pool
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// A new connection, its socket driven by the store's runtime.
+    fn open(&self) -> Result<Client> {
+        let url = self.url.clone();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.runtime.spawn(async move {
+            let connected = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls)).await;
+            let client = match connected {
+                Ok(Ok((client, connection))) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!(error = %e, "a connection to the state database ended");
+                        }
+                    });
+                    Ok(client)
+                }
+                Ok(Err(e)) => Err(StateError::from(e)),
+                Err(_) => Err(StateError::Store {
+                    kind: StateFault::Unavailable,
+                    source: "connecting to the state database took longer than 5 s".into(),
+                }),
+            };
+            let _ = tx.send(client);
+        });
+        self.wait(rx).map_err(|_| StateError::Store {
+            kind: StateFault::Unavailable,
+            source: "the state database's runtime stopped".into(),
+        })?
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        self.wait(async {
+            let tx = conn.transaction().await?;
+            // Processes starting together wait here for the first to finish.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS weir_schema (version BIGINT NOT NULL)")
+                .await?;
+            let found: Option<i64> = tx
+                .query_opt("SELECT version FROM weir_schema", &[])
+                .await?
+                .map(|r| r.get(0));
+            let found = match found {
+                Some(v) => v,
+                None => {
+                    tx.execute("INSERT INTO weir_schema (version) VALUES (0)", &[]).await?;
+                    0
+                }
+            };
+            let known = MIGRATIONS.len() as i64;
+            if found > known {
+                return Err(StateError::TooNew { found, known });
+            }
+            for sql in &MIGRATIONS[found as usize..] {
+                tx.batch_execute(sql).await?;
+            }
+            tx.execute("UPDATE weir_schema SET version = $1", &[&known]).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Whether the database answers now.
+    pub fn answers(&self) -> Result<()> {
+        let conn = self.conn()?;
+        self.wait(conn.simple_query("SELECT 1"))?;
+        Ok(())
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
