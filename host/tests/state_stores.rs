@@ -4,22 +4,30 @@
 
 mod common;
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use common::services::Postgres;
+use weir_engine::connector::Connector;
+use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
 use weir_engine::objects::ObjectDef;
 use weir_host::server::state::{
-    Db, KeyRow, KeyState, ObjectState, PgState, SecretState, StateError, StateFault, Workspace,
+    ConnectorRow, Db, ExecutionFilter, ExecutionRow, FileDeletion, FileRow, IdempotencyKey, KeyRow, Lease, PgState,
+    PluginRow, StateError, StateFault, StateStore, WebhookRow, Workspace,
 };
 
 const PASSWORD: &str = "state-store-test";
 
-/// The embedded store in `dir`, and a PostgreSQL store in a new database of
-/// `pg`.
-fn stores(dir: &std::path::Path, pg: &Postgres, name: &str) -> (Db, PgState) {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-    let db = Db::open(&dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
-    let pg = PgState::connect(&pg.database(name, PASSWORD), 4).unwrap_or_else(|e| panic!("{e}"));
-    (db, pg)
+/// Runs `check` on a new embedded store and on a new PostgreSQL database;
+/// false (the test is skipped) when PostgreSQL is not installed.
+fn on_both(check: fn(&dyn StateStore)) -> bool {
+    let Some(pg) = Postgres::start(PASSWORD) else {
+        return false;
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    check(&db);
+    let store = PgState::connect(&pg.database("weir", PASSWORD), 4).unwrap_or_else(|e| panic!("{e}"));
+    check(&store);
+    true
 }
 
 fn key(workspace: &Workspace, id: &str, hash: &str) -> KeyRow {
@@ -39,7 +47,7 @@ fn kind(e: StateError) -> StateFault {
     e.kind()
 }
 
-fn workspaces_and_keys(store: &dyn KeyState) {
+fn workspaces_and_keys(store: &dyn StateStore) {
     assert!(store.is_empty().unwrap_or(false));
     let acme = store.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.workspace_named("acme").ok(), Some(acme.clone()), "named once");
@@ -96,7 +104,7 @@ fn workspaces_and_keys(store: &dyn KeyState) {
     );
 }
 
-fn objects(store: &(impl KeyState + ObjectState)) {
+fn objects(store: &dyn StateStore) {
     let ws = store.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
     let contact: ObjectDef = serde_json::from_value(serde_json::json!({
         "name": "contact",
@@ -132,7 +140,7 @@ fn objects(store: &(impl KeyState + ObjectState)) {
     assert!(store.object("nobody", "contact").ok().flatten().is_none());
 }
 
-fn secrets(store: &(impl KeyState + SecretState)) {
+fn secrets(store: &dyn StateStore) {
     let ws = store.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
     let t0 = Utc::now();
     assert!(
@@ -169,18 +177,475 @@ fn secrets(store: &(impl KeyState + SecretState)) {
 }
 
 #[test]
-fn workspaces_keys_objects_and_secrets_are_kept_alike_by_both_backends() {
-    let Some(pg) = Postgres::start(PASSWORD) else { return };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (db, store) = stores(&dir.path().join("keys"), &pg, "keys");
-    workspaces_and_keys(&db);
-    workspaces_and_keys(&store);
-    let (db, store) = stores(&dir.path().join("objects"), &pg, "objects");
-    objects(&db);
-    objects(&store);
-    let (db, store) = stores(&dir.path().join("secrets"), &pg, "secrets");
-    secrets(&db);
-    secrets(&store);
+fn workspaces_and_keys_are_kept_alike() {
+    on_both(|s| workspaces_and_keys(s));
+}
+
+#[test]
+fn objects_and_secrets_are_kept_alike() {
+    on_both(|s| {
+        objects(s);
+        secrets(s);
+    });
+}
+
+fn connector(workspace: &str, id: &str, name: &str, kind: &str) -> ConnectorRow {
+    let connector = Connector::parse_json_value(serde_json::json!({"api_name": name, "type": kind}))
+        .document
+        .unwrap_or_else(|| panic!("a connector"));
+    ConnectorRow {
+        id: id.into(),
+        workspace_id: workspace.into(),
+        api_name: name.into(),
+        connector,
+        sample_file_id: None,
+        draft_version: 1,
+        live_version: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+#[test]
+fn connectors_publish_keep_every_version_and_list_by_reach() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}"));
+        let row = connector(&ws.id, "c1", "orders", "spreadsheet");
+        assert_eq!(db.insert_connector(&row, "v1").ok(), Some(true));
+        assert_eq!(db.insert_connector(&row, "v1").ok(), Some(false), "api_name is unique");
+        assert_eq!(db.publish("c1", 1).ok(), Some(true));
+        assert_eq!(
+            db.publish("c1", 1).ok(),
+            Some(false),
+            "a stale draft is not published twice"
+        );
+        assert_eq!(db.save_draft("c1", "v2").ok(), Some(2));
+        let c = db.connector(&ws.id, "orders").ok().flatten();
+        assert_eq!(
+            c.as_ref().map(|c| &c.connector),
+            Some(&row.connector),
+            "comes back parsed"
+        );
+        assert_eq!(c.map(|c| (c.live_version, c.draft_version)), Some((Some(1), 2)));
+        let texts: Vec<_> = db
+            .sql_versions("c1")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.version, v.text, v.published_at.is_some()))
+            .collect();
+        assert_eq!(texts, vec![(2, "v2".to_string(), false), (1, "v1".to_string(), true)]);
+
+        // A rename onto another connector's name is refused.
+        assert_eq!(
+            db.insert_connector(&connector(&ws.id, "c2", "ticks", "schedule"), "")
+                .ok(),
+            Some(true)
+        );
+        let mut renamed = db.connector_by_id("c2").ok().flatten().unwrap_or_else(|| panic!("c2"));
+        renamed.api_name = "orders".into();
+        assert_eq!(db.update_connector(&renamed).ok(), Some(false));
+        renamed.api_name = "nightly".into();
+        assert_eq!(db.update_connector(&renamed).ok(), Some(true));
+        let schedules: Vec<_> = db
+            .schedule_connectors()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(schedules, ["c2"]);
+
+        // Pages, newest first, and only what a limited key reaches.
+        let all: Vec<_> = db
+            .connectors(&ws.id, None, None, 10)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(all, ["c2", "c1"]);
+        let after: Vec<_> = db
+            .connectors(&ws.id, None, Some("c2"), 10)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(after, ["c1"]);
+        let only = ["orders".to_string()];
+        let reached: Vec<_> = db
+            .connectors(&ws.id, Some(&only), None, 10)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(reached, ["c1"]);
+        db.delete_connector("c2").unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.connector_by_id("c2").ok().flatten().is_none());
+        assert!(
+            db.sql_versions("c2").unwrap_or_default().is_empty(),
+            "its versions go with it"
+        );
+    });
+}
+
+fn queued(workspace_id: &str, id: &str) -> ExecutionRow {
+    let doc = Execution::new(
+        id.into(),
+        ConnectorRef {
+            id: Some("c1".into()),
+            api_name: "hooks".into(),
+            version: Some(1),
+        },
+        TriggerType::Webhook,
+        false,
+    );
+    ExecutionRow {
+        workspace_id: workspace_id.into(),
+        connector_id: "c1".into(),
+        definition: "{}".into(),
+        script: String::new(),
+        input_name: None,
+        document: doc,
+    }
+}
+
+#[test]
+fn executions_are_saved_conditionally_listed_and_keyed_once() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let row = queued(&ws, "e1");
+        db.insert_execution(&row).unwrap_or_else(|e| panic!("{e}"));
+        let mut canceled = row.document.clone();
+        canceled.transition(Status::Canceled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_document(&canceled, Some(Status::Queued)).ok(), Some(true));
+        let mut running = row.document.clone();
+        running.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_document(&running, Some(Status::Queued)).ok(), Some(false));
+        let stored = db.execution("e1").ok().flatten().unwrap_or_else(|| panic!("e1"));
+        assert_eq!(stored.document.status, Status::Canceled);
+        assert_eq!((stored.connector_id.as_str(), stored.definition.as_str()), ("c1", "{}"));
+
+        // An idempotency key stores its execution once.
+        let key = IdempotencyKey {
+            key: "k".into(),
+            fingerprint: "f".into(),
+        };
+        let expired = Utc::now() - chrono::TimeDelta::hours(1);
+        assert_eq!(
+            db.insert_execution_once(&queued(&ws, "e2"), &key, expired).ok(),
+            Some(None)
+        );
+        let used = db
+            .insert_execution_once(&queued(&ws, "e3"), &key, expired)
+            .ok()
+            .flatten();
+        assert_eq!(used.map(|u| u.execution_id), Some("e2".to_string()));
+        assert!(db.execution("e3").ok().flatten().is_none());
+        assert_eq!(
+            db.key_use("c1", "k", expired).ok().flatten().map(|u| u.fingerprint),
+            Some("f".into())
+        );
+
+        let mut dry = queued(&ws, "e4");
+        dry.document.is_dry_run = true;
+        db.insert_execution(&dry).unwrap_or_else(|e| panic!("{e}"));
+        let filter = ExecutionFilter {
+            is_dry_run: Some(true),
+            ..ExecutionFilter::default()
+        };
+        let ids = |f: &ExecutionFilter, cursor: Option<&str>| -> Vec<String> {
+            db.executions("c1", f, cursor, 10)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        assert_eq!(ids(&filter, None), ["e4"]);
+        assert_eq!(ids(&ExecutionFilter::default(), None), ["e4", "e2", "e1"]);
+        assert_eq!(ids(&ExecutionFilter::default(), Some("e2")), ["e1"]);
+        let status = ExecutionFilter {
+            status: Some("canceled".into()),
+            ..ExecutionFilter::default()
+        };
+        assert_eq!(ids(&status, None), ["e1"]);
+
+        // Only an ended execution is deleted, with its log.
+        db.append_log("e1", "info", "a").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.delete_execution("e2").ok(), Some(false), "queued");
+        assert_eq!(db.delete_execution("e1").ok(), Some(true));
+        assert!(db.logs("e1", 0, 10).unwrap_or_default().is_empty());
+        let future = Utc::now() + chrono::TimeDelta::hours(1);
+        assert!(db.ended_before(&ws, future).unwrap_or_default().is_empty());
+    });
+}
+
+#[test]
+fn queue_positions_count_one_workspace_and_claims_hold_leases() {
+    on_both(|db| {
+        let acme = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let other = db.workspace_named("other").unwrap_or_else(|e| panic!("{e}")).id;
+        for (ws, id) in [(&other, "e1"), (&acme, "e2"), (&other, "e3"), (&acme, "e4")] {
+            db.insert_execution(&queued(ws, id)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(db.queue_position(&acme, "e4").ok(), Some(1));
+        assert_eq!(db.queue_position(&other, "e3").ok(), Some(1));
+        assert_eq!(db.queued().map(|q| q.len()).ok(), Some(4));
+
+        let claim = |id: &str, owner: &str| {
+            let mut doc = queued(&acme, id).document;
+            doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+            db.claim(&doc, "c1", 2, owner, 1_000).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(claim("e1", "p1"));
+        assert!(!claim("e1", "p2"), "claimed once");
+        assert!(claim("e2", "p2"));
+        assert!(!claim("e3", "p3"), "max_concurrency counts every process's runs");
+
+        let leases = db.leases().unwrap_or_else(|e| panic!("{e}"));
+        let e1 = leases
+            .iter()
+            .find(|l| l.id == "e1")
+            .cloned()
+            .unwrap_or_else(|| panic!("{leases:?}"));
+        assert_eq!((e1.owner.as_deref(), e1.until), (Some("p1"), Some(1_000)));
+        assert_eq!(db.extend_leases("p1", &["e1".into()], 2_000).ok(), Some(vec![]));
+        assert!(
+            !db.take_over(&e1, "p2").unwrap_or(true),
+            "a lease renewed meanwhile is not taken"
+        );
+        let renewed = Lease {
+            until: Some(2_000),
+            ..e1
+        };
+        assert!(db.take_over(&renewed, "p2").unwrap_or(false));
+        assert_eq!(
+            db.extend_leases("p1", &["e1".into()], 3_000).ok(),
+            Some(vec!["e1".to_string()])
+        );
+        let doc = db
+            .execution("e1")
+            .ok()
+            .flatten()
+            .map(|r| r.document)
+            .unwrap_or_else(|| panic!("e1"));
+        assert_eq!(
+            db.save_owned(&doc, "p1").ok(),
+            Some(false),
+            "the old owner writes nothing"
+        );
+        assert_eq!(db.save_owned(&doc, "p2").ok(), Some(true));
+
+        assert_eq!(db.request_cancel("e2").ok(), Some(true));
+        let shown = db.execution("e2").ok().flatten().map(|r| r.document.status);
+        assert_eq!(shown, Some(Status::Canceling));
+        assert_eq!(db.cancel_requests("p2").ok(), Some(vec!["e2".to_string()]));
+        assert_eq!(db.request_cancel("e4").ok(), Some(false), "a queued run is not running");
+
+        let mut ended = db
+            .execution("e2")
+            .ok()
+            .flatten()
+            .map(|r| r.document)
+            .unwrap_or_else(|| panic!("e2"));
+        ended.transition(Status::Canceled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.save_owned(&ended, "p2").ok(), Some(true));
+        assert_eq!(db.extend_leases("p2", &["e2".into()], 4_000).ok(), Some(vec![]));
+    });
+}
+
+#[test]
+fn claims_from_many_threads_never_pass_max_concurrency() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let ids: Vec<String> = (0..12).map(|i| format!("e{i:02}")).collect();
+        for id in &ids {
+            db.insert_execution(&queued(&ws, id)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for (n, id) in ids.iter().enumerate() {
+                let (won, ws) = (&won, &ws);
+                scope.spawn(move || {
+                    let mut doc = queued(ws, id).document;
+                    doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+                    if db
+                        .claim(&doc, "c1", 3, &format!("p{n}"), 1_000)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                    {
+                        won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(won.into_inner(), 3);
+    });
+}
+
+fn payload(id: &str) -> WebhookRow {
+    WebhookRow {
+        received_at: Utc::now().to_rfc3339(),
+        webhook_id: id.into(),
+        content_type: "text/plain".into(),
+        querystring: String::new(),
+        body: id.into(),
+    }
+}
+
+#[test]
+fn a_due_batch_takes_no_payload_and_never_closes_without_one_it_holds() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let window = std::time::Duration::from_millis(400);
+        let receive = |id: &str, buffering: bool| {
+            db.receive_webhook(&ws, "c1", &payload(id), true, window, buffering)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = receive("a", false);
+        assert_eq!(receive("b", false).batch_id, first.batch_id, "within the window");
+        let again = receive("a", false);
+        assert!(again.duplicate && !again.differs, "{again:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let due = db.due_batches(Utc::now()).unwrap_or_default();
+        assert_eq!(due.len(), 1);
+        assert!(db.next_batch_due().ok().flatten().is_some());
+        let read = db.batch_payloads(&first.batch_id).unwrap_or_default();
+        assert_eq!(read.len(), 2);
+
+        let late = receive("c", false);
+        assert_ne!(late.batch_id, first.batch_id, "after the window, the next batch");
+        let buffered = receive("d", true);
+        assert_eq!(buffered.batch_id, first.batch_id, "buffering, the open batch");
+        assert_eq!(
+            db.close_batch(&first.batch_id, read.len(), &queued(&ws, "e1")).ok(),
+            Some(false)
+        );
+        assert!(
+            db.execution("e1").ok().flatten().is_none(),
+            "nothing stored of a refused close"
+        );
+        let again = db.batch_payloads(&first.batch_id).unwrap_or_default();
+        let ids: Vec<_> = again.iter().map(|p| p.webhook_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(
+            db.close_batch(&first.batch_id, again.len(), &queued(&ws, "e1")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            db.close_batch(&first.batch_id, again.len(), &queued(&ws, "e2")).ok(),
+            Some(false),
+            "a batch closes once"
+        );
+        let mut changed = payload("a");
+        changed.body = "other".into();
+        let differs = db
+            .receive_webhook(&ws, "c1", &changed, true, window, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(differs.duplicate && differs.differs);
+        assert_eq!(differs.execution_id.as_deref(), Some("e1"));
+    });
+}
+
+#[test]
+fn schedule_ticks_run_once_and_log_lines_are_numbered_per_execution() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let tick = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);
+        assert_eq!(db.record_tick("c1", tick, &queued(&ws, "t1")).ok(), Some(true));
+        assert_eq!(
+            db.record_tick("c1", tick, &queued(&ws, "t2")).ok(),
+            Some(false),
+            "a tick runs once"
+        );
+        assert_eq!(db.last_tick("c1").ok().flatten(), Some(tick));
+        assert_eq!(
+            db.last_successful_tick("c1", tick + chrono::TimeDelta::hours(1))
+                .ok()
+                .flatten(),
+            None
+        );
+
+        for m in ["a", "b", "c"] {
+            db.append_log("e1", "info", m).unwrap_or_else(|e| panic!("{e}"));
+        }
+        db.append_log("e2", "info", "x").unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<_> = db
+            .logs("e1", 1, 10)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.seq, l.message))
+            .collect();
+        assert_eq!(got, vec![(2, "b".to_string()), (3, "c".to_string())]);
+        // Writers at once never lose a line.
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                scope.spawn(move || {
+                    for n in 0..10 {
+                        db.append_log("e3", "info", &format!("{t}.{n}"))
+                            .unwrap_or_else(|e| panic!("{e}"));
+                    }
+                });
+            }
+        });
+        assert_eq!(db.logs("e3", 0, 100).map(|l| l.len()).ok(), Some(40));
+    });
+}
+
+#[test]
+fn files_plugins_and_content_removals_agree() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let file = FileRow {
+            sha256: "a".repeat(64),
+            size: 3,
+            name: "x.csv".into(),
+            content_type: "text/csv".into(),
+            created_at: Utc::now(),
+        };
+        let stored = db.insert_file(&ws, &file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stored.name.as_str(), stored.size), ("x.csv", 3));
+        db.note_uploader(&ws, &file.sha256, "k1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(db.file_reached(&ws, &file.sha256, "k1", &[]).ok(), Some(true));
+        assert_eq!(
+            db.file_reached(&ws, &file.sha256, "k2", &["orders".into()]).ok(),
+            Some(false)
+        );
+        assert!(db.content_in_use(&file.sha256).unwrap_or(false));
+        assert_eq!(
+            db.begin_content_removal(&file.sha256).ok(),
+            Some(false),
+            "held by a file"
+        );
+        assert_eq!(db.delete_file(&ws, &file.sha256).ok(), Some(FileDeletion::Deleted));
+        assert_eq!(db.delete_file(&ws, &file.sha256).ok(), Some(FileDeletion::Missing));
+        assert_eq!(db.begin_content_removal(&file.sha256).ok(), Some(true));
+        let under_way = db.content_removals(&file.sha256).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((under_way.begun, under_way.active), (1, 1));
+        assert!(under_way.active_since.is_some());
+        db.end_content_removal(&file.sha256).unwrap_or_else(|e| panic!("{e}"));
+        let ended = db.content_removals(&file.sha256).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((ended.begun, ended.active, ended.active_since), (1, 0, None));
+
+        let plugin = PluginRow {
+            name: "phone".into(),
+            version: "0.1.0".into(),
+            sha256: "b".repeat(64),
+            size: 10,
+            created_at: Utc::now(),
+        };
+        assert_eq!(db.insert_plugin(&ws, &plugin).map(|(_, new)| new).ok(), Some(true));
+        assert_eq!(db.insert_plugin(&ws, &plugin).map(|(_, new)| new).ok(), Some(false));
+        assert_eq!(
+            db.begin_content_removal(&plugin.sha256).ok(),
+            Some(false),
+            "held by a plugin"
+        );
+        assert_eq!(
+            db.plugin_by_sha(&ws, &plugin.sha256).ok().flatten().map(|p| p.name),
+            Some("phone".into())
+        );
+        assert_eq!(db.plugins(&ws).map(|p| p.len()).ok(), Some(1));
+        let future = Utc::now() + chrono::TimeDelta::hours(1);
+        assert!(db.unused_files_before(&ws, future).unwrap_or_default().is_empty());
+    });
 }
 
 #[test]

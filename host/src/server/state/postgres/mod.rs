@@ -23,9 +23,18 @@ use tokio_postgres::{Client, NoTls};
 
 use super::*;
 
+mod connectors;
+mod executions;
+mod files;
 mod keys;
+mod leases;
 mod objects;
+mod plugins;
+mod schedules;
 mod secrets;
+mod webhooks;
+
+use files::hold_content;
 
 impl From<tokio_postgres::Error> for StateError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -95,7 +104,140 @@ CREATE TABLE secrets (
     updated_at   TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (workspace_id, name)
 );
+CREATE TABLE files (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    sha256       TEXT NOT NULL,
+    size         BIGINT NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    uploaded_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (workspace_id, sha256)
+);
+CREATE INDEX files_by_upload ON files (workspace_id, uploaded_at);
+CREATE INDEX files_by_content ON files (sha256);
+CREATE TABLE file_uploaders (
+    workspace_id TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, sha256, key_id)
+);
+CREATE TABLE plugins (
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    name         TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    size         BIGINT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (workspace_id, name, version)
+);
+CREATE INDEX plugins_by_sha ON plugins (workspace_id, sha256);
+CREATE INDEX plugins_by_content ON plugins (sha256);
+CREATE TABLE content_removals (
+    sha256       TEXT PRIMARY KEY,
+    generation   BIGINT NOT NULL,
+    active       BIGINT NOT NULL DEFAULT 0,
+    active_since TIMESTAMPTZ
+);
+CREATE TABLE connectors (
+    id             TEXT PRIMARY KEY,
+    workspace_id   TEXT NOT NULL REFERENCES workspaces(id),
+    api_name       TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    definition     TEXT NOT NULL,
+    sample_file_id TEXT,
+    draft_version  INTEGER NOT NULL,
+    live_version   INTEGER,
+    created_at     TIMESTAMPTZ NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL,
+    UNIQUE (workspace_id, api_name)
+);
+CREATE INDEX connectors_by_kind ON connectors (kind);
+CREATE TABLE sql_versions (
+    connector_id TEXT NOT NULL REFERENCES connectors(id) ON DELETE CASCADE,
+    version      INTEGER NOT NULL,
+    text         TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    published_at TIMESTAMPTZ,
+    PRIMARY KEY (connector_id, version)
+);
+CREATE TABLE executions (
+    id               TEXT PRIMARY KEY,
+    workspace_id     TEXT NOT NULL REFERENCES workspaces(id),
+    connector_id     TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    trigger_type     TEXT NOT NULL,
+    is_dry_run       BOOLEAN NOT NULL,
+    source_file_id   TEXT,
+    input_name       TEXT,
+    definition       TEXT NOT NULL,
+    script           TEXT NOT NULL,
+    document         JSONB NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL,
+    owner            TEXT,
+    lease_until      BIGINT,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX executions_by_connector ON executions (connector_id, id);
+CREATE INDEX executions_by_status ON executions (status, id);
+CREATE INDEX executions_by_source ON executions (workspace_id, source_file_id);
+CREATE INDEX executions_by_age ON executions (workspace_id, created_at);
+CREATE INDEX executions_by_owner ON executions (owner) WHERE owner IS NOT NULL;
+CREATE INDEX executions_by_connector_status ON executions (connector_id, status);
+CREATE INDEX executions_queued ON executions (workspace_id, id) WHERE status = 'queued';
+CREATE TABLE execution_logs (
+    execution_id TEXT NOT NULL,
+    seq          BIGINT NOT NULL,
+    at           TIMESTAMPTZ NOT NULL,
+    level        TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+);
+CREATE TABLE idempotency_keys (
+    workspace_id TEXT NOT NULL,
+    connector_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (connector_id, key)
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+CREATE INDEX idempotency_keys_by_execution ON idempotency_keys (execution_id);
+CREATE TABLE webhook_batches (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    connector_id TEXT NOT NULL,
+    opened_at    TIMESTAMPTZ NOT NULL,
+    closes_at    TIMESTAMPTZ NOT NULL,
+    execution_id TEXT
+);
+CREATE INDEX webhook_batches_open ON webhook_batches (connector_id, execution_id, closes_at);
+CREATE INDEX webhook_batches_by_execution ON webhook_batches (execution_id);
+CREATE TABLE webhooks (
+    arrival      BIGSERIAL,
+    connector_id TEXT NOT NULL,
+    signed       BOOLEAN NOT NULL,
+    webhook_id   TEXT NOT NULL,
+    batch_id     TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    querystring  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    PRIMARY KEY (connector_id, signed, webhook_id)
+);
+CREATE INDEX webhooks_by_batch ON webhooks (batch_id, received_at);
+CREATE TABLE schedule_ticks (
+    connector_id TEXT NOT NULL,
+    tick_at      TIMESTAMPTZ NOT NULL,
+    execution_id TEXT NOT NULL,
+    PRIMARY KEY (connector_id, tick_at)
+);
+CREATE INDEX schedule_ticks_by_execution ON schedule_ticks (execution_id);
 "#];
+
+/// The statuses of an execution that has ended, as SQL.
+const ENDED: &str = "('success', 'partial_success', 'failed', 'canceled')";
 
 /// The state database on PostgreSQL.
 pub struct PgState {
@@ -312,6 +454,12 @@ impl PgState {
         let conn = self.conn()?;
         self.wait(conn.simple_query("SELECT 1"))?;
         Ok(())
+    }
+}
+
+impl StateStore for PgState {
+    fn answers(&self) -> Result<()> {
+        PgState::answers(self)
     }
 }
 

@@ -1,0 +1,162 @@
+//! Leased runs: claims, documents written by their owner, cancels and the
+//! queue, in PostgreSQL.
+
+use super::*;
+
+/// The statuses of an execution a process runs (and holds a lease on).
+const LEASED: &str = "('running', 'canceling')";
+
+impl LeaseState for PgState {
+    fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
+        let conn = self.conn()?;
+        let n = self.wait(conn.execute(
+            "UPDATE executions SET status = $2, document = $3::text::jsonb
+             WHERE id = $1 AND ($4::text IS NULL OR status = $4)",
+            &[
+                &doc.id,
+                &doc.status.as_str(),
+                &serde_json::to_string(doc)?,
+                &from.map(Status::as_str),
+            ],
+        ))?;
+        Ok(n > 0)
+    }
+
+    fn claim(&self, doc: &Execution, connector_id: &str, max: u32, owner: &str, lease_until: i64) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let document = serde_json::to_string(doc)?;
+        self.wait(async {
+            let tx = conn.transaction().await?;
+            // Claims of one connector's runs, in any process, one at a
+            // time: each counts the runs the others claimed.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 2))",
+                &[&connector_id],
+            )
+            .await?;
+            let sql = format!(
+                "UPDATE executions SET status = $2, document = $3::text::jsonb, owner = $4, lease_until = $5
+                 WHERE id = $1 AND status = 'queued'
+                   AND (SELECT count(*) FROM executions WHERE connector_id = $6 AND status IN {LEASED}) < $7"
+            );
+            let n = tx
+                .execute(
+                    &sql,
+                    &[
+                        &doc.id,
+                        &doc.status.as_str(),
+                        &document,
+                        &owner,
+                        &lease_until,
+                        &connector_id,
+                        &i64::from(max),
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "UPDATE executions SET status = $2, document = $3::text::jsonb
+             WHERE id = $1 AND owner = $4 AND status IN {LEASED}"
+        );
+        let n = self.wait(conn.execute(
+            &sql,
+            &[&doc.id, &doc.status.as_str(), &serde_json::to_string(doc)?, &owner],
+        ))?;
+        Ok(n > 0)
+    }
+
+    fn extend_leases(&self, owner: &str, ids: &[String], until: i64) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "UPDATE executions SET lease_until = $3 WHERE id = ANY($1) AND owner = $2 AND status IN {LEASED}
+             RETURNING id"
+        );
+        self.wait(async {
+            let extended: Vec<String> = conn
+                .query(&sql, &[&ids, &owner, &until])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let rest: Vec<&String> = ids.iter().filter(|id| !extended.contains(id)).collect();
+            if rest.is_empty() {
+                return Ok(Vec::new());
+            }
+            // A run that has just ended is still this process's, not lost.
+            let ours: Vec<String> = conn
+                .query(
+                    "SELECT id FROM executions WHERE id = ANY($1) AND owner = $2",
+                    &[&rest, &owner],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok(rest.into_iter().filter(|id| !ours.contains(id)).cloned().collect())
+        })
+    }
+
+    fn cancel_requests(&self, owner: &str) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let sql = format!("SELECT id FROM executions WHERE owner = $1 AND cancel_requested AND status IN {LEASED}");
+        Ok(self
+            .wait(conn.query(&sql, &[&owner]))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn request_cancel(&self, id: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        let sql = format!("UPDATE executions SET cancel_requested = TRUE WHERE id = $1 AND status IN {LEASED}");
+        Ok(self.wait(conn.execute(&sql, &[&id]))? > 0)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        let conn = self.conn()?;
+        let sql = format!("SELECT id, owner, lease_until FROM executions WHERE status IN {LEASED} ORDER BY id");
+        Ok(self
+            .wait(conn.query(&sql, &[]))?
+            .iter()
+            .map(|r| Lease {
+                id: r.get(0),
+                owner: r.get(1),
+                until: r.get(2),
+            })
+            .collect())
+    }
+
+    fn take_over(&self, seen: &Lease, by: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "UPDATE executions SET owner = $4, lease_until = 0
+             WHERE id = $1 AND status IN {LEASED}
+               AND owner IS NOT DISTINCT FROM $2 AND lease_until IS NOT DISTINCT FROM $3"
+        );
+        Ok(self.wait(conn.execute(&sql, &[&seen.id, &seen.owner, &seen.until, &by]))? > 0)
+    }
+
+    fn queued(&self) -> Result<Vec<(String, String, bool)>> {
+        let conn = self.conn()?;
+        let rows = self.wait(conn.query(
+            "SELECT id, connector_id, is_dry_run FROM executions WHERE status = 'queued' ORDER BY id",
+            &[],
+        ))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64> {
+        let conn = self.conn()?;
+        let row = self.wait(conn.query_one(
+            "SELECT COUNT(*) FROM executions WHERE status = 'queued' AND workspace_id = $1 AND id < $2",
+            &[&workspace_id, &id],
+        ))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
