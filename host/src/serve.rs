@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::server::auth::Role;
 use crate::server::config::ServerConfig;
 use crate::server::keys::Keys;
-use crate::server::state::Db;
+use crate::server::state::{Db, PgState};
 
 /// Arguments of `weir serve`. Flags win over `WEIR_*` variables, which win
 /// over the config file, which wins over the defaults.
@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The state database: postgres://… (WEIR_DATABASE); the data
+    /// directory's SQLite database when not given.
+    #[arg(long)]
+    pub database: Option<String>,
     /// Where files, plugins and artifacts are kept: s3://bucket/prefix
     /// (configured by the AWS_* variables) or file:///dir; the data
     /// directory when not given.
@@ -35,14 +39,26 @@ pub struct ServeArgs {
     pub object_store: Option<String>,
 }
 
+/// The state store `weir keys` works on: the server's.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The data directory.
+    #[arg(long, default_value = "weir-data")]
+    pub data_dir: PathBuf,
+    /// The server's PostgreSQL database (postgres://…), when it keeps its
+    /// state there rather than in the data directory.
+    #[arg(long, env = "WEIR_DATABASE")]
+    pub database: Option<String>,
+}
+
 /// `weir keys` commands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key (and the workspace, when new); prints the secret once.
     Create {
-        /// The data directory.
-        #[arg(long, default_value = "weir-data")]
-        data_dir: PathBuf,
+        /// Where the state is kept.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Workspace name.
         #[arg(long)]
         workspace: String,
@@ -58,18 +74,18 @@ pub enum KeysCommand {
     },
     /// List a workspace's keys (never their secrets).
     List {
-        /// The data directory.
-        #[arg(long, default_value = "weir-data")]
-        data_dir: PathBuf,
+        /// Where the state is kept.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Workspace name or id.
         #[arg(long)]
         workspace: String,
     },
     /// Revoke a key.
     Revoke {
-        /// The data directory.
-        #[arg(long, default_value = "weir-data")]
-        data_dir: PathBuf,
+        /// Where the state is kept.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Workspace name or id.
         #[arg(long)]
         workspace: String,
@@ -86,6 +102,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(url) = args.database {
+        config.database = Some(url);
     }
     if let Some(url) = args.object_store {
         config.object_store = Some(url);
@@ -137,8 +156,12 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// The keys service over the state store in `data_dir`.
-fn open(data_dir: &std::path::Path) -> anyhow::Result<Keys> {
+/// The keys service over the server's state store.
+fn open(store: &StoreArgs) -> anyhow::Result<Keys> {
+    if let Some(url) = &store.database {
+        return Ok(Keys::new(Arc::new(PgState::connect(url, 2)?)));
+    }
+    let data_dir = &store.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     Ok(Keys::new(Arc::new(Db::open(&data_dir.join("state.db"))?)))
 }
@@ -147,21 +170,21 @@ fn open(data_dir: &std::path::Path) -> anyhow::Result<Keys> {
 pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Create {
-            data_dir,
+            store,
             workspace,
             role,
             name,
             connectors,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let key = open(&data_dir)?.create_in(&workspace, &name, role, connectors, None)?;
+            let key = open(&store)?.create_in(&workspace, &name, role, connectors, None)?;
             println!("id: {}", key.row.id);
             println!("workspace: {workspace}");
             println!("role: {}", role.as_str());
             println!("secret (shown once): {}", key.secret);
         }
-        KeysCommand::List { data_dir, workspace } => {
-            let keys = open(&data_dir)?;
+        KeysCommand::List { store, workspace } => {
+            let keys = open(&store)?;
             let ws = keys
                 .workspace(&workspace)?
                 .with_context(|| format!("there is no workspace `{workspace}`"))?;
@@ -171,12 +194,8 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
                 println!("{}\t{}\t{}\t{}\t{}", k.id, k.role, state, limited, k.name);
             }
         }
-        KeysCommand::Revoke {
-            data_dir,
-            workspace,
-            id,
-        } => {
-            let keys = open(&data_dir)?;
+        KeysCommand::Revoke { store, workspace, id } => {
+            let keys = open(&store)?;
             let ws = keys
                 .workspace(&workspace)?
                 .with_context(|| format!("there is no workspace `{workspace}`"))?;

@@ -112,6 +112,11 @@ pub struct ServerConfig {
     /// (configured by the standard `AWS_*` variables) or `file:///dir`;
     /// the data directory when not given.
     pub object_store: Option<String>,
+    /// The state database, `postgres://user:password@host/db`; the data
+    /// directory's SQLite database when not given.
+    pub database: Option<String>,
+    /// The most connections a process opens to the state database.
+    pub database_pool: usize,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -161,6 +166,8 @@ impl Default for ServerConfig {
             lease: "30s".into(),
             heartbeat: "5s".into(),
             object_store: None,
+            database: None,
+            database_pool: 16,
         }
     }
 }
@@ -201,6 +208,8 @@ const ENV_KEYS: &[&str] = &[
     "lease",
     "heartbeat",
     "object_store",
+    "database",
+    "database_pool",
 ];
 
 /// Config values checked and converted.
@@ -311,6 +320,16 @@ impl ServerConfig {
         if self.output_row_cap == Some(0) {
             return Err(ConfigError(
                 "output_row_cap must be at least 1 (leave it out for none)".into(),
+            ));
+        }
+        if self.database_pool == 0 {
+            return Err(ConfigError("database_pool must be at least 1".into()));
+        }
+        if let Some(url) = &self.database
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(
+                "database must be a postgres:// URL (leave it out for the data directory's database)".into(),
             ));
         }
         if self.max_connections == 0 {

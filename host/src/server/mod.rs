@@ -76,7 +76,7 @@ use weir_engine::store::{RecordStore, SqliteStore};
 
 use self::blobs::Blobs;
 use self::config::Settings;
-use self::state::{Db, StateStore};
+use self::state::{Db, PgState, StateStore};
 
 /// Everything the handlers and workers share.
 pub struct App {
@@ -216,7 +216,10 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let worker = leases::Worker::register(&dir, &settings.worker_id)?;
-    let db: Arc<dyn StateStore> = Arc::new(Db::open(&dir.join("state.db"))?);
+    let db: Arc<dyn StateStore> = match &settings.config.database {
+        Some(url) => Arc::new(PgState::connect(url, settings.config.database_pool)?),
+        None => Arc::new(Db::open(&dir.join("state.db"))?),
+    };
     let blobs = match &settings.blob_store {
         Some(store) => Blobs::remote(store.clone(), &dir, settings.upload_pace),
         None => Blobs::local(&dir, settings.upload_pace),

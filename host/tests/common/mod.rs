@@ -315,14 +315,32 @@ pub fn sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
 /// would run it, so the test makes version 1 live in the state database
 /// directly (the server allows a second writer).
 pub async fn slow(base: &str, data_dir: &Path) {
+    let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    slow_on(base, &db).await;
+}
+
+/// [`slow`], its version made live in `store`.
+pub async fn slow_on(base: &str, store: &dyn weir_host::server::state::StateStore) {
     let sql = "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3";
-    live_unchecked(base, data_dir, "slow", sql, 4).await;
+    live_unchecked_on(base, store, "slow", sql, 4).await;
 }
 
 /// An operational connector `name` running `sql`, `concurrency` runs at a
 /// time, whose version 1 is made live in the state database directly
 /// (publishing would dry-run a script that takes long).
 pub async fn live_unchecked(base: &str, data_dir: &Path, name: &str, sql: &str, concurrency: u32) {
+    let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    live_unchecked_on(base, &db, name, sql, concurrency).await;
+}
+
+/// [`live_unchecked`] on the state store `store`.
+pub async fn live_unchecked_on(
+    base: &str,
+    store: &dyn weir_host::server::state::StateStore,
+    name: &str,
+    sql: &str,
+    concurrency: u32,
+) {
     let (s, b) = call(
         base,
         reqwest::Method::POST,
@@ -332,10 +350,8 @@ pub async fn live_unchecked(base: &str, data_dir: &Path, name: &str, sql: &str, 
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    use weir_host::server::state::ConnectorState;
-    let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
     let id = b["id"].as_str().unwrap_or_default();
-    assert_eq!(db.publish(id, 1).ok(), Some(true));
+    assert_eq!(store.publish(id, 1).ok(), Some(true));
     let (s, b) = call(
         base,
         reqwest::Method::PATCH,

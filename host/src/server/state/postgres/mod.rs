@@ -241,7 +241,10 @@ const ENDED: &str = "('success', 'partial_success', 'failed', 'canceled')";
 
 /// The state database on PostgreSQL.
 pub struct PgState {
-    runtime: tokio::runtime::Runtime,
+    /// Always there until dropped: taken then, to be shut down without
+    /// waiting (a runtime cannot be dropped where blocking is not allowed,
+    /// as in the server's own runtime).
+    runtime: Option<tokio::runtime::Runtime>,
     url: String,
     pool: Pool,
 }
@@ -319,7 +322,7 @@ impl PgState {
                 source: Box::new(e),
             })?;
         let store = Self {
-            runtime,
+            runtime: Some(runtime),
             url: url.to_string(),
             pool: Pool {
                 size: pool_size.max(1),
@@ -391,7 +394,13 @@ impl PgState {
     fn open(&self) -> Result<Client> {
         let url = self.url.clone();
         let (tx, rx) = futures::channel::oneshot::channel();
-        self.runtime.spawn(async move {
+        let Some(runtime) = &self.runtime else {
+            return Err(StateError::Store {
+                kind: StateFault::Unavailable,
+                source: "the state database's runtime stopped".into(),
+            });
+        };
+        runtime.spawn(async move {
             let connected = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls)).await;
             let client = match connected {
                 Ok(Ok((client, connection))) => {
@@ -454,6 +463,14 @@ impl PgState {
         let conn = self.conn()?;
         self.wait(conn.simple_query("SELECT 1"))?;
         Ok(())
+    }
+}
+
+impl Drop for PgState {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

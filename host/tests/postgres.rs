@@ -1,0 +1,187 @@
+//! `weir serve` on PostgreSQL and an S3 bucket (docs/deployment.md):
+//! several processes keep their state in one database and their files and
+//! artifacts in one bucket, share the queue, answer for each other's
+//! executions, and resolve the runs of a process that is lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::services::{Postgres, S3};
+use common::{ADMIN, Process, call, call_as, get_bytes, quick_named, serve, slow_on, upload, wait, wait_end};
+use weir_host::server::state::PgState;
+
+const PASSWORD: &str = "weir-postgres-test";
+
+/// PostgreSQL with a new database, and an S3-compatible server with a
+/// bucket; `None` (the test is skipped) when either is not installed.
+fn services() -> Option<(Postgres, String, S3)> {
+    let pg = Postgres::start(PASSWORD)?;
+    let url = pg.database("weir", PASSWORD);
+    let s3 = S3::start()?;
+    s3.bucket("weir");
+    Some((pg, url, s3))
+}
+
+/// Process `name` on `dir` with its state in `database` and its files in
+/// the bucket.
+fn process(dir: &Path, database: &str, s3: &S3, name: &str) -> Process {
+    let aws = s3.env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("WEIR_DATABASE", database),
+        ("WEIR_OBJECT_STORE", "s3://weir/shared"),
+        ("WEIR_WORKER_ID", name),
+        ("WEIR_WORKERS", "2"),
+        ("WEIR_LEASE", "2s"),
+        ("WEIR_HEARTBEAT", "200ms"),
+    ]);
+    serve(dir, &env)
+}
+
+async fn trigger(base: &str, connector: &str) -> String {
+    let (s, b) = upload(base, &format!("/connectors/{connector}/runs"), b"a\n1\n2\n").await;
+    assert_eq!(s, 202, "{b}");
+    b["id"].as_str().unwrap_or_default().to_string()
+}
+
+async fn log_lines(base: &str, id: &str) -> Vec<String> {
+    let (s, b) = call(
+        base,
+        reqwest::Method::GET,
+        &format!("/executions/{id}/logs?limit=500"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    b["data"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| l["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_on_postgres_and_s3_share_the_queue_and_answer_for_each_other() {
+    let Some((pg, url, s3)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let processes: Vec<Process> = ["p0", "p1"].iter().map(|n| process(dir.path(), &url, &s3, n)).collect();
+    for p in &processes {
+        let (s, h) = call(&p.base, reqwest::Method::GET, "/healthz", None).await;
+        assert_eq!(s, 200, "{h}");
+        assert_eq!(h["database"], "ok");
+    }
+    // The state is in the database, not in the data directory.
+    assert!(!dir.path().join("state.db").exists());
+
+    quick_named(&processes[0].base, "quick", 4).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(trigger(&processes[i % 2].base, "quick").await);
+    }
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &ids {
+        let done = wait_end(&processes[0].base, id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        let claims: Vec<String> = log_lines(&processes[1].base, id)
+            .await
+            .into_iter()
+            .filter(|l| l.starts_with("claimed by worker "))
+            .collect();
+        assert_eq!(claims.len(), 1, "{id} claimed once: {claims:?}");
+        *by_worker
+            .entry(claims[0].trim_start_matches("claimed by worker ").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(by_worker.values().sum::<usize>(), 40, "{by_worker:?}");
+
+    // Artifacts from the process that did not run the execution.
+    let first = &ids[0];
+    let ran = log_lines(&processes[0].base, first)
+        .await
+        .into_iter()
+        .find_map(|l| l.strip_prefix("claimed by worker ").map(str::to_string))
+        .unwrap_or_default();
+    let other = if ran == "p0" { &processes[1] } else { &processes[0] };
+    let (s, zip) = get_bytes(&other.base, &format!("/executions/{first}/output.zip")).await;
+    assert_eq!(s, 200);
+    assert_eq!(common::scope_csv(zip, "a"), "a\n1\n2\n");
+
+    // What the API says is what a team reads in the database.
+    let counted = pg.sql_in("weir", "SELECT count(*) FROM executions WHERE status = 'success'");
+    assert!(counted.lines().any(|l| l.trim() == "41"), "{counted}");
+
+    // `weir keys` works against the same database.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "keys",
+            "create",
+            "--workspace",
+            "default",
+            "--role",
+            "viewer",
+            "--database",
+            &url,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let (s, listed) = call_as(&processes[1].base, secret, reqwest::Method::GET, "/connectors", None).await;
+    assert_eq!(s, 200, "{listed}");
+    let (s, _) = call_as(&processes[1].base, ADMIN, reqwest::Method::GET, "/connectors", None).await;
+    assert_eq!(s, 200);
+    for p in processes {
+        p.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_run_in_another_process_and_a_lost_process_is_resolved() {
+    let Some((_pg, url, s3)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = process(dir.path(), &url, &s3, "a");
+    let store = PgState::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"));
+    slow_on(&a.base, &store).await;
+    // Both run on `a` (two workers) before `b` starts.
+    let first = trigger(&a.base, "slow").await;
+    let second = trigger(&a.base, "slow").await;
+    wait(&a.base, &first, |s| s == "running").await;
+    wait(&a.base, &second, |s| s == "running").await;
+    let b = process(dir.path(), &url, &s3, "b");
+
+    // A cancel sent to `b` stops the run `a` executes.
+    let (s, doc) = call(
+        &b.base,
+        reqwest::Method::POST,
+        &format!("/executions/{first}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{doc}");
+    let canceled = wait_end(&b.base, &first).await;
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+
+    // `a` is killed: `b` resolves its other run as lost.
+    a.stop();
+    let lost = wait_end(&b.base, &second).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"]["code"], "worker_lost", "{lost}");
+    assert!(
+        log_lines(&b.base, &second)
+            .await
+            .iter()
+            .any(|l| l.starts_with("resolved by worker b")),
+        "resolved by the live process"
+    );
+    b.stop();
+}
