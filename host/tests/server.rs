@@ -1,5 +1,9 @@
 //! The HTTP API over real HTTP: a server on 127.0.0.1:0 with a fresh data
 //! directory per test, driven with reqwest as an integrator would.
+//!
+//! The same tests run twice: here on the embedded default, and in
+//! `server_postgres.rs` with the state in PostgreSQL and the files in an
+//! S3 bucket (a database and a bucket of their own per test).
 
 mod common;
 
@@ -16,6 +20,40 @@ use weir_host::server::schedules::{Clock, ManualClock, SystemClock};
 use weir_host::server::{self, App};
 
 const ADMIN: &str = "weir_test_bootstrap_admin_key_0123456789abcdef";
+
+/// Whether this is the run of the suite on PostgreSQL and S3.
+fn on_postgres() -> bool {
+    module_path!().starts_with("server_postgres")
+}
+
+/// A store on `bucket` of the S3-compatible server at `endpoint`.
+fn s3_store(endpoint: &str, bucket: &str) -> Arc<dyn object_store::ObjectStore> {
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("weir-test")
+        .with_secret_access_key("weir-test-secret")
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(store)
+}
+
+/// For the run on PostgreSQL and S3: a new database and a new bucket.
+/// Where PostgreSQL or the S3 server is not installed (never under CI,
+/// which fails instead), the test says so and runs on the embedded default.
+fn postgres_and_bucket() -> Option<(String, Arc<dyn object_store::ObjectStore>)> {
+    let database = common::services::shared_database();
+    let bucket = common::services::shared_bucket();
+    match (database, bucket) {
+        (Some(database), Some((s3, bucket))) => Some((database, s3_store(&s3.endpoint, &bucket))),
+        _ => {
+            eprintln!("this run of the test is on the embedded default: PostgreSQL or an S3 server is missing");
+            None
+        }
+    }
+}
 
 struct Server {
     base: String,
@@ -54,13 +92,26 @@ async fn start_full(
         ..ServerConfig::default()
     };
     edit(&mut config);
+    let mut bucket = None;
+    if on_postgres()
+        && let Some((database, store)) = postgres_and_bucket()
+    {
+        config.database = Some(database);
+        bucket = Some(store);
+    }
     let mut settings = config.settings().unwrap_or_else(|e| panic!("{e}"));
     // Runs execute in worker processes of the weir binary, not of this test.
     settings.worker_program = env!("CARGO_BIN_EXE_weir").into();
-    settings.blob_store = blob_store;
+    settings.blob_store = blob_store.or(bucket);
+    let on_database = settings.config.database.is_some();
     let server = server::start_with_clock(settings, clock)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        dir.path().join("state.db").exists(),
+        !on_database,
+        "the state is where the server was told to keep it"
+    );
     let addr = server.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let app = server.app.clone();
     let shutdown = CancellationToken::new();

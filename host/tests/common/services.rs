@@ -74,6 +74,80 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Runs `cleanup` (shell) once this test process has ended, however it
+/// ends: what a test binary shares between its tests lives no longer.
+fn when_this_process_ends(cleanup: &str) {
+    let pid = std::process::id();
+    let watch = format!("while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}");
+    let spawned = Command::new("sh")
+        .args(["-c", &watch])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        panic!("starting the clean-up of shared test services: {e}");
+    }
+}
+
+/// The password of the role `weir` in [`shared_postgres`].
+pub const SHARED_PASSWORD: &str = "weir-shared-test";
+
+/// One PostgreSQL cluster for every test of this binary (each takes a
+/// database of its own, [`shared_database`]), stopped when the binary
+/// ends; `None` when PostgreSQL is not installed.
+pub fn shared_postgres() -> Option<&'static Postgres> {
+    static SHARED: std::sync::OnceLock<Option<Postgres>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let pg = Postgres::start(SHARED_PASSWORD)?;
+            let pg_ctl = pg.bin.join("pg_ctl");
+            let data = pg.dir.path().join("data");
+            let stop = if is_root() {
+                format!(
+                    "runuser -u postgres -- {} -D {} -m immediate stop",
+                    pg_ctl.display(),
+                    data.display()
+                )
+            } else {
+                format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display())
+            };
+            when_this_process_ends(&format!("{stop}; rm -rf {}", pg.dir.path().display()));
+            Some(pg)
+        })
+        .as_ref()
+}
+
+/// A new database of [`shared_postgres`], and its URL.
+pub fn shared_database() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let pg = shared_postgres()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Some(pg.database(&format!("test_{n}"), SHARED_PASSWORD))
+}
+
+/// One S3-compatible server for every test of this binary (each takes a
+/// bucket of its own, [`shared_bucket`]), stopped when the binary ends.
+pub fn shared_s3() -> Option<&'static S3> {
+    static SHARED: std::sync::OnceLock<Option<S3>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let s3 = S3::start()?;
+            when_this_process_ends(&format!("kill {}", s3.child.id()));
+            Some(s3)
+        })
+        .as_ref()
+}
+
+/// A new bucket of [`shared_s3`], and its name.
+pub fn shared_bucket() -> Option<(&'static S3, String)> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let s3 = shared_s3()?;
+    let name = format!("test-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    s3.bucket(&name);
+    Some((s3, name))
+}
+
 /// A PostgreSQL cluster logging every statement it runs.
 pub struct Postgres {
     dir: tempfile::TempDir,
