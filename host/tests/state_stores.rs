@@ -10,8 +10,8 @@ use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
 use weir_engine::objects::ObjectDef;
 use weir_host::server::state::{
-    ConnectorRow, Db, ExecutionFilter, ExecutionRow, FileDeletion, FileRow, IdempotencyKey, KeyRow, Lease, PgState,
-    PluginRow, StateError, StateFault, StateStore, WebhookRow, Workspace,
+    ConnectorRow, Db, ExecutionFilter, ExecutionRow, ExecutionState, FileDeletion, FileRow, IdempotencyKey, KeyRow,
+    KeyState, Lease, LeaseState, PgState, PluginRow, StateError, StateFault, StateStore, WebhookRow, Workspace,
 };
 
 const PASSWORD: &str = "state-store-test";
@@ -677,4 +677,41 @@ fn a_database_that_does_not_answer_is_unavailable() {
     let port = common::services::free_port();
     let refused = PgState::connect(&format!("postgres://weir:x@127.0.0.1:{port}/none"), 2).err();
     assert_eq!(refused.map(kind), Some(StateFault::Unavailable));
+}
+
+#[test]
+fn a_cancel_asked_anywhere_is_signalled_to_every_listener_on_postgres() {
+    let Some(pg) = Postgres::start(PASSWORD) else { return };
+    let url = pg.database("signals", PASSWORD);
+    let asker = PgState::connect(&url, 2).unwrap_or_else(|e| panic!("{e}"));
+    let owner = PgState::connect(&url, 2).unwrap_or_else(|e| panic!("{e}"));
+    let mut signals = owner
+        .cancel_signals()
+        .unwrap_or_else(|| panic!("PostgreSQL signals cancels"));
+    let ws = asker.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+    asker
+        .insert_execution(&queued(&ws, "e1"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut doc = queued(&ws, "e1").document;
+    doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(asker.claim(&doc, "c1", 1, "owner", i64::MAX).ok(), Some(true));
+    // The listener may still be connecting: ask until it hears.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let heard = loop {
+        assert_eq!(asker.request_cancel("e1").ok(), Some(true));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(id) = signals.try_recv() {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "no signal");
+    };
+    assert_eq!(heard, "e1");
+    assert_eq!(
+        asker.request_cancel("nothing").ok(),
+        Some(false),
+        "nothing is signalled for no run"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(db.cancel_signals().is_none(), "SQLite is read instead");
 }

@@ -34,6 +34,10 @@ use super::state::{Lease, StateError};
 /// sent to another process reaches the run within this (and a write).
 const CANCEL_POLL: Duration = Duration::from_millis(10);
 
+/// How often the keeper looks at its heartbeat and sweep while cancels
+/// are signalled to it.
+const SIGNALLED_TICK: Duration = Duration::from_millis(100);
+
 /// This process among those sharing the state store, and its life lock.
 #[derive(Debug)]
 pub struct Worker {
@@ -120,13 +124,19 @@ pub fn lease_until(app: &App) -> i64 {
 /// has ended.
 pub async fn keeper(app: Arc<App>) {
     let heartbeat = app.settings.heartbeat;
+    // A store that signals cancels as they are asked is read only at each
+    // heartbeat, as the guarantee; another is read every few milliseconds.
+    let mut signals = app.db.cancel_signals();
+    let mut poll = if signals.is_some() { heartbeat } else { CANCEL_POLL };
+    let mut polled = Instant::now();
     let mut beat = Instant::now();
     let mut swept = Instant::now();
     loop {
         if app.runs.draining().is_cancelled() && app.runs.running_count() == 0 {
             return;
         }
-        if app.runs.running_count() > 0 {
+        if polled.elapsed() >= poll && app.runs.running_count() > 0 {
+            polled = Instant::now();
             match app.db.cancel_requests(app.worker.id()) {
                 Ok(ids) => {
                     for id in ids {
@@ -148,7 +158,23 @@ pub async fn keeper(app: Arc<App>) {
                 Err(e) => tracing::error!(error = %e, "resolving lost executions failed"),
             }
         }
-        tokio::time::sleep(CANCEL_POLL).await;
+        match &mut signals {
+            Some(listening) => {
+                tokio::select! {
+                    asked = listening.recv() => match asked {
+                        // A run of another process is left to it.
+                        Some(id) => queue::cancel_here(&app, &id),
+                        // No more signals: back to reading.
+                        None => {
+                            signals = None;
+                            poll = CANCEL_POLL;
+                        }
+                    },
+                    () = tokio::time::sleep(SIGNALLED_TICK) => {}
+                }
+            }
+            None => tokio::time::sleep(CANCEL_POLL).await,
+        }
     }
 }
 

@@ -57,4 +57,12 @@ pub trait LeaseState {
 
     /// How many queued executions of the workspace are ahead of `id`.
     fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64>;
+
+    /// The ids of executions whose cancel was asked, as the asks are made,
+    /// when the backend can signal them (the owner then reads
+    /// [`LeaseState::cancel_requests`] only as a guarantee, at each
+    /// heartbeat); `None` when it cannot and the owner must keep reading.
+    fn cancel_signals(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        None
+    }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The channel cancels are announced on.
+const CANCEL_CHANNEL: &str = "weir_cancel";
+
 /// The statuses of an execution a process runs (and holds a lease on).
 const LEASED: &str = "('running', 'canceling')";
 
@@ -114,8 +117,17 @@ impl LeaseState for PgState {
 
     fn request_cancel(&self, id: &str) -> Result<bool> {
         let conn = self.conn()?;
-        let sql = format!("UPDATE executions SET cancel_requested = TRUE WHERE id = $1 AND status IN {LEASED}");
-        Ok(self.wait(conn.execute(&sql, &[&id]))? > 0)
+        // Every process listening hears of it when the change commits.
+        let sql = format!(
+            "WITH asked AS (UPDATE executions SET cancel_requested = TRUE WHERE id = $1 AND status IN {LEASED}
+                            RETURNING id)
+             SELECT pg_notify('{CANCEL_CHANNEL}', id) FROM asked"
+        );
+        Ok(!self.wait(conn.query(&sql, &[&id]))?.is_empty())
+    }
+
+    fn cancel_signals(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.listen(CANCEL_CHANNEL)
     }
 
     fn leases(&self) -> Result<Vec<Lease>> {

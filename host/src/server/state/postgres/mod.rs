@@ -458,12 +458,64 @@ impl PgState {
         })
     }
 
+    /// The payloads of notifications on `channel`, as they come, from a
+    /// connection of its own that is opened again when it breaks (what was
+    /// sent meanwhile is lost: a listener reads the state it signals as a
+    /// guarantee).
+    fn listen(&self, channel: &'static str) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let url = self.url.clone();
+        runtime.spawn(async move {
+            while !tx.is_closed() {
+                if let Err(e) = forward(&url, channel, &tx).await {
+                    tracing::warn!(error = %e, channel, "listening to the state database failed; trying again");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(rx)
+    }
+
     /// Whether the database answers now.
     pub fn answers(&self) -> Result<()> {
         let conn = self.conn()?;
         self.wait(conn.simple_query("SELECT 1"))?;
         Ok(())
     }
+}
+
+/// Forwards the notifications on `channel` to `tx` until the connection
+/// ends or nobody receives.
+async fn forward(url: &str, channel: &str, tx: &tokio::sync::mpsc::UnboundedSender<String>) -> Result<()> {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (messages_tx, mut messages) = futures::channel::mpsc::unbounded();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = stream.next().await {
+            if messages_tx.unbounded_send(message).is_err() {
+                break;
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if tx.send(n.payload().to_string()).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                driver.abort();
+                return Err(e.into());
+            }
+        }
+    }
+    driver.abort();
+    Ok(())
 }
 
 impl Drop for PgState {
