@@ -185,3 +185,43 @@ async fn a_cancel_reaches_the_run_in_another_process_and_a_lost_process_is_resol
     );
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_loses_the_database_answers_503_and_recovers_by_itself() {
+    let Some((pg, url, s3)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let p = process(dir.path(), &url, &s3, "p");
+    quick_named(&p.base, "quick", 2).await;
+    let before = trigger(&p.base, "quick").await;
+    assert_eq!(wait_end(&p.base, &before).await["status"], "success");
+
+    pg.pause();
+    let (s, h) = call(&p.base, reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(s, 503, "{h}");
+    assert_eq!(
+        (h["database"].as_str(), h["object_store"].as_str()),
+        (Some("unavailable"), Some("ok"))
+    );
+    let (s, b) = call(&p.base, reqwest::Method::GET, "/connectors", None).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["code"], "database_unavailable", "{b}");
+    let (s, b) = upload(&p.base, "/connectors/quick/runs", b"a\n3\n").await;
+    assert_eq!(s, 503, "{b}");
+
+    // Back, without a restart: the process answers and runs again.
+    pg.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, _) = call(&p.base, reqwest::Method::GET, "/connectors", None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (s, h) = call(&p.base, reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200, "{h}");
+    let after = trigger(&p.base, "quick").await;
+    assert_eq!(wait_end(&p.base, &after).await["status"], "success");
+    p.stop();
+}

@@ -179,6 +179,8 @@ pub enum StorageFault {
     ReadOnly,
     /// The blob store (a remote object store) does not answer.
     Unavailable,
+    /// The state database does not answer.
+    DatabaseUnavailable,
 }
 
 impl StorageFault {
@@ -203,6 +205,7 @@ impl StorageFault {
                 match state.kind() {
                     StateFault::Full => return Some(Self::Full),
                     StateFault::ReadOnly => return Some(Self::ReadOnly),
+                    StateFault::Unavailable => return Some(Self::DatabaseUnavailable),
                     _ => {}
                 }
             }
@@ -255,6 +258,11 @@ impl From<StorageFault> for ApiError {
                 "blob_store_unavailable",
                 "the server's object store does not answer: nothing of this request was kept; retry later",
             ),
+            StorageFault::DatabaseUnavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the server's database does not answer; retry later",
+            ),
         }
     }
 }
@@ -286,6 +294,7 @@ impl From<Refusal> for ApiError {
             Kind::StorageFull => return StorageFault::Full.into(),
             Kind::StorageReadOnly => return StorageFault::ReadOnly.into(),
             Kind::StorageUnavailable => return StorageFault::Unavailable.into(),
+            Kind::DatabaseUnavailable => return StorageFault::DatabaseUnavailable.into(),
             // Logged where it was made.
             Kind::Internal => {
                 return Self::new(

@@ -35,6 +35,8 @@ pub enum Kind {
     StorageReadOnly,
     /// The server's object store does not answer: nothing was kept.
     StorageUnavailable,
+    /// The server's database does not answer.
+    DatabaseUnavailable,
     /// The server failed; the detail is in its log, not in the refusal.
     Internal,
 }
@@ -119,6 +121,7 @@ impl Refusal {
                 StorageFault::Full => Self::new(Kind::StorageFull, "storage_full", ""),
                 StorageFault::ReadOnly => Self::new(Kind::StorageReadOnly, "storage_read_only", ""),
                 StorageFault::Unavailable => Self::new(Kind::StorageUnavailable, "blob_store_unavailable", ""),
+                StorageFault::DatabaseUnavailable => Self::new(Kind::DatabaseUnavailable, "database_unavailable", ""),
             };
         }
         tracing::error!(error = %detail, "internal error");

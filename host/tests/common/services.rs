@@ -193,21 +193,8 @@ impl Postgres {
         ]);
         run(init, "initdb");
         let port = free_port();
-        let mut start = command_as("postgres", &bin.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("server.log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c fsync=off",
-                dir.path().display()
-            ))
-            .args(["-w", "start"])
-            .stdout(Stdio::null());
-        run(start, "pg_ctl start");
         let pg = Postgres { dir, bin, port };
+        pg.resume();
         pg.psql(&format!("CREATE ROLE weir LOGIN PASSWORD '{password}'"));
         // CREATE DATABASE cannot share a transaction with anything.
         pg.psql("CREATE DATABASE shop OWNER weir");
@@ -220,6 +207,36 @@ impl Postgres {
             "postgres://weir:{password}@127.0.0.1:{}/shop?sslmode=disable",
             self.port
         )
+    }
+
+    /// Stops the server (fast shutdown: connections are closed); the
+    /// cluster and its port stay for [`Postgres::resume`].
+    pub fn pause(&self) {
+        let mut stop = command_as("postgres", &self.bin.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null());
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts the server on the cluster, on its port.
+    pub fn resume(&self) {
+        let mut start = command_as("postgres", &self.bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ))
+            .args(["-w", "start"])
+            .stdout(Stdio::null());
+        run(start, "pg_ctl start");
     }
 
     /// A new empty database `name` owned by `weir`, and its URL.
