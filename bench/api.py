@@ -15,7 +15,11 @@ The server is the `weir` binary (`--weir`, else built), started on a fresh
 data directory. Targets (issue): status >= 10k req/s with p99 <= 10 ms,
 cancel p99 <= 100 ms.
 
-    python3 bench/api.py [--weir PATH] [--seconds 10] [--cancels 50]
+    python3 bench/api.py [--weir PATH] [--seconds 10] [--cancels 50] [--backends embedded,postgres]
+
+With `--backends embedded,postgres` it measures both, one after the other in
+one run: the embedded default, then the state in PostgreSQL and the files in
+an S3 bucket (moto), each started for the bench (psycopg reads the state).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from io import BytesIO
 from pathlib import Path
 
 import harness
+from backends import Backend
 
 KEY = "weir_bench_admin_key_0123456789abcdef0123456789"
 
@@ -103,7 +108,34 @@ def wait_status(api: Api, ex: str, wanted: set[str], timeout: float = 600) -> di
     raise SystemExit(f"execution {ex} stuck: {doc}")
 
 
-def setup(api: Api, db: Path) -> None:
+class StateDb:
+    """The server's state database, read and poked by the benches: the data
+    directory's SQLite file, or a PostgreSQL database (`postgres://…`)."""
+
+    def __init__(self, where: Path | str):
+        self.postgres = isinstance(where, str)
+        if self.postgres:
+            import psycopg  # only the PostgreSQL runs need it
+            self.con = psycopg.connect(where, autocommit=True)
+        else:
+            self.con = sqlite3.connect(where)
+
+    def one(self, sql: str, *params: object) -> tuple:
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        row = self.con.execute(sql, params).fetchone()
+        return row
+
+    def execute(self, sql: str) -> None:
+        self.con.execute(sql)
+        if not self.postgres:
+            self.con.commit()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def setup(api: Api, db: Path | str) -> None:
     status, _ = api.json("POST", "/objects", {"name": "contact", "fields": [
         {"name": "email", "type": "email", "unique": True}, {"name": "city", "type": "text"}]})
     assert status == 201, status
@@ -129,11 +161,10 @@ def setup(api: Api, db: Path) -> None:
         assert status == 201, body
         if name == "slow":
             # Publishing dry-runs the script, which would take minutes.
-            con = sqlite3.connect(db)
+            con = StateDb(db)
             con.execute("UPDATE connectors SET live_version = 1, draft_version = 2 WHERE api_name = 'slow'")
             con.execute("INSERT INTO sql_versions SELECT connector_id, 2, text, created_at, NULL FROM sql_versions "
                         "WHERE connector_id = (SELECT id FROM connectors WHERE api_name = 'slow')")
-            con.commit()
             con.close()
         else:
             status, body = api.json("POST", f"/connectors/{name}/sql/publish", {})
@@ -192,9 +223,9 @@ def bench_triggers(port: int, seconds: int, threads: int = 4) -> dict:
             "p99_ms": percentile(latencies, 99), "errors": errors[0]}
 
 
-def drain_queue(api: Api, db: Path) -> None:
-    con = sqlite3.connect(db)
-    while con.execute("SELECT count(*) FROM executions WHERE status IN ('queued','running','canceling')").fetchone()[0]:
+def drain_queue(api: Api, db: Path | str) -> None:
+    con = StateDb(db)
+    while con.one("SELECT count(*) FROM executions WHERE status IN ('queued','running','canceling')")[0]:
         time.sleep(0.2)
     con.close()
 
@@ -210,12 +241,12 @@ def wait_in_stage(api: Api, ex: str, stage: int) -> None:
         time.sleep(0.001)
 
 
-def timed_cancel(api: Api, con: sqlite3.Connection, ex: str) -> float:
+def timed_cancel(api: Api, con: StateDb, ex: str) -> float:
     """Cancels `ex`; milliseconds until `canceled` is stored in the state database."""
     t = time.perf_counter()
     status, _ = api.call("POST", f"/executions/{ex}/cancel")
     assert status == 202, status
-    while con.execute("SELECT status FROM executions WHERE id = ?", (ex,)).fetchone()[0] != "canceled":
+    while con.one("SELECT status FROM executions WHERE id = ?", ex)[0] != "canceled":
         time.sleep(0.0005)
     return (time.perf_counter() - t) * 1000
 
@@ -255,8 +286,8 @@ def workbook(rows: int) -> bytes:
     return out.getvalue()
 
 
-def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes, book: bytes) -> list[float]:
-    con = sqlite3.connect(db)
+def cancel_latency(api: Api, db: Path | str, stage: str, n: int, big: bytes, book: bytes) -> list[float]:
+    con = StateDb(db)
     out = []
     for _ in range(n):
         if stage == "intake":
@@ -285,45 +316,62 @@ def cancel_latency(api: Api, db: Path, stage: str, n: int, big: bytes, book: byt
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weir", help="path of the weir binary (default: build it)")
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--cancels", type=int, default=50)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed (apt-get install wrk)")
-    weir = harness.locate_weir(args.weir)
+def run_on(weir: Path, backend: Backend, args: argparse.Namespace) -> dict:
+    """Every measurement on servers keeping their state and files in `backend`."""
     data_dir = Path(tempfile.mkdtemp(prefix="weir-api-bench-"))
-    proc, port = start_server(weir, data_dir)
-    db = data_dir / "state.db"
+    env, db = backend.fresh(data_dir)
+    proc, port = start_server(weir, data_dir, **env)
+    label = backend.name
     try:
         api = Api(port)
         setup(api, db)
         _, doc = api.call("POST", "/connectors/small/runs?filename=t.csv", b"email,city\na@example.com,X\n", "text/csv")
         wait_status(api, doc["id"], {"success", "partial_success"})
         status = bench_status(port, doc["id"], args.seconds)
-        print(f"status: {status['requests_per_s']:.0f} req/s, p50 {status['p50_ms']:.2f} ms, "
+        print(f"[{label}] status: {status['requests_per_s']:.0f} req/s, p50 {status['p50_ms']:.2f} ms, "
               f"p99 {status['p99_ms']:.2f} ms, non-2xx {status['non_2xx']}")
         triggers = bench_triggers(port, args.seconds)
-        print(f"triggers: {triggers['triggers_per_s']:.0f}/s accepted, p50 {triggers['p50_ms']:.1f} ms, "
+        print(f"[{label}] triggers: {triggers['triggers_per_s']:.0f}/s accepted, p50 {triggers['p50_ms']:.1f} ms, "
               f"p99 {triggers['p99_ms']:.1f} ms, errors {triggers['errors']}")
         drain_queue(api, db)
         big = ("email,city\n" + "".join(f"u{i}@example.com,C{i % 50}\n" for i in range(300_000))).encode()
         book = workbook(300_000)
         results = {"status": status, "triggers": triggers}
-        for stage in ("intake", "sql", "load"):
+        for stage in args.stages.split(","):
             lat = cancel_latency(api, db, stage, args.cancels, big, book)
             results[f"cancel_{stage}"] = {"n": len(lat), "p50_ms": statistics.median(lat),
                                           "p99_ms": percentile(lat, 99), "max_ms": max(lat)}
-            print(f"cancel in {stage}: p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms "
-                  f"(n = {len(lat)})")
-        results["machine"] = harness.machine_info()
-        print("results:", harness.write_results("api", results))
+            print(f"[{label}] cancel in {stage}: p50 {statistics.median(lat):.1f} ms, "
+                  f"p99 {percentile(lat, 99):.1f} ms (n = {len(lat)})")
+        return results
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weir", help="path of the weir binary (default: build it)")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--cancels", type=int, default=50)
+    parser.add_argument("--stages", default="intake,sql,load", help="the stages cancels are measured in")
+    parser.add_argument("--backends", default="embedded",
+                        help="embedded, postgres (state in PostgreSQL, files in an S3 bucket), or both: "
+                             "embedded,postgres")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed (apt-get install wrk)")
+    weir = harness.locate_weir(args.weir)
+    results: dict = {}
+    for name in args.backends.split(","):
+        backend = Backend(name)
+        try:
+            results[name] = run_on(weir, backend, args)
+        finally:
+            backend.stop()
+    results["machine"] = harness.machine_info()
+    print("results:", harness.write_results("api", results))
 
 
 if __name__ == "__main__":

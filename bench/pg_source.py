@@ -79,6 +79,13 @@ class Cluster:
             ALTER TABLE orders OWNER TO weir;""")
         self.psql("shop", "VACUUM ANALYZE orders")
 
+    def database(self, name: str) -> str:
+        """A new empty database `name` owned by `weir`, and its URL."""
+        self.psql("postgres", f"DO $$ BEGIN CREATE ROLE weir LOGIN PASSWORD '{PASSWORD}'; "
+                              "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        self.psql("postgres", f"CREATE DATABASE {name} OWNER weir")
+        return f"postgres://weir:{PASSWORD}@127.0.0.1:{self.port}/{name}?sslmode=disable"
+
     def psql(self, db: str, sql: str) -> None:
         subprocess.run([str(self.bin / "psql"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres",
                         "-d", db, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, stdout=subprocess.DEVNULL)

@@ -8,21 +8,22 @@
    and then 3 processes (2 workers each), from the first trigger to the
    last end.
 
-    python3 bench/processes.py [--weir PATH] [--cancels 50] [--runs 120]
+    python3 bench/processes.py [--weir PATH] [--cancels 50] [--runs 120] [--processes 1,2,3]
+                               [--backends embedded,postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import harness
-from api import Api, percentile, setup, start_server, timed_cancel, wait_status
+from api import Api, StateDb, percentile, setup, start_server, timed_cancel, wait_status
+from backends import Backend
 
 
 def claimer(api: Api, ex: str) -> str:
@@ -33,21 +34,22 @@ def claimer(api: Api, ex: str) -> str:
     raise SystemExit(f"{ex} was not claimed")
 
 
-def cancel_across(weir: Path, n: int) -> list[float]:
+def cancel_across(weir: Path, backend: Backend, n: int) -> list[float]:
     data_dir = Path(tempfile.mkdtemp(prefix="weir-processes-bench-"))
+    env, db = backend.fresh(data_dir)
     procs = []
     try:
         # B first, kept busy by a run of its own, so that A claims the rest.
-        b_proc, b_port = start_server(weir, data_dir, WEIR_WORKER_ID="b", WEIR_WORKERS="1")
+        b_proc, b_port = start_server(weir, data_dir, WEIR_WORKER_ID="b", WEIR_WORKERS="1", **env)
         procs.append(b_proc)
         b = Api(b_port)
-        setup(b, data_dir / "state.db")
+        setup(b, db)
         _, held = b.call("POST", "/connectors/slow/runs?filename=x.csv", b"a\n1\n", "text/csv")
         wait_status(b, held["id"], {"running"})
-        a_proc, a_port = start_server(weir, data_dir, WEIR_WORKER_ID="a", WEIR_WORKERS="2")
+        a_proc, a_port = start_server(weir, data_dir, WEIR_WORKER_ID="a", WEIR_WORKERS="2", **env)
         procs.append(a_proc)
         a = Api(a_port)
-        con = sqlite3.connect(data_dir / "state.db")
+        con = StateDb(db)
         out = []
         for _ in range(n):
             _, doc = a.call("POST", "/connectors/slow/runs?filename=x.csv", b"a\n1\n", "text/csv")
@@ -65,17 +67,18 @@ def cancel_across(weir: Path, n: int) -> list[float]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def noop_rate(weir: Path, processes: int, runs: int) -> float:
+def noop_rate(weir: Path, backend: Backend, processes: int, runs: int) -> float:
     data_dir = Path(tempfile.mkdtemp(prefix="weir-processes-bench-"))
+    env, db = backend.fresh(data_dir)
     procs = []
     try:
         apis = []
         for i in range(processes):
-            proc, port = start_server(weir, data_dir, WEIR_WORKER_ID=f"p{i}")
+            proc, port = start_server(weir, data_dir, WEIR_WORKER_ID=f"p{i}", **env)
             procs.append(proc)
             apis.append(Api(port))
             if i == 0:
-                setup(apis[0], data_dir / "state.db")
+                setup(apis[0], db)
         started = time.perf_counter()
         ids = []
         for i in range(runs):
@@ -98,17 +101,27 @@ def main() -> None:
     parser.add_argument("--weir", help="path of the weir binary (default: build it)")
     parser.add_argument("--cancels", type=int, default=50)
     parser.add_argument("--runs", type=int, default=120)
+    parser.add_argument("--processes", default="1,3", help="the numbers of processes no-op runs are spread over")
+    parser.add_argument("--backends", default="embedded",
+                        help="embedded, postgres (state in PostgreSQL, files in an S3 bucket), or embedded,postgres")
     args = parser.parse_args()
     weir = harness.locate_weir(args.weir)
-    lat = cancel_across(weir, args.cancels)
-    results = {"cancel_across": {"n": len(lat), "p50_ms": statistics.median(lat),
-                                 "p99_ms": percentile(lat, 99), "max_ms": max(lat)}}
-    print(f"cancel across processes: p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms "
-          f"(n = {len(lat)})")
-    for n in (1, 3):
-        rate = noop_rate(weir, n, args.runs)
-        results[f"noop_runs_per_s_{n}"] = rate
-        print(f"no-op runs with {n} process(es): {rate:.1f}/s ({args.runs} runs)")
+    results: dict = {}
+    for name in args.backends.split(","):
+        backend = Backend(name)
+        try:
+            lat = cancel_across(weir, backend, args.cancels)
+            res = {"cancel_across": {"n": len(lat), "p50_ms": statistics.median(lat),
+                                     "p99_ms": percentile(lat, 99), "max_ms": max(lat)}}
+            print(f"[{name}] cancel across processes: p50 {statistics.median(lat):.1f} ms, "
+                  f"p99 {percentile(lat, 99):.1f} ms (n = {len(lat)})")
+            for n in (int(p) for p in args.processes.split(",")):
+                rate = noop_rate(weir, backend, n, args.runs)
+                res[f"noop_runs_per_s_{n}"] = rate
+                print(f"[{name}] no-op runs with {n} process(es): {rate:.1f}/s ({args.runs} runs)")
+            results[name] = res
+        finally:
+            backend.stop()
     results["machine"] = harness.machine_info()
     print("results:", harness.write_results("processes", results))
 

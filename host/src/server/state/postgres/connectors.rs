@@ -157,12 +157,15 @@ impl ConnectorState for PgState {
     }
 
     fn connector(&self, workspace_id: &str, id_or_name: &str) -> Result<Option<ConnectorRow>> {
-        Ok(self
-            .connectors_where(
-                "workspace_id = $1 AND (id = $2 OR api_name = $2)",
-                &[&workspace_id, &id_or_name],
-            )?
-            .pop())
+        // Every request naming a connector: prepared once per connection.
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
+            "SELECT id, workspace_id, api_name, definition, sample_file_id, draft_version, live_version, created_at,
+             updated_at FROM connectors WHERE workspace_id = $1 AND (id = $2 OR api_name = $2)",
+        )?;
+        let row = self.wait(conn.query_opt(&statement, &[&workspace_id, &id_or_name]))?;
+        row.as_ref().map(connector_row).transpose()
     }
 
     fn connector_by_id(&self, id: &str) -> Result<Option<ConnectorRow>> {

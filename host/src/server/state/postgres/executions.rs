@@ -143,11 +143,16 @@ impl ExecutionState for PgState {
     }
 
     fn execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
-        let conn = self.conn()?;
-        let sql = format!(
-            "SELECT workspace_id, connector_id, definition, script, input_name, {DOCUMENT} FROM executions WHERE id = $1"
-        );
-        let row = self.wait(conn.query_opt(&sql, &[&id]))?;
+        let mut conn = self.conn()?;
+        // As DOCUMENT, written out to be prepared once per connection.
+        let statement = self.statement(
+            &mut conn,
+            "SELECT workspace_id, connector_id, definition, script, input_name,
+             (CASE WHEN cancel_requested AND status = 'running'
+              THEN jsonb_set(document, '{status}', '\"canceling\"') ELSE document END)::text
+             FROM executions WHERE id = $1",
+        )?;
+        let row = self.wait(conn.query_opt(&statement, &[&id]))?;
         row.map(|r| {
             Ok(ExecutionRow {
                 document: serde_json::from_str(r.get::<_, &str>(5))?,
@@ -234,15 +239,16 @@ impl ExecutionState for PgState {
     }
 
     fn append_log(&self, execution_id: &str, level: &str, message: &str) -> Result<()> {
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
+            "INSERT INTO execution_logs (execution_id, seq, at, level, message)
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM execution_logs WHERE execution_id = $1",
+        )?;
         // Processes may write one execution's log at once (its owner, a
         // cancel, the sweeper): a number taken meanwhile is taken again.
         for _ in 0..20 {
-            let written = self.wait(conn.execute(
-                "INSERT INTO execution_logs (execution_id, seq, at, level, message)
-                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM execution_logs WHERE execution_id = $1",
-                &[&execution_id, &now(), &level, &message],
-            ));
+            let written = self.wait(conn.execute(&statement, &[&execution_id, &now(), &level, &message]));
             match written {
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
                 other => {
@@ -258,12 +264,13 @@ impl ExecutionState for PgState {
     }
 
     fn logs(&self, execution_id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>> {
-        let conn = self.conn()?;
-        let rows = self.wait(conn.query(
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
             "SELECT seq, at, level, message FROM execution_logs WHERE execution_id = $1 AND seq > $2
              ORDER BY seq LIMIT $3",
-            &[&execution_id, &(after as i64), &(limit as i64)],
-        ))?;
+        )?;
+        let rows = self.wait(conn.query(&statement, &[&execution_id, &(after as i64), &(limit as i64)]))?;
         Ok(rows
             .iter()
             .map(|r| LogLine {

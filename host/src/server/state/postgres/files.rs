@@ -199,11 +199,13 @@ impl FileState for PgState {
     }
 
     fn content_removals(&self, sha256: &str) -> Result<ContentRemovals> {
-        let conn = self.conn()?;
-        let row = self.wait(conn.query_opt(
+        // Read twice by every upload.
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
             "SELECT generation, active, active_since FROM content_removals WHERE sha256 = $1",
-            &[&sha256],
-        ))?;
+        )?;
+        let row = self.wait(conn.query_opt(&statement, &[&sha256]))?;
         Ok(match row {
             Some(r) => ContentRemovals {
                 begun: r.get(0),

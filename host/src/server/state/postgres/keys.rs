@@ -29,9 +29,14 @@ fn workspace_row(r: &Row) -> Workspace {
 
 impl KeyState for PgState {
     fn key_by_hash(&self, sha256: &str) -> Result<Option<KeyRow>> {
-        let conn = self.conn()?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_sha256 = $1");
-        Ok(self.wait(conn.query_opt(&sql, &[&sha256]))?.as_ref().map(key_row))
+        // Every request: a statement prepared once per connection.
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
+            "SELECT id, workspace_id, name, role, connectors, secret_sha256, created_at, revoked_at
+             FROM api_keys WHERE secret_sha256 = $1",
+        )?;
+        Ok(self.wait(conn.query_opt(&statement, &[&sha256]))?.as_ref().map(key_row))
     }
 
     fn workspace_named(&self, name: &str) -> Result<Workspace> {

@@ -257,40 +257,54 @@ struct Pool {
 }
 
 struct PoolState {
-    idle: Vec<Client>,
+    idle: Vec<Pooled>,
     open: usize,
+}
+
+/// A connection, with the statements prepared on it.
+struct Pooled {
+    client: Client,
+    statements: std::collections::HashMap<&'static str, tokio_postgres::Statement>,
 }
 
 /// A connection of the pool, returned to it when dropped (or closed for
 /// good when it broke).
 struct Conn<'a> {
-    client: Option<Client>,
+    pooled: Option<Pooled>,
     pool: &'a Pool,
+}
+
+impl Conn<'_> {
+    fn pooled(&mut self) -> &mut Pooled {
+        self.pooled
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
+    }
 }
 
 impl std::ops::Deref for Conn<'_> {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.client
+        &self
+            .pooled
             .as_ref()
             .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
+            .client
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
+        &mut self.pooled().client
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let mut state = self.pool.lock();
-        match self.client.take() {
-            Some(client) if !client.is_closed() => state.idle.push(client),
+        match self.pooled.take() {
+            Some(pooled) if !pooled.client.is_closed() => state.idle.push(pooled),
             _ => state.open -= 1,
         }
         self.pool.freed.notify_one();
@@ -338,9 +352,29 @@ impl PgState {
     }
 
     /// Runs `work` to its end on this thread. Only the connections'
-    /// sockets need the store's runtime, which drives them.
+    /// sockets need the store's runtime, which drives them. On a worker
+    /// thread of a multi-threaded runtime (the server's), the thread's other
+    /// tasks move to another thread meanwhile, so requests waiting on the
+    /// database do not hold up the others.
     fn wait<T>(&self, work: impl Future<Output = T>) -> T {
-        futures::executor::block_on(work)
+        let on_workers = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_workers {
+            tokio::task::block_in_place(|| futures::executor::block_on(work))
+        } else {
+            futures::executor::block_on(work)
+        }
+    }
+
+    /// `sql` prepared on `conn`, once per connection: a statement used
+    /// often then takes one round trip, not two.
+    fn statement(&self, conn: &mut Conn<'_>, sql: &'static str) -> Result<tokio_postgres::Statement> {
+        if let Some(statement) = conn.pooled().statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.wait(conn.prepare(sql))?;
+        conn.pooled().statements.insert(sql, statement.clone());
+        Ok(statement)
     }
 
     /// A connection: an idle one, a new one while fewer than the pool's
@@ -349,13 +383,13 @@ impl PgState {
         let deadline = std::time::Instant::now() + POOL_WAIT;
         let mut state = self.pool.lock();
         loop {
-            while let Some(client) = state.idle.pop() {
-                if client.is_closed() {
+            while let Some(pooled) = state.idle.pop() {
+                if pooled.client.is_closed() {
                     state.open -= 1;
                     continue;
                 }
                 return Ok(Conn {
-                    client: Some(client),
+                    pooled: Some(pooled),
                     pool: &self.pool,
                 });
             }
@@ -364,7 +398,10 @@ impl PgState {
                 drop(state);
                 return match self.open() {
                     Ok(client) => Ok(Conn {
-                        client: Some(client),
+                        pooled: Some(Pooled {
+                            client,
+                            statements: std::collections::HashMap::new(),
+                        }),
                         pool: &self.pool,
                     }),
                     Err(e) => {
