@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::services::{Postgres, S3};
-use common::{ADMIN, Process, call, call_as, get_bytes, quick_named, serve, slow_on, upload, wait, wait_end};
+use common::{
+    ADMIN, Process, call, call_as, get_bytes, log_lines, quick_named, serve, slow_on, trigger, upload, wait, wait_end,
+};
 use weir_host::server::state::PgState;
 
 const PASSWORD: &str = "weir-postgres-test";
@@ -38,32 +40,6 @@ fn process(dir: &Path, database: &str, s3: &S3, name: &str) -> Process {
         ("WEIR_HEARTBEAT", "200ms"),
     ]);
     serve(dir, &env)
-}
-
-async fn trigger(base: &str, connector: &str) -> String {
-    let (s, b) = upload(base, &format!("/connectors/{connector}/runs"), b"a\n1\n2\n").await;
-    assert_eq!(s, 202, "{b}");
-    b["id"].as_str().unwrap_or_default().to_string()
-}
-
-async fn log_lines(base: &str, id: &str) -> Vec<String> {
-    let (s, b) = call(
-        base,
-        reqwest::Method::GET,
-        &format!("/executions/{id}/logs?limit=500"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    b["data"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(|l| l["message"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

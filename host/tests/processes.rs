@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Process, call, get_bytes, quick_named, serve, slow, status_of, upload, wait, wait_end};
+use common::{Process, call, get_bytes, log_lines, quick_named, serve, slow, status_of, trigger, wait, wait_end};
 use serde_json::Value;
 
 /// Process `name` on `dir`, with `workers` workers and short leases.
@@ -34,38 +34,12 @@ async fn claimer(base: &str, id: &str) -> String {
     claims[0].trim_start_matches("claimed by worker ").to_string()
 }
 
-async fn log_lines(base: &str, id: &str) -> Vec<String> {
-    let (s, b) = call(
-        base,
-        reqwest::Method::GET,
-        &format!("/executions/{id}/logs?limit=500"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    b["data"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(|l| l["message"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn signal(p: &Process, name: &str) {
     let sent = Command::new("sh")
         .args(["-c", &format!("kill -{name} {}", p.child.id())])
         .status()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(sent.success(), "kill -{name}");
-}
-
-async fn trigger(base: &str, connector: &str) -> String {
-    let (s, b) = upload(base, &format!("/connectors/{connector}/runs"), b"a\n1\n2\n").await;
-    assert_eq!(s, 202, "{b}");
-    b["id"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,3 +386,31 @@ pub async fn quick_named(base: &str, name: &str, concurrency: u32) {
     assert_eq!(s, 201, "{b}");
     go_live(base, name).await;
 }
+
+/// Triggers a run of `connector` on a small CSV upload; its execution id.
+pub async fn trigger(base: &str, connector: &str) -> String {
+    let (s, b) = upload(base, &format!("/connectors/{connector}/runs"), b"a\n1\n2\n").await;
+    assert_eq!(s, 202, "{b}");
+    b["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// The messages of execution `id`'s log.
+pub async fn log_lines(base: &str, id: &str) -> Vec<String> {
+    let (s, b) = call(
+        base,
+        reqwest::Method::GET,
+        &format!("/executions/{id}/logs?limit=500"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    b["data"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| l["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
