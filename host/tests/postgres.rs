@@ -10,7 +10,8 @@ use std::path::Path;
 
 use common::services::{Postgres, S3};
 use common::{
-    ADMIN, Process, call, call_as, get_bytes, log_lines, quick_named, serve, slow_on, trigger, upload, wait, wait_end,
+    ADMIN, Process, call, call_as, get_bytes, log_lines, quick_named, serve, slow_on, status_of, trigger, upload, wait,
+    wait_end,
 };
 use weir_host::server::state::PgState;
 
@@ -199,5 +200,71 @@ async fn a_process_that_loses_the_database_answers_503_and_recovers_by_itself() 
     assert_eq!(s, 200, "{h}");
     let after = trigger(&p.base, "quick").await;
     assert_eq!(wait_end(&p.base, &after).await["status"], "success");
+    p.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_acknowledged_triggers_outlive_ten_seconds_without_the_database() {
+    let Some((pg, url, s3)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Default lease and heartbeat: an outage shorter than the lease loses no
+    // run. One worker, held by the long run: the triggers wait in the queue.
+    let aws = s3.env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("WEIR_DATABASE", url.as_str()),
+        ("WEIR_OBJECT_STORE", "s3://weir/outage"),
+        ("WEIR_WORKERS", "1"),
+    ]);
+    let p = serve(dir.path(), &env);
+    let store = PgState::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"));
+    slow_on(&p.base, &store).await;
+    drop(store);
+    quick_named(&p.base, "quick", 1).await;
+    let long = trigger(&p.base, "slow").await;
+    wait(&p.base, &long, |s| s == "running").await;
+    let mut acknowledged = Vec::new();
+    for _ in 0..5 {
+        acknowledged.push(trigger(&p.base, "quick").await);
+    }
+    for id in &acknowledged {
+        assert_eq!(status_of(&p.base, id).await["status"], "queued", "{id}");
+    }
+
+    pg.pause();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    let (s, b) = call(&p.base, reqwest::Method::GET, &format!("/executions/{long}"), None).await;
+    assert_eq!(s, 503, "{b}");
+    pg.resume();
+
+    // The run that went on through the outage is still this process's, and
+    // the triggers still wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let doc = loop {
+        let (s, doc) = call(&p.base, reqwest::Method::GET, &format!("/executions/{long}"), None).await;
+        if s == 200 {
+            break doc;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(doc["status"], "running", "{doc}");
+    for id in &acknowledged {
+        assert_eq!(status_of(&p.base, id).await["status"], "queued", "{id}");
+    }
+    let (s, b) = call(
+        &p.base,
+        reqwest::Method::POST,
+        &format!("/executions/{long}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(wait_end(&p.base, &long).await["status"], "canceled");
+    // Every trigger answered 202 before the outage runs once, after it.
+    for id in &acknowledged {
+        let done = wait_end(&p.base, id).await;
+        assert_eq!(done["status"], "success", "{done}");
+    }
     p.stop();
 }
