@@ -715,3 +715,35 @@ fn a_cancel_asked_anywhere_is_signalled_to_every_listener_on_postgres() {
     let db = Db::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"));
     assert!(db.cancel_signals().is_none(), "SQLite is read instead");
 }
+
+#[test]
+fn one_process_at_a_time_holds_the_sweepers_turn() {
+    on_both(|db| {
+        assert_eq!(
+            db.sweeper_turn("a", 1_000, 3_000).ok(),
+            Some(true),
+            "the first takes it"
+        );
+        assert_eq!(
+            db.sweeper_turn("b", 2_000, 4_000).ok(),
+            Some(false),
+            "not while a holds it"
+        );
+        assert_eq!(
+            db.sweeper_turn("a", 2_500, 4_500).ok(),
+            Some(true),
+            "its holder keeps it"
+        );
+        assert_eq!(db.sweeper_turn("b", 4_000, 6_000).ok(), Some(false));
+        assert_eq!(
+            db.sweeper_turn("b", 4_600, 6_600).ok(),
+            Some(true),
+            "once a's turn has passed"
+        );
+        assert_eq!(
+            db.sweeper_turn("a", 5_000, 7_000).ok(),
+            Some(false),
+            "and a waits its turn"
+        );
+    });
+}

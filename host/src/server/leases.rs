@@ -152,7 +152,7 @@ pub async fn keeper(app: Arc<App>) {
         }
         if swept.elapsed() >= heartbeat && !app.runs.draining().is_cancelled() {
             swept = Instant::now();
-            match sweep(&app) {
+            match sweep_in_turn(&app) {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(executions = n, "resolved executions whose process was lost"),
                 Err(e) => tracing::error!(error = %e, "resolving lost executions failed"),
@@ -195,6 +195,17 @@ fn renew(app: &App) {
         }
         Err(e) => tracing::error!(error = %e, "renewing leases failed"),
     }
+}
+
+/// [`sweep`], when it is this process's turn: one process at a time
+/// sweeps, its turn lasting a lease and renewed as it sweeps, so that a
+/// turn whose process is lost passes to another.
+fn sweep_in_turn(app: &App) -> Result<usize, StateError> {
+    let now = now_ms();
+    if !app.db.sweeper_turn(app.worker.id(), now, lease_until(app))? {
+        return Ok(0);
+    }
+    sweep(app)
 }
 
 /// Resolves every run whose process is lost: its lease expired, its

@@ -58,6 +58,11 @@ pub trait LeaseState {
     /// How many queued executions of the workspace are ahead of `id`.
     fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64>;
 
+    /// Takes (or keeps) the sweeper's turn for `owner` until `until`
+    /// (milliseconds since the epoch), unless another process holds it past
+    /// `now`: one process at a time resolves the runs of lost processes.
+    fn sweeper_turn(&self, owner: &str, now: i64, until: i64) -> Result<bool>;
+
     /// The ids of executions whose cancel was asked, as the asks are made,
     /// when the backend can signal them (the owner then reads
     /// [`LeaseState::cancel_requests`] only as a guarantee, at each

@@ -160,6 +160,17 @@ impl LeaseState for PgState {
         Ok(self.wait(conn.execute(&sql, &[&seen.id, &seen.owner, &seen.until, &by]))? > 0)
     }
 
+    fn sweeper_turn(&self, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let conn = self.conn()?;
+        let n = self.wait(conn.execute(
+            "INSERT INTO sweeper (id, owner, until) VALUES (1, $1, $3)
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, until = excluded.until
+             WHERE sweeper.owner = excluded.owner OR sweeper.until < $2",
+            &[&owner, &now, &until],
+        ))?;
+        Ok(n == 1)
+    }
+
     fn queued(&self) -> Result<Vec<(String, String, bool)>> {
         let conn = self.conn()?;
         let rows = self.wait(conn.query(

@@ -72,7 +72,8 @@ fn fault_of(code: &SqlState) -> StateFault {
 const MIGRATION_LOCK: i64 = 0x5745_4952_5f53_4348; // "WEIR_SCH"
 
 /// Migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workspaces (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -234,7 +235,16 @@ CREATE TABLE schedule_ticks (
     PRIMARY KEY (connector_id, tick_at)
 );
 CREATE INDEX schedule_ticks_by_execution ON schedule_ticks (execution_id);
-"#];
+"#,
+    // One process at a time sweeps lost runs: the one whose turn this is.
+    r#"
+CREATE TABLE sweeper (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT NOT NULL,
+    until BIGINT NOT NULL
+);
+"#,
+];
 
 /// The statuses of an execution that has ended, as SQL.
 const ENDED: &str = "('success', 'partial_success', 'failed', 'canceled')";

@@ -124,6 +124,16 @@ impl LeaseState for Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn sweeper_turn(&self, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let n = self.lock().execute(
+            "INSERT INTO sweeper (id, owner, until) VALUES (1, ?1, ?3)
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, until = excluded.until
+             WHERE sweeper.owner = excluded.owner OR sweeper.until < ?2",
+            params![owner, now, until],
+        )?;
+        Ok(n == 1)
+    }
+
     fn queue_position(&self, workspace_id: &str, id: &str) -> Result<u64> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(QUEUE_POSITION)?;

@@ -283,6 +283,14 @@ CREATE TABLE content_removals (
 ALTER TABLE content_removals ADD COLUMN active INTEGER NOT NULL DEFAULT 0;
 UPDATE content_removals SET active = 1 WHERE active_since IS NOT NULL;
 "#,
+    // One process at a time sweeps lost runs: the one whose turn this is.
+    r#"
+CREATE TABLE sweeper (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT NOT NULL,
+    until INTEGER NOT NULL
+);
+"#,
 ];
 
 /// An execution's document as readers see it: a running execution whose
