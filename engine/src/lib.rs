@@ -50,6 +50,7 @@ pub mod naming;
 pub mod objects;
 pub mod output;
 pub mod package;
+pub mod pg;
 pub mod pipeline;
 pub mod plugin;
 mod pushdown;

@@ -4,22 +4,19 @@
 //!
 //! The driver is `tokio-postgres` (already what the engine's PostgreSQL
 //! sources use): asynchronous, with `COPY` and `LISTEN/NOTIFY`. The state
-//! store's traits are synchronous, as SQLite is, so the connections run on
-//! a small runtime of the store's own and a call waits for its answer on
-//! the calling thread: the client half of a connection needs no runtime,
-//! so a call borrows its arguments and works from any thread, in or out of
-//! the server's runtime.
+//! store's traits are synchronous, as SQLite is: calls wait for their
+//! answers through the engine's [`PgPool`].
 //!
 //! Schema changes are numbered migrations, applied once under an advisory
 //! lock (processes starting together apply each once) and recorded in
 //! `weir_schema`; a database newer than this binary is refused.
 
 use std::future::Future;
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use weir_engine::pg::{ConnectError, PgConn, PgPool};
 
 use super::*;
 
@@ -251,225 +248,48 @@ const ENDED: &str = "('success', 'partial_success', 'failed', 'canceled')";
 
 /// The state database on PostgreSQL.
 pub struct PgState {
-    /// Always there until dropped: taken then, to be shut down without
-    /// waiting (a runtime cannot be dropped where blocking is not allowed,
-    /// as in the server's own runtime).
-    runtime: Option<tokio::runtime::Runtime>,
-    url: String,
-    pool: Pool,
+    pool: PgPool,
 }
 
-/// Connections, at most `size` at once; a caller waits for a free one.
-struct Pool {
-    size: usize,
-    state: Mutex<PoolState>,
-    freed: Condvar,
-}
-
-struct PoolState {
-    idle: Vec<Pooled>,
-    open: usize,
-}
-
-/// A connection, with the statements prepared on it.
-struct Pooled {
-    client: Client,
-    statements: std::collections::HashMap<&'static str, tokio_postgres::Statement>,
-}
-
-/// A connection of the pool, returned to it when dropped (or closed for
-/// good when it broke).
-struct Conn<'a> {
-    pooled: Option<Pooled>,
-    pool: &'a Pool,
-}
-
-impl Conn<'_> {
-    fn pooled(&mut self) -> &mut Pooled {
-        self.pooled
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
-    }
-}
-
-impl std::ops::Deref for Conn<'_> {
-    type Target = Client;
-
-    fn deref(&self) -> &Client {
-        &self
-            .pooled
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("a connection is held until dropped"))
-            .client
-    }
-}
-
-impl std::ops::DerefMut for Conn<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
-        &mut self.pooled().client
-    }
-}
-
-impl Drop for Conn<'_> {
-    fn drop(&mut self) {
-        let mut state = self.pool.lock();
-        match self.pooled.take() {
-            Some(pooled) if !pooled.client.is_closed() => state.idle.push(pooled),
-            _ => state.open -= 1,
+impl From<ConnectError> for StateError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Database(e) => e.into(),
+            ConnectError::Unavailable(why) => StateError::Store {
+                kind: StateFault::Unavailable,
+                source: why.into(),
+            },
         }
-        self.pool.freed.notify_one();
     }
 }
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// How long a call waits for a free connection before it is refused as
-/// unavailable.
-const POOL_WAIT: Duration = Duration::from_secs(10);
 
 impl PgState {
     /// Connects to the database at `url` (`postgres://…`) with at most
     /// `pool_size` connections, and applies the migrations this binary
     /// knows.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weir-postgres")
-            .enable_all()
-            .build()
-            .map_err(|e| StateError::Store {
-                kind: StateFault::Other,
-                source: Box::new(e),
-            })?;
-        let store = Self {
-            runtime: Some(runtime),
-            url: url.to_string(),
-            pool: Pool {
-                size: pool_size.max(1),
-                state: Mutex::new(PoolState {
-                    idle: Vec::new(),
-                    open: 0,
-                }),
-                freed: Condvar::new(),
-            },
-        };
+        let pool = PgPool::new(url, pool_size, "the state database").map_err(|e| StateError::Store {
+            kind: StateFault::Other,
+            source: Box::new(e),
+        })?;
+        let store = Self { pool };
         store.migrate()?;
         Ok(store)
     }
 
-    /// Runs `work` to its end on this thread. Only the connections'
-    /// sockets need the store's runtime, which drives them. On a worker
-    /// thread of a multi-threaded runtime (the server's), the thread's other
-    /// tasks move to another thread meanwhile, so requests waiting on the
-    /// database do not hold up the others.
+    /// Runs `work` to its end on this thread (see [`PgPool::wait`]).
     fn wait<T>(&self, work: impl Future<Output = T>) -> T {
-        let on_workers = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if on_workers {
-            tokio::task::block_in_place(|| futures::executor::block_on(work))
-        } else {
-            futures::executor::block_on(work)
-        }
+        self.pool.wait(work)
     }
 
-    /// `sql` prepared on `conn`, once per connection: a statement used
-    /// often then takes one round trip, not two.
-    fn statement(&self, conn: &mut Conn<'_>, sql: &'static str) -> Result<tokio_postgres::Statement> {
-        if let Some(statement) = conn.pooled().statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.wait(conn.prepare(sql))?;
-        conn.pooled().statements.insert(sql, statement.clone());
-        Ok(statement)
+    /// `sql` prepared on `conn`, once per connection.
+    fn statement(&self, conn: &mut PgConn<'_>, sql: &'static str) -> Result<tokio_postgres::Statement> {
+        Ok(self.pool.statement(conn, sql)?)
     }
 
-    /// A connection: an idle one, a new one while fewer than the pool's
-    /// size are open, else the first one freed.
-    fn conn(&self) -> Result<Conn<'_>> {
-        let deadline = std::time::Instant::now() + POOL_WAIT;
-        let mut state = self.pool.lock();
-        loop {
-            while let Some(pooled) = state.idle.pop() {
-                if pooled.client.is_closed() {
-                    state.open -= 1;
-                    continue;
-                }
-                return Ok(Conn {
-                    pooled: Some(pooled),
-                    pool: &self.pool,
-                });
-            }
-            if state.open < self.pool.size {
-                state.open += 1;
-                drop(state);
-                return match self.open() {
-                    Ok(client) => Ok(Conn {
-                        pooled: Some(Pooled {
-                            client,
-                            statements: std::collections::HashMap::new(),
-                        }),
-                        pool: &self.pool,
-                    }),
-                    Err(e) => {
-                        self.pool.lock().open -= 1;
-                        self.pool.freed.notify_one();
-                        Err(e)
-                    }
-                };
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(StateError::Store {
-                    kind: StateFault::Unavailable,
-                    source: format!("all {} connections to the state database stayed busy", self.pool.size).into(),
-                });
-            }
-            state = self
-                .pool
-                .freed
-                .wait_timeout(state, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// A new connection, its socket driven by the store's runtime.
-    fn open(&self) -> Result<Client> {
-        let url = self.url.clone();
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let Some(runtime) = &self.runtime else {
-            return Err(StateError::Store {
-                kind: StateFault::Unavailable,
-                source: "the state database's runtime stopped".into(),
-            });
-        };
-        runtime.spawn(async move {
-            let connected = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls)).await;
-            let client = match connected {
-                Ok(Ok((client, connection))) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::warn!(error = %e, "a connection to the state database ended");
-                        }
-                    });
-                    Ok(client)
-                }
-                Ok(Err(e)) => Err(StateError::from(e)),
-                Err(_) => Err(StateError::Store {
-                    kind: StateFault::Unavailable,
-                    source: "connecting to the state database took longer than 5 s".into(),
-                }),
-            };
-            let _ = tx.send(client);
-        });
-        self.wait(rx).map_err(|_| StateError::Store {
-            kind: StateFault::Unavailable,
-            source: "the state database's runtime stopped".into(),
-        })?
+    /// A connection of the pool.
+    fn conn(&self) -> Result<PgConn<'_>> {
+        Ok(self.pool.conn()?)
     }
 
     fn migrate(&self) -> Result<()> {
@@ -510,9 +330,9 @@ impl PgState {
     /// sent meanwhile is lost: a listener reads the state it signals as a
     /// guarantee).
     fn listen(&self, channel: &'static str) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
-        let runtime = self.runtime.as_ref()?;
+        let runtime = self.pool.runtime()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let url = self.url.clone();
+        let url = self.pool.url().to_string();
         runtime.spawn(async move {
             while !tx.is_closed() {
                 if let Err(e) = forward(&url, channel, &tx).await {
@@ -563,14 +383,6 @@ async fn forward(url: &str, channel: &str, tx: &tokio::sync::mpsc::UnboundedSend
     }
     driver.abort();
     Ok(())
-}
-
-impl Drop for PgState {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 impl StateStore for PgState {
