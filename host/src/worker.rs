@@ -35,7 +35,7 @@ use weir_engine::pipeline::{self, InputFile, Progress, Records, RunRequest, RunS
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
 use weir_engine::runlog::{LogLevel, RunLog};
 use weir_engine::sources::SecretValues;
-use weir_engine::store::{RecordStore, SqliteStore};
+use weir_engine::store::{PgStore, RecordStore, SqliteStore};
 use weir_engine::transform::{PluginSource, Plugins};
 
 /// What a worker may hold beyond the run's `max_memory`: the process, the
@@ -103,12 +103,50 @@ pub struct JobInput {
 /// A job's record store and objects.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobRecords {
-    /// The record store's database.
-    pub db: PathBuf,
+    /// Where the record store is.
+    pub store: RecordsAt,
     /// The workspace.
     pub workspace: String,
     /// The workspace's objects.
     pub objects: Objects,
+}
+
+/// Where a record store is: what a worker opens to load and read records.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordsAt {
+    /// The embedded store's database file.
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its URL, password included (a job reaches its worker on the
+        /// worker's standard input).
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for RecordsAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordsAt::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            RecordsAt::Postgres { .. } => f.debug_struct("Postgres").finish_non_exhaustive(),
+        }
+    }
+}
+
+impl RecordsAt {
+    /// Opens the store.
+    pub fn open(&self) -> weir_engine::error::Result<Arc<dyn RecordStore>> {
+        Ok(match self {
+            RecordsAt::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
+            // A run commits on one connection and reads its snapshot on
+            // one of its own.
+            RecordsAt::Postgres { url } => Arc::new(PgStore::connect(url, 2)?),
+        })
+    }
 }
 
 /// One line a worker writes on its standard output.
@@ -242,7 +280,7 @@ fn limit_self(cpu_seconds: u64) -> std::io::Result<()> {
 
 async fn run_job(job: Job, cancel: CancellationToken, reporter: Reporter) -> anyhow::Result<Execution> {
     let store = match &job.records {
-        Some(r) => Some(Arc::new(SqliteStore::open(&r.db)?) as Arc<dyn RecordStore>),
+        Some(r) => Some(r.store.open()?),
         None => None,
     };
     let plugins = if job.connector.transforms.is_empty() {

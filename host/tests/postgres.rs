@@ -10,8 +10,8 @@ use std::path::Path;
 
 use common::services::{Postgres, S3};
 use common::{
-    ADMIN, Process, call, call_as, get_bytes, log_lines, quick_named, serve, slow_on, status_of, trigger, upload, wait,
-    wait_end,
+    ADMIN, Process, call, call_as, get_bytes, importer, log_lines, post_bytes_as, quick_named, serve, slow_on,
+    status_of, trigger, upload, wait, wait_end,
 };
 use weir_host::server::state::PgState;
 
@@ -267,4 +267,89 @@ async fn runs_and_acknowledged_triggers_outlive_ten_seconds_without_the_database
         assert_eq!(done["status"], "success", "{done}");
     }
     p.stop();
+}
+
+/// How many triggers the three processes share.
+const TRIGGERS: usize = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_their_own_disks_run_a_thousand_triggers_once_with_their_records() {
+    let Some((pg, url, s3)) = services() else { return };
+    // Nothing shared but the database and the bucket.
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let processes: Vec<Process> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| process(d.path(), &url, &s3, &format!("p{i}")))
+        .collect();
+    importer(&processes[0].base).await;
+    let (s, b) = call(
+        &processes[1].base,
+        reqwest::Method::PATCH,
+        "/connectors/people",
+        Some(serde_json::json!({"limits": {"max_concurrency": 4}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    // Each trigger loads one contact of its own.
+    let mut ids = Vec::with_capacity(TRIGGERS);
+    for i in 0..TRIGGERS {
+        let body = format!("email,city\nu{i}@x.io,City {i}\n");
+        let (s, b) = post_bytes_as(
+            &processes[i % 3].base,
+            ADMIN,
+            "/connectors/people/runs?filename=one.csv",
+            "application/octet-stream",
+            body,
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+        ids.push(b["id"].as_str().unwrap_or_default().to_string());
+    }
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let done = wait_end(&processes[(i + 1) % 3].base, id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        let load = &done["step_progress"][4]["steps"][0];
+        assert_eq!(
+            (load["created"].as_u64(), load["updated"].as_u64()),
+            (Some(1), Some(0)),
+            "{done}"
+        );
+        let claims: Vec<String> = log_lines(&processes[(i + 2) % 3].base, id)
+            .await
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("claimed by worker ").map(str::to_string))
+            .collect();
+        assert_eq!(claims.len(), 1, "{id} claimed once: {claims:?}");
+        *by_worker.entry(claims[0].clone()).or_default() += 1;
+    }
+    assert_eq!(by_worker.len(), 3, "every process ran some: {by_worker:?}");
+
+    // The records, as a team reads them: one per trigger, each as loaded.
+    let workspace = pg.sql_in("weir", "SELECT id FROM workspaces WHERE name = 'default'");
+    let schema = weir_engine::store::schema_name(workspace.trim());
+    let counted = pg.sql_in(
+        "weir",
+        &format!(
+            "SELECT count(*), count(DISTINCT email), count(*) FILTER (WHERE city = 'City ' || substr(split_part(email, '@', 1), 2)) FROM {schema}.contact"
+        ),
+    );
+    assert_eq!(counted.trim(), format!("{TRIGGERS}|{TRIGGERS}|{TRIGGERS}"), "{counted}");
+    let tallied = pg.sql_in(
+        "weir",
+        "SELECT sum(created), count(DISTINCT execution_id) FROM weir_load_tallies",
+    );
+    assert_eq!(tallied.trim(), format!("{TRIGGERS}|{TRIGGERS}"));
+    // No process wrote to another's disk, nor kept records on its own.
+    for d in &dirs {
+        assert!(!d.path().join("records.db").exists());
+        assert!(!d.path().join("state.db").exists());
+    }
+    for p in processes {
+        p.stop();
+    }
 }

@@ -16,8 +16,10 @@
 //! backend must find a record by a value exactly when their
 //! [`Value::match_key`]s are equal.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgStore, schema_name};
 pub use sqlite::SqliteStore;
 
 use std::collections::BTreeMap;
@@ -182,6 +184,31 @@ impl Write {
             .filter_map(|(i, v)| v.as_ref().map(|_| i))
             .collect()
     }
+}
+
+/// Consecutive writes that write the same fields, at most `most(n)` in a
+/// run whose writes write `n` fields. Yields the positions of the written
+/// fields and the run.
+pub(crate) fn runs(writes: &[Write], most: impl Fn(usize) -> usize) -> impl Iterator<Item = (Vec<usize>, &[Write])> {
+    let mut rest = writes;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let written = first.written();
+        let n = rest
+            .iter()
+            .take(most(written.len()).max(1))
+            .take_while(|w| {
+                w.values.len() == first.values.len()
+                    && w.values
+                        .iter()
+                        .zip(&first.values)
+                        .all(|(a, b)| a.is_some() == b.is_some())
+            })
+            .count();
+        let (run, after) = rest.split_at(n);
+        rest = after;
+        Some((written, run))
+    })
 }
 
 /// What one committed batch changes. The field names are given once; each

@@ -79,31 +79,11 @@ fn read_value(kind: FieldType, v: SqlValue) -> Value {
     }
 }
 
-/// Consecutive writes that write the same fields, each run small enough
-/// for one statement of `per_row + 1` parameters a row (the id and the
-/// written values): a statement per row costs SQLite far more than a row
-/// of VALUES. Yields the positions of the written fields and the run.
+/// Runs of writes small enough for one statement of `written + 1`
+/// parameters a row (the id and the written values): a statement per row
+/// costs SQLite far more than a row of VALUES.
 fn runs(writes: &[Write]) -> impl Iterator<Item = (Vec<usize>, &[Write])> {
-    let mut rest = writes;
-    std::iter::from_fn(move || {
-        let first = rest.first()?;
-        let written = first.written();
-        let per = (MAX_PARAMS / (written.len() + 1)).max(1);
-        let n = rest
-            .iter()
-            .take(per)
-            .take_while(|w| {
-                w.values.len() == first.values.len()
-                    && w.values
-                        .iter()
-                        .zip(&first.values)
-                        .all(|(a, b)| a.is_some() == b.is_some())
-            })
-            .count();
-        let (run, after) = rest.split_at(n);
-        rest = after;
-        Some((written, run))
-    })
+    super::runs(writes, |written| (MAX_PARAMS / (written + 1)).max(1))
 }
 
 static NULL: Value = Value::Null;
@@ -835,7 +815,6 @@ impl RecordSnapshot for SqliteSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Comparison;
 
     #[test]
     fn sqlite_failures_are_store_errors_of_the_kind_they_are() {
@@ -862,7 +841,6 @@ mod tests {
         assert_eq!(kind(store_error(refused)), StoreFault::ReadOnly);
     }
     use crate::document::Document;
-    use crate::error::ErrorCode;
     use crate::objects::Objects;
 
     fn contact() -> ObjectDef {
@@ -915,118 +893,6 @@ name = "contact"
         }
     }
 
-    fn ids(found: Vec<Vec<Found>>) -> Vec<Vec<RecordId>> {
-        found
-            .into_iter()
-            .map(|f| f.into_iter().map(|r| r.id).collect())
-            .collect()
-    }
-
-    #[test]
-    fn create_lookup_get_update() {
-        let store = SqliteStore::in_memory().expect("store");
-        let def = contact();
-        store.ensure_object("w1", &def).expect("ensure");
-        let a = create("a@x.io", 1.0);
-        let b = create("b@x.io", 2.5);
-        store
-            .commit("w1", "contact", &creates(vec![a.clone(), b.clone()]))
-            .expect("commit");
-        assert_eq!(store.count("w1", "contact").expect("count"), 2);
-        let found = store
-            .lookup(
-                "w1",
-                &def,
-                "email",
-                &[
-                    Value::Text("b@x.io".into()),
-                    Value::Text("zz".into()),
-                    Value::Null,
-                    Value::Text("a@x.io".into()),
-                    Value::Text("b@x.io".into()),
-                ],
-                &["score".into(), "name".into()],
-            )
-            .expect("lookup");
-        let b_found = Found {
-            id: b.id,
-            values: vec![Value::Number(2.5), Value::Text("N b@x.io".into())],
-        };
-        let a_found = Found {
-            id: a.id,
-            values: vec![Value::Number(1.0), Value::Text("N a@x.io".into())],
-        };
-        // Every row with a key gets the record, repeated keys included.
-        assert_eq!(
-            found,
-            vec![vec![b_found.clone()], vec![], vec![], vec![a_found], vec![b_found]]
-        );
-        // Numbers match by value whatever their stored form.
-        let by_score = store
-            .lookup("w1", &def, "score", &[Value::Number(1.0), Value::Number(2.5)], &[])
-            .expect("lookup");
-        assert_eq!(ids(by_score), vec![vec![a.id], vec![b.id]]);
-
-        store
-            .commit(
-                "w1",
-                "contact",
-                &WriteBatch {
-                    fields: vec!["vip".into(), "born".into(), "score".into()],
-                    creates: vec![],
-                    updates: vec![
-                        Write {
-                            id: a.id,
-                            values: vec![Some(Value::Bool(true)), Some(Value::Date(5000)), None],
-                        },
-                        Write {
-                            id: b.id,
-                            values: vec![None, None, Some(Value::Number(7.0))],
-                        },
-                        Write {
-                            id: RecordId::now_v7(),
-                            values: vec![None, None, None],
-                        },
-                    ],
-                    tally: Some(Tally {
-                        execution_id: "e1".into(),
-                        order: 1,
-                        total: 3,
-                        updated: 2,
-                        skipped: 1,
-                        ..Tally::default()
-                    }),
-                },
-            )
-            .expect("update");
-        // The tally is kept with the commit.
-        let tallies = store.tallies("e1").expect("tallies");
-        assert_eq!(
-            tallies
-                .iter()
-                .map(|t| (t.order, t.total, t.updated, t.skipped))
-                .collect::<Vec<_>>(),
-            [(1, 3, 2, 1)]
-        );
-        assert!(store.tallies("e2").expect("tallies").is_empty());
-        let got = store.get("w1", &def, &[a.id, RecordId::now_v7()]).expect("get");
-        let rec = got[0].as_ref().expect("a exists");
-        assert_eq!(rec.fields["vip"], Value::Bool(true));
-        assert_eq!(rec.fields["born"], Value::Date(5000));
-        assert_eq!(rec.fields["score"], Value::Number(1.0));
-        assert_eq!(rec.fields["name"], Value::Text("N a@x.io".into()));
-        assert!(got[1].is_none());
-        let b = store
-            .get("w1", &def, &[b.id])
-            .expect("get")
-            .remove(0)
-            .expect("b exists");
-        assert_eq!(
-            (&b.fields["score"], &b.fields["vip"]),
-            (&Value::Number(7.0), &Value::Null)
-        );
-    }
-
     #[test]
     fn scan_gives_typed_arrow_columns() {
         use datafusion::arrow::array::{Array, AsArray};
@@ -1052,105 +918,6 @@ name = "contact"
     }
 
     #[test]
-    fn a_scan_reads_the_fields_asked_for_that_meet_its_conditions_in_batches() {
-        use datafusion::arrow::array::AsArray;
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("r.db")).expect("store");
-        let def = contact();
-        store.ensure_object("w", &def).expect("ensure");
-        let writes = (0..10).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
-        store.commit("w", "contact", &creates(writes)).expect("commit");
-        let snapshot = store.snapshot().expect("snapshot");
-        // Committed after the snapshot: never read from it.
-        let later = (10..20).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
-        store.commit("w", "contact", &creates(later)).expect("commit");
-        let read = |scan: Scan| -> Vec<RecordBatch> {
-            let mut batches = Vec::new();
-            snapshot
-                .scan("w", &def, &scan, &mut |b| {
-                    batches.push(b);
-                    true
-                })
-                .expect("scan");
-            batches
-        };
-        let emails = |batches: &[RecordBatch]| -> Vec<String> {
-            let mut out: Vec<String> = batches
-                .iter()
-                .flat_map(|b| {
-                    b.column(0)
-                        .as_string::<i32>()
-                        .iter()
-                        .flatten()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            out.sort();
-            out
-        };
-        let batches = read(Scan {
-            fields: vec!["email".into(), "score".into()],
-            conditions: vec![
-                Condition::Compare("score".into(), Comparison::GtEq, Value::Number(3.0)),
-                Condition::Compare("score".into(), Comparison::Lt, Value::Number(8.0)),
-                Condition::In(
-                    "email".into(),
-                    ["u3@x.io", "u5@x.io", "u9@x.io"]
-                        .map(|e| Value::Text(e.into()))
-                        .to_vec(),
-                ),
-                Condition::Null("vip".into(), true),
-            ],
-            limit: None,
-            batch_rows: 1,
-        });
-        assert_eq!(batches.len(), 2, "one record a batch");
-        assert_eq!(batches[0].schema().field(1).name(), "score");
-        assert_eq!(emails(&batches), ["u3@x.io", "u5@x.io"]);
-
-        // No fields: only how many; a limit; an empty list matches nothing.
-        let counted = read(Scan {
-            limit: Some(4),
-            batch_rows: 3,
-            ..Scan::default()
-        });
-        assert_eq!(counted.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), [3, 1]);
-        let every = read(Scan {
-            batch_rows: 4,
-            ..Scan::default()
-        });
-        assert_eq!(
-            every.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
-            [4, 4, 2],
-            "the ten records of the snapshot, not the twenty of the store"
-        );
-        assert_eq!(store.count("w", "contact").expect("count"), 20);
-        assert_eq!(counted[0].num_columns(), 0);
-        let none = read(Scan {
-            fields: vec!["email".into()],
-            conditions: vec![Condition::In("email".into(), vec![])],
-            ..Scan::default()
-        });
-        assert!(none.is_empty());
-
-        // Stopping early reads no further.
-        let mut handed = 0;
-        let one_at_a_time = Scan {
-            fields: vec!["id".into()],
-            batch_rows: 1,
-            ..Scan::default()
-        };
-        snapshot
-            .scan("w", &def, &one_at_a_time, &mut |_| {
-                handed += 1;
-                handed < 2
-            })
-            .expect("scan");
-        assert_eq!(handed, 2);
-    }
-
-    #[test]
     fn matching_on_a_unique_field_adds_no_second_index() {
         let store = SqliteStore::in_memory().expect("store");
         store.ensure_object("w", &contact()).expect("ensure");
@@ -1169,109 +936,6 @@ name = "contact"
                 .expect("indexes")
         };
         assert_eq!((led_by("email"), led_by("score")), (1, 1));
-    }
-
-    #[test]
-    fn creates_with_differing_fields_in_one_batch_are_all_written() {
-        let store = SqliteStore::in_memory().expect("store");
-        let def = contact();
-        store.ensure_object("w", &def).expect("ensure");
-        // More rows than one INSERT takes, writing `vip` only every
-        // seventh row, so runs split both ways.
-        let writes: Vec<Write> = (0..1000)
-            .map(|i| {
-                let mut w = create(&format!("u{i}@x.io"), f64::from(i));
-                w.values.push((i % 7 == 0).then_some(Value::Bool(true)));
-                w
-            })
-            .collect();
-        let mut batch = creates(writes.clone());
-        batch.fields.push("vip".into());
-        store.commit("w", "contact", &batch).expect("commit");
-        assert_eq!(store.count("w", "contact").expect("count"), 1000);
-        let ids: Vec<RecordId> = writes.iter().map(|w| w.id).collect();
-        let got = store.get("w", &def, &ids).expect("get");
-        for (i, (w, rec)) in writes.iter().zip(got).enumerate() {
-            let rec = rec.unwrap_or_else(|| panic!("record {i} missing"));
-            assert_eq!(rec.fields["score"], Value::Number(i as f64));
-            assert_eq!(Some(&rec.fields["email"]), w.values[1].as_ref());
-            let vip = if i % 7 == 0 { Value::Bool(true) } else { Value::Null };
-            assert_eq!(rec.fields["vip"], vip, "record {i}");
-        }
-    }
-
-    #[test]
-    fn a_batch_is_all_or_nothing() {
-        let store = SqliteStore::in_memory().expect("store");
-        store.ensure_object("w1", &contact()).expect("ensure");
-        let err = store
-            .commit(
-                "w1",
-                "contact",
-                &creates(vec![create("same@x.io", 1.0), create("same@x.io", 2.0)]),
-            )
-            .expect_err("unique email");
-        assert!(err.to_string().contains("UNIQUE"), "{err}");
-        assert_eq!(
-            store.count("w1", "contact").expect("count"),
-            0,
-            "nothing of the failed batch stays"
-        );
-    }
-
-    #[test]
-    fn workspaces_do_not_see_each_other() {
-        let store = SqliteStore::in_memory().expect("store");
-        let def = contact();
-        store.ensure_object("w1", &def).expect("ensure");
-        store.ensure_object("w2", &def).expect("ensure");
-        store
-            .commit("w1", "contact", &creates(vec![create("a@x.io", 1.0)]))
-            .expect("commit");
-        assert_eq!(store.count("w2", "contact").expect("count"), 0);
-        let found = store
-            .lookup("w2", &def, "email", &[Value::Text("a@x.io".into())], &[])
-            .expect("lookup");
-        assert_eq!(found, vec![Vec::<Found>::new()]);
-    }
-
-    #[test]
-    fn new_fields_are_added_and_records_persist_across_opens() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("records.db");
-        let mut def = contact();
-        let a = create("a@x.io", 1.0);
-        {
-            let store = SqliteStore::open(&path).expect("open");
-            store.ensure_object("w", &def).expect("ensure");
-            store.ensure_index("w", "contact", "score").expect("index");
-            store.commit("w", "contact", &creates(vec![a.clone()])).expect("commit");
-        }
-        def.fields.push(crate::objects::FieldDef {
-            name: "city".into(),
-            kind: FieldType::Text,
-            unique: false,
-            options: vec![],
-            object: None,
-        });
-        let store = SqliteStore::open(&path).expect("reopen");
-        store.ensure_object("w", &def).expect("migrate");
-        let rec = store.get("w", &def, &[a.id]).expect("get").remove(0).expect("kept");
-        assert_eq!(rec.fields["email"], Value::Text("a@x.io".into()));
-        assert_eq!(rec.fields["city"], Value::Null);
-    }
-
-    #[test]
-    fn lookups_of_many_keys_are_chunked() {
-        let store = SqliteStore::in_memory().expect("store");
-        store.ensure_object("w", &contact()).expect("ensure");
-        let writes: Vec<Write> = (0..2500).map(|i| create(&format!("u{i}@x.io"), f64::from(i))).collect();
-        store.commit("w", "contact", &creates(writes.clone())).expect("commit");
-        let keys: Vec<Value> = (0..2500).rev().map(|i| Value::Text(format!("u{i}@x.io"))).collect();
-        let found = ids(store.lookup("w", &contact(), "email", &keys, &[]).expect("lookup"));
-        assert_eq!(found.len(), 2500);
-        assert_eq!(found[0], vec![writes[2499].id]);
-        assert_eq!(found[2499], vec![writes[0].id]);
     }
 
     #[test]
@@ -1349,41 +1013,6 @@ name = "contact"
             "once the snapshot ends the WAL is truncated again: {size} bytes"
         );
         assert_eq!(store.count("w", "contact").expect("count"), 4002);
-    }
-
-    #[test]
-    fn a_revoked_execution_commits_nothing_more_from_any_connection() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("records.db");
-        let runner = SqliteStore::open(&path).expect("open");
-        let def = contact();
-        runner.ensure_object("w", &def).expect("ensure");
-        let batch = |email: &str, execution: &str| WriteBatch {
-            tally: Some(Tally {
-                execution_id: execution.into(),
-                order: 1,
-                total: 1,
-                created: 1,
-                ..Tally::default()
-            }),
-            ..creates(vec![create(email, 1.0)])
-        };
-        runner.commit("w", "contact", &batch("a@x.io", "e1")).expect("before");
-        // Another process (another connection to the file) resolves the run.
-        let resolver = SqliteStore::open(&path).expect("resolver");
-        resolver.revoke("e1").expect("revoke");
-        resolver.revoke("e1").expect("revoking twice is no error");
-        let refused = runner.commit("w", "contact", &batch("b@x.io", "e1"));
-        assert!(matches!(&refused, Err(Error::Revoked(id)) if id == "e1"), "{refused:?}");
-        assert_eq!(refused.err().map(|e| e.code()), Some(ErrorCode::WorkerLost));
-        // Nothing of the refused batch is applied, its tally included.
-        assert_eq!(resolver.count("w", "contact").expect("count"), 1);
-        assert_eq!(resolver.tallies("e1").expect("tallies")[0].created, 1);
-        // Other executions commit as before.
-        runner
-            .commit("w", "contact", &batch("c@x.io", "e2"))
-            .expect("other run");
-        assert_eq!(resolver.count("w", "contact").expect("count"), 2);
     }
 
     fn snapshot_count(snapshot: &dyn RecordSnapshot, def: &ObjectDef) -> usize {

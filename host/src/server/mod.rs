@@ -72,7 +72,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_engine::plugin::{PluginRuntime, PluginSettings};
-use weir_engine::store::{RecordStore, SqliteStore};
+use weir_engine::store::{PgStore, RecordStore, SqliteStore};
 
 use self::blobs::Blobs;
 use self::config::Settings;
@@ -237,7 +237,10 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
         Ok(n) => tracing::info!(entries = n, "removed what stopped processes left in scratch space"),
         Err(e) => tracing::warn!(error = %e, "sweeping scratch space failed"),
     }
-    let records: Arc<dyn RecordStore> = Arc::new(SqliteStore::open(&dir.join("records.db"))?);
+    let records: Arc<dyn RecordStore> = match &settings.config.database {
+        Some(url) => Arc::new(PgStore::connect(url, settings.config.database_pool)?),
+        None => Arc::new(SqliteStore::open(&dir.join("records.db"))?),
+    };
     check_secrets_key(db.as_ref(), settings.secrets_key.as_ref())?;
     let keys = keys::Keys::new(db.clone());
     let bootstrap_key = bootstrap(&keys, db.as_ref(), &settings)?;

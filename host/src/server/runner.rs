@@ -20,7 +20,7 @@ use weir_engine::store::RecordStore;
 use super::blobs::{Blobs, OnDisk};
 use super::config::{Isolation, Settings};
 use super::state::{StateError, StateStore};
-use crate::worker::{self, Bounds, Job, JobRecords};
+use crate::worker::{self, Bounds, Job, JobRecords, RecordsAt};
 
 /// What running a job needs of the server.
 #[derive(Clone)]
@@ -239,7 +239,12 @@ impl Runner {
     /// reads `records.<object>` from (with or without load steps).
     pub fn records(&self, workspace_id: &str) -> Result<JobRecords, StateError> {
         Ok(JobRecords {
-            db: self.settings.config.data_dir.join("records.db"),
+            store: match &self.settings.config.database {
+                Some(url) => RecordsAt::Postgres { url: url.clone() },
+                None => RecordsAt::Sqlite {
+                    path: self.settings.config.data_dir.join("records.db"),
+                },
+            },
             workspace: workspace_id.to_string(),
             objects: self.db.object_defs(workspace_id)?,
         })
