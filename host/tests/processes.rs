@@ -1,29 +1,120 @@
-//! Several `weir serve` processes on one data directory share the queue:
-//! each execution runs once, in one process, under a lease; any process
-//! answers for any execution, cancels it, and resolves it when the process
-//! running it is lost (docs/architecture.md, "Leased runs").
+//! Several `weir serve` processes share the queue: each execution runs
+//! once, in one process, under a lease; any process answers for any
+//! execution, cancels it, and resolves it when the process running it is
+//! lost (docs/architecture.md, "Leased runs"). On the embedded default the
+//! processes share one data directory; `processes_postgres.rs` runs every
+//! test again with the processes on one PostgreSQL database and one bucket,
+//! each with a data directory of its own.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Process, call, get_bytes, log_lines, quick_named, serve, slow, status_of, trigger, wait, wait_end};
+use common::{Process, call, get_bytes, log_lines, quick_named, status_of, trigger, wait, wait_end};
 use serde_json::Value;
+use weir_engine::store::{PgStore, RecordStore, SqliteStore};
+use weir_host::server::state::{Db, PgState, StateStore};
 
-/// Process `name` on `dir`, with `workers` workers and short leases.
-fn process(dir: &Path, name: &str, workers: &str) -> Process {
-    serve(
-        dir,
-        &[
-            ("WEIR_WORKER_ID", name),
-            ("WEIR_WORKERS", workers),
-            ("WEIR_LEASE", "2s"),
-            ("WEIR_HEARTBEAT", "200ms"),
-        ],
-    )
+/// Whether this is the run of the suite on PostgreSQL and S3.
+fn on_postgres() -> bool {
+    module_path!().starts_with("processes_postgres")
+}
+
+/// What one test's processes share: a data directory on the embedded
+/// default; on PostgreSQL a database and a bucket of the test's own.
+struct Shared {
+    dir: tempfile::TempDir,
+    /// The database's URL, on PostgreSQL.
+    database: Option<String>,
+    /// What each process is told of the database and the bucket.
+    env: Vec<(&'static str, String)>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let services = on_postgres()
+            .then(|| common::services::shared_database().zip(common::services::shared_bucket()))
+            .flatten();
+        let Some((database, (s3, bucket))) = services else {
+            if on_postgres() {
+                eprintln!("this run of the test is on the embedded default: PostgreSQL or an S3 server is missing");
+            }
+            return Self {
+                dir,
+                database: None,
+                env: Vec::new(),
+            };
+        };
+        let mut env = s3.env();
+        env.push(("WEIR_DATABASE", database.clone()));
+        env.push(("WEIR_OBJECT_STORE", format!("s3://{bucket}/weir")));
+        Self {
+            dir,
+            database: Some(database),
+            env,
+        }
+    }
+
+    /// Process `name` with `workers` workers and short leases.
+    fn process(&self, name: &str, workers: &str) -> Process {
+        self.serve(
+            name,
+            &[
+                ("WEIR_WORKERS", workers),
+                ("WEIR_LEASE", "2s"),
+                ("WEIR_HEARTBEAT", "200ms"),
+            ],
+        )
+    }
+
+    /// Process `name` with `env`.
+    fn serve(&self, name: &str, env: &[(&str, &str)]) -> Process {
+        let mut all: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.push(("WEIR_WORKER_ID", name));
+        all.extend_from_slice(env);
+        let process = common::serve(&self.data_dir(name), &all);
+        assert_eq!(
+            self.data_dir(name).join("state.db").exists(),
+            self.database.is_none(),
+            "the state is where the process was told to keep it"
+        );
+        process
+    }
+
+    /// Where process `name` keeps its files: its own directory when the
+    /// processes share a database and a bucket.
+    fn data_dir(&self, name: &str) -> PathBuf {
+        match self.database {
+            Some(_) => self.dir.path().join(name),
+            None => self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// The state store the processes share.
+    fn state(&self) -> Box<dyn StateStore> {
+        match &self.database {
+            Some(url) => Box::new(PgState::connect(url, 1).unwrap_or_else(|e| panic!("{e}"))),
+            None => Box::new(Db::open(&self.dir.path().join("state.db")).unwrap_or_else(|e| panic!("{e}"))),
+        }
+    }
+
+    /// The record store the processes share.
+    fn records(&self) -> Arc<dyn RecordStore> {
+        match &self.database {
+            Some(url) => Arc::new(PgStore::connect(url, 1).unwrap_or_else(|e| panic!("{e}"))),
+            None => Arc::new(SqliteStore::open(&self.dir.path().join("records.db")).unwrap_or_else(|e| panic!("{e}"))),
+        }
+    }
+
+    /// An operational connector `slow` whose script runs for minutes.
+    async fn slow(&self, base: &str) {
+        common::slow_on(base, self.state().as_ref()).await;
+    }
 }
 
 /// The worker that claimed execution `id`, from its log.
@@ -44,8 +135,8 @@ fn signal(p: &Process, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_sent_round_robin_to_three_processes_each_run_exactly_once() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| process(dir.path(), n, "2")).collect();
+    let shared = Shared::new();
+    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| shared.process(n, "2")).collect();
     quick_named(&processes[0].base, "quick", 6).await;
     let mut ids = Vec::new();
     for i in 0..300 {
@@ -68,14 +159,14 @@ async fn triggers_sent_round_robin_to_three_processes_each_run_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_process_cancels_follows_and_serves_a_run_another_process_runs() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let a = process(dir.path(), "a", "1");
-    slow(&a.base, dir.path()).await;
+    let shared = Shared::new();
+    let a = shared.process("a", "1");
+    shared.slow(&a.base).await;
     quick_named(&a.base, "quick", 1).await;
     // Only `a` is up: it claims the slow run.
     let id = trigger(&a.base, "slow").await;
     wait(&a.base, &id, |s| s == "running").await;
-    let b = process(dir.path(), "b", "1");
+    let b = shared.process("b", "1");
     assert_eq!(
         status_of(&b.base, &id).await["status"],
         "running",
@@ -156,12 +247,12 @@ async fn any_process_cancels_follows_and_serves_a_run_another_process_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_run_is_resolved_by_another_while_the_other_runs_go_on() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let a = process(dir.path(), "a", "1");
-    slow(&a.base, dir.path()).await;
+    let shared = Shared::new();
+    let a = shared.process("a", "1");
+    shared.slow(&a.base).await;
     let on_a = trigger(&a.base, "slow").await;
     wait(&a.base, &on_a, |s| s == "running").await;
-    let b = process(dir.path(), "b", "1");
+    let b = shared.process("b", "1");
     let on_b = trigger(&b.base, "slow").await;
     wait(&b.base, &on_b, |s| s == "running").await;
     assert_eq!(claimer(&b.base, &on_b).await, "b");
@@ -177,8 +268,8 @@ async fn a_killed_process_run_is_resolved_by_another_while_the_other_runs_go_on(
             .any(|l| l.starts_with("resolved by worker b")),
         "resolved by the live process"
     );
-    // A new process on the data directory leaves `b`'s run alone too.
-    let c = process(dir.path(), "c", "1");
+    // A new process leaves `b`'s run alone too.
+    let c = shared.process("c", "1");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(status_of(&c.base, &on_b).await["status"], "running");
     let (s, _) = call(
@@ -199,12 +290,12 @@ async fn a_killed_process_run_is_resolved_by_another_while_the_other_runs_go_on(
 /// third never joins them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrency_holds_across_processes() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| process(dir.path(), n, "1")).collect();
+    let shared = Shared::new();
+    let processes: Vec<Process> = ["p0", "p1", "p2"].iter().map(|n| shared.process(n, "1")).collect();
     // Long enough that overlapping runs would be seen.
     let sql =
         "CREATE TABLE output.total AS SELECT count(*) AS n FROM generate_series(1, 30000000) AS t(v) WHERE v % 7 = 3";
-    common::live_unchecked(&processes[0].base, dir.path(), "one", sql, 2).await;
+    common::live_unchecked_on(&processes[0].base, shared.state().as_ref(), "one", sql, 2).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(trigger(&processes[i % 3].base, "one").await);
@@ -243,15 +334,14 @@ async fn max_concurrency_holds_across_processes() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shared = Shared::new();
     let small_batches = [
-        ("WEIR_WORKER_ID", "a"),
         ("WEIR_WORKERS", "1"),
         ("WEIR_LEASE", "2s"),
         ("WEIR_HEARTBEAT", "200ms"),
         ("WEIR_LOAD_BATCH_SIZE", "20"),
     ];
-    let a = serve(dir.path(), &small_batches);
+    let a = shared.serve("a", &small_batches);
     common::importer(&a.base).await;
     let rows: String = std::iter::once("email,city\n".to_string())
         .chain((0..200_000).map(|i| format!("u{i}@x.io,Oslo\n")))
@@ -273,7 +363,7 @@ async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
         assert!(Instant::now() < deadline, "the load did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let b = process(dir.path(), "b", "1");
+    let b = shared.process("b", "1");
     signal(&a, "STOP");
     let lost = wait_end(&b.base, &id).await;
     assert_eq!(lost["status"], "failed", "{lost}");
@@ -287,19 +377,19 @@ async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
     let after = status_of(&a.base, &id).await;
     assert_eq!(after["status"], "failed", "{after}");
     assert_eq!(after["error"]["code"], "worker_lost", "{after}");
-    let store = weir_engine::store::SqliteStore::open(&dir.path().join("records.db")).unwrap_or_else(|e| panic!("{e}"));
-    let tally = weir_engine::store::RecordStore::tallies(&store, &id).unwrap_or_else(|e| panic!("{e}"));
+    let store = shared.records();
+    let tally = store.tallies(&id).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         tally.iter().map(|t| t.created).sum::<u64>(),
         counted,
         "no commit after the run was resolved"
     );
-    use weir_host::server::state::KeyState;
-    let workspace = weir_host::server::state::Db::open(&dir.path().join("state.db"))
-        .and_then(|db| db.workspace_named("default"))
+    let workspace = shared
+        .state()
+        .workspace_named("default")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        weir_engine::store::RecordStore::count(&store, &workspace.id, "contact").ok(),
+        store.count(&workspace.id, "contact").ok(),
         Some(counted),
         "the records are those the resolved document counts"
     );
@@ -309,9 +399,9 @@ async fn a_process_stopped_past_its_lease_commits_nothing_once_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_on_one_data_directory_run_each_tick_once() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let p0 = process(dir.path(), "p0", "2");
-    let p1 = process(dir.path(), "p1", "2");
+    let shared = Shared::new();
+    let p0 = shared.process("p0", "2");
+    let p1 = shared.process("p1", "2");
     let (s, b) = call(
         &p0.base,
         reqwest::Method::POST,
