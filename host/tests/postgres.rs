@@ -353,3 +353,237 @@ async fn three_processes_on_their_own_disks_run_a_thousand_triggers_once_with_th
         p.stop();
     }
 }
+
+/// Where a kill aims: a run waiting in the queue behind another, or a run
+/// seen running in a stage (an index of `step_progress`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    Queued,
+    Stage(usize, &'static str),
+}
+
+const TARGETS: [Target; 6] = [
+    Target::Stage(0, "intake"),
+    Target::Stage(1, "sql"),
+    Target::Stage(2, "transform"),
+    Target::Stage(3, "variables"),
+    Target::Stage(4, "load"),
+    Target::Queued,
+];
+
+/// Kills over the campaign.
+const KILLS: usize = 102;
+
+/// Distinct e-mails each run loads.
+const PEOPLE: usize = 3_000;
+
+/// A small xorshift generator: the seed is printed with every failure.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Process `name` of the campaign: short leases, small load commits.
+fn campaigner(dir: &Path, database: &str, s3: &S3, name: &str) -> Process {
+    let aws = s3.env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("WEIR_DATABASE", database),
+        ("WEIR_OBJECT_STORE", "s3://weir/campaign"),
+        ("WEIR_WORKER_ID", name),
+        ("WEIR_WORKERS", "2"),
+        ("WEIR_LEASE", "1s"),
+        ("WEIR_HEARTBEAT", "100ms"),
+        ("WEIR_LOAD_BATCH_SIZE", "100"),
+    ]);
+    serve(dir, &env)
+}
+
+/// Waits until `id` is where `target` aims, or has ended; says whether it
+/// got there.
+async fn reach(base: &str, id: &str, target: Target) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let doc = status_of(base, id).await;
+        let there = match target {
+            Target::Queued => doc["status"] == "queued",
+            Target::Stage(i, _) => doc["status"] == "running" && doc["step_progress"][i]["status"] == "running",
+        };
+        if there {
+            return true;
+        }
+        if !matches!(doc["status"].as_str(), Some("queued" | "running")) {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// The records of `contact`, the distinct e-mails among them, and what the
+/// stored documents of every run (as the API shows them) say they created.
+fn loaded(pg: &Postgres, schema: &str) -> (u64, u64, u64) {
+    let out = pg.sql_in(
+        "weir",
+        &format!(
+            "SELECT (SELECT count(*) FROM {schema}.contact), (SELECT count(DISTINCT email) FROM {schema}.contact),
+                    (SELECT coalesce(sum((document #>> '{{step_progress,4,steps,0,created}}')::bigint), 0)
+                     FROM executions WHERE NOT is_dry_run)"
+        ),
+    );
+    let n: Vec<u64> = out.trim().split('|').map(|v| v.parse().unwrap_or(u64::MAX)).collect();
+    (n[0], n[1], n[2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_a_hundred_times_across_three_processes_nothing_acknowledged_is_lost_or_written_twice() {
+    let Some((pg, url, s3)) = services() else { return };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+        | 1;
+    let mut rng = Rng(seed);
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let names = ["p0", "p1", "p2"];
+    let mut processes: Vec<Process> = (0..3)
+        .map(|i| campaigner(dirs[i].path(), &url, &s3, names[i]))
+        .collect();
+    common::publish_plugin(&processes[0].base, "identity").await;
+    common::importer_with(
+        &processes[0].base,
+        serde_json::json!([{"scope": "people", "plugin": "identity@0.1.0"}]),
+    )
+    .await;
+    let workspace = pg.sql_in("weir", "SELECT id FROM workspaces WHERE name = 'default'");
+    let schema = weir_engine::store::schema_name(workspace.trim());
+    let mut csv = String::from("email,city\n");
+    for i in 0..PEOPLE {
+        csv.push_str(&format!("user{i}@example.com,City {}\n", i % 97));
+    }
+
+    let mut accepted: Vec<String> = Vec::new();
+    let mut hit: Vec<Target> = Vec::new();
+    for kill in 0..KILLS {
+        // Everything acknowledged before has ended, nothing twice, and the
+        // counts of every run, those the kills cut short too, are the
+        // records.
+        for id in &accepted {
+            let done = wait_end(&processes[kill % 3].base, id).await;
+            assert!(
+                matches!(done["status"].as_str(), Some("success" | "partial_success" | "failed")),
+                "seed {seed}, kill {kill}: {done}"
+            );
+        }
+        let (count, distinct, created) = loaded(&pg, &schema);
+        assert_eq!(count, distinct, "seed {seed}, kill {kill}: a record written twice");
+        assert_eq!(
+            created, count,
+            "seed {seed}, kill {kill}: the counts disagree with the records"
+        );
+
+        let target = TARGETS[kill % TARGETS.len()];
+        let runs = if target == Target::Queued { 2 } else { 1 };
+        let mut id = String::new();
+        for _ in 0..runs {
+            let at = &processes[rng.below(3) as usize].base;
+            let (s, b) = post_bytes_as(
+                at,
+                ADMIN,
+                "/connectors/people/runs?filename=people.csv",
+                "application/octet-stream",
+                csv.clone(),
+            )
+            .await;
+            assert_eq!(s, 202, "{b}");
+            id = b["id"].as_str().unwrap_or_default().to_string();
+            accepted.push(id.clone());
+        }
+        let watcher = &processes[rng.below(3) as usize].base;
+        let reached = reach(watcher, &id, target).await;
+        if reached {
+            hit.push(target);
+        }
+        // The process running it, or any for a queued run.
+        let victim = match (target, reached) {
+            (Target::Stage(..), true) => log_lines(watcher, &id)
+                .await
+                .iter()
+                .find_map(|l| l.strip_prefix("claimed by worker "))
+                .and_then(|w| names.iter().position(|n| *n == w))
+                .unwrap_or(0),
+            _ => rng.below(3) as usize,
+        };
+        let spread = if target == Target::Stage(4, "load") { 400 } else { 30 };
+        tokio::time::sleep(std::time::Duration::from_millis(rng.below(spread))).await;
+        let _ = processes[victim].child.kill();
+        let _ = processes[victim].child.wait();
+        processes[victim] = campaigner(dirs[victim].path(), &url, &s3, names[victim]);
+    }
+    for target in TARGETS.into_iter().filter(|t| *t != Target::Stage(3, "variables")) {
+        assert!(
+            hit.contains(&target),
+            "seed {seed}: no kill landed at {target:?}; hit {hit:?}"
+        );
+    }
+
+    // Loaded once more, to its end: one record per distinct e-mail.
+    for id in &accepted {
+        wait_end(&processes[0].base, id).await;
+    }
+    let (s, b) = post_bytes_as(
+        &processes[1].base,
+        ADMIN,
+        "/connectors/people/runs?filename=people.csv",
+        "application/octet-stream",
+        csv,
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let last = b["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        wait_end(&processes[2].base, &last).await["status"],
+        "success",
+        "seed {seed}"
+    );
+    let (count, distinct, created) = loaded(&pg, &schema);
+    assert_eq!(
+        (count, distinct, created),
+        (PEOPLE as u64, PEOPLE as u64, PEOPLE as u64),
+        "seed {seed}"
+    );
+    let stuck = pg.sql_in(
+        "weir",
+        "SELECT count(*) FROM executions WHERE status IN ('queued', 'running', 'canceling')",
+    );
+    assert_eq!(stuck.trim(), "0", "seed {seed}");
+    // The kills cut runs short: the runs of a killed process were resolved
+    // by the others (or by itself, started again).
+    let lost = pg.sql_in(
+        "weir",
+        "SELECT count(*) FROM executions WHERE document #>> '{error,code}' = 'worker_lost'",
+    );
+    let lost: usize = lost.trim().parse().unwrap_or(0);
+    eprintln!(
+        "seed {seed}: {KILLS} kills, {} where aimed, {lost} runs lost, {} acknowledged",
+        hit.len(),
+        accepted.len()
+    );
+    assert!(lost >= KILLS / 3, "seed {seed}: only {lost} runs were cut short");
+    let known = pg.sql_in("weir", "SELECT count(*) FROM executions WHERE is_dry_run = false");
+    assert_eq!(
+        known.trim().parse::<usize>().ok(),
+        Some(accepted.len() + 1),
+        "seed {seed}: every acknowledged trigger is stored, once"
+    );
+    for p in processes {
+        p.stop();
+    }
+}
