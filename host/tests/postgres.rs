@@ -587,3 +587,83 @@ async fn killed_a_hundred_times_across_three_processes_nothing_acknowledged_is_l
         p.stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_stopped_gracefully_ends_its_runs_itself_and_leaves_its_queue_to_the_others() {
+    let Some((pg, url, s3)) = services() else { return };
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let aws = s3.env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("WEIR_DATABASE", url.as_str()),
+        ("WEIR_OBJECT_STORE", "s3://weir/graceful"),
+        ("WEIR_WORKER_ID", "a"),
+        ("WEIR_WORKERS", "1"),
+        ("WEIR_SHUTDOWN_GRACE", "500ms"),
+    ]);
+    let a = serve(dirs[0].path(), &env);
+    let store = PgState::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"));
+    slow_on(&a.base, &store).await;
+    let running = trigger(&a.base, "slow").await;
+    wait(&a.base, &running, |s| s == "running").await;
+    // One worker: the second waits in the queue.
+    let queued = trigger(&a.base, "slow").await;
+    assert_eq!(status_of(&a.base, &queued).await["status"], "queued");
+
+    let mut a = a;
+    let sent = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", a.child.id())])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = a.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    // Its run ended by its own hand before it exited (a sweeper resolves
+    // only runs still running); the queued run waits for another process.
+    let rows = pg.sql_in(
+        "weir",
+        &format!("SELECT id, status FROM executions WHERE id IN ('{running}', '{queued}') ORDER BY id"),
+    );
+    assert_eq!(
+        rows.trim(),
+        format!("{running}|canceled\n{queued}|queued"),
+        "a graceful stop leaves nothing to a sweeper"
+    );
+
+    env.retain(|(k, _)| *k != "WEIR_WORKER_ID");
+    env.push(("WEIR_WORKER_ID", "b"));
+    let b = serve(dirs[1].path(), &env);
+    wait(&b.base, &queued, |s| s == "running").await;
+    let claims: Vec<String> = log_lines(&b.base, &queued)
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("claimed by worker "))
+        .collect();
+    assert_eq!(claims, ["claimed by worker b"]);
+    assert!(
+        !log_lines(&b.base, &running)
+            .await
+            .iter()
+            .any(|l| l.starts_with("resolved by worker")),
+        "nothing was resolved by another process"
+    );
+    let (s, _) = call(
+        &b.base,
+        reqwest::Method::POST,
+        &format!("/executions/{queued}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert_eq!(wait_end(&b.base, &queued).await["status"], "canceled");
+    b.stop();
+}
