@@ -448,6 +448,20 @@ fn fields_and_many_keys(open: &Open) {
     assert_eq!(found.len(), 2500);
     assert_eq!(found[0], vec![writes[2499].id]);
     assert_eq!(found[2499], vec![writes[0].id]);
+    // A batch that writes no field makes records of only an id.
+    let bare = RecordId::now_v7();
+    let nothing = WriteBatch {
+        fields: vec![],
+        creates: vec![Write {
+            id: bare,
+            values: vec![],
+        }],
+        updates: vec![],
+        tally: None,
+    };
+    ok(store.commit("w", "contact", &nothing));
+    let found = ok(store.get("w", &def, &[bare])).remove(0);
+    assert_eq!(found.map(|r| r.fields["email"].clone()), Some(Value::Null));
     let got = ok(store.get("w", &def, &writes.iter().map(|w| w.id).collect::<Vec<_>>()));
     for (i, rec) in got.into_iter().enumerate() {
         let rec = rec.unwrap_or_else(|| panic!("record {i} missing"));

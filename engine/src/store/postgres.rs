@@ -607,11 +607,13 @@ impl RecordStore for PgStore {
             }
         }
         if !batch.creates.is_empty() {
-            let columns: Vec<String> = batch.fields.iter().map(|f| quoted(f)).collect();
+            let columns: Vec<String> = std::iter::once("id".to_string())
+                .chain(batch.fields.iter().map(|f| quoted(f)))
+                .collect();
             let types: Vec<Type> = std::iter::once(Type::UUID)
                 .chain(kinds.iter().map(|k| pg_type(*k)))
                 .collect();
-            let sql = format!("COPY {t} (id, {}) FROM STDIN BINARY", columns.join(", "));
+            let sql = format!("COPY {t} ({}) FROM STDIN BINARY", columns.join(", "));
             self.wait(async {
                 let sink = tx.copy_in(sql.as_str()).await.map_err(store_error)?;
                 let writer = BinaryCopyInWriter::new(sink, &types);
