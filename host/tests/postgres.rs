@@ -667,3 +667,58 @@ async fn a_process_stopped_gracefully_ends_its_runs_itself_and_leaves_its_queue_
     assert_eq!(wait_end(&b.base, &queued).await["status"], "canceled");
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_cut_off_by_a_database_outage_ends_clearly_with_its_counts_equal_to_its_records() {
+    let Some((pg, url, s3)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let aws = s3.env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("WEIR_DATABASE", url.as_str()),
+        ("WEIR_OBJECT_STORE", "s3://weir/outage-load"),
+        ("WEIR_LOAD_BATCH_SIZE", "20"),
+    ]);
+    let p = serve(dir.path(), &env);
+    importer(&p.base).await;
+    let rows: String = std::iter::once("email,city\n".to_string())
+        .chain((0..200_000).map(|i| format!("u{i}@x.io,Oslo\n")))
+        .collect();
+    let (s, run) = post_bytes_as(
+        &p.base,
+        ADMIN,
+        "/connectors/people/runs?filename=people.csv",
+        "application/octet-stream",
+        rows,
+    )
+    .await;
+    assert_eq!(s, 202, "{run}");
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    let committed = |doc: &serde_json::Value| doc["step_progress"][4]["steps"][0]["created"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while committed(&status_of(&p.base, &id).await) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    pg.pause();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    pg.resume();
+
+    let done = wait_end(&p.base, &id).await;
+    let status = done["status"].as_str().unwrap_or_default();
+    assert!(
+        status == "success" || (status == "failed" && done["error"]["message"].as_str().is_some_and(|m| !m.is_empty())),
+        "it finishes or ends with a clear error: {done}"
+    );
+    let workspace = pg.sql_in("weir", "SELECT id FROM workspaces WHERE name = 'default'");
+    let schema = weir_engine::store::schema_name(workspace.trim());
+    let records = pg.sql_in("weir", &format!("SELECT count(*) FROM {schema}.contact"));
+    assert_eq!(
+        records.trim().parse::<u64>().ok(),
+        Some(committed(&done)),
+        "the counts are the records: {done}"
+    );
+    eprintln!("after the outage: {status}: {}", done["error"]);
+    p.stop();
+}
