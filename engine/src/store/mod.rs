@@ -441,6 +441,37 @@ pub fn arrow_schema(object: &ObjectDef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The Arrow schema of what `scan` reads of `object` (as [`arrow_schema`]
+/// types its fields), and each field's type.
+pub(crate) fn scan_schema(object: &ObjectDef, scan: &Scan) -> Result<(SchemaRef, Vec<FieldType>)> {
+    let all = arrow_schema(object);
+    let mut fields = Vec::with_capacity(scan.fields.len());
+    for name in &scan.fields {
+        let field = all
+            .field_with_name(name)
+            .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
+        fields.push(field.clone());
+    }
+    let kinds = scan
+        .fields
+        .iter()
+        .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
+        .collect();
+    Ok((Arc::new(Schema::new(fields)), kinds))
+}
+
+/// A batch of `rows` records of `schema`, one builder per field (none when
+/// only the count was asked for).
+pub(crate) fn scanned_batch(schema: &SchemaRef, builders: Vec<Builder>, rows: usize) -> Result<RecordBatch> {
+    let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        arrays,
+        &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// The declared fields of an object with `name` first (never `id`).
 pub(crate) fn stored_fields(object: &ObjectDef) -> Vec<(String, FieldType)> {
     let mut names: Vec<(String, FieldType)> = vec![(NAME_FIELD.to_string(), FieldType::Text)];

@@ -28,9 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use chrono::{DateTime, NaiveDate, Utc};
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::Schema;
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -38,7 +36,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{
     Builder, Condition, Found, Record, RecordId, RecordSnapshot, RecordStore, Scan, Tally, Value, WriteBatch,
-    arrow_schema, stored_fields,
+    scan_schema, scanned_batch, stored_fields,
 };
 use crate::error::{Error, Result, StoreFault};
 use crate::objects::{FieldType, ID_FIELD, NAME_FIELD, ObjectDef};
@@ -774,16 +772,7 @@ impl RecordSnapshot for PgSnapshot {
         scan: &Scan,
         each: &mut dyn FnMut(RecordBatch) -> bool,
     ) -> Result<()> {
-        let all = arrow_schema(object);
-        let mut fields = Vec::with_capacity(scan.fields.len());
-        for name in &scan.fields {
-            let field = all
-                .field_with_name(name)
-                .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
-            fields.push(field.clone());
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let kinds: Vec<FieldType> = scan.fields.iter().map(|f| kind_of(object, f)).collect();
+        let (schema, kinds) = scan_schema(object, scan)?;
         let columns: String = scan.fields.iter().map(|f| format!(", {}", selected(f))).collect();
         let mut params: Vec<Box<dyn ToSql + Sync + Send + '_>> = Vec::new();
         let mut clauses = vec!["true".to_string()];
@@ -857,13 +846,7 @@ impl RecordSnapshot for PgSnapshot {
             }
             after = Some(read_id(&rows[n - 1], 0)?);
             drop(rows);
-            let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-            let batch = RecordBatch::try_new_with_options(
-                schema.clone(),
-                arrays,
-                &RecordBatchOptions::new().with_row_count(Some(n)),
-            )
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            let batch = scanned_batch(&schema, builders, n)?;
             if !each(batch) || n < want {
                 break;
             }

@@ -17,8 +17,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
@@ -26,7 +24,7 @@ use rusqlite::{Connection, params_from_iter};
 
 use super::{
     Builder, Condition, Found, MatchKey, Record, RecordId, RecordSnapshot, RecordStore, Scan, Tally, Value, Write,
-    WriteBatch, arrow_schema, stored_fields,
+    WriteBatch, scan_schema, scanned_batch, stored_fields,
 };
 use crate::error::{Error, Result, StoreFault};
 use crate::objects::{FieldType, ObjectDef};
@@ -726,20 +724,7 @@ impl RecordSnapshot for SqliteSnapshot {
         scan: &Scan,
         each: &mut dyn FnMut(RecordBatch) -> bool,
     ) -> Result<()> {
-        let all = arrow_schema(object);
-        let mut fields = Vec::with_capacity(scan.fields.len());
-        for name in &scan.fields {
-            let field = all
-                .field_with_name(name)
-                .map_err(|_| Error::Internal(format!("object {} has no field {name}", object.name)))?;
-            fields.push(field.clone());
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let kinds: Vec<FieldType> = scan
-            .fields
-            .iter()
-            .map(|f| object.field_type(f).unwrap_or(FieldType::Text))
-            .collect();
+        let (schema, kinds) = scan_schema(object, scan)?;
         let selected: String = scan.fields.iter().map(|f| format!(", {}", column(f))).collect();
         let mut params: Vec<&Value> = Vec::new();
         let mut clauses = Vec::new();
@@ -796,13 +781,7 @@ impl RecordSnapshot for SqliteSnapshot {
             if n == 0 {
                 break;
             }
-            let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-            let batch = RecordBatch::try_new_with_options(
-                schema.clone(),
-                arrays,
-                &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-            )
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            let batch = scanned_batch(&schema, builders, n)?;
             if !each(batch) || n < want {
                 break;
             }
