@@ -11,8 +11,9 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::kills::{Rng, TARGETS, Target, reach};
 use common::{call, importer_with, publish_plugin, serve, upload_named, wait_end};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -22,36 +23,8 @@ use weir_host::server::state::{Db, KeyState, ObjectState};
 /// Distinct e-mails in the input.
 const PEOPLE: usize = 60_000;
 
-/// Where a round kills the server: a run waiting in the queue behind
-/// another, or a run seen running in a stage (an index of `step_progress`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Target {
-    Queued,
-    Stage(usize, &'static str),
-}
-
 /// One round per target, twice over.
-const TARGETS: [Target; 6] = [
-    Target::Stage(0, "intake"),
-    Target::Stage(1, "sql"),
-    Target::Stage(2, "transform"),
-    Target::Stage(3, "variables"),
-    Target::Stage(4, "load"),
-    Target::Queued,
-];
 const ROUNDS: usize = 2 * TARGETS.len();
-
-/// A small xorshift generator: the seed is printed with every failure.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn people_csv() -> &'static [u8] {
     let mut csv = String::from("email,city\n");
@@ -102,27 +75,6 @@ fn assert_intact(dir: &std::path::Path, seed: u64, round: usize) {
     }
 }
 
-/// Waits until `id` is where `target` aims, or has ended; says whether it
-/// got there.
-async fn reach(base: &str, id: &str, target: Target) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let doc = common::status_of(base, id).await;
-        let there = match target {
-            Target::Queued => doc["status"] == "queued",
-            Target::Stage(i, _) => doc["status"] == "running" && doc["step_progress"][i]["status"] == "running",
-        };
-        if there {
-            return true;
-        }
-        if !matches!(doc["status"].as_str(), Some("queued" | "running")) {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    false
-}
-
 /// Records the executions say they created.
 async fn created(base: &str, ids: &[String]) -> u64 {
     let mut sum = 0;
@@ -147,11 +99,8 @@ async fn executions(base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_in_every_stage_again_and_again_the_server_keeps_its_records_whole() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
+    let seed = rng.0;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let csv = people_csv();
     let mut accepted: Vec<String> = Vec::new();

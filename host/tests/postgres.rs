@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::kills::{Rng, TARGETS, Target, reach};
 use common::services::{Postgres, S3};
 use common::{
     ADMIN, Process, call, call_as, get_bytes, importer, log_lines, post_bytes_as, quick_named, serve, slow_on,
@@ -27,20 +28,27 @@ fn services() -> Option<(Postgres, String, S3)> {
     Some((pg, url, s3))
 }
 
+/// A process on `dir` with its state in `database` and its files under
+/// `prefix` of the bucket, with the settings in `env`.
+fn serve_on(dir: &Path, database: &str, s3: &S3, prefix: &str, env: &[(&str, &str)]) -> Process {
+    let aws = s3.env();
+    let store = format!("s3://weir/{prefix}");
+    let mut all: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend([("WEIR_DATABASE", database), ("WEIR_OBJECT_STORE", store.as_str())]);
+    all.extend_from_slice(env);
+    serve(dir, &all)
+}
+
 /// Process `name` on `dir` with its state in `database` and its files in
 /// the bucket.
 fn process(dir: &Path, database: &str, s3: &S3, name: &str) -> Process {
-    let aws = s3.env();
-    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("WEIR_DATABASE", database),
-        ("WEIR_OBJECT_STORE", "s3://weir/shared"),
+    let env = [
         ("WEIR_WORKER_ID", name),
         ("WEIR_WORKERS", "2"),
         ("WEIR_LEASE", "2s"),
         ("WEIR_HEARTBEAT", "200ms"),
-    ]);
-    serve(dir, &env)
+    ];
+    serve_on(dir, database, s3, "shared", &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,14 +217,7 @@ async fn runs_and_acknowledged_triggers_outlive_ten_seconds_without_the_database
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     // Default lease and heartbeat: an outage shorter than the lease loses no
     // run. One worker, held by the long run: the triggers wait in the queue.
-    let aws = s3.env();
-    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("WEIR_DATABASE", url.as_str()),
-        ("WEIR_OBJECT_STORE", "s3://weir/outage"),
-        ("WEIR_WORKERS", "1"),
-    ]);
-    let p = serve(dir.path(), &env);
+    let p = serve_on(dir.path(), &url, &s3, "outage", &[("WEIR_WORKERS", "1")]);
     let store = PgState::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"));
     slow_on(&p.base, &store).await;
     drop(store);
@@ -354,76 +355,22 @@ async fn three_processes_on_their_own_disks_run_a_thousand_triggers_once_with_th
     }
 }
 
-/// Where a kill aims: a run waiting in the queue behind another, or a run
-/// seen running in a stage (an index of `step_progress`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Target {
-    Queued,
-    Stage(usize, &'static str),
-}
-
-const TARGETS: [Target; 6] = [
-    Target::Stage(0, "intake"),
-    Target::Stage(1, "sql"),
-    Target::Stage(2, "transform"),
-    Target::Stage(3, "variables"),
-    Target::Stage(4, "load"),
-    Target::Queued,
-];
-
 /// Kills over the campaign.
 const KILLS: usize = 102;
 
 /// Distinct e-mails each run loads.
 const PEOPLE: usize = 3_000;
 
-/// A small xorshift generator: the seed is printed with every failure.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Process `name` of the campaign: short leases, small load commits.
 fn campaigner(dir: &Path, database: &str, s3: &S3, name: &str) -> Process {
-    let aws = s3.env();
-    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("WEIR_DATABASE", database),
-        ("WEIR_OBJECT_STORE", "s3://weir/campaign"),
+    let env = [
         ("WEIR_WORKER_ID", name),
         ("WEIR_WORKERS", "2"),
         ("WEIR_LEASE", "1s"),
         ("WEIR_HEARTBEAT", "100ms"),
         ("WEIR_LOAD_BATCH_SIZE", "100"),
-    ]);
-    serve(dir, &env)
-}
-
-/// Waits until `id` is where `target` aims, or has ended; says whether it
-/// got there.
-async fn reach(base: &str, id: &str, target: Target) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        let doc = status_of(base, id).await;
-        let there = match target {
-            Target::Queued => doc["status"] == "queued",
-            Target::Stage(i, _) => doc["status"] == "running" && doc["step_progress"][i]["status"] == "running",
-        };
-        if there {
-            return true;
-        }
-        if !matches!(doc["status"].as_str(), Some("queued" | "running")) {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    false
+    ];
+    serve_on(dir, database, s3, "campaign", &env)
 }
 
 /// The records of `contact`, the distinct e-mails among them, and what the
@@ -444,11 +391,8 @@ fn loaded(pg: &Postgres, schema: &str) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_a_hundred_times_across_three_processes_nothing_acknowledged_is_lost_or_written_twice() {
     let Some((pg, url, s3)) = services() else { return };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
+    let seed = rng.0;
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")))
         .collect();
@@ -594,16 +538,15 @@ async fn a_process_stopped_gracefully_ends_its_runs_itself_and_leaves_its_queue_
     let dirs: Vec<tempfile::TempDir> = (0..2)
         .map(|_| tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")))
         .collect();
-    let aws = s3.env();
-    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("WEIR_DATABASE", url.as_str()),
-        ("WEIR_OBJECT_STORE", "s3://weir/graceful"),
-        ("WEIR_WORKER_ID", "a"),
-        ("WEIR_WORKERS", "1"),
-        ("WEIR_SHUTDOWN_GRACE", "500ms"),
-    ]);
-    let a = serve(dirs[0].path(), &env);
+    let graceful = |dir: &Path, name: &str| {
+        let env = [
+            ("WEIR_WORKER_ID", name),
+            ("WEIR_WORKERS", "1"),
+            ("WEIR_SHUTDOWN_GRACE", "500ms"),
+        ];
+        serve_on(dir, &url, &s3, "graceful", &env)
+    };
+    let a = graceful(dirs[0].path(), "a");
     let store = PgState::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"));
     slow_on(&a.base, &store).await;
     let running = trigger(&a.base, "slow").await;
@@ -639,9 +582,7 @@ async fn a_process_stopped_gracefully_ends_its_runs_itself_and_leaves_its_queue_
         "a graceful stop leaves nothing to a sweeper"
     );
 
-    env.retain(|(k, _)| *k != "WEIR_WORKER_ID");
-    env.push(("WEIR_WORKER_ID", "b"));
-    let b = serve(dirs[1].path(), &env);
+    let b = graceful(dirs[1].path(), "b");
     wait(&b.base, &queued, |s| s == "running").await;
     let claims: Vec<String> = log_lines(&b.base, &queued)
         .await
@@ -672,14 +613,7 @@ async fn a_process_stopped_gracefully_ends_its_runs_itself_and_leaves_its_queue_
 async fn a_load_cut_off_by_a_database_outage_ends_clearly_with_its_counts_equal_to_its_records() {
     let Some((pg, url, s3)) = services() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let aws = s3.env();
-    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("WEIR_DATABASE", url.as_str()),
-        ("WEIR_OBJECT_STORE", "s3://weir/outage-load"),
-        ("WEIR_LOAD_BATCH_SIZE", "20"),
-    ]);
-    let p = serve(dir.path(), &env);
+    let p = serve_on(dir.path(), &url, &s3, "outage-load", &[("WEIR_LOAD_BATCH_SIZE", "20")]);
     importer(&p.base).await;
     let rows: String = std::iter::once("email,city\n".to_string())
         .chain((0..200_000).map(|i| format!("u{i}@x.io,Oslo\n")))

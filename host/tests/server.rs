@@ -1751,16 +1751,7 @@ async fn a_server_on_an_s3_bucket_keeps_and_serves_everything_from_it() {
         return;
     };
     s3.bucket("weir");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name("weir")
-        .with_endpoint(&s3.endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("weir-test")
-        .with_secret_access_key("weir-test-secret")
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    keeps_and_serves_everything_from(Arc::new(store)).await;
+    keeps_and_serves_everything_from(s3_store(&s3.endpoint, "weir")).await;
 }
 
 /// A whole server on `store`: a run with a plugin, its input, artifacts,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod kills;
 pub mod services;
 
 pub const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
