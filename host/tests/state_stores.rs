@@ -11,7 +11,8 @@ use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
 use weir_engine::objects::ObjectDef;
 use weir_host::server::state::{
     ConnectorRow, Db, ExecutionFilter, ExecutionRow, ExecutionState, FileDeletion, FileRow, IdempotencyKey, KeyRow,
-    KeyState, Lease, LeaseState, PgState, PluginRow, StateError, StateFault, StateStore, WebhookRow, Workspace,
+    KeyState, Lease, LeaseState, PgState, PluginRow, SessionRow, StateError, StateFault, StateStore, WebhookRow,
+    Workspace,
 };
 
 const PASSWORD: &str = "state-store-test";
@@ -102,6 +103,32 @@ fn workspaces_and_keys(store: &dyn StateStore) {
         store.key_by_hash("h1").ok().flatten().and_then(|k| k.revoked_at),
         revoked
     );
+
+    // Console sessions: found until they end or are deleted; an ended one
+    // is forgotten when the next session starts.
+    let session = |token: &str, hours: i64| SessionRow {
+        token_sha256: token.into(),
+        key_sha256: "h2".into(),
+        csrf: format!("csrf of {token}"),
+        expires_at: Utc::now() + chrono::TimeDelta::hours(hours),
+    };
+    store
+        .insert_session(&session("s1", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .insert_session(&session("ended", -1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let found = store.session("s1").ok().flatten();
+    assert_eq!(found.as_ref().map(|s| s.csrf.as_str()), Some("csrf of s1"));
+    assert_eq!(found.map(|s| s.key_sha256), Some("h2".to_string()));
+    assert!(store.session("ended").ok().flatten().is_none(), "an ended session");
+    assert!(store.session("s0").ok().flatten().is_none());
+    store
+        .insert_session(&session("s2", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.delete_session("s1").unwrap_or_else(|e| panic!("{e}"));
+    assert!(store.session("s1").ok().flatten().is_none(), "signed out");
+    assert!(store.session("s2").ok().flatten().is_some());
 }
 
 fn objects(store: &dyn StateStore) {
@@ -352,7 +379,7 @@ fn executions_are_saved_conditionally_listed_and_keyed_once() {
             ..ExecutionFilter::default()
         };
         let ids = |f: &ExecutionFilter, cursor: Option<&str>| -> Vec<String> {
-            db.executions("c1", f, cursor, 10)
+            db.executions(&ws, f, cursor, 10)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|d| d.id)
@@ -366,6 +393,24 @@ fn executions_are_saved_conditionally_listed_and_keyed_once() {
             ..ExecutionFilter::default()
         };
         assert_eq!(ids(&status, None), ["e1"]);
+        // The workspace's runs by connector, and found by id or by the
+        // idempotency key that created them.
+        let filter = |connector: Option<&str>, search: Option<&str>| ExecutionFilter {
+            connector_ids: connector.map(|c| vec![c.to_string()]),
+            search: search.map(str::to_string),
+            ..ExecutionFilter::default()
+        };
+        assert_eq!(ids(&filter(Some("c1"), None), None), ["e4", "e2", "e1"]);
+        assert!(ids(&filter(Some("c2"), None), None).is_empty());
+        assert_eq!(ids(&filter(None, Some("k")), None), ["e2"]);
+        assert_eq!(ids(&filter(None, Some("e4")), None), ["e4"]);
+        assert!(ids(&filter(None, Some("nothing")), None).is_empty());
+        let other = db.workspace_named("other").unwrap_or_else(|e| panic!("{e}")).id;
+        assert!(
+            db.executions(&other, &ExecutionFilter::default(), None, 10)
+                .unwrap_or_default()
+                .is_empty()
+        );
 
         // Only an ended execution is deleted, with its log.
         db.append_log("e1", "info", "a").unwrap_or_else(|e| panic!("{e}"));

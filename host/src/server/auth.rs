@@ -199,8 +199,13 @@ pub fn key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// Checks a presented key against the store.
 pub fn authenticate(db: &dyn StateStore, presented: &str) -> Result<Option<Caller>, StateError> {
-    let hash = hash_secret(presented);
-    let Some(row) = db.key_by_hash(&hash)? else {
+    authenticate_hash(db, &hash_secret(presented))
+}
+
+/// Checks a key known by the sha256 of its secret (a console session's)
+/// against the store.
+pub fn authenticate_hash(db: &dyn StateStore, hash: &str) -> Result<Option<Caller>, StateError> {
+    let Some(row) = db.key_by_hash(hash)? else {
         return Ok(None);
     };
     let equal: bool = row.secret_sha256.as_bytes().ct_eq(hash.as_bytes()).into();

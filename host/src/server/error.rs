@@ -81,6 +81,11 @@ impl ApiError {
         }
     }
 
+    /// Its problem document.
+    pub fn problem(&self) -> &ProblemDocument {
+        &self.doc
+    }
+
     /// 401.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)

@@ -283,6 +283,49 @@ impl Executions {
         Ok(doc)
     }
 
+    /// Why a queued execution has not started yet, for a person: its
+    /// connector is inactive, runs as many executions as it may at once,
+    /// or others are ahead of it for the server's workers. `None` once it
+    /// has started.
+    pub fn why_waiting(&self, workspace_id: &str, doc: &Execution) -> Refused<Option<String>> {
+        if doc.status != Status::Queued {
+            return Ok(None);
+        }
+        let connector = doc
+            .connector
+            .id
+            .as_deref()
+            .map(|id| self.db.connector_by_id(id))
+            .transpose()?
+            .flatten();
+        if let Some(row) = &connector {
+            let connector = &row.connector;
+            if !doc.is_dry_run && connector.status != weir_engine::connector::ConnectorStatus::Operational {
+                return Ok(Some(
+                    "its connector is inactive: live runs wait until it is operational again".into(),
+                ));
+            }
+            let max = connector.limits.max_concurrency.max(1) as usize;
+            let running = ExecutionFilter {
+                connector_ids: Some(vec![row.id.clone()]),
+                status: Some(Status::Running.as_str().into()),
+                ..ExecutionFilter::default()
+            };
+            if self.db.executions(workspace_id, &running, None, max)?.len() >= max {
+                return Ok(Some(format!(
+                    "its connector already runs {max} execution{} at once (limits.max_concurrency)",
+                    if max == 1 { "" } else { "s" }
+                )));
+            }
+        }
+        let ahead = self.db.queue_position(workspace_id, &doc.id)?;
+        Ok(Some(match ahead {
+            0 => "next in line, for a free worker".into(),
+            1 => "1 execution of the workspace is ahead of it".into(),
+            n => format!("{n} executions of the workspace are ahead of it"),
+        }))
+    }
+
     /// The stored execution `id`, whoever's it is (for a caller that
     /// already checked it is visible).
     pub fn stored(&self, id: &str) -> Refused<Option<ExecutionRow>> {
@@ -303,7 +346,38 @@ impl Executions {
         cursor: Option<&str>,
         limit: usize,
     ) -> Refused<Vec<Execution>> {
-        let docs = self.db.executions(&row.id, filter, cursor, limit)?;
+        let filter = ExecutionFilter {
+            connector_ids: Some(vec![row.id.clone()]),
+            ..filter.clone()
+        };
+        let docs = self.db.executions(&row.workspace_id, &filter, cursor, limit)?;
+        Ok(docs.into_iter().map(|d| self.live_view(d)).collect())
+    }
+
+    /// The executions of the workspace the caller reaches (of every
+    /// connector, or of those its key is limited to), newest first, as
+    /// they are now.
+    pub fn list_reached(
+        &self,
+        caller: &Caller,
+        filter: &ExecutionFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Refused<Vec<Execution>> {
+        let mut filter = filter.clone();
+        if let Some(limited) = &caller.connectors {
+            let reached: Vec<String> = self
+                .db
+                .connectors(&caller.workspace_id, Some(limited), None, limited.len() + 1)?
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            filter.connector_ids = Some(match filter.connector_ids {
+                Some(asked) => asked.into_iter().filter(|id| reached.contains(id)).collect(),
+                None => reached,
+            });
+        }
+        let docs = self.db.executions(&caller.workspace_id, &filter, cursor, limit)?;
         Ok(docs.into_iter().map(|d| self.live_view(d)).collect())
     }
 

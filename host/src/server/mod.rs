@@ -33,6 +33,7 @@
 //!   that uses it.
 //! - [`retention`]: what is deleted once past its workspace's retention.
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
+//! - [`console`]: the web console's pages under `/`, on the API's handlers.
 //! - [`metrics`]: Prometheus counters.
 //! - [`previews`]: the previews service: a dry run within the call.
 //! - [`packages`]: the packages service: dev packages made and pushed.
@@ -44,6 +45,7 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod error;
 pub mod executions;
 pub mod files;

@@ -311,12 +311,20 @@ fn scope_previews(dir: &FsPath, rows: usize) -> Refused<Vec<ScopePreview>> {
 
 /// The first `rows` rows of `rejected.csv`.
 fn rejected_previews(path: &FsPath, rows: usize) -> Refused<Vec<RejectedPreview>> {
-    let Ok(mut reader) = csv::Reader::from_path(path) else {
-        return Ok(Vec::new());
-    };
+    match std::fs::File::open(path) {
+        Ok(file) => rejected_rows(file, rows),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// The first `rows` rows of a `rejected.csv` read from `reader` (a preview's
+/// file, or the start of a run's artifact); a row cut off at the end of what
+/// was read is left out.
+pub fn rejected_rows(reader: impl std::io::Read, rows: usize) -> Refused<Vec<RejectedPreview>> {
+    let mut reader = csv::Reader::from_reader(reader);
     let mut out = Vec::new();
     for record in reader.records().take(rows) {
-        let record = record.map_err(Refusal::internal)?;
+        let Ok(record) = record else { break };
         let field = |i: usize| record.get(i).unwrap_or_default().to_string();
         out.push(RejectedPreview {
             stage: field(0),

@@ -64,6 +64,7 @@ pub async fn list(
         is_dry_run: params.is_dry_run,
         created_after: params.created_after,
         created_before: params.created_before,
+        ..ExecutionFilter::default()
     };
     let docs = app
         .executions

@@ -2,6 +2,7 @@
 //! multipart form with a `file` part. Files are stored by content hash; the
 //! hash is the file's id.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -124,17 +125,35 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
-/// Stores the file of a request as the caller's workspace's, noting that
-/// the caller's key uploaded it: the `file` part of a multipart form, or
-/// the raw body named by `filename`.
+/// Receives the file of a request (multipart `file`, or a raw body named
+/// by `filename`) into the workspace's files.
 pub async fn receive(
     app: &Arc<App>,
     caller: &Caller,
     filename: Option<String>,
     request: Request,
 ) -> ApiResult<FileRow> {
+    Ok(receive_form(app, caller, filename, request, |_| Ok(())).await?.0)
+}
+
+/// The most bytes of a form field before a multipart form's `file`.
+const MAX_FIELD: usize = 64 << 10;
+/// The most form fields before a multipart form's `file`.
+const MAX_FIELDS: usize = 32;
+
+/// [`receive`], with the text fields a multipart form sends before its
+/// `file` (a form's options, its CSRF token): `check` is given them before
+/// any byte of the file is read, and may refuse the request.
+pub async fn receive_form(
+    app: &Arc<App>,
+    caller: &Caller,
+    filename: Option<String>,
+    request: Request,
+    check: impl FnOnce(&BTreeMap<String, String>) -> ApiResult<()>,
+) -> ApiResult<(FileRow, BTreeMap<String, String>)> {
     let workspace_id = caller.workspace_id.as_str();
     let limit = app.settings.max_upload;
+    let mut fields = BTreeMap::new();
     let (name, content_type, (staged, stored)) = if is_multipart(request.headers()) {
         let mut form = Multipart::from_request(request, app)
             .await
@@ -142,23 +161,48 @@ pub async fn receive(
         // The parts before `file` are not paced as the file is: they get
         // request_timeout, all of them together.
         let deadline = tokio::time::Instant::now() + app.settings.request_timeout;
+        let bad = |e: axum::extract::multipart::MultipartError| {
+            ApiError::bad_request(format!("bad multipart body: {}", e.body_text()))
+        };
         loop {
             let field = tokio::time::timeout_at(deadline, form.next_field())
                 .await
                 .map_err(|_| super::request_timed_out())?
-                .map_err(|e| ApiError::bad_request(format!("bad multipart body: {}", e.body_text())))?;
-            let Some(field) = field else {
+                .map_err(bad)?;
+            let Some(mut field) = field else {
                 return Err(ApiError::bad_request("the multipart form has no `file` part"));
             };
             if field.name() != Some("file") {
+                let key = field.name().unwrap_or_default().to_string();
+                let mut value = Vec::new();
+                while let Some(chunk) = tokio::time::timeout_at(deadline, field.chunk())
+                    .await
+                    .map_err(|_| super::request_timed_out())?
+                    .map_err(bad)?
+                {
+                    value.extend_from_slice(&chunk);
+                    if value.len() > MAX_FIELD {
+                        return Err(ApiError::bad_request(format!(
+                            "the form field `{key}` is longer than {MAX_FIELD} bytes"
+                        )));
+                    }
+                }
+                if fields.len() >= MAX_FIELDS {
+                    return Err(ApiError::bad_request(format!(
+                        "the form has more than {MAX_FIELDS} fields before `file`"
+                    )));
+                }
+                fields.insert(key, String::from_utf8_lossy(&value).into_owned());
                 continue;
             }
+            check(&fields)?;
             let name = clean_name(field.file_name().or(filename.as_deref()).unwrap_or("upload"));
             let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
             let received = app.blobs.receive(field, limit).await.map_err(upload_error)?;
             break (name, content_type, received);
         }
     } else {
+        check(&fields)?;
         let Some(name) = filename else {
             return Err(ApiError::bad_request(
                 "a raw upload needs ?filename= (or send a multipart form with a `file` part)",
@@ -181,10 +225,11 @@ pub async fn receive(
             vec![weir_engine::error::Problem::new("file", "has no bytes")],
         ));
     }
-    Ok(app
+    let file = app
         .files
         .keep_upload(workspace_id, &caller.key_id, staged, stored, name, content_type)
-        .await?)
+        .await?;
+    Ok((file, fields))
 }
 
 /// Uploads a file: a raw body with `?filename=`, or multipart `file`.

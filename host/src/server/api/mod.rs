@@ -7,15 +7,15 @@
 //! call the state store or the queue, and shape the answer. Every error is
 //! an [`ApiError`] (problem+json).
 
-mod connectors;
-mod events;
-mod executions;
-mod files;
-mod keys;
-mod objects;
-mod package;
+pub mod connectors;
+pub mod events;
+pub mod executions;
+pub mod files;
+pub mod keys;
+pub mod objects;
+pub mod package;
 pub mod plugins;
-mod preview;
+pub mod preview;
 pub mod runs;
 pub mod secrets;
 mod system;
@@ -307,8 +307,8 @@ impl futures::Stream for Unread {
     }
 }
 
-/// The whole router: the API, `/api/v1/openapi.json`, limits, timeouts,
-/// request tracing and metrics.
+/// The whole router: the API, `/api/v1/openapi.json`, the console, limits,
+/// timeouts, request tracing and metrics.
 pub fn router(app: Arc<App>) -> Router {
     let (router, openapi) = api(app.settings.request_timeout).split_for_parts();
     let openapi = Arc::new(openapi);
@@ -321,6 +321,7 @@ pub fn router(app: Arc<App>) -> Router {
                 async move { axum::Json(openapi.as_ref().clone()) }
             }),
         )
+        .merge(super::console::router())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(max_json))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
@@ -382,7 +383,12 @@ async fn bare_errors_as_problems(response: Response) -> Response {
     let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes().starts_with(b"application/problem+json") || v.as_bytes().starts_with(b"application/health+json")
     });
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+    // A console page says what went wrong in HTML of its own.
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_problem || is_page || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let detail = match status {

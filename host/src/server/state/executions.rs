@@ -41,6 +41,12 @@ pub struct KeyUse {
 /// Filters of an execution list.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
+    /// Only executions of these connectors (ids); all of the workspace's
+    /// when `None`.
+    pub connector_ids: Option<Vec<String>>,
+    /// Only the execution with this id, or those created under this
+    /// idempotency key.
+    pub search: Option<String>,
     /// Only this status.
     pub status: Option<String>,
     /// Only this trigger type.
@@ -93,10 +99,10 @@ pub trait ExecutionState {
     /// An execution by id (any workspace; callers check tenancy).
     fn execution(&self, id: &str) -> Result<Option<ExecutionRow>>;
 
-    /// A page of a connector's executions, newest first, after `cursor`.
+    /// A page of a workspace's executions, newest first, after `cursor`.
     fn executions(
         &self,
-        connector_id: &str,
+        workspace_id: &str,
         filter: &ExecutionFilter,
         cursor: Option<&str>,
         limit: usize,

@@ -32,6 +32,20 @@ pub struct KeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A console session: a browser signed in with a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// sha256 of the session's cookie, hex.
+    pub token_sha256: String,
+    /// sha256 of the key it was signed in with: the key is checked again
+    /// on every request, so a revoked key ends its sessions.
+    pub key_sha256: String,
+    /// The token its forms carry against cross-site requests.
+    pub csrf: String,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Workspaces and API keys.
 pub trait KeyState {
     /// The workspace called `name`, created when new.
@@ -57,4 +71,14 @@ pub trait KeyState {
 
     /// Revokes a key of the workspace; false when there is no such key.
     fn revoke_key(&self, workspace_id: &str, id: &str) -> Result<bool>;
+
+    /// Stores a console session, and forgets sessions that have ended.
+    fn insert_session(&self, session: &SessionRow) -> Result<()>;
+
+    /// The session whose cookie hashes to `token_sha256`, if it has not
+    /// ended.
+    fn session(&self, token_sha256: &str) -> Result<Option<SessionRow>>;
+
+    /// Ends a session (signing out).
+    fn delete_session(&self, token_sha256: &str) -> Result<()>;
 }

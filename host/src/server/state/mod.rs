@@ -27,7 +27,7 @@ pub mod sqlite;
 pub use connectors::{ConnectorRow, ConnectorWrite, PackageWrite, PushRefused, SqlVersion};
 pub use executions::{ExecutionFilter, ExecutionRow, IdempotencyKey, KeyUse, LogLine};
 pub use files::{ContentRemovals, FileDeletion, FileRow};
-pub use keys::{KeyRow, Workspace};
+pub use keys::{KeyRow, SessionRow, Workspace};
 pub use leases::Lease;
 pub use objects::ObjectRow;
 pub use plugins::PluginRow;

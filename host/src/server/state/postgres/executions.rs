@@ -168,7 +168,7 @@ impl ExecutionState for PgState {
 
     fn executions(
         &self,
-        connector_id: &str,
+        workspace_id: &str,
         filter: &ExecutionFilter,
         cursor: Option<&str>,
         limit: usize,
@@ -176,16 +176,19 @@ impl ExecutionState for PgState {
         let conn = self.conn()?;
         let sql = format!(
             "SELECT {DOCUMENT} FROM executions
-             WHERE connector_id = $1 AND ($2::text IS NULL OR id < $2)
+             WHERE workspace_id = $1 AND ($2::text IS NULL OR id < $2)
                AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR trigger_type = $4)
                AND ($5::boolean IS NULL OR is_dry_run = $5)
                AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
+               AND ($9::text[] IS NULL OR connector_id = ANY($9))
+               AND ($10::text IS NULL OR id = $10 OR id IN (
+                    SELECT execution_id FROM idempotency_keys WHERE workspace_id = $1 AND key = $10))
              ORDER BY id DESC LIMIT $8"
         );
         let rows = self.wait(conn.query(
             &sql,
             &[
-                &connector_id,
+                &workspace_id,
                 &cursor,
                 &filter.status,
                 &filter.trigger_type,
@@ -193,6 +196,8 @@ impl ExecutionState for PgState {
                 &filter.created_after,
                 &filter.created_before,
                 &(limit as i64),
+                &filter.connector_ids,
+                &filter.search,
             ],
         ))?;
         rows.iter()

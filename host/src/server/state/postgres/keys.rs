@@ -112,4 +112,49 @@ impl KeyState for PgState {
         ))?;
         Ok(n > 0)
     }
+
+    fn insert_session(&self, session: &SessionRow) -> Result<()> {
+        let mut conn = self.conn()?;
+        self.wait(async {
+            let tx = conn.transaction().await?;
+            tx.execute("DELETE FROM sessions WHERE expires_at < $1", &[&now()])
+                .await?;
+            tx.execute(
+                "INSERT INTO sessions (token_sha256, key_sha256, csrf, expires_at) VALUES ($1, $2, $3, $4)",
+                &[
+                    &session.token_sha256,
+                    &session.key_sha256,
+                    &session.csrf,
+                    &session.expires_at,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, token_sha256: &str) -> Result<Option<SessionRow>> {
+        // Every console request: a statement prepared once per connection.
+        let mut conn = self.conn()?;
+        let statement = self.statement(
+            &mut conn,
+            "SELECT token_sha256, key_sha256, csrf, expires_at FROM sessions
+             WHERE token_sha256 = $1 AND expires_at >= now()",
+        )?;
+        Ok(self
+            .wait(conn.query_opt(&statement, &[&token_sha256]))?
+            .map(|r| SessionRow {
+                token_sha256: r.get(0),
+                key_sha256: r.get(1),
+                csrf: r.get(2),
+                expires_at: r.get(3),
+            }))
+    }
+
+    fn delete_session(&self, token_sha256: &str) -> Result<()> {
+        let conn = self.conn()?;
+        self.wait(conn.execute("DELETE FROM sessions WHERE token_sha256 = $1", &[&token_sha256]))?;
+        Ok(())
+    }
 }

@@ -92,30 +92,36 @@ impl ExecutionState for Db {
 
     fn executions(
         &self,
-        connector_id: &str,
+        workspace_id: &str,
         filter: &ExecutionFilter,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Execution>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
+        let connectors = filter.connector_ids.as_ref().map(serde_json::to_string).transpose()?;
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {DOCUMENT} FROM executions
-             WHERE connector_id = ?1 AND (?2 IS NULL OR id < ?2)
+             WHERE workspace_id = ?1 AND (?2 IS NULL OR id < ?2)
                AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger_type = ?4)
                AND (?5 IS NULL OR is_dry_run = ?5)
                AND (?6 IS NULL OR created_at >= ?6) AND (?7 IS NULL OR created_at < ?7)
+               AND (?9 IS NULL OR connector_id IN (SELECT value FROM json_each(?9)))
+               AND (?10 IS NULL OR id = ?10 OR id IN (
+                    SELECT execution_id FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?10))
              ORDER BY id DESC LIMIT ?8"
         ))?;
         let rows = stmt.query_map(
             params![
-                connector_id,
+                workspace_id,
                 cursor,
                 filter.status,
                 filter.trigger_type,
                 filter.is_dry_run,
                 filter.created_after.map(|t| t.to_rfc3339()),
                 filter.created_before.map(|t| t.to_rfc3339()),
-                limit as i64
+                limit as i64,
+                connectors,
+                filter.search,
             ],
             |r| r.get::<_, String>(0),
         )?;

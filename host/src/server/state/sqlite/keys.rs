@@ -98,6 +98,47 @@ impl KeyState for Db {
         )?;
         Ok(n > 0)
     }
+
+    fn insert_session(&self, session: &SessionRow) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM sessions WHERE expires_at < ?1", [now()])?;
+        tx.execute(
+            "INSERT INTO sessions (token_sha256, key_sha256, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                session.token_sha256,
+                session.key_sha256,
+                session.csrf,
+                session.expires_at.to_rfc3339()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, token_sha256: &str) -> Result<Option<SessionRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT token_sha256, key_sha256, csrf, expires_at FROM sessions
+             WHERE token_sha256 = ?1 AND expires_at >= ?2",
+        )?;
+        Ok(stmt
+            .query_row(params![token_sha256, now()], |r| {
+                Ok(SessionRow {
+                    token_sha256: r.get(0)?,
+                    key_sha256: r.get(1)?,
+                    csrf: r.get(2)?,
+                    expires_at: time(&r.get::<_, String>(3)?),
+                })
+            })
+            .optional()?)
+    }
+
+    fn delete_session(&self, token_sha256: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM sessions WHERE token_sha256 = ?1", [token_sha256])?;
+        Ok(())
+    }
 }
 
 impl Db {

@@ -291,6 +291,19 @@ CREATE TABLE sweeper (
     until INTEGER NOT NULL
 );
 "#,
+    // The console: sessions of browsers signed in with a key, and the
+    // workspace's executions newest first, searched by idempotency key.
+    r#"
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    key_sha256   TEXT NOT NULL,
+    csrf         TEXT NOT NULL,
+    expires_at   TEXT NOT NULL
+);
+CREATE INDEX sessions_by_end ON sessions (expires_at);
+CREATE INDEX executions_by_workspace ON executions (workspace_id, id);
+CREATE INDEX idempotency_keys_by_key ON idempotency_keys (workspace_id, key);
+"#,
 ];
 
 /// An execution's document as readers see it: a running execution whose
