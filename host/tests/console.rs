@@ -92,6 +92,19 @@ async fn post(client: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u1
     (response.status().as_u16(), location)
 }
 
+/// A server with the `people` importer, and the admin signed in to its
+/// console: the data directory, the server, its origin, the signed-in
+/// client and its CSRF token.
+async fn importer_console() -> (tempfile::TempDir, Process, String, reqwest::Client, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = serve(dir.path(), &[]);
+    let origin = origin(&server);
+    importer(&server.base).await;
+    let (client, _) = sign_in(&origin, ADMIN, HeaderMap::new()).await;
+    let token = csrf(&client, &origin).await;
+    (dir, server, origin, client, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_signs_in_to_a_strict_cookie_and_signing_out_or_revoking_ends_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -188,12 +201,7 @@ async fn a_key_signs_in_to_a_strict_cookie_and_signing_out_or_revoking_ends_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_are_refused_without_the_sessions_token_or_from_another_site_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let server = serve(dir.path(), &[]);
-    let origin = origin(&server);
-    importer(&server.base).await;
-    let (client, _) = sign_in(&origin, ADMIN, HeaderMap::new()).await;
-    let token = csrf(&client, &origin).await;
+    let (_dir, server, origin, client, token) = importer_console().await;
 
     let status_url = format!("{origin}/connectors/people/status");
     assert_eq!(
@@ -423,12 +431,7 @@ async fn the_runs_list_filters_by_status_mode_and_connector_and_finds_an_idempot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_with_an_error_is_kept_and_shown_at_its_line_and_column() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let server = serve(dir.path(), &[]);
-    let origin = origin(&server);
-    importer(&server.base).await;
-    let (client, _) = sign_in(&origin, ADMIN, HeaderMap::new()).await;
-    let token = csrf(&client, &origin).await;
+    let (_dir, server, origin, client, token) = importer_console().await;
     let bad = "CREATE VIEW output.people AS\r\nSELECT email, city FROM input.nowhere";
     let response = client
         .post(format!("{origin}/connectors/people/sql"))
@@ -446,6 +449,126 @@ async fn a_draft_with_an_error_is_kept_and_shown_at_its_line_and_column() {
         sql["draft"]["text"], "CREATE VIEW output.people AS\nSELECT email, city FROM input.nowhere",
         "the refused draft is kept, with its line ends as typed"
     );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_runs_again_on_its_file_a_dry_upload_writes_nothing_and_a_key_is_revoked() {
+    let (_dir, server, origin, client, token) = importer_console().await;
+    let upload = |dry: bool| {
+        let mut form = reqwest::multipart::Form::new().text("csrf", token.clone());
+        if dry {
+            form = form.text("dry_run", "true");
+        }
+        form.part(
+            "file",
+            reqwest::multipart::Part::bytes(
+                b"email,city
+d@x.io,Lima
+"
+                .to_vec(),
+            )
+            .file_name("d.csv"),
+        )
+    };
+    let run_url = format!("{origin}/connectors/people/run");
+    let dry = client
+        .post(&run_url)
+        .multipart(upload(true))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dry.status(), 303);
+    let dry_id = dry.headers()["location"]
+        .to_str()
+        .unwrap_or_default()
+        .trim_start_matches("/runs/")
+        .to_string();
+    let doc = common::wait_end(&server.base, &dry_id).await;
+    assert_eq!(doc["is_dry_run"], true, "{doc}");
+    let (_, records) = call(&server.base, Method::GET, "/objects/contact/records?email=d@x.io", None).await;
+    assert_eq!(
+        records["data"].as_array().map(Vec::len),
+        Some(0),
+        "a dry run writes nothing: {records}"
+    );
+
+    // Again, on the same file, as a dry run too.
+    let (status, location) = post(&client, &format!("{origin}/runs/{dry_id}/again"), &[("csrf", &token)]).await;
+    assert_eq!(status, 303);
+    let again = location.trim_start_matches("/runs/").to_string();
+    assert_ne!(again, dry_id);
+    let doc = common::wait_end(&server.base, &again).await;
+    let (_, first) = call(&server.base, Method::GET, &format!("/executions/{dry_id}"), None).await;
+    assert_eq!(doc["source_file_id"], first["source_file_id"]);
+    assert_eq!(doc["is_dry_run"], true);
+    assert_eq!(doc["status"], "success", "{doc}");
+
+    // A key made on the page is revoked from it.
+    let (_, made) = call(
+        &server.base,
+        Method::POST,
+        "/keys",
+        Some(json!({"name": "temp", "role": "viewer"})),
+    )
+    .await;
+    let id = made["id"].as_str().unwrap_or_default();
+    let (status, location) = post(
+        &client,
+        &format!("{origin}/admin/keys/{id}/revoke"),
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!((status, location.as_str()), (303, "/admin/keys"));
+    let (_, keys) = call(&server.base, Method::GET, "/keys", None).await;
+    let temp = keys["data"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["id"] == id))
+        .cloned();
+    assert!(temp.is_some_and(|k| !k["revoked_at"].is_null()), "{keys}");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connectors_page_shows_its_webhook_address_and_its_next_schedule_ticks() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = serve(dir.path(), &[]);
+    let origin = origin(&server);
+    let sql = "CREATE VIEW output.events AS SELECT webhook_id FROM input.webhooks";
+    let (s, b) = call(
+        &server.base,
+        Method::POST,
+        "/connectors",
+        Some(json!({"api_name": "hooks", "type": "webhook", "sql": {"text": sql}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(
+        &server.base,
+        Method::POST,
+        "/connectors",
+        Some(
+            json!({"api_name": "hourly", "type": "schedule", "schedule": {"cron": "0 30 * * * *"},
+                    "sql": {"text": "CREATE VIEW output.t AS SELECT * FROM input.schedule"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (client, _) = sign_in(&origin, ADMIN, HeaderMap::new()).await;
+    let (_, page) = get(&client, &format!("{origin}/connectors/hooks")).await;
+    assert!(
+        page.contains(&format!("{origin}/api/v1/connectors/hooks/webhook")),
+        "{page}"
+    );
+    assert!(page.contains("Recent batches"), "{page}");
+    let (_, page) = get(&client, &format!("{origin}/connectors/hourly")).await;
+    let ticks: Vec<&str> = page
+        .split("<time datetime=\"")
+        .skip(1)
+        .filter_map(|t| t.split('"').next())
+        .filter(|t| t.contains(":30:00"))
+        .collect();
+    assert_eq!(ticks.len(), 5, "the next five ticks, at half past: {page}");
     server.stop();
 }
 

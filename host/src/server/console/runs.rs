@@ -177,14 +177,24 @@ fn table_rows(app: &App, session: &Session, docs: &[Execution]) -> Result<Markup
     })
 }
 
+/// A labelled choice of a filter: "Any", then `options` (value, label).
+fn choice<'a>(name: &str, label: &str, chosen: &str, options: impl IntoIterator<Item = (&'a str, &'a str)>) -> Markup {
+    html! {
+        div {
+            label for=(name) { (label) }
+            select id=(name) name=(name) {
+                option value="" selected[chosen.is_empty()] { "Any" }
+                @for (value, text) in options { option value=(value) selected[value == chosen] { (text) } }
+            }
+        }
+    }
+}
+
 /// The runs list.
 pub async fn list(State(app): State<Arc<App>>, session: Session, Query(filters): Query<Filters>) -> Answer {
     let (docs, next) = select(&app, &session, &filters)?;
     let body = table_rows(&app, &session, &docs)?;
     let connectors = app.connectors.list(&session.caller, None, api::MAX_LIMIT)?;
-    let option = |value: &str, label: &str, chosen: &str| {
-        html! { option value=(value) selected[value == chosen] { (label) } }
-    };
     let live = filters.cursor.is_none();
     let content = html! {
         form.filters method="get" action="/runs" role="search" aria-label="Filter runs" {
@@ -192,35 +202,10 @@ pub async fn list(State(app): State<Arc<App>>, session: Session, Query(filters):
                 label for="q" { "Execution id or idempotency key" }
                 input #q type="search" name="q" value=(filters.q);
             }
-            div {
-                label for="status" { "Status" }
-                select #status name="status" {
-                    (option("", "Any", &filters.status))
-                    @for s in STATUSES { (option(s.as_str(), s.as_str(), &filters.status)) }
-                }
-            }
-            div {
-                label for="connector" { "Connector" }
-                select #connector name="connector" {
-                    (option("", "Any", &filters.connector))
-                    @for c in &connectors { (option(&c.id, &c.api_name, &filters.connector)) }
-                }
-            }
-            div {
-                label for="trigger" { "Trigger" }
-                select #trigger name="trigger" {
-                    (option("", "Any", &filters.trigger))
-                    @for t in TRIGGERS { (option(t.as_str(), t.as_str(), &filters.trigger)) }
-                }
-            }
-            div {
-                label for="dry_run" { "Dry run" }
-                select #dry_run name="dry_run" {
-                    (option("", "Any", &filters.dry_run))
-                    (option("live", "Live runs", &filters.dry_run))
-                    (option("dry", "Dry runs", &filters.dry_run))
-                }
-            }
+            (choice("status", "Status", &filters.status, STATUSES.iter().map(|s| (s.as_str(), s.as_str()))))
+            (choice("connector", "Connector", &filters.connector, connectors.iter().map(|c| (c.id.as_str(), c.api_name.as_str()))))
+            (choice("trigger", "Trigger", &filters.trigger, TRIGGERS.iter().map(|t| (t.as_str(), t.as_str()))))
+            (choice("dry_run", "Dry run", &filters.dry_run, [("live", "Live runs"), ("dry", "Dry runs")]))
             div {
                 label for="from" { "Created from" }
                 input #from type="date" name="from" value=(filters.from);
