@@ -678,6 +678,58 @@ pub struct LoadDef {
     pub fields: Vec<FieldMapping>,
 }
 
+/// A `[[notifications]]` entry: who is told when an execution ends
+/// (docs/notifications.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NotificationDef {
+    /// The end statuses that send it: any of `success`, `partial_success`,
+    /// `failed`, `canceled`.
+    pub on: Vec<crate::execution::Status>,
+    /// Where it is POSTed: an `http` or `https` URL.
+    pub url: String,
+    /// The workspace secret (`whsec_…`, set with `PUT /api/v1/secrets/{name}`)
+    /// that signs it, as Standard Webhooks do.
+    pub secret: String,
+}
+
+impl NotificationDef {
+    /// The problems of the entry at `path`.
+    fn problems(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.on.is_empty() {
+            problems.push(Problem::new(
+                format!("{path}.on"),
+                "name at least one end status: success, partial_success, failed, canceled",
+            ));
+        }
+        for (i, status) in self.on.iter().enumerate() {
+            if !status.is_terminal() {
+                problems.push(Problem::new(
+                    format!("{path}.on[{i}]"),
+                    format!(
+                        "`{}` is not an end status; use success, partial_success, failed or canceled",
+                        status.as_str()
+                    ),
+                ));
+            }
+        }
+        match self.url.split_once("://") {
+            Some((scheme, rest)) if (scheme == "http" || scheme == "https") && !rest.is_empty() => {}
+            _ => problems.push(Problem::new(
+                format!("{path}.url"),
+                format!("`{}` is not an http or https URL", self.url),
+            )),
+        }
+        if !is_identifier(&self.secret) {
+            problems.push(Problem::new(
+                format!("{path}.secret"),
+                "must name a workspace secret ([a-z][a-z0-9_]{0,62})",
+            ));
+        }
+        problems
+    }
+}
+
 /// A connector definition (SPEC §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connector {
@@ -725,6 +777,9 @@ pub struct Connector {
     /// External sources the script reads, each as a schema (docs/sources.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceDef>,
+    /// Who is told when an execution ends (docs/notifications.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationDef>,
 }
 
 /// Date input formats that are not strftime patterns.
@@ -790,6 +845,9 @@ impl Connector {
             problems.append(&mut p);
         }
         problems.extend(crate::sources::problems(&self.sources));
+        for (i, n) in self.notifications.iter().enumerate() {
+            problems.extend(n.problems(&format!("notifications[{i}]")));
+        }
         match self.kind {
             ConnectorType::Webhook => {
                 if self.schedule.is_some() {
@@ -1069,6 +1127,7 @@ impl Document for Connector {
             "loads" => keys_of::<LoadDef>(),
             "loads.match" => keys_of::<MatchRule>(),
             "loads.fields" => keys_of::<FieldMapping>(),
+            "notifications" => keys_of::<NotificationDef>(),
             _ => &[],
         }
     }

@@ -451,6 +451,8 @@ async fn healthz_is_the_only_route_without_auth_and_every_route_is_in_the_openap
         ("get", "/api/v1/executions/{id}/rejected.csv"),
         ("get", "/api/v1/executions/{id}/sql"),
         ("get", "/api/v1/executions/{id}/events"),
+        ("get", "/api/v1/executions/{id}/notifications"),
+        ("post", "/api/v1/executions/{id}/notifications/{n}/redeliver"),
         ("post", "/api/v1/connectors/{connector}/preview"),
         ("get", "/api/v1/connectors/{connector}/dev-package"),
         ("put", "/api/v1/connectors/{connector}/package"),

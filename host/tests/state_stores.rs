@@ -6,13 +6,14 @@ mod common;
 
 use chrono::{Timelike, Utc};
 use common::services::Postgres;
+use serde_json::json;
 use weir_engine::connector::Connector;
 use weir_engine::execution::{ConnectorRef, Execution, Status, TriggerType};
 use weir_engine::objects::ObjectDef;
 use weir_host::server::state::{
-    ConnectorRow, Db, ExecutionFilter, ExecutionRow, ExecutionState, FileDeletion, FileRow, IdempotencyKey, KeyRow,
-    KeyState, Lease, LeaseState, PgState, PluginRow, SessionRow, StateError, StateFault, StateStore, WebhookRow,
-    Workspace,
+    AfterAttempt, AttemptRow, ConnectorRow, Db, ExecutionFilter, ExecutionRow, ExecutionState, FileDeletion, FileRow,
+    IdempotencyKey, KeyRow, KeyState, Lease, LeaseState, PgState, PluginRow, SessionRow, StateError, StateFault,
+    StateStore, WebhookRow, Workspace,
 };
 
 const PASSWORD: &str = "state-store-test";
@@ -419,6 +420,122 @@ fn executions_are_saved_conditionally_listed_and_keyed_once() {
         assert!(db.logs("e1", 0, 10).unwrap_or_default().is_empty());
         let future = Utc::now() + chrono::TimeDelta::hours(1);
         assert!(db.ended_before(&ws, future).unwrap_or_default().is_empty());
+    });
+}
+
+#[test]
+fn an_end_is_stored_with_its_notifications_which_one_claim_at_a_time_delivers() {
+    on_both(|db| {
+        let ws = db.workspace_named("acme").unwrap_or_else(|e| panic!("{e}")).id;
+        let definition = json!({"api_name": "hooks", "type": "webhook", "notifications": [
+            {"on": ["failed"], "url": "https://a.example/x", "secret": "s"},
+            {"on": ["success", "failed"], "url": "https://b.example/y", "secret": "s"},
+            {"on": ["canceled"], "url": "https://c.example/z", "secret": "s"}]})
+        .to_string();
+        let mut row = queued(&ws, "e1");
+        row.definition = definition.clone();
+        db.insert_execution(&row).unwrap_or_else(|e| panic!("{e}"));
+        let mut doc = row.document.clone();
+        doc.transition(Status::Running).unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.claim(&doc, "c1", 1, "p1", i64::MAX).unwrap_or(false));
+        assert!(db.save_owned(&doc, "p1").unwrap_or(false));
+        assert!(
+            db.notifications("e1").unwrap_or_default().is_empty(),
+            "nothing until it ends"
+        );
+        doc.transition(Status::Failed).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!db.save_owned(&doc, "p2").unwrap_or(true), "not p2's run");
+        assert!(
+            db.notifications("e1").unwrap_or_default().is_empty(),
+            "a refused end makes none"
+        );
+        assert!(db.save_owned(&doc, "p1").unwrap_or(false));
+        // Saved again (a retried write): still one each.
+        assert!(db.save_document(&doc, None).unwrap_or(false));
+        let stored = db.notifications("e1").unwrap_or_default();
+        let made: Vec<(u32, &str)> = stored.iter().map(|(n, _)| (n.n, n.url.as_str())).collect();
+        assert_eq!(made, [(0, "https://a.example/x"), (1, "https://b.example/y")]);
+        assert!(
+            stored
+                .iter()
+                .all(|(n, a)| n.state == "pending" && a.is_empty() && n.webhook_id.starts_with("msg_e1_"))
+        );
+        let body: serde_json::Value = serde_json::from_str(&stored[0].0.body).unwrap_or_default();
+        assert_eq!(body["type"], "execution.failed");
+        assert_eq!(body["data"]["id"], "e1");
+
+        // One claim at a time; an attempt is stored only by its claimant.
+        let now = Utc::now().timestamp_millis();
+        let claimed = db.claim_notifications("p1", now, now + 60_000, 10).unwrap_or_default();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            db.claim_notifications("p2", now, now + 60_000, 10)
+                .unwrap_or_default()
+                .is_empty()
+        );
+        let attempt = |n: u32| AttemptRow {
+            attempt: n,
+            at: Utc::now(),
+            status: Some(500),
+            error: Some("answered 500".into()),
+            took_ms: 3,
+        };
+        assert!(
+            !db.record_attempt("e1", 0, "p2", &attempt(1), AfterAttempt::RetryAt(now + 5))
+                .unwrap_or(true)
+        );
+        assert!(
+            db.record_attempt("e1", 0, "p1", &attempt(1), AfterAttempt::RetryAt(now + 5))
+                .unwrap_or(false)
+        );
+        assert!(
+            db.record_attempt("e1", 1, "p1", &attempt(1), AfterAttempt::Delivered)
+                .unwrap_or(false)
+        );
+        assert_eq!(db.next_notification_due().ok().flatten(), Some(now + 5));
+        // Due again, and claimed by whoever asks first; a claim that
+        // expires passes to the next.
+        let again = db.claim_notifications("p2", now + 10, now + 20, 10).unwrap_or_default();
+        assert_eq!(again.iter().map(|n| (n.n, n.attempts)).collect::<Vec<_>>(), [(0, 1)]);
+        assert_eq!(
+            db.claim_notifications("p1", now + 30, now + 90, 10)
+                .unwrap_or_default()
+                .len(),
+            1
+        );
+        assert!(
+            db.record_attempt("e1", 0, "p1", &attempt(2), AfterAttempt::GiveUp)
+                .unwrap_or(false)
+        );
+        let stored = db.notifications("e1").unwrap_or_default();
+        assert_eq!(stored[0].0.state, "failed");
+        assert_eq!(stored[0].1.len(), 2);
+        assert_eq!(stored[1].0.state, "delivered");
+        assert_eq!(db.next_notification_due().ok().flatten(), None);
+
+        // Redelivered: due now, for one more attempt.
+        assert!(db.redeliver("e1", 0, now + 100).unwrap_or(false));
+        assert!(!db.redeliver("e1", 9, now + 100).unwrap_or(true));
+        let due = db
+            .claim_notifications("p1", now + 100, now + 200, 10)
+            .unwrap_or_default();
+        assert_eq!(
+            due.iter().map(|n| (n.n, n.retry_until)).collect::<Vec<_>>(),
+            [(0, Some(now + 100))]
+        );
+
+        // A publish's dry run tells no one, and deleting an execution
+        // deletes its notifications.
+        let mut publish = queued(&ws, "e2");
+        publish.definition = definition;
+        publish.document.trigger_type = TriggerType::Publish;
+        db.insert_execution(&publish).unwrap_or_else(|e| panic!("{e}"));
+        let mut doc = publish.document.clone();
+        doc.transition(Status::Canceled).unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.save_document(&doc, Some(Status::Queued)).unwrap_or(false));
+        assert!(db.notifications("e2").unwrap_or_default().is_empty());
+        assert!(db.delete_execution("e1").unwrap_or(false));
+        assert!(db.notifications("e1").unwrap_or_default().is_empty());
     });
 }
 

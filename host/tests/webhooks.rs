@@ -24,7 +24,7 @@ fn secret() -> String {
 }
 
 /// `webhook-signature` for `body`, made by the `standardwebhooks` package
-/// (installed with pip on first use).
+/// (installed with pip when missing).
 fn reference_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     const SIGN: &str = "import sys, datetime\n\
         from standardwebhooks.webhooks import Webhook\n\
@@ -46,22 +46,8 @@ fn reference_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> St
             .unwrap_or_else(|e| panic!("{e}"));
         child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
     };
-    let mut out = run();
-    if String::from_utf8_lossy(&out.stderr).contains("No module named") {
-        let pip = |extra: &[&str]| {
-            Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "standardwebhooks==1.1.0"])
-                .args(extra)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        // A system Python may want its packages marked as not its own.
-        assert!(
-            pip(&[]) || pip(&["--break-system-packages"]),
-            "pip install standardwebhooks failed"
-        );
-        out = run();
-    }
+    common::ensure_standardwebhooks();
+    let out = run();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

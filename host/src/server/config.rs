@@ -117,6 +117,17 @@ pub struct ServerConfig {
     pub database: Option<String>,
     /// The most connections a process opens to the state database.
     pub database_pool: usize,
+    /// Where notifications may go besides public addresses: addresses,
+    /// networks and host names, separated by commas (`"10.0.0.0/8,
+    /// hooks.internal"`); by default none, so no notification reaches a
+    /// loopback, private or link-local address (docs/notifications.md).
+    pub notification_allowed: String,
+    /// How long a notification is retried after its execution ended, e.g.
+    /// `"24h"`.
+    pub notification_retry_for: String,
+    /// The wait before a notification's second attempt, e.g. `"10s"`;
+    /// doubled for each attempt after, up to an hour.
+    pub notification_backoff: String,
 }
 
 /// Where runs execute (docs/reliability.md, "Hostile connectors").
@@ -168,6 +179,9 @@ impl Default for ServerConfig {
             object_store: None,
             database: None,
             database_pool: 16,
+            notification_allowed: String::new(),
+            notification_retry_for: "24h".into(),
+            notification_backoff: "10s".into(),
         }
     }
 }
@@ -210,6 +224,9 @@ const ENV_KEYS: &[&str] = &[
     "object_store",
     "database",
     "database_pool",
+    "notification_allowed",
+    "notification_retry_for",
+    "notification_backoff",
 ];
 
 /// Config values checked and converted.
@@ -257,6 +274,12 @@ pub struct Settings {
     pub lease: Duration,
     /// `heartbeat`.
     pub heartbeat: Duration,
+    /// `notification_allowed`.
+    pub notification_policy: crate::server::notifications::Policy,
+    /// `notification_retry_for`.
+    pub notification_retry_for: Duration,
+    /// `notification_backoff`.
+    pub notification_backoff: Duration,
     /// Where files and artifacts are kept when not in the data directory
     /// (for embedding the server; a setting for it comes with remote stores).
     pub blob_store: Option<Arc<dyn ObjectStore>>,
@@ -349,6 +372,13 @@ impl ServerConfig {
             None => format!("w-{}", uuid::Uuid::now_v7().simple()),
         };
         Ok(Settings {
+            notification_policy: crate::server::notifications::Policy::parse(&self.notification_allowed)
+                .map_err(|e| ConfigError(format!("notification_allowed: {e}")))?,
+            notification_retry_for: duration("notification_retry_for", &self.notification_retry_for)?,
+            notification_backoff: positive(
+                "notification_backoff",
+                duration("notification_backoff", &self.notification_backoff)?,
+            )?,
             worker_id,
             lease,
             heartbeat,

@@ -300,6 +300,14 @@ impl Connectors {
                 problems.push(Problem::new("webhook.secret_env", e));
             }
         }
+        if !connector.notifications.is_empty() {
+            let secrets = self.db.secrets(&caller.workspace_id)?;
+            problems.extend(crate::server::notifications::problems(
+                &connector,
+                &self.settings.notification_policy,
+                |name| secrets.iter().any(|s| s.name == name),
+            ));
+        }
         if connector.status == ConnectorStatus::Operational && !has_live {
             problems.push(Problem::new(
                 "status",

@@ -23,7 +23,8 @@ use super::metrics::Metrics;
 use super::queue::{CancelOutcome, Runs};
 use super::refusal::{Kind, Refusal, Refused};
 use super::state::{
-    ConnectorRow, ExecutionFilter, ExecutionRow, FileRow, IdempotencyKey, KeyUse, LogLine, StateError, StateStore,
+    AttemptRow, ConnectorRow, ExecutionFilter, ExecutionRow, FileRow, IdempotencyKey, KeyUse, LogLine, NotificationRow,
+    StateError, StateStore,
 };
 use super::triggers::{self, Version};
 
@@ -324,6 +325,23 @@ impl Executions {
             1 => "1 execution of the workspace is ahead of it".into(),
             n => format!("{n} executions of the workspace are ahead of it"),
         }))
+    }
+
+    /// Execution `id`'s notifications with their attempts.
+    pub fn notifications(&self, id: &str) -> Refused<Vec<(NotificationRow, Vec<AttemptRow>)>> {
+        Ok(self.db.notifications(id)?)
+    }
+
+    /// Sends notification `n` of execution `id` once more, now.
+    pub fn redeliver(&self, id: &str, n: u32) -> Refused<(NotificationRow, Vec<AttemptRow>)> {
+        if !self.db.redeliver(id, n, Utc::now().timestamp_millis())? {
+            return Err(Refusal::not_found("notification"));
+        }
+        self.db
+            .notifications(id)?
+            .into_iter()
+            .find(|(row, _)| row.n == n)
+            .ok_or_else(|| Refusal::not_found("notification"))
     }
 
     /// The stored execution `id`, whoever's it is (for a caller that

@@ -282,6 +282,7 @@ fn resolve(app: &App, lease: &Lease) -> Result<bool, StateError> {
         ),
     )?;
     app.metrics.finished(doc.status);
+    app.notifier.wake();
     Ok(true)
 }
 

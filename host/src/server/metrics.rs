@@ -15,6 +15,13 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// Labels of a notification attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `delivered`, `retry` or `gave_up`.
+    pub outcome: String,
+}
+
 /// Labels of an answered request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
@@ -35,6 +42,8 @@ pub struct Metrics {
     pub run_seconds: Histogram,
     /// Requests answered.
     pub requests: Family<RequestLabel, Counter>,
+    /// Notification attempts, by what came of them.
+    pub notifications: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -45,6 +54,7 @@ impl Metrics {
         let executions_finished = Family::<StatusLabel, Counter>::default();
         let run_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let requests = Family::<RequestLabel, Counter>::default();
+        let notifications = Family::<OutcomeLabel, Counter>::default();
         registry.register("executions_created", "Executions created", executions_created.clone());
         registry.register(
             "executions_finished",
@@ -53,12 +63,18 @@ impl Metrics {
         );
         registry.register("run_seconds", "Wall-clock time of runs", run_seconds.clone());
         registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register(
+            "notification_attempts",
+            "Notification attempts, by outcome",
+            notifications.clone(),
+        );
         Self {
             registry,
             executions_created,
             executions_finished,
             run_seconds,
             requests,
+            notifications,
         }
     }
 
@@ -67,6 +83,21 @@ impl Metrics {
         self.executions_finished
             .get_or_create(&StatusLabel {
                 status: status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a notification attempt by what came of it.
+    pub fn notification(&self, next: crate::server::state::AfterAttempt) {
+        use crate::server::state::AfterAttempt;
+        let outcome = match next {
+            AfterAttempt::Delivered => "delivered",
+            AfterAttempt::RetryAt(_) => "retry",
+            AfterAttempt::GiveUp => "gave_up",
+        };
+        self.notifications
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
             })
             .inc();
     }

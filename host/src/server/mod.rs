@@ -35,6 +35,8 @@
 //! - [`api`]: the routes, problem+json errors and the OpenAPI document.
 //! - [`console`]: the web console's pages under `/`, on the API's handlers.
 //! - [`metrics`]: Prometheus counters.
+//! - [`notifications`]: ended executions announced to their connectors'
+//!   `[[notifications]]`, retried until delivered.
 //! - [`previews`]: the previews service: a dry run within the call.
 //! - [`packages`]: the packages service: dev packages made and pushed.
 //! - [`plugins`]: the plugins service: checking and publishing components.
@@ -53,6 +55,7 @@ pub mod keys;
 pub mod leases;
 pub mod listen;
 pub mod metrics;
+pub mod notifications;
 pub mod objects;
 pub mod packages;
 pub mod plugins;
@@ -122,6 +125,8 @@ pub struct App {
     pub schedules: Arc<schedules::Schedules>,
     /// This process among those sharing the state store.
     pub worker: leases::Worker,
+    /// What delivers notifications of ended executions.
+    pub notifier: notifications::Notifier,
 }
 
 /// A started server: listening, with its dispatcher running.
@@ -163,6 +168,9 @@ pub enum StartError {
     /// them.
     #[error("secrets: {0}")]
     Secrets(String),
+    /// The notifications' HTTP client cannot be made.
+    #[error("notifications: {0}")]
+    Notifications(String),
     /// The address cannot be listened on.
     #[error("listening on {addr}")]
     Listen {
@@ -304,7 +312,10 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     );
     let batches = webhooks::Batches::new(db.clone(), files.clone(), executions.clone(), settings.clone());
     let secrets = secrets::Secrets::new(db.clone(), settings.secrets_key.clone());
+    let notifier =
+        notifications::Notifier::new(settings.notification_policy.clone()).map_err(StartError::Notifications)?;
     let app = Arc::new(App {
+        notifier,
         secrets,
         packages,
         previews,
@@ -341,6 +352,7 @@ pub async fn start_with_clock(settings: Settings, clock: Arc<dyn schedules::Cloc
     tokio::spawn(webhooks::batcher(app.clone()));
     tokio::spawn(schedules::scheduler(app.clone()));
     tokio::spawn(retention::sweeper(app.clone()));
+    tokio::spawn(notifications::deliverer(app.clone()));
     Ok(Server {
         app,
         listener,

@@ -437,6 +437,8 @@ async fn work(app: &Arc<App>, row: ExecutionRow, connector: Connector, progress:
         }
     }
     app.metrics.finished(doc.status);
+    // Its notifications were stored with its end.
+    app.notifier.wake();
     tracing::info!(status = doc.status.as_str(), "finished");
 }
 

@@ -318,22 +318,28 @@ pub fn verify(
             TOLERANCE.as_secs()
         ));
     }
+    let expected = sign(secret, id, timestamp.trim(), body)?;
+    let matches = signatures
+        .split_whitespace()
+        .any(|s| s.starts_with("v1,") && bool::from(s.as_bytes().ct_eq(expected.as_bytes())));
+    if matches { Ok(()) } else { Err(NO_MATCH.into()) }
+}
+
+/// The Standard Webhooks `v1` signature of `body` sent as `id` at
+/// `timestamp` under `secret` (`whsec_<base64>`): what a
+/// `webhook-signature` header carries.
+pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> Result<String, String> {
     let key = secret.strip_prefix("whsec_").unwrap_or(secret);
     let key = BASE64
         .decode(key)
-        .map_err(|_| "the connector's signing secret is not base64 (whsec_…)".to_string())?;
+        .map_err(|_| "the signing secret is not base64 (whsec_…)".to_string())?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
     mac.update(id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.trim().as_bytes());
+    mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    let expected = BASE64.encode(mac.finalize().into_bytes());
-    let matches = signatures
-        .split_whitespace()
-        .filter_map(|s| s.strip_prefix("v1,"))
-        .any(|s| bool::from(s.as_bytes().ct_eq(expected.as_bytes())));
-    if matches { Ok(()) } else { Err(NO_MATCH.into()) }
+    Ok(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
 
 #[cfg(test)]

@@ -169,6 +169,12 @@ pub async fn importer(base: &str) {
 
 /// [`importer`] with `transforms` between its SQL and its variables.
 pub async fn importer_with(base: &str, transforms: Value) {
+    importer_extra(base, serde_json::json!({"transforms": transforms})).await;
+}
+
+/// [`importer`] with the connector's `extra` fields (transforms,
+/// notifications) over its own.
+pub async fn importer_extra(base: &str, extra: Value) {
     let (s, b) = call(
         base,
         reqwest::Method::POST,
@@ -179,14 +185,9 @@ pub async fn importer_with(base: &str, transforms: Value) {
     .await;
     assert_eq!(s, 201, "{b}");
     let (_, file) = upload_named(base, "/files", "sample.csv", b"email,city\na@x.io,Oslo\n").await;
-    let (s, b) = call(
-        base,
-        reqwest::Method::POST,
-        "/connectors",
-        Some(serde_json::json!({
+    let mut doc = serde_json::json!({
             "api_name": "people", "type": "spreadsheet", "sample_file_id": file["id"],
             "sql": {"text": "CREATE VIEW output.people AS SELECT email, city FROM input.data"},
-            "transforms": transforms,
             "variables": [
                 {"name": "email", "scope": "people", "column": "email", "type": "email", "required": true},
                 {"name": "city", "scope": "people", "column": "city", "type": "string"}],
@@ -194,9 +195,11 @@ pub async fn importer_with(base: &str, transforms: Value) {
                 "match": [{"field": "email", "variable": "email", "no_match": "create_new",
                            "single_match": "update_current", "multiple_match": "do_not_upload"}],
                 "fields": [{"field": "email", "variables": ["email"]}, {"field": "city", "variables": ["city"]}]}],
-        })),
-    )
-    .await;
+    });
+    if let (Some(doc), Some(extra)) = (doc.as_object_mut(), extra.as_object()) {
+        doc.extend(extra.clone());
+    }
+    let (s, b) = call(base, reqwest::Method::POST, "/connectors", Some(doc)).await;
     assert_eq!(s, 201, "{b}");
     let (s, b) = call(
         base,
@@ -214,6 +217,33 @@ pub async fn importer_with(base: &str, transforms: Value) {
     )
     .await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// Makes sure `python3` has the `standardwebhooks` package (the reference
+/// implementation of the signatures), installing it with pip when missing.
+pub fn ensure_standardwebhooks() {
+    let has = || {
+        Command::new("python3")
+            .args(["-c", "import standardwebhooks"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has() {
+        return;
+    }
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "standardwebhooks==1.1.0"])
+            .args(extra)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A system Python may want its packages marked as not its own.
+    assert!(
+        pip(&[]) || pip(&["--break-system-packages"]),
+        "pip install standardwebhooks failed"
+    );
+    assert!(has(), "standardwebhooks is still missing after pip install");
 }
 
 /// GETs `path` with the admin key and returns the body as bytes.

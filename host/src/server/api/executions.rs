@@ -14,7 +14,7 @@ use super::{Page, PageParams, connector_of};
 use crate::server::App;
 use crate::server::auth::{Caller, Role};
 use crate::server::error::{ApiResult, Path, ProblemDocument, Query};
-use crate::server::state::{ExecutionFilter, LogLine};
+use crate::server::state::{AttemptRow, ExecutionFilter, LogLine, NotificationRow};
 
 /// Filters of an execution list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -267,4 +267,112 @@ pub async fn sql(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<Str
     caller.require(Role::Viewer)?;
     let row = app.executions.visible(&caller, &id)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], row.script).into_response())
+}
+
+/// An attempt to deliver a notification.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    /// From 1.
+    pub attempt: u32,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed: no answer, a refused address, a status other than
+    /// 2xx.
+    pub error: Option<String>,
+    /// How long it took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// A notification of the execution's end (docs/notifications.md).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotificationView {
+    /// Its place among the connector's `[[notifications]]`, from 0.
+    pub n: u32,
+    /// Where it is POSTed.
+    pub url: String,
+    /// The `webhook-id` every attempt carries.
+    pub webhook_id: String,
+    /// `pending`, `delivered` or `failed` (retried as long as allowed).
+    pub state: String,
+    /// When the execution ended and it was stored.
+    pub created_at: DateTime<Utc>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Every attempt so far, oldest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+impl NotificationView {
+    fn of((row, attempts): (NotificationRow, Vec<AttemptRow>)) -> Self {
+        Self {
+            n: row.n,
+            url: row.url,
+            webhook_id: row.webhook_id,
+            state: row.state,
+            created_at: row.created_at,
+            next_attempt_at: row.next_attempt_at.and_then(DateTime::from_timestamp_millis),
+            attempts: attempts
+                .into_iter()
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    at: a.at,
+                    status: a.status,
+                    error: a.error,
+                    took_ms: a.took_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The notifications of the execution's end, with every attempt and its
+/// answer.
+#[utoipa::path(get, path = "/executions/{id}/notifications", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = Page<NotificationView>),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn notifications(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Page<NotificationView>>> {
+    caller.require(Role::Viewer)?;
+    app.executions.visible(&caller, &id)?;
+    let data = app
+        .executions
+        .notifications(&id)?
+        .into_iter()
+        .map(NotificationView::of)
+        .collect();
+    Ok(Json(Page {
+        data,
+        next_cursor: None,
+    }))
+}
+
+/// Sends a notification once more, now, with its `webhook-id`: 202 with the
+/// notification, `pending` again.
+#[utoipa::path(post, path = "/executions/{id}/notifications/{n}/redeliver", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("n" = u32, Path, description = "The notification's `n`")),
+    responses(
+        (status = 202, body = NotificationView),
+        (status = 401, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub async fn redeliver(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((id, n)): Path<(String, u32)>,
+) -> ApiResult<(StatusCode, Json<NotificationView>)> {
+    caller.require(Role::Operator)?;
+    app.executions.visible(&caller, &id)?;
+    let notification = app.executions.redeliver(&id, n)?;
+    app.notifier.wake();
+    Ok((StatusCode::ACCEPTED, Json(NotificationView::of(notification))))
 }

@@ -207,6 +207,8 @@ pub fn api(request_timeout: Duration) -> OpenApiRouter<Arc<App>> {
         .routes(routes!(executions::report))
         .routes(routes!(executions::rejected))
         .routes(routes!(executions::sql))
+        .routes(routes!(executions::notifications))
+        .routes(routes!(executions::redeliver))
         // Every route above, and none below.
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -15,6 +15,7 @@ mod executions;
 mod files;
 mod keys;
 mod leases;
+mod notifications;
 mod objects;
 mod plugins;
 mod schedules;
@@ -29,6 +30,7 @@ pub use executions::{ExecutionFilter, ExecutionRow, IdempotencyKey, KeyUse, LogL
 pub use files::{ContentRemovals, FileDeletion, FileRow};
 pub use keys::{KeyRow, SessionRow, Workspace};
 pub use leases::Lease;
+pub use notifications::{AfterAttempt, AttemptRow, NotificationRow, due_at_end, summary};
 pub use objects::ObjectRow;
 pub use plugins::PluginRow;
 pub use secrets::SecretRow;
@@ -39,6 +41,7 @@ pub use executions::ExecutionState;
 pub use files::FileState;
 pub use keys::KeyState;
 pub use leases::LeaseState;
+pub use notifications::NotificationState;
 pub use objects::ObjectState;
 pub use plugins::PluginState;
 pub use postgres::PgState;
@@ -124,6 +127,7 @@ pub trait StateStore:
     + FileState
     + KeyState
     + LeaseState
+    + NotificationState
     + ObjectState
     + PluginState
     + ScheduleState

@@ -232,6 +232,10 @@ impl ExecutionState for PgState {
                 .await?;
             tx.execute("DELETE FROM idempotency_keys WHERE execution_id = $1", &[&id])
                 .await?;
+            tx.execute("DELETE FROM notifications WHERE execution_id = $1", &[&id])
+                .await?;
+            tx.execute("DELETE FROM notification_attempts WHERE execution_id = $1", &[&id])
+                .await?;
             tx.execute(
                 "DELETE FROM schedule_ticks WHERE execution_id = $1
                  AND tick_at < (SELECT MAX(tick_at) FROM schedule_ticks t WHERE t.connector_id = schedule_ticks.connector_id)",

@@ -12,20 +12,26 @@ const LEASED: &str = "('running', 'canceling')";
 impl LeaseState for PgState {
     fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
         let mut conn = self.conn()?;
-        let statement = self.statement(
-            &mut conn,
-            "UPDATE executions SET status = $2, document = $3::text::jsonb
-             WHERE id = $1 AND ($4::text IS NULL OR status = $4)",
-        )?;
-        let n = self.wait(conn.execute(
-            &statement,
-            &[
-                &doc.id,
-                &doc.status.as_str(),
-                &serde_json::to_string(doc)?,
-                &from.map(Status::as_str),
-            ],
-        ))?;
+        let sql = "UPDATE executions SET status = $2, document = $3::text::jsonb
+             WHERE id = $1 AND ($4::text IS NULL OR status = $4)";
+        let document = serde_json::to_string(doc)?;
+        let from = from.map(Status::as_str);
+        if doc.status.is_terminal() {
+            // An end is stored with its notifications, in one transaction.
+            return self.wait(async {
+                let tx = conn.transaction().await?;
+                let n = tx
+                    .execute(sql, &[&doc.id, &doc.status.as_str(), &document, &from])
+                    .await?;
+                if n > 0 {
+                    super::notifications::store_at_end(&tx, doc).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            });
+        }
+        let statement = self.statement(&mut conn, sql)?;
+        let n = self.wait(conn.execute(&statement, &[&doc.id, &doc.status.as_str(), &document, &from]))?;
         Ok(n > 0)
     }
 
@@ -67,16 +73,26 @@ impl LeaseState for PgState {
 
     fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
         let mut conn = self.conn()?;
+        let sql = "UPDATE executions SET status = $2, document = $3::text::jsonb
+             WHERE id = $1 AND owner = $4 AND status IN ('running', 'canceling')";
+        let document = serde_json::to_string(doc)?;
+        if doc.status.is_terminal() {
+            // An end is stored with its notifications, in one transaction.
+            return self.wait(async {
+                let tx = conn.transaction().await?;
+                let n = tx
+                    .execute(sql, &[&doc.id, &doc.status.as_str(), &document, &owner])
+                    .await?;
+                if n > 0 {
+                    super::notifications::store_at_end(&tx, doc).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            });
+        }
         // The run's persister, every 100 ms: prepared once per connection.
-        let statement = self.statement(
-            &mut conn,
-            "UPDATE executions SET status = $2, document = $3::text::jsonb
-             WHERE id = $1 AND owner = $4 AND status IN ('running', 'canceling')",
-        )?;
-        let n = self.wait(conn.execute(
-            &statement,
-            &[&doc.id, &doc.status.as_str(), &serde_json::to_string(doc)?, &owner],
-        ))?;
+        let statement = self.statement(&mut conn, sql)?;
+        let n = self.wait(conn.execute(&statement, &[&doc.id, &doc.status.as_str(), &document, &owner]))?;
         Ok(n > 0)
     }
 

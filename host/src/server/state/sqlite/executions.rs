@@ -158,6 +158,8 @@ impl ExecutionState for Db {
         )?;
         tx.execute("DELETE FROM webhook_batches WHERE execution_id = ?1", [id])?;
         tx.execute("DELETE FROM idempotency_keys WHERE execution_id = ?1", [id])?;
+        tx.execute("DELETE FROM notifications WHERE execution_id = ?1", [id])?;
+        tx.execute("DELETE FROM notification_attempts WHERE execution_id = ?1", [id])?;
         tx.execute(
             "DELETE FROM schedule_ticks WHERE execution_id = ?1
              AND tick_at < (SELECT MAX(tick_at) FROM schedule_ticks t WHERE t.connector_id = schedule_ticks.connector_id)",

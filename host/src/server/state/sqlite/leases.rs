@@ -8,16 +8,23 @@ pub(super) const QUEUE_POSITION: &str =
 
 impl LeaseState for Db {
     fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
-        )?;
-        let n = stmt.execute(params![
-            doc.id,
-            doc.status.as_str(),
-            serde_json::to_string(doc)?,
-            from.map(Status::as_str)
-        ])?;
+        let mut conn = self.lock();
+        // An end is stored with its notifications, in one transaction.
+        let tx = conn.transaction()?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
+            )?
+            .execute(params![
+                doc.id,
+                doc.status.as_str(),
+                serde_json::to_string(doc)?,
+                from.map(Status::as_str)
+            ])?;
+        if n > 0 && doc.status.is_terminal() {
+            super::notifications::store_at_end(&tx, doc)?;
+        }
+        tx.commit()?;
         Ok(n > 0)
     }
 
@@ -41,11 +48,18 @@ impl LeaseState for Db {
     }
 
     fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND owner = ?4 AND status IN {LEASED}"
-        ))?;
-        let n = stmt.execute(params![doc.id, doc.status.as_str(), serde_json::to_string(doc)?, owner])?;
+        let mut conn = self.lock();
+        // An end is stored with its notifications, in one transaction.
+        let tx = conn.transaction()?;
+        let n = tx
+            .prepare_cached(&format!(
+                "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND owner = ?4 AND status IN {LEASED}"
+            ))?
+            .execute(params![doc.id, doc.status.as_str(), serde_json::to_string(doc)?, owner])?;
+        if n > 0 && doc.status.is_terminal() {
+            super::notifications::store_at_end(&tx, doc)?;
+        }
+        tx.commit()?;
         Ok(n > 0)
     }
 

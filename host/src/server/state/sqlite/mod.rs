@@ -15,6 +15,7 @@ mod executions;
 mod files;
 mod keys;
 mod leases;
+mod notifications;
 mod objects;
 mod plugins;
 mod schedules;
@@ -303,6 +304,38 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_end ON sessions (expires_at);
 CREATE INDEX executions_by_workspace ON executions (workspace_id, id);
 CREATE INDEX idempotency_keys_by_key ON idempotency_keys (workspace_id, key);
+"#,
+    // Notifications of ended executions: stored with the end (an outbox),
+    // delivered and retried by any process holding a claim on them.
+    r#"
+CREATE TABLE notifications (
+    execution_id    TEXT NOT NULL,
+    n               INTEGER NOT NULL,
+    workspace_id    TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    secret          TEXT NOT NULL,
+    webhook_id      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    retry_until     INTEGER,
+    claimed_by      TEXT,
+    claimed_until   INTEGER,
+    PRIMARY KEY (execution_id, n)
+);
+CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE state = 'pending';
+CREATE TABLE notification_attempts (
+    execution_id TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    at           TEXT NOT NULL,
+    status       INTEGER,
+    error        TEXT,
+    took_ms      INTEGER NOT NULL,
+    PRIMARY KEY (execution_id, n, attempt)
+);
 "#,
 ];
 
