@@ -37,6 +37,14 @@ pub enum Command {
     /// Move dev packages between a server and this machine.
     #[command(subcommand)]
     Package(crate::package::PackageCommand),
+    /// Start a run on a server; with --wait, follow it to its end.
+    Trigger(crate::remote::TriggerArgs),
+    /// Read, follow and cancel executions on a server.
+    #[command(subcommand)]
+    Executions(crate::remote::ExecutionsCommand),
+    /// List, read and apply connectors on a server.
+    #[command(subcommand)]
+    Connectors(crate::remote::ConnectorsCommand),
     /// Print the version.
     Version,
 }
@@ -79,6 +87,9 @@ pub fn main() -> ExitCode {
         Command::Worker => report(crate::worker::run()),
         Command::Plugin(PluginCommand::Check(args)) => report(crate::plugin::check(args)),
         Command::Package(command) => report(crate::package::run(command)),
+        Command::Trigger(args) => report(crate::remote::trigger(args)),
+        Command::Executions(command) => report(crate::remote::executions(command)),
+        Command::Connectors(command) => report(crate::remote::connectors(command)),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`local`]: `weir run`: a package or directory run on this machine, with a
 //!   progress display and a summary.
 //! - [`plugin`]: `weir plugin check`: a component validated and run on a file.
+//! - [`remote`]: `weir trigger`, `weir executions`, `weir connectors`: a
+//!   server driven from the command line.
 //! - [`serve`]: `weir serve` and `weir keys`: configuration, signals, bootstrap output.
 //! - [`server`]: the HTTP API, state, auth, queue and workers.
 //! - [`worker`]: `weir worker`, the process a server run executes in, and
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod local;
 pub mod package;
 pub mod plugin;
+pub mod remote;
 pub mod serve;
 pub mod server;
 pub mod worker;

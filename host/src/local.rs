@@ -355,7 +355,8 @@ fn spawn_display(progress: &Progress) -> (ProgressBar, tokio::task::JoinHandle<(
     (bar, task)
 }
 
-fn progress_line(doc: &Execution) -> String {
+/// The one line a progress display shows of a run as it is now.
+pub(crate) fn progress_line(doc: &Execution) -> String {
     // Intake stays running while the SQL stage streams from it; show the
     // latest stage that is running.
     let running = doc
@@ -376,7 +377,7 @@ fn progress_line(doc: &Execution) -> String {
     format!("{running}: {read} rows read, {out} rows out")
 }
 
-fn print_summary(doc: &Execution, elapsed: Duration) {
+pub(crate) fn print_summary(doc: &Execution, elapsed: Duration) {
     println!(
         "{}  {}  in {:.2}s{}",
         doc.connector.api_name,

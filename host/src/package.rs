@@ -96,7 +96,8 @@ pub fn run(command: PackageCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+/// The HTTP client of the commands that call a server.
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -104,7 +105,7 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// A failed answer as one line: the problem's detail when there is one.
-async fn refused(response: reqwest::Response) -> anyhow::Error {
+pub(crate) async fn refused(response: reqwest::Response) -> anyhow::Error {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let problem: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -162,6 +163,24 @@ async fn pull(
 }
 
 async fn push(server: &ServerArgs, package: &Path) -> anyhow::Result<ExitCode> {
+    let (created, api_name, view) = send(server, package).await?;
+    println!(
+        "{} {api_name}: draft version {}",
+        if created { "created" } else { "updated" },
+        view["draft_version"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the connector directory `dir` to `server` as `weir package push`
+/// does.
+pub(crate) async fn push_dir(server: ServerArgs, dir: &Path) -> anyhow::Result<()> {
+    send(&server, dir).await.map(|_| ())
+}
+
+/// Sends a package (or a directory, packed first): whether it created the
+/// connector, its api_name, and the connector as the server answered.
+async fn send(server: &ServerArgs, package: &Path) -> anyhow::Result<(bool, String, serde_json::Value)> {
     let (bytes, api_name) = if package.is_dir() {
         pack(package)?
     } else {
@@ -183,12 +202,7 @@ async fn push(server: &ServerArgs, package: &Path) -> anyhow::Result<ExitCode> {
     }
     let created = response.status() == reqwest::StatusCode::CREATED;
     let view: serde_json::Value = response.json().await.context("reading the answer")?;
-    println!(
-        "{} {api_name}: draft version {}",
-        if created { "created" } else { "updated" },
-        view["draft_version"]
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((created, api_name, view))
 }
 
 /// Zips a connector directory with a manifest; returns the bytes and the
