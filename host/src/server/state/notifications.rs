@@ -64,6 +64,18 @@ pub enum AfterAttempt {
     GiveUp,
 }
 
+impl AfterAttempt {
+    /// The notification's state after the attempt, and when its next
+    /// attempt is due (ms).
+    pub fn stored(self) -> (&'static str, Option<i64>) {
+        match self {
+            AfterAttempt::Delivered => ("delivered", None),
+            AfterAttempt::RetryAt(at) => ("pending", Some(at)),
+            AfterAttempt::GiveUp => ("failed", None),
+        }
+    }
+}
+
 /// The notifications outbox.
 pub trait NotificationState {
     /// Claims for `owner` until `until` (ms) up to `limit` pending

@@ -11,28 +11,11 @@ const LEASED: &str = "('running', 'canceling')";
 
 impl LeaseState for PgState {
     fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
-        let mut conn = self.conn()?;
         let sql = "UPDATE executions SET status = $2, document = $3::text::jsonb
              WHERE id = $1 AND ($4::text IS NULL OR status = $4)";
         let document = serde_json::to_string(doc)?;
         let from = from.map(Status::as_str);
-        if doc.status.is_terminal() {
-            // An end is stored with its notifications, in one transaction.
-            return self.wait(async {
-                let tx = conn.transaction().await?;
-                let n = tx
-                    .execute(sql, &[&doc.id, &doc.status.as_str(), &document, &from])
-                    .await?;
-                if n > 0 {
-                    super::notifications::store_at_end(&tx, doc).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            });
-        }
-        let statement = self.statement(&mut conn, sql)?;
-        let n = self.wait(conn.execute(&statement, &[&doc.id, &doc.status.as_str(), &document, &from]))?;
-        Ok(n > 0)
+        self.save(sql, doc, &[&doc.id, &doc.status.as_str(), &document, &from])
     }
 
     fn claim(&self, doc: &Execution, connector_id: &str, max: u32, owner: &str, lease_until: i64) -> Result<bool> {
@@ -72,28 +55,10 @@ impl LeaseState for PgState {
     }
 
     fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
-        let mut conn = self.conn()?;
         let sql = "UPDATE executions SET status = $2, document = $3::text::jsonb
              WHERE id = $1 AND owner = $4 AND status IN ('running', 'canceling')";
         let document = serde_json::to_string(doc)?;
-        if doc.status.is_terminal() {
-            // An end is stored with its notifications, in one transaction.
-            return self.wait(async {
-                let tx = conn.transaction().await?;
-                let n = tx
-                    .execute(sql, &[&doc.id, &doc.status.as_str(), &document, &owner])
-                    .await?;
-                if n > 0 {
-                    super::notifications::store_at_end(&tx, doc).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            });
-        }
-        // The run's persister, every 100 ms: prepared once per connection.
-        let statement = self.statement(&mut conn, sql)?;
-        let n = self.wait(conn.execute(&statement, &[&doc.id, &doc.status.as_str(), &document, &owner]))?;
-        Ok(n > 0)
+        self.save(sql, doc, &[&doc.id, &doc.status.as_str(), &document, &owner])
     }
 
     fn extend_leases(&self, owner: &str, ids: &[String], until: i64) -> Result<Vec<String>> {
@@ -204,5 +169,33 @@ impl LeaseState for PgState {
         )?;
         let row = self.wait(conn.query_one(&statement, &[&workspace_id, &id]))?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+impl PgState {
+    /// Runs `sql`, an update of `doc`'s row, with `params`; whether it
+    /// changed the row. An end is stored with its notifications in one
+    /// transaction; other saves (a run's persister, every 100 ms) are one
+    /// statement, prepared once per connection.
+    fn save(
+        &self,
+        sql: &'static str,
+        doc: &Execution,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool> {
+        let mut conn = self.conn()?;
+        if doc.status.is_terminal() {
+            return self.wait(async {
+                let tx = conn.transaction().await?;
+                let n = tx.execute(sql, params).await?;
+                if n > 0 {
+                    super::notifications::store_at_end(&tx, doc).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            });
+        }
+        let statement = self.statement(&mut conn, sql)?;
+        Ok(self.wait(conn.execute(&statement, params))? > 0)
     }
 }

@@ -82,11 +82,7 @@ impl NotificationState for PgState {
         attempt: &AttemptRow,
         next: AfterAttempt,
     ) -> Result<bool> {
-        let (state, next_at) = match next {
-            AfterAttempt::Delivered => ("delivered", None),
-            AfterAttempt::RetryAt(at) => ("pending", Some(at)),
-            AfterAttempt::GiveUp => ("failed", None),
-        };
+        let (state, next_at) = next.stored();
         let mut conn = self.conn()?;
         self.wait(async {
             let tx = conn.transaction().await?;

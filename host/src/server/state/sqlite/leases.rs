@@ -8,24 +8,16 @@ pub(super) const QUEUE_POSITION: &str =
 
 impl LeaseState for Db {
     fn save_document(&self, doc: &Execution, from: Option<Status>) -> Result<bool> {
-        let mut conn = self.lock();
-        // An end is stored with its notifications, in one transaction.
-        let tx = conn.transaction()?;
-        let n = tx
-            .prepare_cached(
-                "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
-            )?
-            .execute(params![
+        self.save(
+            "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
+            doc,
+            params![
                 doc.id,
                 doc.status.as_str(),
                 serde_json::to_string(doc)?,
                 from.map(Status::as_str)
-            ])?;
-        if n > 0 && doc.status.is_terminal() {
-            super::notifications::store_at_end(&tx, doc)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+            ],
+        )
     }
 
     fn claim(&self, doc: &Execution, connector_id: &str, max: u32, owner: &str, lease_until: i64) -> Result<bool> {
@@ -48,19 +40,13 @@ impl LeaseState for Db {
     }
 
     fn save_owned(&self, doc: &Execution, owner: &str) -> Result<bool> {
-        let mut conn = self.lock();
-        // An end is stored with its notifications, in one transaction.
-        let tx = conn.transaction()?;
-        let n = tx
-            .prepare_cached(&format!(
+        self.save(
+            &format!(
                 "UPDATE executions SET status = ?2, document = ?3 WHERE id = ?1 AND owner = ?4 AND status IN {LEASED}"
-            ))?
-            .execute(params![doc.id, doc.status.as_str(), serde_json::to_string(doc)?, owner])?;
-        if n > 0 && doc.status.is_terminal() {
-            super::notifications::store_at_end(&tx, doc)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+            ),
+            doc,
+            params![doc.id, doc.status.as_str(), serde_json::to_string(doc)?, owner],
+        )
     }
 
     fn extend_leases(&self, owner: &str, ids: &[String], until: i64) -> Result<Vec<String>> {
@@ -153,5 +139,21 @@ impl LeaseState for Db {
         let mut stmt = conn.prepare_cached(QUEUE_POSITION)?;
         let n: i64 = stmt.query_row([workspace_id, id], |r| r.get(0))?;
         Ok(n as u64)
+    }
+}
+
+impl Db {
+    /// Runs `sql`, an update of `doc`'s row, with `params`; whether it
+    /// changed the row. An end is stored with its notifications, in one
+    /// transaction.
+    fn save(&self, sql: &str, doc: &Execution, params: impl rusqlite::Params) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.prepare_cached(sql)?.execute(params)?;
+        if n > 0 && doc.status.is_terminal() {
+            super::notifications::store_at_end(&tx, doc)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
     }
 }

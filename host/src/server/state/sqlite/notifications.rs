@@ -79,11 +79,7 @@ impl NotificationState for Db {
     ) -> Result<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let (state, next_at) = match next {
-            AfterAttempt::Delivered => ("delivered", None),
-            AfterAttempt::RetryAt(at) => ("pending", Some(at)),
-            AfterAttempt::GiveUp => ("failed", None),
-        };
+        let (state, next_at) = next.stored();
         let updated = tx.execute(
             "UPDATE notifications SET state = ?4, next_attempt_at = ?5, attempts = ?6, claimed_by = NULL,
                  claimed_until = NULL
