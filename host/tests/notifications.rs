@@ -4,90 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Process, call, importer_extra, serve, upload_named, wait_end};
+use common::receiver::{KEY, Receiver, SECRET, notifying};
+use common::{Process, call, serve, upload_named, wait_end};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// The servers' secrets key.
-const KEY: &str = "c2VjcmV0cyBrZXkgb2YgdGhlIHRlc3RzLCAzMiBiISE=";
-
-/// The signing secret, a workspace secret named `hooks`.
-const SECRET: &str = "whsec_bm90aWZpY2F0aW9ucyBvZiB0aGUgdGVzdHMsIDMyIGJ5dGVz";
-
-/// A receiver on loopback, answering each path as planned.
-struct Receiver {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &Path, plans: &[(&str, &str)]) -> Self {
-        common::ensure_standardwebhooks();
-        let log = dir.join("received.jsonl");
-        let mut command = Command::new("python3");
-        command
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/notifications/receiver.py"))
-            .args(["--secret", SECRET, "--log"])
-            .arg(&log);
-        for (path, plan) in plans {
-            command.args(["--plan", &format!("{path}={plan}")]);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("python3: {e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let line = BufReader::new(stdout)
-            .lines()
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        let port = line
-            .strip_prefix("listening on ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the receiver did not start: {line}"));
-        Self { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Every request received so far.
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The requests to `path`, once there are `n` of them.
-    async fn wait_for(&self, path: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got: Vec<Value> = self.received().into_iter().filter(|r| r["path"] == path).collect();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "{path} got {} of {n}: {got:?}", got.len());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `weir serve` that may notify loopback, retrying after `backoff`.
 fn server(dir: &Path, backoff: &str) -> Process {
@@ -99,14 +22,6 @@ fn server(dir: &Path, backoff: &str) -> Process {
             ("WEIR_NOTIFICATION_BACKOFF", backoff),
         ],
     )
-}
-
-/// The `people` importer notifying as `notifications` say, signed with the
-/// workspace secret `hooks`.
-async fn notifying(base: &str, notifications: Value) {
-    let (s, b) = call(base, Method::PUT, "/secrets/hooks", Some(json!({"value": SECRET}))).await;
-    assert!(s == 201 || s == 200, "{b}");
-    importer_extra(base, json!({"notifications": notifications})).await;
 }
 
 /// A run of `people` on `csv`; its execution id.

@@ -445,3 +445,55 @@ async fn two_schedulers_on_one_data_directory_run_each_tick_once() {
         assert_eq!(done["status"], "success", "{done}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_delivered_once_each_by_whichever_process_claims_them() {
+    let shared = Shared::new();
+    let receiver = common::receiver::Receiver::start(shared.dir.path(), &[("/hook", "fail:1")]);
+    let env = [
+        ("WEIR_SECRETS_KEY", common::receiver::KEY),
+        ("WEIR_NOTIFICATION_ALLOWED", "127.0.0.1"),
+        ("WEIR_NOTIFICATION_BACKOFF", "300ms"),
+        ("WEIR_WORKERS", "2"),
+    ];
+    let a = shared.serve("a", &env);
+    let b = shared.serve("b", &env);
+    common::receiver::notifying(
+        &a.base,
+        serde_json::json!([{"on": ["success"], "url": receiver.url("/hook"), "secret": "hooks"}]),
+    )
+    .await;
+    // Runs started on both; each notification's first attempt fails, so
+    // its retry is due again for whichever process claims it.
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let body = format!("email,city\nn{i}@x.io,Oslo\n");
+        let (s, doc) = common::post_bytes_as(
+            base,
+            common::ADMIN,
+            "/connectors/people/runs?filename=n.csv",
+            "text/csv",
+            body,
+        )
+        .await;
+        assert_eq!(s, 202, "{doc}");
+        ids.push(doc["id"].as_str().unwrap_or_default().to_string());
+    }
+    receiver.wait_for("/hook", 48).await;
+    // Nothing more comes: no attempt was sent by two processes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 48, "two attempts each, no more: {got:?}");
+    for id in &ids {
+        let answers: Vec<i64> = got
+            .iter()
+            .filter(|r| r["execution"] == id.as_str())
+            .map(|r| r["answered"].as_i64().unwrap_or_default())
+            .collect();
+        assert_eq!(answers, [500, 204], "{id}");
+    }
+    assert!(got.iter().all(|r| r["verified"] == true));
+    a.stop();
+    b.stop();
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod kills;
+pub mod receiver;
 pub mod services;
 
 pub const ADMIN: &str = "weir_restart_test_admin_key_0123456789abcdef";
