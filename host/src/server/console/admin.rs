@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Session, Token};
+use super::session::{Posted, Session, Token, Tokened};
 use super::{Answer, Section, count, csrf_field, page, when};
 use crate::server::App;
 use crate::server::api::keys::{self as api_keys, CreatedKey, NewKeyRequest};
@@ -113,9 +112,14 @@ pub struct KeyForm {
     connectors: String,
 }
 
+impl Tokened for KeyForm {
+    fn token(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Makes a key and shows its secret, once.
-pub async fn create_key(State(app): State<Arc<App>>, session: Session, Form(form): Form<KeyForm>) -> Answer {
-    session.check(&form.csrf)?;
+pub async fn create_key(State(app): State<Arc<App>>, Posted { session, form }: Posted<KeyForm>) -> Answer {
     let role = form
         .role
         .parse::<Role>()
@@ -141,11 +145,9 @@ pub async fn create_key(State(app): State<Arc<App>>, session: Session, Form(form
 /// Revokes a key.
 pub async fn revoke_key(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(id): Path<String>,
-    Form(form): Form<Token>,
+    Posted { session, .. }: Posted<Token>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     api_keys::revoke(State(app), session.caller.clone(), error::Path(id)).await?;
     Ok(Redirect::to("/admin/keys").into_response())
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,7 +17,7 @@ use similar::{ChangeTag, TextDiff};
 use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use weir_engine::execution::TriggerType;
 
-use super::session::{Session, Token};
+use super::session::{Posted, Session, Token, Tokened};
 use super::{Answer, Section, badge, count, csrf_field, page, raw, when};
 use crate::server::App;
 use crate::server::api::connectors::{self as api_connectors, ConnectorView, DraftRequest, SqlView};
@@ -259,14 +258,24 @@ pub struct StatusForm {
     status: String,
 }
 
+impl Tokened for StatusForm {
+    fn token(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl Tokened for SqlForm {
+    fn token(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Sets the connector operational or inactive.
 pub async fn status(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(c): Path<String>,
-    Form(form): Form<StatusForm>,
+    Posted { session, form }: Posted<StatusForm>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     let patch = serde_json::json!({ "status": form.status });
     let v = api_connectors::update(State(app), session.caller.clone(), error::Path(c), Body(patch))
         .await?
@@ -449,11 +458,9 @@ pub struct SqlForm {
 /// previews it (saving it first when it changed).
 pub async fn save_sql(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(c): Path<String>,
-    Form(form): Form<SqlForm>,
+    Posted { session, form }: Posted<SqlForm>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     // Browsers send a textarea's line ends as CRLF.
     let text = form.text.replace("\r\n", "\n");
     let stored = api_connectors::sql(State(app.clone()), session.caller.clone(), error::Path(c.clone()))
@@ -500,11 +507,9 @@ pub async fn save_sql(
 /// Publishes the saved draft.
 pub async fn publish(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(c): Path<String>,
-    Form(form): Form<Token>,
+    Posted { session, .. }: Posted<Token>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     match api_connectors::publish(
         State(app.clone()),
         session.caller.clone(),

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
@@ -15,7 +14,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use weir_engine::execution::{Execution, StageStatus, Status, StepProgress, TriggerType};
 
-use super::session::{Session, Token};
+use super::session::{Posted, Session, Token};
 use super::{Answer, Section, badge, count, csrf_field, encode, page, took, when};
 use crate::server::App;
 use crate::server::api::{self, executions as api_executions};
@@ -472,11 +471,9 @@ pub async fn events(
 /// Cancels the run, then shows it (`canceling`, then `canceled`).
 pub async fn cancel(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(id): Path<String>,
-    Form(form): Form<Token>,
+    Posted { session, .. }: Posted<Token>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     api_executions::cancel(State(app), session.caller, error::Path(id.clone())).await?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }
@@ -485,11 +482,9 @@ pub async fn cancel(
 /// parameters, and shows the new run.
 pub async fn again(
     State(app): State<Arc<App>>,
-    session: Session,
     Path(id): Path<String>,
-    Form(form): Form<Token>,
+    Posted { session, .. }: Posted<Token>,
 ) -> Answer {
-    session.check(&form.csrf)?;
     let caller = &session.caller;
     caller.require(Role::Operator)?;
     let doc = app.executions.visible(caller, &id)?.document;

@@ -224,16 +224,53 @@ pub async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, Form(form)
     Ok(response)
 }
 
-/// The sign-out form.
+/// A form carrying the session's CSRF token.
+pub trait Tokened {
+    /// The token the form carries.
+    fn token(&self) -> &str;
+}
+
+/// A form that carries nothing but the token (sign out, cancel, publish).
 #[derive(Debug, Deserialize)]
 pub struct Token {
     /// The session's CSRF token.
     pub csrf: String,
 }
 
+impl Tokened for Token {
+    fn token(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// A form posted by a signed-in browser: its CSRF token is checked before
+/// the handler sees it, so no handler of a form can forget to.
+pub struct Posted<T> {
+    /// The session that posted it.
+    pub session: Session,
+    /// The form.
+    pub form: T,
+}
+
+impl<T> axum::extract::FromRequest<Arc<App>> for Posted<T>
+where
+    T: serde::de::DeserializeOwned + Tokened + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, app: &Arc<App>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let session = Session::from_request_parts(&mut parts, app).await?;
+        let Form(form) = Form::<T>::from_request(axum::extract::Request::from_parts(parts, body), app)
+            .await
+            .map_err(|e| shown(ApiError::bad_request(e.body_text())))?;
+        session.check(form.token()).map_err(IntoResponse::into_response)?;
+        Ok(Posted { session, form })
+    }
+}
+
 /// Ends the session and forgets its cookie.
-pub async fn sign_out(State(app): State<Arc<App>>, session: Session, Form(form): Form<Token>) -> Answer {
-    session.check(&form.csrf)?;
+pub async fn sign_out(State(app): State<Arc<App>>, Posted { session, .. }: Posted<Token>) -> Answer {
     app.db.delete_session(&session.token_sha256)?;
     let mut response = Redirect::to("/sign-in").into_response();
     response.headers_mut().insert(
