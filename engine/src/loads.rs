@@ -128,6 +128,9 @@ pub struct LoadStep {
     keys: Vec<Vec<usize>>,
     /// The execution whose counts each commit adds to the store's tally.
     tally: Option<String>,
+    /// For each of `fields`, its definition when a value must be checked
+    /// against it (a dropdown's options, a relation's id), found once.
+    checked: Vec<Option<crate::objects::FieldDef>>,
 }
 
 impl LoadStep {
@@ -159,6 +162,16 @@ impl LoadStep {
                 }
             }
         }
+        let checked = fields
+            .iter()
+            .map(|name| {
+                object
+                    .fields
+                    .iter()
+                    .find(|f| f.name == *name && matches!(f.kind, FieldType::Dropdown | FieldType::Relation))
+                    .cloned()
+            })
+            .collect();
         Ok(Self {
             step,
             object,
@@ -169,6 +182,7 @@ impl LoadStep {
             fields,
             keys,
             tally: None,
+            checked,
         })
     }
 
@@ -197,7 +211,7 @@ impl LoadStep {
     /// may still be committing: this one sees its records as if committed.
     pub fn decide(&self, rows: &[Row], previous: Option<&Decided>) -> Result<Decided> {
         let previous = previous.map(|p| &p.batch);
-        let mut batch = Batch::with_capacity(rows.len());
+        let mut batch = Batch::with_capacity(rows.len(), self.step.matching.len());
         // Every rule's keys are looked up at once, for the whole batch, with
         // the mapped fields of the records found, for the conflict rules of
         // the updates to come.
@@ -233,12 +247,20 @@ impl LoadStep {
         let mut ids = Ids::after(*last_id);
         let mut outcomes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let outcome = match self.decide_row(i, row, &found, &batch, previous) {
+            // Each rule's key of the row, made once: looked up in the
+            // batches, then kept in this one's index.
+            let keys: Keys = self
+                .step
+                .matching
+                .iter()
+                .map(|rule| row.get(&rule.variable).and_then(Value::match_key))
+                .collect();
+            let outcome = match self.decide_row(i, &keys, &found, &batch, previous) {
                 Decision::Create(rule) => match self.values(row, rule) {
                     Ok(values) => {
                         let id = ids.next();
                         *last_id = Some(id);
-                        batch.create(id, values, &self.step.matching, row);
+                        batch.create(id, values, keys);
                         Outcome::Created(id)
                     }
                     Err(reason) => Outcome::Failed(reason),
@@ -246,7 +268,7 @@ impl LoadStep {
                 Decision::Update(id) => match self.values(row, None) {
                     Ok(values) => {
                         self.update(&mut batch, id, values, previous)?;
-                        batch.index(id, &self.step.matching, row);
+                        batch.index(id, keys);
                         Outcome::Updated(id)
                     }
                     Err(reason) => Outcome::Failed(reason),
@@ -287,7 +309,7 @@ impl LoadStep {
     fn decide_row(
         &self,
         row_index: usize,
-        row: &Row,
+        keys: &Keys,
         found: &[Vec<Vec<RecordId>>],
         batch: &Batch,
         previous: Option<&Batch>,
@@ -296,8 +318,8 @@ impl LoadStep {
             return Decision::Create(None);
         }
         for (r, rule) in self.step.matching.iter().enumerate() {
-            let mut matches: Vec<RecordId> = found[r][row_index].clone();
-            let key = row.get(&rule.variable);
+            let mut matches: Matches = found[r][row_index].iter().copied().collect();
+            let key = keys[r].as_ref();
             let earlier = previous.map_or(&[][..], |p| p.matching(r, key));
             for id in earlier.iter().chain(batch.matching(r, key)) {
                 if !matches.contains(id) {
@@ -350,25 +372,27 @@ impl LoadStep {
                     }
                 }
             };
-            out.push(self.check(&mapping.field, value)?);
+            out.push(self.check(out.len(), value)?);
         }
-        for (field, rules) in self.fields[self.step.fields.len()..].iter().zip(&self.keys) {
+        for rules in &self.keys {
             let value_of = |r: &usize| row.get(&self.step.matching[*r].variable).filter(|v| **v != Value::Null);
             let value = match creating.filter(|c| rules.contains(c)) {
                 Some(rule) => value_of(&rule),
                 None => rules.iter().find_map(value_of),
             };
-            out.push(self.check(field, value.cloned().unwrap_or(Value::Null))?);
+            out.push(self.check(out.len(), value.cloned().unwrap_or(Value::Null))?);
         }
         Ok(out)
     }
 
-    /// Dropdown values are matched by label (stored as the option's label);
-    /// relations must name a record id.
-    fn check(&self, field: &str, value: Value) -> std::result::Result<Value, String> {
-        let Some(def) = self.object.fields.iter().find(|f| f.name == field) else {
+    /// The value of the step's field `k` (its place in `fields`), checked:
+    /// dropdown values are matched by label (stored as the option's
+    /// label); relations must name a record id.
+    fn check(&self, k: usize, value: Value) -> std::result::Result<Value, String> {
+        let Some(def) = &self.checked[k] else {
             return Ok(value);
         };
+        let field = &def.name;
         match (def.kind, &value) {
             (_, Value::Null) => Ok(value),
             (FieldType::Dropdown, v) => {
@@ -499,31 +523,41 @@ struct Batch {
     changes: HashMap<RecordId, Vec<bool>>,
     /// Records with changes, in the order they were first changed.
     changed: Vec<RecordId>,
-    /// (rule, key) of records created or updated in this batch.
-    keys: HashMap<(usize, MatchKey), Vec<RecordId>>,
+    /// Per rule, the keys of records created or updated in this batch.
+    keys: Vec<HashMap<MatchKey, Matches>>,
 }
 
+/// Record ids matching a key: nearly always one, kept without allocating.
+type Matches = smallvec::SmallVec<[RecordId; 1]>;
+
+/// A row's key for each matching rule (none when its variable is null).
+type Keys = smallvec::SmallVec<[Option<MatchKey>; 2]>;
+
 impl Batch {
-    fn with_capacity(rows: usize) -> Self {
+    /// A batch of up to `rows` rows matched by `rules` rules.
+    fn with_capacity(rows: usize, rules: usize) -> Self {
         Self {
             created: Vec::with_capacity(rows),
             current: HashMap::with_capacity_and_hasher(rows, Default::default()),
             changes: HashMap::default(),
             changed: Vec::new(),
-            keys: HashMap::with_capacity_and_hasher(rows, Default::default()),
+            keys: (0..rules)
+                .map(|_| HashMap::with_capacity_and_hasher(rows, Default::default()))
+                .collect(),
         }
     }
 
-    fn create(&mut self, id: RecordId, values: Vec<Value>, rules: &[crate::connector::MatchRule], row: &Row) {
+    fn create(&mut self, id: RecordId, values: Vec<Value>, keys: Keys) {
         self.created.push(id);
         self.current.insert(id, values);
-        self.index(id, rules, row);
+        self.index(id, keys);
     }
 
-    fn index(&mut self, id: RecordId, rules: &[crate::connector::MatchRule], row: &Row) {
-        for (r, rule) in rules.iter().enumerate() {
-            if let Some(k) = row.get(&rule.variable).and_then(Value::match_key) {
-                let ids = self.keys.entry((r, k)).or_default();
+    /// Indexes record `id` under each rule's key of the row that wrote it.
+    fn index(&mut self, id: RecordId, keys: Keys) {
+        for (r, key) in keys.into_iter().enumerate() {
+            if let (Some(k), Some(by_key)) = (key, self.keys.get_mut(r)) {
+                let ids = by_key.entry(k).or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
                 }
@@ -531,11 +565,11 @@ impl Batch {
         }
     }
 
-    /// Records of this batch whose rule-`rule` key equals `key`'s.
-    fn matching(&self, rule: usize, key: Option<&Value>) -> &[RecordId] {
-        key.and_then(Value::match_key)
-            .and_then(|k| self.keys.get(&(rule, k)))
-            .map_or(&[], Vec::as_slice)
+    /// Records of this batch whose rule-`rule` key is `key`.
+    fn matching(&self, rule: usize, key: Option<&MatchKey>) -> &[RecordId] {
+        key.zip(self.keys.get(rule))
+            .and_then(|(k, by_key)| by_key.get(k))
+            .map_or(&[], |ids| ids.as_slice())
     }
 
     /// What the batch writes: its creates, and the changed fields of the
