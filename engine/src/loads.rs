@@ -118,6 +118,10 @@ pub struct LoadStep {
     dry_run: bool,
     /// The last id created, so the next batch's ids sort after it.
     last_id: Mutex<Option<RecordId>>,
+    /// A reported chunk's maps, emptied, for the next chunk to fill: a
+    /// chunk's tables are large, and fresh ones cost the pages the
+    /// system zeroes for them every time.
+    spare: Mutex<Option<Batch>>,
     /// The fields the step writes: the mapped ones in mapping order, then
     /// the matched fields no mapping writes. A record's values are held by
     /// position in it.
@@ -179,6 +183,7 @@ impl LoadStep {
             store,
             dry_run,
             last_id: Mutex::new(None),
+            spare: Mutex::new(None),
             fields,
             keys,
             tally: None,
@@ -211,7 +216,11 @@ impl LoadStep {
     /// may still be committing: this one sees its records as if committed.
     pub fn decide(&self, rows: &[Row], previous: Option<&Decided>) -> Result<Decided> {
         let previous = previous.map(|p| &p.batch);
-        let mut batch = Batch::with_capacity(rows.len(), self.step.matching.len());
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut batch = match spare {
+            Some(batch) if batch.keys.len() == self.step.matching.len() => batch,
+            _ => Batch::with_capacity(rows.len(), self.step.matching.len()),
+        };
         // Every rule's keys are looked up at once, for the whole batch, with
         // the mapped fields of the records found, for the conflict rules of
         // the updates to come.
@@ -296,6 +305,14 @@ impl LoadStep {
             write
         };
         Ok(Decided { outcomes, batch, write })
+    }
+
+    /// Takes back a chunk that has been committed and reported: its maps,
+    /// emptied, serve the next chunk.
+    pub fn recycle(&self, decided: Decided) {
+        let mut batch = decided.batch;
+        batch.clear();
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch);
     }
 
     /// Writes a decided batch as one transaction (nothing in a dry run).
@@ -545,6 +562,15 @@ impl Batch {
                 .map(|_| HashMap::with_capacity_and_hasher(rows, Default::default()))
                 .collect(),
         }
+    }
+
+    /// Empties the batch, keeping what its maps have allocated.
+    fn clear(&mut self) {
+        self.created.clear();
+        self.current.clear();
+        self.changes.clear();
+        self.changed.clear();
+        self.keys.iter_mut().for_each(HashMap::clear);
     }
 
     fn create(&mut self, id: RecordId, values: Vec<Value>, keys: Keys) {

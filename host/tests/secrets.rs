@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 
-use common::{ADMIN, call, call_as, get_bytes, key_in, post_bytes_as, serve_logged, sign, wait_end};
+use common::{ADMIN, Process, call, call_as, get_bytes, key_in, post_bytes_as, serve_logged, sign, wait_end};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -20,9 +19,12 @@ const FIRST: &str = "whsec_Zmlyc3Qgc2hvcCBzaWduaW5nIHNlY3JldCwgMzIgYnl0ZXM=";
 const SECOND: &str = "whsec_c2Vjb25kIHNob3Agc2lnbmluZyBzZWNyZXQsIDMyIGJ5dGU=";
 
 /// `weir serve` on `data` with `env`, logging at debug level to `log`.
-fn serve(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<(Child, String), String> {
+fn serve(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<(Process, String), String> {
     let env: Vec<(&str, &str)> = [("WEIR_LOG", "debug")].into_iter().chain(env.iter().copied()).collect();
-    serve_logged(data, &env, Some(log)).map(|p| (p.child, p.base))
+    serve_logged(data, &env, Some(log)).map(|p| {
+        let base = p.base.clone();
+        (p, base)
+    })
 }
 
 /// Posts `body` to the connector's webhook, signed under `secret`.
@@ -64,17 +66,16 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
     let log = dir.path().join("serve.log");
 
     // A server without a secrets key keeps none, and says why.
-    let (mut child, base) = serve(&data, &log, &[]).unwrap_or_else(|l| panic!("{l}"));
+    let (child, base) = serve(&data, &log, &[]).unwrap_or_else(|l| panic!("{l}"));
     let (s, b) = put_secret(&base, "shop_whsec", FIRST).await;
     assert_eq!((s, b["code"].as_str()), (503, Some("secrets_unavailable")), "{b}");
     assert!(
         b["detail"].as_str().unwrap_or_default().contains("WEIR_SECRETS_KEY"),
         "{b}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
 
-    let (mut child, base) = serve(&data, &log, &[("WEIR_SECRETS_KEY", KEY)]).unwrap_or_else(|l| panic!("{l}"));
+    let (child, base) = serve(&data, &log, &[("WEIR_SECRETS_KEY", KEY)]).unwrap_or_else(|l| panic!("{l}"));
     let (s, b) = put_secret(&base, "shop_whsec", FIRST).await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["name"], "shop_whsec");
@@ -159,8 +160,7 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
         seen.push_str(&String::from_utf8_lossy(&text));
     }
     assert!(seen.contains("shop_whsec"), "the checks above read what they should");
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
     seen.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
     for secret in [FIRST, SECOND] {
         assert!(!shows(&seen, secret), "a secret was shown");
@@ -185,7 +185,7 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
         .err()
         .unwrap_or_else(|| panic!("started with another key"));
     assert!(refused.contains("does not open"), "{refused}");
-    let (mut child, base) = serve(&data, &log, &[("WEIR_SECRETS_KEY", KEY)]).unwrap_or_else(|l| panic!("{l}"));
+    let (child, base) = serve(&data, &log, &[("WEIR_SECRETS_KEY", KEY)]).unwrap_or_else(|l| panic!("{l}"));
     let (s, b) = deliver(&base, &id, "msg_4", "{\"id\":\"o4\"}", SECOND).await;
     assert_eq!(s, 202, "{b}");
     let (s, _) = call(&base, Method::DELETE, "/secrets/shop_whsec", None).await;
@@ -194,6 +194,5 @@ async fn secrets_sign_webhooks_rotate_and_are_never_shown_or_stored_in_clear() {
     assert_eq!(s, 401, "a deleted secret signs nothing");
     let (s, _) = call(&base, Method::DELETE, "/secrets/shop_whsec", None).await;
     assert_eq!(s, 404);
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
 }

@@ -253,7 +253,7 @@ impl Loader {
         } = pending;
         invalid.into_iter().for_each(|row| self.shared.rejects.reject(row));
         let mut values = None;
-        for (step, decided) in self.steps.iter().zip(&decided) {
+        for (step, decided) in self.steps.iter().zip(decided) {
             let def = step.def();
             let outcomes = decided.outcomes();
             for (k, o) in outcomes.iter().enumerate() {
@@ -283,6 +283,7 @@ impl Loader {
                     c.failed += counts.failed;
                 }
             });
+            step.recycle(decided);
         }
         Ok(())
     }

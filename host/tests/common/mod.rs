@@ -26,8 +26,19 @@ pub struct Process {
 impl Process {
     /// Kills the server (SIGKILL) and reaps it.
     pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test that fails half-way leaves no server behind.
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
