@@ -572,6 +572,54 @@ async fn a_connectors_page_shows_its_webhook_address_and_its_next_schedule_ticks
     server.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_filtered_by_several_fields_and_paged_with_their_filters() {
+    let (_dir, server, origin, client, _) = importer_console().await;
+    let mut rows = String::from("email,city\n");
+    for i in 0..120 {
+        rows.push_str(&format!("p{i}@x.io,{}\n", if i % 2 == 0 { "Oslo" } else { "Rome" }));
+    }
+    let (s, run) = common::post_bytes_as(
+        &server.base,
+        ADMIN,
+        "/connectors/people/runs?filename=p.csv",
+        "text/csv",
+        rows,
+    )
+    .await;
+    assert_eq!(s, 202, "{run}");
+    common::wait_end(&server.base, run["id"].as_str().unwrap_or_default()).await;
+    let (status, page) = get(
+        &client,
+        &format!("{origin}/records/contact?f.city=Oslo&f.email=p4%40x.io"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("p4@x.io") && !page.contains("p2@x.io") && !page.contains("p5@x.io"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"name="f.city" value="Oslo""#),
+        "the form keeps its filters: {page}"
+    );
+    // 60 in Oslo, 50 a page: a second page, reached with the filter kept.
+    let (_, page) = get(&client, &format!("{origin}/records/contact?f.city=Oslo")).await;
+    assert!(!page.contains("Rome"), "{page}");
+    let next = page
+        .split("href=\"")
+        .find(|h| h.contains("cursor="))
+        .and_then(|h| h.split('"').next())
+        .unwrap_or_else(|| panic!("no next page: {page}"))
+        .replace("&amp;", "&");
+    assert!(next.contains("f.city=Oslo"), "{next}");
+    let (_, second) = get(&client, &format!("{origin}{next}")).await;
+    assert!(second.contains("@x.io") && !second.contains("Rome"), "{second}");
+    let (status, page) = get(&client, &format!("{origin}/records/contact?f.nope=1")).await;
+    assert_eq!(status, 400, "{page}");
+    server.stop();
+}
+
 /// Chromium from Debian's package.
 const CHROMIUM: &str = "/usr/bin/chromium";
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use maud::html;
-use serde::Deserialize;
 
 use super::session::Session;
 use super::{Answer, Section, encode, page};
@@ -64,31 +63,29 @@ pub async fn objects(State(app): State<Arc<App>>, session: Session) -> Answer {
     Ok(page(Some(&session), Section::Records, "Records", content).into_response())
 }
 
-/// `?field=&value=&cursor=` of a records page.
-#[derive(Debug, Default, Deserialize)]
-pub struct RecordQuery {
-    #[serde(default)]
-    field: String,
-    #[serde(default)]
-    value: String,
-    cursor: Option<String>,
-}
+/// The prefix of a field's filter in a records page's query:
+/// `?f.city=Oslo&f.score=3`.
+const FILTER: &str = "f.";
 
-/// An object's records.
+/// An object's records, filtered by the values of any of its fields.
 pub async fn records(
     State(app): State<Arc<App>>,
     session: Session,
     Path(name): Path<String>,
-    Query(q): Query<RecordQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Answer {
     let object = api_objects::get(State(app.clone()), session.caller.clone(), error::Path(name.clone()))
         .await?
         .0;
-    let mut query = HashMap::from([("limit".to_string(), PER_PAGE.to_string())]);
-    if !q.field.is_empty() {
-        query.insert(q.field.clone(), q.value.clone());
-    }
-    if let Some(cursor) = &q.cursor {
+    let filters: Vec<(String, String)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(FILTER)?.to_string(), v.clone())))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let cursor = q.iter().find(|(k, _)| k == "cursor").map(|(_, v)| v.clone());
+    let mut query: HashMap<String, String> = filters.iter().cloned().collect();
+    query.insert("limit".into(), PER_PAGE.to_string());
+    if let Some(cursor) = &cursor {
         query.insert("cursor".into(), cursor.clone());
     }
     let page_of = api_objects::records(
@@ -102,25 +99,27 @@ pub async fn records(
     let mut columns = vec!["id".to_string(), "name".to_string()];
     columns.extend(object.fields.iter().map(|f| f.name.clone()).filter(|f| f != "name"));
     let filter_query = |cursor: &str| {
-        format!(
-            "/records/{}?field={}&value={}&cursor={cursor}",
-            object.name,
-            encode(&q.field),
-            encode(&q.value)
-        )
+        let mut out = format!("/records/{}?", object.name);
+        for (field, value) in &filters {
+            out.push_str(&format!("{}={}&", encode(&format!("{FILTER}{field}")), encode(value)));
+        }
+        out.push_str(&format!("cursor={}", encode(cursor)));
+        out
+    };
+    let given = |field: &str| {
+        filters
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     };
     let content = html! {
         form.filters method="get" action={ "/records/" (object.name) } role="search" aria-label="Filter records" {
-            div {
-                label for="field" { "Field" }
-                select #field name="field" {
-                    option value="" selected[q.field.is_empty()] { "Any" }
-                    @for f in &object.fields { option value=(f.name) selected[q.field == f.name] { (f.name) } }
+            @for f in &object.fields {
+                div {
+                    label for={ "f-" (f.name) } { (f.name) " equals" }
+                    input id={ "f-" (f.name) } type="text" name={ (FILTER) (f.name) } value=(given(&f.name));
                 }
-            }
-            div {
-                label for="value" { "equals" }
-                input #value type="text" name="value" value=(q.value);
             }
             div.actions { button type="submit" { "Filter" } a href={ "/records/" (object.name) } { "Clear" } }
         }
