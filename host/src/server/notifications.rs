@@ -283,6 +283,8 @@ fn now_ms() -> i64 {
 pub async fn deliverer(app: Arc<App>) {
     loop {
         let free = app.notifier.in_flight.available_permits();
+        // With every slot taken, the next attempt to end wakes the loop.
+        let mut wait = POLL;
         if free > 0 {
             let now = now_ms();
             let until = now + CLAIM.as_millis() as i64;
@@ -303,11 +305,12 @@ pub async fn deliverer(app: Arc<App>) {
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming notifications failed"),
             }
+            // What another process holds counts from when its claim ends,
+            // so a held notification is not asked for again and again.
+            if let Some(at) = app.db.next_notification_due().ok().flatten() {
+                wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(POLL);
+            }
         }
-        let next = app.db.next_notification_due().ok().flatten();
-        let wait = next.map_or(POLL, |at| {
-            Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(POLL)
-        });
         tokio::select! {
             () = app.notifier.wake.notified() => {}
             () = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}

@@ -100,7 +100,8 @@ pub trait NotificationState {
     /// `now`); false when there is no such notification.
     fn redeliver(&self, execution_id: &str, n: u32, now: i64) -> Result<bool>;
 
-    /// When the next pending notification is due (ms), if any.
+    /// When the next pending notification can be claimed (ms), if any:
+    /// when it is due, or when the claim a process holds on it ends.
     fn next_notification_due(&self) -> Result<Option<i64>>;
 }
 

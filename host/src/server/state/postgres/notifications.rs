@@ -174,7 +174,8 @@ impl NotificationState for PgState {
     fn next_notification_due(&self) -> Result<Option<i64>> {
         let conn = self.conn()?;
         let row = self.wait(conn.query_one(
-            "SELECT MIN(next_attempt_at) FROM notifications WHERE state = 'pending'",
+            "SELECT MIN(CASE WHEN claimed_until > next_attempt_at THEN claimed_until ELSE next_attempt_at END)
+             FROM notifications WHERE state = 'pending'",
             &[],
         ))?;
         Ok(row.get(0))

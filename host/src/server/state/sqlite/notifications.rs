@@ -146,7 +146,8 @@ impl NotificationState for Db {
 
     fn next_notification_due(&self) -> Result<Option<i64>> {
         Ok(self.lock().query_row(
-            "SELECT MIN(next_attempt_at) FROM notifications WHERE state = 'pending'",
+            "SELECT MIN(CASE WHEN claimed_until > next_attempt_at THEN claimed_until ELSE next_attempt_at END)
+             FROM notifications WHERE state = 'pending'",
             [],
             |r| r.get(0),
         )?)
