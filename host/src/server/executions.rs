@@ -319,7 +319,11 @@ impl Executions {
                 )));
             }
         }
-        let ahead = self.db.queue_position(workspace_id, &doc.id)?;
+        // The document as it is now carries its place already.
+        let ahead = match doc.queue_position {
+            Some(ahead) => ahead,
+            None => self.db.queue_position(workspace_id, &doc.id)?,
+        };
         Ok(Some(match ahead {
             0 => "next in line, for a free worker".into(),
             1 => "1 execution of the workspace is ahead of it".into(),

@@ -147,7 +147,7 @@ fn table_rows(app: &App, session: &Session, docs: &[Execution]) -> Result<Markup
     let mut waiting = BTreeMap::new();
     for doc in docs.iter().filter(|d| d.status == Status::Queued) {
         let current = app.executions.current(&session.caller.workspace_id, doc.clone())?;
-        let why = app.executions.why_waiting(&session.caller.workspace_id, doc)?;
+        let why = app.executions.why_waiting(&session.caller.workspace_id, &current)?;
         waiting.insert(doc.id.clone(), (current.queue_position, why));
     }
     Ok(html! {
