@@ -71,11 +71,7 @@ pub enum PackageCommand {
 
 /// Runs a `weir package` command.
 pub fn run(command: PackageCommand) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
+    crate::remote::block_on(async {
         match command {
             PackageCommand::Pull {
                 server,

@@ -275,8 +275,8 @@ fn parameters(given: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
         .collect()
 }
 
-/// A current-thread runtime for one command.
-fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+/// Runs `work` on a current-thread runtime: a command's one task.
+pub(crate) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

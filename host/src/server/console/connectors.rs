@@ -18,7 +18,7 @@ use weir_engine::connector::{ConnectorStatus, ConnectorType};
 use weir_engine::execution::TriggerType;
 
 use super::session::{Posted, Session, Token, Tokened};
-use super::{Answer, Section, badge, count, csrf_field, page, raw, when};
+use super::{Answer, Section, badge, count, csrf_field, page, when};
 use crate::server::App;
 use crate::server::api::connectors::{self as api_connectors, ConnectorView, DraftRequest, SqlView};
 use crate::server::api::package::{self as api_package, DevPackageParams};
@@ -617,36 +617,26 @@ fn diff_markup(old: &str, new: &str) -> Markup {
     };
     let (old, new) = (ended(old), ended(new));
     let diff = TextDiff::from_lines(&old, &new);
-    let (mut added, mut removed) = (0usize, 0usize);
-    let mut rows = String::new();
-    for change in diff.iter_all_changes() {
-        let (class, sign) = match change.tag() {
-            ChangeTag::Equal => ("eq", " "),
-            ChangeTag::Insert => {
-                added += 1;
-                ("ins", "+")
-            }
-            ChangeTag::Delete => {
-                removed += 1;
-                ("del", "-")
-            }
-        };
-        let number = |n: Option<usize>| n.map_or(String::new(), |n| (n + 1).to_string());
-        let line = html! {
-            tr class=(class) {
-                td.num { (number(change.old_index())) }
-                td.num { (number(change.new_index())) }
-                td.sign { (sign) }
-                td { code { (change.value().trim_end_matches('\n')) } }
-            }
-        };
-        rows.push_str(&line.into_string());
-    }
+    let changes: Vec<_> = diff.iter_all_changes().collect();
+    let counted = |tag| changes.iter().filter(|c| c.tag() == tag).count() as u64;
+    let number = |n: Option<usize>| n.map_or(String::new(), |n| (n + 1).to_string());
     html! {
-        p { (count(added as u64)) " lines added, " (count(removed as u64)) " removed." }
+        p { (count(counted(ChangeTag::Insert))) " lines added, " (count(counted(ChangeTag::Delete))) " removed." }
         div.scroll { table.diff {
             thead { tr { th scope="col" { "Old" } th scope="col" { "New" } th scope="col" { span.visually-hidden { "Change" } } th scope="col" { "Line" } } }
-            tbody { (raw(rows)) }
+            tbody { @for change in &changes {
+                @let (class, sign) = match change.tag() {
+                    ChangeTag::Equal => ("eq", " "),
+                    ChangeTag::Insert => ("ins", "+"),
+                    ChangeTag::Delete => ("del", "-"),
+                };
+                tr class=(class) {
+                    td.num { (number(change.old_index())) }
+                    td.num { (number(change.new_index())) }
+                    td.sign { (sign) }
+                    td { code { (change.value().trim_end_matches('\n')) } }
+                }
+            } }
         } }
     }
 }

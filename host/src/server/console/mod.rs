@@ -34,7 +34,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 use sha2::{Digest, Sha256};
 use weir_engine::execution::Status;
 
@@ -297,21 +297,17 @@ fn count(n: u64) -> String {
     out
 }
 
+/// The characters a part of a query string keeps as they are (RFC 3986's
+/// unreserved ones).
+const QUERY_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// `s` percent-encoded as a part of a query string.
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Text that is already safe HTML (a diff's escaped lines).
-fn raw(text: String) -> PreEscaped<String> {
-    PreEscaped(text)
+    percent_encoding::utf8_percent_encode(s, QUERY_PART).to_string()
 }
 
 #[cfg(test)]
