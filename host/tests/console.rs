@@ -2,7 +2,7 @@
 //! over HTTP, and the whole console in headless Chromium
 //! (`console/e2e.mjs`, with Playwright and axe-core).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -8,7 +8,7 @@
 //! of every run, those the crashes cut short too, add up to the records. At
 //! the end the input loaded once more leaves one record per distinct key.
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! message. Either way what was acknowledged before is all there after a
 //! restart.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

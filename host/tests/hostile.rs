@@ -3,7 +3,7 @@
 //! else runs, and what must hold (docs/reliability.md, "Hostile
 //! connectors").
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

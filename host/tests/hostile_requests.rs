@@ -2,7 +2,7 @@
 //! limited to some connectors, an unsigned sender, a client that never
 //! finishes its headers (docs/reliability.md, "Hostile connectors").
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! local receiver (`notifications/receiver.py`) that checks every signature
 //! with the reference `standardwebhooks` package.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

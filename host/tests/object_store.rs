@@ -4,7 +4,7 @@
 //! answer, and while the store does not answer an upload is refused 503
 //! with nothing kept (docs/deployment.md).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

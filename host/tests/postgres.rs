@@ -3,7 +3,7 @@
 //! artifacts in one bucket, share the queue, answer for each other's
 //! executions, and resolve the runs of a process that is lost.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! test again with the processes on one PostgreSQL database and one bucket,
 //! each with a data directory of its own.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use weir_host::server::state::{Db, PgState, StateStore};
 
 /// Whether this is the run of the suite on PostgreSQL and S3.
 fn on_postgres() -> bool {
-    module_path!().starts_with("processes_postgres")
+    module_path!().contains("processes_postgres")
 }
 
 /// What one test's processes share: a data directory on the embedded

@@ -3,7 +3,7 @@
 //! then its pytest suite (upload, trigger with wait, records, cancel, typed
 //! errors).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! `records.<object>` use. What only one backend has (SQLite's WAL, the
 //! PostgreSQL layout) is checked after.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! following a run to its end, Ctrl-C on `--wait` leaving the run alone,
 //! and `connectors apply` twice being a no-op the second time.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

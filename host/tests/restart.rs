@@ -1,7 +1,7 @@
 //! `weir serve` as a process: killed mid-run and started again on the same
 //! data directory, and stopped gracefully with SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! at rest, and a server that cannot open them refuses to start
 //! (docs/secrets.md).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! `server_postgres.rs` with the state in PostgreSQL and the files in an
 //! S3 bucket (a database and a bucket of their own per test).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ const ADMIN: &str = "weir_test_bootstrap_admin_key_0123456789abcdef";
 
 /// Whether this is the run of the suite on PostgreSQL and S3.
 fn on_postgres() -> bool {
-    module_path!().starts_with("server_postgres")
+    module_path!().contains("server_postgres")
 }
 
 /// A store on `bucket` of the S3-compatible server at `endpoint`.

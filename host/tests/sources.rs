@@ -5,7 +5,7 @@
 //! without the secret; a cancel ends a slow remote query; a script still
 //! cannot name a file or URL the connector does not declare.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

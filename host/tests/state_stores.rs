@@ -2,7 +2,7 @@
 //! embedded SQLite store and on PostgreSQL (a cluster the test starts),
 //! through the same traits the server uses.
 
-mod common;
+use crate::common;
 
 use chrono::{Timelike, Utc};
 use common::services::Postgres;

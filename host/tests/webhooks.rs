@@ -3,7 +3,7 @@
 //! implementation (`standardwebhooks` from PyPI), batch windows, a window of
 //! zero, buffering while inactive, and batches across a restart.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

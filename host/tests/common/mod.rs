@@ -1,6 +1,5 @@
 //! What the tests of `weir serve` as a process share: starting it, and
 //! calling its API with the bootstrap admin key.
-#![allow(dead_code, reason = "each test binary uses some of these")]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -369,14 +368,8 @@ pub async fn slow_on(base: &str, store: &dyn weir_host::server::state::StateStor
 }
 
 /// An operational connector `name` running `sql`, `concurrency` runs at a
-/// time, whose version 1 is made live in the state database directly
+/// time, whose version 1 is made live in the state store `store` directly
 /// (publishing would dry-run a script that takes long).
-pub async fn live_unchecked(base: &str, data_dir: &Path, name: &str, sql: &str, concurrency: u32) {
-    let db = weir_host::server::state::Db::open(&data_dir.join("state.db")).unwrap_or_else(|e| panic!("{e}"));
-    live_unchecked_on(base, &db, name, sql, concurrency).await;
-}
-
-/// [`live_unchecked`] on the state store `store`.
 pub async fn live_unchecked_on(
     base: &str,
     store: &dyn weir_host::server::state::StateStore,
