@@ -37,6 +37,7 @@
 //! - [`pipeline`]: the run itself, wiring the stages with limits and cancel.
 //! - [`error`]: typed errors and stable codes.
 
+mod calendar;
 pub mod check;
 pub mod connector;
 pub mod document;

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::NaiveTime;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
@@ -178,17 +178,12 @@ fn parse_date(v: &str) -> Option<i32> {
             c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
         })
     };
-    let date = NaiveDate::from_ymd_opt(num(&b[0..4])? as i32, num(&b[5..7])?, num(&b[8..10])?)?;
-    Some(days_since_epoch(date))
-}
-
-fn days_since_epoch(date: NaiveDate) -> i32 {
-    const EPOCH_DAYS_FROM_CE: i32 = 719_163;
-    chrono::Datelike::num_days_from_ce(&date) - EPOCH_DAYS_FROM_CE
+    crate::calendar::days_from_civil(num(&b[0..4])? as i32, num(&b[5..7])?, num(&b[8..10])?)
 }
 
 /// `YYYY-MM-DD[T ]HH:MM[:SS[.f]]` without offset, microseconds since epoch.
 fn parse_timestamp(v: &str) -> Option<i64> {
+    use chrono::Timelike;
     if v.len() < 16 || !v.is_char_boundary(10) {
         return None;
     }
@@ -197,9 +192,14 @@ fn parse_timestamp(v: &str) -> Option<i64> {
     if *sep != b'T' && *sep != b' ' {
         return None;
     }
-    let date = NaiveDate::from_num_days_from_ce_opt(parse_date(date)? + 719_163)?;
+    let days = i64::from(parse_date(date)?);
     let time = parse_time(&rest[1..])?;
-    Some(NaiveDateTime::new(date, time).and_utc().timestamp_micros())
+    // A leap second's extra second is in its nanoseconds, as chrono counts it.
+    Some(
+        days * 86_400_000_000
+            + i64::from(time.num_seconds_from_midnight()) * 1_000_000
+            + i64::from(time.nanosecond() / 1000),
+    )
 }
 
 /// `HH:MM`, `HH:MM:SS` or `HH:MM:SS.f` (up to nanoseconds). Hand-written
@@ -356,20 +356,29 @@ impl RowBuilder {
         self.rows == 0
     }
 
-    /// Adds a row of exactly one cell per column (`None` or `""` = null),
-    /// which starts on `line` of the file when known. A value that does not
-    /// parse as its column's type leaves the batch untouched and returns why.
+    /// Adds a row of `count` cells, cell `i` given by `cell(i)` (`None` or
+    /// `""` = null; cells past the columns are ignored, missing ones are
+    /// null), which starts on `line` of the file when known. A value that
+    /// does not parse as its column's type leaves the batch untouched and
+    /// returns why.
     pub fn push<'a>(
         &mut self,
         line: Option<u64>,
-        cells: impl IntoIterator<Item = Option<&'a str>>,
+        count: usize,
+        cell: impl Fn(usize) -> Option<&'a str>,
     ) -> Result<(), CellError> {
-        // First pass: parse every cell, so that a bad cell rejects the whole row.
-        let mut values: smallvec_like::Values<'a> = smallvec_like::Values::default();
-        for (i, cell) in cells.into_iter().enumerate() {
-            let Some(t) = self.types.get(i) else { break };
-            let v = cell.filter(|s| !s.is_empty());
-            let parsed = match (v, t) {
+        let text = |i: usize| {
+            if i < count {
+                cell(i).filter(|s| !s.is_empty())
+            } else {
+                None
+            }
+        };
+        // First pass: parse every cell, so that a bad cell rejects the whole
+        // row. Text cells are read again when appended.
+        for (i, (t, parsed)) in self.types.iter().zip(self.cells.iter_mut()).enumerate() {
+            let v = text(i);
+            let value = match (v, t) {
                 (None, _) => Some(Cell::Null),
                 (Some(_), ColumnType::Text) => Some(Cell::Text),
                 (Some(s), ColumnType::Int) => parse_int(s).map(Cell::Int),
@@ -383,11 +392,8 @@ impl RowBuilder {
                     .map(Cell::Micros),
                 (Some(s), ColumnType::TimestampTz) => parse_timestamp_tz(s).map(Cell::Micros),
             };
-            match parsed {
-                Some(c) => {
-                    self.cells[i] = c;
-                    values.push(v);
-                }
+            match value {
+                Some(c) => *parsed = c,
                 None => {
                     return Err(CellError {
                         column: self.schema.field(i).name().clone(),
@@ -397,19 +403,15 @@ impl RowBuilder {
                 }
             }
         }
-        for i in values.len()..self.types.len() {
-            self.cells[i] = Cell::Null;
-            values.push(None);
-        }
         // Second pass: append.
-        for ((column, cell), text) in self.columns.iter_mut().zip(&self.cells).zip(values.iter()) {
-            match (column, cell) {
+        for (i, (column, parsed)) in self.columns.iter_mut().zip(&self.cells).enumerate() {
+            match (column, parsed) {
                 (Column::Int(b), Cell::Int(v)) => b.append_value(*v),
                 (Column::Float(b), Cell::Float(v)) => b.append_value(*v),
                 (Column::Bool(b), Cell::Bool(v)) => b.append_value(*v),
                 (Column::Date(b), Cell::Date(v)) => b.append_value(*v),
                 (Column::Timestamp(b, _), Cell::Micros(v)) => b.append_value(*v),
-                (Column::Text(b), Cell::Text) => b.append_value(text.unwrap_or_default()),
+                (Column::Text(b), Cell::Text) => b.append_value(text(i).unwrap_or_default()),
                 (Column::Int(b), _) => b.append_null(),
                 (Column::Float(b), _) => b.append_null(),
                 (Column::Bool(b), _) => b.append_null(),
@@ -425,62 +427,44 @@ impl RowBuilder {
         Ok(())
     }
 
-    /// Takes the buffered rows as a batch.
+    /// Takes the buffered rows as a batch. The next batch's builders start
+    /// with room for as many rows (and as much text), so they do not grow
+    /// by copying row after row.
     pub fn finish(&mut self) -> RecordBatch {
+        let rows = std::mem::take(&mut self.rows);
         let mut columns: Vec<ArrayRef> = self
             .columns
             .iter_mut()
             .map(|c| -> ArrayRef {
                 match c {
-                    Column::Int(b) => Arc::new(b.finish()),
-                    Column::Float(b) => Arc::new(b.finish()),
-                    Column::Bool(b) => Arc::new(b.finish()),
-                    Column::Date(b) => Arc::new(b.finish()),
-                    Column::Timestamp(b, false) => Arc::new(b.finish()),
-                    Column::Timestamp(b, true) => Arc::new(b.finish().with_timezone("UTC")),
-                    Column::Text(b) => Arc::new(b.finish()),
+                    Column::Int(b) => Arc::new(std::mem::replace(b, Int64Builder::with_capacity(rows)).finish()),
+                    Column::Float(b) => Arc::new(std::mem::replace(b, Float64Builder::with_capacity(rows)).finish()),
+                    Column::Bool(b) => Arc::new(std::mem::replace(b, BooleanBuilder::with_capacity(rows)).finish()),
+                    Column::Date(b) => Arc::new(std::mem::replace(b, Date32Builder::with_capacity(rows)).finish()),
+                    Column::Timestamp(b, zoned) => {
+                        let array = std::mem::replace(b, TimestampMicrosecondBuilder::with_capacity(rows)).finish();
+                        if *zoned {
+                            Arc::new(array.with_timezone("UTC"))
+                        } else {
+                            Arc::new(array)
+                        }
+                    }
+                    Column::Text(b) => {
+                        let array = b.finish();
+                        *b = StringBuilder::with_capacity(rows, array.value_data().len());
+                        Arc::new(array)
+                    }
                 }
             })
             .collect();
         if let Some(lines) = &mut self.lines {
-            columns.push(Arc::new(lines.finish()));
+            columns.push(Arc::new(
+                std::mem::replace(lines, Int64Builder::with_capacity(rows)).finish(),
+            ));
         }
-        let rows = std::mem::take(&mut self.rows);
         let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()))
-    }
-}
-
-/// A tiny inline vector of cell texts, so pushing a row allocates nothing
-/// for typical column counts.
-mod smallvec_like {
-    const INLINE: usize = 32;
-
-    #[derive(Default)]
-    pub struct Values<'a> {
-        inline: [Option<&'a str>; INLINE],
-        len: usize,
-        spill: Vec<Option<&'a str>>,
-    }
-
-    impl<'a> Values<'a> {
-        pub fn push(&mut self, v: Option<&'a str>) {
-            if self.len < INLINE {
-                self.inline[self.len] = v;
-            } else {
-                self.spill.push(v);
-            }
-            self.len += 1;
-        }
-
-        pub fn len(&self) -> usize {
-            self.len
-        }
-
-        pub fn iter(&self) -> impl Iterator<Item = &Option<&'a str>> {
-            self.inline[..self.len.min(INLINE)].iter().chain(self.spill.iter())
-        }
     }
 }
 
@@ -560,12 +544,12 @@ mod tests {
     fn builder_types_values_and_rejects_bad_rows_whole() {
         let names = vec!["id".to_string(), "amount".to_string(), "name".to_string()];
         let mut b = RowBuilder::new(&names, &[ColumnType::Int, ColumnType::Float, ColumnType::Text]);
-        b.push(Some(2), [Some("1"), Some("2.5"), Some("a")]).expect("good row");
-        let err = b.push(Some(3), [Some("x"), Some("1"), Some("b")]).expect_err("bad row");
+        let mut push = |line, cells: &[Option<&'static str>]| b.push(line, cells.len(), |i| cells[i]);
+        push(Some(2), &[Some("1"), Some("2.5"), Some("a")]).expect("good row");
+        let err = push(Some(3), &[Some("x"), Some("1"), Some("b")]).expect_err("bad row");
         assert_eq!(err.to_string(), "`x` is not an integer (column `id`)");
-        b.push(Some(4), [Some("3"), None])
-            .expect("short rows are padded with nulls by the caller's choice");
-        b.push(None, [Some(""), Some("7"), Some("")]).expect("empty is null");
+        push(Some(4), &[Some("3"), None]).expect("short rows are padded with nulls");
+        push(None, &[Some(""), Some("7"), Some("")]).expect("empty is null");
         let batch = b.finish();
         assert_eq!(batch.num_rows(), 3);
         let ids = batch.column(0).as_primitive::<Int64Type>();

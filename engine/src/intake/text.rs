@@ -442,7 +442,7 @@ impl<'t> Rows<'t> {
                     .collect();
                 (line, format!("expected {width} fields, found {}", cells.len()), values)
             }
-            Record::Cells { line, cells } => match self.builder.push(line, cells.iter()) {
+            Record::Cells { line, cells } => match self.builder.push(line, cells.len(), |i| cells.get(i)) {
                 Ok(()) => {
                     self.good += 1;
                     if self.builder.len() >= self.batch_size {

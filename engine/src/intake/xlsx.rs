@@ -250,10 +250,9 @@ pub fn read(
                 ));
                 continue;
             }
-            if let Err(e) = builder.push(
-                Some(*line),
-                (0..names.len()).map(|i| cells.get(i).and_then(|c| c.text.as_deref())),
-            ) {
+            if let Err(e) = builder.push(Some(*line), names.len(), |i| {
+                cells.get(i).and_then(|c| c.text.as_deref())
+            }) {
                 reject(e.to_string());
                 continue;
             }
