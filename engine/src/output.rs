@@ -342,7 +342,7 @@ impl<'a> Cell<'a> {
 /// Writes `2024-01-31T12:00:00[.mmm|.uuuuuu]` as Arrow's formatter would;
 /// false (nothing written) for years outside 0..=9999.
 fn write_naive_micros(out: &mut Vec<u8>, micros: i64) -> bool {
-    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000) as u32);
     let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
     let (year, month, day) = crate::calendar::civil_from_days(days);
     let Ok(year) = u32::try_from(year) else {
@@ -351,38 +351,53 @@ fn write_naive_micros(out: &mut Vec<u8>, micros: i64) -> bool {
     if year > 9999 {
         return false;
     }
-    let frac = frac as u32;
-    for (sep, value, width) in [
-        (None, year, 4),
-        (Some(b'-'), month, 2),
-        (Some(b'-'), day, 2),
-        (Some(b'T'), second_of_day / 3600, 2),
-        (Some(b':'), second_of_day / 60 % 60, 2),
-        (Some(b':'), second_of_day % 60, 2),
+    let mut text = *b"0000-00-00T00:00:00.000000";
+    for (at, value) in [
+        (0, year / 100),
+        (2, year % 100),
+        (5, month),
+        (8, day),
+        (11, second_of_day / 3600),
+        (14, second_of_day / 60 % 60),
+        (17, second_of_day % 60),
+        (22, frac / 100 % 100),
+        (24, frac % 100),
     ] {
-        out.extend(sep);
-        push_digits(out, value, width);
+        put_two_digits(&mut text, at, value);
     }
-    if frac != 0 {
-        out.push(b'.');
-        if frac.is_multiple_of(1000) {
-            push_digits(out, frac / 1000, 3);
-        } else {
-            push_digits(out, frac, 6);
-        }
-    }
+    let len = if frac == 0 {
+        19
+    } else if frac.is_multiple_of(1000) {
+        // Milliseconds: the digits at 20..23 are the thousands of frac.
+        let millis = frac / 1000;
+        text[20] = b'0' + (millis / 100) as u8;
+        put_two_digits(&mut text, 21, millis % 100);
+        23
+    } else {
+        text[20] = b'0' + (frac / 100_000) as u8;
+        text[21] = b'0' + (frac / 10_000 % 10) as u8;
+        26
+    };
+    out.extend_from_slice(&text[..len]);
     true
 }
 
-/// `value` as exactly `width` (at most 10) decimal digits, zero-padded.
-fn push_digits(out: &mut Vec<u8>, value: u32, width: usize) {
-    let mut digits = [b'0'; 10];
-    let mut rest = value;
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
+/// The two digits of every number below 100.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
     }
-    out.extend_from_slice(&digits[..width]);
+    pairs
+};
+
+/// Writes `value % 100` as two digits at `at` in `text`.
+fn put_two_digits(text: &mut [u8], at: usize, value: u32) {
+    let pair = (value % 100) as usize * 2;
+    text[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
 }
 
 /// The array itself, or its plain values for a dictionary or run-end encoded
@@ -435,6 +450,13 @@ fn push_f64(out: &mut Vec<u8>, value: f64) {
     }
     let mut buffer = zmij::Buffer::new();
     let text = buffer.format_finite(value).as_bytes();
+    // Short positional text (at most 15 digits, too few for a tie) is
+    // Display's already, but for the `.0` of a whole number. zmij writes
+    // positionally only from 1e-5 to 1e16, inside Display's range.
+    if text.len() <= 16 && !text.contains(&b'e') {
+        out.extend_from_slice(text.strip_suffix(b".0").unwrap_or(text));
+        return;
+    }
     let (negative, text) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),

@@ -112,16 +112,24 @@ pub fn infer_column<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Co
 /// An integer that prints back exactly as written: no sign but `-`, no
 /// leading zeros, at most 18 digits.
 fn parse_int(v: &str) -> Option<i64> {
-    let digits = v.strip_prefix('-').unwrap_or(v);
-    if digits.is_empty()
-        || digits.len() > 18
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || (digits.len() > 1 && digits.starts_with('0'))
-        || v == "-0"
+    let (negative, digits) = match v.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    if digits.is_empty() || digits.len() > 18 || (digits.len() > 1 && digits[0] == b'0') || (negative && digits == b"0")
     {
         return None;
     }
-    v.parse().ok()
+    // At most 18 digits: the sum cannot overflow.
+    let mut n = 0i64;
+    for &b in digits {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n * 10 + i64::from(d);
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// A decimal number: optional `-`, digits with no leading zero (but `0.x`),
@@ -538,6 +546,27 @@ mod tests {
         );
         assert_eq!(parse_timestamp("2024-01-31 12:3"), None);
         assert_eq!(parse_timestamp("2024-01-31 12:30:61"), None);
+    }
+
+    #[test]
+    fn integers_parse_only_when_they_print_back_as_written() {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("-12", Some(-12)),
+            ("123456789012345678", Some(123_456_789_012_345_678)),
+            ("-123456789012345678", Some(-123_456_789_012_345_678)),
+            ("1234567890123456789", None),
+            ("-0", None),
+            ("007", None),
+            ("-", None),
+            ("", None),
+            ("+5", None),
+            ("1a", None),
+            ("1 ", None),
+            ("\u{663}", None),
+        ] {
+            assert_eq!(parse_int(text), value, "{text:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use super::{
-    Delivery, JsonStop, KeyIndex, Record, Rows, TextKind, TextTable, key_index, scan_delimited, scan_json_line_cells,
+    Delivery, JsonStop, KeyIndex, Record, Rows, TextKind, TextTable, key_index, scan_delimited_text,
+    scan_json_line_cells,
 };
 use crate::error::{Error, Result};
 
@@ -252,7 +253,7 @@ fn parse<'t>(table: &'t TextTable, index: &KeyIndex<'_>, run: &Run) -> Result<Ro
     };
     match table.kind {
         TextKind::Delimited(delimiter) => {
-            scan_delimited(
+            scan_delimited_text(
                 &run.text[..],
                 delimiter,
                 run.first_line,
