@@ -382,11 +382,12 @@ fn scan_delimited(text: impl Read, delimiter: u8, first_line: u64, file_name: &s
 }
 
 /// [`scan_delimited`] over a text in memory, with the same records, lines
-/// and errors, faster: a record with no quote and no carriage return is
-/// split where it lies (its fields borrowed from `text`, no copy, one UTF-8
-/// check for the line), which is what the csv reader would make of it. At
-/// the first record with either, or with invalid UTF-8, the csv reader
-/// reads the rest of the text.
+/// and errors, faster: a record with no quote and no carriage return but
+/// one before its line end is split where it lies (its fields borrowed
+/// from `text`, no copy, one UTF-8 check for the line), which is what the
+/// csv reader would make of it. At the first record with a quote, another
+/// carriage return or invalid UTF-8, the csv reader reads the rest of the
+/// text.
 fn scan_delimited_text(
     text: &[u8],
     delimiter: u8,
@@ -406,12 +407,15 @@ fn scan_delimited_text(
     let (mut at, mut line) = (0, first_line);
     while at < text.len() {
         let rest = &text[at..];
-        let record = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+        let line_text = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+        // A `\r` just before the line end ends the record as the `\n` does
+        // (the reader then skips the `\n` as an empty line).
+        let record = line_text.strip_suffix(b"\r").unwrap_or(line_text);
         let plain = memchr::memchr2(b'"', b'\r', record).is_none();
         let Some(record) = plain.then(|| std::str::from_utf8(record).ok()).flatten() else {
             return scan_delimited(&text[read_at..], delimiter, read_line, file_name, emit);
         };
-        at += record.len() + 1;
+        at += line_text.len() + 1;
         line += 1;
         if record.is_empty() {
             continue;
@@ -1178,6 +1182,10 @@ mod tests {
             b"a,\xC3\xA9\nb,\xFF\nc\n",
             b",\n,,\n",
             b"a\rb\nc\n",
+            b"a,b\r\nc,d\r\n",
+            b"a\r\n\r\n\r\nb\r\n\nc\r",
+            b"a\r\r\nb\r\n",
+            b"\r\n\ra\r\n",
         ]
         .iter()
         .map(|t| t.to_vec())
@@ -1204,14 +1212,19 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = state % 40;
-            // Most texts are plain for a while, then anything.
+            // Half the texts are plain for a while, then anything; half of
+            // each end their lines with `\r\n`.
             let plain = state >> 32 & 1 == 0;
+            let crlf = state >> 33 & 1 == 0;
             for i in 0..len {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 let choices = if plain && i < len / 2 { 7 } else { alphabet.len() as u64 };
-                text.extend_from_slice(alphabet[(state % choices) as usize]);
+                match alphabet[(state % choices) as usize] {
+                    b"\n" if crlf => text.extend_from_slice(b"\r\n"),
+                    piece => text.extend_from_slice(piece),
+                }
             }
             texts.push(text);
         }
