@@ -101,6 +101,13 @@ async fn ragged_badly_quoted_and_invalid_utf8_rows_are_invalid_with_their_line()
         assert_eq!(lines, ["3", "4", "6", "10"], "{label}: {:?}", o.rejected());
     }
 
+    // Empty lines are skipped; a row after them is on its own line.
+    let csv = b"id,name\n\n1,ok\n\n\n2,too,many\n\r\n3\n";
+    let o = run(connector(""), PASS_THROUGH, "x.csv", csv).await;
+    assert_eq!(o.output("rows"), "id,name\n1,ok\n");
+    let lines: Vec<String> = o.rejected().iter().map(|r| r[3].to_string()).collect();
+    assert_eq!(lines, ["6", "8"], "{:?}", o.rejected());
+
     // Declared UTF-8: the bad bytes are a bad row even without other
     // non-ASCII text to tell the encoding by.
     let csv = b"id,name\n1,ok\n2,bad\xff\n3,fine\n";

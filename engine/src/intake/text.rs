@@ -337,14 +337,14 @@ impl TextTable {
 /// Reads the records of a delimited text whose first line is line
 /// `first_line` of file `file_name`, calling `emit` with each.
 fn scan_delimited(text: impl Read, delimiter: u8, first_line: u64, file_name: &str, emit: &mut Emit<'_>) -> Result<()> {
-    let crlf = CrlfOffsets::default();
+    let skipped = SkippedLines::default();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(1 << 20)
-        .from_reader(crlf.watch(text));
-    let line = |p: &csv::Position| crlf.line(p) + first_line - 1;
+        .from_reader(skipped.watch(text));
+    let line = |p: &csv::Position| skipped.line(p) + first_line - 1;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -415,12 +415,12 @@ fn scan_delimited_text(
         let Some(record) = plain.then(|| std::str::from_utf8(record).ok()).flatten() else {
             return scan_delimited(&text[read_at..], delimiter, read_line, file_name, emit);
         };
+        let record_line = line;
         at += line_text.len() + 1;
         line += 1;
         if record.is_empty() {
             continue;
         }
-        let record_line = read_line;
         (read_at, read_line) = (at, line);
         fields.clear();
         let mut start = 0;
@@ -612,58 +612,100 @@ impl Delivery<'_, '_> {
     }
 }
 
-/// Where the `\n` of each `\r\n` is in a text the csv reader reads. The
-/// reader ends a record at its `\r`, so a record after a `\r\n` starts at
-/// that `\n`, which the reader has not counted as a line yet: such a
-/// record is on the line after the one the reader says.
+/// The line ends the csv reader passes over before a record. The reader
+/// gives a record the position its read started at, which is before the
+/// empty lines it skips and, after a record it ended at a `\r`, at that
+/// `\r\n`'s `\n`, which it has not counted as a line yet. A record is on
+/// the line the reader says plus the `\n`s between that position and the
+/// record's first byte, all in one run of line-end bytes.
 #[derive(Debug, Default, Clone)]
-struct CrlfOffsets(std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<u64>>>);
+struct SkippedLines(std::rc::Rc<std::cell::RefCell<LineEnds>>);
 
-impl CrlfOffsets {
-    /// `inner`, noting its `\r\n`s as they are read.
-    fn watch<R: Read>(&self, inner: R) -> CrlfWatch<R> {
-        CrlfWatch {
+/// Runs of line-end bytes (`\r`, `\n`) as a [`LineWatch`] reads them.
+#[derive(Debug, Default)]
+struct LineEnds {
+    /// The `\n`s read: (offset, its run's start, its run's end), the end
+    /// [`OPEN`] while the run is still being read.
+    newlines: std::collections::VecDeque<(u64, u64, u64)>,
+    /// The start of the run still being read.
+    open: Option<u64>,
+    /// Where the last line-end byte read is.
+    last: Option<u64>,
+}
+
+/// The end of a run not yet known.
+const OPEN: u64 = u64::MAX;
+
+impl LineEnds {
+    /// Ends the open run at `end`.
+    fn close(&mut self, end: u64) {
+        if self.open.take().is_some() {
+            for newline in self.newlines.iter_mut().rev().take_while(|n| n.2 == OPEN) {
+                newline.2 = end;
+            }
+        }
+    }
+}
+
+impl SkippedLines {
+    /// `inner`, noting its runs of line ends as they are read.
+    fn watch<R: Read>(&self, inner: R) -> LineWatch<R> {
+        LineWatch {
             inner,
             offset: 0,
-            after_cr: false,
-            offsets: self.clone(),
+            lines: self.clone(),
         }
     }
 
     /// The physical line of a record (or error) at `position`. Positions
-    /// come in order, so the offsets before it are no longer needed.
+    /// come in order, so the runs before it are no longer needed.
     fn line(&self, position: &csv::Position) -> u64 {
-        let mut offsets = self.0.borrow_mut();
-        while offsets.front().is_some_and(|&o| o < position.byte()) {
-            offsets.pop_front();
+        let at = position.byte();
+        let mut ends = self.0.borrow_mut();
+        while ends.newlines.front().is_some_and(|&(_, _, end)| end <= at) {
+            ends.newlines.pop_front();
         }
-        position.line() + u64::from(offsets.front() == Some(&position.byte()))
+        let skipped = ends
+            .newlines
+            .iter()
+            .take_while(|&&(_, start, _)| start <= at)
+            .filter(|&&(newline, ..)| newline >= at)
+            .count();
+        position.line() + skipped as u64
     }
 }
 
-/// A reader that notes in [`CrlfOffsets`] where each `\r\n`'s `\n` is.
-struct CrlfWatch<R> {
+/// A reader that notes in [`SkippedLines`] where its runs of line ends are.
+struct LineWatch<R> {
     inner: R,
     offset: u64,
-    after_cr: bool,
-    offsets: CrlfOffsets,
+    lines: SkippedLines,
 }
 
-impl<R: Read> Read for CrlfWatch<R> {
+impl<R: Read> Read for LineWatch<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let read = &buf[..n];
-        let mut offsets = self.offsets.0.borrow_mut();
-        for i in memchr::memchr_iter(b'\n', read) {
-            let after_cr = if i == 0 { self.after_cr } else { read[i - 1] == b'\r' };
-            if after_cr {
-                offsets.push_back(self.offset + i as u64);
+        let mut ends = self.lines.0.borrow_mut();
+        for i in memchr::memchr2_iter(b'\r', b'\n', read) {
+            let at = self.offset + i as u64;
+            if ends.last.is_none_or(|last| last + 1 != at) {
+                let end = ends.last.map_or(0, |last| last + 1);
+                ends.close(end);
+                ends.open = Some(at);
             }
-        }
-        if let Some(&last) = read.last() {
-            self.after_cr = last == b'\r';
+            if read[i] == b'\n' {
+                let start = ends.open.unwrap_or(at);
+                ends.newlines.push_back((at, start, OPEN));
+            }
+            ends.last = Some(at);
         }
         self.offset += n as u64;
+        // A run that does not reach the end of what was read has ended.
+        if n == 0 || ends.last.is_some_and(|last| last + 1 != self.offset) {
+            let end = ends.last.map_or(0, |last| last + 1);
+            ends.close(end);
+        }
         Ok(n)
     }
 }
@@ -1289,8 +1331,10 @@ mod tests {
     }
 
     #[test]
-    fn records_after_crlf_lines_are_on_their_physical_lines() {
+    fn records_after_crlf_and_empty_lines_are_on_their_physical_lines() {
         for text in [
+            "\n\na,b\n1,2\n\n\n3,\"x\ny\"\n4,5\n",
+            "\r\na,b\r\n\r\n1,2\r\n\n\r\n3,\"x\r\ny\"\r\n\r\n4,5",
             "a,b\n1,2\n3,\"x\ny\"\n4,5\n",
             "a,b\r\n1,2\r\n3,\"x\r\ny\"\r\n4,5\r\n",
             "a,b\r\n1,2\n3,\"x\ny\"\r\n4,5\n",
@@ -1302,15 +1346,21 @@ mod tests {
                 } else {
                     Box::new(text.as_bytes())
                 };
-                let crlf = CrlfOffsets::default();
+                let skipped = SkippedLines::default();
                 let mut reader = csv::ReaderBuilder::new()
                     .has_headers(false)
-                    .from_reader(crlf.watch(source));
+                    .from_reader(skipped.watch(source));
                 let lines: Vec<u64> = reader
                     .records()
-                    .map(|r| r.map_or(0, |r| r.position().map_or(0, |p| crlf.line(p))))
+                    .map(|r| r.map_or(0, |r| r.position().map_or(0, |p| skipped.line(p))))
                     .collect();
-                assert_eq!(lines, [1, 2, 3, 5], "{text:?}, a byte a read: {one_at_a_time}");
+                // Each record's line is where its first byte is.
+                let expected: Vec<u64> = ["a,b", "1,2", "3,", "4,5"]
+                    .iter()
+                    .filter_map(|start| text.find(start))
+                    .map(|at| 1 + text[..at].matches('\n').count() as u64)
+                    .collect();
+                assert_eq!(lines, expected, "{text:?}, a byte a read: {one_at_a_time}");
             }
         }
     }
