@@ -68,3 +68,13 @@ pub mod variables;
 pub mod written;
 
 pub use error::{Error, Result};
+
+/// A seeded xorshift generator for tests that sweep many generated inputs:
+/// the same inputs every run, so a failure names one that can be replayed.
+#[cfg(test)]
+pub(crate) fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}

@@ -442,11 +442,7 @@ where
 /// faster), laid out as `Display` and `LowerExp` lay them out.
 fn push_f64(out: &mut Vec<u8>, value: f64) {
     if !value.is_finite() || value == 0.0 {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = write_float(&mut text, value);
-        out.extend_from_slice(text.as_bytes());
-        return;
+        return push_float_by_display(out, value);
     }
     let mut buffer = zmij::Buffer::new();
     let text = buffer.format_finite(value).as_bytes();
@@ -488,10 +484,7 @@ fn push_f64(out: &mut Vec<u8>, value: f64) {
     if digits.len() >= 16 && may_be_a_tie(value, digits.len()) {
         // Two shortest forms equally near: `Display` rounds the tie up,
         // zmij to even. Let `Display` decide (it is exact and rare).
-        let mut text = String::new();
-        let _ = write_float(&mut text, value);
-        out.extend_from_slice(text.as_bytes());
-        return;
+        return push_float_by_display(out, value);
     }
     if negative {
         out.push(b'-');
@@ -523,6 +516,14 @@ fn push_f64(out: &mut Vec<u8>, value: f64) {
         out.push(b'e');
         out.extend_from_slice(itoa::Buffer::new().format(exponent).as_bytes());
     }
+}
+
+/// Appends [`write_float`]'s text for `value`.
+fn push_float_by_display(out: &mut Vec<u8>, value: f64) {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_float(&mut text, value);
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// Whether `value` may lie exactly halfway between two decimals of
@@ -838,12 +839,7 @@ mod tests {
     #[test]
     fn the_fast_float_path_writes_what_display_writes() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = || crate::xorshift(&mut state);
         let mut values: Vec<f64> = (0..1_000_000).map(|_| f64::from_bits(next())).collect();
         values.extend((0..1_000_000).map(|_| (next() % 10_000_000) as f64 / 100.0 * (next() % 50) as f64));
         for power in -30..30 {
@@ -883,10 +879,7 @@ mod tests {
         let (first, last) = (-62_167_219_200_000_000i64, 253_402_300_799_999_999i64);
         let mut out = Vec::new();
         for i in 0..300_000u64 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut micros = first + (state % (last - first) as u64) as i64;
+            let mut micros = first + (crate::xorshift(&mut state) % (last - first) as u64) as i64;
             // Whole seconds and milliseconds too, which are written shorter.
             match i % 3 {
                 0 => micros -= micros.rem_euclid(1_000_000),

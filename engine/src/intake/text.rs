@@ -400,10 +400,7 @@ fn scan_delimited_text(
         return scan_delimited(text, delimiter, first_line, file_name, emit);
     }
     let mut fields: Vec<&str> = Vec::new();
-    // Where the reader's next read starts and the line it is on, which the
-    // reader gives as the record's line even past empty lines it skips;
-    // and where the next line starts, and its line.
-    let (mut read_at, mut read_line) = (0, first_line);
+    // Where the next line starts, and its number.
     let (mut at, mut line) = (0, first_line);
     while at < text.len() {
         let rest = &text[at..];
@@ -413,7 +410,7 @@ fn scan_delimited_text(
         let record = line_text.strip_suffix(b"\r").unwrap_or(line_text);
         let plain = memchr::memchr2(b'"', b'\r', record).is_none();
         let Some(record) = plain.then(|| std::str::from_utf8(record).ok()).flatten() else {
-            return scan_delimited(&text[read_at..], delimiter, read_line, file_name, emit);
+            return scan_delimited(&text[at..], delimiter, line, file_name, emit);
         };
         let record_line = line;
         at += line_text.len() + 1;
@@ -421,7 +418,6 @@ fn scan_delimited_text(
         if record.is_empty() {
             continue;
         }
-        (read_at, read_line) = (at, line);
         fields.clear();
         let mut start = 0;
         for end in memchr::memchr_iter(delimiter, record.as_bytes()) {
@@ -1250,18 +1246,13 @@ mod tests {
         let mut state = 0x1234_5678_9ABC_DEF1u64;
         for _ in 0..20_000 {
             let mut text = Vec::new();
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let len = state % 40;
+            let len = crate::xorshift(&mut state) % 40;
             // Half the texts are plain for a while, then anything; half of
             // each end their lines with `\r\n`.
             let plain = state >> 32 & 1 == 0;
             let crlf = state >> 33 & 1 == 0;
             for i in 0..len {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                crate::xorshift(&mut state);
                 let choices = if plain && i < len / 2 { 7 } else { alphabet.len() as u64 };
                 match alphabet[(state % choices) as usize] {
                     b"\n" if crlf => text.extend_from_slice(b"\r\n"),
